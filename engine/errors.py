@@ -1,0 +1,99 @@
+"""Every error the engine raises.
+
+One root, :class:`EngineError`, which is never raised itself. Where Python has a
+built-in meaning for the failure (a wrong type, a bad value), the engine's class
+derives from both, so ``except TypeError`` and ``except EngineError`` both work::
+
+    EngineError
+    ├── ConfigError (ValueError)             an option or topic config is invalid
+    ├── InvalidTopicError (ValueError)       a topic name breaks Kafka's naming rules
+    ├── RecordTypeError (TypeError)          a value/key/header is not bytes-like
+    ├── RecordTooLargeError (ValueError)     a record exceeds max.message.bytes
+    ├── UnknownTopicError                    the topic does not exist
+    ├── TopicExistsError                     create_topic of an existing topic
+    ├── PartitionOutOfRangeError (ValueError) partition number >= partition count
+    ├── OffsetOutOfRangeError                offset below log_start or above log_end
+    ├── DaemonNotRunningError                no daemon for this data dir
+    ├── DaemonAlreadyRunningError            a second daemon on the same data dir
+    ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
+    │   └── BufferFullError                  the ring stayed full for max_block_ms
+    ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
+    ├── FencedError                          a stale leader epoch or producer epoch
+    ├── NotEnoughReplicasError               fewer in-sync replicas than min.insync.replicas
+    ├── ClosedError                          the object was used after close()
+    └── NativeError                          the C hot path reported an unexpected code
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Root of every engine error; never raised itself."""
+
+
+class ConfigError(EngineError, ValueError):
+    """An option, a topic config key or its value is invalid."""
+
+
+class InvalidTopicError(EngineError, ValueError):
+    """A topic name is empty, too long or uses characters outside [a-zA-Z0-9._-]."""
+
+
+class RecordTypeError(EngineError, TypeError):
+    """A value, key or header is not bytes-like."""
+
+
+class RecordTooLargeError(EngineError, ValueError):
+    """A record (or batch) is larger than max.message.bytes; nothing was written."""
+
+
+class UnknownTopicError(EngineError):
+    """The topic does not exist (and auto-create is off)."""
+
+
+class TopicExistsError(EngineError):
+    """create_topic was called for a topic that already exists."""
+
+
+class PartitionOutOfRangeError(EngineError, ValueError):
+    """A partition number is negative or not below the topic's partition count."""
+
+
+class OffsetOutOfRangeError(EngineError):
+    """An offset lies below the log start offset or above the log end offset."""
+
+
+class DaemonNotRunningError(EngineError):
+    """No engine daemon runs for the data dir; the message names the command to start it."""
+
+
+class DaemonAlreadyRunningError(EngineError):
+    """Another daemon already holds the data dir's lock."""
+
+
+class EngineTimeoutError(EngineError, TimeoutError):
+    """A bounded wait (max_block_ms, a future's get(timeout), a start-up) ran out."""
+
+
+class BufferFullError(EngineTimeoutError):
+    """The partition's ring stayed full for max_block_ms; the record was not written."""
+
+
+class CorruptRecordError(EngineError):
+    """A frame or record batch failed its CRC32C or its shape checks."""
+
+
+class FencedError(EngineError):
+    """An append carried a stale leader epoch, or a producer was fenced by a newer epoch."""
+
+
+class NotEnoughReplicasError(EngineError):
+    """Fewer in-sync replicas than min.insync.replicas; the record was not acknowledged."""
+
+
+class ClosedError(EngineError):
+    """The object was used after close()."""
+
+
+class NativeError(EngineError):
+    """The C hot path returned a code the Python side did not expect."""
