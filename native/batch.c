@@ -1,0 +1,275 @@
+/*
+ * batch.c - encode and walk Kafka RecordBatch v2 (layout in batch.h).
+ */
+#include <string.h>
+
+#include "batch.h"
+#include "ring.h"
+
+/* ---- big-endian and varint primitives ---------------------------------- */
+
+static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
+static inline void put_be32(uint8_t *p, uint32_t v) {
+    v = __builtin_bswap32(v);
+    memcpy(p, &v, 4);
+}
+static inline void put_be64(uint8_t *p, uint64_t v) {
+    v = __builtin_bswap64(v);
+    memcpy(p, &v, 8);
+}
+static inline uint32_t get_be32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return __builtin_bswap32(v);
+}
+static inline uint64_t get_be64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static inline size_t varlong_length(int64_t v) {
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    size_t n = 1;
+    while (z >= 0x80) {
+        z >>= 7;
+        n++;
+    }
+    return n;
+}
+static inline size_t put_varlong(uint8_t *p, int64_t v) {
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    size_t n = 0;
+    while (z >= 0x80) {
+        p[n++] = (uint8_t)(z | 0x80);
+        z >>= 7;
+    }
+    p[n++] = (uint8_t)z;
+    return n;
+}
+/* Reads a zigzag varlong; returns bytes used, 0 when malformed or truncated. */
+static inline size_t get_varlong(const uint8_t *p, const uint8_t *end, int64_t *out) {
+    uint64_t z = 0;
+    for (size_t n = 0; n < 10 && p + n < end; n++) {
+        z |= (uint64_t)(p[n] & 0x7F) << (7 * n);
+        if (!(p[n] & 0x80)) {
+            *out = (int64_t)(z >> 1) ^ -(int64_t)(z & 1);
+            return n + 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- encoding ---------------------------------------------------------- */
+
+size_t engine_batch_record_length(int64_t timestamp_delta, int32_t offset_delta,
+                                  int32_t key_length, int32_t value_length,
+                                  int32_t headers_length, int32_t header_count) {
+    size_t body = 1 + varlong_length(timestamp_delta) + varlong_length(offset_delta) +
+                  varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
+                  varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
+                  varlong_length(header_count) + (size_t)headers_length;
+    return varlong_length((int64_t)body) + body;
+}
+
+size_t engine_batch_write_record(uint8_t *out, int64_t timestamp_delta, int32_t offset_delta,
+                                 const uint8_t *key, int32_t key_length,
+                                 const uint8_t *value, int32_t value_length,
+                                 const uint8_t *headers, int32_t headers_length,
+                                 int32_t header_count) {
+    size_t body = 1 + varlong_length(timestamp_delta) + varlong_length(offset_delta) +
+                  varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
+                  varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
+                  varlong_length(header_count) + (size_t)headers_length;
+    uint8_t *p = out;
+    p += put_varlong(p, (int64_t)body);
+    *p++ = 0; /* record attributes: unused by Kafka */
+    p += put_varlong(p, timestamp_delta);
+    p += put_varlong(p, offset_delta);
+    p += put_varlong(p, key_length);
+    if (key_length > 0) {
+        memcpy(p, key, (size_t)key_length);
+        p += key_length;
+    }
+    p += put_varlong(p, value_length);
+    if (value_length > 0) {
+        memcpy(p, value, (size_t)value_length);
+        p += value_length;
+    }
+    p += put_varlong(p, header_count);
+    if (headers_length > 0) {
+        memcpy(p, headers, (size_t)headers_length);
+        p += headers_length;
+    }
+    return (size_t)(p - out);
+}
+
+void engine_batch_write_header(uint8_t *batch, size_t total_length, int64_t base_offset,
+                               int32_t records_count, int64_t base_timestamp,
+                               int64_t max_timestamp, const engine_producer_fields_t *fields) {
+    put_be64(batch + ENGINE_BATCH_BASE_OFFSET_OFFSET, (uint64_t)base_offset);
+    put_be32(batch + ENGINE_BATCH_LENGTH_OFFSET,
+             (uint32_t)(total_length - ENGINE_BATCH_LENGTH_OVERHEAD));
+    put_be32(batch + ENGINE_BATCH_LEADER_EPOCH_OFFSET, (uint32_t)fields->leader_epoch);
+    batch[ENGINE_BATCH_MAGIC_OFFSET] = ENGINE_BATCH_MAGIC;
+    put_be16(batch + ENGINE_BATCH_ATTRIBUTES_OFFSET, (uint16_t)fields->attributes);
+    put_be32(batch + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET, (uint32_t)(records_count - 1));
+    put_be64(batch + ENGINE_BATCH_BASE_TIMESTAMP_OFFSET, (uint64_t)base_timestamp);
+    put_be64(batch + ENGINE_BATCH_MAX_TIMESTAMP_OFFSET, (uint64_t)max_timestamp);
+    put_be64(batch + ENGINE_BATCH_PRODUCER_ID_OFFSET, (uint64_t)fields->producer_id);
+    put_be16(batch + ENGINE_BATCH_PRODUCER_EPOCH_OFFSET, (uint16_t)fields->producer_epoch);
+    put_be32(batch + ENGINE_BATCH_BASE_SEQUENCE_OFFSET, (uint32_t)fields->base_sequence);
+    put_be32(batch + ENGINE_BATCH_RECORDS_COUNT_OFFSET, (uint32_t)records_count);
+    uint32_t crc = engine_crc32c(0, batch + ENGINE_BATCH_ATTRIBUTES_OFFSET,
+                                 total_length - ENGINE_BATCH_ATTRIBUTES_OFFSET);
+    put_be32(batch + ENGINE_BATCH_CRC_OFFSET, crc);
+}
+
+/* ---- walking ----------------------------------------------------------- */
+
+/* Checks the header of the batch at p (avail bytes from p); sets *total. */
+static int check_batch(const uint8_t *p, uint64_t avail, int verify_crc, uint64_t *total) {
+    if (avail < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_BATCH_TRUNCATED;
+    int32_t batch_length = (int32_t)get_be32(p + ENGINE_BATCH_LENGTH_OFFSET);
+    if (batch_length < ENGINE_BATCH_HEADER_LENGTH - ENGINE_BATCH_LENGTH_OVERHEAD)
+        return ENGINE_BATCH_CORRUPT;
+    if (p[ENGINE_BATCH_MAGIC_OFFSET] != ENGINE_BATCH_MAGIC) return ENGINE_BATCH_CORRUPT;
+    uint64_t t = (uint64_t)batch_length + ENGINE_BATCH_LENGTH_OVERHEAD;
+    if (t > avail) return ENGINE_BATCH_TRUNCATED;
+    int32_t count = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
+    int32_t last_delta = (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+    if (count < 0 || last_delta < 0 || count > batch_length) return ENGINE_BATCH_CORRUPT;
+    if (verify_crc) {
+        uint32_t want = get_be32(p + ENGINE_BATCH_CRC_OFFSET);
+        uint32_t got = engine_crc32c(0, p + ENGINE_BATCH_ATTRIBUTES_OFFSET,
+                                     t - ENGINE_BATCH_ATTRIBUTES_OFFSET);
+        if (want != got) return ENGINE_BATCH_CORRUPT;
+    }
+    *total = t;
+    return ENGINE_BATCH_OK;
+}
+
+int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
+                      engine_batch_info_t *infos, int32_t max_batches,
+                      int32_t *count, uint64_t *scanned) {
+    uint64_t pos = 0;
+    int32_t n = 0;
+    int code = ENGINE_BATCH_OK;
+    while (pos < length && n < max_batches) {
+        uint64_t total;
+        code = check_batch(buf + pos, length - pos, verify_crc, &total);
+        if (code != ENGINE_BATCH_OK) break;
+        const uint8_t *p = buf + pos;
+        engine_batch_info_t *info = &infos[n++];
+        info->position = pos;
+        info->base_offset = (int64_t)get_be64(p);
+        info->last_offset =
+            info->base_offset + (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+        info->max_timestamp = (int64_t)get_be64(p + ENGINE_BATCH_MAX_TIMESTAMP_OFFSET);
+        info->length = (int32_t)total;
+        info->records_count = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
+        info->attributes = (int16_t)get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET);
+        info->reserved0 = 0;
+        info->reserved1 = 0;
+        pos += total;
+    }
+    *count = n;
+    *scanned = pos;
+    return code;
+}
+
+/* Decodes one record at p; fills info (positions relative to base). */
+static int decode_record(const uint8_t *base, const uint8_t *p, const uint8_t *end,
+                         int64_t base_offset, int64_t base_timestamp,
+                         engine_record_info_t *info, const uint8_t **next) {
+    int64_t body, ts_delta, off_delta, klen, vlen, hcount;
+    size_t n = get_varlong(p, end, &body);
+    if (!n || body < 0 || (uint64_t)body > (uint64_t)(end - p - n)) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    const uint8_t *rend = p + body;
+    p++; /* attributes */
+    if (p > rend || !(n = get_varlong(p, rend, &ts_delta))) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    if (!(n = get_varlong(p, rend, &off_delta))) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    if (!(n = get_varlong(p, rend, &klen)) || klen < -1) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    info->key_position = (uint32_t)(p - base);
+    info->key_length = (int32_t)klen;
+    if (klen > 0) {
+        if (klen > rend - p) return ENGINE_BATCH_CORRUPT;
+        p += klen;
+    }
+    if (!(n = get_varlong(p, rend, &vlen)) || vlen < -1) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    info->value_position = (uint32_t)(p - base);
+    info->value_length = (int32_t)vlen;
+    if (vlen > 0) {
+        if (vlen > rend - p) return ENGINE_BATCH_CORRUPT;
+        p += vlen;
+    }
+    if (!(n = get_varlong(p, rend, &hcount)) || hcount < 0) return ENGINE_BATCH_CORRUPT;
+    p += n;
+    info->headers_position = (uint32_t)(p - base);
+    info->headers_length = (uint32_t)(rend - p);
+    info->header_count = (int32_t)hcount;
+    info->offset = base_offset + off_delta;
+    info->timestamp = base_timestamp + ts_delta;
+    *next = rend;
+    return ENGINE_BATCH_OK;
+}
+
+int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+                        engine_record_info_t *out, int32_t max_records,
+                        int32_t *count, uint64_t *consumed) {
+    uint64_t pos = 0;
+    int32_t n = 0;
+    int code = ENGINE_BATCH_OK;
+    while (pos < length) {
+        uint64_t total;
+        code = check_batch(buf + pos, length - pos, 0, &total);
+        if (code != ENGINE_BATCH_OK) break;
+        const uint8_t *p = buf + pos;
+        int64_t base_offset = (int64_t)get_be64(p);
+        int64_t last_offset =
+            base_offset + (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+        int16_t attributes = (int16_t)get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET);
+        if (last_offset < min_offset || (attributes & ENGINE_BATCH_ATTR_CONTROL)) {
+            pos += total;
+            continue;
+        }
+        if (n >= max_records) break;
+        int64_t base_timestamp = (int64_t)get_be64(p + ENGINE_BATCH_BASE_TIMESTAMP_OFFSET);
+        int64_t producer_id = (int64_t)get_be64(p + ENGINE_BATCH_PRODUCER_ID_OFFSET);
+        int32_t records = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
+        const uint8_t *r = p + ENGINE_BATCH_HEADER_LENGTH;
+        const uint8_t *end = p + total;
+        int complete = 1;
+        for (int32_t i = 0; i < records; i++) {
+            engine_record_info_t info;
+            const uint8_t *next;
+            code = decode_record(buf, r, end, base_offset, base_timestamp, &info, &next);
+            if (code != ENGINE_BATCH_OK) {
+                *count = n;
+                *consumed = pos;
+                return code;
+            }
+            r = next;
+            if (info.offset < min_offset) continue;
+            if (n >= max_records) {
+                complete = 0;
+                break;
+            }
+            info.producer_id = producer_id;
+            info.batch_attributes = attributes;
+            info.reserved = 0;
+            out[n++] = info;
+        }
+        if (!complete) break;
+        pos += total;
+    }
+    *count = n;
+    *consumed = pos;
+    return code == ENGINE_BATCH_TRUNCATED && pos < length ? ENGINE_BATCH_TRUNCATED : code;
+}

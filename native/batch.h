@@ -1,0 +1,156 @@
+/*
+ * batch.h - the record batch: Kafka's RecordBatch, magic 2, byte for byte.
+ *
+ * Every record the engine stores, in a ring or in a segment file, lives in a
+ * batch of this exact format, so that a future Kafka wire-protocol listener can
+ * serve fetches straight from the log. All integers are big-endian; the batch
+ * header is 61 bytes and its fields are not aligned.
+ *
+ *  0                   1                   2                   3
+ *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+ * +---------------------------------------------------------------+  0
+ * |                     base_offset (int64)                       |
+ * |                                                               |
+ * +---------------------------------------------------------------+  8
+ * |        batch_length (int32): bytes after this field           |
+ * +---------------------------------------------------------------+ 12
+ * |        partition_leader_epoch (int32)                         |
+ * +---------------+-----------------------------------------------+ 16
+ * | magic (2)     |  crc (uint32, CRC32C of bytes 21..end) ...    |
+ * +---------------+---------------+-------------------------------+ 20
+ * | ... crc       | attributes (int16)            | last_offset_  |
+ * +---------------+-------------------------------+---------------+ 24
+ * |  delta (int32): records - 1                   | base_timestamp|
+ * +-----------------------------------------------+---------------+ 28
+ * |        ... base_timestamp (int64, ms)                         |
+ * +---------------------------------------------------------------+ 35
+ * |        max_timestamp (int64, ms)                              |
+ * +---------------------------------------------------------------+ 43
+ * |        producer_id (int64, -1 = none)                         |
+ * +-------------------------------+-------------------------------+ 51
+ * | producer_epoch (int16)        | base_sequence (int32) ...     |
+ * +-------------------------------+-------------------------------+ 57
+ * |        records_count (int32)                                  |
+ * +---------------------------------------------------------------+ 61
+ * |        records ...                                            |
+ *
+ * attributes: bits 0-2 compression (0 = none; the only one written),
+ *             bit 3 timestamp type (0 = create time),
+ *             bit 4 is_transactional, bit 5 is_control (transaction marker).
+ *
+ * A record (zigzag varints, as Kafka):
+ *   length varint | attributes int8 | timestamp_delta varlong |
+ *   offset_delta varint | key_length varint (-1 = null) | key |
+ *   value_length varint (-1 = null) | value | header_count varint |
+ *   headers: { key_length varint | key | value_length varint | value } ...
+ *
+ * Version: this is Kafka's magic 2, the only magic the engine reads or writes;
+ * a batch with any other magic is rejected as corrupt.
+ */
+#ifndef ENGINE_BATCH_H
+#define ENGINE_BATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ENGINE_BATCH_MAGIC 2
+#define ENGINE_BATCH_HEADER_LENGTH 61
+#define ENGINE_BATCH_BASE_OFFSET_OFFSET 0
+#define ENGINE_BATCH_LENGTH_OFFSET 8
+#define ENGINE_BATCH_LEADER_EPOCH_OFFSET 12
+#define ENGINE_BATCH_MAGIC_OFFSET 16
+#define ENGINE_BATCH_CRC_OFFSET 17
+#define ENGINE_BATCH_ATTRIBUTES_OFFSET 21
+#define ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET 23
+#define ENGINE_BATCH_BASE_TIMESTAMP_OFFSET 27
+#define ENGINE_BATCH_MAX_TIMESTAMP_OFFSET 35
+#define ENGINE_BATCH_PRODUCER_ID_OFFSET 43
+#define ENGINE_BATCH_PRODUCER_EPOCH_OFFSET 51
+#define ENGINE_BATCH_BASE_SEQUENCE_OFFSET 53
+#define ENGINE_BATCH_RECORDS_COUNT_OFFSET 57
+/* batch_length counts the bytes after its own field: total = batch_length + 12 */
+#define ENGINE_BATCH_LENGTH_OVERHEAD 12
+
+#define ENGINE_BATCH_ATTR_TRANSACTIONAL 0x10
+#define ENGINE_BATCH_ATTR_CONTROL 0x20
+
+/* Producer identity and fencing written into a batch header. */
+typedef struct engine_producer_fields {
+    int64_t producer_id;    /* -1: not idempotent */
+    int32_t base_sequence;  /* -1: none */
+    int16_t producer_epoch; /* -1: none */
+    int16_t attributes;     /* transactional / control bits */
+    int32_t leader_epoch;   /* written as partition_leader_epoch; -1 = ring's */
+    int32_t reserved;
+} engine_producer_fields_t;
+
+/* One batch found by engine_batch_scan. */
+typedef struct engine_batch_info {
+    uint64_t position;      /* byte position of the batch in the buffer */
+    int64_t base_offset;
+    int64_t last_offset;
+    int64_t max_timestamp;
+    int32_t length;         /* total bytes, header included */
+    int32_t records_count;
+    int16_t attributes;
+    int16_t reserved0;
+    int32_t reserved1;
+} engine_batch_info_t;
+
+/* One record found by engine_batch_decode; positions index the buffer. */
+typedef struct engine_record_info {
+    int64_t offset;
+    int64_t timestamp;
+    int64_t producer_id;
+    uint32_t key_position;
+    int32_t key_length;     /* -1: null key */
+    uint32_t value_position;
+    int32_t value_length;   /* -1: null value */
+    uint32_t headers_position;
+    uint32_t headers_length;
+    int32_t header_count;
+    int16_t batch_attributes;
+    int16_t reserved;
+} engine_record_info_t;
+
+/* Length of one encoded record (its length prefix included). */
+size_t engine_batch_record_length(int64_t timestamp_delta, int32_t offset_delta,
+                                  int32_t key_length, int32_t value_length,
+                                  int32_t headers_length, int32_t header_count);
+
+/* Writes one record at out; returns the bytes written. */
+size_t engine_batch_write_record(uint8_t *out, int64_t timestamp_delta, int32_t offset_delta,
+                                 const uint8_t *key, int32_t key_length,
+                                 const uint8_t *value, int32_t value_length,
+                                 const uint8_t *headers, int32_t headers_length,
+                                 int32_t header_count);
+
+/* Fills the 61-byte header of a batch whose records are already written at
+ * batch + 61, and computes its CRC. */
+void engine_batch_write_header(uint8_t *batch, size_t total_length, int64_t base_offset,
+                               int32_t records_count, int64_t base_timestamp,
+                               int64_t max_timestamp, const engine_producer_fields_t *fields);
+
+/* Codes returned by scan/decode. */
+enum engine_batch_code {
+    ENGINE_BATCH_OK = 0,
+    ENGINE_BATCH_TRUNCATED = 1,   /* the buffer ends inside a batch */
+    ENGINE_BATCH_CORRUPT = 2,     /* bad magic, bad length, CRC mismatch, bad record */
+};
+
+/* Walks whole batches from buf[0]; fills up to max_batches infos; *scanned is
+ * the byte length of the intact prefix. verify_crc: 1 checks every CRC.
+ * Returns ENGINE_BATCH_OK when the buffer ends exactly at a batch boundary,
+ * else the reason the walk stopped. *count is the number of infos filled. */
+int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
+                      engine_batch_info_t *infos, int32_t max_batches,
+                      int32_t *count, uint64_t *scanned);
+
+/* Decodes records of consecutive batches in buf, skipping records below
+ * min_offset and control batches. Stops at max_records; *consumed is the byte
+ * position of the first batch not completely delivered. */
+int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+                        engine_record_info_t *out, int32_t max_records,
+                        int32_t *count, uint64_t *consumed);
+
+#endif

@@ -1,0 +1,98 @@
+"""cffi build script for the hot path: `engine._native`.
+
+Compiled at install time through `cffi_modules` in pyproject.toml; never at import.
+The cdef below repeats the public declarations of ring.h and batch.h that Python calls.
+"""
+
+import os
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+CDEF = """
+typedef struct engine_producer_fields {
+    int64_t producer_id; int32_t base_sequence; int16_t producer_epoch;
+    int16_t attributes; int32_t leader_epoch; int32_t reserved;
+} engine_producer_fields_t;
+
+typedef struct engine_batch_info {
+    uint64_t position; int64_t base_offset; int64_t last_offset; int64_t max_timestamp;
+    int32_t length; int32_t records_count; int16_t attributes; int16_t reserved0;
+    int32_t reserved1;
+} engine_batch_info_t;
+
+typedef struct engine_record_info {
+    int64_t offset; int64_t timestamp; int64_t producer_id;
+    uint32_t key_position; int32_t key_length; uint32_t value_position; int32_t value_length;
+    uint32_t headers_position; uint32_t headers_length; int32_t header_count;
+    int16_t batch_attributes; int16_t reserved;
+} engine_record_info_t;
+
+typedef struct engine_cursor { uint64_t position; int64_t offset; } engine_cursor_t;
+
+typedef struct engine_ring_status {
+    uint64_t capacity; uint64_t tail_position; int64_t tail_offset;
+    uint64_t drain_position; int64_t drain_offset; int64_t base_offset;
+    int32_t leader_epoch; uint32_t sealed; int64_t high_watermark;
+    uint64_t reaped_frames; uint64_t full_waits;
+    uint32_t publish_waiters; uint32_t space_waiters;
+} engine_ring_status_t;
+
+#define ENGINE_RING_VERSION ...
+#define ENGINE_RING_HEADER_LENGTH ...
+#define ENGINE_RING_MIN_CAPACITY ...
+#define ENGINE_RING_MAX_CAPACITY ...
+#define ENGINE_FRAME_HEADER_LENGTH ...
+#define ENGINE_BATCH_HEADER_LENGTH ...
+
+int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
+                     uint64_t max_frame_length, int64_t base_offset,
+                     int64_t stall_timeout_ns, int32_t leader_epoch);
+int engine_ring_check(const void *region, uint64_t region_length);
+uint64_t engine_ring_region_length(uint64_t capacity);
+int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+                       int64_t timestamp_ms, const char *key, int32_t key_length,
+                       const char *value, int32_t value_length,
+                       const char *headers, int32_t headers_length, int32_t header_count,
+                       int64_t timeout_ns, int64_t *out_offset);
+int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
+                             int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
+                             const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                             const char *values, const int32_t *value_lengths,
+                             int32_t value_stride, int64_t timeout_ns, int64_t *out_offsets,
+                             int32_t *out_appended);
+int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
+                     uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
+int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
+int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
+void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
+void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
+void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
+void engine_ring_status(void *region, engine_ring_status_t *out);
+uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
+int32_t engine_murmur2(const void *data, int32_t length);
+int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
+                      engine_batch_info_t *infos, int32_t max_batches,
+                      int32_t *count, uint64_t *scanned);
+int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+                        engine_record_info_t *out, int32_t max_records,
+                        int32_t *count, uint64_t *consumed);
+"""
+
+ffi = FFI()
+ffi.cdef(CDEF)
+ffi.set_source(
+    "engine._native",
+    '#include "ring.h"\n#include "batch.h"\n',
+    # setuptools wants paths relative to the project root
+    sources=[os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c")],
+    include_dirs=[os.path.relpath(HERE)],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffi.compile(tmpdir=str(HERE.parent / "build"), verbose=True)

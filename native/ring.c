@@ -1,0 +1,642 @@
+/*
+ * ring.c - claim, publish, read, wait and reap on a partition ring.
+ * The layout and the publication protocol are drawn in ring.h.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "atomic.h"
+#include "ring.h"
+
+#define SPIN_LIMIT 256
+#define REAP_CHECK_NS 10000000LL /* a stalled reader checks for torn claims every 10 ms */
+#define RESCAN_NS 1000000LL      /* an unstamped claim's extent is confirmed after 1 ms */
+
+/* ---- process identity (reset in a forked child) ------------------------ */
+
+static uint32_t cached_pid = 0;
+static void reset_pid(void) { cached_pid = 0; }
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void) { pthread_atfork(NULL, NULL, reset_pid); }
+static inline uint32_t self_pid(void) {
+    if (!cached_pid) {
+        pthread_once(&atfork_once, register_atfork);
+        cached_pid = (uint32_t)getpid();
+    }
+    return cached_pid;
+}
+
+static int pid_is_dead(uint32_t pid) {
+    if (pid == 0) return 1;
+    if (kill((pid_t)pid, 0) == -1 && errno == ESRCH) return 1;
+    /* A killed child its parent has not waited for yet is a zombie: dead. */
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *close_paren = strrchr(buf, ')');
+    return close_paren && close_paren[1] == ' ' && (close_paren[2] == 'Z' || close_paren[2] == 'X');
+}
+
+/* ---- time and futex ---------------------------------------------------- */
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void futex_wait(uint32_t *word, uint32_t expected, int64_t timeout_ns) {
+    struct timespec ts = {.tv_sec = timeout_ns / 1000000000LL, .tv_nsec = timeout_ns % 1000000000LL};
+    syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static void futex_wake_all(uint32_t *word) {
+    syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+/* Eventcount wake: the writer's change is visible before it reads waiters. */
+static inline void wake(uint32_t *seq, uint32_t *waiters) {
+    engine_fence();
+    if (engine_load_relaxed_u32(waiters)) {
+        engine_fetch_add_u32(seq, 1);
+        futex_wake_all(seq);
+    }
+}
+
+/* ---- layout arithmetic ------------------------------------------------- */
+
+static inline struct engine_ring_header *header_of(void *region) { return region; }
+static inline uint64_t align8(uint64_t n) { return (n + 7) & ~7ull; }
+static inline struct engine_frame_header *frame_at(void *region, uint64_t capacity,
+                                                   uint64_t position) {
+    return (struct engine_frame_header *)((uint8_t *)region + ENGINE_RING_HEADER_LENGTH +
+                                          (position & (capacity - 1)));
+}
+static inline uint64_t tag_position(uint64_t tag) { return tag & ~7ull; }
+static inline uint32_t tag_state(uint64_t tag) { return (uint32_t)(tag & 7); }
+/* A tag is this frame's own when it names the position and a live state. */
+static inline int tag_is_own(uint64_t tag, uint64_t position) {
+    return tag_position(tag) == position && tag_state(tag) != ENGINE_FRAME_STALE;
+}
+static inline uint64_t next_lap(uint64_t position, uint64_t capacity) {
+    return (position | (capacity - 1)) + 1;
+}
+static inline int64_t get_base_offset(const struct engine_frame_header *f) {
+    uint64_t v;
+    memcpy(&v, (const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, 8);
+    return (int64_t)__builtin_bswap64(v);
+}
+
+static inline uint64_t pack_tail(uint64_t position, int64_t offset) {
+    return ((uint64_t)(uint32_t)offset << 32) | (uint32_t)(position >> 3);
+}
+
+/* A consistent view of the tail: the drain cursor read before and after the
+ * tail word is the same, so it is a valid base for both unpackings. */
+typedef struct tail_view {
+    uint64_t raw;
+    uint64_t position;
+    int64_t offset;
+    uint64_t drain_position;
+} tail_view_t;
+
+static void read_tail(struct engine_ring_header *h, tail_view_t *v) {
+    for (;;) {
+        uint64_t dp = engine_load_acquire_u64(&h->drain_position);
+        int64_t doff = engine_load_acquire_i64(&h->drain_offset);
+        uint64_t t = engine_load_acquire_u64(&h->tail);
+        if (dp != engine_load_acquire_u64(&h->drain_position) ||
+            doff != engine_load_acquire_i64(&h->drain_offset))
+            continue;
+        v->raw = t;
+        v->drain_position = dp;
+        v->position = dp + ((uint64_t)(uint32_t)((uint32_t)t - (uint32_t)(dp >> 3)) << 3);
+        v->offset = doff + (int64_t)(uint32_t)((uint32_t)(t >> 32) - (uint32_t)doff);
+        return;
+    }
+}
+
+/* ---- setup ------------------------------------------------------------- */
+
+uint64_t engine_ring_region_length(uint64_t capacity) {
+    return ENGINE_RING_HEADER_LENGTH + capacity;
+}
+
+int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
+                     uint64_t max_frame_length, int64_t base_offset,
+                     int64_t stall_timeout_ns, int32_t leader_epoch) {
+    if (capacity < ENGINE_RING_MIN_CAPACITY || capacity > ENGINE_RING_MAX_CAPACITY ||
+        (capacity & (capacity - 1)))
+        return ENGINE_RING_BAD_ARGUMENT;
+    if (region_length < engine_ring_region_length(capacity)) return ENGINE_RING_BAD_ARGUMENT;
+    if (max_frame_length > capacity / 2 ||
+        max_frame_length < ENGINE_FRAME_HEADER_LENGTH + ENGINE_BATCH_HEADER_LENGTH + 16)
+        return ENGINE_RING_BAD_ARGUMENT;
+    if (base_offset < 0 || stall_timeout_ns <= 0) return ENGINE_RING_BAD_ARGUMENT;
+    struct engine_ring_header *h = header_of(region);
+    memset(h, 0, sizeof *h);
+    h->header_length = ENGINE_RING_HEADER_LENGTH;
+    h->magic = ENGINE_RING_MAGIC;
+    h->capacity = capacity;
+    h->max_frame_length = max_frame_length;
+    h->base_offset = base_offset;
+    h->stall_timeout_ns = stall_timeout_ns;
+    h->creator_pid = self_pid();
+    h->tail = pack_tail(0, base_offset);
+    h->drain_position = 0;
+    h->drain_offset = base_offset;
+    h->leader_epoch = leader_epoch;
+    h->high_watermark = -1;
+    h->stall_position = UINT64_MAX;
+    engine_store_release_u32(&h->version, ENGINE_RING_VERSION);
+    return ENGINE_RING_OK;
+}
+
+int engine_ring_check(const void *region, uint64_t region_length) {
+    const struct engine_ring_header *h = region;
+    if (region_length < ENGINE_RING_HEADER_LENGTH) return ENGINE_RING_CORRUPT;
+    if (engine_load_acquire_u32(&h->version) != ENGINE_RING_VERSION) return ENGINE_RING_CORRUPT;
+    if (h->magic != ENGINE_RING_MAGIC || h->header_length != ENGINE_RING_HEADER_LENGTH)
+        return ENGINE_RING_CORRUPT;
+    if (h->capacity & (h->capacity - 1) || region_length < engine_ring_region_length(h->capacity))
+        return ENGINE_RING_CORRUPT;
+    return ENGINE_RING_OK;
+}
+
+/* ---- append ------------------------------------------------------------ */
+
+/* Waits for the broker to drain; returns 0 when the deadline passed. */
+static int wait_for_space(struct engine_ring_header *h, uint64_t drain_position,
+                          int64_t deadline_ns) {
+    for (int i = 0; i < SPIN_LIMIT; i++) {
+        if (engine_load_acquire_u64(&h->drain_position) != drain_position) return 1;
+        engine_cpu_relax();
+    }
+    engine_fetch_add_u32(&h->space_waiters, 1);
+    engine_fence();
+    uint32_t seq = engine_load_acquire_u32(&h->space_seq);
+    int moved = engine_load_acquire_u64(&h->drain_position) != drain_position;
+    if (!moved) {
+        int64_t left = deadline_ns - now_ns();
+        if (left > 0) futex_wait(&h->space_seq, seq, left);
+    }
+    engine_fetch_sub_u32(&h->space_waiters, 1);
+    return moved || now_ns() < deadline_ns;
+}
+
+/* Claims frame_length bytes and count offsets; stamps the frame. */
+static int claim(void *region, uint32_t frame_length, uint32_t count, int64_t timeout_ns,
+                 int64_t *deadline_ns, struct engine_frame_header **out_frame,
+                 uint64_t *out_position, int64_t *out_offset) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity;
+    uint64_t stride = align8(frame_length);
+    if (frame_length > h->max_frame_length) return ENGINE_RING_TOO_LARGE;
+    tail_view_t v;
+    uint64_t padding;
+    int counted_full = 0;
+    for (;;) {
+        if (engine_load_relaxed_u32(&h->sealed)) return ENGINE_RING_SEALED;
+        read_tail(h, &v);
+        uint64_t index = v.position & (capacity - 1);
+        padding = index + stride > capacity ? capacity - index : 0;
+        if (v.position + padding + stride > v.drain_position + capacity) {
+            if (!counted_full) {
+                engine_fetch_add_u64(&h->full_waits, 1);
+                counted_full = 1;
+            }
+            if (*deadline_ns == 0) *deadline_ns = now_ns() + timeout_ns;
+            if (!wait_for_space(h, v.drain_position, *deadline_ns)) return ENGINE_RING_FULL;
+            continue;
+        }
+        uint64_t next = pack_tail(v.position + padding + stride, v.offset + count);
+        if (engine_cas_u64(&h->tail, v.raw, next)) break;
+    }
+    if (padding) {
+        /* Stamp the wrap padding; if a reaper already did, it is padding anyway. */
+        struct engine_frame_header *pad = frame_at(region, capacity, v.position);
+        uint64_t old = engine_load_acquire_u64(&pad->tag);
+        if (!tag_is_own(old, v.position))
+            engine_cas_u64(&pad->tag, old, v.position | ENGINE_FRAME_PAD_TO_END);
+    }
+    uint64_t position = v.position + padding;
+    struct engine_frame_header *f = frame_at(region, capacity, position);
+    uint64_t old = engine_load_acquire_u64(&f->tag);
+    if (tag_is_own(old, position)) return ENGINE_RING_REAPED;
+    f->frame_length = frame_length;
+    f->offset_count = count;
+    f->pid = self_pid();
+    f->reserved = 0;
+    if (!engine_cas_u64(&f->tag, old, position | ENGINE_FRAME_CLAIMED)) return ENGINE_RING_REAPED;
+    *out_frame = f;
+    *out_position = position;
+    *out_offset = v.offset;
+    return ENGINE_RING_OK;
+}
+
+static int publish(void *region, struct engine_frame_header *f, uint64_t position) {
+    struct engine_ring_header *h = header_of(region);
+    if (!engine_cas_u64(&f->tag, position | ENGINE_FRAME_CLAIMED,
+                        position | ENGINE_FRAME_PUBLISHED))
+        return ENGINE_RING_REAPED;
+    wake(&h->publish_seq, &h->publish_waiters);
+    return ENGINE_RING_OK;
+}
+
+static int check_fields(struct engine_ring_header *h, const engine_producer_fields_t *fields,
+                        engine_producer_fields_t *out) {
+    *out = *fields;
+    int32_t epoch = engine_load_acquire_i32(&h->leader_epoch);
+    if (fields->leader_epoch >= 0 && fields->leader_epoch != epoch) return ENGINE_RING_FENCED;
+    out->leader_epoch = epoch;
+    return ENGINE_RING_OK;
+}
+
+int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+                       int64_t timestamp_ms,
+                       const char *key, int32_t key_length,
+                       const char *value, int32_t value_length,
+                       const char *headers, int32_t headers_length, int32_t header_count,
+                       int64_t timeout_ns, int64_t *out_offset) {
+    struct engine_ring_header *h = header_of(region);
+    engine_producer_fields_t pf;
+    int code = check_fields(h, fields, &pf);
+    if (code != ENGINE_RING_OK) return code;
+    if (key_length < -1 || value_length < -1 || headers_length < 0 || header_count < 0)
+        return ENGINE_RING_BAD_ARGUMENT;
+    size_t record_length = engine_batch_record_length(0, 0, key_length, value_length,
+                                                      headers_length, header_count);
+    size_t batch_length = ENGINE_BATCH_HEADER_LENGTH + record_length;
+    size_t frame_length = ENGINE_FRAME_HEADER_LENGTH + batch_length;
+    if (frame_length > h->max_frame_length) return ENGINE_RING_TOO_LARGE;
+    struct engine_frame_header *f;
+    uint64_t position;
+    int64_t offset, deadline = 0;
+    code = claim(region, (uint32_t)frame_length, 1, timeout_ns, &deadline, &f, &position, &offset);
+    if (code != ENGINE_RING_OK) return code;
+    uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+    engine_batch_write_record(batch + ENGINE_BATCH_HEADER_LENGTH, 0, 0, (const uint8_t *)key,
+                              key_length, (const uint8_t *)value, value_length,
+                              (const uint8_t *)headers, headers_length, header_count);
+    engine_batch_write_header(batch, batch_length, offset, 1, timestamp_ms, timestamp_ms, &pf);
+    code = publish(region, f, position);
+    if (code == ENGINE_RING_OK) *out_offset = offset;
+    return code;
+}
+
+int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
+                             int64_t timestamp_ms, const int64_t *timestamps_ms,
+                             int32_t count,
+                             const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                             const char *values, const int32_t *value_lengths,
+                             int32_t value_stride,
+                             int64_t timeout_ns, int64_t *out_offsets,
+                             int32_t *out_appended) {
+    struct engine_ring_header *h = header_of(region);
+    engine_producer_fields_t pf;
+    *out_appended = 0;
+    int code = check_fields(h, fields, &pf);
+    if (code != ENGINE_RING_OK) return code;
+    if (count < 0 || (!value_lengths && value_stride < 0) || (keys && !key_lengths && key_stride < 0))
+        return ENGINE_RING_BAD_ARGUMENT;
+    uint64_t max_frame = h->max_frame_length;
+    int64_t deadline = 0;
+    const uint8_t *kp = (const uint8_t *)keys, *vp = (const uint8_t *)values;
+    int32_t i = 0;
+    while (i < count) {
+        /* Size the next frame: as many records as fit. */
+        int64_t base_ts = timestamps_ms ? timestamps_ms[i] : timestamp_ms, max_ts = base_ts;
+        size_t batch_length = ENGINE_BATCH_HEADER_LENGTH;
+        int32_t j = i;
+        while (j < count) {
+            int32_t klen = keys ? (key_lengths ? key_lengths[j] : key_stride) : -1;
+            int32_t vlen = value_lengths ? value_lengths[j] : value_stride;
+            if (klen < -1 || vlen < -1) return ENGINE_RING_BAD_ARGUMENT;
+            int64_t ts = timestamps_ms ? timestamps_ms[j] : timestamp_ms;
+            size_t rl = engine_batch_record_length(ts - base_ts, j - i, klen, vlen, 0, 0);
+            if (ENGINE_FRAME_HEADER_LENGTH + batch_length + rl > max_frame) break;
+            batch_length += rl;
+            if (ts > max_ts) max_ts = ts;
+            j++;
+        }
+        if (j == i) return ENGINE_RING_TOO_LARGE;
+        struct engine_frame_header *f;
+        uint64_t position;
+        int64_t offset;
+        code = claim(region, (uint32_t)(ENGINE_FRAME_HEADER_LENGTH + batch_length),
+                     (uint32_t)(j - i), timeout_ns, &deadline, &f, &position, &offset);
+        if (code == ENGINE_RING_REAPED) continue; /* torn by a reaper while we stalled: again */
+        if (code != ENGINE_RING_OK) return code;
+        uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+        uint8_t *out = batch + ENGINE_BATCH_HEADER_LENGTH;
+        const uint8_t *kq = kp, *vq = vp;
+        for (int32_t r = i; r < j; r++) {
+            int32_t klen = keys ? (key_lengths ? key_lengths[r] : key_stride) : -1;
+            int32_t vlen = value_lengths ? value_lengths[r] : value_stride;
+            int64_t ts = timestamps_ms ? timestamps_ms[r] : timestamp_ms;
+            out += engine_batch_write_record(out, ts - base_ts, r - i, kq, klen, vq, vlen,
+                                             NULL, 0, 0);
+            if (kq && klen > 0) kq += klen;
+            if (vlen > 0) vq += vlen;
+            if (out_offsets) out_offsets[r] = offset + (r - i);
+        }
+        engine_batch_write_header(batch, batch_length, offset, j - i, base_ts, max_ts, &pf);
+        code = publish(region, f, position);
+        if (code == ENGINE_RING_REAPED) continue;
+        kp = kq;
+        vp = vq;
+        i = j;
+        *out_appended = i;
+    }
+    return ENGINE_RING_OK;
+}
+
+/* ---- read -------------------------------------------------------------- */
+
+int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
+                     uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity, max_frame = h->max_frame_length;
+    uint64_t first = cursor->position, c = first;
+    int64_t next_offset = cursor->offset;
+    uint64_t copied = 0;
+    int code = ENGINE_RING_OK;
+    for (;;) {
+        struct engine_frame_header *f = frame_at(region, capacity, c);
+        uint64_t tag = engine_load_acquire_u64(&f->tag);
+        if (!tag_is_own(tag, c)) break;
+        uint32_t state = tag_state(tag);
+        if (state == ENGINE_FRAME_PAD_TO_END) {
+            c = next_lap(c, capacity);
+            continue;
+        }
+        if (state != ENGINE_FRAME_PUBLISHED && state != ENGINE_FRAME_PADDING) break;
+        uint32_t length = f->frame_length;
+        uint64_t room = capacity - (c & (capacity - 1));
+        if (state == ENGINE_FRAME_PADDING) {
+            if (length < 8 || length > room) {
+                code = ENGINE_RING_CORRUPT; /* unless overwritten: checked below */
+                break;
+            }
+            c += align8(length);
+            continue;
+        }
+        if (length < ENGINE_FRAME_HEADER_LENGTH + ENGINE_BATCH_HEADER_LENGTH ||
+            length > max_frame || length > room) {
+            code = ENGINE_RING_CORRUPT;
+            break;
+        }
+        int64_t base = get_base_offset(f);
+        if (max_offset >= 0 && base >= max_offset) break;
+        uint64_t batch_length = length - ENGINE_FRAME_HEADER_LENGTH;
+        if (copied + batch_length > out_capacity) {
+            if (!copied) {
+                code = ENGINE_RING_OUT_TOO_SMALL;
+                *out_length = batch_length;
+            }
+            break;
+        }
+        memcpy(out + copied, (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, batch_length);
+        copied += batch_length;
+        next_offset = base + f->offset_count;
+        c += align8(length);
+    }
+    /* Validate: nothing claimed over the first frame while we copied. */
+    engine_acquire_fence();
+    tail_view_t v;
+    read_tail(h, &v);
+    if (v.position > first + capacity) return ENGINE_RING_OVERWRITTEN;
+    if (code != ENGINE_RING_OK && !copied) return code;
+    *out_length = copied;
+    cursor->position = c;
+    if (copied) cursor->offset = next_offset;
+    return copied ? ENGINE_RING_OK : ENGINE_RING_EMPTY;
+}
+
+/* ---- wait and reap ----------------------------------------------------- */
+
+/* 1 when a reader at c need not wait: the frame is readable or skippable,
+ * or the cursor was lapped (the read will say OVERWRITTEN). */
+static int readable(void *region, struct engine_ring_header *h, uint64_t c) {
+    struct engine_frame_header *f = frame_at(region, h->capacity, c);
+    uint64_t tag = engine_load_acquire_u64(&f->tag);
+    if (tag_is_own(tag, c)) {
+        uint32_t s = tag_state(tag);
+        if (s == ENGINE_FRAME_PUBLISHED || s == ENGINE_FRAME_PADDING ||
+            s == ENGINE_FRAME_PAD_TO_END)
+            return 1;
+    }
+    tail_view_t v;
+    read_tail(h, &v);
+    return v.position > c + h->capacity;
+}
+
+/* Finds where an unstamped claim at c ends: the next stamped frame, or the tail. */
+static uint64_t unstamped_extent(void *region, uint64_t capacity, uint64_t c, uint64_t tail) {
+    for (uint64_t p = c + 8; p < tail; p += 8) {
+        struct engine_frame_header *f = frame_at(region, capacity, p);
+        if (tag_is_own(engine_load_acquire_u64(&f->tag), p)) return p;
+    }
+    return tail;
+}
+
+/* Stamps [c, end) as padding, splitting at the wrap; old is c's stale tag. */
+static int stamp_padding(void *region, uint64_t capacity, uint64_t c, uint64_t end,
+                         uint64_t old) {
+    struct engine_frame_header *f = frame_at(region, capacity, c);
+    uint64_t lap_end = next_lap(c, capacity);
+    if (end >= lap_end && end != c) {
+        if (!engine_cas_u64(&f->tag, old, c | ENGINE_FRAME_PAD_TO_END)) return 0;
+        if (end > lap_end) {
+            struct engine_frame_header *g = frame_at(region, capacity, lap_end);
+            uint64_t gold = engine_load_acquire_u64(&g->tag);
+            if (tag_is_own(gold, lap_end)) return 1;
+            if (!engine_cas_u64(&g->tag, gold, lap_end | ENGINE_FRAME_REAPING)) return 1;
+            g->frame_length = (uint32_t)(end - lap_end);
+            g->offset_count = 0;
+            engine_store_release_u64(&g->tag, lap_end | ENGINE_FRAME_PADDING);
+        }
+        return 1;
+    }
+    if (!engine_cas_u64(&f->tag, old, c | ENGINE_FRAME_REAPING)) return 0;
+    f->frame_length = (uint32_t)(end - c);
+    f->offset_count = 0;
+    engine_store_release_u64(&f->tag, c | ENGINE_FRAME_PADDING);
+    return 1;
+}
+
+/* Reaps a torn claim at c if there is one; returns 1 when it did. */
+static int try_reap(void *region, struct engine_ring_header *h, uint64_t c) {
+    uint64_t capacity = h->capacity;
+    tail_view_t v;
+    read_tail(h, &v);
+    if (c >= v.position) return 0; /* nothing claimed at c: an ordinary wait */
+    struct engine_frame_header *f = frame_at(region, capacity, c);
+    uint64_t tag = engine_load_acquire_u64(&f->tag);
+    int reaped = 0;
+    if (tag_is_own(tag, c)) {
+        if (tag_state(tag) == ENGINE_FRAME_CLAIMED && pid_is_dead(f->pid))
+            reaped = engine_cas_u64(&f->tag, tag, c | ENGINE_FRAME_PADDING);
+    } else {
+        /* Unstamped: its claimant died (or stalls) between claim and stamp. */
+        int64_t now = now_ns();
+        if (engine_load_acquire_u64(&h->stall_position) != c) {
+            __atomic_store_n(&h->stall_since_ns, now, __ATOMIC_RELAXED);
+            engine_store_release_u64(&h->stall_position, c);
+            return 0;
+        }
+        if (now - __atomic_load_n(&h->stall_since_ns, __ATOMIC_RELAXED) < h->stall_timeout_ns)
+            return 0;
+        uint64_t end = unstamped_extent(region, capacity, c, v.position);
+        if (end == v.position) {
+            /* The extent ends at the tail: make sure no live claimant in its
+             * stamp window sits between c and the tail. */
+            struct timespec ts = {0, RESCAN_NS};
+            nanosleep(&ts, NULL);
+            read_tail(h, &v);
+            uint64_t again = unstamped_extent(region, capacity, c, v.position);
+            if (again == v.position && again != end) return 0; /* tail moved: undecided */
+            end = again;
+        }
+        reaped = stamp_padding(region, capacity, c, end, tag);
+    }
+    if (reaped) {
+        engine_fetch_add_u64(&h->reaped_frames, 1);
+        wake(&h->publish_seq, &h->publish_waiters);
+    }
+    return reaped;
+}
+
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t c = cursor->position;
+    if (readable(region, h, c)) return ENGINE_RING_OK;
+    if (timeout_ns <= 0) return ENGINE_RING_TIMEOUT;
+    for (int i = 0; i < SPIN_LIMIT; i++) {
+        engine_cpu_relax();
+        if (readable(region, h, c)) return ENGINE_RING_OK;
+    }
+    int64_t deadline = now_ns() + timeout_ns;
+    for (;;) {
+        engine_fetch_add_u32(&h->publish_waiters, 1);
+        engine_fence();
+        uint32_t seq = engine_load_acquire_u32(&h->publish_seq);
+        if (readable(region, h, c)) {
+            engine_fetch_sub_u32(&h->publish_waiters, 1);
+            return ENGINE_RING_OK;
+        }
+        int64_t left = deadline - now_ns();
+        tail_view_t v;
+        read_tail(h, &v);
+        int stalled = c < v.position; /* claimed but not published */
+        if (left > 0) futex_wait(&h->publish_seq, seq, stalled && left > REAP_CHECK_NS ? REAP_CHECK_NS : left);
+        engine_fetch_sub_u32(&h->publish_waiters, 1);
+        if (readable(region, h, c)) return ENGINE_RING_OK;
+        if (stalled && try_reap(region, h, c)) return ENGINE_RING_OK;
+        if (now_ns() >= deadline) return ENGINE_RING_TIMEOUT;
+    }
+}
+
+/* ---- seek, drain, control, status -------------------------------------- */
+
+int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity;
+    for (;;) {
+        uint64_t c = engine_load_acquire_u64(&h->drain_position);
+        int64_t drain_offset = engine_load_acquire_i64(&h->drain_offset);
+        if (c != engine_load_acquire_u64(&h->drain_position)) continue;
+        if (offset < drain_offset) return ENGINE_RING_BELOW;
+        uint64_t start = c;
+        for (;;) {
+            struct engine_frame_header *f = frame_at(region, capacity, c);
+            uint64_t tag = engine_load_acquire_u64(&f->tag);
+            if (!tag_is_own(tag, c)) break;
+            uint32_t s = tag_state(tag);
+            if (s == ENGINE_FRAME_PAD_TO_END) {
+                c = next_lap(c, capacity);
+                continue;
+            }
+            if (s == ENGINE_FRAME_PADDING) {
+                c += align8(f->frame_length);
+                continue;
+            }
+            if (s != ENGINE_FRAME_PUBLISHED) break;
+            if (offset < get_base_offset(f) + (int64_t)f->offset_count) break;
+            c += align8(f->frame_length);
+        }
+        engine_acquire_fence();
+        tail_view_t v;
+        read_tail(h, &v);
+        if (v.position > start + capacity) continue; /* lapped while scanning */
+        cursor->position = c;
+        cursor->offset = offset;
+        return ENGINE_RING_OK;
+    }
+}
+
+int engine_ring_drain_to(void *region, uint64_t position, int64_t offset) {
+    struct engine_ring_header *h = header_of(region);
+    if (position < h->drain_position || offset < h->drain_offset) return ENGINE_RING_BAD_ARGUMENT;
+    engine_store_release_i64(&h->drain_offset, offset);
+    engine_store_release_u64(&h->drain_position, position);
+    wake(&h->space_seq, &h->space_waiters);
+    return ENGINE_RING_OK;
+}
+
+void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor) {
+    struct engine_ring_header *h = header_of(region);
+    for (;;) {
+        uint64_t p = engine_load_acquire_u64(&h->drain_position);
+        int64_t o = engine_load_acquire_i64(&h->drain_offset);
+        if (p == engine_load_acquire_u64(&h->drain_position)) {
+            cursor->position = p;
+            cursor->offset = o;
+            return;
+        }
+    }
+}
+
+void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed) {
+    struct engine_ring_header *h = header_of(region);
+    engine_store_release_i32(&h->leader_epoch, leader_epoch);
+    engine_store_release_u32(&h->sealed, sealed);
+    wake(&h->space_seq, &h->space_waiters);
+}
+
+void engine_ring_set_high_watermark(void *region, int64_t high_watermark) {
+    struct engine_ring_header *h = header_of(region);
+    engine_store_release_i64(&h->high_watermark, high_watermark);
+    wake(&h->publish_seq, &h->publish_waiters);
+}
+
+void engine_ring_status(void *region, engine_ring_status_t *out) {
+    struct engine_ring_header *h = header_of(region);
+    tail_view_t v;
+    read_tail(h, &v);
+    out->capacity = h->capacity;
+    out->tail_position = v.position;
+    out->tail_offset = v.offset;
+    out->drain_position = engine_load_acquire_u64(&h->drain_position);
+    out->drain_offset = engine_load_acquire_i64(&h->drain_offset);
+    out->base_offset = h->base_offset;
+    out->leader_epoch = engine_load_acquire_i32(&h->leader_epoch);
+    out->sealed = engine_load_acquire_u32(&h->sealed);
+    out->high_watermark = engine_load_acquire_i64(&h->high_watermark);
+    out->reaped_frames = engine_load_relaxed_u64(&h->reaped_frames);
+    out->full_waits = engine_load_relaxed_u64(&h->full_waits);
+    out->publish_waiters = engine_load_relaxed_u32(&h->publish_waiters);
+    out->space_waiters = engine_load_relaxed_u32(&h->space_waiters);
+}

@@ -1,0 +1,328 @@
+/*
+ * ring.h - a partition's shared-memory ring: layout, then operations.
+ *
+ * One POSIX shared-memory object per partition replica. Many producer
+ * processes append to it at once, many consumer processes read it at once,
+ * and the owning broker drains it into segment files. Nothing here takes a
+ * lock: space and offsets are claimed by one compare-and-swap on one word.
+ *
+ * Region:
+ *   +----------------------------------+ 0
+ *   | ring header (4096 bytes)         |  descriptor, claim word, drain
+ *   |                                  |  cursor, wake-up words, control
+ *   +----------------------------------+ 4096
+ *   | data: capacity bytes (a power    |  frames, 8-byte aligned, back to
+ *   | of two); frames wrap around      |  back; padding at the wrap
+ *   +----------------------------------+ 4096 + capacity
+ *
+ * Ring header, version 1 (one field group per 128-byte line so that hot
+ * words written by different processes never share a cache line):
+ *
+ *  0                   1                   2                   3
+ *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+ * +---------------------------------------------------------------+    0
+ * | version: stored last at creation, the "ready" signal          |
+ * +---------------------------------------------------------------+    4
+ * | header_length (4096)                                          |
+ * +---------------------------------------------------------------+    8
+ * | magic "ENGNRING" (uint64)                                     |
+ * +---------------------------------------------------------------+   16
+ * | capacity (uint64): data bytes, a power of two                 |
+ * +---------------------------------------------------------------+   24
+ * | max_frame_length (uint64)                                     |
+ * +---------------------------------------------------------------+   32
+ * | base_offset (int64): offset of the ring's first record        |
+ * +---------------------------------------------------------------+   40
+ * | stall_timeout_ns (int64): torn-claim reaping deadline          |
+ * +---------------------------------------------------------------+   48
+ * | creator_pid (uint32)          | reserved                      |
+ * +---------------------------------------------------------------+  128
+ * | tail (uint64): the claim word, packed                          |
+ * |   bits 0-31: (position / 8) mod 2^32                           |
+ * |   bits 32-63: offset mod 2^32                                  |
+ * +---------------------------------------------------------------+  256
+ * | drain_position (uint64): broker has written up to here        |
+ * +---------------------------------------------------------------+  264
+ * | drain_offset (int64): first offset not yet in a segment       |
+ * +---------------------------------------------------------------+  384
+ * | publish_seq (uint32, futex)   | publish_waiters (uint32)      |
+ * +---------------------------------------------------------------+  512
+ * | space_seq (uint32, futex)     | space_waiters (uint32)        |
+ * +---------------------------------------------------------------+  640
+ * | leader_epoch (int32)          | sealed (uint32): 1 = refuse   |
+ * +---------------------------------------------------------------+  648
+ * | high_watermark (int64): -1 = the log end (no replication)     |
+ * +---------------------------------------------------------------+  768
+ * | reaped_frames (uint64)                                        |
+ * +---------------------------------------------------------------+  776
+ * | full_waits (uint64): claims that found the ring full          |
+ * +---------------------------------------------------------------+  784
+ * | stall_position (uint64): a frame readers found stuck          |
+ * +---------------------------------------------------------------+  792
+ * | stall_since_ns (int64): when they first found it stuck        |
+ * +---------------------------------------------------------------+ 4096
+ *
+ * Frame (every frame starts 8-byte aligned; stride = align8(frame_length)):
+ *
+ * +---------------------------------------------------------------+  0
+ * | tag (uint64) = position | state                               |
+ * |   the frame's own absolute position with its state in the low |
+ * |   3 bits; a tag whose position is not the frame's own is stale |
+ * |   data from an earlier lap                                     |
+ * +---------------------------------------------------------------+  8
+ * | frame_length (uint32): header + batch, bytes                  |
+ * +---------------------------------------------------------------+ 12
+ * | offset_count (uint32): records in the batch                   |
+ * +---------------------------------------------------------------+ 16
+ * | pid (uint32): the claiming process | reserved (uint32)        |
+ * +---------------------------------------------------------------+ 24
+ * | record batch (batch.h), frame_length - 24 bytes               |
+ * +---------------------------------------------------------------+
+ *
+ * Positions only grow (bytes since the ring was created); an index is a
+ * position masked into the data area.
+ *
+ * The publication protocol (producers):
+ *  1. claim: read drain cursor and tail; compute the full position and offset
+ *     of the tail; if the frame does not fit before the end of the data area,
+ *     also claim the rest of the area as padding; if the claim would pass
+ *     drain_position + capacity the ring is full: wait on space_seq. CAS the
+ *     tail to (position + padding + stride, offset + records). Offsets are
+ *     thereby dense and in position order.
+ *  2. stamp: load the old tag; if it already carries our position, a reaper
+ *     took the claim (see below): give up. Write length, count, pid, then CAS
+ *     the tag from the old value to (position | CLAIMED).
+ *  3. write the batch, base offset included, with its CRC.
+ *  4. publish: CAS the tag (position | CLAIMED) -> (position | PUBLISHED),
+ *     a release; then a full fence and, if readers wait, bump publish_seq
+ *     and FUTEX_WAKE.
+ *  Padding at the wrap is stamped (position | PAD_TO_END) and needs no length.
+ *
+ * Readers walk frames from a cursor (position, offset) and stop at the first
+ * frame that is not PUBLISHED or padding. After copying frames out, they check
+ * that the tail has not moved more than a capacity past the first copied frame
+ * (a seqlock-style validation): otherwise the copy may be torn and the reader
+ * must go to the segment files.
+ *
+ * Reaping (a producer died between claim and publish): a reader stalled at a
+ * CLAIMED frame checks whether the claiming pid is alive; when it is not, it
+ * CASes the tag to REAPING, then stores PADDING with the frame's length. A frame
+ * whose tag was never stamped (the producer died between steps 1 and 2) is
+ * reaped after stall_timeout_ns; its length is then found by looking for the
+ * next frame's stamped tag (or the tail). A reaped frame's offsets are skipped,
+ * the way Kafka skips offsets that compaction removed; its producer never got
+ * an acknowledgement for it.
+ *
+ * All processes that share a ring must share a pid namespace.
+ */
+#ifndef ENGINE_RING_H
+#define ENGINE_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+
+#define ENGINE_RING_VERSION 1u
+#define ENGINE_RING_MAGIC 0x474E4952474E4E45ull /* "ENGNRING" little-endian */
+#define ENGINE_RING_HEADER_LENGTH 4096
+#define ENGINE_RING_MIN_CAPACITY 65536ull
+#define ENGINE_RING_MAX_CAPACITY (1ull << 34) /* tail packing covers 32 GiB */
+#define ENGINE_FRAME_HEADER_LENGTH 24
+#define ENGINE_FRAME_ALIGNMENT 8
+
+enum engine_frame_state {
+    ENGINE_FRAME_STALE = 0,      /* never a live state: zero low bits of old data */
+    ENGINE_FRAME_CLAIMED = 1,    /* a producer is writing it */
+    ENGINE_FRAME_PUBLISHED = 2,  /* readable */
+    ENGINE_FRAME_PADDING = 3,    /* skip frame_length bytes */
+    ENGINE_FRAME_PAD_TO_END = 4, /* skip to the end of the data area */
+    ENGINE_FRAME_REAPING = 5,    /* a reaper is turning it into padding */
+};
+
+struct engine_ring_header {
+    uint32_t version;
+    uint32_t header_length;
+    uint64_t magic;
+    uint64_t capacity;
+    uint64_t max_frame_length;
+    int64_t base_offset;
+    int64_t stall_timeout_ns;
+    uint32_t creator_pid;
+    uint32_t reserved0;
+    uint8_t pad0[128 - 56];
+
+    uint64_t tail;
+    uint8_t pad1[128 - 8];
+
+    uint64_t drain_position;
+    int64_t drain_offset;
+    uint8_t pad2[128 - 16];
+
+    uint32_t publish_seq;
+    uint32_t publish_waiters;
+    uint8_t pad3[128 - 8];
+
+    uint32_t space_seq;
+    uint32_t space_waiters;
+    uint8_t pad4[128 - 8];
+
+    int32_t leader_epoch;
+    uint32_t sealed;
+    int64_t high_watermark;
+    uint8_t pad5[128 - 16];
+
+    uint64_t reaped_frames;
+    uint64_t full_waits;
+    uint64_t stall_position;
+    int64_t stall_since_ns;
+    uint8_t pad6[ENGINE_RING_HEADER_LENGTH - 768 - 32];
+};
+
+_Static_assert(offsetof(struct engine_ring_header, version) == 0, "version");
+_Static_assert(offsetof(struct engine_ring_header, header_length) == 4, "header_length");
+_Static_assert(offsetof(struct engine_ring_header, magic) == 8, "magic");
+_Static_assert(offsetof(struct engine_ring_header, capacity) == 16, "capacity");
+_Static_assert(offsetof(struct engine_ring_header, max_frame_length) == 24, "max_frame_length");
+_Static_assert(offsetof(struct engine_ring_header, base_offset) == 32, "base_offset");
+_Static_assert(offsetof(struct engine_ring_header, stall_timeout_ns) == 40, "stall_timeout_ns");
+_Static_assert(offsetof(struct engine_ring_header, creator_pid) == 48, "creator_pid");
+_Static_assert(offsetof(struct engine_ring_header, tail) == 128, "tail");
+_Static_assert(offsetof(struct engine_ring_header, drain_position) == 256, "drain_position");
+_Static_assert(offsetof(struct engine_ring_header, drain_offset) == 264, "drain_offset");
+_Static_assert(offsetof(struct engine_ring_header, publish_seq) == 384, "publish_seq");
+_Static_assert(offsetof(struct engine_ring_header, publish_waiters) == 388, "publish_waiters");
+_Static_assert(offsetof(struct engine_ring_header, space_seq) == 512, "space_seq");
+_Static_assert(offsetof(struct engine_ring_header, space_waiters) == 516, "space_waiters");
+_Static_assert(offsetof(struct engine_ring_header, leader_epoch) == 640, "leader_epoch");
+_Static_assert(offsetof(struct engine_ring_header, sealed) == 644, "sealed");
+_Static_assert(offsetof(struct engine_ring_header, high_watermark) == 648, "high_watermark");
+_Static_assert(offsetof(struct engine_ring_header, reaped_frames) == 768, "reaped_frames");
+_Static_assert(offsetof(struct engine_ring_header, full_waits) == 776, "full_waits");
+_Static_assert(offsetof(struct engine_ring_header, stall_position) == 784, "stall_position");
+_Static_assert(offsetof(struct engine_ring_header, stall_since_ns) == 792, "stall_since_ns");
+_Static_assert(sizeof(struct engine_ring_header) == ENGINE_RING_HEADER_LENGTH, "header size");
+
+struct engine_frame_header {
+    uint64_t tag;
+    uint32_t frame_length;
+    uint32_t offset_count;
+    uint32_t pid;
+    uint32_t reserved;
+};
+
+_Static_assert(offsetof(struct engine_frame_header, tag) == 0, "tag");
+_Static_assert(offsetof(struct engine_frame_header, frame_length) == 8, "frame_length");
+_Static_assert(offsetof(struct engine_frame_header, offset_count) == 12, "offset_count");
+_Static_assert(offsetof(struct engine_frame_header, pid) == 16, "pid");
+_Static_assert(sizeof(struct engine_frame_header) == ENGINE_FRAME_HEADER_LENGTH, "frame header");
+
+/* Return codes of the ring operations. */
+enum engine_ring_code {
+    ENGINE_RING_OK = 0,
+    ENGINE_RING_EMPTY = 1,        /* nothing published at the cursor yet */
+    ENGINE_RING_TIMEOUT = 2,      /* a bounded wait ran out */
+    ENGINE_RING_FULL = 3,         /* no space before the timeout: nothing written */
+    ENGINE_RING_OVERWRITTEN = 4,  /* the cursor's data has been reused: read segments */
+    ENGINE_RING_TOO_LARGE = 5,    /* the frame exceeds max_frame_length */
+    ENGINE_RING_FENCED = 6,       /* a stale leader epoch */
+    ENGINE_RING_SEALED = 7,       /* the ring refuses appends (not the leader any more) */
+    ENGINE_RING_REAPED = 8,       /* our claim was reaped as torn: nothing published, retry */
+    ENGINE_RING_BELOW = 9,        /* the offset is older than the ring holds */
+    ENGINE_RING_BAD_ARGUMENT = 10,
+    ENGINE_RING_OUT_TOO_SMALL = 11, /* the output buffer cannot hold the next batch */
+    ENGINE_RING_CORRUPT = 12,     /* a header or frame failed its checks */
+};
+
+/* A reader's place in the ring: the next frame's position and the next
+ * offset the reader expects. */
+typedef struct engine_cursor {
+    uint64_t position;
+    int64_t offset;
+} engine_cursor_t;
+
+/* A snapshot for status and tests. */
+typedef struct engine_ring_status {
+    uint64_t capacity;
+    uint64_t tail_position;
+    int64_t tail_offset;        /* next offset to be claimed */
+    uint64_t drain_position;
+    int64_t drain_offset;
+    int64_t base_offset;
+    int32_t leader_epoch;
+    uint32_t sealed;
+    int64_t high_watermark;
+    uint64_t reaped_frames;
+    uint64_t full_waits;
+    uint32_t publish_waiters;
+    uint32_t space_waiters;
+} engine_ring_status_t;
+
+/* Setup (not hot): format a zeroed region; check a mapped region. */
+int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
+                     uint64_t max_frame_length, int64_t base_offset,
+                     int64_t stall_timeout_ns, int32_t leader_epoch);
+int engine_ring_check(const void *region, uint64_t region_length);
+uint64_t engine_ring_region_length(uint64_t capacity);
+
+/* Append one record as a batch of one. key_length / value_length -1: null.
+ * headers: Kafka-encoded headers (header_count of them). timeout_ns bounds the
+ * wait for space. On OK, *out_offset is the record's offset. */
+int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+                       int64_t timestamp_ms,
+                       const char *key, int32_t key_length,
+                       const char *value, int32_t value_length,
+                       const char *headers, int32_t headers_length, int32_t header_count,
+                       int64_t timeout_ns, int64_t *out_offset);
+
+/* Append count records in as few batches as max_frame_length allows.
+ * values: value_lengths == NULL means every value is value_stride bytes,
+ * back to back (a numpy array of fixed-size records); else values are packed
+ * back to back with the given lengths. keys likewise; keys == NULL: null keys.
+ * timestamps_ms may be NULL (then every record gets timestamp_ms).
+ * *out_appended counts the records written (all of them unless an error
+ * stopped the append part way: those already written stay written);
+ * out_offsets (may be NULL) receives every record's offset: a batch split
+ * over several frames may interleave with other producers' frames. */
+int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
+                             int64_t timestamp_ms, const int64_t *timestamps_ms,
+                             int32_t count,
+                             const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                             const char *values, const int32_t *value_lengths,
+                             int32_t value_stride,
+                             int64_t timeout_ns, int64_t *out_offsets,
+                             int32_t *out_appended);
+
+/* Copy whole published batches from the cursor into out (without frame
+ * headers), stopping before a batch whose base offset is >= max_offset
+ * (-1: no limit), when out is full, or at the first unpublished frame.
+ * Advances the cursor past what was copied. OK when something was copied. */
+int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
+                     uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+
+/* Wait until the frame at the cursor is readable or timeout_ns passes,
+ * reaping torn claims on the way. timeout_ns 0: do not wait. */
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
+
+/* Place a cursor at the frame holding offset, searching from the drain
+ * cursor: BELOW when the offset is older than the drain cursor. */
+int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
+
+/* Broker: move the drain cursor (everything before it is in a segment). */
+int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
+/* Broker: read the drain cursor. */
+void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
+
+/* Control (replication, failover): set the leader epoch and seal flag. */
+void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
+void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
+
+void engine_ring_status(void *region, engine_ring_status_t *out);
+
+/* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
+uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
+
+/* Kafka's murmur2 partitioner hash (as org.apache.kafka.common.utils.Utils). */
+int32_t engine_murmur2(const void *data, int32_t length);
+
+#endif
