@@ -1,0 +1,54 @@
+"""The physical limit: how fast one core copies memory with numpy (``np.copyto``).
+
+Not a transport that moves records between processes: it copies the run's bytes, in chunks
+of at least 1 MiB, from one 64 MiB buffer into another in the suite's own process, which is
+the least any shared-memory transport must do (write each byte once). The records/s figure
+is that bandwidth divided by the record size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bench.transports.base import Consumer, Producer, RunSpec, Transport, Unsupported, register
+
+BUFFER_BYTES = 64 << 20
+MIN_CHUNK_BYTES = 1 << 20
+
+
+@register
+class MemoryCopy(Transport):
+    name = "memcopy"
+    description = "np.copyto between two 64 MiB buffers in one process (bandwidth ceiling)"
+    order = 90
+    supports_latency = False
+
+    def run_in_process(self, spec: RunSpec) -> dict[str, int] | None:
+        if spec.rate is not None:
+            raise Unsupported("a memory copy has no end-to-end latency")
+        total = spec.total_records * spec.record_size
+        chunk = max(spec.record_size * spec.batch, MIN_CHUNK_BYTES)
+        chunk -= chunk % spec.record_size
+        size = max(BUFFER_BYTES, 2 * chunk)
+        source = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+        target = np.zeros(size, dtype=np.uint8)
+        np.copyto(target, source)  # touch every page before timing
+        offsets = range(0, size - chunk + 1, chunk)
+        copied = 0
+        start = time.perf_counter_ns()
+        while copied < total:
+            for offset in offsets:
+                np.copyto(target[offset : offset + chunk], source[offset : offset + chunk])
+                copied += chunk
+                if copied >= total:
+                    break
+        end = time.perf_counter_ns()
+        return {"records": copied // spec.record_size, "first_send_ns": start, "last_recv_ns": end}
+
+    def producer(self, spec: RunSpec, index: int) -> Producer:
+        raise Unsupported("memcopy runs in process")
+
+    def consumer(self, spec: RunSpec, index: int) -> Consumer:
+        raise Unsupported("memcopy runs in process")
