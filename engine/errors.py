@@ -19,6 +19,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
     ├── FencedError                          a stale leader epoch or producer epoch
+    ├── NotLeaderError                       the replica written to is no longer the leader
     ├── NotEnoughReplicasError               fewer in-sync replicas than min.insync.replicas
     ├── ClosedError                          the object was used after close()
     └── NativeError                          the C hot path reported an unexpected code
@@ -85,6 +86,10 @@ class CorruptRecordError(EngineError):
 
 class FencedError(EngineError):
     """An append carried a stale leader epoch, or a producer was fenced by a newer epoch."""
+
+
+class NotLeaderError(EngineError):
+    """The partition replica written to is no longer its leader; refresh metadata and retry."""
 
 
 class NotEnoughReplicasError(EngineError):

@@ -1,0 +1,420 @@
+"""The partition ring: a shared-memory log buffer that producers append to directly.
+
+This module is the one boundary between Python and the ring's C hot path
+(native/ring.h): every C return code becomes a Python outcome here, through
+``_RAISE``. The ring's layout and publication protocol are drawn in ring.h.
+
+A :class:`Ring` holds one mapping of one POSIX shared-memory object. It may be
+used by one thread at a time per object (create one per thread if needed);
+any number of processes may map the same ring at once. A ring object knows the
+pid that opened it: in a forked child it refuses to be used and its finalizer
+does nothing, so a child never unmaps its parent's view.
+
+Crash behaviour: the ring lives in shared memory, so it survives the death of
+any process that maps it but not a reboot; the broker drains it into segment
+files, which are the durable copy.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import posix_ipc
+
+from engine._native import ffi, lib
+from engine.errors import (
+    BufferFullError,
+    ClosedError,
+    ConfigError,
+    CorruptRecordError,
+    EngineTimeoutError,
+    FencedError,
+    NativeError,
+    NotLeaderError,
+    RecordTooLargeError,
+)
+
+HEADER_LENGTH: int = lib.ENGINE_RING_HEADER_LENGTH
+FRAME_HEADER_LENGTH: int = lib.ENGINE_FRAME_HEADER_LENGTH
+BATCH_HEADER_LENGTH: int = lib.ENGINE_BATCH_HEADER_LENGTH
+MIN_CAPACITY: int = lib.ENGINE_RING_MIN_CAPACITY
+MAX_CAPACITY: int = lib.ENGINE_RING_MAX_CAPACITY
+
+# Codes from enum engine_ring_code (ring.h).
+OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
+BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT = 10, 11, 12
+
+_RAISE: dict[int, type[Exception]] = {
+    TIMEOUT: EngineTimeoutError,
+    FULL: BufferFullError,
+    TOO_LARGE: RecordTooLargeError,
+    FENCED: FencedError,
+    SEALED: NotLeaderError,
+    CORRUPT: CorruptRecordError,
+}
+
+_MESSAGES: dict[int, str] = {
+    FULL: "partition ring stayed full for max_block_ms: the broker has not drained it",
+    TOO_LARGE: "record batch exceeds the ring's max frame length",
+    FENCED: "append carried a stale leader epoch",
+    SEALED: "this replica is no longer the partition leader",
+    CORRUPT: "ring frame failed its shape checks",
+    TIMEOUT: "wait timed out",
+}
+
+
+def raise_for(code: int, what: str) -> None:
+    """Turn a non-OK code into its exception, naming ``what`` was attempted."""
+    cls = _RAISE.get(code)
+    if cls is None:
+        raise NativeError(f"unexpected ring code: code={code} during={what}")
+    raise cls(f"{_MESSAGES[code]}: {what}")
+
+
+@dataclass(frozen=True)
+class RingStatus:
+    """A snapshot of a ring's cursors (see engine_ring_status_t)."""
+
+    capacity: int
+    tail_position: int
+    tail_offset: int
+    drain_position: int
+    drain_offset: int
+    base_offset: int
+    leader_epoch: int
+    sealed: bool
+    high_watermark: int
+    reaped_frames: int
+    full_waits: int
+
+
+class Cursor:
+    """A reader's place in a ring: next frame position and next expected offset."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, position: int = 0, offset: int = 0) -> None:
+        self._c = ffi.new("engine_cursor_t *")
+        self._c.position = position
+        self._c.offset = offset
+
+    @property
+    def position(self) -> int:
+        return int(self._c.position)
+
+    @property
+    def offset(self) -> int:
+        return int(self._c.offset)
+
+    def __repr__(self) -> str:
+        return f"Cursor(position={self.position}, offset={self.offset})"
+
+
+def _np_int32(seq: Sequence[int]) -> Any:
+    return np.ascontiguousarray(seq, dtype=np.int32)
+
+
+class Ring:
+    """One mapping of a partition ring.
+
+    Holds the shared-memory object's mapping and a pointer the C calls use.
+    Invariants: ``self._region`` is valid until :meth:`close`; after close every
+    method raises :class:`ClosedError`. Appends are safe from any number of
+    processes at once; reads never block writers.
+    """
+
+    def __init__(self, name: str, mapping: mmap.mmap, owner: bool) -> None:
+        self.name = name
+        self._map: mmap.mmap | None = mapping
+        self._region: Any = ffi.from_buffer(mapping)
+        self._pid = os.getpid()
+        self._owner = owner
+        self._status = ffi.new("engine_ring_status_t *")
+        self._out_offset = ffi.new("int64_t *")
+        self._out_count = ffi.new("int32_t *")
+        self._out_length = ffi.new("uint64_t *")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        capacity: int,
+        *,
+        base_offset: int = 0,
+        max_frame_length: int | None = None,
+        leader_epoch: int = 0,
+        stall_timeout_ns: int = 500_000_000,
+        replace: bool = False,
+    ) -> Ring:
+        """Create (or, with replace, recreate) the shared-memory ring ``name``, mode 0600."""
+        if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
+            raise ConfigError(
+                f"ring capacity must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]: "
+                f"capacity={capacity}"
+            )
+        if max_frame_length is None:
+            max_frame_length = min(capacity // 2, 8 * 1024 * 1024)
+        if replace:
+            unlink(name)
+        length = int(lib.engine_ring_region_length(capacity))
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=length)
+        try:
+            mapping = mmap.mmap(shm.fd, length)
+        finally:
+            shm.close_fd()
+        ring = cls(name, mapping, owner=True)
+        code = lib.engine_ring_init(
+            ring._region, length, capacity, max_frame_length, base_offset, stall_timeout_ns,
+            leader_epoch,
+        )
+        if code != OK:
+            ring.close()
+            unlink(name)
+            raise ConfigError(
+                f"ring parameters rejected: name={name} capacity={capacity} "
+                f"max_frame_length={max_frame_length} base_offset={base_offset}"
+            )
+        return ring
+
+    @classmethod
+    def open(cls, name: str) -> Ring:
+        """Map an existing ring; raises FileNotFoundError when there is none."""
+        try:
+            shm = posix_ipc.SharedMemory(name)
+        except posix_ipc.ExistentialError as exc:
+            raise FileNotFoundError(f"no partition ring: name={name}") from exc
+        try:
+            mapping = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        ring = cls(name, mapping, owner=False)
+        if lib.engine_ring_check(ring._region, shm.size) != OK:
+            ring.close()
+            raise CorruptRecordError(f"not a version-1 engine ring: name={name}")
+        return ring
+
+    def close(self) -> None:
+        """Unmap; idempotent. In a forked child this does nothing to the parent's view."""
+        if self._map is None:
+            return
+        if os.getpid() != self._pid:
+            self._map = None
+            return
+        ffi.release(self._region)
+        self._map.close()
+        self._map = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._map is None
+
+    def _ptr(self) -> Any:
+        if self._map is None:
+            raise ClosedError(f"ring is closed: name={self.name}")
+        if os.getpid() != self._pid:
+            raise ClosedError(f"ring was opened by another process: name={self.name}")
+        return self._region
+
+    # -- producers ---------------------------------------------------------
+
+    def append(
+        self,
+        fields: Any,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: bytes = b"",
+        header_count: int = 0,
+        timestamp_ms: int | None = None,
+        timeout_ms: int = 60_000,
+    ) -> int:
+        """Append one record; return its offset. ``fields`` is an engine_producer_fields_t*."""
+        region = self._ptr()
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        while True:
+            code = lib.engine_ring_append(
+                region, fields, ts,
+                ffi.NULL if key is None else key, -1 if key is None else len(key),
+                ffi.NULL if value is None else value, -1 if value is None else len(value),
+                headers, len(headers), header_count,
+                timeout_ms * 1_000_000, self._out_offset,
+            )
+            if code == OK:
+                return int(self._out_offset[0])
+            if code != REAPED:
+                raise_for(code, f"append to ring {self.name}")
+
+    def append_batch(
+        self,
+        fields: Any,
+        values: Any,
+        value_lengths: Any = None,
+        value_stride: int = 0,
+        keys: Any = None,
+        key_lengths: Any = None,
+        key_stride: int = 0,
+        timestamps_ms: Any = None,
+        timestamp_ms: int | None = None,
+        timeout_ms: int = 60_000,
+        offsets: Any = None,
+    ) -> int:
+        """Append many records in as few batches as fit; returns how many were appended.
+
+        values: a bytes-like blob of values back to back, with value_lengths (int32
+        array) or a fixed value_stride. keys likewise (None: null keys). offsets: an
+        optional int64 array that receives every record's offset. On an error
+        part way, the records already appended stay appended and the exception
+        carries ``appended``.
+        """
+        region = self._ptr()
+        count = len(value_lengths) if value_lengths is not None else (
+            len(values) // value_stride if value_stride else 0
+        )
+        if timestamps_ms is not None:
+            timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=np.int64)
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        vl = _np_int32(value_lengths) if value_lengths is not None else None
+        kl = _np_int32(key_lengths) if key_lengths is not None else None
+        code = lib.engine_ring_append_batch(
+            region, fields, ts,
+            ffi.NULL if timestamps_ms is None else ffi.from_buffer("int64_t[]", timestamps_ms),
+            count,
+            ffi.NULL if keys is None else ffi.from_buffer(keys),
+            ffi.NULL if kl is None else ffi.from_buffer("int32_t[]", kl),
+            key_stride,
+            ffi.from_buffer(values),
+            ffi.NULL if vl is None else ffi.from_buffer("int32_t[]", vl),
+            value_stride,
+            timeout_ms * 1_000_000,
+            ffi.NULL if offsets is None else ffi.from_buffer("int64_t[]", offsets),
+            self._out_count,
+        )
+        appended = int(self._out_count[0])
+        if code != OK:
+            try:
+                raise_for(code, f"append_batch to ring {self.name} after {appended} of {count}")
+            except Exception as exc:
+                exc.appended = appended  # type: ignore[attr-defined]
+                raise
+        return appended
+
+    # -- readers -----------------------------------------------------------
+
+    def read(self, cursor: Cursor, out: Any, max_offset: int = -1) -> tuple[int, int]:
+        """Copy whole published batches at the cursor into ``out`` (a writable buffer).
+
+        Returns (code, length): code is OK, EMPTY, OVERWRITTEN or OUT_TOO_SMALL (then
+        length is the size the next batch needs). Advances the cursor on OK.
+        """
+        region = self._ptr()
+        buf = ffi.from_buffer(out, require_writable=True)
+        code = lib.engine_ring_read(region, cursor._c, buf, len(buf), self._out_length, max_offset)
+        if code in (OK, EMPTY, OVERWRITTEN, OUT_TOO_SMALL):
+            return code, int(self._out_length[0]) if code in (OK, OUT_TOO_SMALL) else 0
+        raise_for(code, f"read ring {self.name} at {cursor}")
+        raise AssertionError("unreachable")
+
+    def wait(self, cursor: Cursor, timeout_s: float) -> bool:
+        """Block until the frame at the cursor is readable; False on timeout."""
+        code = lib.engine_ring_wait(self._ptr(), cursor._c, int(timeout_s * 1e9))
+        return bool(code == OK)
+
+    def seek(self, offset: int) -> Cursor | None:
+        """A cursor at ``offset`` if the ring still holds it undrained; None if older."""
+        cursor = Cursor()
+        code = lib.engine_ring_seek(self._ptr(), offset, cursor._c)
+        if code == BELOW:
+            return None
+        if code != OK:
+            raise_for(code, f"seek ring {self.name} to offset={offset}")
+        return cursor
+
+    # -- the broker --------------------------------------------------------
+
+    def drain_cursor(self) -> Cursor:
+        cursor = Cursor()
+        lib.engine_ring_drain_cursor(self._ptr(), cursor._c)
+        return cursor
+
+    def drain_to(self, cursor: Cursor) -> None:
+        code = lib.engine_ring_drain_to(self._ptr(), cursor.position, cursor.offset)
+        if code != OK:
+            raise NativeError(f"drain cursor may only move forward: ring={self.name} to={cursor}")
+
+    def set_leader(self, leader_epoch: int, sealed: bool) -> None:
+        lib.engine_ring_set_leader(self._ptr(), leader_epoch, 1 if sealed else 0)
+
+    def set_high_watermark(self, high_watermark: int) -> None:
+        lib.engine_ring_set_high_watermark(self._ptr(), high_watermark)
+
+    def status(self) -> RingStatus:
+        s = self._status
+        lib.engine_ring_status(self._ptr(), s)
+        return RingStatus(
+            capacity=int(s.capacity),
+            tail_position=int(s.tail_position),
+            tail_offset=int(s.tail_offset),
+            drain_position=int(s.drain_position),
+            drain_offset=int(s.drain_offset),
+            base_offset=int(s.base_offset),
+            leader_epoch=int(s.leader_epoch),
+            sealed=bool(s.sealed),
+            high_watermark=int(s.high_watermark),
+            reaped_frames=int(s.reaped_frames),
+            full_waits=int(s.full_waits),
+        )
+
+
+def producer_fields(
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    attributes: int = 0,
+    leader_epoch: int = -1,
+) -> Any:
+    """An engine_producer_fields_t* for appends (leader_epoch -1: the ring's own)."""
+    f = ffi.new("engine_producer_fields_t *")
+    f.producer_id = producer_id
+    f.producer_epoch = producer_epoch
+    f.base_sequence = base_sequence
+    f.attributes = attributes
+    f.leader_epoch = leader_epoch
+    return f
+
+
+def unlink(name: str) -> bool:
+    """Remove the shared-memory object ``name``; False if it did not exist."""
+    try:
+        posix_ipc.unlink_shared_memory(name)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:
+    """CRC32C (Castagnoli) of ``data``, continuing from ``crc``."""
+    return int(lib.engine_crc32c(crc, ffi.from_buffer(data), len(data)))
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash of ``data`` (a signed 32-bit int, as Java returns it)."""
+    return int(lib.engine_murmur2(data, len(data)))
