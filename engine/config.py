@@ -1,0 +1,122 @@
+"""Topic names and topic configs: Kafka's names, the engine's defaults, one validator.
+
+A topic config is a flat mapping of Kafka config names to ints (or strings where
+Kafka uses strings). Unknown keys and bad values raise ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from engine.errors import ConfigError, InvalidTopicError
+
+MAX_TOPIC_NAME_LENGTH = 249
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+# Defaults of the engine (Kafka's where Kafka has one; commented where they differ).
+TOPIC_DEFAULTS: dict[str, int | str] = {
+    "retention.ms": 7 * 24 * 3600 * 1000,
+    "retention.bytes": -1,
+    "segment.bytes": 1 << 30,
+    "segment.ms": 7 * 24 * 3600 * 1000,
+    "index.interval.bytes": 4096,
+    "max.message.bytes": 1 << 20,  # Kafka: ~1 MB as well
+    # Kafka leaves fsync to the OS (flush.messages = Long.MAX). So do we by default:
+    # data written to segments is in the page cache and survives a process crash
+    # (kill -9), but not a power loss, until the OS writes it back.
+    "flush.messages": (1 << 63) - 1,
+    "flush.ms": (1 << 63) - 1,
+    "min.insync.replicas": 1,
+    "unclean.leader.election.enable": 0,
+    "cleanup.policy": "delete",
+    # Engine-specific: the size of each partition's shared-memory ring, bytes.
+    "ring.bytes": 16 << 20,
+}
+
+_STRING_CHOICES: dict[str, tuple[str, ...]] = {"cleanup.policy": ("delete",)}
+_BOOLEAN_KEYS = {"unclean.leader.election.enable"}
+_MINIMUMS: dict[str, int] = {
+    "retention.ms": -1,
+    "retention.bytes": -1,
+    "segment.bytes": 14,
+    "segment.ms": 1,
+    "index.interval.bytes": 0,
+    "max.message.bytes": 0,
+    "flush.messages": 1,
+    "flush.ms": 0,
+    "min.insync.replicas": 1,
+    "ring.bytes": 1 << 16,
+}
+
+
+def validate_topic_name(name: object) -> str:
+    """Kafka's topic naming rule; returns the name or raises InvalidTopicError."""
+    if not isinstance(name, str):
+        raise InvalidTopicError(f"topic name must be a str, not {type(name).__name__}")
+    if not name or name in (".", ".."):
+        raise InvalidTopicError(f"topic name is empty or '.' or '..': name={name!r}")
+    if len(name) > MAX_TOPIC_NAME_LENGTH:
+        raise InvalidTopicError(
+            f"topic name longer than {MAX_TOPIC_NAME_LENGTH} characters: length={len(name)}"
+        )
+    if not _TOPIC_NAME.match(name):
+        raise InvalidTopicError(
+            f"topic name may only use ASCII letters, digits, '.', '_' and '-': name={name!r}"
+        )
+    return name
+
+
+def validate_topic_config(config: Mapping[str, Any] | None) -> dict[str, int | str]:
+    """Check a user's topic config; returns the full config with defaults filled in."""
+    out: dict[str, int | str] = dict(TOPIC_DEFAULTS)
+    for key, value in (config or {}).items():
+        if key not in TOPIC_DEFAULTS:
+            raise ConfigError(f"unknown topic config: key={key!r}")
+        if key in _STRING_CHOICES:
+            if value not in _STRING_CHOICES[key]:
+                raise ConfigError(
+                    f"topic config must be one of {_STRING_CHOICES[key]}: key={key!r} "
+                    f"value={value!r}"
+                )
+            out[key] = value
+            continue
+        if key in _BOOLEAN_KEYS and isinstance(value, (bool, str)):
+            if isinstance(value, str) and value.lower() not in ("true", "false"):
+                raise ConfigError(f"topic config must be a boolean: key={key!r} value={value!r}")
+            value = value is True or (isinstance(value, str) and value.lower() == "true")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"topic config must be an integer: key={key!r} value={value!r}"
+            ) from None
+        if isinstance(value, float) and value != number:
+            raise ConfigError(f"topic config must be an integer: key={key!r} value={value!r}")
+        if number < _MINIMUMS.get(key, 0):
+            raise ConfigError(
+                f"topic config below its minimum {_MINIMUMS.get(key, 0)}: key={key!r} "
+                f"value={value!r}"
+            )
+        out[key] = number
+    ring = int(out["ring.bytes"])
+    if ring & (ring - 1):
+        raise ConfigError(f"topic config must be a power of two: key='ring.bytes' value={ring}")
+    if int(out["max.message.bytes"]) + 256 > ring // 2:
+        raise ConfigError(
+            "max.message.bytes must fit in half the ring (ring.bytes / 2): "
+            f"max.message.bytes={out['max.message.bytes']} ring.bytes={ring}"
+        )
+    return out
+
+
+def parse_config_pairs(pairs: list[str]) -> dict[str, str]:
+    """Parse ``key=value`` strings from the command line."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"config must be written key=value: got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out

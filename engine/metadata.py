@@ -1,0 +1,234 @@
+"""Cluster metadata in the coordinator's tree, laid out as Kafka lays it out in ZooKeeper.
+
+    /brokers/ids/<id>                              ephemeral: {"version":5,"host",...,"pid"}
+    /controller                                    ephemeral: {"version":1,"brokerid":id}
+    /controller_epoch                              persistent: "<epoch>"
+    /config/topics/<topic>                         {"version":1,"config":{...}}
+    /brokers/topics/<topic>                        {"version":3,"topic_id","partitions":{"0":[1,2]}}
+    /brokers/topics/<topic>/partitions/<p>/state   {"version":1,"leader","leader_epoch","isr",...}
+    /admin/delete_topics/<topic>                   a deletion request for the controller
+
+Everything here is pure layout and JSON plus small kazoo helpers; the processes
+that act on the tree are the broker and the controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from engine.datadir import DataDir
+from engine.errors import DaemonNotRunningError, UnknownTopicError
+
+BROKER_IDS = "/brokers/ids"
+BROKER_TOPICS = "/brokers/topics"
+CONFIG_TOPICS = "/config/topics"
+CONTROLLER = "/controller"
+CONTROLLER_EPOCH = "/controller_epoch"
+DELETE_TOPICS = "/admin/delete_topics"
+
+SESSION_TIMEOUT_S = 6.0
+
+
+def broker_path(broker_id: int) -> str:
+    return f"{BROKER_IDS}/{broker_id}"
+
+
+def topic_path(topic: str) -> str:
+    return f"{BROKER_TOPICS}/{topic}"
+
+
+def config_path(topic: str) -> str:
+    return f"{CONFIG_TOPICS}/{topic}"
+
+
+def partitions_path(topic: str) -> str:
+    return f"{BROKER_TOPICS}/{topic}/partitions"
+
+
+def state_path(topic: str, partition: int) -> str:
+    return f"{BROKER_TOPICS}/{topic}/partitions/{partition}/state"
+
+
+def encode(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Any:
+    return json.loads(data.decode()) if data else None
+
+
+def new_topic_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """Leader, leader epoch and ISR of one partition (the state znode)."""
+
+    leader: int
+    leader_epoch: int
+    isr: tuple[int, ...]
+    controller_epoch: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "leader": self.leader,
+            "leader_epoch": self.leader_epoch,
+            "isr": list(self.isr),
+            "controller_epoch": self.controller_epoch,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> PartitionState:
+        return cls(
+            leader=int(obj["leader"]),
+            leader_epoch=int(obj["leader_epoch"]),
+            isr=tuple(int(b) for b in obj["isr"]),
+            controller_epoch=int(obj.get("controller_epoch", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class TopicAssignment:
+    """A topic's id and replica assignment (the /brokers/topics/<t> znode)."""
+
+    name: str
+    topic_id: str
+    replicas: dict[int, tuple[int, ...]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 3,
+            "topic_id": self.topic_id,
+            "partitions": {str(p): list(r) for p, r in sorted(self.replicas.items())},
+            "adding_replicas": {},
+            "removing_replicas": {},
+        }
+
+    @classmethod
+    def from_json(cls, name: str, obj: dict[str, Any]) -> TopicAssignment:
+        return cls(
+            name=name,
+            topic_id=str(obj["topic_id"]),
+            replicas={int(p): tuple(int(b) for b in r) for p, r in obj["partitions"].items()},
+        )
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.replicas)
+
+
+@dataclass
+class TopicMetadata:
+    """What a client needs to find a topic's partitions."""
+
+    assignment: TopicAssignment
+    config: dict[str, Any]
+    states: dict[int, PartitionState] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.assignment.name
+
+    @property
+    def partition_count(self) -> int:
+        return self.assignment.partition_count
+
+
+def assign_replicas(brokers: list[int], partitions: int, replication: int) -> dict[int, tuple[int, ...]]:
+    """Round-robin replica placement over the live brokers (Kafka's rack-unaware scheme)."""
+    ordered = sorted(brokers)
+    n = len(ordered)
+    start = int(time.time_ns()) % n if n else 0
+    return {
+        p: tuple(ordered[(start + p + i) % n] for i in range(replication))
+        for p in range(partitions)
+    }
+
+
+def connect(data_dir: DataDir, timeout_s: float = 10.0, hosts: str | None = None) -> KazooClient:
+    """A started kazoo client for the daemon of ``data_dir``."""
+    hosts = hosts or data_dir.coordinator_hosts()
+    client = KazooClient(
+        hosts=hosts,
+        timeout=SESSION_TIMEOUT_S,
+        logger=logging.getLogger("engine.kazoo"),
+        connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 1.0},
+    )
+    try:
+        client.start(timeout=timeout_s)
+    except KazooTimeoutError:
+        client.stop()
+        client.close()
+        raise DaemonNotRunningError(
+            f"cannot reach the engine's coordinator at {hosts} for data_dir={data_dir.root}: "
+            f"start it with `{data_dir.start_command()}`"
+        ) from None
+    return client
+
+
+def read_topic(client: KazooClient, topic: str) -> TopicMetadata:
+    """The topic's assignment, config and partition states; UnknownTopicError if none."""
+    try:
+        data, _ = client.get(topic_path(topic))
+    except NoNodeError:
+        raise UnknownTopicError(f"unknown topic: topic={topic!r}") from None
+    assignment = TopicAssignment.from_json(topic, decode(data))
+    try:
+        cdata, _ = client.get(config_path(topic))
+        config = dict(decode(cdata).get("config", {}))
+    except NoNodeError:
+        config = {}
+    meta = TopicMetadata(assignment, config)
+    for p in assignment.replicas:
+        try:
+            sdata, _ = client.get(state_path(topic, p))
+        except NoNodeError:
+            continue
+        meta.states[p] = PartitionState.from_json(decode(sdata))
+    return meta
+
+
+def list_topics(client: KazooClient) -> list[str]:
+    try:
+        names = client.get_children(BROKER_TOPICS)
+    except NoNodeError:
+        return []
+    deleting = set(_children(client, DELETE_TOPICS))
+    return sorted(n for n in names if n not in deleting)
+
+
+def live_brokers(client: KazooClient) -> dict[int, dict[str, Any]]:
+    out: dict[int, dict[str, Any]] = {}
+    for child in _children(client, BROKER_IDS):
+        try:
+            data, _ = client.get(broker_path(int(child)))
+        except (NoNodeError, ValueError):
+            continue
+        out[int(child)] = decode(data)
+    return out
+
+
+def controller_id(client: KazooClient) -> int | None:
+    try:
+        data, _ = client.get(CONTROLLER)
+    except NoNodeError:
+        return None
+    return int(decode(data)["brokerid"])
+
+
+def _children(client: KazooClient, path: str) -> list[str]:
+    try:
+        return list(client.get_children(path))
+    except NoNodeError:
+        return []

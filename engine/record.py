@@ -1,0 +1,182 @@
+"""What users send and receive: records, their metadata, topic-partitions, headers.
+
+Names follow kafka-python: ``TopicPartition``, ``RecordMetadata``, and a
+consumer ``Record`` with topic, partition, offset, timestamp, key, value, headers.
+Decoding of stored batches into records happens here, through the C decoder
+(native/batch.h), which yields positions; Python only slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from engine._native import ffi, lib
+from engine.errors import CorruptRecordError, RecordTypeError
+
+Headers = list[tuple[str, bytes]]
+
+
+class TopicPartition(NamedTuple):
+    """A partition of a topic."""
+
+    topic: str
+    partition: int
+
+
+class RecordMetadata(NamedTuple):
+    """Where an acknowledged record landed (offset -1 when acks=0)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class Record(NamedTuple):
+    """A record as a consumer receives it."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def as_bytes(what: str, data: Any, nullable: bool = True) -> bytes | None:
+    """Return ``data`` as bytes, or raise RecordTypeError naming ``what`` was wrong."""
+    if type(data) is bytes:
+        return data
+    if data is None and nullable:
+        return None
+    if isinstance(data, BYTES_LIKE):
+        return bytes(data)
+    raise RecordTypeError(f"{what} must be bytes-like or None, not {type(data).__name__}")
+
+
+def _varint(n: int) -> bytes:
+    z = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def encode_headers(headers: Iterable[tuple[str, Any]] | None) -> tuple[bytes, int]:
+    """Kafka's record header encoding: (bytes, count)."""
+    if not headers:
+        return b"", 0
+    out = bytearray()
+    count = 0
+    for item in headers:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise RecordTypeError(f"a header must be a (str, bytes) pair, not {item!r}") from None
+        if not isinstance(name, str):
+            raise RecordTypeError(f"header key must be str, not {type(name).__name__}")
+        raw_name = name.encode()
+        raw_value = as_bytes(f"header {name!r} value", value)
+        out += _varint(len(raw_name)) + raw_name
+        if raw_value is None:
+            out += _varint(-1)
+        else:
+            out += _varint(len(raw_value)) + raw_value
+        count += 1
+    return bytes(out), count
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    z = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise CorruptRecordError("truncated varint in record headers")
+        b = data[pos]
+        pos += 1
+        z |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+
+
+def decode_headers(data: bytes, count: int) -> Headers:
+    headers: Headers = []
+    pos = 0
+    for _ in range(count):
+        n, pos = _read_varint(data, pos)
+        name = data[pos : pos + n].decode()
+        pos += n
+        n, pos = _read_varint(data, pos)
+        value = b"" if n < 0 else data[pos : pos + n]
+        pos += max(n, 0)
+        headers.append((name, value))
+    return headers
+
+
+RECORD_INFO_DTYPE = np.dtype(
+    [
+        ("offset", "<i8"), ("timestamp", "<i8"), ("producer_id", "<i8"),
+        ("key_position", "<u4"), ("key_length", "<i4"),
+        ("value_position", "<u4"), ("value_length", "<i4"),
+        ("headers_position", "<u4"), ("headers_length", "<u4"), ("header_count", "<i4"),
+        ("batch_attributes", "<i2"), ("reserved", "<i2"),
+    ]
+)
+assert RECORD_INFO_DTYPE.itemsize == ffi.sizeof("engine_record_info_t")
+
+
+class RecordDecoder:
+    """Turns a buffer of whole batches into Records; one per consumer thread."""
+
+    def __init__(self, max_records: int = 4096) -> None:
+        self._capacity = max_records
+        self._infos = ffi.new("engine_record_info_t[]", max_records)
+        self._view = np.frombuffer(ffi.buffer(self._infos), dtype=RECORD_INFO_DTYPE)
+        self._count = ffi.new("int32_t *")
+        self._consumed = ffi.new("uint64_t *")
+
+    def decode(
+        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int
+    ) -> tuple[list[Record], int]:
+        """Records at or above ``min_offset`` (at most max_records), and the bytes fully used."""
+        limit = min(max_records, self._capacity)
+        code = lib.engine_batch_decode(
+            data, len(data), min_offset, self._infos, limit, self._count, self._consumed
+        )
+        n = int(self._count[0])
+        if code == 2 and n == 0:
+            raise CorruptRecordError(
+                f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"
+            )
+        out: list[Record] = []
+        append = out.append
+        for off, ts, _pid, kp, kl, vp, vl, hp, hl, hc, _a, _r in self._view[:n].tolist():
+            key = None if kl < 0 else data[kp : kp + kl]
+            value = None if vl < 0 else data[vp : vp + vl]
+            headers = decode_headers(data[hp : hp + hl], hc) if hc else []
+            append(Record(topic, partition, off, ts, key, value, headers))
+        return out, int(self._consumed[0])
+
+
+def pack_values(values: Sequence[Any]) -> tuple[bytes, Any]:
+    """Concatenate a list of bytes-like values: (blob, int32 lengths)."""
+    try:
+        blob = b"".join(values)
+    except TypeError:
+        for i, v in enumerate(values):
+            if not isinstance(v, BYTES_LIKE):
+                raise RecordTypeError(
+                    f"values[{i}] must be bytes-like, not {type(v).__name__}"
+                ) from None
+        raise
+    lengths = np.fromiter(map(len, values), dtype=np.int32, count=len(values))
+    return blob, lengths
