@@ -1,0 +1,57 @@
+"""The coordinator: a ZooKeeper-compatible server (one process, asyncio, durable).
+
+Modules, one concept each: ``jute`` (the wire format), ``tree`` (znodes, ACLs and
+transactions), ``session`` (sessions and expiry), ``watch`` (watches), ``txnlog``
+(transaction log, snapshots, recovery), ``server`` (TCP server and request handling).
+
+Run it with ``python -m engine.coordinator --data-dir DIR [--port-file FILE]``, or from
+Python with :func:`engine.coordinator.server.serve` or :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from engine.errors import DaemonAlreadyRunningError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.coordinator",
+        description="A ZooKeeper-compatible coordinator for the engine.")
+    parser.add_argument("--data-dir", required=True, help="transaction log and snapshots")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--port-file", help="write the bound port here once listening")
+    parser.add_argument("--tick-ms", type=int, default=200,
+                        help="tick; session timeouts are clamped to [2, 20] ticks")
+    parser.add_argument("--snapshot-every", type=int, default=10000,
+                        help="transactions between snapshots")
+    parser.add_argument("--log-level", default="INFO", help="logging level for stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run until SIGTERM/SIGINT, return the exit code."""
+    from engine.coordinator.server import serve
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tick_ms <= 0 or args.snapshot_every <= 0:
+        logging.getLogger("engine.coordinator").error(
+            "tick and snapshot interval must be positive: tick_ms=%d snapshot_every=%d",
+            args.tick_ms, args.snapshot_every)
+        return 2
+    try:
+        return asyncio.run(serve(args.data_dir, args.host, args.port, args.port_file,
+                                 args.tick_ms, args.snapshot_every))
+    except DaemonAlreadyRunningError as exc:
+        logging.getLogger("engine.coordinator").error("%s", exc)
+        return 1

@@ -1,0 +1,484 @@
+"""Durability: the append-only transaction log, snapshots, and recovery after a crash.
+
+On-disk format, version 1. Every file lives directly in the data dir, mode 0600::
+
+    coordinator.lock             flock()ed by the running coordinator (one per data dir)
+    log.<start zxid, 16 hex>     transactions with zxid >= start, in zxid order
+    snapshot.<zxid, 16 hex>      the whole state after applying every zxid <= zxid
+
+A log file::
+
+    +--------+---------+------------------+
+    | "EZKL" | u32 = 1 | i64 start zxid   |   file header, 16 bytes
+    +--------+---------+------------------+
+    | u32 length | u32 crc32(payload) | payload (length bytes) |   one record per txn
+    ...
+
+    payload = i64 zxid, i64 time (ms since the epoch), txn
+    txn     = u8 kind, then by kind (jute encodings: ustring, buffer, vector<ACL>):
+              1 create        path, data, acl, i64 ephemeral owner
+              2 delete        path
+              3 setData       path, data, i32 new version
+              4 setACL        path, acl, i32 new aversion
+              5 check         path
+              6 createSession i64 session id, i32 timeout ms, buffer password
+              7 closeSession  i64 session id
+              8 multi         i32 count, then count txns
+
+A snapshot file::
+
+    "EZKS", u32 = 1, i64 zxid,
+    i32 session count, (i64 id, buffer password, i32 timeout ms) per session,
+    i32 node count, per node in pre-order from "/" (a parent before its children, children
+    in their listing order): path, data, acl, i64 czxid, i64 mzxid, i64 ctime, i64 mtime,
+    i32 version, i32 cversion, i32 aversion, i64 ephemeral owner, i64 pzxid,
+    u32 crc32 of everything before it.
+
+Writing: records are appended to an in-memory batch; one writer thread writes the batch
+and fdatasync()s the file, and only then does the server send the replies (and watch
+events) of those transactions. Transactions arriving during an fsync form the next batch
+(group commit). Every ``snapshot_every`` transactions the state is serialized, written
+to ``snapshot.<zxid>.tmp``, fsynced and renamed, and a new log file begins at zxid + 1;
+files only needed for older snapshots than the previous one are deleted.
+
+Recovery: load the newest snapshot whose CRC checks (falling back to an older one),
+then replay every log record with a zxid above it, in order, stopping a file at the first
+torn or corrupt record (a write that never completed, hence was never acknowledged) and
+truncating the file there. Sessions come back with fresh deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from engine.coordinator.errors import JuteError
+from engine.coordinator.jute import (
+    Reader,
+    encode_acls,
+    encode_buffer,
+    encode_int,
+    encode_long,
+    encode_ustring,
+)
+from engine.coordinator.tree import (
+    CheckTxn,
+    CloseSessionTxn,
+    CreateSessionTxn,
+    CreateTxn,
+    DataTree,
+    DeleteTxn,
+    MultiTxn,
+    Node,
+    SetACLTxn,
+    SetDataTxn,
+    Txn,
+    name_of,
+    parent_of,
+)
+from engine.errors import DaemonAlreadyRunningError
+
+log = logging.getLogger("engine.coordinator.txnlog")
+
+FORMAT_VERSION = 1
+LOG_MAGIC = b"EZKL"
+SNAPSHOT_MAGIC = b"EZKS"
+_FILE_HEADER = struct.Struct("!4sIq")
+_RECORD_HEADER = struct.Struct("!II")
+_RECORD_PREFIX = struct.Struct("!qq")
+_CRC = struct.Struct("!I")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def encode_txn(txn: Txn) -> bytes:
+    if isinstance(txn, CreateTxn):
+        return (b"\x01" + encode_ustring(txn.path) + encode_buffer(txn.data)
+                + encode_acls(txn.acl) + encode_long(txn.ephemeral_owner))
+    if isinstance(txn, DeleteTxn):
+        return b"\x02" + encode_ustring(txn.path)
+    if isinstance(txn, SetDataTxn):
+        return (b"\x03" + encode_ustring(txn.path) + encode_buffer(txn.data)
+                + encode_int(txn.version))
+    if isinstance(txn, SetACLTxn):
+        return b"\x04" + encode_ustring(txn.path) + encode_acls(txn.acl) + encode_int(txn.version)
+    if isinstance(txn, CheckTxn):
+        return b"\x05" + encode_ustring(txn.path)
+    if isinstance(txn, CreateSessionTxn):
+        return (b"\x06" + encode_long(txn.session_id) + encode_int(txn.timeout_ms)
+                + encode_buffer(txn.passwd))
+    if isinstance(txn, CloseSessionTxn):
+        return b"\x07" + encode_long(txn.session_id)
+    return b"\x08" + encode_int(len(txn.txns)) + b"".join(encode_txn(t) for t in txn.txns)
+
+
+def decode_txn(reader: Reader) -> Txn:
+    kind = reader.read_byte()
+    if kind == 1:
+        return CreateTxn(reader.read_path(), reader.read_buffer() or b"",
+                         tuple(reader.read_acls()), reader.read_long())
+    if kind == 2:
+        return DeleteTxn(reader.read_path())
+    if kind == 3:
+        return SetDataTxn(reader.read_path(), reader.read_buffer() or b"", reader.read_int())
+    if kind == 4:
+        return SetACLTxn(reader.read_path(), tuple(reader.read_acls()), reader.read_int())
+    if kind == 5:
+        return CheckTxn(reader.read_path())
+    if kind == 6:
+        return CreateSessionTxn(reader.read_long(), reader.read_int(), reader.read_buffer() or b"")
+    if kind == 7:
+        return CloseSessionTxn(reader.read_long())
+    if kind == 8:
+        count = reader.read_int()
+        if count < 0:
+            raise JuteError(f"bad multi count: count={count}")
+        return MultiTxn(tuple(decode_txn(reader) for _ in range(count)))
+    raise JuteError(f"unknown txn kind: kind={kind}")
+
+
+def encode_record(zxid: int, time_ms: int, txn: Txn) -> bytes:
+    payload = _RECORD_PREFIX.pack(zxid, time_ms) + encode_txn(txn)
+    return _RECORD_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    zxid: int
+    time_ms: int
+    txn: Txn
+
+
+def read_records(data: bytes) -> tuple[list[LogRecord], int]:
+    """Decode a log file's records; return them and the length of the valid prefix."""
+    magic, version, _start = _FILE_HEADER.unpack_from(data, 0)
+    if magic != LOG_MAGIC or version != FORMAT_VERSION:
+        raise JuteError(f"not a version {FORMAT_VERSION} log file: magic={magic!r}")
+    records = []
+    pos = _FILE_HEADER.size
+    while pos + _RECORD_HEADER.size <= len(data):
+        length, crc = _RECORD_HEADER.unpack_from(data, pos)
+        start = pos + _RECORD_HEADER.size
+        payload = data[start : start + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            break
+        try:
+            zxid, time_ms = _RECORD_PREFIX.unpack_from(payload, 0)
+            reader = Reader(payload, _RECORD_PREFIX.size)
+            txn = decode_txn(reader)
+        except (JuteError, struct.error):
+            break
+        records.append(LogRecord(zxid, time_ms, txn))
+        pos = start + length
+    return records, pos
+
+
+def encode_snapshot(tree: DataTree, sessions: dict[int, tuple[bytes, int]]) -> bytes:
+    parts = [_FILE_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, tree.zxid)]
+    parts.append(encode_int(len(sessions)))
+    for session_id, (passwd, timeout_ms) in sorted(sessions.items()):
+        parts.append(encode_long(session_id) + encode_buffer(passwd) + encode_int(timeout_ms))
+    parts.append(encode_int(len(tree.nodes)))
+    node_struct = _SNAPSHOT_NODE
+    stack = ["/"]
+    while stack:
+        path = stack.pop()
+        node = tree.nodes[path]
+        parts.append(encode_ustring(path) + encode_buffer(node.data) + encode_acls(node.acl))
+        parts.append(node_struct.pack(node.czxid, node.mzxid, node.ctime, node.mtime,
+                                      node.version, node.cversion, node.aversion,
+                                      node.ephemeral_owner, node.pzxid))
+        prefix = "/" if path == "/" else path + "/"
+        stack.extend(prefix + name for name in reversed(node.children))
+    body = b"".join(parts)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+_SNAPSHOT_NODE = struct.Struct("!qqqqiiiqq")
+
+
+def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]]:
+    if len(data) < _FILE_HEADER.size + _CRC.size:
+        raise JuteError("snapshot truncated")
+    body, (crc,) = data[:-4], _CRC.unpack_from(data, len(data) - 4)
+    if zlib.crc32(body) != crc:
+        raise JuteError("snapshot crc mismatch")
+    magic, version, zxid = _FILE_HEADER.unpack_from(body, 0)
+    if magic != SNAPSHOT_MAGIC or version != FORMAT_VERSION:
+        raise JuteError(f"not a version {FORMAT_VERSION} snapshot: magic={magic!r}")
+    reader = Reader(body, _FILE_HEADER.size)
+    sessions = {}
+    for _ in range(reader.read_int()):
+        session_id = reader.read_long()
+        passwd = reader.read_buffer() or b""
+        sessions[session_id] = (passwd, reader.read_int())
+    tree = DataTree()
+    tree.nodes.clear()
+    tree.ephemerals.clear()
+    tree.timed.clear()
+    for _ in range(reader.read_int()):
+        path = reader.read_path()
+        data_bytes = reader.read_buffer() or b""
+        acl = tuple(reader.read_acls())
+        fields = _SNAPSHOT_NODE.unpack_from(body, reader.skip(_SNAPSHOT_NODE.size))
+        node = Node(data_bytes, acl, *fields)
+        tree._put(path, node)
+        if path != "/":
+            tree.nodes[parent_of(path)].children[name_of(path)] = None
+    tree.zxid = zxid
+    return tree, sessions
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _zxid_files(directory: str, prefix: str) -> list[tuple[int, str]]:
+    found = []
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and not name.endswith(".tmp"):
+            try:
+                found.append((int(name[len(prefix):], 16), os.path.join(directory, name)))
+            except ValueError:
+                continue
+    return sorted(found)
+
+
+def write_file_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and a rename."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path) or ".")
+
+
+@dataclass
+class Recovered:
+    """The state rebuilt from disk: the tree (with its zxid) and the live sessions."""
+
+    tree: DataTree
+    sessions: dict[int, tuple[bytes, int]]
+    replayed: int
+    snapshot_zxid: int
+
+
+def apply_to_sessions(sessions: dict[int, tuple[bytes, int]], txn: Txn) -> None:
+    if isinstance(txn, CreateSessionTxn):
+        sessions[txn.session_id] = (txn.passwd, txn.timeout_ms)
+    elif isinstance(txn, CloseSessionTxn):
+        sessions.pop(txn.session_id, None)
+
+
+def recover(directory: str) -> Recovered:
+    """Rebuild the state from the newest good snapshot and the logs after it."""
+    tree, snapshot_zxid = DataTree(), 0
+    sessions: dict[int, tuple[bytes, int]] = {}
+    for zxid, path in reversed(_zxid_files(directory, "snapshot.")):
+        try:
+            with open(path, "rb") as fh:
+                tree, sessions = decode_snapshot(fh.read())
+            snapshot_zxid = zxid
+            break
+        except (JuteError, struct.error, OSError) as exc:
+            log.warning("skipping unreadable snapshot: path=%s error=%s", path, exc)
+    replayed = 0
+    for _start, path in _zxid_files(directory, "log."):
+        with open(path, "rb") as fh:
+            data = fh.read()
+        try:
+            records, valid = read_records(data)
+        except (JuteError, struct.error) as exc:
+            log.warning("skipping unreadable log: path=%s error=%s", path, exc)
+            continue
+        if valid < len(data):
+            log.warning("truncating torn log tail: path=%s valid=%d length=%d",
+                        path, valid, len(data))
+            with open(path, "r+b") as fh:
+                fh.truncate(valid)
+                os.fsync(fh.fileno())
+        for record in records:
+            if record.zxid <= tree.zxid:
+                continue
+            if record.zxid != tree.zxid + 1:
+                log.error("gap in log: expected=%d found=%d path=%s",
+                          tree.zxid + 1, record.zxid, path)
+                break
+            tree.apply(record.txn, record.zxid, record.time_ms)
+            apply_to_sessions(sessions, record.txn)
+            replayed += 1
+    return Recovered(tree, sessions, replayed, snapshot_zxid)
+
+
+class DataDirLock:
+    """An exclusive flock on ``coordinator.lock``: one coordinator per data dir."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+        self._fd = os.open(os.path.join(directory, "coordinator.lock"),
+                           os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise DaemonAlreadyRunningError(
+                f"another coordinator holds the data dir: dir={directory}") from None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class _SnapshotMark:
+    zxid: int
+    data: bytes
+
+
+class TxnLog:
+    """Appends transactions and makes them durable in batches (group commit).
+
+    Owned by the server's event loop: ``append``, ``snapshot`` and ``close`` are called
+    from it; the file writes and fsyncs run on one private thread, in append order.
+    ``durable_zxid`` is the highest zxid known to be on disk; ``on_durable(zxid)`` is
+    called on the loop after each batch. After a crash, whatever was not yet fsynced is
+    lost, and none of it had been acknowledged.
+    """
+
+    def __init__(self, directory: str, last_zxid: int,
+                 on_durable: Callable[[int], None], on_error: Callable[[BaseException], None],
+                 snapshot_every: int = 10000) -> None:
+        self.directory = directory
+        self.durable_zxid = last_zxid
+        self.appended_zxid = last_zxid
+        self.snapshot_every = snapshot_every
+        self.since_snapshot = 0
+        self._on_durable = on_durable
+        self._on_error = on_error
+        self._items: list[bytes | _SnapshotMark] = []
+        self._flushing = False
+        self._failed: BaseException | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "coordinator-fsync")
+        self._fd = self._open_log(last_zxid + 1)
+
+    def _open_log(self, start_zxid: int) -> int:
+        path = os.path.join(self.directory, f"log.{start_zxid:016x}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
+        os.write(fd, _FILE_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, start_zxid))
+        os.fsync(fd)
+        _fsync_dir(self.directory)
+        return fd
+
+    def append(self, zxid: int, time_ms: int, txn: Txn) -> None:
+        self._items.append(encode_record(zxid, time_ms, txn))
+        self.appended_zxid = zxid
+        self.since_snapshot += 1
+        self._kick()
+
+    def snapshot(self, tree: DataTree, sessions: dict[int, tuple[bytes, int]]) -> None:
+        """Serialize the state now; the writer thread stores it and starts a new log."""
+        self._items.append(_SnapshotMark(tree.zxid, encode_snapshot(tree, sessions)))
+        self.since_snapshot = 0
+        self._kick()
+
+    def _kick(self) -> None:
+        if not self._flushing and self._failed is None:
+            self._flushing = True
+            self._idle.clear()
+            asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._items:
+                items, self._items = self._items, []
+                last = self.appended_zxid
+                await loop.run_in_executor(self._executor, self._write, items)
+                self.durable_zxid = last
+                self._on_durable(last)
+        except BaseException as exc:  # a failed fsync: nothing later may be acknowledged
+            self._failed = exc
+            self._on_error(exc)
+        finally:
+            self._flushing = False
+            self._idle.set()
+
+    def _write(self, items: list[bytes | _SnapshotMark]) -> None:
+        batch: list[bytes] = []
+        for item in items:
+            if isinstance(item, bytes):
+                batch.append(item)
+                continue
+            self._write_all(b"".join(batch))
+            batch = []
+            os.fdatasync(self._fd)
+            write_file_atomically(
+                os.path.join(self.directory, f"snapshot.{item.zxid:016x}"), item.data)
+            os.close(self._fd)
+            self._fd = self._open_log(item.zxid + 1)
+            self._prune()
+        if batch:
+            self._write_all(b"".join(batch))
+            os.fdatasync(self._fd)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def _prune(self) -> None:
+        snapshots = _zxid_files(self.directory, "snapshot.")
+        if len(snapshots) < 2:
+            return
+        keep_from = snapshots[-2][0]
+        for zxid, path in snapshots[:-2]:
+            os.unlink(path)
+            log.info("removed old snapshot: zxid=%#x", zxid)
+        for start, path in _zxid_files(self.directory, "log."):
+            if start <= keep_from:
+                os.unlink(path)
+
+    async def close(self) -> None:
+        """Flush everything appended so far, then close the file."""
+        while self._flushing or (self._items and self._failed is None):
+            self._kick()
+            await self._idle.wait()
+        self._executor.shutdown(wait=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def iter_log_files(directory: str) -> Iterator[str]:
+    for _zxid, path in _zxid_files(directory, "log."):
+        yield path

@@ -1,0 +1,287 @@
+"""Test harness: start our coordinator or Debian's ZooKeeper as a real OS process, wait on
+conditions with deadlines, and talk raw jute to a server when kazoo has no API for an op.
+
+Used by conftest.py and by bench/bench_coordinator.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.coordinator import jute
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOOKEEPER_JARS = Path("/usr/share/java")
+ZOOKEEPER_JAR = ZOOKEEPER_JARS / "zookeeper.jar"
+
+
+def zookeeper_installed() -> bool:
+    return ZOOKEEPER_JAR.exists() and shutil.which("java") is not None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition",
+               interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def four_letter_word(port: int, word: bytes, timeout: float = 5.0) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(word)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+class ServerProcess:
+    """A coordinator-compatible server in its own OS process and its own data dir."""
+
+    kind = "?"
+    tick_ms = 200
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "data"
+        self.log_path = workdir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; SIGKILL if it does not go. Returns the exit code."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.kind} exited early:\n{self.log_text()[-3000:]}")
+            try:
+                # ZooKeeper answers ruok before it serves sessions; srvr says when it does
+                return "Mode:" in four_letter_word(self.port, b"srvr", 1.0)
+            except OSError:
+                return False
+
+        wait_until(ready, timeout, f"{self.kind} to serve", 0.05)
+
+
+class EngineCoordinator(ServerProcess):
+    """``python -m engine.coordinator`` on a free port picked by the server itself."""
+
+    kind = "engine"
+
+    def __init__(self, workdir: Path, tick_ms: int = 200, snapshot_every: int = 10000) -> None:
+        super().__init__(workdir)
+        self.tick_ms = tick_ms
+        self.snapshot_every = snapshot_every
+        self.port_file = workdir / "port"
+        self.fixed_port = 0
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.port_file.unlink()
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.coordinator", "--data-dir", str(self.data_dir),
+                 "--port", str(self.fixed_port), "--port-file", str(self.port_file),
+                 "--tick-ms", str(self.tick_ms), "--snapshot-every", str(self.snapshot_every)],
+                stdout=log, stderr=log, env=env, cwd=str(self.workdir))
+
+        def port_written() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"coordinator exited early:\n{self.log_text()[-3000:]}")
+            return self.port_file.exists()
+
+        wait_until(port_written, 30, "the port file", 0.02)
+        self.port = int(self.port_file.read_text())
+        self.fixed_port = self.port  # a restart keeps the address, as clients expect
+        self._wait_ready()
+
+
+class RealZooKeeper(ServerProcess):
+    """Debian's ZooKeeper 3.8 standalone, with TTL nodes enabled and every 4lw allowed."""
+
+    kind = "zookeeper"
+
+    def __init__(self, workdir: Path, tick_ms: int = 200) -> None:
+        super().__init__(workdir)
+        self.tick_ms = tick_ms
+        self.port = free_port()
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "zoo.cfg"
+        config.write_text(
+            f"tickTime={self.tick_ms}\ndataDir={self.data_dir}\nclientPort={self.port}\n"
+            "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+            "4lw.commands.whitelist=*\nmaxClientCnxns=0\n")
+        jars = ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-simple.jar",
+                "netty-all.jar", "metrics-core.jar", "commons-cli.jar", "snappy-java.jar"]
+        classpath = ":".join(str(ZOOKEEPER_JARS / jar) for jar in jars)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                 "-Dzookeeper.extendedTypesEnabled=true",
+                 "-Dznode.container.checkIntervalMs=100",
+                 "-Dzookeeper.admin.enableServer=false",
+                 "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
+                 str(config)],
+                stdout=log, stderr=log, cwd=str(self.workdir))
+        self._wait_ready()
+
+
+def make_server(kind: str, workdir: Path | None = None, tick_ms: int = 200) -> ServerProcess:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"coord-{kind}-"))
+    if kind == "engine":
+        return EngineCoordinator(workdir, tick_ms)
+    return RealZooKeeper(workdir, tick_ms)
+
+
+# ---------------------------------------------------------------------------- raw jute
+
+
+class RawClient:
+    """A minimal blocking ZooKeeper client speaking jute directly (for ops kazoo lacks:
+    addWatch, setWatches, createTTL, getEphemerals, raw frames). Not thread-safe."""
+
+    def __init__(self, port: int, timeout_ms: int = 4000, session_id: int = 0,
+                 passwd: bytes = b"\0" * 16, last_zxid: int = 0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.events: list[tuple[int, int, str]] = []
+        self.last_zxid = last_zxid
+        self.xid = 0
+        self.send_frame(jute.ConnectRequest(0, last_zxid, timeout_ms, session_id, passwd).encode())
+        self.connect_response = jute.ConnectResponse.decode(self.read_frame())
+        self.session_id = self.connect_response.session_id
+        self.passwd = self.connect_response.passwd
+
+    def send_frame(self, payload: bytes) -> None:
+        self.sock.sendall(jute.frame(payload))
+
+    def _read_exact(self, length: int) -> bytes:
+        chunks = []
+        while length:
+            chunk = self.sock.recv(length)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            chunks.append(chunk)
+            length -= len(chunk)
+        return b"".join(chunks)
+
+    def read_frame(self) -> bytes:
+        length = int.from_bytes(self._read_exact(4), "big", signed=True)
+        return self._read_exact(length)
+
+    def call(self, op: int, record: jute.Record, xid: int | None = None
+             ) -> tuple[int, int, jute.Reader]:
+        """Send one request; return (err, zxid, reader over the body); collect events."""
+        if xid is None:
+            self.xid += 1
+            xid = self.xid
+        self.sock.sendall(jute.encode_request(xid, op, record))
+        while True:
+            reader = jute.Reader(self.read_frame())
+            reply_xid, zxid, err = jute.decode_reply_header(reader)
+            if reply_xid == jute.NOTIFICATION_XID:
+                event_type, state = reader.read_int(), reader.read_int()
+                self.events.append((event_type, state, reader.read_path()))
+                continue
+            if zxid > 0:
+                self.last_zxid = zxid
+            assert reply_xid == xid, (reply_xid, xid)
+            return err, zxid, reader
+
+    def poll_events(self, timeout: float) -> None:
+        """Read any watch notifications that arrive within ``timeout`` seconds."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                reader = jute.Reader(self.read_frame())
+                reply_xid, _zxid, _err = jute.decode_reply_header(reader)
+                if reply_xid == jute.NOTIFICATION_XID:
+                    event_type, state = reader.read_int(), reader.read_int()
+                    self.events.append((event_type, state, reader.read_path()))
+        except (TimeoutError, socket.timeout):
+            pass
+        finally:
+            self.sock.settimeout(10)
+
+    def wait_events(self, count: int, timeout: float = 5.0) -> list[tuple[int, int, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.events) < count and time.monotonic() < deadline:
+            self.poll_events(0.05)
+        return self.events
+
+    def ping(self) -> None:
+        self.call(jute.OpCode.PING, jute.EmptyRequest(), xid=jute.PING_XID)
+
+    def close(self, end_session: bool = True) -> None:
+        with contextlib.suppress(OSError):
+            if end_session:
+                self.call(jute.OpCode.CLOSE_SESSION, jute.EmptyRequest())
+        self.sock.close()
