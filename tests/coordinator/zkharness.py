@@ -69,6 +69,7 @@ class ServerProcess:
     tick_ms = 200
 
     def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_path = workdir / "server.log"
@@ -266,14 +267,20 @@ class RawClient:
                 if reply_xid == jute.NOTIFICATION_XID:
                     event_type, state = reader.read_int(), reader.read_int()
                     self.events.append((event_type, state, reader.read_path()))
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             pass
         finally:
             self.sock.settimeout(10)
 
     def wait_events(self, count: int, timeout: float = 5.0) -> list[tuple[int, int, str]]:
+        """Wait for ``count`` events in all (pinging, so the session stays alive)."""
         deadline = time.monotonic() + timeout
+        next_ping = time.monotonic() + 0.5
         while len(self.events) < count and time.monotonic() < deadline:
+            if time.monotonic() > next_ping:
+                self.sock.sendall(jute.encode_request(jute.PING_XID, jute.OpCode.PING,
+                                                      jute.EmptyRequest()))
+                next_ping = time.monotonic() + 0.5
             self.poll_events(0.05)
         return self.events
 
