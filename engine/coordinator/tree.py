@@ -78,7 +78,8 @@ class Node:
             self.version,
             self.cversion,
             self.aversion,
-            self.ephemeral_owner,
+            # clients see the owner of ephemerals only: 0 for containers and TTL nodes
+            self.ephemeral_owner if self.ephemeral_owner > 0 else 0,
             len(self.data),
             len(self.children),
             self.pzxid,
