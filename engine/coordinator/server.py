@@ -428,9 +428,11 @@ class Coordinator:
         if op == OpCode.PING:
             self._reply(conn, jute.PING_XID, E.OK, b"")
             return
-        if record is None:
-            log.warning("unknown op code: peer=%s op=%d xid=%d", conn.peer, op, xid)
+        if record is None:  # as ZooKeeper does: answer UNIMPLEMENTED, then hang up
+            log.warning("closing connection: peer=%s session=%#x reason=unknown op code "
+                        "op=%d xid=%d", conn.peer, session.session_id, op, xid)
             self._reply(conn, xid, E.UNIMPLEMENTED, b"")
+            conn.close_after_output()
             return
         handler = self._handlers.get(op)
         try:

@@ -129,7 +129,7 @@ def test_auth_scheme_means_the_creators_ids(make_client: Callable[..., Any]) -> 
     bob = make_client()
     bob.add_auth("digest", "bob:pw")
     bob.create("/bobs", b"", acl=[make_acl("auth", "", all=True)])
-    acls, stat = bob.get_acls("/bobs")
+    acls, _stat = bob.get_acls("/bobs")
     assert [(a.id.scheme, a.id.id.split(":")[0], a.perms) for a in acls] == [
         ("digest", "bob", 31)]
     with pytest.raises(NoAuthError):

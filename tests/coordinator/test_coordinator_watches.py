@@ -136,7 +136,8 @@ def test_persistent_watch_keeps_firing(server: ServerProcess, chroot: str,
     watcher = RawClient(server.port)
     try:
         path = f"{chroot}/pw"
-        assert watcher.call(OpCode.ADD_WATCH, AddWatchRequest(path, AddWatchMode.PERSISTENT))[0] == 0
+        request = AddWatchRequest(path, AddWatchMode.PERSISTENT)
+        assert watcher.call(OpCode.ADD_WATCH, request)[0] == 0
         zk.create("/pw", b"")
         zk.set("/pw", b"1")
         zk.set("/pw", b"2")
