@@ -1,0 +1,700 @@
+"""A partition's durable log: ordered segments in one directory, and a reader for other processes.
+
+A partition directory holds::
+
+    log.meta                          format versions (JSON), written once at creation
+    recovery-point                    JSON {"recovery_point": offset, "clean": bool}
+    00000000000000000000.log          segments, named by base offset (segment.py)
+    00000000000000000000.index
+    00000000000000000000.timeindex
+    00000000000000004711.log ...
+
+``log.meta`` names the on-disk formats: the ``.log`` files hold Kafka RecordBatch
+magic 2 (native/batch.h); the index formats are drawn in offset_index.py and
+time_index.py. :meth:`Log.open` refuses a directory whose ``format_version`` it does
+not know. Files are created 0600 and directories 0700.
+
+Durability (``flush.messages``, ``flush.ms``): by default the log never fsyncs on the
+write path, as Kafka does: a batch written to a segment is in the page cache, so it
+survives a crash of the broker process (``kill -9``) but not a power loss or kernel
+crash until the OS writes it back (about 30 s on Linux). Set ``flush.messages`` (fsync
+once that many records were appended since the last fsync, checked in ``append``) or
+``flush.ms`` (checked in :meth:`Log.maybe_flush`, which the broker calls from its drain
+loop) to bound that window. Independently of the policy, a segment is fsynced when it
+is rolled and everything is fsynced at :meth:`Log.close`, and ``recovery-point`` then
+records the offset below which the log is known durable, so a restart after an unclean
+stop re-checks (by CRC) only the segments that can hold later offsets.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import (
+    ClosedError,
+    ConfigError,
+    CorruptRecordError,
+    OffsetOutOfRangeError,
+    RecordTooLargeError,
+)
+from engine.record_batch import ScanStatus, decode_record_infos, scan_batches
+from engine.segment import (
+    INDEX_SUFFIX,
+    LOG_SUFFIX,
+    MAX_RELATIVE_OFFSET,
+    TIME_INDEX_SUFFIX,
+    LogSegment,
+)
+
+__all__ = ["LOG_FORMAT_VERSION", "Log", "LogConfig", "LogReader"]
+
+#: Version of the partition directory's layout and of the index formats.
+LOG_FORMAT_VERSION = 1
+META_FILE = "log.meta"
+RECOVERY_POINT_FILE = "recovery-point"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+_NEVER = 2**63 - 1
+
+logger = logging.getLogger("engine.log")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The topic-level settings a partition's log obeys (Kafka's names in ``KEYS``).
+
+    Defaults are Kafka's, and are defined here only: :meth:`from_mapping` fills in any
+    key the mapping leaves out.
+    """
+
+    segment_bytes: int = 1 << 30
+    """segment.bytes: roll to a new segment before a segment would exceed this size."""
+    segment_ms: int = 7 * 24 * 3600 * 1000
+    """segment.ms: roll when a batch is this much newer than the segment's first batch."""
+    segment_index_bytes: int = 10 * 1024 * 1024
+    """segment.index.bytes: the largest index file; a full index rolls the segment."""
+    index_interval_bytes: int = 4096
+    """index.interval.bytes: about how many log bytes between two index entries."""
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """retention.ms: delete a segment whose newest timestamp is older; -1 keeps forever."""
+    retention_bytes: int = -1
+    """retention.bytes: delete old segments while the log is larger; -1 is unlimited."""
+    flush_messages: int = _NEVER
+    """flush.messages: fsync after this many records (default: never, leave it to the OS)."""
+    flush_ms: int = _NEVER
+    """flush.ms: fsync when the oldest unflushed record is this old (default: never)."""
+    max_message_bytes: int = 1024 * 1024
+    """max.message.bytes: the largest batch an append accepts."""
+
+    #: Kafka key -> (field, smallest value, largest value).
+    KEYS: ClassVar[dict[str, tuple[str, int, int]]] = {
+        "segment.bytes": ("segment_bytes", 14, 2**31 - 1),
+        "segment.ms": ("segment_ms", 1, _NEVER),
+        "segment.index.bytes": ("segment_index_bytes", 24, 2**31 - 1),
+        "index.interval.bytes": ("index_interval_bytes", 0, 2**31 - 1),
+        "retention.ms": ("retention_ms", -1, _NEVER),
+        "retention.bytes": ("retention_bytes", -1, _NEVER),
+        "flush.messages": ("flush_messages", 1, _NEVER),
+        "flush.ms": ("flush_ms", 0, _NEVER),
+        "max.message.bytes": ("max_message_bytes", 0, 2**31 - 1),
+    }
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None = None) -> LogConfig:
+        """Build from Kafka-named topic config; keys for other layers are ignored.
+
+        Raises ConfigError naming the key and value when a value is not an int in range.
+        """
+        values: dict[str, int] = {}
+        for key, (field, low, high) in cls.KEYS.items():
+            if mapping is None or key not in mapping:
+                continue
+            value = mapping[key]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"topic config must be an integer: key={key!r} value={value!r}")
+            if not low <= value <= high:
+                raise ConfigError(
+                    f"topic config out of range [{low}, {high}]: key={key!r} value={value!r}"
+                )
+            values[field] = value
+        return cls(**values)
+
+    def to_mapping(self) -> dict[str, int]:
+        """The settings under their Kafka names."""
+        return {key: getattr(self, field) for key, (field, _, _) in self.KEYS.items()}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _list_segment_bases(directory: str) -> list[int]:
+    bases = []
+    for name in os.listdir(directory):
+        stem, suffix = os.path.splitext(name)
+        if suffix == LOG_SUFFIX and len(stem) == 20 and stem.isdigit():
+            bases.append(int(stem))
+    return sorted(bases)
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file_durably(path: str, data: bytes) -> None:
+    """Replace ``path`` atomically (temp file, fsync, rename, fsync the directory)."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_directory(os.path.dirname(path))
+
+
+def _check_meta(directory: str) -> None:
+    """Raise CorruptRecordError unless ``log.meta`` names a format this code reads."""
+    path = os.path.join(directory, META_FILE)
+    try:
+        with open(path, "rb") as f:
+            meta = json.loads(f.read())
+        version = meta["format_version"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptRecordError(f"unreadable log.meta: path={path} error={e}") from e
+    if version != LOG_FORMAT_VERSION:
+        raise CorruptRecordError(
+            f"unsupported log format: path={path} format_version={version!r} "
+            f"supported={LOG_FORMAT_VERSION}"
+        )
+
+
+def _meta_bytes() -> bytes:
+    meta = {
+        "format_version": LOG_FORMAT_VERSION,
+        "log": "kafka-record-batch-magic-2",
+        "offset_index": "u32 relative_offset, u32 position (big-endian)",
+        "time_index": "i64 timestamp, u32 relative_offset (big-endian)",
+    }
+    return json.dumps(meta, indent=1).encode() + b"\n"
+
+
+class Log:
+    """The durable log of one partition replica: its ordered segments in one directory.
+
+    Holds the segments (the last is the active one, the only one appended to), the
+    configuration, and the flush state. ``log_start_offset`` is the first segment's base
+    offset; ``log_end_offset`` is one past the last offset appended.
+
+    Invariants: segments are ordered by base offset and their offsets do not overlap;
+    all files hold only whole batches with increasing offsets; there is always an active
+    segment; an append either writes all its batches or none (validation comes first).
+
+    Crash: see the module docstring. On open after an unclean stop, segments past the
+    recovery point are walked with CRC checks; a torn or corrupt tail is cut off (one
+    warning on the ``engine.log`` logger) and any later segment is deleted, so the log
+    keeps exactly its intact prefix and appends continue at its end.
+
+    Who may call: the one broker process that owns this replica, one thread at a time
+    (the drain thread, or callers that serialize on a lock). Other processes read the
+    files through :class:`LogReader`.
+    """
+
+    def __init__(self, directory: str, config: LogConfig, segments: list[LogSegment]) -> None:
+        self.directory = directory
+        self.config = config
+        self._segments = segments
+        self._bases = [segment.base_offset for segment in segments]
+        self._unflushed_records = 0
+        self._last_flush_ms = _now_ms()
+        self._closed = False
+
+    # ---- opening -----------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        config: LogConfig | Mapping[str, Any] | None = None,
+        *,
+        initial_offset: int = 0,
+    ) -> Log:
+        """Open (creating if needed) the log in ``directory``, recovering it if needed.
+
+        ``initial_offset`` is the base offset of the first segment of a new log.
+        """
+        directory = os.fspath(directory)
+        if not isinstance(config, LogConfig):
+            config = LogConfig.from_mapping(config)
+        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+        meta_path = os.path.join(directory, META_FILE)
+        if not os.path.exists(meta_path):
+            if _list_segment_bases(directory):
+                raise CorruptRecordError(f"segments without log.meta: directory={directory}")
+            _write_file_durably(meta_path, _meta_bytes())
+        _check_meta(directory)
+        _remove_strays(directory)
+        recovery_point, clean = _read_recovery_point(directory)
+        bases = _list_segment_bases(directory)
+        interval, index_bytes = config.index_interval_bytes, config.segment_index_bytes
+        segments: list[LogSegment] = []
+        try:
+            if not bases:
+                segments.append(
+                    LogSegment.create(
+                        directory,
+                        initial_offset,
+                        index_interval_bytes=interval,
+                        index_bytes=index_bytes,
+                    )
+                )
+                _fsync_directory(directory)
+            for i, base in enumerate(bases):
+                last = i == len(bases) - 1
+                recover = not clean and (last or bases[i + 1] > recovery_point)
+                segment, cut = LogSegment.open(
+                    directory,
+                    base,
+                    recover=recover,
+                    index_interval_bytes=interval,
+                    index_bytes=index_bytes,
+                )
+                segments.append(segment)
+                if cut or (not last and segment.next_offset > bases[i + 1]):
+                    dropped = bases[i + 1 :]
+                    for later in dropped:
+                        LogSegment(directory, later, writable=True).delete()
+                    logger.warning(
+                        "log recovery cut a torn or corrupt tail: directory=%s segment=%020d "
+                        "bytes_cut=%d log_end_offset=%d later_segments_deleted=%d",
+                        directory,
+                        base,
+                        cut,
+                        segment.next_offset,
+                        len(dropped),
+                    )
+                    break
+                if recover and not last:
+                    segment.on_roll()
+        except BaseException:
+            for segment in segments:
+                segment.close()
+            raise
+        log = cls(directory, config, segments)
+        log.flush()  # durable recovered state; marks the log as not cleanly closed
+        return log
+
+    # ---- state -------------------------------------------------------------
+
+    @property
+    def log_start_offset(self) -> int:
+        """The first offset the log can still hold (the oldest segment's base offset)."""
+        return self._segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        """One past the last offset appended (the next offset to append)."""
+        active = self._active
+        return active.next_offset
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all segment log files."""
+        return sum(segment.size for segment in self._segments)
+
+    @property
+    def segment_base_offsets(self) -> list[int]:
+        return list(self._bases)
+
+    @property
+    def _active(self) -> LogSegment:
+        if self._closed:
+            raise ClosedError(f"log is closed: directory={self.directory}")
+        return self._segments[-1]
+
+    # ---- appending ---------------------------------------------------------
+
+    def append(self, batches: bytes | bytearray | memoryview, *, now_ms: int | None = None) -> int:
+        """Append whole record batches whose offsets are already assigned; returns log_end_offset.
+
+        The batches must be intact (CRC32C checked), each at most ``max.message.bytes``,
+        with offsets increasing and starting at or after ``log_end_offset``; otherwise
+        CorruptRecordError or RecordTooLargeError is raised and nothing of this call is
+        written. Rolls to new segments by ``segment.bytes``, ``segment.ms`` and a full
+        index. ``now_ms`` is the time for the ``flush.messages`` check (default: now).
+        """
+        active = self._active
+        view = memoryview(batches).cast("B")
+        if not len(view):
+            return active.next_offset
+        infos, scanned, status = scan_batches(view, verify_crc=True)
+        if status is not ScanStatus.OK or scanned != len(view):
+            raise CorruptRecordError(
+                f"append rejected, not whole intact batches: reason={status.name} "
+                f"position={scanned} length={len(view)}"
+            )
+        _check_offsets(infos, active.next_offset)
+        largest = int(infos["length"].max())
+        if largest > self.config.max_message_bytes:
+            raise RecordTooLargeError(
+                f"batch larger than max.message.bytes: length={largest} "
+                f"max.message.bytes={self.config.max_message_bytes}"
+            )
+        start, count = 0, len(infos)
+        while start < count:
+            rest = infos[start:]
+            fit = self._active.batches_that_fit(
+                rest, segment_bytes=self.config.segment_bytes, segment_ms=self.config.segment_ms
+            )
+            if fit == 0:
+                self._roll(int(rest["base_offset"][0]))
+                continue
+            first = int(rest["position"][0])
+            end = int(rest["position"][fit - 1]) + int(rest["length"][fit - 1])
+            self._active.append(view[first:end], rest[:fit], first)
+            start += fit
+        self._unflushed_records += int(infos["records_count"].sum())
+        if self._unflushed_records >= self.config.flush_messages:
+            self.flush(now_ms)
+        return self._active.next_offset
+
+    def _roll(self, base_offset: int) -> None:
+        """Make a new active segment at ``base_offset`` (the next batch's base offset)."""
+        old = self._active
+        if old.size == 0:  # an empty active segment is replaced, never left behind
+            old.delete()
+            self._segments.pop()
+            self._bases.pop()
+        else:
+            old.on_roll()
+        segment = LogSegment.create(
+            self.directory,
+            base_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            index_bytes=self.config.segment_index_bytes,
+        )
+        self._segments.append(segment)
+        self._bases.append(base_offset)
+        _fsync_directory(self.directory)
+        # Every segment before the new one has been fsynced at its roll.
+        _write_recovery_point(self.directory, base_offset)
+
+    # ---- reading -----------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int) -> bytes:
+        """Whole batches from the one holding ``offset`` up to ``max_bytes`` (at least one).
+
+        Empty at ``log_end_offset``; OffsetOutOfRangeError outside
+        ``[log_start_offset, log_end_offset]``. Reads one segment at a time, by mmap.
+        """
+        self._check_range(offset)
+        i = bisect.bisect_right(self._bases, offset) - 1
+        for segment in self._segments[max(i, 0) :]:
+            data = segment.read(offset, max_bytes)
+            if data:
+                return data
+        return b""
+
+    def _check_range(self, offset: int) -> None:
+        if not self.log_start_offset <= offset <= self.log_end_offset:
+            raise OffsetOutOfRangeError(
+                f"offset out of range: offset={offset} log_start_offset={self.log_start_offset} "
+                f"log_end_offset={self.log_end_offset}"
+            )
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
+        """The first offset whose record timestamp is >= ``timestamp_ms``; None if none."""
+        self._active  # noqa: B018 - raises ClosedError after close
+        for segment in self._segments:
+            found = segment.find_timestamp(timestamp_ms)
+            if found is None:
+                continue
+            _, base_offset = found
+            batch = segment.read(base_offset, 0)
+            records = decode_record_infos(batch)
+            hits = np.flatnonzero(records["timestamp"] >= timestamp_ms)
+            if len(hits):
+                return int(records["offset"][int(hits[0])])
+        return None
+
+    # ---- durability --------------------------------------------------------
+
+    def flush(self, now_ms: int | None = None) -> None:
+        """fsync the active segment and its indexes, then record the recovery point."""
+        active = self._active
+        active.flush()
+        _write_recovery_point(self.directory, active.next_offset)
+        self._unflushed_records = 0
+        self._last_flush_ms = _now_ms() if now_ms is None else now_ms
+
+    def maybe_flush(self, now_ms: int | None = None) -> bool:
+        """Flush if ``flush.messages`` or ``flush.ms`` says so; True when it flushed."""
+        now_ms = _now_ms() if now_ms is None else now_ms
+        if self._unflushed_records and (
+            self._unflushed_records >= self.config.flush_messages
+            or now_ms - self._last_flush_ms >= self.config.flush_ms
+        ):
+            self.flush(now_ms)
+            return True
+        return False
+
+    # ---- retention and truncation ------------------------------------------
+
+    def apply_retention(self, now_ms: int | None = None) -> int:
+        """Delete old segments by ``retention.ms`` and ``retention.bytes``; returns how many.
+
+        Oldest first; never the active segment. ``log_start_offset`` advances to the
+        base offset of the oldest remaining segment.
+        """
+        now_ms = _now_ms() if now_ms is None else now_ms
+        self._active  # noqa: B018 - raises ClosedError after close
+        deleted = 0
+        if self.config.retention_ms >= 0:
+            while len(self._segments) > 1 and (
+                now_ms - self._segments[0].max_timestamp > self.config.retention_ms
+            ):
+                self._delete_oldest()
+                deleted += 1
+        if self.config.retention_bytes >= 0:
+            excess = self.size_bytes - self.config.retention_bytes
+            while len(self._segments) > 1 and excess - self._segments[0].size >= 0:
+                excess -= self._segments[0].size
+                self._delete_oldest()
+                deleted += 1
+        if deleted:
+            _fsync_directory(self.directory)
+        return deleted
+
+    def _delete_oldest(self) -> None:
+        segment = self._segments.pop(0)
+        self._bases.pop(0)
+        segment.delete()
+
+    def truncate_to(self, offset: int) -> None:
+        """Remove every batch whose last offset is >= ``offset`` (whole batches).
+
+        At or below ``log_start_offset`` the log is emptied and restarts at ``offset``.
+        Afterwards ``log_end_offset <= offset``.
+        """
+        active = self._active
+        if offset >= active.next_offset:
+            return
+        if offset <= self.log_start_offset:
+            for segment in self._segments:
+                segment.delete()
+            self._segments.clear()
+            self._bases.clear()
+            self._segments.append(
+                LogSegment.create(
+                    self.directory,
+                    offset,
+                    index_interval_bytes=self.config.index_interval_bytes,
+                    index_bytes=self.config.segment_index_bytes,
+                )
+            )
+            self._bases.append(offset)
+        else:
+            while len(self._segments) > 1 and self._bases[-1] >= offset:
+                self._segments.pop().delete()
+                self._bases.pop()
+            self._segments[-1].truncate_to(offset)
+        _fsync_directory(self.directory)
+        self.flush()
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush everything and mark the log cleanly closed; idempotent."""
+        if self._closed:
+            return
+        try:
+            active = self._active
+            active.on_roll()
+            _write_recovery_point(self.directory, active.next_offset, clean=True)
+        finally:
+            for segment in self._segments:
+                segment.close()
+            self._closed = True
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Log(directory={self.directory!r}, log_start_offset={self._bases[0]}, "
+            f"segments={len(self._segments)}, closed={self._closed})"
+        )
+
+
+def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> None:
+    base = infos["base_offset"]
+    last = infos["last_offset"]
+    if int(base[0]) < log_end_offset:
+        raise CorruptRecordError(
+            f"append rejected, offset below log_end_offset: base_offset={int(base[0])} "
+            f"log_end_offset={log_end_offset}"
+        )
+    bad = np.flatnonzero(base[1:] <= last[:-1])
+    if len(bad):
+        i = int(bad[0]) + 1
+        raise CorruptRecordError(
+            f"append rejected, offsets not increasing: batch={i} base_offset={int(base[i])} "
+            f"previous_last_offset={int(last[i - 1])}"
+        )
+    if int((last - base).max()) > MAX_RELATIVE_OFFSET:
+        raise CorruptRecordError("append rejected, a batch spans more than 2**31 offsets")
+
+
+def _remove_strays(directory: str) -> None:
+    """Delete temp files and indexes whose .log is gone (a crash mid-delete or mid-create)."""
+    names = set(os.listdir(directory))
+    for name in names:
+        stem, suffix = os.path.splitext(name)
+        stray = suffix == ".tmp" or (
+            suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem + LOG_SUFFIX not in names
+        )
+        if stray:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+
+
+def _read_recovery_point(directory: str) -> tuple[int, bool]:
+    """``(recovery_point, clean)``; (0, False) when missing or unreadable."""
+    try:
+        with open(os.path.join(directory, RECOVERY_POINT_FILE), "rb") as f:
+            state = json.loads(f.read())
+        return int(state["recovery_point"]), bool(state["clean"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0, False
+
+
+def _write_recovery_point(directory: str, offset: int, clean: bool = False) -> None:
+    data = json.dumps({"recovery_point": offset, "clean": clean}).encode() + b"\n"
+    _write_file_durably(os.path.join(directory, RECOVERY_POINT_FILE), data)
+
+
+class LogReader:
+    """A read-only view of a partition's segment files, for processes other than the broker.
+
+    Holds the list of segment base offsets it last saw and open read-only segments.
+    Reads whole batches by offset, bounded by an ``upper_offset`` the caller passes (the
+    broker's drain offset): batches at or past it may be half written and are never
+    returned. New segments are found by listing the directory again; a segment deleted
+    by retention underneath the reader turns into OffsetOutOfRangeError naming the new
+    log start offset. Reads use ``pread``, so a file cut by the broker (recovery,
+    truncate_to) cannot fault the reader; what a read returns during such a cut is
+    unspecified.
+
+    Who may call: any process; one thread at a time per object. Never writes.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = os.fspath(directory)
+        _check_meta(self.directory)
+        self._bases: list[int] = []
+        self._segments: dict[int, LogSegment] = {}
+        self._closed = False
+        self._list()
+
+    def _list(self) -> None:
+        self._bases = _list_segment_bases(self.directory)
+        for base in list(self._segments):
+            if base not in self._bases:
+                self._segments.pop(base).close()
+
+    @property
+    def log_start_offset(self) -> int:
+        """The oldest segment's base offset, as of a fresh listing (-1 when none)."""
+        self._check_open()
+        self._list()
+        return self._bases[0] if self._bases else -1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"log reader is closed: directory={self.directory}")
+
+    def read(self, offset: int, max_bytes: int, upper_offset: int) -> bytes:
+        """Whole batches from the one holding ``offset`` up to ``max_bytes`` (at least one
+        batch), only batches whose last offset is below ``upper_offset``.
+
+        Empty when ``offset == upper_offset`` or nothing is there yet.
+        OffsetOutOfRangeError when ``offset`` is above ``upper_offset`` or below the log
+        start offset (for example after retention deleted its segment).
+        """
+        self._check_open()
+        if offset > upper_offset:
+            raise OffsetOutOfRangeError(
+                f"offset out of range: offset={offset} upper_offset={upper_offset}"
+            )
+        if offset == upper_offset:
+            return b""
+        for _attempt in range(100):
+            if not self._bases or offset < self._bases[0]:
+                self._list()
+            if not self._bases or offset < self._bases[0]:
+                raise OffsetOutOfRangeError(
+                    f"offset out of range: offset={offset} "
+                    f"log_start_offset={self._bases[0] if self._bases else -1} "
+                    f"directory={self.directory}"
+                )
+            base = self._bases[bisect.bisect_right(self._bases, offset) - 1]
+            try:
+                while True:
+                    j = bisect.bisect_right(self._bases, base)
+                    # A successor listed before this read means `base` was complete.
+                    successor = self._bases[j] if j < len(self._bases) else None
+                    data = self._segment(base).read(offset, max_bytes, upper_offset)
+                    if data:
+                        return data
+                    if successor is None:
+                        self._list()  # a roll may have made a newer segment
+                        if base not in self._bases:
+                            break  # deleted underneath us: start over
+                        j = bisect.bisect_right(self._bases, base)
+                        if j == len(self._bases):
+                            return b""
+                        continue  # read `base` once more: it was complete when listed
+                    if successor >= upper_offset:
+                        return b""
+                    base = successor
+            except FileNotFoundError:
+                self._list()  # retention deleted a segment: look again
+        raise OffsetOutOfRangeError(f"segments keep vanishing: offset={offset}")
+
+    def _segment(self, base_offset: int) -> LogSegment:
+        segment = self._segments.get(base_offset)
+        if segment is None:
+            segment = LogSegment.open_reader(self.directory, base_offset)
+            self._segments[base_offset] = segment
+        return segment
+
+    def close(self) -> None:
+        for segment in self._segments.values():
+            segment.close()
+        self._segments.clear()
+        self._closed = True
+
+    def __enter__(self) -> LogReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

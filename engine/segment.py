@@ -1,0 +1,575 @@
+"""One log segment: a ``.log`` file of whole record batches and its two sparse indexes.
+
+Files, named by the segment's base offset zero-padded to 20 digits (as Kafka's
+LogFileUtils)::
+
+    00000000000000000000.log        Kafka RecordBatch magic 2, batches back to back
+    00000000000000000000.index      offset index (format in offset_index.py)
+    00000000000000000000.timeindex  time index (format in time_index.py)
+
+Index entries are chosen by a pure function of the log's bytes, so an index rebuilt
+from the log equals the one written while appending: a batch gets an entry when it
+starts in a different ``index.interval.bytes`` block of the file than the batch before
+it (every batch when the interval is 0). Between two entries there are therefore at
+most ``index.interval.bytes`` plus one batch. The choice is made for a whole chunk of
+batches at once in numpy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import ClosedError, CorruptRecordError
+from engine.offset_index import OFFSET_INDEX_DTYPE, OffsetIndex
+from engine.record_batch import (
+    BATCH_HEADER_LENGTH,
+    ScanStatus,
+    read_batch_header,
+    scan_batches,
+)
+from engine.time_index import TIME_INDEX_DTYPE, TimeIndex
+
+__all__ = [
+    "INDEX_SUFFIX",
+    "LOG_SUFFIX",
+    "MAX_RELATIVE_OFFSET",
+    "TIME_INDEX_SUFFIX",
+    "LogSegment",
+    "segment_path",
+]
+
+LOG_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+TIME_INDEX_SUFFIX = ".timeindex"
+FILE_MODE = 0o600
+#: Offsets in a segment stay within base_offset + this (Kafka: Int.MaxValue).
+MAX_RELATIVE_OFFSET = 2**31 - 1
+# Batches walked per engine_batch_scan call during recovery (bounds the info array).
+_RECOVERY_SCAN_BATCHES = 1 << 16
+
+logger = logging.getLogger("engine.log")
+
+
+def segment_path(directory: str, base_offset: int, suffix: str) -> str:
+    """``<directory>/<20-digit base offset><suffix>``."""
+    return os.path.join(directory, f"{base_offset:020d}{suffix}")
+
+
+def index_mask(
+    segment_positions: npt.NDArray[np.int64], previous_position: int, interval_bytes: int
+) -> npt.NDArray[np.bool_]:
+    """Which batches get an index entry (see the module docstring).
+
+    ``segment_positions`` are the batches' start positions in the segment;
+    ``previous_position`` is the start of the batch before the first (-1: none).
+    """
+    if interval_bytes <= 0:
+        return np.ones(len(segment_positions), dtype=np.bool_)
+    blocks = segment_positions // interval_bytes
+    previous = np.empty_like(blocks)
+    if len(blocks):
+        previous[0] = previous_position // interval_bytes if previous_position >= 0 else -1
+        previous[1:] = blocks[:-1]
+    return np.asarray(blocks != previous)
+
+
+class LogSegment:
+    """One segment of a partition's log: its ``.log`` file and offset and time indexes.
+
+    Holds: the file descriptors, ``size`` (bytes of whole batches in the log file),
+    ``next_offset`` (last offset + 1 of the last batch, ``base_offset`` when empty),
+    ``max_timestamp`` (largest batch max_timestamp, -1 when empty) and
+    ``rolling_timestamp`` (the first batch's max_timestamp, for ``segment.ms``).
+
+    Invariants (writer): the log file is exactly ``size`` bytes of intact batches whose
+    offsets increase and lie in ``[base_offset, base_offset + 2**31 - 1]``; every index
+    entry points at one of those batches. Log bytes are written before the index entries
+    that point at them.
+
+    Crash: the page cache keeps everything written across a process crash; after an
+    OS crash the tail of an unflushed segment may be torn or garbage. :meth:`recover`
+    walks the log with CRC checks, cuts it to the intact prefix and rebuilds both indexes.
+
+    Who may call: a writer (``writable=True``) belongs to the one broker process that
+    owns the partition, used by one thread at a time. A reader (``writable=False``,
+    :meth:`open_reader`) may live in any process; it never writes, reads with ``pread``
+    (so a file cut underneath it cannot fault it), and sees the file grow.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        base_offset: int,
+        *,
+        writable: bool,
+        create: bool = False,
+        index_interval_bytes: int = 4096,
+        index_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.writable = writable
+        self.index_interval_bytes = index_interval_bytes
+        self.log_path = segment_path(directory, base_offset, LOG_SUFFIX)
+        flags = os.O_CLOEXEC | (os.O_RDWR if writable else os.O_RDONLY)
+        if create:
+            flags |= os.O_CREAT | os.O_TRUNC
+        self._fd: int | None = os.open(self.log_path, flags, FILE_MODE)
+        try:
+            if create:
+                for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(segment_path(directory, base_offset, suffix))
+            self.offset_index = OffsetIndex(
+                segment_path(directory, base_offset, INDEX_SUFFIX),
+                base_offset,
+                writable=writable,
+                max_entries=max(1, index_bytes // OFFSET_INDEX_DTYPE.itemsize),
+            )
+            try:
+                self.time_index = TimeIndex(
+                    segment_path(directory, base_offset, TIME_INDEX_SUFFIX),
+                    base_offset,
+                    writable=writable,
+                    max_entries=max(2, index_bytes // TIME_INDEX_DTYPE.itemsize),
+                )
+            except BaseException:
+                self.offset_index.close()
+                raise
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self.size = 0 if create else os.fstat(self._fd).st_size
+        self.next_offset = base_offset
+        self.max_timestamp = -1
+        self.rolling_timestamp = -1
+        self._last_batch_position = -1
+        self._last_batch_base_offset = -1
+        self._map: mmap.mmap | None = None
+        # (offset, position) where the last read stopped: a sequential reader skips the index.
+        self._read_hint: tuple[int, int] | None = None
+
+    # ---- opening -----------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, directory: str, base_offset: int, *, index_interval_bytes: int, index_bytes: int
+    ) -> LogSegment:
+        """A new, empty writable segment (any stale files of that base offset are replaced)."""
+        return cls(
+            directory,
+            base_offset,
+            writable=True,
+            create=True,
+            index_interval_bytes=index_interval_bytes,
+            index_bytes=index_bytes,
+        )
+
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        index_bytes: int,
+        recover: bool,
+    ) -> tuple[LogSegment, int]:
+        """Open an existing segment for writing; returns it and the bytes recovery cut off.
+
+        ``recover`` walks the whole log with CRC checks and rebuilds the indexes;
+        otherwise the indexes are trusted after a cheap check (and rebuilt if it fails)
+        and only the batches after the last index entry are walked, without CRC.
+        """
+        segment = cls(
+            directory,
+            base_offset,
+            writable=True,
+            index_interval_bytes=index_interval_bytes,
+            index_bytes=index_bytes,
+        )
+        try:
+            if recover or not segment._load_from_indexes():
+                return segment, segment.recover()
+            return segment, 0
+        except BaseException:
+            segment.close()
+            raise
+
+    @classmethod
+    def open_reader(cls, directory: str, base_offset: int) -> LogSegment:
+        """A read-only view for another process; raises FileNotFoundError if deleted."""
+        return cls(directory, base_offset, writable=False)
+
+    def _load_from_indexes(self) -> bool:
+        """Set the in-memory state from the indexes and the log's tail; False if inconsistent."""
+        if not self.offset_index.is_consistent(self.size):
+            return False
+        _, position = self.offset_index.lookup(2**63 - 1)
+        if not self._load_tail(position):
+            return False
+        times = self.time_index.entries
+        if len(times) and (
+            (np.diff(times["timestamp"]) <= 0).any()
+            or int(times["relative_offset"][-1]) + self.base_offset >= self.next_offset
+        ):
+            return False
+        self.max_timestamp = max(self.max_timestamp, self.time_index.last_timestamp)
+        return True
+
+    def _load_tail(self, position: int) -> bool:
+        """Walk the batches from ``position`` (a batch start) to the end, without CRC."""
+        self._set_empty_state()
+        if self.size:
+            self.rolling_timestamp = read_batch_header(
+                self._view(0, BATCH_HEADER_LENGTH)
+            ).max_timestamp
+        while position < self.size:
+            infos, scanned, _ = scan_batches(
+                self._view(position, self.size), False, _RECOVERY_SCAN_BATCHES
+            )
+            if not len(infos):
+                return False
+            self._note_batches(infos, position)
+            position += scanned
+        return True
+
+    def _set_empty_state(self) -> None:
+        self.next_offset = self.base_offset
+        self.max_timestamp = -1
+        self.rolling_timestamp = -1
+        self._last_batch_position = -1
+        self._last_batch_base_offset = -1
+        self._read_hint = None
+
+    def _note_batches(self, infos: npt.NDArray[Any], position: int) -> None:
+        last = infos[-1]
+        self.next_offset = int(last["last_offset"]) + 1
+        self.max_timestamp = max(self.max_timestamp, int(infos["max_timestamp"].max()))
+        self._last_batch_position = position + int(last["position"])
+        self._last_batch_base_offset = int(last["base_offset"])
+
+    # ---- recovery ----------------------------------------------------------
+
+    def recover(self) -> int:
+        """Cut the log to its intact prefix and rebuild both indexes; returns bytes cut.
+
+        Intact: whole batches with a good CRC whose offsets increase from the segment's
+        base offset and stay within 2**31 - 1 of it. Logs nothing; the Log does.
+        """
+        self._check_writable()
+        self.size = os.fstat(self.fd).st_size
+        self.offset_index.truncate_entries(0)
+        self.time_index.truncate_entries(0)
+        self._set_empty_state()
+        file_size, position = self.size, 0
+        self.size = 0
+        while position < file_size:
+            infos, scanned, status = scan_batches(
+                self._view(position, file_size, map_length=file_size), True, _RECOVERY_SCAN_BATCHES
+            )
+            good = self._offsets_in_order(infos)
+            if good < len(infos):
+                infos, scanned, status = (
+                    infos[:good],
+                    int(infos["position"][good]),
+                    ScanStatus.CORRUPT,
+                )
+            if len(infos):
+                self._index_batches(infos, 0, position)
+                if self.size == 0:
+                    self.rolling_timestamp = int(infos["max_timestamp"][0])
+                self.size = position + scanned
+                self._note_batches(infos, position)
+            position += scanned
+            if status is not ScanStatus.OK or not len(infos):
+                break
+        self.size = position
+        if position < file_size:
+            self._drop_map()
+            os.ftruncate(self.fd, position)
+        return file_size - position
+
+    def _offsets_in_order(self, infos: npt.NDArray[Any]) -> int:
+        """How many leading batches have increasing offsets within the segment's range."""
+        if not len(infos):
+            return 0
+        base = infos["base_offset"]
+        last = infos["last_offset"]
+        previous = np.empty_like(base)
+        previous[0] = self.next_offset - 1
+        previous[1:] = last[:-1]
+        bad = (base <= previous) | (last - self.base_offset > MAX_RELATIVE_OFFSET)
+        hits = np.flatnonzero(bad)
+        return int(hits[0]) if len(hits) else len(infos)
+
+    # ---- appending ---------------------------------------------------------
+
+    def batches_that_fit(
+        self, infos: npt.NDArray[Any], *, segment_bytes: int, segment_ms: int
+    ) -> int:
+        """How many leading batches of ``infos`` (validated, positions in one chunk) go here.
+
+        Stops before the batch that would take the segment past ``segment_bytes``, past
+        2**31 - 1 relative offsets, past a full index, or past ``segment_ms`` from the
+        segment's first batch timestamp. An empty segment takes at least one batch.
+        """
+        if not len(infos):
+            return 0
+        positions = infos["position"].astype(np.int64)
+        start = int(positions[0])
+        ends = positions + infos["length"] - start
+        fit = int(np.searchsorted(ends, segment_bytes - self.size, "right"))
+        fit = min(
+            fit,
+            int(
+                np.searchsorted(
+                    infos["last_offset"] - self.base_offset, MAX_RELATIVE_OFFSET, "right"
+                )
+            ),
+        )
+        mask = index_mask(
+            self.size + positions - start, self._last_batch_position, self.index_interval_bytes
+        )
+        room = min(
+            self.offset_index.max_entries - len(self.offset_index),
+            self.time_index.max_entries - 1 - len(self.time_index),  # one kept for the roll
+        )
+        fit = min(fit, int(np.searchsorted(np.cumsum(mask), max(room, 0), "right")))
+        if self.size:
+            late = np.flatnonzero(
+                infos["max_timestamp"][:fit] - self.rolling_timestamp > segment_ms
+            )
+            if len(late):
+                fit = int(late[0])
+        if (
+            fit == 0
+            and self.size == 0
+            and infos["last_offset"][0] - self.base_offset <= MAX_RELATIVE_OFFSET
+        ):
+            fit = 1
+        return fit
+
+    def append(self, data: Any, infos: npt.NDArray[Any], data_position: int) -> None:
+        """Append whole batches: ``data`` holds exactly the batches ``infos`` describes.
+
+        ``infos`` positions are relative to a chunk in which ``data`` starts at
+        ``data_position``. The caller (Log) validated CRCs, offsets and sizes.
+        """
+        self._check_writable()
+        if not len(infos):
+            return
+        view = memoryview(data).cast("B")
+        written, length = 0, len(view)
+        while written < length:
+            written += os.pwrite(self.fd, view[written:], self.size + written)
+        first_position = self.size
+        self._index_batches(infos, data_position, first_position)
+        if self.size == 0:
+            self.rolling_timestamp = int(infos["max_timestamp"][0])
+        self.size += length
+        self._note_batches(infos, first_position - data_position)
+
+    def _index_batches(
+        self, infos: npt.NDArray[Any], data_position: int, first_position: int
+    ) -> None:
+        """Add the index entries for batches starting at ``first_position`` of the segment."""
+        positions = infos["position"].astype(np.int64) - data_position + first_position
+        mask = index_mask(positions, self._last_batch_position, self.index_interval_bytes)
+        if not mask.any():
+            return
+        base_offsets = infos["base_offset"]
+        self.offset_index.append_batches(base_offsets[mask], positions[mask])
+        running_max = np.maximum.accumulate(np.maximum(infos["max_timestamp"], self.max_timestamp))
+        self.time_index.append_entries(running_max[mask], base_offsets[mask])
+
+    def on_roll(self) -> None:
+        """This segment stops being active: add the final time-index entry and fsync."""
+        self._check_writable()
+        if self.max_timestamp > self.time_index.last_timestamp:
+            self.time_index.append_entries(
+                np.array([self.max_timestamp], dtype=np.int64),
+                np.array([self._last_batch_base_offset], dtype=np.int64),
+            )
+        self.flush()
+
+    # ---- reading -----------------------------------------------------------
+
+    def read(self, offset: int, max_bytes: int, upper_offset: int | None = None) -> bytes:
+        """Whole batches from the one holding ``offset`` (or the first after it), up to
+        ``max_bytes`` but always at least one batch; only batches whose last offset is
+        below ``upper_offset`` when given. Empty when no such batch is in this segment.
+        """
+        end = self._readable_length()
+        position = self._find_position(offset, end)
+        if position is None or end - position < BATCH_HEADER_LENGTH:
+            return b""
+        window = self._view(position, min(end, position + max(max_bytes, 0)))
+        infos, _, _ = scan_batches(window, verify_crc=False)
+        count = len(infos)
+        if upper_offset is not None and count:
+            count = int(np.searchsorted(infos["last_offset"], upper_offset, "left"))
+        if count:
+            length = int(infos["position"][count - 1]) + int(infos["length"][count - 1])
+            last_offset = int(infos["last_offset"][count - 1])
+            out = bytes(window[:length])
+        else:
+            header = read_batch_header(self._view(position, position + BATCH_HEADER_LENGTH))
+            if position + header.length > end or (
+                upper_offset is not None and header.last_offset >= upper_offset
+            ):
+                return b""
+            last_offset = header.last_offset
+            out = bytes(self._view(position, position + header.length))
+        self._read_hint = (last_offset + 1, position + len(out))
+        return out
+
+    def find_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """``(position, base_offset)`` of the first batch with max_timestamp >= ``timestamp_ms``."""
+        if self.max_timestamp < timestamp_ms:
+            return None
+        start_offset = self.time_index.lookup_below(timestamp_ms)
+        position = 0
+        if start_offset is not None:
+            found = self._find_position(start_offset, self.size)
+            position = found if found is not None else 0
+        while position < self.size:
+            infos, scanned, _ = scan_batches(
+                self._view(position, self.size), False, _RECOVERY_SCAN_BATCHES
+            )
+            if not len(infos):
+                return None
+            hits = np.flatnonzero(infos["max_timestamp"] >= timestamp_ms)
+            if len(hits):
+                info = infos[int(hits[0])]
+                return position + int(info["position"]), int(info["base_offset"])
+            position += scanned
+        return None
+
+    def position_of(self, offset: int) -> int | None:
+        """Start of the first batch whose last offset is >= ``offset``; None if none."""
+        return self._find_position(offset, self._readable_length())
+
+    def _find_position(self, offset: int, end: int) -> int | None:
+        hint = self._read_hint
+        if hint is not None and hint[0] == offset and hint[1] <= end:
+            return hint[1]
+        if not self.writable:
+            last_offset, _ = self.offset_index.lookup(2**63 - 1)
+            if offset > last_offset + 1:
+                self.offset_index.refresh()
+        _, position = self.offset_index.lookup(offset)
+        window_length = max(4 * self.index_interval_bytes, 16384)
+        while end - position >= BATCH_HEADER_LENGTH:
+            infos, scanned, status = scan_batches(
+                self._view(position, min(end, position + window_length)), verify_crc=False
+            )
+            if len(infos):
+                k = int(np.searchsorted(infos["last_offset"], offset, "left"))
+                if k < len(infos):
+                    return position + int(infos["position"][k])
+                position += scanned
+                continue
+            if status is ScanStatus.CORRUPT:
+                raise CorruptRecordError(
+                    f"corrupt batch in segment: path={self.log_path} position={position}"
+                )
+            header = read_batch_header(self._view(position, position + BATCH_HEADER_LENGTH))
+            if position + header.length > end:
+                return None
+            if header.last_offset >= offset:
+                return position
+            position += header.length
+        return None
+
+    # ---- data access -------------------------------------------------------
+
+    def _readable_length(self) -> int:
+        return self.size if self.writable else os.fstat(self.fd).st_size
+
+    def _view(self, start: int, end: int, map_length: int | None = None) -> Any:
+        """Bytes [start, end) of the log: an mmap view (writer) or a pread copy (reader)."""
+        if not self.writable:
+            return os.pread(self.fd, end - start, start)
+        if end <= start:
+            return b""
+        if self._map is None or len(self._map) < end:
+            self._drop_map()
+            length = max(map_length or self.size, end)
+            self._map = mmap.mmap(self.fd, length, prot=mmap.PROT_READ)
+        return memoryview(self._map)[start:end]
+
+    def _drop_map(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view is still alive: let GC unmap it
+                self._map.close()
+            self._map = None
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ClosedError(f"segment is closed: path={self.log_path}")
+        return self._fd
+
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise PermissionError(f"segment opened read-only: path={self.log_path}")
+
+    def truncate_to(self, offset: int) -> int:
+        """Remove every batch whose last offset is >= ``offset``; returns bytes removed.
+
+        Cuts at batch boundaries, so a batch straddling ``offset`` goes as a whole.
+        """
+        self._check_writable()
+        position = self._find_position(offset, self.size)
+        if position is None:
+            return 0
+        removed = self.size - position
+        cut_offset = read_batch_header(
+            self._view(position, position + BATCH_HEADER_LENGTH)
+        ).base_offset
+        self._drop_map()
+        os.ftruncate(self.fd, position)
+        self.size = position
+        self.offset_index.truncate_to_position(position)
+        self.time_index.truncate_to_offset(cut_offset)
+        _, start = self.offset_index.lookup(2**63 - 1)
+        self._load_tail(start)
+        self.max_timestamp = max(self.max_timestamp, self.time_index.last_timestamp)
+        return removed
+
+    def flush(self) -> None:
+        """fsync the log and both indexes."""
+        os.fsync(self.fd)
+        self.offset_index.flush()
+        self.time_index.flush()
+
+    def close(self) -> None:
+        self._drop_map()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.offset_index.close()
+        self.time_index.close()
+
+    def delete(self) -> None:
+        """Close and remove the files, the .log first (a lister never sees it without indexes)."""
+        self.close()
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(segment_path(self.directory, self.base_offset, suffix))
+
+    def __repr__(self) -> str:
+        return (
+            f"LogSegment(base_offset={self.base_offset}, size={self.size}, "
+            f"next_offset={self.next_offset}, writable={self.writable})"
+        )
