@@ -13,6 +13,7 @@ A log file::
     +--------+---------+------------------+
     | u32 length | u32 crc32(payload) | payload (length bytes) |   one record per txn
     ...
+    | zeros ...  (preallocated in 16 MiB steps; a length of 0 ends the records)
 
     payload = i64 zxid, i64 time (ms since the epoch), txn
     txn     = u8 kind, then by kind (jute encodings: ustring, buffer, vector<ACL>):
@@ -96,6 +97,7 @@ _RECORD_HEADER = struct.Struct("!II")
 _RECORD_PREFIX = struct.Struct("!qq")
 _CRC = struct.Struct("!I")
 FILE_MODE = 0o600
+PREALLOCATE_LENGTH = 16 * 1024 * 1024
 DIR_MODE = 0o700
 
 
@@ -171,8 +173,8 @@ def read_records(data: bytes) -> tuple[list[LogRecord], int]:
         length, crc = _RECORD_HEADER.unpack_from(data, pos)
         start = pos + _RECORD_HEADER.size
         payload = data[start : start + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
-            break
+        if length < _RECORD_PREFIX.size or len(payload) != length or zlib.crc32(payload) != crc:
+            break  # the zero padding, or a write that never completed
         try:
             zxid, time_ms = _RECORD_PREFIX.unpack_from(payload, 0)
             reader = Reader(payload, _RECORD_PREFIX.size)
@@ -314,8 +316,10 @@ def recover(directory: str) -> Recovered:
             log.warning("skipping unreadable log: path=%s error=%s", path, exc)
             continue
         if valid < len(data):
-            log.warning("truncating torn log tail: path=%s valid=%d length=%d",
-                        path, valid, len(data))
+            tail = memoryview(data)[valid:]
+            if tail.nbytes != bytes(tail).count(0):  # not just the preallocated zeros
+                log.warning("truncating torn log tail: path=%s valid=%d length=%d",
+                            path, valid, len(data))
             with open(path, "r+b") as fh:
                 fh.truncate(valid)
                 os.fsync(fh.fileno())
@@ -384,15 +388,40 @@ class TxnLog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "coordinator-fsync")
+        self._offset = 0
+        self._allocated = 0
         self._fd = self._open_log(last_zxid + 1)
 
     def _open_log(self, start_zxid: int) -> int:
         path = os.path.join(self.directory, f"log.{start_zxid:016x}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, FILE_MODE)
-        os.write(fd, _FILE_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, start_zxid))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        header = _FILE_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, start_zxid)
+        self._allocated = 0
+        self._preallocate(fd, len(header))
+        os.pwrite(fd, header, 0)
+        self._offset = len(header)
         os.fsync(fd)
         _fsync_dir(self.directory)
         return fd
+
+    def _preallocate(self, fd: int, needed_end: int) -> None:
+        """Write zeros ahead of the records, so that each fdatasync flushes data only
+        (the file's size and extents do not change) - as ZooKeeper pads its logs."""
+        if needed_end <= self._allocated:
+            return
+        new_end = max(needed_end, self._allocated + PREALLOCATE_LENGTH)
+        zeros = bytes(min(new_end - self._allocated, 1 << 20))
+        position = self._allocated
+        while position < new_end:
+            position += os.pwrite(fd, zeros[: new_end - position], position)
+        os.fsync(fd)
+        self._allocated = new_end
+
+    def _close_log(self) -> None:
+        os.ftruncate(self._fd, self._offset)  # drop the unused zeros
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
 
     def append(self, zxid: int, time_ms: int, txn: Txn) -> None:
         self._items.append(encode_record(zxid, time_ms, txn))
@@ -439,7 +468,7 @@ class TxnLog:
             os.fdatasync(self._fd)
             write_file_atomically(
                 os.path.join(self.directory, f"snapshot.{item.zxid:016x}"), item.data)
-            os.close(self._fd)
+            self._close_log()
             self._fd = self._open_log(item.zxid + 1)
             self._prune()
         if batch:
@@ -447,9 +476,11 @@ class TxnLog:
             os.fdatasync(self._fd)
 
     def _write_all(self, data: bytes) -> None:
+        self._preallocate(self._fd, self._offset + len(data))
         view = memoryview(data)
         while view:
-            written = os.write(self._fd, view)
+            written = os.pwrite(self._fd, view, self._offset)
+            self._offset += written
             view = view[written:]
 
     def _prune(self) -> None:
@@ -471,8 +502,7 @@ class TxnLog:
             await self._idle.wait()
         self._executor.shutdown(wait=True)
         if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            self._close_log()
 
 
 def now_ms() -> int:
