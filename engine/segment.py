@@ -492,7 +492,12 @@ class LogSegment:
     # ---- data access -------------------------------------------------------
 
     def _readable_length(self) -> int:
-        return self.size if self.writable else os.fstat(self.fd).st_size
+        if self.writable:
+            return self.size
+        stat = os.fstat(self.fd)
+        if stat.st_nlink == 0:  # retention deleted it; the caller lists the directory again
+            raise FileNotFoundError(f"segment was deleted: path={self.log_path}")
+        return stat.st_size
 
     def _view(self, start: int, end: int, map_length: int | None = None) -> Any:
         """Bytes [start, end) of the log: an mmap view (writer) or a pread copy (reader)."""

@@ -1,0 +1,156 @@
+"""engine.record_batch: the pure-Python encoder against the C walker and decoder."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import CorruptRecordError
+from engine.record_batch import (
+    BATCH_HEADER_LENGTH,
+    ScanStatus,
+    decode_record_infos,
+    encode_batch,
+    read_batch_header,
+    scan_batches,
+)
+
+Header = tuple[str, bytes]
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = z = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        z |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return (z >> 1) ^ -(z & 1), pos
+
+
+def _headers(buf: bytes, position: int, count: int) -> list[Header]:
+    out = []
+    for _ in range(count):
+        key_length, position = _varint(buf, position)
+        key = buf[position : position + key_length].decode()
+        position += key_length
+        value_length, position = _varint(buf, position)
+        out.append((key, buf[position : position + value_length]))
+        position += value_length
+    return out
+
+
+def _decode(buf: bytes) -> list[tuple[int, int, bytes | None, bytes | None, list[Header]]]:
+    """(offset, timestamp, key, value, headers) of every record, through engine_batch_decode."""
+    out = []
+    for info in decode_record_infos(buf):
+        key_length, value_length = int(info["key_length"]), int(info["value_length"])
+        kp, vp = int(info["key_position"]), int(info["value_position"])
+        out.append(
+            (
+                int(info["offset"]),
+                int(info["timestamp"]),
+                None if key_length < 0 else buf[kp : kp + key_length],
+                None if value_length < 0 else buf[vp : vp + value_length],
+                _headers(buf, int(info["headers_position"]), int(info["header_count"])),
+            )
+        )
+    return out
+
+
+def test_header_fields_sit_at_kafka_positions() -> None:
+    batch = encode_batch(
+        1000,
+        [(b"k", b"value", [], 5_000), (None, b"v2", [], 7_000)],
+        producer_id=42,
+        producer_epoch=3,
+        base_sequence=9,
+        attributes=0x10,
+        leader_epoch=7,
+    )
+    assert struct.unpack_from(">q", batch, 0)[0] == 1000
+    assert struct.unpack_from(">i", batch, 8)[0] == len(batch) - 12
+    assert struct.unpack_from(">i", batch, 12)[0] == 7  # partition leader epoch
+    assert batch[16] == 2  # magic
+    assert struct.unpack_from(">h", batch, 21)[0] == 0x10
+    assert struct.unpack_from(">i", batch, 23)[0] == 1  # last offset delta
+    assert struct.unpack_from(">qq", batch, 27) == (5_000, 7_000)
+    assert struct.unpack_from(">qhii", batch, 43) == (42, 3, 9, 2)
+    assert read_batch_header(batch) == (1000, 1001, len(batch), 7_000)
+
+
+def test_encoded_batch_passes_crc_in_engine_batch_scan() -> None:
+    batch = encode_batch(5, [(None, b"x" * 100, [("h", b"1")], 1_000), (b"k", None, [], 999)])
+    infos, scanned, status = scan_batches(batch, verify_crc=True)
+    assert status is ScanStatus.OK and scanned == len(batch)
+    (info,) = infos.tolist()
+    assert info[:7] == (0, 5, 6, 1_000, len(batch), 2, 0)
+
+
+def test_scan_stops_at_torn_and_corrupt_batches() -> None:
+    one = encode_batch(0, [(None, b"a" * 50, [], 1)])
+    two = encode_batch(1, [(None, b"b" * 50, [], 2)])
+    infos, scanned, status = scan_batches(one + two[:-1])
+    assert (len(infos), scanned, status) == (1, len(one), ScanStatus.TRUNCATED)
+    flipped = bytearray(two)
+    flipped[-1] ^= 0x01
+    infos, scanned, status = scan_batches(one + bytes(flipped))
+    assert (len(infos), scanned, status) == (1, len(one), ScanStatus.CORRUPT)
+    # Without CRC checks the flipped byte goes unnoticed.
+    assert scan_batches(one + bytes(flipped), verify_crc=False)[2] is ScanStatus.OK
+    assert scan_batches(b"")[1:] == (0, ScanStatus.OK)
+    assert scan_batches(one[: BATCH_HEADER_LENGTH - 1])[2] is ScanStatus.TRUNCATED
+
+
+def test_scan_accepts_memoryview_and_bytearray_and_limits_batches() -> None:
+    data = b"".join(encode_batch(i, [(None, b"v", [], i)]) for i in range(10))
+    for buf in (memoryview(data), bytearray(data)):
+        infos, scanned, status = scan_batches(buf, max_batches=4)
+        assert list(infos["base_offset"]) == [0, 1, 2, 3]
+        assert status is ScanStatus.OK and scanned == int(infos["length"][:4].sum())
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one record"):
+        encode_batch(0, [])
+    with pytest.raises(ValueError, match="compressed"):
+        encode_batch(0, [(None, b"v", [], 0)], attributes=1)
+
+
+def test_decode_of_garbage_records_raises_corrupt() -> None:
+    batch = bytearray(encode_batch(0, [(None, b"v" * 10, [], 0)]))
+    batch[BATCH_HEADER_LENGTH] = 0x7F  # record length far past the batch
+    with pytest.raises(CorruptRecordError):
+        decode_record_infos(bytes(batch))
+
+
+records_strategy = st.lists(
+    st.tuples(
+        st.none() | st.binary(max_size=40),
+        st.none() | st.binary(max_size=300),
+        st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=20)), max_size=3),
+        st.integers(min_value=0, max_value=2**42),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(base_offset=st.integers(min_value=0, max_value=2**40), records=records_strategy)
+def test_encoded_batch_decodes_identically_in_c(
+    base_offset: int, records: list[tuple[bytes | None, bytes | None, list[Header], int]]
+) -> None:
+    batch = encode_batch(base_offset, records)
+    infos, scanned, status = scan_batches(batch)
+    assert status is ScanStatus.OK and scanned == len(batch)
+    assert int(infos["max_timestamp"][0]) == max(r[3] for r in records)
+    assert int(infos["records_count"][0]) == len(records)
+    assert _decode(batch) == [
+        (base_offset + i, ts, key, value, list(headers))
+        for i, (key, value, headers, ts) in enumerate(records)
+    ]
