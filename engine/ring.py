@@ -136,7 +136,6 @@ class Ring:
         self._pid = os.getpid()
         self._owner = owner
         self._status = ffi.new("engine_ring_status_t *")
-        self._out_offset = ffi.new("int64_t *")
         self._out_count = ffi.new("int32_t *")
         self._out_length = ffi.new("uint64_t *")
 
@@ -192,11 +191,12 @@ class Ring:
         except posix_ipc.ExistentialError as exc:
             raise FileNotFoundError(f"no partition ring: name={name}") from exc
         try:
-            mapping = mmap.mmap(shm.fd, shm.size)
+            size = shm.size
+            mapping = mmap.mmap(shm.fd, size)
         finally:
             shm.close_fd()
         ring = cls(name, mapping, owner=False)
-        if lib.engine_ring_check(ring._region, shm.size) != OK:
+        if lib.engine_ring_check(ring._region, size) != OK:
             ring.close()
             raise CorruptRecordError(f"not a version-1 engine ring: name={name}")
         return ring
@@ -251,17 +251,17 @@ class Ring:
         region = self._ptr()
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         while True:
-            code = lib.engine_ring_append(
+            result = lib.engine_ring_append(
                 region, fields, ts,
                 ffi.NULL if key is None else key, -1 if key is None else len(key),
                 ffi.NULL if value is None else value, -1 if value is None else len(value),
                 headers, len(headers), header_count,
-                timeout_ms * 1_000_000, self._out_offset,
+                timeout_ms * 1_000_000,
             )
-            if code == OK:
-                return int(self._out_offset[0])
-            if code != REAPED:
-                raise_for(code, f"append to ring {self.name}")
+            if result >= 0:
+                return int(result)
+            if result != -REAPED:
+                raise_for(-result, f"append to ring {self.name}")
 
     def append_batch(
         self,

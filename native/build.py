@@ -52,11 +52,11 @@ int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
                      int64_t stall_timeout_ns, int32_t leader_epoch);
 int engine_ring_check(const void *region, uint64_t region_length);
 uint64_t engine_ring_region_length(uint64_t capacity);
-int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        int64_t timestamp_ms, const char *key, int32_t key_length,
                        const char *value, int32_t value_length,
                        const char *headers, int32_t headers_length, int32_t header_count,
-                       int64_t timeout_ns, int64_t *out_offset);
+                       int64_t timeout_ns);
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,
@@ -72,6 +72,7 @@ void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_status(void *region, engine_ring_status_t *out);
+int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 int32_t engine_murmur2(const void *data, int32_t length);
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,

@@ -264,36 +264,35 @@ static int check_fields(struct engine_ring_header *h, const engine_producer_fiel
     return ENGINE_RING_OK;
 }
 
-int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        int64_t timestamp_ms,
                        const char *key, int32_t key_length,
                        const char *value, int32_t value_length,
                        const char *headers, int32_t headers_length, int32_t header_count,
-                       int64_t timeout_ns, int64_t *out_offset) {
+                       int64_t timeout_ns) {
     struct engine_ring_header *h = header_of(region);
     engine_producer_fields_t pf;
     int code = check_fields(h, fields, &pf);
-    if (code != ENGINE_RING_OK) return code;
+    if (code != ENGINE_RING_OK) return -code;
     if (key_length < -1 || value_length < -1 || headers_length < 0 || header_count < 0)
-        return ENGINE_RING_BAD_ARGUMENT;
+        return -ENGINE_RING_BAD_ARGUMENT;
     size_t record_length = engine_batch_record_length(0, 0, key_length, value_length,
                                                       headers_length, header_count);
     size_t batch_length = ENGINE_BATCH_HEADER_LENGTH + record_length;
     size_t frame_length = ENGINE_FRAME_HEADER_LENGTH + batch_length;
-    if (frame_length > h->max_frame_length) return ENGINE_RING_TOO_LARGE;
+    if (frame_length > h->max_frame_length) return -ENGINE_RING_TOO_LARGE;
     struct engine_frame_header *f;
     uint64_t position;
     int64_t offset, deadline = 0;
     code = claim(region, (uint32_t)frame_length, 1, timeout_ns, &deadline, &f, &position, &offset);
-    if (code != ENGINE_RING_OK) return code;
+    if (code != ENGINE_RING_OK) return -code;
     uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
     engine_batch_write_record(batch + ENGINE_BATCH_HEADER_LENGTH, 0, 0, (const uint8_t *)key,
                               key_length, (const uint8_t *)value, value_length,
                               (const uint8_t *)headers, headers_length, header_count);
     engine_batch_write_header(batch, batch_length, offset, 1, timestamp_ms, timestamp_ms, &pf);
     code = publish(region, f, position);
-    if (code == ENGINE_RING_OK) *out_offset = offset;
-    return code;
+    return code == ENGINE_RING_OK ? offset : -code;
 }
 
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
@@ -546,6 +545,23 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
         if (readable(region, h, c)) return ENGINE_RING_OK;
         if (stalled && try_reap(region, h, c)) return ENGINE_RING_OK;
         if (now_ns() >= deadline) return ENGINE_RING_TIMEOUT;
+    }
+}
+
+int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp) {
+    struct engine_ring_header *h = header_of(region);
+    if (stamp) {
+        struct engine_frame_header *f;
+        uint64_t position;
+        int64_t offset, deadline = 0;
+        int code = claim(region, frame_length, 1, 0, &deadline, &f, &position, &offset);
+        return code == ENGINE_RING_OK ? (int64_t)position : -code;
+    }
+    tail_view_t v;
+    for (;;) {
+        read_tail(h, &v);
+        uint64_t next = pack_tail(v.position + align8(frame_length), v.offset + 1);
+        if (engine_cas_u64(&h->tail, v.raw, next)) return (int64_t)v.position;
     }
 }
 

@@ -124,7 +124,7 @@
 #include "batch.h"
 
 #define ENGINE_RING_VERSION 1u
-#define ENGINE_RING_MAGIC 0x474E4952474E4E45ull /* "ENGNRING" little-endian */
+#define ENGINE_RING_MAGIC 0x474E49524E474E45ull /* "ENGNRING" little-endian */
 #define ENGINE_RING_HEADER_LENGTH 4096
 #define ENGINE_RING_MIN_CAPACITY 65536ull
 #define ENGINE_RING_MAX_CAPACITY (1ull << 34) /* tail packing covers 32 GiB */
@@ -267,13 +267,13 @@ uint64_t engine_ring_region_length(uint64_t capacity);
 
 /* Append one record as a batch of one. key_length / value_length -1: null.
  * headers: Kafka-encoded headers (header_count of them). timeout_ns bounds the
- * wait for space. On OK, *out_offset is the record's offset. */
-int engine_ring_append(void *region, const engine_producer_fields_t *fields,
+ * wait for space. Returns the record's offset (>= 0), or minus a ring code. */
+int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        int64_t timestamp_ms,
                        const char *key, int32_t key_length,
                        const char *value, int32_t value_length,
                        const char *headers, int32_t headers_length, int32_t header_count,
-                       int64_t timeout_ns, int64_t *out_offset);
+                       int64_t timeout_ns);
 
 /* Append count records in as few batches as max_frame_length allows.
  * values: value_lengths == NULL means every value is value_stride bytes,
@@ -318,6 +318,11 @@ void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed)
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 
 void engine_ring_status(void *region, engine_ring_status_t *out);
+
+/* Tests only: claim a frame and leave it unpublished, as a producer killed
+ * between claim and publish would. stamp 0: die before stamping the tag too.
+ * Returns the claimed position, or minus a ring code. */
+int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 
 /* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);

@@ -1,0 +1,46 @@
+"""Child-process bodies for the ring's multi-process tests (spawned, so importable)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+
+from engine._native import lib
+from engine.ring import Ring, producer_fields
+
+
+def produce(name: str, producer: int, count: int, batch: int) -> None:
+    """Append ``count`` records "<producer>:<seq>" keyed by producer, ``batch`` per call."""
+    ring = Ring.open(name)
+    fields = producer_fields()
+    key = b"p%d" % producer
+    seq = 0
+    while seq < count:
+        n = min(batch, count - seq)
+        if n == 1:
+            ring.append(fields, struct.pack("<II", producer, seq) + b"x" * (seq % 50), key=key)
+        else:
+            values = [struct.pack("<II", producer, s) + b"y" * (s % 50) for s in range(seq, seq + n)]
+            blob = b"".join(values)
+            lengths = [len(v) for v in values]
+            ring.append_batch(fields, blob, value_lengths=lengths, keys=key * n,
+                              key_lengths=[len(key)] * n)
+        seq += n
+    ring.close()
+
+
+def claim_and_die(name: str, stamp: bool) -> None:
+    """Claim a frame and die by SIGKILL before publishing it."""
+    ring = Ring.open(name)
+    result = lib.engine_ring_claim_for_test(ring._ptr(), 200, 1 if stamp else 0)
+    assert result >= 0, result
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def append_after(name: str, delay_s: float, value: bytes) -> None:
+    time.sleep(delay_s)  # the parent is blocked in wait(); this is the event it waits for
+    ring = Ring.open(name)
+    ring.append(producer_fields(), value)
+    ring.close()

@@ -1,0 +1,309 @@
+"""The partition ring: layout, append/read, wrap, back-pressure, many producers, torn claims."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import ring_procs
+
+from engine._native import ffi
+from engine.errors import BufferFullError, RecordTooLargeError
+from engine.record import RecordDecoder
+from engine.ring import (
+    EMPTY,
+    OK,
+    OVERWRITTEN,
+    Cursor,
+    Ring,
+    crc32c,
+    murmur2,
+    producer_fields,
+    unlink,
+)
+
+SPAWN = mp.get_context("spawn")
+
+
+@pytest.fixture
+def ring_name() -> Iterator[str]:
+    name = f"/engine-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    unlink(name)
+
+
+def read_all(ring: Ring, cursor: Cursor, decoder: RecordDecoder | None = None) -> list:
+    decoder = decoder or RecordDecoder()
+    buf = bytearray(1 << 20)
+    out = []
+    while True:
+        code, n = ring.read(cursor, buf)
+        if code != OK:
+            assert code == EMPTY
+            return out
+        data = bytes(buf[:n])
+        pos, next_offset = 0, 0
+        while pos < n:
+            records, used = decoder.decode(data[pos:], "t", 0, next_offset, 1 << 30)
+            out += records
+            if records:
+                next_offset = records[-1].offset + 1
+            if used == 0 and not records:
+                break
+            pos += used
+
+
+def drain(ring: Ring, cursor: Cursor, buf: bytearray) -> None:
+    """Play the broker: move the drain cursor over everything published."""
+    while True:
+        code, _ = ring.read(cursor, buf)
+        if code != OK:
+            break
+    ring.drain_to(cursor)
+
+
+def test_header_bytes_match_the_diagram(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16, base_offset=42, leader_epoch=7)
+    raw = bytes(ffi.buffer(ring._ptr(), 4096))
+    assert struct.unpack_from("<II", raw, 0) == (1, 4096)  # version, header_length
+    assert raw[8:16] == b"ENGNRING"
+    assert struct.unpack_from("<QQq", raw, 16) == (1 << 16, 1 << 15, 42)
+    assert struct.unpack_from("<Q", raw, 128)[0] == 42 << 32  # tail: offset 42, position 0
+    assert struct.unpack_from("<Qq", raw, 256) == (0, 42)  # drain position, drain offset
+    assert struct.unpack_from("<iIq", raw, 640) == (7, 0, -1)  # epoch, sealed, high watermark
+    ring.close()
+
+
+def test_crc32c_and_murmur2_match_published_vectors() -> None:
+    assert crc32c(b"123456789") == 0xE3069283
+    assert murmur2(b"21") == -973932308  # Kafka's UtilsTest
+    assert murmur2(b"foobar") == -790332482
+    assert murmur2(b"") == 275646681
+
+
+def test_append_then_read_returns_records_with_dense_offsets(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16, base_offset=100)
+    f = producer_fields()
+    assert ring.append(f, b"v0", key=b"k0", timestamp_ms=5) == 100
+    assert ring.append(f, None, key=None, timestamp_ms=6) == 101
+    headers = b"\x02h" + b"\x04ab"  # one header: "h" -> b"ab" (zigzag varints)
+    assert ring.append(f, b"v2", headers=headers, header_count=1, timestamp_ms=7) == 102
+    records = read_all(ring, Cursor(0, 100))
+    assert [(r.offset, r.key, r.value, r.timestamp, r.headers) for r in records] == [
+        (100, b"k0", b"v0", 5, []),
+        (101, None, None, 6, []),
+        (102, None, b"v2", 7, [("h", b"ab")]),
+    ]
+    ring.close()
+
+
+def test_batch_append_of_fixed_size_records(ring_name: str) -> None:
+    import numpy as np
+
+    ring = Ring.create(ring_name, 1 << 20)
+    values = np.arange(1000, dtype=np.int64).view(np.uint8)
+    out = np.empty(125, dtype=np.int64)
+    assert ring.append_batch(producer_fields(), values, value_stride=64, offsets=out) == 125
+    assert list(out) == list(range(125))
+    records = read_all(ring, Cursor())
+    assert [r.offset for r in records] == list(range(125))
+    assert records[3].value == values[3 * 64 : 4 * 64].tobytes()
+    ring.close()
+
+
+def test_full_ring_blocks_then_raises_and_overwrites_nothing(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    f = producer_fields()
+    value = b"x" * 1000
+    n = 0
+    with pytest.raises(BufferFullError):
+        while True:
+            ring.append(f, value, timeout_ms=50)
+            n += 1
+    assert 50 < n < 66
+    records = read_all(ring, Cursor())
+    assert [r.offset for r in records] == list(range(n))
+    assert all(r.value == value for r in records)
+    ring.close()
+
+
+def test_record_over_the_frame_limit_is_refused_before_writing(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16, max_frame_length=4096)
+    with pytest.raises(RecordTooLargeError):
+        ring.append(producer_fields(), b"x" * 5000)
+    assert ring.status().tail_offset == 0
+    ring.close()
+
+
+def test_wraps_many_times_with_a_draining_broker(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    f = producer_fields()
+    reader = Cursor()
+    drainer = Cursor()
+    buf = bytearray(1 << 16)
+    seen = []
+    for i in range(20_000):
+        ring.append(f, struct.pack("<I", i) + b"z" * (i % 300))
+        if i % 50 == 0:
+            seen += [r.offset for r in read_all(ring, reader)]
+            drain(ring, drainer, buf)
+    seen += [r.offset for r in read_all(ring, reader)]
+    assert seen == list(range(20_000))
+    assert ring.status().tail_position > 20 * (1 << 16)
+    ring.close()
+
+
+def test_a_lapped_reader_is_told_overwritten(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    f = producer_fields()
+    drainer = Cursor()
+    buf = bytearray(1 << 16)
+    for _ in range(2000):
+        ring.append(f, b"q" * 200)
+        drain(ring, drainer, buf)
+    code, _ = ring.read(Cursor(0, 0), buf)
+    assert code == OVERWRITTEN
+    assert ring.seek(0) is None  # older than the drain cursor: read the segments
+    ring.close()
+
+
+@pytest.mark.parametrize("batch", [1, 37])
+def test_many_producer_processes_on_one_ring_every_record_once_in_order(
+    ring_name: str, batch: int
+) -> None:
+    """4 processes append at once through wrap-arounds; a reader sees every record
+    exactly once, each producer's in its order, at dense offsets."""
+    ring = Ring.create(ring_name, 1 << 18)
+    producers, count = 4, 5000
+    procs = [SPAWN.Process(target=ring_procs.produce, args=(ring_name, p, count, batch))
+             for p in range(producers)]
+    for p in procs:
+        p.start()
+    try:
+        reader, drainer = Cursor(), Cursor()
+        buf = bytearray(1 << 18)
+        decoder = RecordDecoder()
+        got: list = []
+        deadline = time.monotonic() + 60
+        while len(got) < producers * count:
+            assert time.monotonic() < deadline, f"only {len(got)} records arrived"
+            assert all(p.exitcode in (None, 0) for p in procs), "a producer failed"
+            got += read_all(ring, reader, decoder)
+            drain(ring, drainer, buf)
+            ring.wait(reader, 0.05)
+        for p in procs:
+            p.join(10)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    assert [r.offset for r in got] == list(range(producers * count))
+    per_producer: dict[int, list[int]] = {}
+    for r in got:
+        pid, seq = struct.unpack_from("<II", r.value)
+        assert r.key == b"p%d" % pid
+        assert r.value[8:] == (b"x" if batch == 1 else b"y") * (seq % 50)
+        per_producer.setdefault(pid, []).append(seq)
+    assert per_producer == {p: list(range(count)) for p in range(producers)}
+
+
+@pytest.mark.parametrize("stamped", [True, False], ids=["stamped", "unstamped"])
+def test_a_producer_killed_between_claim_and_publish_does_not_wedge_the_ring(
+    ring_name: str, stamped: bool
+) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    f = producer_fields()
+    ring.append(f, b"before")
+    child = SPAWN.Process(target=ring_procs.claim_and_die, args=(ring_name, stamped))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -9
+    after = ring.append(f, b"after")  # claims past the torn frame; offsets go on
+    reader = Cursor()
+    got = read_all(ring, reader)
+    assert [r.value for r in got] == [b"before"]  # stopped at the torn claim
+    t0 = time.monotonic()
+    assert ring.wait(reader, 5.0)  # reaps the torn frame
+    assert time.monotonic() - t0 < 1.0
+    got = read_all(ring, reader)
+    assert [(r.value, r.offset) for r in got] == [(b"after", after)]
+    assert ring.status().reaped_frames == 1
+    ring.close()
+
+
+def test_a_waiting_reader_in_another_process_is_woken_by_an_append(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    reader = Cursor()
+    child = SPAWN.Process(target=ring_procs.append_after, args=(ring_name, 0.3, b"wake"))
+    child.start()
+    try:
+        assert ring.wait(reader, 20.0)
+        assert [r.value for r in read_all(ring, reader)] == [b"wake"]
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    ring.close()
+
+
+def test_a_ring_is_private_to_its_owner(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    mode = os.stat("/dev/shm" + ring_name).st_mode & 0o777
+    assert mode == 0o600
+    ring.close()
+
+
+def test_a_reader_racing_producer_and_drain_never_returns_a_torn_record(ring_name: str) -> None:
+    """The reader is lapped now and then (it is told OVERWRITTEN and jumps to the drain
+    cursor, as a consumer would go to the segments); every record it does return is
+    intact and at its own offset."""
+    ring = Ring.create(ring_name, 1 << 16)
+    stop = threading.Event()
+    seen: list[tuple[int, bytes]] = []
+    lapped = [0]
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            reader, buf, decoder = Cursor(), bytearray(1 << 16), RecordDecoder()
+            while True:
+                code, n = ring.read(reader, buf)
+                if code == OVERWRITTEN:
+                    lapped[0] += 1
+                    reader = ring.drain_cursor()
+                    continue
+                if code == OK:
+                    data = bytes(buf[:n])
+                    records, _ = decoder.decode(data, "t", 0, 0, 1 << 30)
+                    seen.extend((r.offset, r.value) for r in records)
+                    continue
+                if stop.is_set():
+                    return
+                ring.wait(reader, 0.01)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    drainer, buf = Cursor(), bytearray(1 << 16)
+    f = producer_fields()
+    for i in range(20_000):
+        ring.append(f, struct.pack("<I", i) + b"w" * (i % 97))
+        if i % 20 == 0:
+            drain(ring, drainer, buf)
+    stop.set()
+    t.join(30)
+    assert not errors
+    assert seen, "the reader saw nothing"
+    offsets = [o for o, _ in seen]
+    assert offsets == sorted(set(offsets))
+    for offset, value in seen:
+        assert value == struct.pack("<I", offset) + b"w" * (offset % 97)
+    ring.close()
