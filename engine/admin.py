@@ -1,0 +1,173 @@
+"""Admin: create, delete, list and describe topics (kafka-python's KafkaAdminClient habits).
+
+Topic requests are znode writes in the coordinator's tree (see engine.metadata);
+the controller turns them into partition state and the leaders create their
+rings. ``create_topic`` and ``delete_topic`` return once the change took effect.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from engine import metadata as md
+from engine.cluster import ClusterView
+from engine.config import validate_topic_config, validate_topic_name
+from engine.errors import (
+    ConfigError,
+    EngineTimeoutError,
+    TopicExistsError,
+    UnknownTopicError,
+)
+from engine.log import LogReader
+
+
+@dataclass(frozen=True)
+class PartitionDescription:
+    """One partition as describe_topic reports it."""
+
+    partition: int
+    leader: int | None
+    leader_epoch: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    log_start_offset: int
+    log_end_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True)
+class TopicDescription:
+    name: str
+    topic_id: str
+    partitions: list[PartitionDescription]
+    config: dict[str, Any]
+
+
+class Admin:
+    """Topic administration against the daemon of ``data_dir``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
+        self._cluster = ClusterView(data_dir)
+
+    @property
+    def data_dir(self) -> str:
+        return str(self._cluster.data_dir.root)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        replication: int = 1,
+        config: dict[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> TopicDescription:
+        """Create a topic and wait until every partition's leader is ready."""
+        validate_topic_name(name)
+        full = validate_topic_config(config)
+        if not isinstance(partitions, int) or partitions < 1:
+            raise ConfigError(f"partitions must be an int >= 1: partitions={partitions!r}")
+        zk = self._cluster.zk
+        brokers = sorted(md.live_brokers(zk))
+        if not isinstance(replication, int) or not 1 <= replication <= max(len(brokers), 1):
+            raise ConfigError(
+                f"replication must be between 1 and the number of live brokers ({len(brokers)}): "
+                f"replication={replication!r}"
+            )
+        if replication > 1:
+            raise ConfigError(
+                "replication > 1 is not available yet (it comes with the replication issue): "
+                f"replication={replication}"
+            )
+        if zk.exists(f"{md.DELETE_TOPICS}/{name}"):
+            raise TopicExistsError(f"topic {name!r} is being deleted; try again shortly")
+        user_config = {k: full[k] for k in (config or {})}
+        assignment = md.TopicAssignment(
+            name, md.new_topic_id(), md.assign_replicas(brokers, partitions, replication)
+        )
+        zk.ensure_path(md.BROKER_TOPICS)
+        zk.ensure_path(md.CONFIG_TOPICS)
+        tx = zk.transaction()
+        tx.create(md.config_path(name), md.encode({"version": 1, "config": user_config}))
+        tx.create(md.topic_path(name), md.encode(assignment.to_json()))
+        results = tx.commit()
+        if any(isinstance(r, NodeExistsError) for r in results):
+            raise TopicExistsError(f"topic already exists: topic={name!r}")
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        self._cluster.forget(name)
+        self._cluster.refresh(name, wait_s=timeout)  # waits for leaders and rings
+        return self.describe_topic(name)
+
+    def delete_topic(self, name: str, timeout: float = 30.0) -> None:
+        """Delete a topic and its data; returns once its znodes are gone."""
+        validate_topic_name(name)
+        zk = self._cluster.zk
+        if not zk.exists(md.topic_path(name)):
+            raise UnknownTopicError(f"unknown topic: topic={name!r}")
+        zk.ensure_path(md.DELETE_TOPICS)
+        try:
+            zk.create(f"{md.DELETE_TOPICS}/{name}", b"")
+        except NodeExistsError:
+            pass
+        self._cluster.forget(name)
+        deadline = time.monotonic() + timeout
+        while zk.exists(md.topic_path(name)) or zk.exists(f"{md.DELETE_TOPICS}/{name}"):
+            if time.monotonic() > deadline:
+                raise EngineTimeoutError(f"topic {name!r} was not deleted within {timeout:.0f} s")
+            time.sleep(0.01)
+
+    def list_topics(self) -> list[str]:
+        return md.list_topics(self._cluster.zk)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        view = self._cluster.refresh(name)
+        meta = view.meta
+        parts = []
+        for p in range(view.partition_count):
+            state = meta.states.get(p)
+            leader = state.leader if state else None
+            start = end = -1
+            if leader is not None and p in view.rings:
+                status = view.rings[p].status()
+                end = status.tail_offset
+                directory = self._cluster.data_dir.partition_dir(leader, name, p)
+                try:
+                    start = LogReader(directory).log_start_offset
+                except (OSError, NoNodeError):
+                    start = status.base_offset
+            parts.append(
+                PartitionDescription(
+                    partition=p,
+                    leader=leader,
+                    leader_epoch=state.leader_epoch if state else -1,
+                    replicas=meta.assignment.replicas[p],
+                    isr=state.isr if state else (),
+                    log_start_offset=start,
+                    log_end_offset=end,
+                    high_watermark=end,
+                )
+            )
+        return TopicDescription(name, meta.assignment.topic_id, parts, dict(view.config))
+
+    def describe_cluster(self) -> dict[str, Any]:
+        zk = self._cluster.zk
+        return {
+            "coordinator": self._cluster.data_dir.coordinator_hosts(),
+            "controller": md.controller_id(zk),
+            "brokers": md.live_brokers(zk),
+        }
+
+    def close(self) -> None:
+        self._cluster.close()
+
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,242 @@
+"""The broker process: registers itself, hosts partition replicas, may be controller.
+
+One OS process per broker id, started and supervised by the daemon::
+
+    python -m engine.broker --data-dir DIR --id N --coordinator HOST:PORT
+
+It registers the ephemeral ``/brokers/ids/<id>``, takes part in the controller
+election, and keeps the replicas it leads in line with the partition state
+znodes: a replica per partition it leads (ring + log + drain thread). All tree
+reads and writes happen on the main thread; kazoo's watch callbacks only poke it.
+
+Crash behaviour: on kill -9 its ephemeral node vanishes when the session
+expires (or at once when the next broker with the same id finds the old pid
+dead); its rings stay in shared memory and are resumed by the next start.
+On SIGTERM it stops gracefully: every replica is sealed, drained, flushed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kazoo.client import KazooState
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from engine import metadata as md
+from engine.config import validate_topic_config
+from engine.controller import Controller
+from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
+from engine.replica import LeaderReplica
+from engine.ring import unlink
+
+log = logging.getLogger("engine.broker")
+
+RECONCILE_EVERY_S = 1.0
+
+ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
+
+
+class Broker:
+    """A broker's state: its coordinator session, its replicas, its controller role."""
+
+    def __init__(self, data_dir: DataDir, broker_id: int, hosts: str) -> None:
+        self.data_dir = data_dir
+        self.broker_id = broker_id
+        self.hosts = hosts
+        self.replicas: dict[ReplicaKey, LeaderReplica] = {}
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._session_lost = threading.Event()
+        self.zk = md.connect(data_dir, hosts=hosts)
+        self.zk.add_listener(self._on_state)
+        self.controller = Controller(self.zk, broker_id, self.poke)
+
+    def poke(self, *_: Any) -> None:
+        self._wake.set()
+
+    def stop(self, *_: Any) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.LOST:
+            self._session_lost.set()
+        self._wake.set()
+
+    # -- registration ------------------------------------------------------
+
+    def register(self) -> None:
+        path = md.broker_path(self.broker_id)
+        payload = md.encode(
+            {
+                "version": 5,
+                "host": "127.0.0.1",
+                "port": -1,
+                "endpoints": [],
+                "pid": os.getpid(),
+                "log_dir": str(self.data_dir.broker_dir(self.broker_id)),
+                "timestamp": str(int(time.time() * 1000)),
+            }
+        )
+        self.zk.ensure_path(md.BROKER_IDS)
+        deadline = time.monotonic() + 2 * md.SESSION_TIMEOUT_S
+        while True:
+            try:
+                self.zk.create(path, payload, ephemeral=True)
+                log.info("broker %d registered (pid %d)", self.broker_id, os.getpid())
+                return
+            except NodeExistsError:
+                try:
+                    data, _ = self.zk.get(path)
+                    old = md.decode(data)
+                except NoNodeError:
+                    continue
+                if int(old.get("pid", 0)) == os.getpid():
+                    return
+                if not pid_alive(int(old.get("pid", 0))):
+                    # A previous incarnation died; its session has not expired yet.
+                    try:
+                        self.zk.delete(path)
+                    except NoNodeError:
+                        pass
+                    continue
+                if time.monotonic() > deadline:
+                    raise SystemExit(
+                        f"broker id {self.broker_id} is registered by live pid {old.get('pid')}"
+                    )
+                time.sleep(0.2)
+
+    # -- the main loop -----------------------------------------------------
+
+    def run(self) -> None:
+        make_private_dir(self.data_dir.broker_dir(self.broker_id))
+        self.register()
+        self.zk.ChildrenWatch(md.BROKER_TOPICS, self.poke, send_event=False)
+        first = True
+        while not self._stopping.is_set():
+            self._wake.wait(RECONCILE_EVERY_S)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            if self._session_lost.is_set() and self.zk.connected:
+                self._session_lost.clear()
+                self.register()
+            try:
+                self.controller.act()
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - keep serving; the next pass retries
+                log.exception("reconcile pass failed")
+            if first:
+                self._remove_stale_rings()
+                first = False
+            for key, replica in list(self.replicas.items()):
+                if replica.failed is not None:
+                    log.error("replica %s failed: %s; restarting it", key, replica.failed)
+                    self.replicas.pop(key).stop()
+        self.shutdown()
+
+    def reconcile(self) -> None:
+        """Host exactly the replicas this broker leads, as the tree says."""
+        wanted: dict[ReplicaKey, tuple[md.TopicMetadata, int]] = {}
+        for topic in self.zk.get_children(md.BROKER_TOPICS):
+            try:
+                meta = md.read_topic(self.zk, topic)
+            except Exception:  # noqa: BLE001 - deleted while we read it
+                continue
+            for p in meta.assignment.replicas:
+                path = md.state_path(topic, p)
+                if self.zk.exists(path, watch=self.poke) is None:
+                    continue
+                state = meta.states.get(p)
+                if state is not None and state.leader == self.broker_id:
+                    wanted[(topic, p, meta.assignment.topic_id)] = (meta, state.leader_epoch)
+        for key in list(self.replicas):
+            if key not in wanted:
+                topic_gone = not any(k[0] == key[0] and k[2] == key[2] for k in wanted)
+                log.info("stopping replica %s-%d%s", key[0], key[1], " (deleted)" if topic_gone else "")
+                self.replicas.pop(key).stop(delete=topic_gone)
+        for key, (meta, epoch) in wanted.items():
+            if key not in self.replicas:
+                self.replicas[key] = self._start_replica(key, meta, epoch)
+
+    def _start_replica(self, key: ReplicaKey, meta: md.TopicMetadata, epoch: int) -> LeaderReplica:
+        topic, partition, topic_id = key
+        directory = self.data_dir.partition_dir(self.broker_id, topic, partition)
+        _claim_directory(directory, topic_id)
+        config = validate_topic_config(meta.config)
+        log.info("leading %s-%d (epoch %d)", topic, partition, epoch)
+        return LeaderReplica(
+            topic, partition, directory,
+            self.data_dir.ring_name(topic_id, partition, self.broker_id), config, epoch,
+        )
+
+    def _remove_stale_rings(self) -> None:
+        """Unlink rings of this broker that no hosted replica owns (deleted topics)."""
+        prefix = self.data_dir.ring_prefix()
+        mine = {r.ring_name.lstrip("/") for r in self.replicas.values()}
+        try:
+            names = os.listdir("/dev/shm")
+        except OSError:
+            return
+        for name in names:
+            if name.startswith(prefix) and name.endswith(f"-{self.broker_id}") and name not in mine:
+                log.info("removing stale ring /%s", name)
+                unlink("/" + name)
+
+    def shutdown(self) -> None:
+        log.info("broker %d stopping", self.broker_id)
+        for key in list(self.replicas):
+            self.replicas.pop(key).stop()
+        try:
+            self.zk.stop()
+            self.zk.close()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.exception("closing the coordinator session")
+        log.info("broker %d stopped", self.broker_id)
+
+
+def _claim_directory(directory: Path, topic_id: str) -> None:
+    """Make ``directory`` belong to this topic id, wiping data of an older topic of that name."""
+    marker = directory / "topic.id"
+    if directory.exists():
+        try:
+            if marker.read_text().strip() == topic_id:
+                return
+        except OSError:
+            pass
+        log.warning("wiping %s: it holds another topic's data", directory)
+        shutil.rmtree(directory)
+    make_private_dir(directory)
+    write_private_file(marker, topic_id.encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.broker")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--id", type=int, required=True)
+    parser.add_argument("--coordinator", required=True, help="HOST:PORT[,HOST:PORT...]")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s broker-{args.id} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
+    broker = Broker(DataDir.resolve(args.data_dir), args.id, args.coordinator)
+    signal.signal(signal.SIGTERM, broker.stop)
+    signal.signal(signal.SIGINT, broker.stop)
+    broker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

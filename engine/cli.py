@@ -1,0 +1,307 @@
+"""The ``engine`` command line (also ``python -m engine``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from engine.datadir import DataDir
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="the daemon's data dir (default: $ENGINE_DATA_DIR, else ~/.local/state/engine)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine", description="A single-host streaming engine: Kafka and ZooKeeper for one box."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("start", help="start the coordinator and the brokers")
+    _add_data_dir(p)
+    p.add_argument("--brokers", type=int, default=3, help="number of broker processes (default 3)")
+    p.add_argument("--foreground", action="store_true", help="run in this terminal")
+    p.add_argument("--coordinator", default=None,
+                   help="use this ZooKeeper ensemble (HOST:PORT,...) instead of starting one")
+
+    p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
+    _add_data_dir(p)
+
+    p = sub.add_parser("status", help="brokers, topics, partitions, offsets")
+    _add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("topics", help="create, list, describe, delete topics")
+    tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    c = tsub.add_parser("create", help="create a topic")
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--partitions", type=int, default=1)
+    c.add_argument("--replication", type=int, default=1)
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    c = tsub.add_parser("list", help="list topics")
+    _add_data_dir(c)
+    c = tsub.add_parser("describe", help="describe a topic")
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--json", action="store_true")
+    c = tsub.add_parser("delete", help="delete a topic and its data")
+    _add_data_dir(c)
+    c.add_argument("topic")
+
+    p = sub.add_parser("produce", help="send each line of standard input as a record")
+    _add_data_dir(p)
+    p.add_argument("topic")
+    p.add_argument("--key", default=None, help="the key of every record")
+    p.add_argument("--partition", type=int, default=None)
+    p.add_argument("--acks", default="1", choices=["0", "1", "all"])
+
+    p = sub.add_parser("consume", help="print records to standard output")
+    _add_data_dir(p)
+    p.add_argument("topic")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--partition", type=int, default=None)
+    p.add_argument("--offset", type=int, default=None, help="start at this offset")
+    p.add_argument("--max", type=int, default=None, help="exit after this many records")
+    p.add_argument("--timeout", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--print-key", action="store_true")
+    p.add_argument("--print-offset", action="store_true")
+
+    p = sub.add_parser("demo", help="a small IoT fleet: producers and a consumer, with figures")
+    _add_data_dir(p)
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--producers", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=5.0)
+
+    p = sub.add_parser("bench", help="the benchmark suite (from a source checkout)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench/suite.py")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.errors import EngineError
+
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except EngineError as exc:
+        print(f"engine: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from engine import daemon
+
+    dd = DataDir.resolve(args.data_dir)
+    if args.brokers < 1:
+        print("engine: --brokers must be at least 1", file=sys.stderr)
+        return 2
+    if args.foreground:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
+        return daemon.Daemon(dd, args.brokers, args.coordinator).run()
+    t0 = time.monotonic()
+    info = daemon.start_background(dd, args.brokers, args.coordinator)
+    print(
+        f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
+        f"{info['coordinator']}, brokers {info['brokers']} (logs in {dd.log_dir})"
+    )
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from engine import daemon
+
+    dd = DataDir.resolve(args.data_dir)
+    if daemon.stop(dd):
+        print(f"engine stopped: data dir {dd.root}")
+    else:
+        print(f"engine was not running: data dir {dd.root}")
+    return 0
+
+
+def status_report(data_dir: str | None) -> dict[str, Any]:
+    from engine import metadata as md
+    from engine.admin import Admin
+
+    dd = DataDir.resolve(data_dir)
+    info = dd.read_runtime()
+    with Admin(data_dir) as admin:
+        zk = admin._cluster.zk
+        topics = []
+        for name in admin.list_topics():
+            try:
+                d = admin.describe_topic(name)
+            except Exception as exc:  # noqa: BLE001 - one broken topic must not hide the rest
+                topics.append({"name": name, "error": str(exc)})
+                continue
+            topics.append(
+                {
+                    "name": d.name,
+                    "topic_id": d.topic_id,
+                    "config": d.config,
+                    "partitions": [p.__dict__ | {"replicas": list(p.replicas), "isr": list(p.isr)}
+                                   for p in d.partitions],
+                }
+            )
+        return {
+            "data_dir": str(dd.root),
+            "daemon_pid": info["pid"],
+            "coordinator": info["coordinator"],
+            "processes": info.get("processes", {}),
+            "controller": md.controller_id(zk),
+            "brokers": {str(k): v for k, v in sorted(md.live_brokers(zk).items())},
+            "topics": topics,
+        }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    report = status_report(args.data_dir)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(f"data dir     {report['data_dir']}")
+    print(f"daemon       pid {report['daemon_pid']}")
+    print(f"coordinator  {report['coordinator']}")
+    print(f"controller   broker {report['controller']}")
+    for bid, b in report["brokers"].items():
+        print(f"broker {bid}     pid {b.get('pid')}")
+    for t in report["topics"]:
+        if "error" in t:
+            print(f"topic {t['name']}: {t['error']}")
+            continue
+        print(f"topic {t['name']} ({len(t['partitions'])} partitions)")
+        for p in t["partitions"]:
+            print(
+                f"  partition {p['partition']:>3}  leader {p['leader']}  "
+                f"log_start {p['log_start_offset']}  log_end {p['log_end_offset']}  "
+                f"hw {p['high_watermark']}"
+            )
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from engine.admin import Admin
+    from engine.config import parse_config_pairs
+
+    with Admin(args.data_dir) as admin:
+        if args.topics_command == "create":
+            d = admin.create_topic(
+                args.topic, args.partitions, args.replication, parse_config_pairs(args.config)
+            )
+            print(f"created topic {d.name} with {len(d.partitions)} partitions")
+        elif args.topics_command == "list":
+            for name in admin.list_topics():
+                print(name)
+        elif args.topics_command == "describe":
+            d = admin.describe_topic(args.topic)
+            if args.json:
+                print(json.dumps({"name": d.name, "topic_id": d.topic_id, "config": d.config,
+                                  "partitions": [p.__dict__ for p in d.partitions]}, indent=2))
+            else:
+                print(f"topic {d.name}  id {d.topic_id}")
+                for p in d.partitions:
+                    print(f"  partition {p.partition}  leader {p.leader}  replicas {list(p.replicas)}"
+                          f"  isr {list(p.isr)}  log_start {p.log_start_offset}"
+                          f"  log_end {p.log_end_offset}")
+        elif args.topics_command == "delete":
+            admin.delete_topic(args.topic)
+            print(f"deleted topic {args.topic}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from engine.producer import Producer
+
+    acks: int | str = "all" if args.acks == "all" else int(args.acks)
+    key = args.key.encode() if args.key is not None else None
+    n = 0
+    with Producer(args.data_dir, acks=acks) as producer:
+        for line in sys.stdin.buffer:
+            producer.send(args.topic, value=line.rstrip(b"\n"), key=key, partition=args.partition)
+            n += 1
+        producer.flush()
+    print(f"produced {n} records to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from engine.consumer import Consumer
+    from engine.record import TopicPartition
+
+    reset = "earliest" if args.from_beginning else "latest"
+    with Consumer(data_dir=args.data_dir, auto_offset_reset=reset) as consumer:
+        if args.partition is not None:
+            consumer.assign([TopicPartition(args.topic, args.partition)])
+        else:
+            consumer.subscribe([args.topic])
+        if args.offset is not None:
+            for tp in consumer.assignment():
+                consumer.seek(tp, args.offset)
+        n = 0
+        idle_since = time.monotonic()
+        out = sys.stdout.buffer
+        while args.max is None or n < args.max:
+            want = None if args.max is None else args.max - n
+            records = consumer.poll(timeout=0.2, max_records=want)
+            if not records:
+                if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            for r in records:
+                prefix = b""
+                if args.print_offset:
+                    prefix += f"{r.partition}:{r.offset}\t".encode()
+                if args.print_key:
+                    prefix += (r.key or b"") + b"\t"
+                out.write(prefix + (r.value or b"") + b"\n")
+            out.flush()
+            n += len(records)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from engine.demo import run_demo
+
+    return run_demo(args.data_dir, devices=args.devices, producers=args.producers,
+                    seconds=args.seconds)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    suite = os.path.join(root, "bench", "suite.py")
+    if not os.path.exists(suite):
+        print("engine: `engine bench` runs from a source checkout (bench/suite.py not found)",
+              file=sys.stderr)
+        return 2
+    sys.path.insert(0, root)
+    from bench.suite import main as bench_main
+
+    return int(bench_main(args.args))
+
+
+_COMMANDS = {
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "status": cmd_status,
+    "topics": cmd_topics,
+    "produce": cmd_produce,
+    "consume": cmd_consume,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+}

@@ -1,0 +1,141 @@
+"""A client's view of the cluster: its coordinator session, topic metadata, mapped rings.
+
+Shared by Producer, Consumer and Admin. One ``ClusterView`` per client object;
+it is used by that client's calling thread (and the producer's background
+sender, which takes ``lock``). Metadata is cached until an operation finds it
+stale (a sealed ring, a ring that is gone), then refreshed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from engine import metadata as md
+from engine.config import validate_topic_config, validate_topic_name
+from engine.datadir import DataDir
+from engine.errors import ClosedError, EngineTimeoutError, UnknownTopicError
+from engine.ring import Ring
+
+
+@dataclass
+class TopicView:
+    """A topic as a client uses it: partition count, config, rings by partition."""
+
+    meta: md.TopicMetadata
+    config: dict[str, Any]
+    rings: dict[int, Ring] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def partition_count(self) -> int:
+        return self.meta.partition_count
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.config["max.message.bytes"])
+
+    def leader(self, partition: int) -> int | None:
+        state = self.meta.states.get(partition)
+        return state.leader if state else None
+
+
+class ClusterView:
+    """Coordinator session plus cached topics and rings of one client object."""
+
+    def __init__(self, data_dir: str | os.PathLike[str] | None) -> None:
+        self.data_dir = DataDir.resolve(data_dir)
+        self._zk: KazooClient | None = md.connect(self.data_dir)
+        self.topics: dict[str, TopicView] = {}
+        self.lock = threading.RLock()
+        self._pid = os.getpid()
+
+    @property
+    def zk(self) -> KazooClient:
+        if self._zk is None:
+            raise ClosedError("client is closed")
+        return self._zk
+
+    def topic(self, name: str, wait_s: float = 10.0) -> TopicView:
+        """The topic's view, loading it (and waiting for its rings) on first use."""
+        view = self.topics.get(name)
+        if view is None:
+            view = self.refresh(name, wait_s)
+        return view
+
+    def refresh(self, name: str, wait_s: float = 10.0) -> TopicView:
+        """Reload the topic's metadata and remap its rings; waits for leaders and rings."""
+        validate_topic_name(name)
+        deadline = time.monotonic() + wait_s
+        while True:
+            meta = md.read_topic(self.zk, name)  # UnknownTopicError if it does not exist
+            rings: dict[int, Ring] = {}
+            missing: list[int] = []
+            for p in range(meta.partition_count):
+                state = meta.states.get(p)
+                if state is None:
+                    missing.append(p)
+                    continue
+                ring_name = self.data_dir.ring_name(meta.assignment.topic_id, p, state.leader)
+                old = self.topics.get(name)
+                if old is not None and p in old.rings and old.rings[p].name == ring_name \
+                        and not old.rings[p].status().sealed:
+                    rings[p] = old.rings.pop(p)
+                    continue
+                try:
+                    rings[p] = Ring.open(ring_name)
+                except FileNotFoundError:
+                    missing.append(p)
+                    continue
+                if rings[p].status().sealed:
+                    rings.pop(p).close()
+                    missing.append(p)
+            if not missing:
+                break
+            for ring in rings.values():
+                ring.close()
+            if time.monotonic() > deadline:
+                raise EngineTimeoutError(
+                    f"partitions {missing} of topic {name!r} have no ready leader after "
+                    f"{wait_s:.0f} s"
+                )
+            time.sleep(0.01)
+        old = self.topics.pop(name, None)
+        if old is not None:
+            for ring in old.rings.values():
+                ring.close()
+        view = TopicView(meta, validate_topic_config(meta.config), rings)
+        self.topics[name] = view
+        return view
+
+    def forget(self, name: str) -> None:
+        old = self.topics.pop(name, None)
+        if old is not None:
+            for ring in old.rings.values():
+                ring.close()
+
+    def exists(self, name: str) -> bool:
+        try:
+            md.read_topic(self.zk, name)
+        except UnknownTopicError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if os.getpid() != self._pid:
+            self._zk = None
+            return
+        for name in list(self.topics):
+            self.forget(name)
+        if self._zk is not None:
+            self._zk.stop()
+            self._zk.close()
+            self._zk = None

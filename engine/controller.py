@@ -1,0 +1,117 @@
+"""The controller: the one broker that turns topic requests into partition state.
+
+Elected through the ephemeral ``/controller`` znode (first to create it wins;
+the others watch it and try again when it vanishes). Each win bumps
+``/controller_epoch``. While in charge it:
+
+- gives every partition of a new topic its state znode (leader: the first live
+  replica of its assignment, ISR: the live replicas, leader epoch 0);
+- carries out deletion requests under ``/admin/delete_topics``: removes the
+  topic's znodes, which makes the brokers drop the replicas and their data.
+
+It runs on its broker's main thread only (the broker calls :meth:`act` after
+every watch event), so it needs no locks. Crash behaviour: every action is an
+idempotent znode write, so a new controller that takes over half-way simply
+finishes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+
+from engine import metadata as md
+
+log = logging.getLogger("engine.controller")
+
+
+class Controller:
+    """Election and the controller's duties for one broker."""
+
+    def __init__(self, zk: KazooClient, broker_id: int, poke: Callable[..., object]) -> None:
+        self.zk = zk
+        self.broker_id = broker_id
+        self.poke = poke
+        self.epoch = 0
+        self.active = False
+
+    def elect(self) -> bool:
+        """Try to become controller; watch the node either way. Returns whether we are."""
+        payload = md.encode(
+            {"version": 1, "brokerid": self.broker_id, "timestamp": str(int(time.time() * 1000))}
+        )
+        try:
+            self.zk.create(md.CONTROLLER, payload, ephemeral=True, makepath=True)
+        except NodeExistsError:
+            pass
+        current = md.controller_id(self.zk)
+        self.zk.exists(md.CONTROLLER, watch=self.poke)
+        was = self.active
+        self.active = current == self.broker_id
+        if self.active and not was:
+            self.epoch = self._bump_epoch()
+            log.info("broker %d is the controller, epoch %d", self.broker_id, self.epoch)
+        return self.active
+
+    def _bump_epoch(self) -> int:
+        self.zk.ensure_path(md.CONTROLLER_EPOCH)
+        while True:
+            data, stat = self.zk.get(md.CONTROLLER_EPOCH)
+            epoch = int(data.decode() or 0) + 1
+            try:
+                self.zk.set(md.CONTROLLER_EPOCH, str(epoch).encode(), version=stat.version)
+                return epoch
+            except BadVersionError:  # another controller raced us: read again
+                continue
+
+    def act(self) -> None:
+        """Bring partition state in line with requests; call after any watch fires."""
+        if not self.elect():
+            return
+        self.zk.ensure_path(md.DELETE_TOPICS)
+        self.zk.ensure_path(md.BROKER_TOPICS)
+        for topic in self.zk.get_children(md.DELETE_TOPICS, watch=self.poke):
+            self._delete_topic(topic)
+        live = set(md.live_brokers(self.zk))
+        self.zk.get_children(md.BROKER_IDS, watch=self.poke)
+        for topic in self.zk.get_children(md.BROKER_TOPICS, watch=self.poke):
+            self._create_missing_states(topic, live)
+
+    def _create_missing_states(self, topic: str, live: set[int]) -> None:
+        try:
+            data, _ = self.zk.get(md.topic_path(topic))
+        except NoNodeError:
+            return
+        assignment = md.TopicAssignment.from_json(topic, md.decode(data))
+        for partition, replicas in assignment.replicas.items():
+            path = md.state_path(topic, partition)
+            if self.zk.exists(path):
+                continue
+            alive = [b for b in replicas if b in live]
+            if not alive:
+                log.warning("no live replica for %s-%d yet: replicas %s", topic, partition, replicas)
+                continue
+            state = md.PartitionState(
+                leader=alive[0], leader_epoch=0, isr=tuple(alive), controller_epoch=self.epoch
+            )
+            try:
+                self.zk.create(path, md.encode(state.to_json()), makepath=True)
+                log.info("partition %s-%d: leader %d, isr %s", topic, partition, alive[0], alive)
+            except NodeExistsError:
+                pass
+
+    def _delete_topic(self, topic: str) -> None:
+        log.info("deleting topic %s", topic)
+        for path in (md.topic_path(topic), md.config_path(topic)):
+            try:
+                self.zk.delete(path, recursive=True)
+            except NoNodeError:
+                pass
+        try:
+            self.zk.delete(f"{md.DELETE_TOPICS}/{topic}")
+        except (NoNodeError, NotEmptyError):
+            pass

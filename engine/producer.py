@@ -1,0 +1,482 @@
+"""The producer: appends records straight into the partition leaders' rings.
+
+Acknowledgement modes (``acks``):
+
+- ``1``: ``send`` appends into the leader's ring and returns a future that is
+  already resolved with the record's offset: the leader's log holds it. The ring
+  is shared memory, so it survives the death of the producer (and of the broker,
+  which drains it into segment files after a restart); a machine crash before
+  the broker wrote and the OS flushed it loses it.
+- ``"all"``: as 1, and the ISR holds it. With replication 1 the ISR is the
+  leader alone; topics with more replicas arrive with the replication issue.
+- ``0``: ``send`` only buffers the record in this process; a background thread
+  appends buffered records in batches every ``linger_ms``. Nothing confirms it.
+  What a crash of the producer process loses: every record buffered and not
+  yet appended (at most ``linger_ms`` worth, or ``buffer_memory`` bytes).
+  ``flush()`` and ``close()`` append everything buffered.
+
+A Producer may be used from several threads: sends are serialized by a lock.
+After ``close()`` every method raises ClosedError. In a forked child, create a
+new Producer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from engine._native import ffi, lib
+from engine.cluster import ClusterView, TopicView
+from engine.errors import (
+    BufferFullError,
+    ClosedError,
+    ConfigError,
+    EngineError,
+    EngineTimeoutError,
+    NotLeaderError,
+    PartitionOutOfRangeError,
+    RecordTooLargeError,
+    RecordTypeError,
+)
+from engine.record import RecordMetadata, as_bytes, encode_headers, pack_values
+from engine.ring import REAPED, SEALED, Ring, producer_fields, raise_for
+
+log = logging.getLogger("engine.producer")
+
+_ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+
+
+class RecordFuture:
+    """The outcome of one send, in kafka-python's shape (get, add_callback, ...)."""
+
+    __slots__ = ("_callbacks", "_done", "_error", "_value")
+
+    def __init__(self, value: RecordMetadata | None = None, error: BaseException | None = None):
+        self._value = value
+        self._error = error
+        self._done = value is not None or error is not None
+        self._callbacks: list[tuple[bool, Any]] = []
+
+    def _resolve(self, value: RecordMetadata | None, error: BaseException | None) -> None:
+        self._value, self._error, self._done = value, error, True
+        for is_errback, fn in self._callbacks:
+            if is_errback == (error is not None):
+                fn(error if is_errback else value)
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        if not self._done:
+            raise EngineTimeoutError(f"record not yet delivered after timeout={timeout}")
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def is_done(self) -> bool:
+        return self._done
+
+    def succeeded(self) -> bool:
+        return self._done and self._error is None
+
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def add_callback(self, fn: Any) -> RecordFuture:
+        if self._done and self._error is None:
+            fn(self._value)
+        else:
+            self._callbacks.append((False, fn))
+        return self
+
+    def add_errback(self, fn: Any) -> RecordFuture:
+        if self._error is not None:
+            fn(self._error)
+        elif not self._done:
+            self._callbacks.append((True, fn))
+        return self
+
+
+class BatchResult(NamedTuple):
+    """What send_batch did: how many records, and where each landed (with offsets=True)."""
+
+    topic: str
+    count: int
+    partitions: Any  # numpy int32 array, one per record (or an int for one partition)
+    offsets: Any  # numpy int64 array, one per record, or None
+
+
+class Producer:
+    """Appends records to topics; see the module docstring for acks semantics."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        *,
+        acks: int | str = 1,
+        max_block_ms: int = 60_000,
+        delivery_timeout_ms: int = 120_000,
+        linger_ms: int = 5,
+        batch_size: int = 16384,
+        buffer_memory: int = 32 << 20,
+        client_id: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigError(f"unknown producer option: {sorted(unknown)[0]!r}")
+        if acks not in _ACKS:
+            raise ConfigError(f"acks must be 0, 1 or 'all': acks={acks!r}")
+        for name, value in (("max_block_ms", max_block_ms), ("linger_ms", linger_ms),
+                            ("batch_size", batch_size), ("buffer_memory", buffer_memory),
+                            ("delivery_timeout_ms", delivery_timeout_ms)):
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative int: {name}={value!r}")
+        self.acks = _ACKS[acks]
+        self.max_block_ms = max_block_ms
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.linger_ms = linger_ms
+        self.batch_size = batch_size
+        self.buffer_memory = buffer_memory
+        self.client_id = client_id or f"producer-{os.getpid()}"
+        self._cluster = ClusterView(data_dir)
+        self._fields = producer_fields()
+        self._lock = threading.RLock()
+        self._sticky: dict[str, tuple[int, int]] = {}  # topic -> (partition, bytes sent)
+        self._closed = False
+        self._pid = os.getpid()
+        # acks=0: the accumulator and its sender thread.
+        self._buffer: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, bytes, int, int]]] = {}
+        self._buffered_bytes = 0
+        self._buffer_cond = threading.Condition(self._lock)
+        self._sender_error: BaseException | None = None
+        self._sender: threading.Thread | None = None
+        if self.acks == 0:
+            self._sender = threading.Thread(target=self._sender_loop, name="producer-sender",
+                                            daemon=True)
+            self._sender.start()
+
+    # -- sending -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("producer is closed")
+        if os.getpid() != self._pid:
+            raise ClosedError("producer was created in another process: create one per process")
+
+    def _partition(self, view: TopicView, key: bytes | None, size: int) -> int:
+        n = view.partition_count
+        if key is not None:
+            return (lib.engine_murmur2(key, len(key)) & 0x7FFFFFFF) % n
+        p, sent = self._sticky.get(view.name, (-1, 0))
+        if p < 0 or sent >= self.batch_size:
+            p = random.randrange(n) if n > 1 or p < 0 else 0
+            if n > 1 and p == self._sticky.get(view.name, (-1, 0))[0]:
+                p = (p + 1) % n
+            sent = 0
+        self._sticky[view.name] = (p, sent + size)
+        return p
+
+    def send(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Iterable[tuple[str, Any]] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordFuture:
+        """Send one record; returns a future of its RecordMetadata (see acks)."""
+        self._check_open()
+        if type(value) is not bytes:
+            value = as_bytes("value", value)
+        if key is not None and type(key) is not bytes:
+            key = as_bytes("key", key)
+        hbytes, hcount = encode_headers(headers) if headers else (b"", 0)
+        with self._lock:
+            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+            if size + len(hbytes) > view.max_message_bytes:
+                raise RecordTooLargeError(
+                    f"record of {size + len(hbytes)} bytes exceeds max.message.bytes="
+                    f"{view.max_message_bytes} of topic {topic!r}; nothing was written"
+                )
+            if partition is None:
+                partition = self._partition(view, key, size)
+            elif not (isinstance(partition, int) and 0 <= partition < view.partition_count):
+                raise PartitionOutOfRangeError(
+                    f"partition out of range: topic={topic!r} partition={partition!r} "
+                    f"partitions={view.partition_count}"
+                )
+            ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+            if self.acks == 0:
+                self._buffer_record(topic, partition, key, value, hbytes, hcount, ts)
+                return RecordFuture(RecordMetadata(topic, partition, -1, ts))
+            offset = self._append(view, partition, key, value, hbytes, hcount, ts)
+            return RecordFuture(RecordMetadata(topic, partition, offset, ts))
+
+    def _append(self, view: TopicView, partition: int, key: bytes | None, value: bytes | None,
+                hbytes: bytes, hcount: int, ts: int) -> int:
+        ring = view.rings[partition]
+        result = lib.engine_ring_append(
+            ring._ptr(), self._fields, ts,
+            ffi.NULL if key is None else key, -1 if key is None else len(key),
+            ffi.NULL if value is None else value, -1 if value is None else len(value),
+            hbytes, len(hbytes), hcount, self.max_block_ms * 1_000_000,
+        )
+        if result >= 0:
+            return int(result)
+        return self._append_slow(view.name, partition, -int(result), key, value, hbytes, hcount, ts)
+
+    def _append_slow(self, topic: str, partition: int, code: int, key: bytes | None,
+                     value: bytes | None, hbytes: bytes, hcount: int, ts: int) -> int:
+        """Retries after a reaped claim or a leader change, within delivery_timeout_ms."""
+        deadline = time.monotonic() + self.delivery_timeout_ms / 1000
+        while True:
+            if code == SEALED:
+                if time.monotonic() > deadline:
+                    raise NotLeaderError(
+                        f"no leader accepted the record within delivery_timeout_ms: "
+                        f"topic={topic!r} partition={partition}"
+                    )
+                try:
+                    view = self._cluster.refresh(topic, wait_s=max(0.0, deadline - time.monotonic()))
+                except EngineTimeoutError:
+                    continue
+            elif code != REAPED:
+                raise_for(code, f"send to topic={topic!r} partition={partition}")
+            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            ring: Ring = view.rings[partition]
+            result = lib.engine_ring_append(
+                ring._ptr(), self._fields, ts,
+                ffi.NULL if key is None else key, -1 if key is None else len(key),
+                ffi.NULL if value is None else value, -1 if value is None else len(value),
+                hbytes, len(hbytes), hcount, self.max_block_ms * 1_000_000,
+            )
+            if result >= 0:
+                return int(result)
+            code = -int(result)
+
+    def send_batch(
+        self,
+        topic: str,
+        values: Sequence[Any] | np.ndarray[Any, Any],
+        keys: Sequence[Any] | np.ndarray[Any, Any] | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        offsets: bool = False,
+    ) -> BatchResult:
+        """Append many records with one C call per partition.
+
+        values: a list of bytes-like values, or a numpy array of fixed-size records
+        (each row / element is one record's value). keys: None (sticky partition),
+        or one key per value (a list of bytes, or a fixed-size numpy array), which
+        places each record by murmur2 like send(). With ``offsets=True`` the result
+        carries every record's offset. On an error part way, the records appended
+        so far stay appended, and the exception's ``appended`` says how many.
+        """
+        self._check_open()
+        blob, lengths, stride, count = _values_blob("values", values)
+        kblob, klengths, kstride = None, None, 0
+        if keys is not None:
+            kblob, klengths, kstride, kcount = _values_blob("keys", keys)
+            if kcount != count:
+                raise ConfigError(f"keys and values differ in length: keys={kcount} values={count}")
+        ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        with self._lock:
+            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            largest = int(lengths.max()) if lengths is not None and count else stride
+            if largest > view.max_message_bytes:
+                raise RecordTooLargeError(
+                    f"a record of {largest} bytes exceeds max.message.bytes="
+                    f"{view.max_message_bytes} of topic {topic!r}; nothing was written"
+                )
+            out = np.empty(count, dtype=np.int64) if offsets else None
+            if keys is None or partition is not None:
+                if partition is None:
+                    partition = self._partition(view, None, len(blob))
+                elif not 0 <= partition < view.partition_count:
+                    raise PartitionOutOfRangeError(
+                        f"partition out of range: topic={topic!r} partition={partition} "
+                        f"partitions={view.partition_count}"
+                    )
+                self._append_batch(view, partition, blob, lengths, stride, kblob, klengths,
+                                   kstride, ts, out)
+                return BatchResult(topic, count, partition, out)
+            parts = _partitions_for_keys(kblob, klengths, kstride, count, view.partition_count)
+            done = 0
+            for p in np.unique(parts):
+                idx = np.flatnonzero(parts == p)
+                vb, vl = _select(blob, lengths, stride, idx)
+                kb, kl = _select(kblob, klengths, kstride, idx)
+                sub = np.empty(len(idx), dtype=np.int64) if offsets else None
+                try:
+                    self._append_batch(view, int(p), vb, vl, 0, kb, kl, 0, ts, sub)
+                except EngineError as exc:
+                    exc.appended = done + getattr(exc, "appended", 0)  # type: ignore[attr-defined]
+                    raise
+                done += len(idx)
+                if out is not None and sub is not None:
+                    out[idx] = sub
+            return BatchResult(topic, count, parts, out)
+
+    def _append_batch(self, view: TopicView, partition: int, blob: Any, lengths: Any,
+                      stride: int, kblob: Any, klengths: Any, kstride: int, ts: int,
+                      out: Any) -> None:
+        deadline = time.monotonic() + self.delivery_timeout_ms / 1000
+        while True:
+            try:
+                view.rings[partition].append_batch(
+                    self._fields, blob, value_lengths=lengths, value_stride=stride,
+                    keys=kblob, key_lengths=klengths, key_stride=kstride, timestamp_ms=ts,
+                    timeout_ms=self.max_block_ms, offsets=out,
+                )
+                return
+            except NotLeaderError as exc:
+                # Sealed before anything of this call was appended? Then retry whole.
+                if getattr(exc, "appended", 0) or time.monotonic() > deadline:
+                    raise
+                view = self._cluster.refresh(view.name)
+
+    # -- acks=0: the accumulator --------------------------------------------
+
+    def _buffer_record(self, topic: str, partition: int, key: bytes | None,
+                       value: bytes | None, hbytes: bytes, hcount: int, ts: int) -> None:
+        if self._sender_error is not None:
+            raise self._sender_error
+        size = (len(value) if value else 0) + (len(key) if key else 0) + 64
+        deadline = time.monotonic() + self.max_block_ms / 1000
+        while self._buffered_bytes + size > self.buffer_memory:
+            self._buffer_cond.notify_all()
+            if not self._buffer_cond.wait(max(0.0, deadline - time.monotonic())):
+                raise BufferFullError(
+                    f"producer buffer stayed full ({self.buffer_memory} bytes) for "
+                    f"max_block_ms={self.max_block_ms}"
+                )
+        self._buffer.setdefault((topic, partition), []).append((key, value, hbytes, hcount, ts))
+        self._buffered_bytes += size
+        if self._buffered_bytes >= self.batch_size:
+            self._buffer_cond.notify_all()
+
+    def _drain_buffer(self) -> None:
+        """Append everything buffered (called with the lock held)."""
+        buffer, self._buffer = self._buffer, {}
+        self._buffered_bytes = 0
+        for (topic, partition), records in buffer.items():
+            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            plain = [r for r in records if not r[3] and r[1] is not None]
+            if len(plain) == len(records) and all(r[0] is None for r in records):
+                blob, lengths = pack_values([r[1] for r in records])
+                self._append_batch(view, partition, blob, lengths, 0, None, None, 0,
+                                   records[0][4], None)
+                continue
+            for key, value, hbytes, hcount, ts in records:
+                self._append(view, partition, key, value, hbytes, hcount, ts)
+        self._buffer_cond.notify_all()
+
+    def _sender_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                self._buffer_cond.wait(self.linger_ms / 1000 if self._buffer else None)
+                if not self._buffer:
+                    continue
+                try:
+                    self._drain_buffer()
+                except BaseException as exc:  # noqa: BLE001 - surfaced by flush()/send()
+                    log.exception("acks=0 sender failed")
+                    self._sender_error = exc
+                    self._buffer_cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Append everything buffered (acks=0); a no-op for acks 1 and "all"."""
+        self._check_open()
+        with self._lock:
+            if self._sender_error is not None:
+                error, self._sender_error = self._sender_error, None
+                raise error
+            if self._buffer:
+                self._drain_buffer()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def partitions_for(self, topic: str) -> set[int]:
+        self._check_open()
+        with self._lock:
+            return set(range(self._cluster.topic(topic).partition_count))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush (acks=0) and release everything; idempotent."""
+        if self._closed:
+            return
+        if os.getpid() != self._pid:
+            self._closed = True
+            return
+        try:
+            with self._lock:
+                if self._buffer:
+                    self._drain_buffer()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._buffer_cond.notify_all()
+            if self._sender is not None:
+                self._sender.join(timeout=5)
+            self._cluster.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- helpers for send_batch ----------------------------------------------------
+
+
+def _values_blob(what: str, values: Any) -> tuple[Any, Any, int, int]:
+    """(blob, lengths or None, stride, count) for a list of bytes or a numpy array."""
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0:
+            raise RecordTypeError(f"{what} must be a sequence or an array of records")
+        arr = np.ascontiguousarray(values)
+        count = arr.shape[0]
+        stride = arr.itemsize * (int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
+        return arr.reshape(-1).view(np.uint8) if count else b"", None, stride, count
+    if isinstance(values, (bytes, bytearray, memoryview, str)):
+        raise RecordTypeError(f"{what} must be a list of bytes-like values, not one {type(values).__name__}")
+    values = list(values)
+    blob, lengths = pack_values(values)
+    return blob, lengths, 0, len(values)
+
+
+def _partitions_for_keys(kblob: Any, klengths: Any, kstride: int, count: int, n: int) -> Any:
+    raw = memoryview(kblob).cast("B") if not isinstance(kblob, bytes) else kblob
+    out = np.empty(count, dtype=np.int32)
+    pos = 0
+    for i in range(count):
+        length = int(klengths[i]) if klengths is not None else kstride
+        key = bytes(raw[pos : pos + length])
+        out[i] = (lib.engine_murmur2(key, length) & 0x7FFFFFFF) % n
+        pos += length
+    return out
+
+
+def _select(blob: Any, lengths: Any, stride: int, idx: Any) -> tuple[Any, Any]:
+    """The values at idx, packed back to back with their lengths."""
+    if blob is None:
+        return None, None
+    if lengths is None:
+        rows = np.frombuffer(memoryview(blob).cast("B"), dtype=np.uint8).reshape(-1, stride)[idx]
+        return rows.reshape(-1), np.full(len(idx), stride, dtype=np.int32)
+    starts = np.concatenate(([0], np.cumsum(lengths[:-1], dtype=np.int64)))
+    raw = bytes(blob)
+    parts = [raw[int(starts[i]) : int(starts[i]) + int(lengths[i])] for i in idx]
+    return b"".join(parts), lengths[idx].astype(np.int32)
+
