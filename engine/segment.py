@@ -343,12 +343,10 @@ class LogSegment:
             self.time_index.max_entries - 1 - len(self.time_index),  # one kept for the roll
         )
         fit = min(fit, int(np.searchsorted(np.cumsum(mask), max(room, 0), "right")))
-        if self.size:
-            late = np.flatnonzero(
-                infos["max_timestamp"][:fit] - self.rolling_timestamp > segment_ms
-            )
-            if len(late):
-                fit = int(late[0])
+        rolling = self.rolling_timestamp if self.size else int(infos["max_timestamp"][0])
+        late = np.flatnonzero(infos["max_timestamp"][:fit] - rolling > segment_ms)
+        if len(late):
+            fit = int(late[0])
         if (
             fit == 0
             and self.size == 0
