@@ -40,8 +40,9 @@ class MemoryCopy(Transport):
         start = time.perf_counter_ns()
         while copied < total:
             for offset in offsets:
-                np.copyto(target[offset : offset + chunk], source[offset : offset + chunk])
-                copied += chunk
+                length = min(chunk, total - copied)
+                np.copyto(target[offset : offset + length], source[offset : offset + length])
+                copied += length
                 if copied >= total:
                     break
         end = time.perf_counter_ns()
