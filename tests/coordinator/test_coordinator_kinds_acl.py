@@ -202,3 +202,24 @@ def test_four_letter_words(server: ServerProcess) -> None:
 def test_kazoo_command_and_server_version(zk: KazooClient) -> None:
     assert zk.command(b"ruok") == "imok"
     assert zk.server_version()[:2] == (3, 8)
+
+
+def test_multi_read_answers_each_op_on_its_own(zk: KazooClient) -> None:
+    from engine.coordinator.jute import MultiRequest, WatchRequest
+
+    zk.create("/mr/a", b"data", makepath=True)
+    reader = call(zk, OpCode.MULTI_READ, MultiRequest((
+        (OpCode.GET_DATA, WatchRequest(zk.chroot + "/mr/a", False)),
+        (OpCode.GET_CHILDREN, WatchRequest(zk.chroot + "/missing", False)),
+        (OpCode.GET_CHILDREN, WatchRequest(zk.chroot + "/mr", False)),
+    )))
+    assert (reader.read_int(), reader.read_bool(), reader.read_int()) == (OpCode.GET_DATA,
+                                                                          False, 0)
+    assert reader.read_buffer() == b"data"
+    reader.skip(68)  # the stat
+    assert (reader.read_int(), reader.read_bool(), reader.read_int()) == (-1, False, -101)
+    assert reader.read_int() == -101
+    assert (reader.read_int(), reader.read_bool(), reader.read_int()) == (
+        OpCode.GET_CHILDREN, False, 0)
+    assert reader.read_strings() == ["a"]
+    assert (reader.read_int(), reader.read_bool(), reader.read_int()) == (-1, True, -1)
