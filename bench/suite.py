@@ -116,7 +116,7 @@ class Row:
         runs = [r for r in self.measured() if r.get("latency_us")]
         if not runs:
             return None
-        return statistics.median(r["latency_us"][percentile] for r in runs)
+        return float(statistics.median(r["latency_us"][percentile] for r in runs))
 
     def merged_histogram(self) -> Any:
         encoded = [r["latency_hdr"] for r in self.measured() if r.get("latency_hdr")]
@@ -442,6 +442,9 @@ def main(argv: Sequence[str] | None = None, print_: Callable[[str], None] = prin
     started = time.time()
     try:
         rows, statuses, reference = run_suite(settings)
+    except SystemExit as error:  # an unknown transport name
+        print_(str(error))
+        return 2
     except KeyboardInterrupt:
         print_("interrupted")
         return 130

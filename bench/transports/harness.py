@@ -98,11 +98,11 @@ def run(transport: Transport, spec: RunSpec, ctx: BaseContext, timeout_s: float)
         )
     transport.prepare(spec, ctx)
     processes: list[BaseProcess] = []
-    pipes: dict[connection.Connection, str] = {}
+    pipes: dict[Any, str] = {}
     try:
-        slots = ctx.RawArray("q", spec.consumers)  # type: ignore[attr-defined]
-        go = ctx.Event()  # type: ignore[attr-defined]
-        done = ctx.Event()  # type: ignore[attr-defined]
+        slots = ctx.RawArray("q", spec.consumers)
+        go = ctx.Event()
+        done = ctx.Event()
         deadline = time.monotonic() + timeout_s
         for i in range(spec.consumers):
             _start(
@@ -126,37 +126,37 @@ def run(transport: Transport, spec: RunSpec, ctx: BaseContext, timeout_s: float)
 
 
 def _start(
-    ctx: BaseContext,
+    ctx: Any,
     target: Any,
     args: tuple[Any, ...],
     name: str,
     processes: list[BaseProcess],
-    pipes: dict[connection.Connection, str],
+    pipes: dict[Any, str],
 ) -> None:
-    reader, writer = ctx.Pipe(duplex=False)  # type: ignore[attr-defined]
-    process = ctx.Process(target=target, args=(*args, writer), name=name, daemon=True)  # type: ignore[attr-defined]
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=target, args=(*args, writer), name=name, daemon=True)
     process.start()
     writer.close()
     processes.append(process)
     pipes[reader] = name
 
 
-def _wait_ready(pipes: dict[connection.Connection, str], deadline: float) -> None:
+def _wait_ready(pipes: dict[Any, str], deadline: float) -> None:
     """Wait for a "ready" message on every pipe."""
     waiting = set(pipes)
     while waiting:
         ready = connection.wait(list(waiting), timeout=max(deadline - time.monotonic(), 0))
         if not ready:
-            names = sorted(pipes[c] for c in waiting)  # type: ignore[index]
+            names = sorted(pipes[c] for c in waiting)
             raise RunError(f"timed out while starting: {', '.join(names)}")
         for conn in ready:
-            message = _receive(conn, pipes)  # type: ignore[arg-type]
+            message = _receive(conn, pipes)
             if message.get("ready"):
-                waiting.discard(conn)  # type: ignore[arg-type]
+                waiting.discard(conn)
 
 
 def _collect(
-    pipes: dict[connection.Connection, str], deadline: float, slots: Any, spec: RunSpec
+    pipes: dict[Any, str], deadline: float, slots: Any, spec: RunSpec
 ) -> dict[str, dict[str, Any]]:
     """Wait for the final report of every child."""
     reports: dict[str, dict[str, Any]] = {}
@@ -165,18 +165,18 @@ def _collect(
         ready = connection.wait(list(waiting), timeout=max(deadline - time.monotonic(), 0))
         if not ready:
             received = sum(slots)
-            names = sorted(pipes[c] for c in waiting)  # type: ignore[index]
+            names = sorted(pipes[c] for c in waiting)
             raise RunError(
                 f"timed out: received={received} expected={spec.total_records} "
                 f"waiting for {', '.join(names)}"
             )
         for conn in ready:
-            reports[pipes[conn]] = _receive(conn, pipes)  # type: ignore[index,arg-type]
-            waiting.discard(conn)  # type: ignore[arg-type]
+            reports[pipes[conn]] = _receive(conn, pipes)
+            waiting.discard(conn)
     return reports
 
 
-def _receive(conn: connection.Connection, pipes: dict[connection.Connection, str]) -> Any:
+def _receive(conn: Any, pipes: dict[Any, str]) -> Any:
     try:
         message = conn.recv()
     except EOFError:

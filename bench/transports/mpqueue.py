@@ -56,7 +56,7 @@ class MultiprocessingQueue(Transport):
     order = 10
 
     def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:
-        self.queue = ctx.Queue()  # type: ignore[attr-defined]
+        self.queue = ctx.Queue()
 
     def finish(self) -> None:
         self.queue.close()

@@ -38,7 +38,7 @@ class PushProducer(Producer):
         self.socket.send(value)
 
     def send_batch(self, values: np.ndarray, keys: np.ndarray) -> None:
-        self.socket.send(values.data, copy=values.nbytes < 65536)
+        self.socket.send(values.data, 0, copy=values.nbytes < 65536)
 
     def close(self) -> None:
         self.socket.close(linger=-1)  # waits until every message has been handed over
