@@ -170,13 +170,16 @@ def _write_file_durably(path: str, data: bytes) -> None:
 
 
 def _check_meta(directory: str) -> None:
-    """Raise CorruptRecordError unless ``log.meta`` names a format this code reads."""
+    """Raise CorruptRecordError unless ``log.meta`` names a format this code reads.
+
+    FileNotFoundError when there is no ``log.meta`` (no log in ``directory`` yet).
+    """
     path = os.path.join(directory, META_FILE)
     try:
-        with open(path, "rb") as f:
-            meta = json.loads(f.read())
-        version = meta["format_version"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        with open(path, "rb") as f:  # FileNotFoundError: no log here (yet)
+            raw = f.read()
+        version = json.loads(raw)["format_version"]
+    except (ValueError, KeyError, TypeError) as e:
         raise CorruptRecordError(f"unreadable log.meta: path={path} error={e}") from e
     if version != LOG_FORMAT_VERSION:
         raise CorruptRecordError(
@@ -608,6 +611,7 @@ class LogReader:
     """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
+        """FileNotFoundError when the broker has not created the log yet."""
         self.directory = os.fspath(directory)
         _check_meta(self.directory)
         self._bases: list[int] = []

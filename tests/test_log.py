@@ -386,7 +386,12 @@ def _check_recovery(
             damaged[position] ^= 1 << bit
         else:
             damaged[position:] = bytes(len(damaged) - position)
-        torn = bytes(damaged) != segment  # zeroing zeros changes nothing
+        changed = np.flatnonzero(
+            np.frombuffer(segment, np.uint8) != np.frombuffer(damaged, np.uint8)
+        )
+        torn = len(changed) > 0  # zeroing zeros changes nothing
+        if torn:  # the first batch with a changed byte, and all after it, go
+            k = int(np.searchsorted(starts, int(changed[0]), "right")) - 1
         intact = first + k if torn else len(written)
         segment = bytes(damaged)
     path.write_bytes(segment)
