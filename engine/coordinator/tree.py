@@ -238,8 +238,6 @@ def check_acl(acl: Iterable[Acl], perm: int, identities: Iterable[Identity]) -> 
         if entry.scheme == "world" and entry.id == "anyone":
             return
         for scheme, ident in ids:
-            if scheme == "super":
-                return
             if scheme != entry.scheme:
                 continue
             if scheme == "ip" and _ip_matches(entry.id, ident):

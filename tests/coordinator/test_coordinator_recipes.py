@@ -55,7 +55,7 @@ def test_lock_is_exclusive_and_handed_over(make_client: Callable[..., KazooClien
 
 def test_lock_is_released_when_its_holder_is_sigkilled(
         server: ServerProcess, chroot: str, make_client: Callable[..., KazooClient]) -> None:
-    timeout = 1.0
+    timeout = 2.0
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, server.hosts + chroot, "/perpetual", str(timeout)],
