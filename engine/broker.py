@@ -122,6 +122,7 @@ class Broker:
         self.register()
         self.zk.ChildrenWatch(md.BROKER_TOPICS, self.poke, send_event=False)
         first = True
+        self._wake.set()  # the first pass runs at once: election, then replicas
         while not self._stopping.is_set():
             self._wake.wait(RECONCILE_EVERY_S)
             self._wake.clear()

@@ -50,39 +50,47 @@ from engine.ring import REAPED, SEALED, Ring, producer_fields, raise_for
 
 log = logging.getLogger("engine.producer")
 
+# Bytes a one-record batch adds to key + value + headers (61-byte batch header,
+# record varints), so that the batch stays within max.message.bytes.
+RECORD_OVERHEAD = 96
+_NULL = ffi.NULL
+_append = lib.engine_ring_append
+_murmur2 = lib.engine_murmur2
+_time = time.time
+
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
 
 
 class RecordFuture:
-    """The outcome of one send, in kafka-python's shape (get, add_callback, ...)."""
+    """The outcome of one send, in kafka-python's shape (get, add_callback, ...).
 
-    __slots__ = ("_callbacks", "_done", "_error", "_value")
+    With acks 1 and "all" it is resolved when send returns; with acks=0 it is
+    resolved at once with offset -1 (nothing confirms the record).
+    """
 
-    def __init__(self, value: RecordMetadata | None = None, error: BaseException | None = None):
-        self._value = value
-        self._error = error
-        self._done = value is not None or error is not None
-        self._callbacks: list[tuple[bool, Any]] = []
+    __slots__ = ("_callbacks", "_error", "offset", "partition", "timestamp", "topic")
 
-    def _resolve(self, value: RecordMetadata | None, error: BaseException | None) -> None:
-        self._value, self._error, self._done = value, error, True
-        for is_errback, fn in self._callbacks:
-            if is_errback == (error is not None):
-                fn(error if is_errback else value)
+    def __init__(self, topic: str, partition: int, offset: int, timestamp: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self._error: BaseException | None = None
+
+    @property
+    def value(self) -> RecordMetadata:
+        return RecordMetadata(self.topic, self.partition, self.offset, self.timestamp)
 
     def get(self, timeout: float | None = None) -> RecordMetadata:
-        if not self._done:
-            raise EngineTimeoutError(f"record not yet delivered after timeout={timeout}")
         if self._error is not None:
             raise self._error
-        assert self._value is not None
-        return self._value
+        return RecordMetadata(self.topic, self.partition, self.offset, self.timestamp)
 
     def is_done(self) -> bool:
-        return self._done
+        return True
 
     def succeeded(self) -> bool:
-        return self._done and self._error is None
+        return self._error is None
 
     def failed(self) -> bool:
         return self._error is not None
@@ -91,18 +99,28 @@ class RecordFuture:
         return self._error
 
     def add_callback(self, fn: Any) -> RecordFuture:
-        if self._done and self._error is None:
-            fn(self._value)
-        else:
-            self._callbacks.append((False, fn))
+        if self._error is None:
+            fn(self.value)
         return self
 
     def add_errback(self, fn: Any) -> RecordFuture:
         if self._error is not None:
             fn(self._error)
-        elif not self._done:
-            self._callbacks.append((True, fn))
         return self
+
+
+class _Route:
+    """The fast path's view of a topic: ring regions by partition, limits, sticky state."""
+
+    __slots__ = ("count", "max_bytes", "regions", "sticky", "sticky_bytes", "view")
+
+    def __init__(self, view: TopicView) -> None:
+        self.view = view
+        self.count = view.partition_count
+        self.max_bytes = view.max_message_bytes
+        self.regions = [view.rings[p]._ptr() for p in range(self.count)]
+        self.sticky = random.randrange(self.count)
+        self.sticky_bytes = 0
 
 
 class BatchResult(NamedTuple):
@@ -148,8 +166,9 @@ class Producer:
         self.client_id = client_id or f"producer-{os.getpid()}"
         self._cluster = ClusterView(data_dir)
         self._fields = producer_fields()
+        self._block_ns = max_block_ms * 1_000_000
+        self._routes: dict[str, _Route] = {}
         self._lock = threading.RLock()
-        self._sticky: dict[str, tuple[int, int]] = {}  # topic -> (partition, bytes sent)
         self._closed = False
         self._pid = os.getpid()
         # acks=0: the accumulator and its sender thread.
@@ -171,18 +190,18 @@ class Producer:
         if os.getpid() != self._pid:
             raise ClosedError("producer was created in another process: create one per process")
 
-    def _partition(self, view: TopicView, key: bytes | None, size: int) -> int:
-        n = view.partition_count
-        if key is not None:
-            return (lib.engine_murmur2(key, len(key)) & 0x7FFFFFFF) % n
-        p, sent = self._sticky.get(view.name, (-1, 0))
-        if p < 0 or sent >= self.batch_size:
-            p = random.randrange(n) if n > 1 or p < 0 else 0
-            if n > 1 and p == self._sticky.get(view.name, (-1, 0))[0]:
-                p = (p + 1) % n
-            sent = 0
-        self._sticky[view.name] = (p, sent + size)
-        return p
+    def _route(self, topic: str) -> _Route:
+        with self._lock:
+            route = _Route(self._cluster.topics.get(topic) or self._cluster.topic(topic))
+            self._routes[topic] = route
+            return route
+
+    def _next_sticky(self, route: _Route) -> int:
+        """Keyless records stick to one partition for batch_size bytes, then move on."""
+        if route.count > 1:
+            route.sticky = (route.sticky + 1 + random.randrange(route.count - 1)) % route.count
+        route.sticky_bytes = 0
+        return route.sticky
 
     def send(
         self,
@@ -194,33 +213,53 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
-        self._check_open()
+        if self._closed:
+            raise ClosedError("producer is closed")
         if type(value) is not bytes:
             value = as_bytes("value", value)
         if key is not None and type(key) is not bytes:
             key = as_bytes("key", key)
-        hbytes, hcount = encode_headers(headers) if headers else (b"", 0)
-        with self._lock:
-            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
-            size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-            if size + len(hbytes) > view.max_message_bytes:
-                raise RecordTooLargeError(
-                    f"record of {size + len(hbytes)} bytes exceeds max.message.bytes="
-                    f"{view.max_message_bytes} of topic {topic!r}; nothing was written"
-                )
-            if partition is None:
-                partition = self._partition(view, key, size)
-            elif not (isinstance(partition, int) and 0 <= partition < view.partition_count):
-                raise PartitionOutOfRangeError(
-                    f"partition out of range: topic={topic!r} partition={partition!r} "
-                    f"partitions={view.partition_count}"
-                )
-            ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-            if self.acks == 0:
+        if headers:
+            hbytes, hcount = encode_headers(headers)
+        else:
+            hbytes, hcount = b"", 0
+        route = self._routes.get(topic) or self._route(topic)
+        vlen = -1 if value is None else len(value)
+        klen = -1 if key is None else len(key)
+        if vlen + klen + len(hbytes) > route.max_bytes - RECORD_OVERHEAD:
+            raise RecordTooLargeError(
+                f"record of {max(vlen, 0) + max(klen, 0) + len(hbytes)} bytes exceeds "
+                f"max.message.bytes={route.max_bytes} of topic {topic!r} (with "
+                f"{RECORD_OVERHEAD} bytes of batch overhead); nothing was written"
+            )
+        if partition is None:
+            if key is None:
+                partition = route.sticky
+                route.sticky_bytes += vlen
+                if route.sticky_bytes >= self.batch_size:
+                    self._next_sticky(route)
+            else:
+                partition = (_murmur2(key, klen) & 0x7FFFFFFF) % route.count
+        elif type(partition) is not int or not 0 <= partition < route.count:
+            raise PartitionOutOfRangeError(
+                f"partition out of range: topic={topic!r} partition={partition!r} "
+                f"partitions={route.count}"
+            )
+        ts = int(_time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        if self.acks == 0:
+            with self._lock:
                 self._buffer_record(topic, partition, key, value, hbytes, hcount, ts)
-                return RecordFuture(RecordMetadata(topic, partition, -1, ts))
-            offset = self._append(view, partition, key, value, hbytes, hcount, ts)
-            return RecordFuture(RecordMetadata(topic, partition, offset, ts))
+            return RecordFuture(topic, partition, -1, ts)
+        result = _append(
+            route.regions[partition], self._fields, ts,
+            _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
+            hbytes, len(hbytes), hcount, self._block_ns,
+        )
+        if result < 0:
+            with self._lock:
+                result = self._append_slow(topic, partition, -result, key, value, hbytes,
+                                           hcount, ts)
+        return RecordFuture(topic, partition, result, ts)
 
     def _append(self, view: TopicView, partition: int, key: bytes | None, value: bytes | None,
                 hbytes: bytes, hcount: int, ts: int) -> int:
@@ -229,7 +268,7 @@ class Producer:
             ring._ptr(), self._fields, ts,
             ffi.NULL if key is None else key, -1 if key is None else len(key),
             ffi.NULL if value is None else value, -1 if value is None else len(value),
-            hbytes, len(hbytes), hcount, self.max_block_ms * 1_000_000,
+            hbytes, len(hbytes), hcount, self._block_ns,
         )
         if result >= 0:
             return int(result)
@@ -247,7 +286,8 @@ class Producer:
                         f"topic={topic!r} partition={partition}"
                     )
                 try:
-                    view = self._cluster.refresh(topic, wait_s=max(0.0, deadline - time.monotonic()))
+                    self._cluster.refresh(topic, wait_s=max(0.0, deadline - time.monotonic()))
+                    self._routes.pop(topic, None)
                 except EngineTimeoutError:
                     continue
             elif code != REAPED:
@@ -258,7 +298,7 @@ class Producer:
                 ring._ptr(), self._fields, ts,
                 ffi.NULL if key is None else key, -1 if key is None else len(key),
                 ffi.NULL if value is None else value, -1 if value is None else len(value),
-                hbytes, len(hbytes), hcount, self.max_block_ms * 1_000_000,
+                hbytes, len(hbytes), hcount, self._block_ns,
             )
             if result >= 0:
                 return int(result)
@@ -301,7 +341,8 @@ class Producer:
             out = np.empty(count, dtype=np.int64) if offsets else None
             if keys is None or partition is not None:
                 if partition is None:
-                    partition = self._partition(view, None, len(blob))
+                    route = self._routes.get(topic) or self._route(topic)
+                    partition = self._next_sticky(route)
                 elif not 0 <= partition < view.partition_count:
                     raise PartitionOutOfRangeError(
                         f"partition out of range: topic={topic!r} partition={partition} "
@@ -344,6 +385,7 @@ class Producer:
                 if getattr(exc, "appended", 0) or time.monotonic() > deadline:
                     raise
                 view = self._cluster.refresh(view.name)
+                self._routes.pop(view.name, None)
 
     # -- acks=0: the accumulator --------------------------------------------
 

@@ -16,19 +16,24 @@ NotLeaderError and look the leader up again), drains it, flushes and unlinks it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from engine.log import Log, LogConfig
-from engine.ring import EMPTY, OK, OUT_TOO_SMALL, OVERWRITTEN, Ring, unlink
+from engine.ring import EMPTY, FRAME_HEADER_LENGTH, OK, OUT_TOO_SMALL, OVERWRITTEN, Ring, unlink
 
 log = logging.getLogger("engine.replica")
 
 DRAIN_CHUNK = 1 << 20
 HOUSEKEEPING_S = 0.25
-RETENTION_CHECK_S = 5.0
+# Kafka's log.retention.check.interval.ms (default 5 min); ours is shorter, and the
+# environment can set it (tests do).
+RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) / 1000
+POLL_SLEEP_S = 0.0005
+IDLE_POLLS = 200  # 100 ms of sleep-polling before the drain blocks on the ring
 
 
 class LeaderReplica:
@@ -59,7 +64,7 @@ class LeaderReplica:
     def _open_ring(self, config: dict[str, Any], leader_epoch: int) -> Ring:
         end = self.log.log_end_offset
         capacity = int(config["ring.bytes"])
-        max_frame = int(config["max.message.bytes"]) + 1024
+        max_frame = int(config["max.message.bytes"]) + FRAME_HEADER_LENGTH
         try:
             ring = Ring.open(self.ring_name)
         except FileNotFoundError:
@@ -94,13 +99,15 @@ class LeaderReplica:
         view = memoryview(buf)
         cursor = self.ring.drain_cursor()
         last_retention = 0.0
+        idle_polls = 0
         try:
             while True:
                 code, n = self.ring.read(cursor, buf)
                 if code == OK:
+                    idle_polls = 0
                     self.log.append(view[:n])
                     self.ring.drain_to(cursor)
-                    self.log.maybe_flush(time.monotonic())
+                    self.log.maybe_flush()
                     continue
                 if code == OUT_TOO_SMALL:
                     buf = bytearray(max(n, 2 * len(buf)))
@@ -121,11 +128,18 @@ class LeaderReplica:
                     self.ring.wait(cursor, 0.05)
                     continue
                 now = time.monotonic()
-                self.log.maybe_flush(now)
+                self.log.maybe_flush()
                 if now - last_retention > RETENTION_CHECK_S:
                     self.log.apply_retention(int(time.time() * 1000))
                     last_retention = now
-                self.ring.wait(cursor, HOUSEKEEPING_S)
+                # Sleep-poll while producers are active, so that they do not pay a
+                # futex wake per append; only a ring idle for IDLE_POLLS polls is
+                # waited on (then an append wakes the drain at once).
+                idle_polls += 1
+                if idle_polls < IDLE_POLLS:
+                    time.sleep(POLL_SLEEP_S)
+                else:
+                    self.ring.wait(cursor, HOUSEKEEPING_S)
         except BaseException as exc:  # noqa: BLE001 - reported by the broker's supervision
             self._error = exc
             log.exception("drain of %s-%d failed", self.topic, self.partition)

@@ -1,0 +1,72 @@
+"""A real engine daemon for tests: started with `engine start`, always stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from engine.datadir import DataDir, pid_alive
+from engine.ring import unlink
+
+
+class Daemon:
+    """A daemon started with `engine start` in its own data dir."""
+
+    def __init__(self, data_dir: Path, brokers: int = 2) -> None:
+        self.data_dir = data_dir
+        self.brokers = brokers
+        self.env = dict(os.environ, ENGINE_RETENTION_CHECK_MS="200", ENGINE_DATA_DIR=str(data_dir))
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", *args], input=input, capture_output=True,
+            env=self.env, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"engine {' '.join(args)} exited {proc.returncode}: {proc.stderr.decode()}"
+            )
+        return proc
+
+    def start(self) -> None:
+        self.cli("start", "--data-dir", str(self.data_dir), "--brokers", str(self.brokers))
+
+    def stop(self) -> None:
+        self.cli("stop", "--data-dir", str(self.data_dir), check=False)
+
+    def runtime(self) -> dict:
+        return DataDir.resolve(self.data_dir).read_runtime()
+
+    def kill_everything(self) -> None:
+        """Last resort for a failed test: SIGKILL the daemon and its children, drop rings."""
+        run = self.data_dir / "run"
+        for pid_file in run.glob("*.pid") if run.exists() else []:
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        prefix = DataDir.resolve(self.data_dir).ring_prefix()
+        for name in os.listdir("/dev/shm"):
+            if name.startswith(prefix):
+                unlink("/" + name)
+
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

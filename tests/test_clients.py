@@ -1,0 +1,252 @@
+"""Producer, Consumer and Admin against a real daemon (coordinator + 2 brokers)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import struct
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import client_procs
+from engine_harness import Daemon
+
+from engine import (
+    Admin,
+    ConfigError,
+    Consumer,
+    EngineError,
+    InvalidTopicError,
+    PartitionOutOfRangeError,
+    Producer,
+    RecordTooLargeError,
+    TopicExistsError,
+    TopicPartition,
+    UnknownTopicError,
+)
+from engine.ring import murmur2
+
+SPAWN = mp.get_context("spawn")
+
+
+@pytest.fixture
+def admin(shared_daemon: Daemon) -> Iterator[Admin]:
+    with Admin(shared_daemon.data_dir) as a:
+        yield a
+
+
+@pytest.fixture
+def topic(admin: Admin) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=3)
+    yield name
+    if name in admin.list_topics():
+        admin.delete_topic(name)
+
+
+def consume_all(data_dir, tps, expect: int, timeout: float = 30.0, **kw) -> list:
+    import time
+
+    with Consumer(data_dir=data_dir, auto_offset_reset="earliest", **kw) as c:
+        c.assign(tps)
+        out: list = []
+        deadline = time.monotonic() + timeout
+        while len(out) < expect and time.monotonic() < deadline:
+            out += c.poll(timeout=0.5, max_records=10_000)
+        return out
+
+
+def test_send_returns_offsets_and_records_read_back(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir, acks=1) as p:
+        md = [p.send(topic, value=b"v%d" % i, key=b"k", headers=[("h", b"x")],
+                     timestamp_ms=1000 + i).get(timeout=5) for i in range(5)]
+    assert {m.partition for m in md} == {md[0].partition}
+    assert [m.offset for m in md] == list(range(5))
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, md[0].partition)], 5)
+    assert [(r.offset, r.key, r.value, r.timestamp, r.headers) for r in records] == [
+        (i, b"k", b"v%d" % i, 1000 + i, [("h", b"x")]) for i in range(5)
+    ]
+
+
+def test_keys_land_on_kafkas_partition(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        for key in (b"dev-1", b"user-42", b"21", b"a"):
+            md = p.send(topic, b"x", key=key).get()
+            assert md.partition == (murmur2(key) & 0x7FFFFFFF) % 3
+
+
+def test_keyless_records_spread_over_partitions(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir, batch_size=1000) as p:
+        parts = {p.send(topic, b"y" * 100).get().partition for _ in range(200)}
+    assert len(parts) > 1
+
+
+def test_send_batch_list_numpy_and_keyed(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        r1 = p.send_batch(topic, [b"a", b"bb", b"ccc"], partition=0, offsets=True)
+        assert list(r1.offsets) == [0, 1, 2]
+        arr = np.arange(40, dtype=np.uint8).reshape(10, 4)
+        r2 = p.send_batch(topic, arr, partition=0, offsets=True)
+        assert list(r2.offsets) == list(range(3, 13))
+        keys = [b"k%d" % i for i in range(30)]
+        r3 = p.send_batch(topic, [b"v%d" % i for i in range(30)], keys=keys, offsets=True)
+        assert list(r3.partitions) == [(murmur2(k) & 0x7FFFFFFF) % 3 for k in keys]
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 0)], 13)
+    assert [r.value for r in records[:3]] == [b"a", b"bb", b"ccc"]
+    assert [r.value for r in records[3:13]] == [bytes(row) for row in arr]
+    got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, p) for p in range(3)],
+                      43)
+    assert sorted(r.value for r in got if r.key) == sorted(b"v%d" % i for i in range(30))
+
+
+def test_bad_input_gets_a_clear_error_and_loses_nothing(
+    shared_daemon: Daemon, topic: str, admin: Admin
+) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        p.send(topic, b"ok", partition=1)
+        with pytest.raises(TypeError, match="value must be bytes-like"):
+            p.send(topic, "text")
+        with pytest.raises(EngineError, match="key must be bytes-like"):
+            p.send(topic, b"v", key=42)
+        with pytest.raises(RecordTooLargeError, match="max.message.bytes"):
+            p.send(topic, b"x" * (2 << 20))
+        with pytest.raises(UnknownTopicError, match="no-such-topic"):
+            p.send("no-such-topic", b"v")
+        with pytest.raises(PartitionOutOfRangeError, match="partition=7"):
+            p.send(topic, b"v", partition=7)
+        with pytest.raises(InvalidTopicError):
+            p.send("bad topic!", b"v")
+        p.send(topic, b"ok2", partition=1)
+    with pytest.raises(ConfigError, match="unknown producer option"):
+        Producer(shared_daemon.data_dir, linger=5)
+    with pytest.raises(ConfigError, match="acks"):
+        Producer(shared_daemon.data_dir, acks=2)
+    with pytest.raises(ConfigError, match="retention.msx"):
+        admin.create_topic("x-bad-config", config={"retention.msx": 1})
+    with pytest.raises(ConfigError, match="segment.bytes"):
+        admin.create_topic("x-bad-config", config={"segment.bytes": "big"})
+    with pytest.raises(TopicExistsError):
+        admin.create_topic(topic)
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 1)], 2)
+    assert [r.value for r in records] == [b"ok", b"ok2"]
+
+
+def test_describe_and_list_and_delete(shared_daemon: Daemon, admin: Admin) -> None:
+    name = f"d-{uuid.uuid4().hex[:8]}"
+    d = admin.create_topic(name, partitions=2, config={"retention.ms": 86_400_000})
+    assert [p.partition for p in d.partitions] == [0, 1]
+    assert all(p.leader in (1, 2) and p.isr == (p.leader,) for p in d.partitions)
+    assert d.config["retention.ms"] == 86_400_000
+    with Producer(shared_daemon.data_dir) as p:
+        for _ in range(3):
+            p.send(name, b"z", partition=1)
+    d = admin.describe_topic(name)
+    assert (d.partitions[1].log_start_offset, d.partitions[1].log_end_offset,
+            d.partitions[1].high_watermark) == (0, 3, 3)
+    assert name in admin.list_topics()
+    admin.delete_topic(name)
+    assert name not in admin.list_topics()
+    with pytest.raises(UnknownTopicError):
+        admin.describe_topic(name)
+    admin.create_topic(name, partitions=1)  # the name can be used again, empty
+    assert admin.describe_topic(name).partitions[0].log_end_offset == 0
+    admin.delete_topic(name)
+
+
+def test_consumer_reads_old_records_from_segments_then_the_ring(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """A 64 KiB ring wraps many times; a consumer from offset 0 reads the segments
+    by mmap, then catches up in shared memory, through the same poll()."""
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=1, config={
+        "ring.bytes": 1 << 16, "max.message.bytes": 8192, "segment.bytes": 1 << 18})
+    n = 20_000
+    with Producer(shared_daemon.data_dir) as p:
+        for i in range(n):
+            p.send(name, struct.pack("<I", i) + b"s" * 60, partition=0)
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(name, 0)], n)
+    assert [r.offset for r in records] == list(range(n))
+    assert all(struct.unpack_from("<I", r.value)[0] == r.offset for r in records)
+    with Consumer(data_dir=shared_daemon.data_dir) as c:
+        tp = TopicPartition(name, 0)
+        c.assign([tp])
+        c.seek(tp, 12_345)
+        got = c.poll(timeout=5, max_records=3)
+        assert [r.offset for r in got] == [12_345, 12_346, 12_347]
+        assert c.position(tp) == 12_348
+    admin.delete_topic(name)
+
+
+def test_many_producer_processes_one_partition_each_record_once_in_order(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=1, config={"ring.bytes": 1 << 20, "max.message.bytes": 65536})
+    producers, count = 4, 3000
+    procs = [SPAWN.Process(target=client_procs.produce_numbered,
+                           args=(str(shared_daemon.data_dir), name, i, count))
+             for i in range(producers)]
+    for proc in procs:
+        proc.start()
+    try:
+        records = consume_all(shared_daemon.data_dir, [TopicPartition(name, 0)],
+                              producers * count, timeout=90)
+        for proc in procs:
+            proc.join(30)
+            assert proc.exitcode == 0
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    assert [r.offset for r in records] == list(range(producers * count))
+    seqs: dict[int, list[int]] = {}
+    for r in records:
+        producer, seq = struct.unpack("<II", r.value)
+        seqs.setdefault(producer, []).append(seq)
+    assert seqs == {i: list(range(count)) for i in range(producers)}
+    admin.delete_topic(name)
+
+
+def test_acks0_buffers_and_flush_appends(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir, acks=0, linger_ms=10_000) as p:
+        futures = [p.send(topic, b"q%d" % i, partition=2) for i in range(100)]
+        assert all(f.get().offset == -1 for f in futures)
+        p.flush()
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 2)], 100)
+    assert [r.value for r in records] == [b"q%d" % i for i in range(100)]
+
+
+def test_offset_out_of_range_follows_auto_offset_reset(shared_daemon: Daemon, topic: str) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        p.send(topic, b"only", partition=0)
+    tp = TopicPartition(topic, 0)
+    with Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([tp])
+        c.seek(tp, 1000)
+        assert [r.value for r in c.poll(timeout=5)] == [b"only"]
+    with Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="none") as c:
+        c.assign([tp])
+        c.seek(tp, 1000)
+        with pytest.raises(EngineError, match="auto_offset_reset='none'"):
+            c.poll(timeout=1)
+
+
+def test_public_names_are_exported() -> None:
+    import engine
+
+    assert sorted(engine.__all__) == sorted(
+        ["Admin", "BatchResult", "BufferFullError", "ClosedError", "ConfigError", "Consumer",
+         "CorruptRecordError", "DaemonAlreadyRunningError", "DaemonNotRunningError",
+         "EngineError", "EngineTimeoutError", "FencedError", "InvalidTopicError",
+         "NotEnoughReplicasError", "NotLeaderError", "OffsetOutOfRangeError",
+         "PartitionDescription", "PartitionOutOfRangeError", "Producer", "Record",
+         "RecordFuture", "RecordMetadata", "RecordTooLargeError", "RecordTypeError",
+         "TopicDescription", "TopicExistsError", "TopicPartition", "UnknownTopicError",
+         "__version__"]
+    )
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, engine.EngineError)
