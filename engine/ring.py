@@ -192,13 +192,18 @@ class Ring:
             raise FileNotFoundError(f"no partition ring: name={name}") from exc
         try:
             size = shm.size
+            if size < HEADER_LENGTH:  # its creator has not sized it yet
+                raise FileNotFoundError(f"partition ring not ready: name={name}")
             mapping = mmap.mmap(shm.fd, size)
         finally:
             shm.close_fd()
         ring = cls(name, mapping, owner=False)
         if lib.engine_ring_check(ring._region, size) != OK:
+            version = int.from_bytes(mapping[0:4], "little")
             ring.close()
-            raise CorruptRecordError(f"not a version-1 engine ring: name={name}")
+            if version == 0:  # its creator has not finished formatting it
+                raise FileNotFoundError(f"partition ring not ready: name={name}")
+            raise CorruptRecordError(f"not a version-1 engine ring: name={name} version={version}")
         return ring
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+"""The `engine` command and the daemon's life: start, status, stop, crashes, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+from pathlib import Path
+
+import pytest
+from engine_harness import Daemon, wait_for
+
+from engine import Admin, Consumer, DaemonNotRunningError, Producer, TopicPartition
+from engine.datadir import pid_alive
+
+
+def consume(data_dir: Path, topic: str, partition: int, expect: int) -> list:
+    with Consumer(data_dir=data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(topic, partition)])
+        out: list = []
+        wait_for(lambda: out.extend(c.poll(timeout=0.2, max_records=100_000)) or len(out) >= expect,
+                 timeout=30, what=f"{expect} records of {topic}-{partition}")
+        return out
+
+
+def test_quick_start_commands(daemon: Daemon) -> None:
+    daemon.cli("topics", "create", "iot", "--partitions", "4")
+    daemon.cli("produce", "iot", "--key", "dev-1", input=b"hello\n")
+    out = daemon.cli("consume", "iot", "--from-beginning", "--max", "1", timeout=30)
+    assert out.stdout == b"hello\n"
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert status["coordinator"].startswith("127.0.0.1:")
+    assert sorted(status["brokers"]) == ["1", "2"]
+    assert status["controller"] in (1, 2)
+    (iot,) = [t for t in status["topics"] if t["name"] == "iot"]
+    assert sum(p["log_end_offset"] for p in iot["partitions"]) == 1
+    assert "partition" in daemon.cli("status").stdout.decode()
+    assert daemon.cli("topics", "list").stdout.split() == [b"iot"]
+
+
+def test_second_daemon_on_the_same_data_dir_is_refused(daemon: Daemon) -> None:
+    out = daemon.cli("start", "--data-dir", str(daemon.data_dir), check=False)
+    assert out.returncode == 1
+    assert b"already runs" in out.stderr
+
+
+def test_clients_name_the_start_command_when_no_daemon_runs(tmp_path: Path) -> None:
+    with pytest.raises(DaemonNotRunningError, match="engine start --data-dir"):
+        Producer(tmp_path / "nothing-here")
+    out = Daemon(tmp_path / "nothing-here").cli("status", check=False)
+    assert out.returncode == 1 and b"engine start" in out.stderr
+
+
+def test_files_and_rings_are_private_to_the_owner(daemon: Daemon) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("private", partitions=1)
+    with Producer(daemon.data_dir) as p:
+        p.send("private", b"secret").get()
+    for path in daemon.data_dir.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        assert mode in (0o600, 0o700), f"{path} has mode {oct(mode)}"
+
+
+def test_stop_flushes_and_start_again_keeps_every_record(daemon: Daemon) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("keep", partitions=2)
+    with Producer(daemon.data_dir) as p:
+        offsets = [p.send("keep", b"r%d" % i, partition=i % 2).get().offset for i in range(1000)]
+    daemon.stop()
+    assert not (daemon.data_dir / "engine.json").exists()
+    daemon.start()
+    got = consume(daemon.data_dir, "keep", 0, 500) + consume(daemon.data_dir, "keep", 1, 500)
+    assert sorted((r.partition, r.offset, r.value) for r in got) == sorted(
+        (i % 2, offsets[i], b"r%d" % i) for i in range(1000)
+    )
+    with Producer(daemon.data_dir) as p:  # appends continue at the log end
+        assert p.send("keep", b"next", partition=0).get().offset == 500
+
+
+def test_kill_9_of_a_broker_loses_no_record(daemon: Daemon) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("crash", partitions=1)
+        leader = admin.describe_topic("crash").partitions[0].leader
+    with Producer(daemon.data_dir) as p:
+        for i in range(5000):
+            p.send("crash", struct.pack("<I", i), partition=0)
+        pid = daemon.runtime()["processes"][f"broker-{leader}"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), what="the broker to die")
+        # The ring outlives the broker: producers go on appending meanwhile.
+        for i in range(5000, 6000):
+            p.send("crash", struct.pack("<I", i), partition=0)
+    # The daemon restarts the broker, which resumes the ring where the log ends.
+    wait_for(lambda: daemon.runtime()["processes"][f"broker-{leader}"] != pid,
+             what="the daemon to restart the broker")
+    got = consume(daemon.data_dir, "crash", 0, 6000)
+    assert [r.offset for r in got] == list(range(6000))
+    assert [struct.unpack("<I", r.value)[0] for r in got] == list(range(6000))
+
+
+def test_a_torn_segment_tail_is_cut_at_the_last_intact_record(daemon: Daemon) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("torn", partitions=1)
+        leader = admin.describe_topic("torn").partitions[0].leader
+    with Producer(daemon.data_dir) as p:
+        for i in range(100):
+            p.send("torn", b"%03d" % i + b"t" * 50, partition=0)
+    daemon.stop()
+    segment = daemon.data_dir / f"broker-{leader}" / "torn-0" / ("0" * 20 + ".log")
+    size = segment.stat().st_size
+    per_record = size // 100
+    with open(segment, "r+b") as f:
+        f.truncate(size - per_record // 2)  # cut the last record in half
+    daemon.start()
+    got = consume(daemon.data_dir, "torn", 0, 99)
+    assert [r.offset for r in got] == list(range(99))
+    log = (daemon.data_dir / "logs" / f"broker-{leader}.log").read_text()
+    assert "torn" in log.lower() or "truncat" in log.lower()
+    with Producer(daemon.data_dir) as p:
+        assert p.send("torn", b"after", partition=0).get().offset == 99
+
+
+def test_retention_by_size_deletes_old_segments(daemon: Daemon) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("ret", partitions=1, config={
+            "segment.bytes": 16384, "retention.bytes": 32768, "ring.bytes": 1 << 16,
+            "max.message.bytes": 4096})
+        with Producer(daemon.data_dir) as p:
+            for i in range(3000):
+                p.send("ret", b"%05d" % i + b"r" * 80, partition=0)
+        wait_for(lambda: admin.describe_topic("ret").partitions[0].log_start_offset > 0,
+                 what="retention to advance the log start offset")
+        start = admin.describe_topic("ret").partitions[0].log_start_offset
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("ret", 0)])
+        first = c.poll(timeout=5, max_records=1)
+        assert first and first[0].offset >= start
+
+
+def test_stop_of_a_daemon_that_is_not_running_says_so(tmp_path: Path) -> None:
+    out = Daemon(tmp_path / "none").cli("stop", "--data-dir", str(tmp_path / "none"))
+    assert b"not running" in out.stdout
