@@ -7,6 +7,7 @@ rings. ``create_topic`` and ``delete_topic`` return once the change took effect.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -111,10 +112,8 @@ class Admin:
         if not zk.exists(md.topic_path(name)):
             raise UnknownTopicError(f"unknown topic: topic={name!r}")
         zk.ensure_path(md.DELETE_TOPICS)
-        try:
+        with contextlib.suppress(NodeExistsError):
             zk.create(f"{md.DELETE_TOPICS}/{name}", b"")
-        except NodeExistsError:
-            pass
         self._cluster.forget(name)
         deadline = time.monotonic() + timeout
         while zk.exists(md.topic_path(name)) or zk.exists(f"{md.DELETE_TOPICS}/{name}"):

@@ -18,6 +18,7 @@ On SIGTERM it stops gracefully: every replica is sealed, drained, flushed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -97,22 +98,20 @@ class Broker:
             except NodeExistsError:
                 try:
                     data, _ = self.zk.get(path)
-                    old = md.decode(data)
                 except NoNodeError:
                     continue
+                old = md.decode(data)
                 if int(old.get("pid", 0)) == os.getpid():
                     return
                 if not pid_alive(int(old.get("pid", 0))):
                     # A previous incarnation died; its session has not expired yet.
-                    try:
+                    with contextlib.suppress(NoNodeError):
                         self.zk.delete(path)
-                    except NoNodeError:
-                        pass
                     continue
                 if time.monotonic() > deadline:
                     raise SystemExit(
                         f"broker id {self.broker_id} is registered by live pid {old.get('pid')}"
-                    )
+                    ) from None
                 time.sleep(0.2)
 
     # -- the main loop -----------------------------------------------------
@@ -134,7 +133,7 @@ class Broker:
             try:
                 self.controller.act()
                 self.reconcile()
-            except Exception:  # noqa: BLE001 - keep serving; the next pass retries
+            except Exception:
                 log.exception("reconcile pass failed")
             if first:
                 self._remove_stale_rings()
@@ -163,7 +162,9 @@ class Broker:
         for key in list(self.replicas):
             if key not in wanted:
                 topic_gone = not any(k[0] == key[0] and k[2] == key[2] for k in wanted)
-                log.info("stopping replica %s-%d%s", key[0], key[1], " (deleted)" if topic_gone else "")
+                log.info(
+                    "stopping replica %s-%d%s", key[0], key[1], " (deleted)" if topic_gone else ""
+                )
                 self.replicas.pop(key).stop(delete=topic_gone)
         for key, (meta, epoch) in wanted.items():
             if key not in self.replicas:
@@ -176,8 +177,12 @@ class Broker:
         config = validate_topic_config(meta.config)
         log.info("leading %s-%d (epoch %d)", topic, partition, epoch)
         return LeaderReplica(
-            topic, partition, directory,
-            self.data_dir.ring_name(topic_id, partition, self.broker_id), config, epoch,
+            topic,
+            partition,
+            directory,
+            self.data_dir.ring_name(topic_id, partition, self.broker_id),
+            config,
+            epoch,
         )
 
     def _remove_stale_rings(self) -> None:
@@ -200,7 +205,7 @@ class Broker:
         try:
             self.zk.stop()
             self.zk.close()
-        except Exception:  # noqa: BLE001 - best effort on the way out
+        except Exception:
             log.exception("closing the coordinator session")
         log.info("broker %d stopped", self.broker_id)
 

@@ -23,7 +23,8 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="engine", description="A single-host streaming engine: Kafka and ZooKeeper for one box."
+        prog="engine",
+        description="A single-host streaming engine: Kafka and ZooKeeper for one box.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -31,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(p)
     p.add_argument("--brokers", type=int, default=3, help="number of broker processes (default 3)")
     p.add_argument("--foreground", action="store_true", help="run in this terminal")
-    p.add_argument("--coordinator", default=None,
-                   help="use this ZooKeeper ensemble (HOST:PORT,...) instead of starting one")
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        help="use this ZooKeeper ensemble (HOST:PORT,...) instead of starting one",
+    )
 
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--rate", type=float, default=200_000, help="readings/s of the whole fleet")
 
     p = sub.add_parser("bench", help="the benchmark suite (from a source checkout)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench/suite.py")
@@ -142,7 +147,7 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
     info = dd.read_runtime()
     with Admin(data_dir) as admin:
         zk = admin._cluster.zk
-        topics = []
+        topics: list[dict[str, Any]] = []
         for name in admin.list_topics():
             try:
                 d = admin.describe_topic(name)
@@ -154,8 +159,10 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
                     "name": d.name,
                     "topic_id": d.topic_id,
                     "config": d.config,
-                    "partitions": [p.__dict__ | {"replicas": list(p.replicas), "isr": list(p.isr)}
-                                   for p in d.partitions],
+                    "partitions": [
+                        p.__dict__ | {"replicas": list(p.replicas), "isr": list(p.isr)}
+                        for p in d.partitions
+                    ],
                 }
             )
         return {
@@ -210,14 +217,25 @@ def cmd_topics(args: argparse.Namespace) -> int:
         elif args.topics_command == "describe":
             d = admin.describe_topic(args.topic)
             if args.json:
-                print(json.dumps({"name": d.name, "topic_id": d.topic_id, "config": d.config,
-                                  "partitions": [p.__dict__ for p in d.partitions]}, indent=2))
+                print(
+                    json.dumps(
+                        {
+                            "name": d.name,
+                            "topic_id": d.topic_id,
+                            "config": d.config,
+                            "partitions": [p.__dict__ for p in d.partitions],
+                        },
+                        indent=2,
+                    )
+                )
             else:
                 print(f"topic {d.name}  id {d.topic_id}")
                 for p in d.partitions:
-                    print(f"  partition {p.partition}  leader {p.leader}  replicas {list(p.replicas)}"
-                          f"  isr {list(p.isr)}  log_start {p.log_start_offset}"
-                          f"  log_end {p.log_end_offset}")
+                    print(
+                        f"  partition {p.partition}  leader {p.leader}  replicas {list(p.replicas)}"
+                        f"  isr {list(p.isr)}  log_start {p.log_start_offset}"
+                        f"  log_end {p.log_end_offset}"
+                    )
         elif args.topics_command == "delete":
             admin.delete_topic(args.topic)
             print(f"deleted topic {args.topic}")
@@ -278,16 +296,23 @@ def cmd_consume(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
-    return run_demo(args.data_dir, devices=args.devices, producers=args.producers,
-                    seconds=args.seconds)
+    return run_demo(
+        args.data_dir,
+        devices=args.devices,
+        producers=args.producers,
+        seconds=args.seconds,
+        rate=args.rate,
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     suite = os.path.join(root, "bench", "suite.py")
     if not os.path.exists(suite):
-        print("engine: `engine bench` runs from a source checkout (bench/suite.py not found)",
-              file=sys.stderr)
+        print(
+            "engine: `engine bench` runs from a source checkout (bench/suite.py not found)",
+            file=sys.stderr,
+        )
         return 2
     sys.path.insert(0, root)
     from bench.suite import main as bench_main

@@ -86,8 +86,12 @@ class ClusterView:
                     continue
                 ring_name = self.data_dir.ring_name(meta.assignment.topic_id, p, state.leader)
                 old = self.topics.get(name)
-                if old is not None and p in old.rings and old.rings[p].name == ring_name \
-                        and not old.rings[p].status().sealed:
+                if (
+                    old is not None
+                    and p in old.rings
+                    and old.rings[p].name == ring_name
+                    and not old.rings[p].status().sealed
+                ):
                     rings[p] = old.rings.pop(p)
                     continue
                 try:

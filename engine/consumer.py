@@ -73,10 +73,13 @@ class Consumer:
             )
         if auto_offset_reset not in _RESETS:
             raise ConfigError(
-                f"auto_offset_reset must be one of {_RESETS}: auto_offset_reset={auto_offset_reset!r}"
+                f"auto_offset_reset must be one of {_RESETS}: "
+                f"auto_offset_reset={auto_offset_reset!r}"
             )
         if not isinstance(max_poll_records, int) or max_poll_records < 1:
-            raise ConfigError(f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}")
+            raise ConfigError(
+                f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}"
+            )
         self.auto_offset_reset = auto_offset_reset
         self.max_poll_records = max_poll_records
         self.fetch_max_bytes = fetch_max_bytes

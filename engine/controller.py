@@ -17,6 +17,7 @@ finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -44,10 +45,8 @@ class Controller:
         payload = md.encode(
             {"version": 1, "brokerid": self.broker_id, "timestamp": str(int(time.time() * 1000))}
         )
-        try:
+        with contextlib.suppress(NodeExistsError):
             self.zk.create(md.CONTROLLER, payload, ephemeral=True, makepath=True)
-        except NodeExistsError:
-            pass
         current = md.controller_id(self.zk)
         self.zk.exists(md.CONTROLLER, watch=self.poke)
         was = self.active
@@ -93,7 +92,9 @@ class Controller:
                 continue
             alive = [b for b in replicas if b in live]
             if not alive:
-                log.warning("no live replica for %s-%d yet: replicas %s", topic, partition, replicas)
+                log.warning(
+                    "no live replica for %s-%d yet: replicas %s", topic, partition, replicas
+                )
                 continue
             state = md.PartitionState(
                 leader=alive[0], leader_epoch=0, isr=tuple(alive), controller_epoch=self.epoch
@@ -107,11 +108,7 @@ class Controller:
     def _delete_topic(self, topic: str) -> None:
         log.info("deleting topic %s", topic)
         for path in (md.topic_path(topic), md.config_path(topic)):
-            try:
+            with contextlib.suppress(NoNodeError):
                 self.zk.delete(path, recursive=True)
-            except NoNodeError:
-                pass
-        try:
+        with contextlib.suppress(NoNodeError, NotEmptyError):
             self.zk.delete(f"{md.DELETE_TOPICS}/{topic}")
-        except (NoNodeError, NotEmptyError):
-            pass

@@ -16,6 +16,7 @@ does not exit within its grace period is killed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -55,7 +56,10 @@ class Child:
             fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self.log_file = os.fdopen(fd, "ab", buffering=0)
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file,
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log_file,
+            stderr=self.log_file,
         )
         self.started_at = time.monotonic()
         write_private_file(run_dir / f"{self.name}.pid", f"{self.proc.pid}\n".encode())
@@ -120,10 +124,8 @@ class Daemon:
             self._supervise()
         finally:
             self._stop_children()
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 dd.runtime_file.unlink()
-            except FileNotFoundError:
-                pass
             log.info("engine stopped")
         return 0
 
@@ -135,8 +137,17 @@ class Daemon:
             port_file.unlink(missing_ok=True)
             coordinator = Child(
                 "coordinator",
-                [py, "-m", "engine.coordinator", "--data-dir", str(dd.coordinator_dir),
-                 "--port", "0", "--port-file", str(port_file)],
+                [
+                    py,
+                    "-m",
+                    "engine.coordinator",
+                    "--data-dir",
+                    str(dd.coordinator_dir),
+                    "--port",
+                    "0",
+                    "--port-file",
+                    str(port_file),
+                ],
                 dd.log_dir / "coordinator.log",
             )
             coordinator.start(dd.run_dir)
@@ -149,8 +160,17 @@ class Daemon:
         for broker_id in range(1, self.broker_count + 1):
             child = Child(
                 f"broker-{broker_id}",
-                [py, "-m", "engine.broker", "--data-dir", str(dd.root), "--id", str(broker_id),
-                 "--coordinator", self.hosts],
+                [
+                    py,
+                    "-m",
+                    "engine.broker",
+                    "--data-dir",
+                    str(dd.root),
+                    "--id",
+                    str(broker_id),
+                    "--coordinator",
+                    self.hosts,
+                ],
                 dd.log_dir / f"broker-{broker_id}.log",
             )
             child.start(dd.run_dir)
@@ -191,9 +211,7 @@ class Daemon:
             "coordinator": self.hosts,
             "external_coordinator": self.external_coordinator is not None,
             "brokers": list(range(1, self.broker_count + 1)),
-            "processes": {
-                c.name: c.proc.pid for c in self.children if c.proc is not None
-            },
+            "processes": {c.name: c.proc.pid for c in self.children if c.proc is not None},
             "started_at": time.time(),
         }
         write_private_file(self.data_dir.runtime_file, md.encode(info))
@@ -209,7 +227,9 @@ class Daemon:
                     continue
                 log.warning(
                     "%s exited with code %s: restarting it (restart %d)",
-                    child.name, child.proc.returncode, child.restarts + 1,
+                    child.name,
+                    child.proc.returncode,
+                    child.restarts + 1,
                 )
                 child.restarts += 1
                 child.start(self.data_dir.run_dir)
@@ -257,14 +277,27 @@ def start_background(data_dir: DataDir, brokers: int, coordinator: str | None) -
     probe.acquire_lock()  # fail fast, with the clear message, if one already runs
     os.close(probe._lock_fd)
     data_dir.runtime_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "engine", "start", "--foreground",
-            "--data-dir", str(data_dir.root), "--brokers", str(brokers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "engine",
+        "start",
+        "--foreground",
+        "--data-dir",
+        str(data_dir.root),
+        "--brokers",
+        str(brokers),
+    ]
     if coordinator:
         argv += ["--coordinator", coordinator]
     fd = os.open(data_dir.log_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            start_new_session=True,
         )
     finally:
         os.close(fd)
@@ -298,7 +331,9 @@ def stop(data_dir: DataDir, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while pid_alive(pid):
         if time.monotonic() > deadline:
-            raise EngineTimeoutError(f"the engine daemon (pid {pid}) did not stop in {timeout_s:.0f} s")
+            raise EngineTimeoutError(
+                f"the engine daemon (pid {pid}) did not stop in {timeout_s:.0f} s"
+            )
         time.sleep(0.02)
     return True
 

@@ -145,7 +145,9 @@ class TopicMetadata:
         return self.assignment.partition_count
 
 
-def assign_replicas(brokers: list[int], partitions: int, replication: int) -> dict[int, tuple[int, ...]]:
+def assign_replicas(
+    brokers: list[int], partitions: int, replication: int
+) -> dict[int, tuple[int, ...]]:
     """Round-robin replica placement over the live brokers (Kafka's rack-unaware scheme)."""
     ordered = sorted(brokers)
     n = len(ordered)

@@ -28,7 +28,8 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,8 @@ class _Route:
         self.sticky_bytes = 0
 
 
-class BatchResult(NamedTuple):
+@dataclass(frozen=True)
+class BatchResult:
     """What send_batch did: how many records, and where each landed (with offsets=True)."""
 
     topic: str
@@ -152,9 +154,13 @@ class Producer:
             raise ConfigError(f"unknown producer option: {sorted(unknown)[0]!r}")
         if acks not in _ACKS:
             raise ConfigError(f"acks must be 0, 1 or 'all': acks={acks!r}")
-        for name, value in (("max_block_ms", max_block_ms), ("linger_ms", linger_ms),
-                            ("batch_size", batch_size), ("buffer_memory", buffer_memory),
-                            ("delivery_timeout_ms", delivery_timeout_ms)):
+        for name, value in (
+            ("max_block_ms", max_block_ms),
+            ("linger_ms", linger_ms),
+            ("batch_size", batch_size),
+            ("buffer_memory", buffer_memory),
+            ("delivery_timeout_ms", delivery_timeout_ms),
+        ):
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative int: {name}={value!r}")
         self.acks = _ACKS[acks]
@@ -172,14 +178,17 @@ class Producer:
         self._closed = False
         self._pid = os.getpid()
         # acks=0: the accumulator and its sender thread.
-        self._buffer: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, bytes, int, int]]] = {}
+        self._buffer: dict[
+            tuple[str, int], list[tuple[bytes | None, bytes | None, bytes, int, int]]
+        ] = {}
         self._buffered_bytes = 0
         self._buffer_cond = threading.Condition(self._lock)
         self._sender_error: BaseException | None = None
         self._sender: threading.Thread | None = None
         if self.acks == 0:
-            self._sender = threading.Thread(target=self._sender_loop, name="producer-sender",
-                                            daemon=True)
+            self._sender = threading.Thread(
+                target=self._sender_loop, name="producer-sender", daemon=True
+            )
             self._sender.start()
 
     # -- sending -----------------------------------------------------------
@@ -251,31 +260,64 @@ class Producer:
                 self._buffer_record(topic, partition, key, value, hbytes, hcount, ts)
             return RecordFuture(topic, partition, -1, ts)
         result = _append(
-            route.regions[partition], self._fields, ts,
-            _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
-            hbytes, len(hbytes), hcount, self._block_ns,
+            route.regions[partition],
+            self._fields,
+            ts,
+            _NULL if key is None else key,
+            klen,
+            _NULL if value is None else value,
+            vlen,
+            hbytes,
+            len(hbytes),
+            hcount,
+            self._block_ns,
         )
         if result < 0:
             with self._lock:
-                result = self._append_slow(topic, partition, -result, key, value, hbytes,
-                                           hcount, ts)
+                result = self._append_slow(
+                    topic, partition, -result, key, value, hbytes, hcount, ts
+                )
         return RecordFuture(topic, partition, result, ts)
 
-    def _append(self, view: TopicView, partition: int, key: bytes | None, value: bytes | None,
-                hbytes: bytes, hcount: int, ts: int) -> int:
+    def _append(
+        self,
+        view: TopicView,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+        ts: int,
+    ) -> int:
         ring = view.rings[partition]
         result = lib.engine_ring_append(
-            ring._ptr(), self._fields, ts,
-            ffi.NULL if key is None else key, -1 if key is None else len(key),
-            ffi.NULL if value is None else value, -1 if value is None else len(value),
-            hbytes, len(hbytes), hcount, self._block_ns,
+            ring._ptr(),
+            self._fields,
+            ts,
+            ffi.NULL if key is None else key,
+            -1 if key is None else len(key),
+            ffi.NULL if value is None else value,
+            -1 if value is None else len(value),
+            hbytes,
+            len(hbytes),
+            hcount,
+            self._block_ns,
         )
         if result >= 0:
             return int(result)
         return self._append_slow(view.name, partition, -int(result), key, value, hbytes, hcount, ts)
 
-    def _append_slow(self, topic: str, partition: int, code: int, key: bytes | None,
-                     value: bytes | None, hbytes: bytes, hcount: int, ts: int) -> int:
+    def _append_slow(
+        self,
+        topic: str,
+        partition: int,
+        code: int,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+        ts: int,
+    ) -> int:
         """Retries after a reaped claim or a leader change, within delivery_timeout_ms."""
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         while True:
@@ -295,10 +337,17 @@ class Producer:
             view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
             ring: Ring = view.rings[partition]
             result = lib.engine_ring_append(
-                ring._ptr(), self._fields, ts,
-                ffi.NULL if key is None else key, -1 if key is None else len(key),
-                ffi.NULL if value is None else value, -1 if value is None else len(value),
-                hbytes, len(hbytes), hcount, self._block_ns,
+                ring._ptr(),
+                self._fields,
+                ts,
+                ffi.NULL if key is None else key,
+                -1 if key is None else len(key),
+                ffi.NULL if value is None else value,
+                -1 if value is None else len(value),
+                hbytes,
+                len(hbytes),
+                hcount,
+                self._block_ns,
             )
             if result >= 0:
                 return int(result)
@@ -348,8 +397,9 @@ class Producer:
                         f"partition out of range: topic={topic!r} partition={partition} "
                         f"partitions={view.partition_count}"
                     )
-                self._append_batch(view, partition, blob, lengths, stride, kblob, klengths,
-                                   kstride, ts, out)
+                self._append_batch(
+                    view, partition, blob, lengths, stride, kblob, klengths, kstride, ts, out
+                )
                 return BatchResult(topic, count, partition, out)
             parts = _partitions_for_keys(kblob, klengths, kstride, count, view.partition_count)
             done = 0
@@ -368,16 +418,33 @@ class Producer:
                     out[idx] = sub
             return BatchResult(topic, count, parts, out)
 
-    def _append_batch(self, view: TopicView, partition: int, blob: Any, lengths: Any,
-                      stride: int, kblob: Any, klengths: Any, kstride: int, ts: int,
-                      out: Any) -> None:
+    def _append_batch(
+        self,
+        view: TopicView,
+        partition: int,
+        blob: Any,
+        lengths: Any,
+        stride: int,
+        kblob: Any,
+        klengths: Any,
+        kstride: int,
+        ts: int,
+        out: Any,
+    ) -> None:
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         while True:
             try:
                 view.rings[partition].append_batch(
-                    self._fields, blob, value_lengths=lengths, value_stride=stride,
-                    keys=kblob, key_lengths=klengths, key_stride=kstride, timestamp_ms=ts,
-                    timeout_ms=self.max_block_ms, offsets=out,
+                    self._fields,
+                    blob,
+                    value_lengths=lengths,
+                    value_stride=stride,
+                    keys=kblob,
+                    key_lengths=klengths,
+                    key_stride=kstride,
+                    timestamp_ms=ts,
+                    timeout_ms=self.max_block_ms,
+                    offsets=out,
                 )
                 return
             except NotLeaderError as exc:
@@ -389,8 +456,16 @@ class Producer:
 
     # -- acks=0: the accumulator --------------------------------------------
 
-    def _buffer_record(self, topic: str, partition: int, key: bytes | None,
-                       value: bytes | None, hbytes: bytes, hcount: int, ts: int) -> None:
+    def _buffer_record(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+        ts: int,
+    ) -> None:
         if self._sender_error is not None:
             raise self._sender_error
         size = (len(value) if value else 0) + (len(key) if key else 0) + 64
@@ -416,8 +491,9 @@ class Producer:
             plain = [r for r in records if not r[3] and r[1] is not None]
             if len(plain) == len(records) and all(r[0] is None for r in records):
                 blob, lengths = pack_values([r[1] for r in records])
-                self._append_batch(view, partition, blob, lengths, 0, None, None, 0,
-                                   records[0][4], None)
+                self._append_batch(
+                    view, partition, blob, lengths, 0, None, None, 0, records[0][4], None
+                )
                 continue
             for key, value, hbytes, hcount, ts in records:
                 self._append(view, partition, key, value, hbytes, hcount, ts)
@@ -431,7 +507,7 @@ class Producer:
                     continue
                 try:
                     self._drain_buffer()
-                except BaseException as exc:  # noqa: BLE001 - surfaced by flush()/send()
+                except BaseException as exc:
                     log.exception("acks=0 sender failed")
                     self._sender_error = exc
                     self._buffer_cond.notify_all()
@@ -492,7 +568,9 @@ def _values_blob(what: str, values: Any) -> tuple[Any, Any, int, int]:
         stride = arr.itemsize * (int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
         return arr.reshape(-1).view(np.uint8) if count else b"", None, stride, count
     if isinstance(values, (bytes, bytearray, memoryview, str)):
-        raise RecordTypeError(f"{what} must be a list of bytes-like values, not one {type(values).__name__}")
+        raise RecordTypeError(
+            f"{what} must be a list of bytes-like values, not one {type(values).__name__}"
+        )
     values = list(values)
     blob, lengths = pack_values(values)
     return blob, lengths, 0, len(values)
@@ -521,4 +599,3 @@ def _select(blob: Any, lengths: Any, stride: int, idx: Any) -> tuple[Any, Any]:
     raw = bytes(blob)
     parts = [raw[int(starts[i]) : int(starts[i]) + int(lengths[i])] for i in idx]
     return b"".join(parts), lengths[idx].astype(np.int32)
-

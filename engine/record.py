@@ -124,11 +124,18 @@ def decode_headers(data: bytes, count: int) -> Headers:
 
 RECORD_INFO_DTYPE = np.dtype(
     [
-        ("offset", "<i8"), ("timestamp", "<i8"), ("producer_id", "<i8"),
-        ("key_position", "<u4"), ("key_length", "<i4"),
-        ("value_position", "<u4"), ("value_length", "<i4"),
-        ("headers_position", "<u4"), ("headers_length", "<u4"), ("header_count", "<i4"),
-        ("batch_attributes", "<i2"), ("reserved", "<i2"),
+        ("offset", "<i8"),
+        ("timestamp", "<i8"),
+        ("producer_id", "<i8"),
+        ("key_position", "<u4"),
+        ("key_length", "<i4"),
+        ("value_position", "<u4"),
+        ("value_length", "<i4"),
+        ("headers_position", "<u4"),
+        ("headers_length", "<u4"),
+        ("header_count", "<i4"),
+        ("batch_attributes", "<i2"),
+        ("reserved", "<i2"),
     ]
 )
 assert RECORD_INFO_DTYPE.itemsize == ffi.sizeof("engine_record_info_t")

@@ -81,17 +81,25 @@ class LeaderReplica:
                     ring.set_leader(leader_epoch, sealed=False)
                     log.info(
                         "resumed ring %s: log end %d, ring tail %d",
-                        self.ring_name, end, status.tail_offset,
+                        self.ring_name,
+                        end,
+                        status.tail_offset,
                     )
                     return ring
             log.warning(
                 "ring %s does not match the log (drain offset %d, log end %d): recreating",
-                self.ring_name, status.drain_offset, end,
+                self.ring_name,
+                status.drain_offset,
+                end,
             )
             ring.close()
         return Ring.create(
-            self.ring_name, capacity, base_offset=end, max_frame_length=max_frame,
-            leader_epoch=leader_epoch, replace=True,
+            self.ring_name,
+            capacity,
+            base_offset=end,
+            max_frame_length=max_frame,
+            leader_epoch=leader_epoch,
+            replace=True,
         )
 
     def _drain_loop(self) -> None:
@@ -123,7 +131,9 @@ class LeaderReplica:
                     if self.ring.status().tail_position <= cursor.position:
                         return
                     if time.monotonic() > self._stop_deadline:
-                        log.error("stopping %s-%d with unpublished claims", self.topic, self.partition)
+                        log.error(
+                            "stopping %s-%d with unpublished claims", self.topic, self.partition
+                        )
                         return
                     self.ring.wait(cursor, 0.05)
                     continue
@@ -140,7 +150,7 @@ class LeaderReplica:
                     time.sleep(POLL_SLEEP_S)
                 else:
                     self.ring.wait(cursor, HOUSEKEEPING_S)
-        except BaseException as exc:  # noqa: BLE001 - reported by the broker's supervision
+        except BaseException as exc:
             self._error = exc
             log.exception("drain of %s-%d failed", self.topic, self.partition)
 

@@ -17,6 +17,7 @@ files, which are the durable copy.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import time
@@ -171,7 +172,12 @@ class Ring:
             shm.close_fd()
         ring = cls(name, mapping, owner=True)
         code = lib.engine_ring_init(
-            ring._region, length, capacity, max_frame_length, base_offset, stall_timeout_ns,
+            ring._region,
+            length,
+            capacity,
+            max_frame_length,
+            base_offset,
+            stall_timeout_ns,
             leader_epoch,
         )
         if code != OK:
@@ -218,10 +224,8 @@ class Ring:
         self._map = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # never raise from a finalizer
             self.close()
-        except Exception:  # noqa: BLE001 - never raise from a finalizer
-            pass
 
     def __enter__(self) -> Ring:
         return self
@@ -257,10 +261,16 @@ class Ring:
         ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         while True:
             result = lib.engine_ring_append(
-                region, fields, ts,
-                ffi.NULL if key is None else key, -1 if key is None else len(key),
-                ffi.NULL if value is None else value, -1 if value is None else len(value),
-                headers, len(headers), header_count,
+                region,
+                fields,
+                ts,
+                ffi.NULL if key is None else key,
+                -1 if key is None else len(key),
+                ffi.NULL if value is None else value,
+                -1 if value is None else len(value),
+                headers,
+                len(headers),
+                header_count,
                 timeout_ms * 1_000_000,
             )
             if result >= 0:
@@ -291,8 +301,10 @@ class Ring:
         carries ``appended``.
         """
         region = self._ptr()
-        count = len(value_lengths) if value_lengths is not None else (
-            len(values) // value_stride if value_stride else 0
+        count = (
+            len(value_lengths)
+            if value_lengths is not None
+            else (len(values) // value_stride if value_stride else 0)
         )
         if timestamps_ms is not None:
             timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=np.int64)
@@ -300,7 +312,9 @@ class Ring:
         vl = _np_int32(value_lengths) if value_lengths is not None else None
         kl = _np_int32(key_lengths) if key_lengths is not None else None
         code = lib.engine_ring_append_batch(
-            region, fields, ts,
+            region,
+            fields,
+            ts,
             ffi.NULL if timestamps_ms is None else ffi.from_buffer("int64_t[]", timestamps_ms),
             count,
             ffi.NULL if keys is None else ffi.from_buffer(keys),

@@ -31,5 +31,3 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     finally:
         d.stop()
         d.kill_everything()
-
-

@@ -7,8 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.datadir import DataDir, pid_alive
 from engine.ring import unlink
@@ -22,11 +23,15 @@ class Daemon:
         self.brokers = brokers
         self.env = dict(os.environ, ENGINE_RETENTION_CHECK_MS="200", ENGINE_DATA_DIR=str(data_dir))
 
-    def cli(self, *args: str, input: bytes | None = None, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    def cli(
+        self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[bytes]:
         proc = subprocess.run(
-            [sys.executable, "-m", "engine", *args], input=input, capture_output=True,
-            env=self.env, timeout=timeout,
+            [sys.executable, "-m", "engine", *args],
+            input=input,
+            capture_output=True,
+            env=self.env,
+            timeout=timeout,
         )
         if check and proc.returncode != 0:
             raise AssertionError(
@@ -59,9 +64,12 @@ class Daemon:
                 unlink("/" + name)
 
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -8,6 +8,7 @@ import struct
 import time
 
 from engine._native import lib
+
 from engine.ring import Ring, producer_fields
 
 
@@ -22,11 +23,14 @@ def produce(name: str, producer: int, count: int, batch: int) -> None:
         if n == 1:
             ring.append(fields, struct.pack("<II", producer, seq) + b"x" * (seq % 50), key=key)
         else:
-            values = [struct.pack("<II", producer, s) + b"y" * (s % 50) for s in range(seq, seq + n)]
+            values = [
+                struct.pack("<II", producer, s) + b"y" * (s % 50) for s in range(seq, seq + n)
+            ]
             blob = b"".join(values)
             lengths = [len(v) for v in values]
-            ring.append_batch(fields, blob, value_lengths=lengths, keys=key * n,
-                              key_lengths=[len(key)] * n)
+            ring.append_batch(
+                fields, blob, value_lengths=lengths, keys=key * n, key_lengths=[len(key)] * n
+            )
         seq += n
     ring.close()
 

@@ -7,9 +7,9 @@ import struct
 import uuid
 from collections.abc import Iterator
 
+import client_procs
 import numpy as np
 import pytest
-import client_procs
 from engine_harness import Daemon
 
 from engine import (
@@ -59,8 +59,12 @@ def consume_all(data_dir, tps, expect: int, timeout: float = 30.0, **kw) -> list
 
 def test_send_returns_offsets_and_records_read_back(shared_daemon: Daemon, topic: str) -> None:
     with Producer(shared_daemon.data_dir, acks=1) as p:
-        md = [p.send(topic, value=b"v%d" % i, key=b"k", headers=[("h", b"x")],
-                     timestamp_ms=1000 + i).get(timeout=5) for i in range(5)]
+        md = [
+            p.send(
+                topic, value=b"v%d" % i, key=b"k", headers=[("h", b"x")], timestamp_ms=1000 + i
+            ).get(timeout=5)
+            for i in range(5)
+        ]
     assert {m.partition for m in md} == {md[0].partition}
     assert [m.offset for m in md] == list(range(5))
     records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, md[0].partition)], 5)
@@ -95,8 +99,7 @@ def test_send_batch_list_numpy_and_keyed(shared_daemon: Daemon, topic: str) -> N
     records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 0)], 13)
     assert [r.value for r in records[:3]] == [b"a", b"bb", b"ccc"]
     assert [r.value for r in records[3:13]] == [bytes(row) for row in arr]
-    got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, p) for p in range(3)],
-                      43)
+    got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, p) for p in range(3)], 43)
     assert sorted(r.value for r in got if r.key) == sorted(b"v%d" % i for i in range(30))
 
 
@@ -109,7 +112,7 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(
             p.send(topic, "text")
         with pytest.raises(EngineError, match="key must be bytes-like"):
             p.send(topic, b"v", key=42)
-        with pytest.raises(RecordTooLargeError, match="max.message.bytes"):
+        with pytest.raises(RecordTooLargeError, match=r"max\.message\.bytes"):
             p.send(topic, b"x" * (2 << 20))
         with pytest.raises(UnknownTopicError, match="no-such-topic"):
             p.send("no-such-topic", b"v")
@@ -122,9 +125,9 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(
         Producer(shared_daemon.data_dir, linger=5)
     with pytest.raises(ConfigError, match="acks"):
         Producer(shared_daemon.data_dir, acks=2)
-    with pytest.raises(ConfigError, match="retention.msx"):
+    with pytest.raises(ConfigError, match=r"retention\.msx"):
         admin.create_topic("x-bad-config", config={"retention.msx": 1})
-    with pytest.raises(ConfigError, match="segment.bytes"):
+    with pytest.raises(ConfigError, match=r"segment\.bytes"):
         admin.create_topic("x-bad-config", config={"segment.bytes": "big"})
     with pytest.raises(TopicExistsError):
         admin.create_topic(topic)
@@ -142,8 +145,11 @@ def test_describe_and_list_and_delete(shared_daemon: Daemon, admin: Admin) -> No
         for _ in range(3):
             p.send(name, b"z", partition=1)
     d = admin.describe_topic(name)
-    assert (d.partitions[1].log_start_offset, d.partitions[1].log_end_offset,
-            d.partitions[1].high_watermark) == (0, 3, 3)
+    assert (
+        d.partitions[1].log_start_offset,
+        d.partitions[1].log_end_offset,
+        d.partitions[1].high_watermark,
+    ) == (0, 3, 3)
     assert name in admin.list_topics()
     admin.delete_topic(name)
     assert name not in admin.list_topics()
@@ -160,8 +166,11 @@ def test_consumer_reads_old_records_from_segments_then_the_ring(
     """A 64 KiB ring wraps many times; a consumer from offset 0 reads the segments
     by mmap, then catches up in shared memory, through the same poll()."""
     name = f"s-{uuid.uuid4().hex[:8]}"
-    admin.create_topic(name, partitions=1, config={
-        "ring.bytes": 1 << 16, "max.message.bytes": 8192, "segment.bytes": 1 << 18})
+    admin.create_topic(
+        name,
+        partitions=1,
+        config={"ring.bytes": 1 << 16, "max.message.bytes": 8192, "segment.bytes": 1 << 18},
+    )
     n = 20_000
     with Producer(shared_daemon.data_dir) as p:
         for i in range(n):
@@ -183,16 +192,22 @@ def test_many_producer_processes_one_partition_each_record_once_in_order(
     shared_daemon: Daemon, admin: Admin
 ) -> None:
     name = f"m-{uuid.uuid4().hex[:8]}"
-    admin.create_topic(name, partitions=1, config={"ring.bytes": 1 << 20, "max.message.bytes": 65536})
+    admin.create_topic(
+        name, partitions=1, config={"ring.bytes": 1 << 20, "max.message.bytes": 65536}
+    )
     producers, count = 4, 3000
-    procs = [SPAWN.Process(target=client_procs.produce_numbered,
-                           args=(str(shared_daemon.data_dir), name, i, count))
-             for i in range(producers)]
+    procs = [
+        SPAWN.Process(
+            target=client_procs.produce_numbered, args=(str(shared_daemon.data_dir), name, i, count)
+        )
+        for i in range(producers)
+    ]
     for proc in procs:
         proc.start()
     try:
-        records = consume_all(shared_daemon.data_dir, [TopicPartition(name, 0)],
-                              producers * count, timeout=90)
+        records = consume_all(
+            shared_daemon.data_dir, [TopicPartition(name, 0)], producers * count, timeout=90
+        )
         for proc in procs:
             proc.join(30)
             assert proc.exitcode == 0
@@ -237,14 +252,37 @@ def test_public_names_are_exported() -> None:
     import engine
 
     assert sorted(engine.__all__) == sorted(
-        ["Admin", "BatchResult", "BufferFullError", "ClosedError", "ConfigError", "Consumer",
-         "CorruptRecordError", "DaemonAlreadyRunningError", "DaemonNotRunningError",
-         "EngineError", "EngineTimeoutError", "FencedError", "InvalidTopicError",
-         "NotEnoughReplicasError", "NotLeaderError", "OffsetOutOfRangeError",
-         "PartitionDescription", "PartitionOutOfRangeError", "Producer", "Record",
-         "RecordFuture", "RecordMetadata", "RecordTooLargeError", "RecordTypeError",
-         "TopicDescription", "TopicExistsError", "TopicPartition", "UnknownTopicError",
-         "__version__"]
+        [
+            "Admin",
+            "BatchResult",
+            "BufferFullError",
+            "ClosedError",
+            "ConfigError",
+            "Consumer",
+            "CorruptRecordError",
+            "DaemonAlreadyRunningError",
+            "DaemonNotRunningError",
+            "EngineError",
+            "EngineTimeoutError",
+            "FencedError",
+            "InvalidTopicError",
+            "NotEnoughReplicasError",
+            "NotLeaderError",
+            "OffsetOutOfRangeError",
+            "PartitionDescription",
+            "PartitionOutOfRangeError",
+            "Producer",
+            "Record",
+            "RecordFuture",
+            "RecordMetadata",
+            "RecordTooLargeError",
+            "RecordTypeError",
+            "TopicDescription",
+            "TopicExistsError",
+            "TopicPartition",
+            "UnknownTopicError",
+            "__version__",
+        ]
     )
     for name in engine.__all__:
         obj = getattr(engine, name)

@@ -19,8 +19,11 @@ def consume(data_dir: Path, topic: str, partition: int, expect: int) -> list:
     with Consumer(data_dir=data_dir, auto_offset_reset="earliest") as c:
         c.assign([TopicPartition(topic, partition)])
         out: list = []
-        wait_for(lambda: out.extend(c.poll(timeout=0.2, max_records=100_000)) or len(out) >= expect,
-                 timeout=30, what=f"{expect} records of {topic}-{partition}")
+        wait_for(
+            lambda: out.extend(c.poll(timeout=0.2, max_records=100_000)) or len(out) >= expect,
+            timeout=30,
+            what=f"{expect} records of {topic}-{partition}",
+        )
         return out
 
 
@@ -92,8 +95,10 @@ def test_kill_9_of_a_broker_loses_no_record(daemon: Daemon) -> None:
         for i in range(5000, 6000):
             p.send("crash", struct.pack("<I", i), partition=0)
     # The daemon restarts the broker, which resumes the ring where the log ends.
-    wait_for(lambda: daemon.runtime()["processes"][f"broker-{leader}"] != pid,
-             what="the daemon to restart the broker")
+    wait_for(
+        lambda: daemon.runtime()["processes"][f"broker-{leader}"] != pid,
+        what="the daemon to restart the broker",
+    )
     got = consume(daemon.data_dir, "crash", 0, 6000)
     assert [r.offset for r in got] == list(range(6000))
     assert [struct.unpack("<I", r.value)[0] for r in got] == list(range(6000))
@@ -123,14 +128,23 @@ def test_a_torn_segment_tail_is_cut_at_the_last_intact_record(daemon: Daemon) ->
 
 def test_retention_by_size_deletes_old_segments(daemon: Daemon) -> None:
     with Admin(daemon.data_dir) as admin:
-        admin.create_topic("ret", partitions=1, config={
-            "segment.bytes": 16384, "retention.bytes": 32768, "ring.bytes": 1 << 16,
-            "max.message.bytes": 4096})
+        admin.create_topic(
+            "ret",
+            partitions=1,
+            config={
+                "segment.bytes": 16384,
+                "retention.bytes": 32768,
+                "ring.bytes": 1 << 16,
+                "max.message.bytes": 4096,
+            },
+        )
         with Producer(daemon.data_dir) as p:
             for i in range(3000):
                 p.send("ret", b"%05d" % i + b"r" * 80, partition=0)
-        wait_for(lambda: admin.describe_topic("ret").partitions[0].log_start_offset > 0,
-                 what="retention to advance the log start offset")
+        wait_for(
+            lambda: admin.describe_topic("ret").partitions[0].log_start_offset > 0,
+            what="retention to advance the log start offset",
+        )
         start = admin.describe_topic("ret").partitions[0].log_start_offset
     with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
         c.assign([TopicPartition("ret", 0)])

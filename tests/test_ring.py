@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 import ring_procs
-
 from engine._native import ffi
+
 from engine.errors import BufferFullError, RecordTooLargeError
 from engine.record import RecordDecoder
 from engine.ring import (
@@ -181,8 +181,10 @@ def test_many_producer_processes_on_one_ring_every_record_once_in_order(
     exactly once, each producer's in its order, at dense offsets."""
     ring = Ring.create(ring_name, 1 << 18)
     producers, count = 4, 5000
-    procs = [SPAWN.Process(target=ring_procs.produce, args=(ring_name, p, count, batch))
-             for p in range(producers)]
+    procs = [
+        SPAWN.Process(target=ring_procs.produce, args=(ring_name, p, count, batch))
+        for p in range(producers)
+    ]
     for p in procs:
         p.start()
     try:
