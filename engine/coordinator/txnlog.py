@@ -450,7 +450,8 @@ class TxnLog:
                 await loop.run_in_executor(self._executor, self._write, items)
                 self.durable_zxid = last
                 self._on_durable(last)
-        except BaseException as exc:  # a failed fsync: nothing later may be acknowledged
+        except Exception as exc:  # noqa: BLE001 - any failure to persist is fatal: nothing
+            # later may be acknowledged, so the server stops
             self._failed = exc
             self._on_error(exc)
         finally:
