@@ -63,6 +63,7 @@ from dataclasses import dataclass
 
 from engine.coordinator.errors import JuteError
 from engine.coordinator.jute import (
+    Acl,
     Reader,
     encode_acls,
     encode_buffer,
@@ -193,11 +194,15 @@ def encode_snapshot(tree: DataTree, sessions: dict[int, tuple[bytes, int]]) -> b
         parts.append(encode_long(session_id) + encode_buffer(passwd) + encode_int(timeout_ms))
     parts.append(encode_int(len(tree.nodes)))
     node_struct = _SNAPSHOT_NODE
+    acl_bytes: dict[tuple[Acl, ...], bytes] = {}  # most nodes share a handful of ACLs
     stack = ["/"]
     while stack:
         path = stack.pop()
         node = tree.nodes[path]
-        parts.append(encode_ustring(path) + encode_buffer(node.data) + encode_acls(node.acl))
+        acl = acl_bytes.get(node.acl)
+        if acl is None:
+            acl = acl_bytes[node.acl] = encode_acls(node.acl)
+        parts.append(encode_ustring(path) + encode_buffer(node.data) + acl)
         parts.append(node_struct.pack(node.czxid, node.mzxid, node.ctime, node.mtime,
                                       node.version, node.cversion, node.aversion,
                                       node.ephemeral_owner, node.pzxid))

@@ -204,3 +204,43 @@ def test_second_coordinator_on_the_same_data_dir_refuses(
     with pytest.raises(AssertionError, match="exited early"):
         other.start()
     assert "another coordinator holds the data dir" in other.log_text()
+
+
+def test_serve_runs_in_process_and_stops_on_request(tmp_path: Path) -> None:
+    import asyncio
+
+    from engine.coordinator.server import serve
+
+    port_file = tmp_path / "port"
+    result: list[int] = []
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    stop_box: list[asyncio.Event] = []
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop_box.append(asyncio.get_running_loop())
+        stop_box.append(stop)
+        result.append(await serve(str(tmp_path / "data"), port_file=str(port_file),
+                                  stop=stop))
+
+    thread = threading.Thread(target=lambda: asyncio.run(run()))
+    thread.start()
+    try:
+        wait_until(port_file.exists, 15, "the port file")
+        client = new_client(f"127.0.0.1:{int(port_file.read_text())}")
+        try:
+            client.create("/in-process", b"yes")
+        finally:
+            stop_client(client)
+    finally:
+        wait_until(lambda: stop_box, 15, "the server to start")
+        loop_box[0].call_soon_threadsafe(stop_box[0].set)
+        thread.join(15)
+    assert result == [0]
+    assert stat.S_IMODE(port_file.stat().st_mode) == 0o600
+
+
+def test_main_rejects_a_bad_tick(tmp_path: Path) -> None:
+    from engine.coordinator import main
+
+    assert main(["--data-dir", str(tmp_path), "--tick-ms", "0"]) == 2

@@ -235,3 +235,25 @@ def test_raw_writes_fire_kazoo_watches(server: ServerProcess, chroot: str,
     finally:
         raw.close()
     assert recorder.wait(1) == [("CHANGED", "/mixed")]
+
+
+def test_remove_watches_and_check_watches(server: ServerProcess, chroot: str,
+                                          zk: KazooClient) -> None:
+    from engine.coordinator.jute import RemoveWatchesRequest, WatcherType
+
+    zk.create("/rm", b"")
+    client = RawClient(server.port)
+    try:
+        path = f"{chroot}/rm"
+        assert client.call(OpCode.GET_DATA, WatchRequest(path, True))[0] == 0
+        check = RemoveWatchesRequest(path, WatcherType.DATA)
+        assert client.call(OpCode.CHECK_WATCHES, check)[0] == 0
+        assert client.call(OpCode.CHECK_WATCHES,
+                           RemoveWatchesRequest(path, WatcherType.CHILDREN))[0] == -121
+        assert client.call(OpCode.REMOVE_WATCHES, check)[0] == 0
+        assert client.call(OpCode.CHECK_WATCHES, check)[0] == -121  # NoWatcher
+        zk.set("/rm", b"x")
+        client.poll_events(0.3)
+        assert [e for e in client.events if e[0] != EventType.DATA_WATCH_REMOVED] == []
+    finally:
+        client.close()
