@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from engine.cluster import ClusterView
 from engine.errors import (
     ClosedError,
@@ -30,10 +32,9 @@ from engine.errors import (
 )
 from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition
-from engine.ring import OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring
+from engine.ring import OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
 
 _RESETS = ("earliest", "latest", "none")
-MULTI_WAIT_SLICE_S = 0.002
 
 
 @dataclass
@@ -90,7 +91,7 @@ class Consumer:
         self._order: list[TopicPartition] = []
         self._next = 0
         self._buf = bytearray(max(fetch_max_bytes, 1 << 16))
-        self._decoder = RecordDecoder(max(max_poll_records, 1024))
+        self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
         if topics:
@@ -193,20 +194,48 @@ class Consumer:
 
     def poll(self, timeout: float = 0.0, max_records: int | None = None) -> list[Record]:
         """Records from the assigned partitions, waiting up to ``timeout`` seconds for any."""
+        return self._poll(timeout, max_records, None)
+
+    def poll_values(
+        self, value_size: int, timeout: float = 0.0, max_records: int | None = None
+    ) -> list[np.ndarray[Any, Any]]:
+        """The fast path for fixed-size records: values only, as numpy arrays.
+
+        Returns a list of ``(n, value_size)`` uint8 arrays (one per fetched chunk; view
+        them as your record dtype). Every value must be exactly ``value_size`` bytes
+        (CorruptRecordError otherwise). Positions advance exactly as with poll().
+        """
+        if value_size < 1:
+            raise ConfigError(f"value_size must be >= 1: value_size={value_size!r}")
+        return self._poll(timeout, max_records, value_size)
+
+    def _poll(self, timeout: float, max_records: int | None, value_size: int | None) -> list[Any]:
         self._check_open()
         limit = max_records or self.max_poll_records
         deadline = time.monotonic() + timeout
         while True:
-            out: list[Record] = []
+            out: list[Any] = []
+            got = 0
             n = len(self._order)
             for i in range(n):
-                if len(out) >= limit:
+                if got >= limit:
                     break
                 f = self._fetches[self._order[(self._next + i) % n]]
-                out += self._fetch_records(f, limit - len(out))
+                data = self._next_chunk(f)
+                if not data:
+                    continue
+                if value_size is None:
+                    records = self._take_records(f, data, limit - got)
+                    out += records
+                    got += len(records)
+                else:
+                    values = self._take_values(f, data, limit - got, value_size)
+                    if len(values):
+                        out.append(values)
+                        got += len(values)
             if n:
                 self._next = (self._next + 1) % n
-            if out or n == 0:
+            if got or n == 0:
                 return out
             left = deadline - time.monotonic()
             if left <= 0:
@@ -222,58 +251,66 @@ class Consumer:
             assert f.cursor is not None
             f.ring.wait(f.cursor, min(left, 0.5))
             return
-        slice_s = min(left, MULTI_WAIT_SLICE_S)
-        for f in waiting:
-            assert f.cursor is not None
-            if f.ring.wait(f.cursor, slice_s / len(waiting)):
-                return
+        wait_any([(f.ring, f.cursor) for f in waiting if f.cursor is not None], min(left, 0.5))
 
-    def _fetch_records(self, f: _Fetch, limit: int) -> list[Record]:
+    def _next_chunk(self, f: _Fetch) -> bytes:
+        """The next bytes of whole batches for f: left over, from the ring, or from segments."""
         if f.offset < 0 or f.out_of_range:
             self._reset(f)
         if f.pending:
-            return self._decode(f, f.pending, limit)
+            data, f.pending = f.pending, b""
+            return data
         if f.cursor is None:
             f.cursor = f.ring.seek(f.offset)
             if f.cursor is None:
-                return self._fetch_from_log(f, limit)
+                return self._chunk_from_log(f)
         while True:
             code, n = f.ring.read(f.cursor, self._buf)
             if code == OK:
-                return self._decode(f, bytes(memoryview(self._buf)[:n]), limit)
+                return bytes(memoryview(self._buf)[:n])
             if code == OUT_TOO_SMALL:
                 self._buf = bytearray(max(n, 2 * len(self._buf)))
                 continue
             if code == OVERWRITTEN:
                 f.cursor = None
-                return self._fetch_from_log(f, limit)
+                return self._chunk_from_log(f)
             # EMPTY: caught up. A sealed ring means the leader's ring was replaced.
             if f.ring.status().sealed:
                 self._reopen(f)
-            return []
+            return b""
 
-    def _fetch_from_log(self, f: _Fetch, limit: int) -> list[Record]:
+    def _chunk_from_log(self, f: _Fetch) -> bytes:
         upper = f.ring.status().drain_offset
         if f.offset >= upper:
-            return []
+            return b""
         try:
             data = f.reader.read(f.offset, self.fetch_max_bytes, upper)
         except OffsetOutOfRangeError:
             if self.auto_offset_reset == "none":
                 raise
             self._reset(f)
-            return []
+            return b""
         if not data:
             f.offset = upper  # offsets below the drain point that no segment holds: a gap
-            return []
-        return self._decode(f, data, limit)
+        return data
 
-    def _decode(self, f: _Fetch, data: bytes, limit: int) -> list[Record]:
+    def _take_records(self, f: _Fetch, data: bytes, limit: int) -> list[Record]:
         records, consumed = self._decoder.decode(data, f.tp.topic, f.tp.partition, f.offset, limit)
         if records:
             f.offset = records[-1].offset + 1
         f.pending = data[consumed:] if records and consumed < len(data) else b""
         return records
+
+    def _take_values(
+        self, f: _Fetch, data: bytes, limit: int, value_size: int
+    ) -> np.ndarray[Any, Any]:
+        values, last, consumed = self._decoder.decode_values(
+            data, f.tp.topic, f.tp.partition, f.offset, limit, value_size
+        )
+        if len(values):
+            f.offset = last + 1
+        f.pending = data[consumed:] if len(values) and consumed < len(data) else b""
+        return values
 
     def _reopen(self, f: _Fetch) -> None:
         try:

@@ -174,6 +174,36 @@ class RecordDecoder:
         return out, int(self._consumed[0])
 
 
+    def decode_values(
+        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int,
+        value_size: int,
+    ) -> tuple[np.ndarray[Any, Any], int, int]:
+        """Values only, as an (n, value_size) uint8 array: (values, last offset, bytes used)."""
+        limit = min(max_records, self._capacity)
+        code = lib.engine_batch_decode(
+            data, len(data), min_offset, self._infos, limit, self._count, self._consumed
+        )
+        n = int(self._count[0])
+        if code == 2 and n == 0:
+            raise CorruptRecordError(
+                f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"
+            )
+        infos = self._view[:n]
+        if n and (infos["value_length"] != value_size).any():
+            bad = int(infos["value_length"][infos["value_length"] != value_size][0])
+            raise CorruptRecordError(
+                f"poll_values expects {value_size}-byte values: topic={topic} "
+                f"partition={partition} found a value of {bad} bytes"
+            )
+        values = np.empty((n, value_size), dtype=np.uint8)
+        if n:
+            lib.engine_batch_copy_values(
+                data, self._infos, n, value_size, ffi.from_buffer("uint8_t[]", values)
+            )
+        last = int(infos["offset"][-1]) if n else -1
+        return values, last, int(self._consumed[0])
+
+
 def pack_values(values: Sequence[Any]) -> tuple[bytes, Any]:
     """Concatenate a list of bytes-like values: (blob, int32 lengths)."""
     try:

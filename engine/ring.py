@@ -403,6 +403,22 @@ class Ring:
         )
 
 
+def wait_any(waits: Sequence[tuple[Ring, Cursor]], timeout_s: float) -> int:
+    """Block until one of the rings is readable at its cursor: its index, or -1 on timeout."""
+    n = len(waits)
+    if n > 128:
+        for i, (ring, cursor) in enumerate(waits):
+            if ring.wait(cursor, timeout_s / n):
+                return i
+        return -1
+    regions = ffi.new("void *[]", [ring._ptr() for ring, _ in waits])
+    cursors = ffi.new("engine_cursor_t[]", n)
+    for i, (_, cursor) in enumerate(waits):
+        cursors[i] = cursor._c[0]
+    result = lib.engine_ring_wait_any(regions, cursors, n, int(timeout_s * 1e9))
+    return int(result) if result >= 0 else -1
+
+
 def producer_fields(
     producer_id: int = -1,
     producer_epoch: int = -1,

@@ -273,3 +273,10 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
     *consumed = pos;
     return code == ENGINE_BATCH_TRUNCATED && pos < length ? ENGINE_BATCH_TRUNCATED : code;
 }
+
+void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                              int32_t count, int32_t value_size, uint8_t *out) {
+    for (int32_t i = 0; i < count; i++)
+        memcpy(out + (size_t)i * (size_t)value_size, buf + infos[i].value_position,
+               (size_t)value_size);
+}

@@ -153,4 +153,9 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed);
 
+/* Copies the values of count decoded records, each value_size bytes, back to back
+ * into out (the caller checked every value_length == value_size). */
+void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                              int32_t count, int32_t value_size, uint8_t *out);
+
 #endif

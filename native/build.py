@@ -66,6 +66,8 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
+int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
+                         int64_t timeout_ns);
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
 int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
 void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
@@ -75,12 +77,16 @@ void engine_ring_status(void *region, engine_ring_status_t *out);
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 int32_t engine_murmur2(const void *data, int32_t length);
+void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                           int32_t count, int32_t partitions, int32_t *out);
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned);
 int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed);
+void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                              int32_t count, int32_t value_size, uint8_t *out);
 """
 
 ffi = FFI()

@@ -84,3 +84,16 @@ int32_t engine_murmur2(const void *data, int32_t length) {
     h ^= h >> 15;
     return (int32_t)h;
 }
+
+/* Kafka's partition for each of count keys: (murmur2(key) & 0x7fffffff) % partitions.
+ * keys are back to back, with key_lengths[i] bytes each, or key_stride bytes each
+ * when key_lengths is NULL. */
+void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                           int32_t count, int32_t partitions, int32_t *out) {
+    const char *k = keys;
+    for (int32_t i = 0; i < count; i++) {
+        int32_t length = key_lengths ? key_lengths[i] : key_stride;
+        out[i] = (engine_murmur2(k, length) & 0x7FFFFFFF) % partitions;
+        k += length;
+    }
+}

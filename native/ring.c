@@ -565,6 +565,74 @@ int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stam
     }
 }
 
+/* futex_waitv (Linux 5.16+): sleep on several rings' publish words at once. */
+struct engine_futex_waitv {
+    uint64_t val;
+    uint64_t uaddr;
+    uint32_t flags;
+    uint32_t reserved;
+};
+#define ENGINE_SYS_FUTEX_WAITV 449
+#define ENGINE_FUTEX2_SIZE_U32 0x02
+#define ENGINE_WAIT_ANY_MAX 128
+
+int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
+                         int64_t timeout_ns) {
+    if (count < 1 || count > ENGINE_WAIT_ANY_MAX) return -ENGINE_RING_BAD_ARGUMENT;
+    for (int spin = 0; spin <= SPIN_LIMIT; spin++) {
+        for (int32_t i = 0; i < count; i++)
+            if (readable(regions[i], header_of(regions[i]), cursors[i].position)) return i;
+        if (timeout_ns <= 0) return -ENGINE_RING_TIMEOUT;
+        engine_cpu_relax();
+    }
+    struct engine_futex_waitv waiters[ENGINE_WAIT_ANY_MAX];
+    int64_t deadline = now_ns() + timeout_ns;
+    for (;;) {
+        int stalled = 0, ready = -1;
+        for (int32_t i = 0; i < count; i++) {
+            struct engine_ring_header *h = header_of(regions[i]);
+            engine_fetch_add_u32(&h->publish_waiters, 1);
+            engine_fence();
+            waiters[i].val = engine_load_acquire_u32(&h->publish_seq);
+            waiters[i].uaddr = (uint64_t)(uintptr_t)&h->publish_seq;
+            waiters[i].flags = ENGINE_FUTEX2_SIZE_U32;
+            waiters[i].reserved = 0;
+        }
+        for (int32_t i = 0; i < count && ready < 0; i++) {
+            struct engine_ring_header *h = header_of(regions[i]);
+            if (readable(regions[i], h, cursors[i].position)) {
+                ready = i;
+                break;
+            }
+            tail_view_t v;
+            read_tail(h, &v);
+            if (cursors[i].position < v.position) stalled = 1;
+        }
+        int64_t now = now_ns();
+        if (ready < 0 && now < deadline) {
+            int64_t until = deadline;
+            if (stalled && until - now > REAP_CHECK_NS) until = now + REAP_CHECK_NS;
+            struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
+            long rc = syscall(ENGINE_SYS_FUTEX_WAITV, waiters, (unsigned)count, 0, &ts,
+                              CLOCK_MONOTONIC);
+            if (rc == -1 && errno == ENOSYS) {
+                /* An older kernel: sleep on the first ring in short slices. */
+                int64_t slice = until - now < 1000000 ? until - now : 1000000;
+                futex_wait(&header_of(regions[0])->publish_seq, (uint32_t)waiters[0].val, slice);
+            }
+        }
+        for (int32_t i = 0; i < count; i++)
+            engine_fetch_sub_u32(&header_of(regions[i])->publish_waiters, 1);
+        if (ready >= 0) return ready;
+        for (int32_t i = 0; i < count; i++) {
+            struct engine_ring_header *h = header_of(regions[i]);
+            if (readable(regions[i], h, cursors[i].position)) return i;
+            if (stalled && try_reap(regions[i], h, cursors[i].position)) return i;
+        }
+        if (now_ns() >= deadline) return -ENGINE_RING_TIMEOUT;
+    }
+}
+
 /* ---- seek, drain, control, status -------------------------------------- */
 
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor) {

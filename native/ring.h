@@ -304,6 +304,11 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
  * reaping torn claims on the way. timeout_ns 0: do not wait. */
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
 
+/* Wait until any of count rings (at most 128) is readable at its cursor; returns
+ * its index, or minus a ring code (TIMEOUT). Sleeps with futex_waitv. */
+int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
+                         int64_t timeout_ns);
+
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
@@ -329,5 +334,9 @@ uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 
 /* Kafka's murmur2 partitioner hash (as org.apache.kafka.common.utils.Utils). */
 int32_t engine_murmur2(const void *data, int32_t length);
+
+/* Kafka's partition of each of count keys (see hash.c). */
+void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                           int32_t count, int32_t partitions, int32_t *out);
 
 #endif

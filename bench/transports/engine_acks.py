@@ -1,0 +1,149 @@
+"""The engine itself, once per acknowledgement mode.
+
+The suite starts one daemon (coordinator + 3 brokers) in its work dir and
+stops it at the end; every run gets a fresh topic with ``spec.partitions``
+partitions. Producers use ``Producer.send`` per record and ``send_batch`` with
+the numpy batch (keyed by device id, so records land where Kafka would put
+them); consumers split the partitions between them and read with
+``Consumer.poll_values``, which hands back numpy arrays of the fixed-size
+records instead of one Python object per record.
+"""
+
+from __future__ import annotations
+
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.transports.base import Consumer, Producer, RunSpec, Transport, Unsupported, register
+
+RING_BYTES = 64 << 20
+
+
+class EngineProducer(Producer):
+    def __init__(self, producer: Any, topic: str) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._send = producer.send
+
+    def send(self, value: bytes, key: bytes) -> None:
+        self._send(self.topic, value, key=key)
+
+    def send_batch(self, values: np.ndarray, keys: np.ndarray) -> None:
+        self.producer.send_batch(self.topic, values, keys=keys)
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+class EngineConsumer(Consumer):
+    def __init__(self, consumer: Any, spec: RunSpec) -> None:
+        self.consumer = consumer
+        self.size = spec.record_size
+        self.dtype = spec.dtype
+
+    def poll(self, timeout_s: float) -> list[Any]:
+        chunks = self.consumer.poll_values(self.size, timeout=timeout_s, max_records=65536)
+        return [chunk.view(self.dtype).reshape(-1) for chunk in chunks]
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class _Engine(Transport):
+    """A daemon with 3 brokers; subclasses choose the acknowledgement mode."""
+
+    acks: ClassVar[int | str] = 1
+    replication: ClassVar[int] = 1
+    order = 1
+    parent_only = ("_admin",)
+
+    def open(self, workdir: Path) -> None:
+        from engine import daemon
+        from engine.datadir import DataDir
+
+        self.data_dir = str(workdir / "engine")
+        daemon.start_background(DataDir.resolve(self.data_dir), brokers=3, coordinator=None)
+        self._admin: Any = None
+
+    def close(self) -> None:
+        from engine import daemon
+        from engine.datadir import DataDir
+
+        admin = getattr(self, "_admin", None)
+        if admin is not None:
+            admin.close()
+        if hasattr(self, "data_dir"):
+            daemon.stop(DataDir.resolve(self.data_dir))
+
+    def _admin_client(self) -> Any:
+        from engine import Admin
+
+        if getattr(self, "_admin", None) is None:
+            self._admin = Admin(self.data_dir)
+        return self._admin
+
+    def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:
+        if self.replication > 1:
+            raise Unsupported(
+                f"acks='all' with replication {self.replication} needs replicated partitions "
+                "(the replication issue); not measured yet"
+            )
+        self.topic = f"bench-{spec.run_id}"
+        self._admin_client().create_topic(
+            self.topic,
+            partitions=spec.partitions,
+            config={"ring.bytes": RING_BYTES, "max.message.bytes": 1 << 20},
+        )
+
+    def finish(self) -> None:
+        topic = getattr(self, "topic", None)
+        if topic is not None:
+            self._admin_client().delete_topic(topic)
+            self.topic = None
+
+    def producer(self, spec: RunSpec, index: int) -> Producer:
+        from engine import Producer as EngineProducerClient
+
+        return EngineProducer(EngineProducerClient(self.data_dir, acks=self.acks), self.topic)
+
+    def consumer(self, spec: RunSpec, index: int) -> Consumer:
+        from engine import Consumer as EngineConsumerClient
+        from engine import TopicPartition
+
+        c = EngineConsumerClient(data_dir=self.data_dir, auto_offset_reset="earliest")
+        c.assign(
+            [TopicPartition(self.topic, p) for p in range(spec.partitions)
+             if p % spec.consumers == index]
+        )
+        return EngineConsumer(c, spec)
+
+
+@register
+class EngineAcks0(_Engine):
+    name = "engine-acks0"
+    description = "engine, acks=0: buffered in the producer, appended by a background thread"
+    acks = 0
+    order = 0
+
+
+@register
+class EngineAcks1(_Engine):
+    name = "engine-acks1"
+    description = "engine, acks=1: appended into the leader's shared-memory ring"
+    acks = 1
+    order = 1
+
+
+@register
+class EngineAcksAll(_Engine):
+    name = "engine-acks-all-r3"
+    description = "engine, acks='all' with replication 3 (needs the replication issue)"
+    acks = "all"
+    replication = 3
+    order = 2
