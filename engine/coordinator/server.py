@@ -59,11 +59,13 @@ from engine.coordinator.tree import (
     TTL_OWNER_BASE,
     CloseSessionTxn,
     CreateSessionTxn,
+    CreateTxn,
     DataTree,
     DeleteTxn,
     Event,
     Identity,
     MultiTxn,
+    SetDataTxn,
     Txn,
     UndoLog,
     check_acl,
@@ -514,15 +516,15 @@ class Coordinator:
         return self._write_result(op, txn)
 
     def _write_result(self, op: int, txn: Txn) -> bytes:
-        if op == OpCode.CREATE:
-            assert hasattr(txn, "path")
-            return jute.encode_ustring(txn.path)
-        if op in (OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL):
-            path: str = getattr(txn, "path")  # noqa: B009 - every create txn has a path
-            return jute.encode_ustring(path) + jute.encode_stat(self.tree.nodes[path].stat())
-        if op == OpCode.SET_DATA:
-            path = getattr(txn, "path")  # noqa: B009
-            return jute.encode_stat(self.tree.nodes[path].stat())
+        """The result body of a write: create's path (create2 adds the stat), setData's
+        stat, nothing for delete and check."""
+        if isinstance(txn, CreateTxn):
+            body = jute.encode_ustring(txn.path)
+            if op != OpCode.CREATE:
+                body += jute.encode_stat(self.tree.nodes[txn.path].stat())
+            return body
+        if isinstance(txn, SetDataTxn):
+            return jute.encode_stat(self.tree.nodes[txn.path].stat())
         return b""
 
     def _multi(self, conn: Connection, session: Session, op: int, record: Record) -> bytes:
