@@ -5,32 +5,83 @@ them directly; broker processes drain them into durable segment files; a
 ZooKeeper-compatible coordinator holds the cluster's state.
 """
 
-from engine.admin import Admin, PartitionDescription, TopicDescription
-from engine.consumer import Consumer
-from engine.errors import (
-    BufferFullError,
-    ClosedError,
-    ConfigError,
-    CorruptRecordError,
-    DaemonAlreadyRunningError,
-    DaemonNotRunningError,
-    EngineError,
-    EngineTimeoutError,
-    FencedError,
-    InvalidTopicError,
-    NotEnoughReplicasError,
-    NotLeaderError,
-    OffsetOutOfRangeError,
-    PartitionOutOfRangeError,
-    RecordTooLargeError,
-    RecordTypeError,
-    TopicExistsError,
-    UnknownTopicError,
-)
-from engine.producer import BatchResult, Producer, RecordFuture
-from engine.record import Record, RecordMetadata, TopicPartition
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 562)
+    from engine.admin import Admin, PartitionDescription, TopicDescription
+    from engine.consumer import Consumer
+    from engine.errors import (
+        BufferFullError,
+        ClosedError,
+        ConfigError,
+        CorruptRecordError,
+        DaemonAlreadyRunningError,
+        DaemonNotRunningError,
+        EngineError,
+        EngineTimeoutError,
+        FencedError,
+        InvalidTopicError,
+        NotEnoughReplicasError,
+        NotLeaderError,
+        OffsetOutOfRangeError,
+        PartitionOutOfRangeError,
+        RecordTooLargeError,
+        RecordTypeError,
+        TopicExistsError,
+        UnknownTopicError,
+    )
+    from engine.producer import BatchResult, Producer, RecordFuture
+    from engine.record import Record, RecordMetadata, TopicPartition
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Importing `engine` stays cheap, so that the
+# coordinator and broker processes load only what they use.
+_EXPORTS: dict[str, str] = {
+    "Admin": "engine.admin",
+    "BatchResult": "engine.producer",
+    "BufferFullError": "engine.errors",
+    "ClosedError": "engine.errors",
+    "ConfigError": "engine.errors",
+    "Consumer": "engine.consumer",
+    "CorruptRecordError": "engine.errors",
+    "DaemonAlreadyRunningError": "engine.errors",
+    "DaemonNotRunningError": "engine.errors",
+    "EngineError": "engine.errors",
+    "EngineTimeoutError": "engine.errors",
+    "FencedError": "engine.errors",
+    "InvalidTopicError": "engine.errors",
+    "NotEnoughReplicasError": "engine.errors",
+    "NotLeaderError": "engine.errors",
+    "OffsetOutOfRangeError": "engine.errors",
+    "PartitionDescription": "engine.admin",
+    "PartitionOutOfRangeError": "engine.errors",
+    "Producer": "engine.producer",
+    "Record": "engine.record",
+    "RecordFuture": "engine.producer",
+    "RecordMetadata": "engine.record",
+    "RecordTooLargeError": "engine.errors",
+    "RecordTypeError": "engine.errors",
+    "TopicDescription": "engine.admin",
+    "TopicExistsError": "engine.errors",
+    "TopicPartition": "engine.record",
+    "UnknownTopicError": "engine.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Admin",

@@ -41,7 +41,8 @@ from engine.ring import unlink
 
 log = logging.getLogger("engine.broker")
 
-RECONCILE_EVERY_S = 1.0
+# Watches trigger every pass; this periodic pass is only a safety net.
+RECONCILE_EVERY_S = 30.0
 
 ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
 
@@ -119,6 +120,7 @@ class Broker:
     def run(self) -> None:
         make_private_dir(self.data_dir.broker_dir(self.broker_id))
         self.register()
+        self.zk.ensure_path(md.BROKER_TOPICS)  # a ChildrenWatch on a missing node never fires
         self.zk.ChildrenWatch(md.BROKER_TOPICS, self.poke, send_event=False)
         first = True
         self._wake.set()  # the first pass runs at once: election, then replicas

@@ -28,7 +28,7 @@ from engine.ring import EMPTY, FRAME_HEADER_LENGTH, OK, OUT_TOO_SMALL, OVERWRITT
 log = logging.getLogger("engine.replica")
 
 DRAIN_CHUNK = 1 << 20
-HOUSEKEEPING_S = 0.25
+HOUSEKEEPING_S = 1.0
 # Kafka's log.retention.check.interval.ms (default 5 min); ours is shorter, and the
 # environment can set it (tests do).
 RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) / 1000
