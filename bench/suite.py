@@ -339,7 +339,7 @@ def _measure_transport(
     workdir.mkdir()
     try:
         transport.open(workdir)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a transport that cannot start is reported, not fatal
         transport.close()
         reason = f"could not start: {_first_line(error)}"
         progress.step(f"{transport.name}: {reason}", count=False)
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None, print_: Callable[[str], None] = prin
     except KeyboardInterrupt:
         print_("interrupted")
         return 130
-    except Exception:
+    except Exception:  # noqa: BLE001 - the top level prints the traceback and exits 1
         traceback.print_exc()
         return 1
     table = report.markdown(rows, statuses, reference, settings)

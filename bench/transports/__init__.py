@@ -28,7 +28,7 @@ def discover() -> dict[str, type[Transport]]:
             continue
         try:
             importlib.import_module(f"{__name__}.{module.name}")
-        except Exception as error:  # a broken module must not stop the suite
+        except Exception as error:  # noqa: BLE001 - a broken module must not stop the suite
             lines = traceback.format_exception_only(type(error), error)
             BROKEN[module.name] = lines[-1].strip()
     return dict(sorted(REGISTRY.items(), key=lambda item: (item[1].order, item[0])))

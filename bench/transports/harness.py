@@ -278,7 +278,7 @@ def _producer_main(
         )
         done.wait(CLOSE_WAIT_S)
         producer.close()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the child reports any failure to the parent
         pipe.send({"error": traceback.format_exc()})
     finally:
         pipe.close()
@@ -355,7 +355,7 @@ def _consumer_main(
         if latency:
             report["latency_hdr"] = hdr.encode(hdr.from_latencies(latencies[:count]))
         pipe.send(report)
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - the child reports any failure to the parent
         pipe.send({"error": traceback.format_exc()})
     finally:
         pipe.close()

@@ -147,7 +147,7 @@ class RedisStreams(Transport):
             try:
                 self.admin.ping()
                 break
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001 - retried until the deadline
                 if self.server.poll() is not None or time.monotonic() > deadline:
                     log = directory / "redis.log"
                     tail = log.read_text()[-2000:] if log.exists() else ""
