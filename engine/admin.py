@@ -17,11 +17,9 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine import metadata as md
 from engine.cluster import ClusterView
-from engine.config import validate_topic_config, validate_topic_name
+from engine.config import validate_topic_name
 from engine.errors import (
-    ConfigError,
     EngineTimeoutError,
-    TopicExistsError,
     UnknownTopicError,
 )
 from engine.log import LogReader
@@ -68,39 +66,7 @@ class Admin:
         timeout: float = 30.0,
     ) -> TopicDescription:
         """Create a topic and wait until every partition's leader is ready."""
-        validate_topic_name(name)
-        full = validate_topic_config(config)
-        if not isinstance(partitions, int) or partitions < 1:
-            raise ConfigError(f"partitions must be an int >= 1: partitions={partitions!r}")
-        zk = self._cluster.zk
-        brokers = sorted(md.live_brokers(zk))
-        if not isinstance(replication, int) or not 1 <= replication <= max(len(brokers), 1):
-            raise ConfigError(
-                f"replication must be between 1 and the number of live brokers ({len(brokers)}): "
-                f"replication={replication!r}"
-            )
-        if replication > 1:
-            raise ConfigError(
-                "replication > 1 is not available yet (it comes with the replication issue): "
-                f"replication={replication}"
-            )
-        if zk.exists(f"{md.DELETE_TOPICS}/{name}"):
-            raise TopicExistsError(f"topic {name!r} is being deleted; try again shortly")
-        user_config = {k: full[k] for k in (config or {})}
-        assignment = md.TopicAssignment(
-            name, md.new_topic_id(), md.assign_replicas(brokers, partitions, replication)
-        )
-        zk.ensure_path(md.BROKER_TOPICS)
-        zk.ensure_path(md.CONFIG_TOPICS)
-        tx = zk.transaction()
-        tx.create(md.config_path(name), md.encode({"version": 1, "config": user_config}))
-        tx.create(md.topic_path(name), md.encode(assignment.to_json()))
-        results = tx.commit()
-        if any(isinstance(r, NodeExistsError) for r in results):
-            raise TopicExistsError(f"topic already exists: topic={name!r}")
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
+        md.create_topic(self._cluster.zk, name, partitions, replication, config)
         self._cluster.forget(name)
         self._cluster.refresh(name, wait_s=timeout)  # waits for leaders and rings
         return self.describe_topic(name)

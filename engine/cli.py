@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this ZooKeeper ensemble (HOST:PORT,...) instead of starting one",
     )
 
+    p.add_argument(
+        "--auto-create-topics",
+        action="store_true",
+        help="create an unknown topic on first use (Kafka's auto.create.topics.enable); "
+        "off by default",
+    )
+    p.add_argument(
+        "--num-partitions", type=int, default=1, help="partitions of auto-created topics"
+    )
+
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
 
@@ -113,14 +123,21 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.brokers < 1:
         print("engine: --brokers must be at least 1", file=sys.stderr)
         return 2
+    if args.num_partitions < 1:
+        print("engine: --num-partitions must be at least 1", file=sys.stderr)
+        return 2
+    cluster = {
+        "auto.create.topics.enable": args.auto_create_topics,
+        "num.partitions": args.num_partitions,
+    }
     if args.foreground:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
-        return daemon.Daemon(dd, args.brokers, args.coordinator).run()
+        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster).run()
     t0 = time.monotonic()
-    info = daemon.start_background(dd, args.brokers, args.coordinator)
+    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster)
     print(
         f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
         f"{info['coordinator']}, brokers {info['brokers']} (logs in {dd.log_dir})"

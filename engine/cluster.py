@@ -8,6 +8,7 @@ stale (a sealed ring, a ring that is gone), then refreshed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from kazoo.client import KazooClient
 from engine import metadata as md
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
-from engine.errors import ClosedError, EngineTimeoutError, UnknownTopicError
+from engine.errors import ClosedError, EngineTimeoutError, TopicExistsError, UnknownTopicError
 from engine.ring import Ring
 
 
@@ -76,7 +77,12 @@ class ClusterView:
         validate_topic_name(name)
         deadline = time.monotonic() + wait_s
         while True:
-            meta = md.read_topic(self.zk, name)  # UnknownTopicError if it does not exist
+            try:
+                meta = md.read_topic(self.zk, name)
+            except UnknownTopicError:
+                if not self._auto_create(name):
+                    raise
+                continue
             rings: dict[int, Ring] = {}
             missing: list[int] = []
             for p in range(meta.partition_count):
@@ -119,6 +125,15 @@ class ClusterView:
         view = TopicView(meta, validate_topic_config(meta.config), rings)
         self.topics[name] = view
         return view
+
+    def _auto_create(self, name: str) -> bool:
+        """Create the topic if the cluster allows auto-creation; False if it does not."""
+        defaults = md.read_cluster_config(self.zk)
+        if not defaults.get("auto.create.topics.enable"):
+            return False
+        with contextlib.suppress(TopicExistsError):  # someone else created it meanwhile
+            md.create_topic(self.zk, name, int(defaults["num.partitions"]), 1, None)
+        return True
 
     def forget(self, name: str) -> None:
         old = self.topics.pop(name, None)

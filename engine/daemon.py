@@ -79,10 +79,17 @@ class Child:
 class Daemon:
     """The supervisor process of one data dir."""
 
-    def __init__(self, data_dir: DataDir, brokers: int, coordinator: str | None) -> None:
+    def __init__(
+        self,
+        data_dir: DataDir,
+        brokers: int,
+        coordinator: str | None,
+        cluster_config: dict[str, Any] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.broker_count = brokers
         self.external_coordinator = coordinator
+        self.cluster_config = cluster_config or {}
         self.children: list[Child] = []
         self.hosts = coordinator or ""
         self._stop = threading.Event()
@@ -180,6 +187,7 @@ class Daemon:
     def _wait_for_brokers(self) -> None:
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
         try:
+            md.write_cluster_config(zk, self.cluster_config)
             deadline = time.monotonic() + START_TIMEOUT_S
             want = set(range(1, self.broker_count + 1))
             while True:
@@ -269,7 +277,12 @@ def _wait_for_file(path: Path, child: Child, timeout_s: float) -> str:
     raise EngineTimeoutError(f"{child.name} did not become ready within {timeout_s:.0f} s")
 
 
-def start_background(data_dir: DataDir, brokers: int, coordinator: str | None) -> dict[str, Any]:
+def start_background(
+    data_dir: DataDir,
+    brokers: int,
+    coordinator: str | None,
+    cluster_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
     make_private_dir(data_dir.root)
     make_private_dir(data_dir.log_dir)
@@ -290,6 +303,11 @@ def start_background(data_dir: DataDir, brokers: int, coordinator: str | None) -
     ]
     if coordinator:
         argv += ["--coordinator", coordinator]
+    config = cluster_config or {}
+    if config.get("auto.create.topics.enable"):
+        argv += ["--auto-create-topics"]
+    if "num.partitions" in config:
+        argv += ["--num-partitions", str(config["num.partitions"])]
     fd = os.open(data_dir.log_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(

@@ -7,6 +7,7 @@
     /brokers/topics/<topic>                        {"version":3,"topic_id","partitions":{"0":[1,2]}}
     /brokers/topics/<topic>/partitions/<p>/state   {"version":1,"leader","leader_epoch","isr",...}
     /admin/delete_topics/<topic>                   a deletion request for the controller
+    /config/brokers/<default>                      {"version":1,"config":{cluster defaults}}
 
 Everything here is pure layout and JSON plus small kazoo helpers; the processes
 that act on the tree are the broker and the controller.
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
+from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
-from engine.errors import DaemonNotRunningError, UnknownTopicError
+from engine.errors import ConfigError, DaemonNotRunningError, TopicExistsError, UnknownTopicError
 
 BROKER_IDS = "/brokers/ids"
 BROKER_TOPICS = "/brokers/topics"
@@ -34,6 +36,11 @@ CONFIG_TOPICS = "/config/topics"
 CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
 DELETE_TOPICS = "/admin/delete_topics"
+CLUSTER_CONFIG = "/config/brokers/<default>"
+
+# Cluster-wide defaults: Kafka's names. Auto-creation is off unless `engine start
+# --auto-create-topics` turns it on (Kafka's default is on; we prefer an error).
+CLUSTER_DEFAULTS: dict[str, Any] = {"auto.create.topics.enable": False, "num.partitions": 1}
 
 SESSION_TIMEOUT_S = 6.0
 
@@ -156,6 +163,72 @@ def assign_replicas(
         p: tuple(ordered[(start + p + i) % n] for i in range(replication))
         for p in range(partitions)
     }
+
+
+def create_topic(
+    client: KazooClient,
+    name: str,
+    partitions: int,
+    replication: int,
+    config: dict[str, Any] | None,
+) -> TopicAssignment:
+    """Validate and write a new topic's config and assignment in one transaction.
+
+    The controller then gives each partition its state and the leaders create their
+    rings; callers that need the topic ready wait for that (ClusterView.refresh).
+    """
+    validate_topic_name(name)
+    full = validate_topic_config(config)
+    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+        raise ConfigError(f"partitions must be an int >= 1: partitions={partitions!r}")
+    brokers = sorted(live_brokers(client))
+    if not isinstance(replication, int) or not 1 <= replication <= max(len(brokers), 1):
+        raise ConfigError(
+            f"replication must be between 1 and the number of live brokers ({len(brokers)}): "
+            f"replication={replication!r}"
+        )
+    if replication > 1:
+        raise ConfigError(
+            "replication > 1 is not available yet (it comes with the replication issue): "
+            f"replication={replication}"
+        )
+    if client.exists(f"{DELETE_TOPICS}/{name}"):
+        raise TopicExistsError(f"topic {name!r} is being deleted; try again shortly")
+    user_config = {k: full[k] for k in (config or {})}
+    assignment = TopicAssignment(
+        name, new_topic_id(), assign_replicas(brokers, partitions, replication)
+    )
+    client.ensure_path(BROKER_TOPICS)
+    client.ensure_path(CONFIG_TOPICS)
+    tx = client.transaction()
+    tx.create(config_path(name), encode({"version": 1, "config": user_config}))
+    tx.create(topic_path(name), encode(assignment.to_json()))
+    results = tx.commit()
+    if any(isinstance(r, NodeExistsError) for r in results):
+        raise TopicExistsError(f"topic already exists: topic={name!r}")
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return assignment
+
+
+def read_cluster_config(client: KazooClient) -> dict[str, Any]:
+    """The cluster-wide defaults (Kafka's /config/brokers/<default>), with ours filled in."""
+    out: dict[str, Any] = dict(CLUSTER_DEFAULTS)
+    try:
+        data, _ = client.get(CLUSTER_CONFIG)
+        out.update(decode(data).get("config", {}))
+    except NoNodeError:
+        pass
+    return out
+
+
+def write_cluster_config(client: KazooClient, config: dict[str, Any]) -> None:
+    payload = encode({"version": 1, "config": {**CLUSTER_DEFAULTS, **config}})
+    if client.exists(CLUSTER_CONFIG):
+        client.set(CLUSTER_CONFIG, payload)
+    else:
+        client.create(CLUSTER_CONFIG, payload, makepath=True)
 
 
 def connect(data_dir: DataDir, timeout_s: float = 10.0, hosts: str | None = None) -> KazooClient:

@@ -155,3 +155,26 @@ def test_retention_by_size_deletes_old_segments(daemon: Daemon) -> None:
 def test_stop_of_a_daemon_that_is_not_running_says_so(tmp_path: Path) -> None:
     out = Daemon(tmp_path / "none").cli("stop", "--data-dir", str(tmp_path / "none"))
     assert b"not running" in out.stdout
+
+
+def test_auto_create_is_off_by_default_and_can_be_turned_on(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "auto", brokers=1)
+    try:
+        d.cli(
+            "start",
+            "--data-dir",
+            str(d.data_dir),
+            "--brokers",
+            "1",
+            "--auto-create-topics",
+            "--num-partitions",
+            "2",
+        )
+        with Producer(d.data_dir) as p:
+            md = p.send("made-on-first-use", b"v", key=b"k").get()
+        with Admin(d.data_dir) as admin:
+            assert len(admin.describe_topic("made-on-first-use").partitions) == 2
+        assert md.offset == 0
+    finally:
+        d.stop()
+        d.kill_everything()
