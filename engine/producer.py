@@ -56,6 +56,7 @@ log = logging.getLogger("engine.producer")
 RECORD_OVERHEAD = 96
 _NULL = ffi.NULL
 _append = lib.engine_ring_append
+_append_value = lib.engine_ring_append_value
 _murmur2 = lib.engine_murmur2
 _time = time.time
 
@@ -171,7 +172,7 @@ class Producer:
         self.buffer_memory = buffer_memory
         self.client_id = client_id or f"producer-{os.getpid()}"
         self._cluster = ClusterView(data_dir)
-        self._fields = producer_fields()
+        self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
         self._lock = threading.RLock()
@@ -259,19 +260,17 @@ class Producer:
             with self._lock:
                 self._buffer_record(topic, partition, key, value, hbytes, hcount, ts)
             return RecordFuture(topic, partition, -1, ts)
-        result = _append(
-            route.regions[partition],
-            self._fields,
-            ts,
-            _NULL if key is None else key,
-            klen,
-            _NULL if value is None else value,
-            vlen,
-            hbytes,
-            len(hbytes),
-            hcount,
-            self._block_ns,
-        )
+        if hcount:
+            result = _append(
+                route.regions[partition], self._fields, ts,
+                _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
+                hbytes, len(hbytes), hcount, self._block_ns,
+            )  # fmt: skip
+        else:
+            result = _append_value(
+                route.regions[partition], self._fields, ts,
+                _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
+            )  # fmt: skip
         if result < 0:
             with self._lock:
                 result = self._append_slow(
@@ -587,7 +586,10 @@ def _partitions_for_keys(kblob: Any, klengths: Any, kstride: int, count: int, n:
         lib.engine_partition_many(
             ffi.from_buffer(kblob),
             ffi.NULL if klengths is None else ffi.from_buffer("int32_t[]", klengths),
-            kstride, count, n, ffi.from_buffer("int32_t[]", out),
+            kstride,
+            count,
+            n,
+            ffi.from_buffer("int32_t[]", out),
         )
     return out
 

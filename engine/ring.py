@@ -47,6 +47,9 @@ BATCH_HEADER_LENGTH: int = lib.ENGINE_BATCH_HEADER_LENGTH
 MIN_CAPACITY: int = lib.ENGINE_RING_MIN_CAPACITY
 MAX_CAPACITY: int = lib.ENGINE_RING_MAX_CAPACITY
 
+# Map every page up front: no page fault on the hot path (the ring is touched anyway).
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
 # Codes from enum engine_ring_code (ring.h).
 OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
 BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT = 10, 11, 12
@@ -167,7 +170,7 @@ class Ring:
         length = int(lib.engine_ring_region_length(capacity))
         shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=length)
         try:
-            mapping = mmap.mmap(shm.fd, length)
+            mapping = mmap.mmap(shm.fd, length, flags=_MAP_FLAGS)
         finally:
             shm.close_fd()
         ring = cls(name, mapping, owner=True)
@@ -200,7 +203,7 @@ class Ring:
             size = shm.size
             if size < HEADER_LENGTH:  # its creator has not sized it yet
                 raise FileNotFoundError(f"partition ring not ready: name={name}")
-            mapping = mmap.mmap(shm.fd, size)
+            mapping = mmap.mmap(shm.fd, size, flags=_MAP_FLAGS)
         finally:
             shm.close_fd()
         ring = cls(name, mapping, owner=False)
@@ -425,9 +428,11 @@ def producer_fields(
     base_sequence: int = -1,
     attributes: int = 0,
     leader_epoch: int = -1,
+    timeout_ms: int = 60_000,
 ) -> Any:
     """An engine_producer_fields_t* for appends (leader_epoch -1: the ring's own)."""
     f = ffi.new("engine_producer_fields_t *")
+    f.timeout_ns = timeout_ms * 1_000_000
     f.producer_id = producer_id
     f.producer_epoch = producer_epoch
     f.base_sequence = base_sequence

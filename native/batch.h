@@ -74,7 +74,8 @@
 #define ENGINE_BATCH_ATTR_TRANSACTIONAL 0x10
 #define ENGINE_BATCH_ATTR_CONTROL 0x20
 
-/* Producer identity and fencing written into a batch header. */
+/* Producer identity and fencing written into a batch header, and how long an
+ * append may wait for ring space. Lives in the producer's own memory. */
 typedef struct engine_producer_fields {
     int64_t producer_id;    /* -1: not idempotent */
     int32_t base_sequence;  /* -1: none */
@@ -82,6 +83,7 @@ typedef struct engine_producer_fields {
     int16_t attributes;     /* transactional / control bits */
     int32_t leader_epoch;   /* written as partition_leader_epoch; -1 = ring's */
     int32_t reserved;
+    int64_t timeout_ns;     /* max wait for ring space (engine_ring_append_value) */
 } engine_producer_fields_t;
 
 /* One batch found by engine_batch_scan. */

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 CDEF = """
 typedef struct engine_producer_fields {
     int64_t producer_id; int32_t base_sequence; int16_t producer_epoch;
-    int16_t attributes; int32_t leader_epoch; int32_t reserved;
+    int16_t attributes; int32_t leader_epoch; int32_t reserved; int64_t timeout_ns;
 } engine_producer_fields_t;
 
 typedef struct engine_batch_info {
@@ -57,6 +57,9 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        const char *value, int32_t value_length,
                        const char *headers, int32_t headers_length, int32_t header_count,
                        int64_t timeout_ns);
+int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *fields,
+                                 int64_t timestamp_ms, const char *key, int32_t key_length,
+                                 const char *value, int32_t value_length);
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,

@@ -295,6 +295,13 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
     return code == ENGINE_RING_OK ? offset : -code;
 }
 
+int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *fields,
+                                 int64_t timestamp_ms, const char *key, int32_t key_length,
+                                 const char *value, int32_t value_length) {
+    return engine_ring_append(region, fields, timestamp_ms, key, key_length, value, value_length,
+                              NULL, 0, 0, fields->timeout_ns);
+}
+
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms,
                              int32_t count,

@@ -275,6 +275,12 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        const char *headers, int32_t headers_length, int32_t header_count,
                        int64_t timeout_ns);
 
+/* The common case with fewer arguments (each costs time in a Python call): no
+ * headers, and the wait for space is fields->timeout_ns. */
+int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *fields,
+                                 int64_t timestamp_ms, const char *key, int32_t key_length,
+                                 const char *value, int32_t value_length);
+
 /* Append count records in as few batches as max_frame_length allows.
  * values: value_lengths == NULL means every value is value_stride bytes,
  * back to back (a numpy array of fixed-size records); else values are packed
