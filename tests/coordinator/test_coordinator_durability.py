@@ -244,3 +244,26 @@ def test_main_rejects_a_bad_tick(tmp_path: Path) -> None:
     from engine.coordinator import main
 
     assert main(["--data-dir", str(tmp_path), "--tick-ms", "0"]) == 2
+
+
+def test_log_grows_past_its_preallocation_and_recovers(
+        engine_server: EngineCoordinator) -> None:
+    client = new_client(engine_server.hosts)
+    big = b"z" * (1000 * 1024)
+    try:
+        client.create("/grow", b"")
+        results = [client.set_async("/grow", big[:-i] if i else big) for i in range(20)]
+        for result in results:
+            result.get(timeout=30)
+        final = client.get("/grow")[1]
+    finally:
+        stop_client(client)
+    logs = [p for p in engine_server.data_dir.iterdir() if p.name.startswith("log.")]
+    assert max(p.stat().st_size for p in logs) > 16 * 1024 * 1024
+    engine_server.restart()
+    client = new_client(engine_server.hosts)
+    try:
+        data, stat = client.get("/grow")
+        assert data == big[:-19] and stat == final
+    finally:
+        stop_client(client)
