@@ -29,25 +29,6 @@ static inline uint64_t get_be64(const uint8_t *p) {
 }
 static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
 
-static inline size_t varlong_length(int64_t v) {
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    size_t n = 1;
-    while (z >= 0x80) {
-        z >>= 7;
-        n++;
-    }
-    return n;
-}
-static inline size_t put_varlong(uint8_t *p, int64_t v) {
-    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
-    size_t n = 0;
-    while (z >= 0x80) {
-        p[n++] = (uint8_t)(z | 0x80);
-        z >>= 7;
-    }
-    p[n++] = (uint8_t)z;
-    return n;
-}
 /* Reads a zigzag varlong; returns bytes used, 0 when malformed or truncated. */
 static inline size_t get_varlong(const uint8_t *p, const uint8_t *end, int64_t *out) {
     uint64_t z = 0;
@@ -62,48 +43,6 @@ static inline size_t get_varlong(const uint8_t *p, const uint8_t *end, int64_t *
 }
 
 /* ---- encoding ---------------------------------------------------------- */
-
-size_t engine_batch_record_length(int64_t timestamp_delta, int32_t offset_delta,
-                                  int32_t key_length, int32_t value_length,
-                                  int32_t headers_length, int32_t header_count) {
-    size_t body = 1 + varlong_length(timestamp_delta) + varlong_length(offset_delta) +
-                  varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
-                  varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
-                  varlong_length(header_count) + (size_t)headers_length;
-    return varlong_length((int64_t)body) + body;
-}
-
-size_t engine_batch_write_record(uint8_t *out, int64_t timestamp_delta, int32_t offset_delta,
-                                 const uint8_t *key, int32_t key_length,
-                                 const uint8_t *value, int32_t value_length,
-                                 const uint8_t *headers, int32_t headers_length,
-                                 int32_t header_count) {
-    size_t body = 1 + varlong_length(timestamp_delta) + varlong_length(offset_delta) +
-                  varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
-                  varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
-                  varlong_length(header_count) + (size_t)headers_length;
-    uint8_t *p = out;
-    p += put_varlong(p, (int64_t)body);
-    *p++ = 0; /* record attributes: unused by Kafka */
-    p += put_varlong(p, timestamp_delta);
-    p += put_varlong(p, offset_delta);
-    p += put_varlong(p, key_length);
-    if (key_length > 0) {
-        memcpy(p, key, (size_t)key_length);
-        p += key_length;
-    }
-    p += put_varlong(p, value_length);
-    if (value_length > 0) {
-        memcpy(p, value, (size_t)value_length);
-        p += value_length;
-    }
-    p += put_varlong(p, header_count);
-    if (headers_length > 0) {
-        memcpy(p, headers, (size_t)headers_length);
-        p += headers_length;
-    }
-    return (size_t)(p - out);
-}
 
 void engine_batch_write_header(uint8_t *batch, size_t total_length, int64_t base_offset,
                                int32_t records_count, int64_t base_timestamp,

@@ -52,6 +52,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define ENGINE_BATCH_MAGIC 2
 #define ENGINE_BATCH_HEADER_LENGTH 61
@@ -115,17 +116,70 @@ typedef struct engine_record_info {
     int16_t reserved;
 } engine_record_info_t;
 
-/* Length of one encoded record (its length prefix included). */
-size_t engine_batch_record_length(int64_t timestamp_delta, int32_t offset_delta,
-                                  int32_t key_length, int32_t value_length,
-                                  int32_t headers_length, int32_t header_count);
+/* ---- encoding one record: inline, so that the batch loop in ring.c can be
+ * specialised by the compiler (no keys, no headers, fixed sizes). ---- */
 
-/* Writes one record at out; returns the bytes written. */
-size_t engine_batch_write_record(uint8_t *out, int64_t timestamp_delta, int32_t offset_delta,
+static inline size_t engine_varlong_length(int64_t v) {
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    size_t n = 1;
+    while (z >= 0x80) {
+        z >>= 7;
+        n++;
+    }
+    return n;
+}
+static inline size_t engine_put_varlong(uint8_t *p, int64_t v) {
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    size_t n = 0;
+    while (z >= 0x80) {
+        p[n++] = (uint8_t)(z | 0x80);
+        z >>= 7;
+    }
+    p[n++] = (uint8_t)z;
+    return n;
+}
+/* Length of one encoded record (its length prefix included). */
+static inline size_t engine_batch_record_length(int64_t timestamp_delta, int32_t offset_delta,
+                                  int32_t key_length, int32_t value_length,
+                                  int32_t headers_length, int32_t header_count) {
+    size_t body = 1 + engine_varlong_length(timestamp_delta) + engine_varlong_length(offset_delta) +
+                  engine_varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
+                  engine_varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
+                  engine_varlong_length(header_count) + (size_t)headers_length;
+    return engine_varlong_length((int64_t)body) + body;
+}
+
+static inline size_t engine_batch_write_record(uint8_t *out, int64_t timestamp_delta, int32_t offset_delta,
                                  const uint8_t *key, int32_t key_length,
                                  const uint8_t *value, int32_t value_length,
                                  const uint8_t *headers, int32_t headers_length,
-                                 int32_t header_count);
+                                 int32_t header_count) {
+    size_t body = 1 + engine_varlong_length(timestamp_delta) + engine_varlong_length(offset_delta) +
+                  engine_varlong_length(key_length) + (key_length > 0 ? (size_t)key_length : 0) +
+                  engine_varlong_length(value_length) + (value_length > 0 ? (size_t)value_length : 0) +
+                  engine_varlong_length(header_count) + (size_t)headers_length;
+    uint8_t *p = out;
+    p += engine_put_varlong(p, (int64_t)body);
+    *p++ = 0; /* record attributes: unused by Kafka */
+    p += engine_put_varlong(p, timestamp_delta);
+    p += engine_put_varlong(p, offset_delta);
+    p += engine_put_varlong(p, key_length);
+    if (key_length > 0) {
+        memcpy(p, key, (size_t)key_length);
+        p += key_length;
+    }
+    p += engine_put_varlong(p, value_length);
+    if (value_length > 0) {
+        memcpy(p, value, (size_t)value_length);
+        p += value_length;
+    }
+    p += engine_put_varlong(p, header_count);
+    if (headers_length > 0) {
+        memcpy(p, headers, (size_t)headers_length);
+        p += headers_length;
+    }
+    return (size_t)(p - out);
+}
 
 /* Fills the 61-byte header of a batch whose records are already written at
  * batch + 61, and computes its CRC. */

@@ -100,7 +100,7 @@ ffi.set_source(
     # setuptools wants paths relative to the project root
     sources=[os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c")],
     include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],
 )
 

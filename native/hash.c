@@ -26,16 +26,65 @@ static uint32_t crc32c_software(uint32_t crc, const uint8_t *p, size_t n) {
 }
 
 #if defined(__x86_64__)
+/* The crc32 instruction has a latency of 3 cycles and a throughput of 1, so
+ * three independent streams run three times as fast as one. CRC is linear
+ * in its state: crc(s, A||B) = shift_|B|(crc(s, A)) ^ crc(0, B), where shift_n
+ * multiplies the state by x^(8n) mod P. We cut the data into three blocks of
+ * CRC_BLOCK bytes, run them side by side, and join them with a precomputed
+ * shift_CRC_BLOCK (a 32x32 bit matrix, one column per state bit). */
+#define CRC_BLOCK 4096
+static uint32_t crc_shift_block[32];
+static int crc_shift_ready = 0;
+
 __attribute__((target("sse4.2")))
-static uint32_t crc32c_hardware(uint32_t crc, const uint8_t *p, size_t n) {
-    uint64_t c = crc;
-    while (n >= 8) {
+static uint64_t crc_run(uint64_t c, const uint8_t *p, size_t n) {
+    for (; n >= 8; n -= 8, p += 8) {
         uint64_t w;
         memcpy(&w, p, 8);
         c = __builtin_ia32_crc32di(c, w);
-        p += 8;
-        n -= 8;
     }
+    return c;
+}
+
+__attribute__((target("sse4.2")))
+static void crc_shift_init(void) {
+    static const uint8_t zeros[CRC_BLOCK];
+    for (int i = 0; i < 32; i++) crc_shift_block[i] = (uint32_t)crc_run(1u << i, zeros, CRC_BLOCK);
+    __atomic_store_n(&crc_shift_ready, 1, __ATOMIC_RELEASE);
+}
+
+static inline uint32_t crc_shift(uint32_t state) {
+    uint32_t r = 0;
+    for (int i = 0; state; i++, state >>= 1)
+        if (state & 1) r ^= crc_shift_block[i];
+    return r;
+}
+
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hardware(uint32_t crc, const uint8_t *p, size_t n) {
+    uint64_t c = crc;
+    if (n >= 3 * CRC_BLOCK) {
+        if (!__atomic_load_n(&crc_shift_ready, __ATOMIC_ACQUIRE)) crc_shift_init();
+        while (n >= 3 * CRC_BLOCK) {
+            uint64_t c1 = 0, c2 = 0;
+            const uint8_t *p1 = p + CRC_BLOCK, *p2 = p + 2 * CRC_BLOCK;
+            for (size_t k = 0; k < CRC_BLOCK; k += 8) {
+                uint64_t w0, w1, w2;
+                memcpy(&w0, p + k, 8);
+                memcpy(&w1, p1 + k, 8);
+                memcpy(&w2, p2 + k, 8);
+                c = __builtin_ia32_crc32di(c, w0);
+                c1 = __builtin_ia32_crc32di(c1, w1);
+                c2 = __builtin_ia32_crc32di(c2, w2);
+            }
+            c = crc_shift(crc_shift((uint32_t)c) ^ (uint32_t)c1) ^ (uint32_t)c2;
+            p += 3 * CRC_BLOCK;
+            n -= 3 * CRC_BLOCK;
+        }
+    }
+    c = crc_run(c, p, n & ~(size_t)7);
+    p += n & ~(size_t)7;
+    n &= 7;
     uint32_t c32 = (uint32_t)c;
     while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
     return c32;

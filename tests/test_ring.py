@@ -80,6 +80,25 @@ def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     ring.close()
 
 
+def _crc32c_reference(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    return crc ^ 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 12287, 12288, 12289, 24576 + 5, 3 * 12288 + 17])
+def test_crc32c_matches_the_bitwise_definition_around_the_block_joins(size: int) -> None:
+    """The three-stream hardware CRC joins blocks of 4 KiB: check sizes around them,
+    and continuing a CRC across a cut."""
+    data = bytes((i * 131 + size) % 251 for i in range(size))
+    assert crc32c(data) == _crc32c_reference(data)
+    cut = size // 3
+    assert crc32c(data[cut:], crc32c(data[:cut])) == _crc32c_reference(data)
+
+
 def test_crc32c_and_murmur2_match_published_vectors() -> None:
     assert crc32c(b"123456789") == 0xE3069283
     assert murmur2(b"21") == -973932308  # Kafka's UtilsTest
