@@ -43,6 +43,7 @@ log = logging.getLogger("engine.broker")
 
 # Watches trigger every pass; this periodic pass is only a safety net.
 RECONCILE_EVERY_S = 30.0
+REPLICA_RESTART_BACKOFF_S = 1.0
 
 ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
 
@@ -144,6 +145,8 @@ class Broker:
                 if replica.failed is not None:
                     log.error("replica %s failed: %s; restarting it", key, replica.failed)
                     self.replicas.pop(key).stop()
+                    self._stopping.wait(REPLICA_RESTART_BACKOFF_S)
+                    self._wake.set()  # the next pass starts it again
         self.shutdown()
 
     def reconcile(self) -> None:

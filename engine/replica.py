@@ -92,6 +92,8 @@ class LeaderReplica:
                 status.drain_offset,
                 end,
             )
+            # Producers that still map the old ring must not append into an orphan.
+            ring.set_leader(status.leader_epoch, sealed=True)
             ring.close()
         return Ring.create(
             self.ring_name,
