@@ -37,6 +37,7 @@ from engine.errors import (
     EngineTimeoutError,
     FencedError,
     NativeError,
+    NotEnoughReplicasError,
     NotLeaderError,
     RecordTooLargeError,
 )
@@ -52,7 +53,8 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 # Codes from enum engine_ring_code (ring.h).
 OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
-BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT = 10, 11, 12
+BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT, NOT_ENOUGH_REPLICAS = 10, 11, 12, 13
+NO_LIMIT = (1 << 63) - 1  # read past the high watermark (followers copying a leader)
 
 _RAISE: dict[int, type[Exception]] = {
     TIMEOUT: EngineTimeoutError,
@@ -61,6 +63,8 @@ _RAISE: dict[int, type[Exception]] = {
     FENCED: FencedError,
     SEALED: NotLeaderError,
     CORRUPT: CorruptRecordError,
+    NOT_ENOUGH_REPLICAS: NotEnoughReplicasError,
+    BAD_ARGUMENT: NativeError,
 }
 
 _MESSAGES: dict[int, str] = {
@@ -70,6 +74,8 @@ _MESSAGES: dict[int, str] = {
     SEALED: "this replica is no longer the partition leader",
     CORRUPT: "ring frame failed its shape checks",
     TIMEOUT: "wait timed out",
+    NOT_ENOUGH_REPLICAS: "fewer in-sync replicas than min.insync.replicas; nothing was written",
+    BAD_ARGUMENT: "the ring refused the arguments",
 }
 
 
@@ -94,6 +100,7 @@ class RingStatus:
     leader_epoch: int
     sealed: bool
     high_watermark: int
+    isr_count: int
     reaped_frames: int
     full_waits: int
 
@@ -355,10 +362,35 @@ class Ring:
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
 
-    def wait(self, cursor: Cursor, timeout_s: float) -> bool:
-        """Block until the frame at the cursor is readable; False on timeout."""
-        code = lib.engine_ring_wait(self._ptr(), cursor._c, int(timeout_s * 1e9))
+    def wait(self, cursor: Cursor, timeout_s: float, respect_hw: bool = True) -> bool:
+        """Block until the frame at the cursor is readable; False on timeout.
+
+        respect_hw: records at or above the high watermark do not count (consumers);
+        a follower copying its leader passes False.
+        """
+        code = lib.engine_ring_wait(self._ptr(), cursor._c, int(timeout_s * 1e9), respect_hw)
         return bool(code == OK)
+
+    # -- replication -------------------------------------------------------
+
+    def append_raw(self, batches: Any, timeout_ms: int = 60_000) -> None:
+        """Append a leader's batches as they are, offsets kept (a follower's fetcher)."""
+        code = lib.engine_ring_append_raw(
+            self._ptr(), ffi.from_buffer(batches), len(batches), timeout_ms * 1_000_000
+        )
+        if code != OK:
+            raise_for(code, f"append_raw to ring {self.name}")
+
+    def advance(self, cursor: Cursor) -> None:
+        """Move the cursor over every published frame (cursor.offset: published log end)."""
+        lib.engine_ring_advance(self._ptr(), cursor._c)
+
+    def wait_high_watermark(self, offset: int, timeout_s: float) -> int:
+        """Wait until the high watermark passes offset: OK, TIMEOUT or SEALED."""
+        return int(lib.engine_ring_wait_high_watermark(self._ptr(), offset, int(timeout_s * 1e9)))
+
+    def set_isr_count(self, isr_count: int) -> None:
+        lib.engine_ring_set_isr_count(self._ptr(), isr_count)
 
     def seek(self, offset: int) -> Cursor | None:
         """A cursor at ``offset`` if the ring still holds it undrained; None if older."""
@@ -401,6 +433,7 @@ class Ring:
             leader_epoch=int(s.leader_epoch),
             sealed=bool(s.sealed),
             high_watermark=int(s.high_watermark),
+            isr_count=int(s.isr_count),
             reaped_frames=int(s.reaped_frames),
             full_waits=int(s.full_waits),
         )
@@ -429,9 +462,11 @@ def producer_fields(
     attributes: int = 0,
     leader_epoch: int = -1,
     timeout_ms: int = 60_000,
+    min_insync: int = 0,
 ) -> Any:
     """An engine_producer_fields_t* for appends (leader_epoch -1: the ring's own)."""
     f = ffi.new("engine_producer_fields_t *")
+    f.min_insync = min_insync
     f.timeout_ns = timeout_ms * 1_000_000
     f.producer_id = producer_id
     f.producer_epoch = producer_epoch

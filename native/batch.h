@@ -83,7 +83,7 @@ typedef struct engine_producer_fields {
     int16_t producer_epoch; /* -1: none */
     int16_t attributes;     /* transactional / control bits */
     int32_t leader_epoch;   /* written as partition_leader_epoch; -1 = ring's */
-    int32_t reserved;
+    int32_t min_insync;     /* refuse the append below this many in-sync replicas (0: any) */
     int64_t timeout_ns;     /* max wait for ring space (engine_ring_append_value) */
 } engine_producer_fields_t;
 

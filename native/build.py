@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 CDEF = """
 typedef struct engine_producer_fields {
     int64_t producer_id; int32_t base_sequence; int16_t producer_epoch;
-    int16_t attributes; int32_t leader_epoch; int32_t reserved; int64_t timeout_ns;
+    int16_t attributes; int32_t leader_epoch; int32_t min_insync; int64_t timeout_ns;
 } engine_producer_fields_t;
 
 typedef struct engine_batch_info {
@@ -36,6 +36,7 @@ typedef struct engine_ring_status {
     uint64_t capacity; uint64_t tail_position; int64_t tail_offset;
     uint64_t drain_position; int64_t drain_offset; int64_t base_offset;
     int32_t leader_epoch; uint32_t sealed; int64_t high_watermark;
+    uint32_t isr_count; uint32_t reserved;
     uint64_t reaped_frames; uint64_t full_waits;
     uint32_t publish_waiters; uint32_t space_waiters;
 } engine_ring_status_t;
@@ -68,7 +69,8 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              int32_t *out_appended);
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
-int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
+                     int respect_hw);
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
                          int64_t timeout_ns);
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
@@ -76,6 +78,11 @@ int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
 void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
+void engine_ring_set_isr_count(void *region, uint32_t isr_count);
+int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
+                           int64_t timeout_ns);
+void engine_ring_advance(void *region, engine_cursor_t *cursor);
+int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns);
 void engine_ring_status(void *region, engine_ring_status_t *out);
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);

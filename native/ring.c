@@ -159,6 +159,7 @@ int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
     h->drain_offset = base_offset;
     h->leader_epoch = leader_epoch;
     h->high_watermark = -1;
+    h->isr_count = 1;
     h->stall_position = UINT64_MAX;
     engine_store_release_u32(&h->version, ENGINE_RING_VERSION);
     return ENGINE_RING_OK;
@@ -198,7 +199,7 @@ static int wait_for_space(struct engine_ring_header *h, uint64_t drain_position,
 
 /* Claims frame_length bytes and count offsets; stamps the frame. */
 static int claim(void *region, uint32_t frame_length, uint32_t count, int64_t timeout_ns,
-                 int64_t *deadline_ns, struct engine_frame_header **out_frame,
+                 int64_t *deadline_ns, int replica, struct engine_frame_header **out_frame,
                  uint64_t *out_position, int64_t *out_offset) {
     struct engine_ring_header *h = header_of(region);
     uint64_t capacity = h->capacity;
@@ -208,7 +209,7 @@ static int claim(void *region, uint32_t frame_length, uint32_t count, int64_t ti
     uint64_t padding;
     int counted_full = 0;
     for (;;) {
-        if (engine_load_relaxed_u32(&h->sealed)) return ENGINE_RING_SEALED;
+        if (!replica && engine_load_relaxed_u32(&h->sealed)) return ENGINE_RING_SEALED;
         read_tail(h, &v);
         uint64_t index = v.position & (capacity - 1);
         padding = index + stride > capacity ? capacity - index : 0;
@@ -260,6 +261,9 @@ static int check_fields(struct engine_ring_header *h, const engine_producer_fiel
     *out = *fields;
     int32_t epoch = engine_load_acquire_i32(&h->leader_epoch);
     if (fields->leader_epoch >= 0 && fields->leader_epoch != epoch) return ENGINE_RING_FENCED;
+    if (fields->min_insync > 0 &&
+        engine_load_acquire_u32(&h->isr_count) < (uint32_t)fields->min_insync)
+        return ENGINE_RING_NOT_ENOUGH_REPLICAS;
     out->leader_epoch = epoch;
     return ENGINE_RING_OK;
 }
@@ -284,7 +288,8 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
     struct engine_frame_header *f;
     uint64_t position;
     int64_t offset, deadline = 0;
-    code = claim(region, (uint32_t)frame_length, 1, timeout_ns, &deadline, &f, &position, &offset);
+    code = claim(region, (uint32_t)frame_length, 1, timeout_ns, &deadline, 0, &f, &position,
+                 &offset);
     if (code != ENGINE_RING_OK) return -code;
     uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
     engine_batch_write_record(batch + ENGINE_BATCH_HEADER_LENGTH, 0, 0, (const uint8_t *)key,
@@ -342,7 +347,7 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
         uint64_t position;
         int64_t offset;
         code = claim(region, (uint32_t)(ENGINE_FRAME_HEADER_LENGTH + batch_length),
-                     (uint32_t)(j - i), timeout_ns, &deadline, &f, &position, &offset);
+                     (uint32_t)(j - i), timeout_ns, &deadline, 0, &f, &position, &offset);
         if (code == ENGINE_RING_REAPED) continue; /* torn by a reaper while we stalled: again */
         if (code != ENGINE_RING_OK) return code;
         uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
@@ -379,6 +384,7 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
     int64_t next_offset = cursor->offset;
     uint64_t copied = 0;
     int code = ENGINE_RING_OK;
+    if (max_offset < 0) max_offset = engine_load_acquire_i64(&h->high_watermark);
     for (;;) {
         struct engine_frame_header *f = frame_at(region, capacity, c);
         uint64_t tag = engine_load_acquire_u64(&f->tag);
@@ -433,16 +439,19 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
 
 /* ---- wait and reap ----------------------------------------------------- */
 
-/* 1 when a reader at c need not wait: the frame is readable or skippable,
- * or the cursor was lapped (the read will say OVERWRITTEN). */
-static int readable(void *region, struct engine_ring_header *h, uint64_t c) {
+/* 1 when a reader at c need not wait: the frame is readable (below the high
+ * watermark, for readers that respect it) or skippable, or the cursor was
+ * lapped (the read will say OVERWRITTEN). */
+static int readable(void *region, struct engine_ring_header *h, uint64_t c, int respect_hw) {
     struct engine_frame_header *f = frame_at(region, h->capacity, c);
     uint64_t tag = engine_load_acquire_u64(&f->tag);
     if (tag_is_own(tag, c)) {
         uint32_t s = tag_state(tag);
-        if (s == ENGINE_FRAME_PUBLISHED || s == ENGINE_FRAME_PADDING ||
-            s == ENGINE_FRAME_PAD_TO_END)
-            return 1;
+        if (s == ENGINE_FRAME_PADDING || s == ENGINE_FRAME_PAD_TO_END) return 1;
+        if (s == ENGINE_FRAME_PUBLISHED) {
+            int64_t hw = respect_hw ? engine_load_acquire_i64(&h->high_watermark) : -1;
+            if (hw < 0 || get_base_offset(f) < hw) return 1;
+        }
     }
     tail_view_t v;
     read_tail(h, &v);
@@ -525,21 +534,22 @@ static int try_reap(void *region, struct engine_ring_header *h, uint64_t c) {
     return reaped;
 }
 
-int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns) {
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
+                     int respect_hw) {
     struct engine_ring_header *h = header_of(region);
     uint64_t c = cursor->position;
-    if (readable(region, h, c)) return ENGINE_RING_OK;
+    if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
     if (timeout_ns <= 0) return ENGINE_RING_TIMEOUT;
     for (int i = 0; i < SPIN_LIMIT; i++) {
         engine_cpu_relax();
-        if (readable(region, h, c)) return ENGINE_RING_OK;
+        if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
     }
     int64_t deadline = now_ns() + timeout_ns;
     for (;;) {
         engine_fetch_add_u32(&h->publish_waiters, 1);
         engine_fence();
         uint32_t seq = engine_load_acquire_u32(&h->publish_seq);
-        if (readable(region, h, c)) {
+        if (readable(region, h, c, respect_hw)) {
             engine_fetch_sub_u32(&h->publish_waiters, 1);
             return ENGINE_RING_OK;
         }
@@ -549,7 +559,7 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
         int stalled = c < v.position; /* claimed but not published */
         if (left > 0) futex_wait(&h->publish_seq, seq, stalled && left > REAP_CHECK_NS ? REAP_CHECK_NS : left);
         engine_fetch_sub_u32(&h->publish_waiters, 1);
-        if (readable(region, h, c)) return ENGINE_RING_OK;
+        if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
         if (stalled && try_reap(region, h, c)) return ENGINE_RING_OK;
         if (now_ns() >= deadline) return ENGINE_RING_TIMEOUT;
     }
@@ -561,7 +571,7 @@ int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stam
         struct engine_frame_header *f;
         uint64_t position;
         int64_t offset, deadline = 0;
-        int code = claim(region, frame_length, 1, 0, &deadline, &f, &position, &offset);
+        int code = claim(region, frame_length, 1, 0, &deadline, 0, &f, &position, &offset);
         return code == ENGINE_RING_OK ? (int64_t)position : -code;
     }
     tail_view_t v;
@@ -588,7 +598,7 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
     if (count < 1 || count > ENGINE_WAIT_ANY_MAX) return -ENGINE_RING_BAD_ARGUMENT;
     for (int spin = 0; spin <= SPIN_LIMIT; spin++) {
         for (int32_t i = 0; i < count; i++)
-            if (readable(regions[i], header_of(regions[i]), cursors[i].position)) return i;
+            if (readable(regions[i], header_of(regions[i]), cursors[i].position, 1)) return i;
         if (timeout_ns <= 0) return -ENGINE_RING_TIMEOUT;
         engine_cpu_relax();
     }
@@ -607,7 +617,7 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
         }
         for (int32_t i = 0; i < count && ready < 0; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
-            if (readable(regions[i], h, cursors[i].position)) {
+            if (readable(regions[i], h, cursors[i].position, 1)) {
                 ready = i;
                 break;
             }
@@ -633,11 +643,114 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
         if (ready >= 0) return ready;
         for (int32_t i = 0; i < count; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
-            if (readable(regions[i], h, cursors[i].position)) return i;
+            if (readable(regions[i], h, cursors[i].position, 1)) return i;
             if (stalled && try_reap(regions[i], h, cursors[i].position)) return i;
         }
         if (now_ns() >= deadline) return -ENGINE_RING_TIMEOUT;
     }
+}
+
+/* ---- replication ----------------------------------------------------- */
+
+static inline uint32_t get_be32_at(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return __builtin_bswap32(v);
+}
+
+int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
+                           int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    const uint8_t *p = (const uint8_t *)batches;
+    int64_t deadline = 0;
+    while (length) {
+        if (length < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_RING_CORRUPT;
+        uint64_t total = (uint64_t)get_be32_at(p + ENGINE_BATCH_LENGTH_OFFSET) +
+                         ENGINE_BATCH_LENGTH_OVERHEAD;
+        if (total > length || total < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_RING_CORRUPT;
+        uint64_t bo;
+        memcpy(&bo, p, 8);
+        int64_t base = (int64_t)__builtin_bswap64(bo);
+        uint32_t count = get_be32_at(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET) + 1;
+        tail_view_t v;
+        read_tail(h, &v);
+        if (base < v.offset) return ENGINE_RING_BAD_ARGUMENT; /* already here */
+        struct engine_frame_header *f;
+        uint64_t position;
+        int64_t offset;
+        int code;
+        if (base > v.offset) {
+            /* The leader skipped offsets (a reaped claim): skip them too. */
+            code = claim(region, ENGINE_FRAME_HEADER_LENGTH, (uint32_t)(base - v.offset),
+                         timeout_ns, &deadline, 1, &f, &position, &offset);
+            if (code != ENGINE_RING_OK) return code;
+            engine_store_release_u64(&f->tag, position | ENGINE_FRAME_PADDING);
+            wake(&h->publish_seq, &h->publish_waiters);
+            continue;
+        }
+        code = claim(region, (uint32_t)(ENGINE_FRAME_HEADER_LENGTH + total), count, timeout_ns,
+                     &deadline, 1, &f, &position, &offset);
+        if (code != ENGINE_RING_OK) return code;
+        if (offset != base) return ENGINE_RING_CORRUPT; /* only the fetcher appends here */
+        memcpy((uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, p, total);
+        code = publish(region, f, position);
+        if (code != ENGINE_RING_OK) return code;
+        p += total;
+        length -= total;
+    }
+    return ENGINE_RING_OK;
+}
+
+void engine_ring_advance(void *region, engine_cursor_t *cursor) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity, c = cursor->position;
+    int64_t next = cursor->offset;
+    for (;;) {
+        struct engine_frame_header *f = frame_at(region, capacity, c);
+        uint64_t tag = engine_load_acquire_u64(&f->tag);
+        if (!tag_is_own(tag, c)) break;
+        uint32_t s = tag_state(tag);
+        if (s == ENGINE_FRAME_PAD_TO_END) {
+            c = next_lap(c, capacity);
+        } else if (s == ENGINE_FRAME_PADDING) {
+            c += align8(f->frame_length);
+        } else if (s == ENGINE_FRAME_PUBLISHED) {
+            next = get_base_offset(f) + f->offset_count;
+            c += align8(f->frame_length);
+        } else {
+            break;
+        }
+    }
+    cursor->position = c;
+    cursor->offset = next;
+}
+
+int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    int64_t deadline = 0;
+    for (int spin = 0;; spin++) {
+        int64_t hw = engine_load_acquire_i64(&h->high_watermark);
+        if (hw < 0 || hw > offset) return ENGINE_RING_OK;
+        if (engine_load_acquire_u32(&h->sealed)) return ENGINE_RING_SEALED;
+        if (spin < SPIN_LIMIT) {
+            engine_cpu_relax();
+            continue;
+        }
+        int64_t now = now_ns();
+        if (!deadline) deadline = now + timeout_ns;
+        if (now >= deadline) return ENGINE_RING_TIMEOUT;
+        engine_fetch_add_u32(&h->publish_waiters, 1);
+        engine_fence();
+        uint32_t seq = engine_load_acquire_u32(&h->publish_seq);
+        hw = engine_load_acquire_i64(&h->high_watermark);
+        if (hw >= 0 && hw <= offset && !engine_load_acquire_u32(&h->sealed))
+            futex_wait(&h->publish_seq, seq, deadline - now < 10000000 ? deadline - now : 10000000);
+        engine_fetch_sub_u32(&h->publish_waiters, 1);
+    }
+}
+
+void engine_ring_set_isr_count(void *region, uint32_t isr_count) {
+    engine_store_release_u32(&header_of(region)->isr_count, isr_count);
 }
 
 /* ---- seek, drain, control, status -------------------------------------- */
@@ -726,6 +839,8 @@ void engine_ring_status(void *region, engine_ring_status_t *out) {
     out->leader_epoch = engine_load_acquire_i32(&h->leader_epoch);
     out->sealed = engine_load_acquire_u32(&h->sealed);
     out->high_watermark = engine_load_acquire_i64(&h->high_watermark);
+    out->isr_count = engine_load_acquire_u32(&h->isr_count);
+    out->reserved = 0;
     out->reaped_frames = engine_load_relaxed_u64(&h->reaped_frames);
     out->full_waits = engine_load_relaxed_u64(&h->full_waits);
     out->publish_waiters = engine_load_relaxed_u32(&h->publish_waiters);

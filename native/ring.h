@@ -52,6 +52,8 @@
  * | leader_epoch (int32)          | sealed (uint32): 1 = refuse   |
  * +---------------------------------------------------------------+  648
  * | high_watermark (int64): -1 = the log end (no replication)     |
+ * +---------------------------------------------------------------+  656
+ * | isr_count (uint32): in-sync replicas, the leader included      |
  * +---------------------------------------------------------------+  768
  * | reaped_frames (uint64)                                        |
  * +---------------------------------------------------------------+  776
@@ -170,7 +172,9 @@ struct engine_ring_header {
     int32_t leader_epoch;
     uint32_t sealed;
     int64_t high_watermark;
-    uint8_t pad5[128 - 16];
+    uint32_t isr_count;
+    uint32_t reserved5;
+    uint8_t pad5[128 - 24];
 
     uint64_t reaped_frames;
     uint64_t full_waits;
@@ -197,6 +201,7 @@ _Static_assert(offsetof(struct engine_ring_header, space_waiters) == 516, "space
 _Static_assert(offsetof(struct engine_ring_header, leader_epoch) == 640, "leader_epoch");
 _Static_assert(offsetof(struct engine_ring_header, sealed) == 644, "sealed");
 _Static_assert(offsetof(struct engine_ring_header, high_watermark) == 648, "high_watermark");
+_Static_assert(offsetof(struct engine_ring_header, isr_count) == 656, "isr_count");
 _Static_assert(offsetof(struct engine_ring_header, reaped_frames) == 768, "reaped_frames");
 _Static_assert(offsetof(struct engine_ring_header, full_waits) == 776, "full_waits");
 _Static_assert(offsetof(struct engine_ring_header, stall_position) == 784, "stall_position");
@@ -232,6 +237,7 @@ enum engine_ring_code {
     ENGINE_RING_BAD_ARGUMENT = 10,
     ENGINE_RING_OUT_TOO_SMALL = 11, /* the output buffer cannot hold the next batch */
     ENGINE_RING_CORRUPT = 12,     /* a header or frame failed its checks */
+    ENGINE_RING_NOT_ENOUGH_REPLICAS = 13, /* isr_count < the producer's min_insync */
 };
 
 /* A reader's place in the ring: the next frame's position and the next
@@ -252,6 +258,8 @@ typedef struct engine_ring_status {
     int32_t leader_epoch;
     uint32_t sealed;
     int64_t high_watermark;
+    uint32_t isr_count;
+    uint32_t reserved;
     uint64_t reaped_frames;
     uint64_t full_waits;
     uint32_t publish_waiters;
@@ -301,14 +309,18 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
 
 /* Copy whole published batches from the cursor into out (without frame
  * headers), stopping before a batch whose base offset is >= max_offset
- * (-1: no limit), when out is full, or at the first unpublished frame.
+ * (-1: the ring's high watermark, which is itself -1, no limit, without
+ * replication), when out is full, or at the first unpublished frame.
  * Advances the cursor past what was copied. OK when something was copied. */
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
- * reaping torn claims on the way. timeout_ns 0: do not wait. */
-int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns);
+ * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:
+ * a frame at or above the high watermark is not readable yet (consumers);
+ * 0: it is (a follower copying the leader). */
+int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
+                     int respect_hw);
 
 /* Wait until any of count rings (at most 128) is readable at its cursor; returns
  * its index, or minus a ring code (TIMEOUT). Sleeps with futex_waitv. */
@@ -327,6 +339,20 @@ void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 /* Control (replication, failover): set the leader epoch and seal flag. */
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
+void engine_ring_set_isr_count(void *region, uint32_t isr_count);
+
+/* Replication. A follower appends the leader's batches as they are (their offsets
+ * kept; an offset gap becomes an offset-consuming padding frame). It ignores the
+ * seal, which keeps producers off a follower's ring. */
+int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
+                           int64_t timeout_ns);
+/* Move the cursor over every published frame without copying (the leader's
+ * published log end is then cursor->offset). */
+void engine_ring_advance(void *region, engine_cursor_t *cursor);
+/* Wait until the high watermark passes offset (acks="all"): OK, TIMEOUT, or
+ * SEALED when the ring stopped being the leader's. A ring without replication
+ * (high watermark -1) answers OK at once. */
+int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns);
 
 void engine_ring_status(void *region, engine_ring_status_t *out);
 

@@ -14,12 +14,19 @@ import pytest
 import ring_procs
 from engine._native import ffi
 
-from engine.errors import BufferFullError, RecordTooLargeError
+from engine.errors import (
+    BufferFullError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    RecordTooLargeError,
+)
 from engine.record import RecordDecoder
 from engine.ring import (
     EMPTY,
+    NO_LIMIT,
     OK,
     OVERWRITTEN,
+    TIMEOUT,
     Cursor,
     Ring,
     crc32c,
@@ -327,4 +334,48 @@ def test_a_reader_racing_producer_and_drain_never_returns_a_torn_record(ring_nam
     assert offsets == sorted(set(offsets))
     for offset, value in seen:
         assert value == struct.pack("<I", offset) + b"w" * (offset % 97)
+    ring.close()
+
+
+def test_a_follower_ring_copies_batches_with_their_offsets(ring_name: str) -> None:
+    leader = Ring.create(ring_name, 1 << 16, base_offset=10)
+    follower_name = ring_name + "-f"
+    follower = Ring.create(follower_name, 1 << 16, base_offset=10)
+    try:
+        follower.set_leader(0, sealed=True)  # producers are kept off a follower
+        f = producer_fields()
+        for i in range(5):
+            leader.append(f, b"r%d" % i)
+        lead_cursor, buf = Cursor(0, 10), bytearray(1 << 16)
+        code, n = leader.read(lead_cursor, buf, max_offset=NO_LIMIT)
+        assert code == OK
+        follower.append_raw(bytes(buf[:n]))
+        got = read_all(follower, Cursor(0, 10))
+        assert [(r.offset, r.value) for r in got] == [(10 + i, b"r%d" % i) for i in range(5)]
+        with pytest.raises(NotLeaderError):
+            follower.append(f, b"producer")
+    finally:
+        follower.close()
+        unlink(follower_name)
+        leader.close()
+
+
+def test_readers_stop_at_the_high_watermark_and_acks_all_waits_for_it(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    f = producer_fields()
+    ring.set_high_watermark(0)  # replicated: nothing is committed yet
+    for i in range(4):
+        ring.append(f, b"h%d" % i)
+    reader = Cursor()
+    assert read_all(ring, reader) == []
+    assert not ring.wait(reader, 0.01)  # published, but above the high watermark
+    assert ring.wait(reader, 0.01, respect_hw=False)
+    assert ring.wait_high_watermark(1, 0.01) == TIMEOUT
+    ring.set_high_watermark(2)
+    assert ring.wait_high_watermark(1, 0.01) == OK
+    assert [r.offset for r in read_all(ring, reader)] == [0, 1]
+    ring.set_isr_count(1)
+    with pytest.raises(NotEnoughReplicasError):
+        ring.append(producer_fields(min_insync=2), b"refused")
+    assert ring.status().tail_offset == 4
     ring.close()
