@@ -30,6 +30,7 @@ Request records, one per op code (several op codes share a shape)::
     setWatches(101) setWatches2(105)   SetWatchesRequest relativeZxid paths...
     addWatch(106)                      AddWatchRequest path mode
     checkWatches(17) removeWatches(18) RemoveWatchesRequest path type
+    reconfig(16)                       ReconfigRequest joining leaving newMembers configId
     ping(11) closeSession(-11)         EmptyRequest
     whoAmI(107)                        EmptyRequest
 """
@@ -615,6 +616,23 @@ class RemoveWatchesRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconfigRequest:
+    joining: str | None
+    leaving: str | None
+    new_members: str | None
+    config_id: int
+
+    @classmethod
+    def decode(cls, reader: Reader) -> ReconfigRequest:
+        return cls(reader.read_ustring(), reader.read_ustring(), reader.read_ustring(),
+                   reader.read_long())
+
+    def encode(self) -> bytes:
+        return (encode_ustring(self.joining) + encode_ustring(self.leaving)
+                + encode_ustring(self.new_members) + encode_long(self.config_id))
+
+
+@dataclass(frozen=True, slots=True)
 class EmptyRequest:
     def encode(self) -> bytes:
         return b""
@@ -632,6 +650,7 @@ Record = Union[
     SetWatchesRequest,
     AddWatchRequest,
     RemoveWatchesRequest,
+    ReconfigRequest,
     EmptyRequest,
     "MultiRequest",
 ]
@@ -697,6 +716,7 @@ _DECODERS: dict[int, Callable[[Reader], Record]] = {
     OpCode.ADD_WATCH: AddWatchRequest.decode,
     OpCode.CHECK_WATCHES: RemoveWatchesRequest.decode,
     OpCode.REMOVE_WATCHES: RemoveWatchesRequest.decode,
+    OpCode.RECONFIG: ReconfigRequest.decode,
     OpCode.PING: lambda r: EmptyRequest(),
     OpCode.CLOSE_SESSION: lambda r: EmptyRequest(),
     OpCode.WHO_AM_I: lambda r: EmptyRequest(),

@@ -758,6 +758,7 @@ class Coordinator:
         OpCode.ADD_WATCH: _add_watch,
         OpCode.CHECK_WATCHES: _remove_watches,
         OpCode.REMOVE_WATCHES: _remove_watches,
+        OpCode.RECONFIG: _reconfig,
     }
 
     # -- four-letter words ---------------------------------------------------------------

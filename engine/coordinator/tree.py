@@ -300,7 +300,7 @@ class DataTree:
         self.timed: set[str] = set()
         self.zxid = 0
         open_acl = (Acl(int(Perm.ALL), "world", "anyone"),)
-        self._put("/", Node(b"", open_acl, 0, 0, 0, 0))
+        self._put("/", Node(b"", open_acl, 0, 0, 0, 0, cversion=-1))  # as ZooKeeper's
         for path in ("/zookeeper", "/zookeeper/quota", "/zookeeper/config"):
             self._put(path, Node(b"", open_acl, 0, 0, 0, 0))
             self.nodes[parent_of(path)].children[name_of(path)] = None

@@ -223,3 +223,11 @@ def test_multi_read_answers_each_op_on_its_own(zk: KazooClient) -> None:
         OpCode.GET_CHILDREN, False, 0)
     assert reader.read_strings() == ["a"]
     assert (reader.read_int(), reader.read_bool(), reader.read_int()) == (-1, True, -1)
+
+
+def test_reconfig_is_disabled_on_a_standalone_server(zk: KazooClient) -> None:
+    from kazoo.exceptions import ReconfigDisabledError
+
+    with pytest.raises(ReconfigDisabledError):
+        zk.reconfig(joining="server.2=127.0.0.1:2888:3888", leaving=None, new_members=None)
+    assert zk.exists("/") is not None  # and the session goes on
