@@ -97,10 +97,11 @@ class Admin:
         for p in range(view.partition_count):
             state = meta.states.get(p)
             leader = state.leader if state else None
-            start = end = -1
+            start = end = hw = -1
             if leader is not None and p in view.rings:
                 status = view.rings[p].status()
                 end = status.tail_offset
+                hw = end if status.high_watermark < 0 else status.high_watermark
                 directory = self._cluster.data_dir.partition_dir(leader, name, p)
                 try:
                     start = LogReader(directory).log_start_offset
@@ -115,7 +116,7 @@ class Admin:
                     isr=state.isr if state else (),
                     log_start_offset=start,
                     log_end_offset=end,
-                    high_watermark=end,
+                    high_watermark=hw,
                 )
             )
         return TopicDescription(name, meta.assignment.topic_id, parts, dict(view.config))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -30,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from engine import metadata as md
 from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.replica import LeaderReplica
-from engine.ring import unlink
+from engine.errors import EngineError
+from engine.replica import FollowerReplica, LeaderReplica, Replica
+from engine.ring import Ring, unlink
 
 log = logging.getLogger("engine.broker")
 
@@ -55,13 +57,13 @@ class Broker:
         self.data_dir = data_dir
         self.broker_id = broker_id
         self.hosts = hosts
-        self.replicas: dict[ReplicaKey, LeaderReplica] = {}
+        self.replicas: dict[ReplicaKey, Replica] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._session_lost = threading.Event()
         self.zk = md.connect(data_dir, hosts=hosts)
         self.zk.add_listener(self._on_state)
-        self.controller = Controller(self.zk, broker_id, self.poke)
+        self.controller = Controller(self.zk, broker_id, self.poke, self._seal_ring)
 
     def poke(self, *_: Any) -> None:
         self._wake.set()
@@ -150,45 +152,104 @@ class Broker:
         self.shutdown()
 
     def reconcile(self) -> None:
-        """Host exactly the replicas this broker leads, as the tree says."""
-        wanted: dict[ReplicaKey, tuple[md.TopicMetadata, int]] = {}
+        """Host exactly the replicas the tree gives this broker, each in its current role."""
+        wanted: dict[ReplicaKey, tuple[md.TopicMetadata, md.PartitionState]] = {}
+        existing: set[tuple[str, str]] = set()
         for topic in self.zk.get_children(md.BROKER_TOPICS):
             try:
                 meta = md.read_topic(self.zk, topic)
             except Exception:  # noqa: BLE001 - deleted while we read it
                 continue
-            for p in meta.assignment.replicas:
+            existing.add((topic, meta.assignment.topic_id))
+            for p, replicas in meta.assignment.replicas.items():
+                if self.broker_id not in replicas:
+                    continue
                 path = md.state_path(topic, p)
                 if self.zk.exists(path, watch=self.poke) is None:
                     continue
                 state = meta.states.get(p)
-                if state is not None and state.leader == self.broker_id:
-                    wanted[(topic, p, meta.assignment.topic_id)] = (meta, state.leader_epoch)
+                if state is not None and state.leader >= 0:
+                    wanted[(topic, p, meta.assignment.topic_id)] = (meta, state)
         for key in list(self.replicas):
-            if key not in wanted:
-                topic_gone = not any(k[0] == key[0] and k[2] == key[2] for k in wanted)
-                log.info(
-                    "stopping replica %s-%d%s", key[0], key[1], " (deleted)" if topic_gone else ""
-                )
-                self.replicas.pop(key).stop(delete=topic_gone)
-        for key, (meta, epoch) in wanted.items():
+            replica = self.replicas[key]
+            if key in wanted and self._role_matches(replica, wanted[key][1]):
+                if isinstance(replica, LeaderReplica):
+                    replica.adopt_isr(wanted[key][1].isr)
+                continue
+            topic_gone = (key[0], key[2]) not in existing
+            log.info(
+                "stopping %s of %s-%d%s", replica.role, key[0], key[1],
+                " (deleted)" if topic_gone else "",
+            )
+            self.replicas.pop(key).stop(delete=topic_gone)
+        for key, (meta, state) in wanted.items():
             if key not in self.replicas:
-                self.replicas[key] = self._start_replica(key, meta, epoch)
+                self.replicas[key] = self._start_replica(key, meta, state)
 
-    def _start_replica(self, key: ReplicaKey, meta: md.TopicMetadata, epoch: int) -> LeaderReplica:
+    def _role_matches(self, replica: Replica, state: md.PartitionState) -> bool:
+        if replica.leader_epoch != state.leader_epoch:
+            return False
+        if state.leader == self.broker_id:
+            return isinstance(replica, LeaderReplica)
+        return isinstance(replica, FollowerReplica)
+
+    def _start_replica(
+        self, key: ReplicaKey, meta: md.TopicMetadata, state: md.PartitionState
+    ) -> Replica:
         topic, partition, topic_id = key
         directory = self.data_dir.partition_dir(self.broker_id, topic, partition)
         _claim_directory(directory, topic_id)
         config = validate_topic_config(meta.config)
-        log.info("leading %s-%d (epoch %d)", topic, partition, epoch)
-        return LeaderReplica(
-            topic,
-            partition,
-            directory,
-            self.data_dir.ring_name(topic_id, partition, self.broker_id),
-            config,
-            epoch,
-        )
+        ring_name = self.data_dir.ring_name(topic_id, partition, self.broker_id)
+        epoch = state.leader_epoch
+        replica: Replica
+        if state.leader == self.broker_id:
+            log.info("leading %s-%d (epoch %d, isr %s)", topic, partition, epoch, list(state.isr))
+            followers = {
+                b: self.data_dir.ring_name(topic_id, partition, b)
+                for b in meta.assignment.replicas[partition]
+                if b != self.broker_id
+            }
+            replica = LeaderReplica(
+                topic, partition, directory, ring_name, config, epoch,
+                broker_id=self.broker_id, followers=followers, isr=state.isr,
+                update_isr=lambda isr: self._write_isr(topic, partition, epoch, isr),
+            )
+        else:
+            log.info("following %s-%d (leader %d, epoch %d)", topic, partition, state.leader, epoch)
+            replica = FollowerReplica(
+                topic, partition, directory, ring_name, config, epoch,
+                leader_ring=self.data_dir.ring_name(topic_id, partition, state.leader),
+                leader_directory=self.data_dir.partition_dir(state.leader, topic, partition),
+            )
+        replica.start()
+        return replica
+
+    def _seal_ring(self, topic_id: str, partition: int, old_leader: int, epoch: int) -> None:
+        """Fence a deposed leader's ring: producers still mapping it must look again."""
+        try:
+            ring = Ring.open(self.data_dir.ring_name(topic_id, partition, old_leader))
+        except (FileNotFoundError, EngineError):
+            return
+        try:
+            # Keep its epoch: a sealed ring of the old epoch is no follower of the new one.
+            ring.set_leader(ring.status().leader_epoch, sealed=True)
+        finally:
+            ring.close()
+
+    def _write_isr(self, topic: str, partition: int, epoch: int, isr: tuple[int, ...]) -> bool:
+        """The leader's ISR change, written only if the partition's leadership is unchanged."""
+        path = md.state_path(topic, partition)
+        try:
+            data, stat = self.zk.get(path)
+            state = md.PartitionState.from_json(md.decode(data))
+            if state.leader != self.broker_id or state.leader_epoch != epoch:
+                return False
+            new = dataclasses.replace(state, isr=isr)
+            self.zk.set(path, md.encode(new.to_json()), version=stat.version)
+        except (NoNodeError, BadVersionError):
+            return False
+        return True
 
     def _remove_stale_rings(self) -> None:
         """Unlink rings of this broker that no hosted replica owns (deleted topics)."""

@@ -30,6 +30,9 @@ TOPIC_DEFAULTS: dict[str, int | str] = {
     "flush.ms": (1 << 63) - 1,
     "min.insync.replicas": 1,
     "unclean.leader.election.enable": 0,
+    # A broker setting in Kafka; per topic here. A follower further behind than this
+    # leaves the ISR.
+    "replica.lag.time.max.ms": 30_000,
     "cleanup.policy": "delete",
     # Engine-specific: the size of each partition's shared-memory ring, bytes.
     "ring.bytes": 16 << 20,
@@ -47,6 +50,7 @@ _MINIMUMS: dict[str, int] = {
     "flush.messages": 1,
     "flush.ms": 0,
     "min.insync.replicas": 1,
+    "replica.lag.time.max.ms": 1,
     "ring.bytes": 1 << 16,
 }
 

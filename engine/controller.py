@@ -7,7 +7,12 @@ the others watch it and try again when it vanishes). Each win bumps
 - gives every partition of a new topic its state znode (leader: the first live
   replica of its assignment, ISR: the live replicas, leader epoch 0);
 - carries out deletion requests under ``/admin/delete_topics``: removes the
-  topic's znodes, which makes the brokers drop the replicas and their data.
+  topic's znodes, which makes the brokers drop the replicas and their data;
+- fails leaders over: when a leader's broker is gone, the first live member of
+  the ISR becomes leader with the leader epoch bumped (no live ISR member: the
+  partition has no leader, unless the topic allows unclean election, which takes
+  any live replica), and the old leader's ring is sealed so that producers still
+  mapping it look the new leader up; dead brokers leave every ISR.
 
 It runs on its broker's main thread only (the broker calls :meth:`act` after
 every watch event), so it needs no locks. Crash behaviour: every action is an
@@ -18,6 +23,7 @@ finishes the job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -33,10 +39,17 @@ log = logging.getLogger("engine.controller")
 class Controller:
     """Election and the controller's duties for one broker."""
 
-    def __init__(self, zk: KazooClient, broker_id: int, poke: Callable[..., object]) -> None:
+    def __init__(
+        self,
+        zk: KazooClient,
+        broker_id: int,
+        poke: Callable[..., object],
+        seal: Callable[[str, int, int, int], None] | None = None,
+    ) -> None:
         self.zk = zk
         self.broker_id = broker_id
         self.poke = poke
+        self.seal = seal  # (topic id, partition, old leader, new epoch): fence the old ring
         self.epoch = 0
         self.active = False
 
@@ -79,6 +92,7 @@ class Controller:
         self.zk.get_children(md.BROKER_IDS, watch=self.poke)
         for topic in self.zk.get_children(md.BROKER_TOPICS, watch=self.poke):
             self._create_missing_states(topic, live)
+            self._fail_over(topic, live)
 
     def _create_missing_states(self, topic: str, live: set[int]) -> None:
         try:
@@ -104,6 +118,57 @@ class Controller:
                 log.info("partition %s-%d: leader %d, isr %s", topic, partition, alive[0], alive)
             except NodeExistsError:
                 pass
+
+    def _fail_over(self, topic: str, live: set[int]) -> None:
+        try:
+            meta = md.read_topic(self.zk, topic)
+        except Exception:  # noqa: BLE001 - deleted meanwhile
+            return
+        unclean = bool(meta.config.get("unclean.leader.election.enable", False))
+        for partition, replicas in meta.assignment.replicas.items():
+            path = md.state_path(topic, partition)
+            try:
+                data, stat = self.zk.get(path)
+            except NoNodeError:
+                continue
+            state = md.PartitionState.from_json(md.decode(data))
+            alive_isr = tuple(b for b in state.isr if b in live)
+            if state.leader in live:
+                if alive_isr != state.isr:  # dead brokers leave the ISR at once
+                    self._write(path, stat.version, dataclasses.replace(state, isr=alive_isr))
+                continue
+            candidates = [b for b in replicas if b in alive_isr]
+            if not candidates and unclean:
+                candidates = [b for b in replicas if b in live]
+            if not candidates:
+                if state.leader != -1:
+                    log.warning("%s-%d has no live in-sync replica: offline", topic, partition)
+                    self._write(path, stat.version, dataclasses.replace(
+                        state, leader=-1, leader_epoch=state.leader_epoch + 1,
+                        controller_epoch=self.epoch,
+                    ))
+                continue
+            new = md.PartitionState(
+                leader=candidates[0],
+                leader_epoch=state.leader_epoch + 1,
+                isr=tuple(candidates) if alive_isr else (candidates[0],),
+                controller_epoch=self.epoch,
+            )
+            if self._write(path, stat.version, new):
+                log.info(
+                    "%s-%d: leader %d -> %d, epoch %d, isr %s", topic, partition,
+                    state.leader, new.leader, new.leader_epoch, list(new.isr),
+                )
+                if self.seal is not None and state.leader >= 0:
+                    self.seal(meta.assignment.topic_id, partition, state.leader, new.leader_epoch)
+
+    def _write(self, path: str, version: int, state: md.PartitionState) -> bool:
+        try:
+            self.zk.set(path, md.encode(state.to_json()), version=version)
+        except (BadVersionError, NoNodeError):
+            self.poke()  # someone else wrote it: look again
+            return False
+        return True
 
     def _delete_topic(self, topic: str) -> None:
         log.info("deleting topic %s", topic)

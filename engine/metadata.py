@@ -187,10 +187,11 @@ def create_topic(
             f"replication must be between 1 and the number of live brokers ({len(brokers)}): "
             f"replication={replication!r}"
         )
-    if replication > 1:
+    min_isr = int(full["min.insync.replicas"])
+    if min_isr > replication:
         raise ConfigError(
-            "replication > 1 is not available yet (it comes with the replication issue): "
-            f"replication={replication}"
+            f"min.insync.replicas cannot exceed the replication factor: "
+            f"min.insync.replicas={min_isr} replication={replication}"
         )
     if client.exists(f"{DELETE_TOPICS}/{name}"):
         raise TopicExistsError(f"topic {name!r} is being deleted; try again shortly")

@@ -47,7 +47,7 @@ from engine.errors import (
     RecordTypeError,
 )
 from engine.record import RecordMetadata, as_bytes, encode_headers, pack_values
-from engine.ring import REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.ring import OK, REAPED, SEALED, Ring, producer_fields, raise_for
 
 log = logging.getLogger("engine.producer")
 
@@ -124,10 +124,11 @@ _future = tuple.__new__
 class _Route:
     """The fast path's view of a topic: ring regions by partition, limits, sticky state."""
 
-    __slots__ = ("count", "max_bytes", "regions", "sticky", "sticky_bytes", "view")
+    __slots__ = ("count", "fields", "max_bytes", "regions", "sticky", "sticky_bytes", "view")
 
-    def __init__(self, view: TopicView) -> None:
+    def __init__(self, view: TopicView, fields: Any) -> None:
         self.view = view
+        self.fields = fields
         self.count = view.partition_count
         self.max_bytes = view.max_message_bytes
         self.regions = [view.rings[p]._ptr() for p in range(self.count)]
@@ -212,7 +213,14 @@ class Producer:
 
     def _route(self, topic: str) -> _Route:
         with self._lock:
-            route = _Route(self._cluster.topics.get(topic) or self._cluster.topic(topic))
+            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            fields = self._fields
+            if self.acks == -1:  # the leader refuses the append below min.insync.replicas
+                fields = producer_fields(
+                    timeout_ms=self.max_block_ms,
+                    min_insync=int(view.config["min.insync.replicas"]),
+                )
+            route = _Route(view, fields)
             self._routes[topic] = route
             return route
 
@@ -272,13 +280,13 @@ class Producer:
             return _future(RecordFuture, (topic, partition, -1, ts))
         if hcount:
             result = _append(
-                route.regions[partition], self._fields, ts,
+                route.regions[partition], route.fields, ts,
                 _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
                 hbytes, len(hbytes), hcount, self._block_ns,
             )  # fmt: skip
         else:
             result = _append_value(
-                route.regions[partition], self._fields, ts,
+                route.regions[partition], route.fields, ts,
                 _NULL if key is None else key, klen, _NULL if value is None else value, vlen,
             )  # fmt: skip
         if result < 0:
@@ -286,7 +294,25 @@ class Producer:
                 result = self._append_slow(
                     topic, partition, -result, key, value, hbytes, hcount, ts
                 )
+        if self.acks == -1:
+            self._wait_committed(topic, partition, result)
         return _future(RecordFuture, (topic, partition, result, ts))
+
+    def _wait_committed(self, topic: str, partition: int, offset: int) -> None:
+        """acks="all": wait until the ISR holds ``offset`` (the high watermark passes it)."""
+        view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+        code = view.rings[partition].wait_high_watermark(offset, self.delivery_timeout_ms / 1000)
+        if code == OK:
+            return
+        if code == SEALED:
+            raise NotLeaderError(
+                f"the leader of {topic}-{partition} changed before offset {offset} was "
+                "committed: the record may or may not be in the log (send it again to be sure)"
+            )
+        raise EngineTimeoutError(
+            f"offset {offset} of {topic}-{partition} was not committed by the ISR within "
+            f"delivery_timeout_ms={self.delivery_timeout_ms}"
+        )
 
     def _append(
         self,
@@ -445,10 +471,13 @@ class Producer:
         out: Any,
     ) -> None:
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
+        route = self._routes.get(view.name) or self._route(view.name)
+        if self.acks == -1 and out is None:
+            out = np.empty(len(lengths) if lengths is not None else len(blob) // stride, np.int64)
         while True:
             try:
                 view.rings[partition].append_batch(
-                    self._fields,
+                    route.fields,
                     blob,
                     value_lengths=lengths,
                     value_stride=stride,
@@ -459,6 +488,8 @@ class Producer:
                     timeout_ms=self.max_block_ms,
                     offsets=out,
                 )
+                if self.acks == -1 and len(out):
+                    self._wait_committed(view.name, partition, int(out.max()))
                 return
             except NotLeaderError as exc:
                 # Sealed before anything of this call was appended? Then retry whole.

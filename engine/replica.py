@@ -1,10 +1,19 @@
-"""A partition replica hosted by a broker: its ring, its log, and the drain between them.
+"""A partition replica hosted by a broker: its ring, its log, and the threads between them.
 
-The leader replica owns the partition's shared-memory ring (producers append to
-it directly) and a drain thread that copies published batches from the ring
-into the log's segment files, then moves the ring's drain cursor, which frees
-ring space for producers. Only the broker process that hosts the replica calls
-it; the drain thread is the only writer of the log.
+Every replica has its own shared-memory ring and its own log, and a drain thread
+that copies published batches from the ring into the log's segment files, then
+moves the ring's drain cursor, which frees ring space. The drain thread is the
+only writer of the log; only the hosting broker process calls a replica.
+
+- The leader's ring takes producers' appends. With followers, a replicate thread
+  computes the high watermark (the least log end offset over the ISR), publishes
+  it in the ring header (readers and acks="all" producers wait on it; the drain
+  never writes past it), and shrinks or expands the ISR in the coordinator.
+- A follower's ring is sealed against producers; a fetch thread copies the
+  leader's batches into it byte for byte (from the leader's ring, or from the
+  leader's segments when the ring has moved on) and so publishes the follower's
+  log end offset in its own ring header, where the leader reads it. On start it
+  first truncates what its log holds beyond the leader's (a divergent tail).
 
 Crash behaviour: after a kill -9 of the broker the ring stays in shared memory
 with everything producers published; the next broker reopens it, recovers the
@@ -19,11 +28,24 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.log import Log, LogConfig
-from engine.ring import EMPTY, FRAME_HEADER_LENGTH, OK, OUT_TOO_SMALL, OVERWRITTEN, Ring, unlink
+from engine.errors import EngineError
+from engine.log import Log, LogConfig, LogReader
+from engine.record_batch import scan_batches
+from engine.ring import (
+    EMPTY,
+    FRAME_HEADER_LENGTH,
+    NO_LIMIT,
+    OK,
+    OUT_TOO_SMALL,
+    OVERWRITTEN,
+    Cursor,
+    Ring,
+    unlink,
+)
 
 log = logging.getLogger("engine.replica")
 
@@ -33,11 +55,20 @@ HOUSEKEEPING_S = 1.0
 # environment can set it (tests do).
 RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) / 1000
 POLL_SLEEP_S = 0.0005
+STOP_GRACE_S = 5.0
+STOP_COMMIT_WAIT_S = 0.5  # how long a stopping leader waits for followers to commit
+REPLICATE_POLL_S = 0.0002
+FETCH_CHUNK = 1 << 20
 IDLE_POLLS = 200  # 100 ms of sleep-polling before the drain blocks on the ring
 
 
-class LeaderReplica:
-    """The leader's ring and log of one partition, and the thread that drains one into the other."""
+class Replica:
+    """One replica of a partition: its ring, its log, the drain thread between them.
+
+    Subclasses add the leader's replicate thread or the follower's fetch thread.
+    """
+
+    role = "replica"
 
     def __init__(
         self,
@@ -51,15 +82,37 @@ class LeaderReplica:
         self.topic = topic
         self.partition = partition
         self.ring_name = ring_name
+        self.leader_epoch = leader_epoch
         self.log = Log.open(directory, LogConfig.from_mapping(config))
+        self._prepare_log()
         self.ring = self._open_ring(config, leader_epoch)
         self._stop = threading.Event()
         self._stop_deadline = 0.0
         self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._drain_loop, name=f"drain-{topic}-{partition}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._guard(self._drain_loop),
+                name=f"drain-{topic}-{partition}",
+                daemon=True,
+            )
+        ]
+
+    def _prepare_log(self) -> None:
+        """Hook run after the log is open and before the ring: followers truncate here."""
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def _guard(self, body: Any) -> Any:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                self._error = exc
+                log.exception("%s of %s-%d failed", body.__name__, self.topic, self.partition)
+
+        return run
 
     def _open_ring(self, config: dict[str, Any], leader_epoch: int) -> Ring:
         end = self.log.log_end_offset
@@ -78,7 +131,7 @@ class LeaderReplica:
                 cursor = ring.seek(end)
                 if cursor is not None:
                     ring.drain_to(cursor)
-                    ring.set_leader(leader_epoch, sealed=False)
+                    ring.set_leader(leader_epoch, sealed=self.role == "follower")
                     log.info(
                         "resumed ring %s: log end %d, ring tail %d",
                         self.ring_name,
@@ -95,7 +148,7 @@ class LeaderReplica:
             # Producers that still map the old ring must not append into an orphan.
             ring.set_leader(status.leader_epoch, sealed=True)
             ring.close()
-        return Ring.create(
+        ring = Ring.create(
             self.ring_name,
             capacity,
             base_offset=end,
@@ -103,6 +156,8 @@ class LeaderReplica:
             leader_epoch=leader_epoch,
             replace=True,
         )
+        ring.set_leader(leader_epoch, sealed=self.role == "follower")
+        return ring
 
     def _drain_loop(self) -> None:
         buf = bytearray(DRAIN_CHUNK)
@@ -110,51 +165,50 @@ class LeaderReplica:
         cursor = self.ring.drain_cursor()
         last_retention = 0.0
         idle_polls = 0
-        try:
-            while True:
-                code, n = self.ring.read(cursor, buf)
-                if code == OK:
-                    idle_polls = 0
-                    self.log.append(view[:n])
-                    self.ring.drain_to(cursor)
-                    self.log.maybe_flush()
-                    continue
-                if code == OUT_TOO_SMALL:
-                    buf = bytearray(max(n, 2 * len(buf)))
-                    view = memoryview(buf)
-                    continue
-                if code == OVERWRITTEN:
-                    raise RuntimeError(f"drain cursor was overwritten: ring={self.ring_name}")
-                assert code == EMPTY
-                if self._stop.is_set():
-                    # Sealed: no new claims. Claims already made publish within
-                    # microseconds (or are reaped if their producer died), so wait
-                    # until the drain cursor reaches the tail.
-                    if self.ring.status().tail_position <= cursor.position:
-                        return
-                    if time.monotonic() > self._stop_deadline:
-                        log.error(
-                            "stopping %s-%d with unpublished claims", self.topic, self.partition
-                        )
-                        return
-                    self.ring.wait(cursor, 0.05)
-                    continue
-                now = time.monotonic()
+        while True:
+            code, n = self.ring.read(cursor, buf)
+            if code == OK:
+                idle_polls = 0
+                self.log.append(view[:n])
+                self.ring.drain_to(cursor)
                 self.log.maybe_flush()
-                if now - last_retention > RETENTION_CHECK_S:
-                    self.log.apply_retention(int(time.time() * 1000))
-                    last_retention = now
-                # Sleep-poll while producers are active, so that they do not pay a
-                # futex wake per append; only a ring idle for IDLE_POLLS polls is
-                # waited on (then an append wakes the drain at once).
-                idle_polls += 1
-                if idle_polls < IDLE_POLLS:
-                    time.sleep(POLL_SLEEP_S)
-                else:
-                    self.ring.wait(cursor, HOUSEKEEPING_S)
-        except BaseException as exc:
-            self._error = exc
-            log.exception("drain of %s-%d failed", self.topic, self.partition)
+                continue
+            if code == OUT_TOO_SMALL:
+                buf = bytearray(max(n, 2 * len(buf)))
+                view = memoryview(buf)
+                continue
+            if code == OVERWRITTEN:
+                raise RuntimeError(f"drain cursor was overwritten: ring={self.ring_name}")
+            assert code == EMPTY
+            if self._stop.is_set():
+                # Sealed: no new claims. Claims already made publish within
+                # microseconds (or are reaped if their producer died), so wait
+                # until the drain cursor reaches the tail.
+                status = self.ring.status()
+                if status.tail_position <= cursor.position:
+                    return
+                uncommitted = 0 <= status.high_watermark <= cursor.offset
+                waited = time.monotonic() - (self._stop_deadline - STOP_GRACE_S)
+                if uncommitted and waited > STOP_COMMIT_WAIT_S:
+                    return  # what is left never reached the ISR: not acknowledged
+                if time.monotonic() > self._stop_deadline:
+                    log.error("stopping %s-%d with unpublished claims", self.topic, self.partition)
+                    return
+                self.ring.wait(cursor, 0.05)
+                continue
+            now = time.monotonic()
+            self.log.maybe_flush()
+            if now - last_retention > RETENTION_CHECK_S:
+                self.log.apply_retention(int(time.time() * 1000))
+                last_retention = now
+            # Sleep-poll while producers are active, so that they do not pay a
+            # futex wake per append; only a ring idle for IDLE_POLLS polls is
+            # waited on (then an append wakes the drain at once).
+            idle_polls += 1
+            if idle_polls < IDLE_POLLS:
+                time.sleep(POLL_SLEEP_S)
+            else:
+                self.ring.wait(cursor, HOUSEKEEPING_S)
 
     @property
     def failed(self) -> BaseException | None:
@@ -172,11 +226,13 @@ class LeaderReplica:
     def stop(self, delete: bool = False) -> None:
         """Seal the ring, drain what producers published, flush, close; unlink the ring."""
         self.ring.set_leader(self.ring.status().leader_epoch, sealed=True)
-        self._stop_deadline = time.monotonic() + 5.0
+        self._stop_deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():
-            log.error("drain of %s-%d did not stop in 30 s", self.topic, self.partition)
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(timeout=30)
+            if thread.is_alive():
+                log.error("%s did not stop in 30 s", thread.name)
         self.log.flush()
         directory = self.log.directory
         self.log.close()
@@ -186,3 +242,267 @@ class LeaderReplica:
             import shutil
 
             shutil.rmtree(directory, ignore_errors=True)
+
+
+class LeaderReplica(Replica):
+    """The leader: producers append to its ring; with followers it keeps the high watermark.
+
+    ``followers`` maps each follower broker id to its ring's name; ``isr`` is the ISR
+    the coordinator holds; ``update_isr(isr)`` writes a new ISR there (False when the
+    write lost a race, for example against a new leader epoch).
+    """
+
+    role = "leader"
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        directory: Path,
+        ring_name: str,
+        config: dict[str, Any],
+        leader_epoch: int,
+        broker_id: int = 0,
+        followers: dict[int, str] | None = None,
+        isr: tuple[int, ...] = (),
+        update_isr: Callable[[tuple[int, ...]], bool] | None = None,
+    ) -> None:
+        super().__init__(topic, partition, directory, ring_name, config, leader_epoch)
+        self.broker_id = broker_id
+        self.followers = dict(followers or {})
+        self.isr = set(isr) | {broker_id}
+        self.update_isr = update_isr
+        self.lag_max_s = int(config.get("replica.lag.time.max.ms", 30_000)) / 1000
+        if self.followers:
+            status = self.ring.status()
+            if status.high_watermark < 0:  # a ring new to leadership: commit nothing yet
+                self.ring.set_high_watermark(status.drain_offset)
+            self.ring.set_isr_count(len(self.isr))
+            self._threads.append(
+                threading.Thread(
+                    target=self._guard(self._replicate_loop),
+                    name=f"replicate-{topic}-{partition}",
+                    daemon=True,
+                )
+            )
+        else:
+            self.ring.set_high_watermark(-1)
+            self.ring.set_isr_count(1)
+
+    def _replicate_loop(self) -> None:
+        published = self.ring.drain_cursor()
+        rings: dict[int, Ring | None] = {}
+        seen: dict[int, tuple[int, float]] = {}  # follower -> (log end, since)
+        lagging_since: dict[int, float] = {}
+        while not self._stop.is_set():
+            self.ring.advance(published)
+            leader_end = published.offset
+            now = time.monotonic()
+            ends: dict[int, int] = {}
+            for broker, name in self.followers.items():
+                ends[broker] = self._follower_end(broker, name, rings, seen, now)
+            hw = min([leader_end] + [ends[b] for b in self.isr if b in ends])
+            if hw > self.ring.status().high_watermark:
+                self.ring.set_high_watermark(hw)
+            for broker, end in ends.items():
+                if end >= leader_end:
+                    lagging_since.pop(broker, None)
+                else:
+                    lagging_since.setdefault(broker, now)
+            wanted = {self.broker_id} | {
+                b
+                for b in self.followers
+                if (b in self.isr and now - lagging_since.get(b, now) <= self.lag_max_s)
+                or (b not in self.isr and b not in lagging_since)
+            }
+            if wanted != self.isr and self._write_isr(wanted):
+                log.info(
+                    "%s-%d: ISR %s -> %s",
+                    self.topic,
+                    self.partition,
+                    sorted(self.isr),
+                    sorted(wanted),
+                )
+                self.isr = wanted
+                self.ring.set_isr_count(len(wanted))
+            if hw < leader_end:
+                time.sleep(REPLICATE_POLL_S)  # followers are copying: look again soon
+            else:
+                self.ring.wait(published, HOUSEKEEPING_S, respect_hw=False)
+        for ring in rings.values():
+            if ring is not None:
+                ring.close()
+
+    def adopt_isr(self, isr: tuple[int, ...]) -> None:
+        """The coordinator's ISR changed underneath (the controller dropped a dead broker)."""
+        new = set(isr) | {self.broker_id}
+        if new != self.isr:
+            self.isr = new
+            self.ring.set_isr_count(len(new))
+
+    def _write_isr(self, isr: set[int]) -> bool:
+        return self.update_isr is not None and self.update_isr(tuple(sorted(isr)))
+
+    def _follower_end(
+        self,
+        broker: int,
+        name: str,
+        rings: dict[int, Ring | None],
+        seen: dict[int, tuple[int, float]],
+        now: float,
+    ) -> int:
+        """A follower's log end offset, read from its ring's header (-1: unknown)."""
+        ring = rings.get(broker)
+        last, since = seen.get(broker, (-1, now))
+        if ring is not None and now - since > 1.0:
+            # No progress for a second: the follower may have recreated its ring.
+            ring.close()
+            ring = rings[broker] = None
+        if ring is None:
+            try:
+                ring = rings[broker] = Ring.open(name)
+            except (FileNotFoundError, EngineError):
+                seen[broker] = (last, now)
+                return last
+        status = ring.status()
+        if status.leader_epoch != self.leader_epoch or not status.sealed:
+            # Not a follower ring of this leadership (say, a deposed leader's old ring):
+            # its log end says nothing about what this leader's followers hold.
+            seen[broker] = (last, since)
+            return -1
+        end = status.tail_offset
+        if end != last:
+            seen[broker] = (end, now)
+        return end
+
+
+class FollowerReplica(Replica):
+    """A follower: copies the leader's batches into its own ring, sealed against producers."""
+
+    role = "follower"
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        directory: Path,
+        ring_name: str,
+        config: dict[str, Any],
+        leader_epoch: int,
+        leader_ring: str = "",
+        leader_directory: Path | None = None,
+    ) -> None:
+        self.leader_ring_name = leader_ring
+        self.leader_directory = leader_directory
+        super().__init__(topic, partition, directory, ring_name, config, leader_epoch)
+        self.ring.set_high_watermark(-1)
+        self._threads.append(
+            threading.Thread(
+                target=self._guard(self._fetch_loop),
+                name=f"fetch-{topic}-{partition}",
+                daemon=True,
+            )
+        )
+
+    def _prepare_log(self) -> None:
+        """Cut what this log holds beyond the leader's: a tail no ISR ever committed."""
+        end = self.log.log_end_offset
+        start = self.log.log_start_offset
+        leader_reader: LogReader | None = None
+        leader_ring: Ring | None = None
+        try:
+            leader_ring = Ring.open(self.leader_ring_name)
+        except (FileNotFoundError, EngineError):
+            leader_ring = None
+        try:
+            if self.leader_directory is not None and self.leader_directory.exists():
+                leader_reader = LogReader(self.leader_directory)
+            while end > start:
+                mine = self.log.read(end - 1, 1)
+                info = scan_batches(mine, verify_crc=False)[0]
+                if not len(info):
+                    break
+                base = int(info["base_offset"][0])
+                ours = bytes(mine[: int(info["length"][0])])
+                theirs = self._leader_batch(base, leader_ring, leader_reader)
+                if theirs is None or theirs[: len(ours)] == ours:
+                    break  # the leader has it (or cannot tell us): keep it
+                end = base
+            if end < self.log.log_end_offset:
+                log.warning(
+                    "%s-%d: truncating a divergent tail from %d to %d",
+                    self.topic,
+                    self.partition,
+                    self.log.log_end_offset,
+                    end,
+                )
+                self.log.truncate_to(end)
+        finally:
+            if leader_reader is not None:
+                leader_reader.close()
+            if leader_ring is not None:
+                leader_ring.close()
+
+    @staticmethod
+    def _leader_batch(base: int, ring: Ring | None, reader: LogReader | None) -> bytes | None:
+        """The leader's batch at base offset ``base``; b"" if it has none; None if unknown."""
+        if ring is not None:
+            cursor = ring.seek(base)
+            if cursor is not None:
+                buf = bytearray(FETCH_CHUNK)
+                code, n = ring.read(cursor, buf, max_offset=NO_LIMIT)
+                return bytes(buf[:n]) if code == OK else b""
+        if reader is not None and ring is not None:
+            try:
+                return reader.read(base, 1, ring.status().drain_offset)
+            except EngineError:
+                return b""
+        return None
+
+    def _fetch_loop(self) -> None:
+        leader: Ring | None = None
+        reader: LogReader | None = None
+        cursor: Cursor | None = None
+        buf = bytearray(FETCH_CHUNK)
+        try:
+            while not self._stop.is_set():
+                if leader is None:
+                    try:
+                        leader = Ring.open(self.leader_ring_name)
+                    except (FileNotFoundError, EngineError):
+                        self._stop.wait(0.05)
+                        continue
+                    cursor = None
+                mine = self.ring.status().tail_offset
+                if cursor is None:
+                    cursor = leader.seek(mine)
+                    if cursor is None:  # the leader's ring has moved on: its segments
+                        if reader is None and self.leader_directory is not None:
+                            reader = LogReader(self.leader_directory)
+                        if reader is None:
+                            self._stop.wait(0.05)
+                            continue
+                        data = reader.read(mine, FETCH_CHUNK, leader.status().drain_offset)
+                        if data:
+                            self.ring.append_raw(data)
+                        else:
+                            self._stop.wait(0.01)
+                        continue
+                code, n = leader.read(cursor, buf, max_offset=NO_LIMIT)
+                if code == OK:
+                    self.ring.append_raw(memoryview(buf)[:n])
+                elif code == OUT_TOO_SMALL:
+                    buf = bytearray(max(n, 2 * len(buf)))
+                elif code == OVERWRITTEN:
+                    cursor = None
+                elif leader.status().sealed:
+                    leader.close()  # the leader stepped down or restarted: look again
+                    leader = None
+                    self._stop.wait(0.05)
+                else:
+                    leader.wait(cursor, 0.1, respect_hw=False)
+        finally:
+            if leader is not None:
+                leader.close()
+            if reader is not None:
+                reader.close()

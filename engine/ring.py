@@ -214,13 +214,17 @@ class Ring:
         finally:
             shm.close_fd()
         ring = cls(name, mapping, owner=False)
-        if lib.engine_ring_check(ring._region, size) != OK:
+        # A check during the creator's formatting fails (the version word is stored
+        # last); only a check that fails with the version word set means corruption.
+        for _ in range(3):
+            if lib.engine_ring_check(ring._region, size) == OK:
+                return ring
             version = int.from_bytes(mapping[0:4], "little")
-            ring.close()
-            if version == 0:  # its creator has not finished formatting it
+            if version == 0:
+                ring.close()
                 raise FileNotFoundError(f"partition ring not ready: name={name}")
-            raise CorruptRecordError(f"not a version-1 engine ring: name={name} version={version}")
-        return ring
+        ring.close()
+        raise CorruptRecordError(f"not a version-1 engine ring: name={name} version={version}")
 
     def close(self) -> None:
         """Unmap; idempotent. In a forked child this does nothing to the parent's view."""
