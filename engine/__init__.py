@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
     from engine.errors import (
         BufferFullError,
         ClosedError,
+        CommitFailedError,
         ConfigError,
         CorruptRecordError,
         DaemonAlreadyRunningError,
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
         EngineError,
         EngineTimeoutError,
         FencedError,
+        GroupNotEmptyError,
         InvalidTopicError,
         NotEnoughReplicasError,
         NotLeaderError,
@@ -29,6 +31,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
         RecordTooLargeError,
         RecordTypeError,
         TopicExistsError,
+        UnknownGroupError,
         UnknownTopicError,
     )
     from engine.producer import BatchResult, Producer, RecordFuture
@@ -43,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "BatchResult": "engine.producer",
     "BufferFullError": "engine.errors",
     "ClosedError": "engine.errors",
+    "CommitFailedError": "engine.errors",
     "ConfigError": "engine.errors",
     "Consumer": "engine.consumer",
     "CorruptRecordError": "engine.errors",
@@ -51,6 +55,7 @@ _EXPORTS: dict[str, str] = {
     "EngineError": "engine.errors",
     "EngineTimeoutError": "engine.errors",
     "FencedError": "engine.errors",
+    "GroupNotEmptyError": "engine.errors",
     "InvalidTopicError": "engine.errors",
     "NotEnoughReplicasError": "engine.errors",
     "NotLeaderError": "engine.errors",
@@ -66,6 +71,7 @@ _EXPORTS: dict[str, str] = {
     "TopicDescription": "engine.admin",
     "TopicExistsError": "engine.errors",
     "TopicPartition": "engine.record",
+    "UnknownGroupError": "engine.errors",
     "UnknownTopicError": "engine.errors",
 }
 
@@ -88,6 +94,7 @@ __all__ = [
     "BatchResult",
     "BufferFullError",
     "ClosedError",
+    "CommitFailedError",
     "ConfigError",
     "Consumer",
     "CorruptRecordError",
@@ -96,6 +103,7 @@ __all__ = [
     "EngineError",
     "EngineTimeoutError",
     "FencedError",
+    "GroupNotEmptyError",
     "InvalidTopicError",
     "NotEnoughReplicasError",
     "NotLeaderError",
@@ -111,6 +119,7 @@ __all__ = [
     "TopicDescription",
     "TopicExistsError",
     "TopicPartition",
+    "UnknownGroupError",
     "UnknownTopicError",
     "__version__",
 ]

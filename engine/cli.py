@@ -91,6 +91,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-key", action="store_true")
     p.add_argument("--print-offset", action="store_true")
 
+    p = sub.add_parser("groups", help="list, describe consumer groups; reset their offsets")
+    gsub = p.add_subparsers(dest="groups_command", required=True, metavar="ACTION")
+    c = gsub.add_parser("list", help="list consumer groups")
+    _add_data_dir(c)
+    c = gsub.add_parser(
+        "describe", help="members, assignment, committed offset, log end offset, lag"
+    )
+    _add_data_dir(c)
+    c.add_argument("group")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = gsub.add_parser(
+        "reset-offsets", help="set a group's committed offsets (only without live members)"
+    )
+    _add_data_dir(c)
+    c.add_argument("group")
+    c.add_argument("--topic", required=True)
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-earliest", action="store_true")
+    target.add_argument("--to-latest", action="store_true")
+    target.add_argument("--to-offset", type=int, default=None, metavar="N")
+
     p = sub.add_parser("demo", help="a small IoT fleet: producers and a consumer, with figures")
     _add_data_dir(p)
     p.add_argument("--devices", type=int, default=1000)
@@ -310,6 +331,64 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_groups(args: argparse.Namespace) -> int:
+    from engine import group as grp
+    from engine import offset_store
+    from engine.admin import Admin
+
+    with Admin(args.data_dir) as admin:
+        if args.groups_command == "list":
+            for name in offset_store.list_groups(admin._cluster.zk):
+                print(name)
+        elif args.groups_command == "describe":
+            d = grp.describe_group(admin, args.group)
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "group": d.group,
+                            "generation": d.generation,
+                            "protocol": d.protocol,
+                            "leader": d.leader,
+                            "members": d.members,
+                            "partitions": [p.__dict__ for p in d.partitions],
+                        },
+                        indent=2,
+                        sort_keys=True,
+                    )
+                )
+                return 0
+            state = "Stable" if d.members else "Empty"
+            print(
+                f"group {d.group}  state {state}  generation {d.generation}  "
+                f"protocol {d.protocol or '-'}  members {len(d.members)}"
+            )
+            for member, info in d.members.items():
+                tps = ", ".join(f"{t}-{p}" for t, p in info.get("assignment", [])) or "(idle)"
+                print(f"  member {member}  pid {info.get('pid')}  host {info.get('host')}  {tps}")
+            print(
+                f"  {'TOPIC':<20} {'PARTITION':>9} {'COMMITTED':>10} {'LOG-END':>10} "
+                f"{'LAG':>8}  OWNER"
+            )
+            for p in d.partitions:
+                committed = "-" if p.committed is None else str(p.committed)
+                lag = "-" if p.lag is None else str(p.lag)
+                print(
+                    f"  {p.topic:<20} {p.partition:>9} {committed:>10} {p.log_end_offset:>10} "
+                    f"{lag:>8}  {p.owner or '-'}"
+                )
+        elif args.groups_command == "reset-offsets":
+            if args.to_earliest:
+                new = grp.reset_offsets(admin, args.group, args.topic, "earliest")
+            elif args.to_latest:
+                new = grp.reset_offsets(admin, args.group, args.topic, "latest")
+            else:
+                new = grp.reset_offsets(admin, args.group, args.topic, "offset", args.to_offset)
+            for tp, offset in sorted(new.items()):
+                print(f"{args.group} {tp.topic} {tp.partition} {offset}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from engine.demo import run_demo
 
@@ -344,6 +423,7 @@ _COMMANDS = {
     "topics": cmd_topics,
     "produce": cmd_produce,
     "consume": cmd_consume,
+    "groups": cmd_groups,
     "demo": cmd_demo,
     "bench": cmd_bench,
 }

@@ -8,33 +8,59 @@ through the same ``poll()``. A consumer that has caught up sleeps on the ring's
 futex and wakes within microseconds of an append.
 
 A Consumer is used by one thread. After ``close()`` every method raises
-ClosedError. Consumer groups (``group_id``, committed offsets) arrive with their
-own issue; until then ``subscribe`` assigns every partition of the topics.
+ClosedError.
+
+Without a ``group_id``, ``subscribe`` assigns every partition of the topics and
+``assign`` takes exactly the partitions given. With a ``group_id``, ``subscribe``
+joins the consumer group (engine.group): the group's leader spreads the
+partitions over the members, and this consumer fetches a partition only while it
+owns it; rebalances happen inside ``poll()``, where ``on_revoke`` and
+``on_assign`` run. Committed offsets (``commit``, auto-commit) live in the
+coordinator's tree (engine.offset_store) and survive a daemon restart. A group
+consumer with ``assign`` (no subscription) commits without membership checks, as
+Kafka's standalone consumers do.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from kazoo.exceptions import KazooException
+from kazoo.handlers.threading import KazooTimeoutError
 
+from engine import offset_store as store
+from engine.assignor import strategy as find_strategy
 from engine.cluster import ClusterView
 from engine.errors import (
     ClosedError,
+    CommitFailedError,
     ConfigError,
     EngineError,
     OffsetOutOfRangeError,
     PartitionOutOfRangeError,
 )
+from engine.group import GroupMember
 from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition
+from engine.record_batch import decode_record_infos, scan_batches
 from engine.ring import OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
 
+log = logging.getLogger("engine.consumer")
+
 _RESETS = ("earliest", "latest", "none")
+_ISOLATION = ("read_uncommitted", "read_committed")
+
+#: on_assign / on_revoke: called with the partitions this consumer takes or gives up.
+RebalanceCallback = Callable[[set[TopicPartition]], None]
+#: commit_async's callback: (the offsets, None) or (the offsets, the error).
+CommitCallback = Callable[[dict[TopicPartition, int], "Exception | None"], None]
 
 
 @dataclass
@@ -59,18 +85,66 @@ class Consumer:
         data_dir: str | os.PathLike[str] | None = None,
         group_id: str | None = None,
         auto_offset_reset: str = "latest",
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        partition_assignment_strategy: str = "range",
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3000,
+        max_poll_interval_ms: int = 300_000,
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        isolation_level: str = "read_uncommitted",
         max_poll_records: int = 500,
         fetch_max_bytes: int = 1 << 20,
         consumer_timeout_ms: float = float("inf"),
         client_id: str | None = None,
         **unknown: Any,
     ) -> None:
+        """Options are kafka-python's. Group options (used only with ``group_id``):
+
+        ``session_timeout_ms``: a member whose process dies is dropped after this long
+        (its coordinator session's timeout; the coordinator clamps it to 0.4-4 s).
+        ``heartbeat_interval_ms``: must be below the session timeout; the session's
+        pings, a third of the session timeout apart, are the heartbeats.
+        ``max_poll_interval_ms``: a member that does not call poll() for this long
+        leaves the group and its partitions move. ``on_assign`` / ``on_revoke``: see
+        engine.group. ``isolation_level="read_committed"`` needs transactions, which
+        are not available yet (ConfigError).
+        """
         if unknown:
             raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
         if group_id is not None:
+            store.validate_group_id(group_id)
+        find_strategy(partition_assignment_strategy)
+        for name, value in (
+            ("auto_commit_interval_ms", auto_commit_interval_ms),
+            ("session_timeout_ms", session_timeout_ms),
+            ("heartbeat_interval_ms", heartbeat_interval_ms),
+            ("max_poll_interval_ms", max_poll_interval_ms),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1: {name}={value!r}")
+        if heartbeat_interval_ms >= session_timeout_ms:
             raise ConfigError(
-                "consumer groups are not available yet (they come with the consumer-group "
-                "issue): use assign() or subscribe() without group_id"
+                "heartbeat_interval_ms must be below session_timeout_ms: "
+                f"heartbeat_interval_ms={heartbeat_interval_ms} "
+                f"session_timeout_ms={session_timeout_ms}"
+            )
+        if not isinstance(enable_auto_commit, bool):
+            raise ConfigError(
+                f"enable_auto_commit must be a bool: enable_auto_commit={enable_auto_commit!r}"
+            )
+        for name, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
+            if cb is not None and not callable(cb):
+                raise ConfigError(f"{name} must be callable: {name}={cb!r}")
+        if isolation_level not in _ISOLATION:
+            raise ConfigError(
+                f"isolation_level must be one of {_ISOLATION}: isolation_level={isolation_level!r}"
+            )
+        if isolation_level == "read_committed":
+            raise ConfigError(
+                "isolation_level='read_committed' is not available yet: transactions "
+                "(transactional producers, control batches) are not implemented"
             )
         if auto_offset_reset not in _RESETS:
             raise ConfigError(
@@ -94,6 +168,17 @@ class Consumer:
         self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
+        self.group_id = group_id
+        self.enable_auto_commit = enable_auto_commit
+        self.auto_commit_interval_s = auto_commit_interval_ms / 1000
+        self.partition_assignment_strategy = partition_assignment_strategy
+        self.session_timeout_ms = session_timeout_ms
+        self.max_poll_interval_ms = max_poll_interval_ms
+        self.on_assign = on_assign
+        self.on_revoke = on_revoke
+        self._group: GroupMember | None = None
+        self._committed: dict[TopicPartition, int] = {}  # what this consumer last committed
+        self._next_auto_commit = time.monotonic() + self.auto_commit_interval_s
         if topics:
             self.subscribe(list(topics))
 
@@ -106,16 +191,46 @@ class Consumer:
             raise ClosedError("consumer was created in another process: create one per process")
 
     def subscribe(self, topics: Iterable[str]) -> None:
-        """Without a group: assign every partition of the topics."""
+        """Without a group: assign every partition of the topics. With a ``group_id``:
+        join the group; partitions arrive through poll() (see ``on_assign``)."""
         self._check_open()
+        topics = list(topics)
+        if isinstance(topics, str) or not topics:
+            raise ConfigError(f"subscribe takes a non-empty list of topics: topics={topics!r}")
         tps = []
         for topic in topics:
             view = self._cluster.topic(topic)
             tps += [TopicPartition(topic, p) for p in range(view.partition_count)]
-        self.assign(tps)
+        if self.group_id is None:
+            self.assign(tps)
+            return
+        if self._group is not None:
+            raise ConfigError(
+                f"already subscribed to {self._group.topics} in group {self.group_id!r}: "
+                "create another Consumer for other topics"
+            )
+        if self._fetches:
+            raise ConfigError("subscribe() after assign(): a consumer uses one or the other")
+        self._group = GroupMember(
+            self._cluster.data_dir,
+            self.group_id,
+            self.client_id,
+            self.partition_assignment_strategy,
+            self.session_timeout_ms,
+            self.max_poll_interval_ms,
+        )
+        self._group.join(topics)
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._check_open()
+        if self._group is not None:
+            raise ConfigError(
+                f"assign() while subscribed to group {self.group_id!r}: the group assigns "
+                "partitions; use a Consumer without subscribe() for manual assignment"
+            )
+        self._set_fetches(partitions)
+
+    def _set_fetches(self, partitions: Iterable[TopicPartition]) -> None:
         new: dict[TopicPartition, _Fetch] = {}
         for tp in partitions:
             tp = TopicPartition(*tp)
@@ -139,7 +254,129 @@ class Consumer:
         return _Fetch(tp, view.rings[tp.partition], LogReader(directory))
 
     def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer fetches now (in a group: those it owns)."""
         return set(self._fetches)
+
+    # -- the group -----------------------------------------------------------
+
+    def _group_sync(self) -> None:
+        """Apply the group's current generation: revoke, commit, release, then acquire."""
+        g = self._group
+        if g is None:
+            return
+        g.touch()
+        try:
+            self._group_apply(g)
+        except (KazooException, KazooTimeoutError) as exc:
+            # The coordinator is briefly unreachable: keep fetching what we own, retry.
+            log.info("group %s: coordinator unavailable during a rebalance: %s", g.group, exc)
+            g.retry_soon()
+
+    def _group_apply(self, g: GroupMember) -> None:
+        if g.lost:
+            lost = g.drop_all()
+            for tp in lost:
+                self._fetches.pop(tp, None)
+            self._order = list(self._fetches)
+            self._callback(self.on_revoke, lost)
+            g.join(g.topics)
+        if not g.needs_sync():
+            return
+        target = g.target()
+        revoke = g.owned - target
+        if revoke:
+            self._callback(self.on_revoke, revoke)
+            if self.enable_auto_commit:
+                self._auto_commit(revoke)
+            for tp in revoke:
+                self._fetches.pop(tp, None)
+            g.release(revoke)
+        acquired = g.acquire(target - g.owned)
+        for tp in sorted(acquired):
+            f = self._open(tp)
+            committed = store.read_committed(g.zk, g.group, tp)
+            self._fetches[tp] = f
+            if committed is not None:
+                self._seek(f, committed)
+        self._order = list(self._fetches)
+        if acquired:
+            self._callback(self.on_assign, acquired)
+
+    def _callback(self, cb: RebalanceCallback | None, tps: set[TopicPartition]) -> None:
+        if cb is not None and tps:
+            cb(set(tps))
+
+    # -- committed offsets ----------------------------------------------------
+
+    def _need_group(self, what: str) -> str:
+        if self.group_id is None:
+            raise ConfigError(f"{what} needs a group_id: Consumer(..., group_id='name')")
+        return self.group_id
+
+    def _positions(self, only: Iterable[TopicPartition] | None = None) -> dict[TopicPartition, int]:
+        tps = self._fetches if only is None else [tp for tp in only if tp in self._fetches]
+        return {tp: self._fetches[tp].offset for tp in tps if self._fetches[tp].offset >= 0}
+
+    def _checked_offsets(self, offsets: Mapping[Any, Any]) -> dict[TopicPartition, int]:
+        out = store.validate_offsets(offsets)
+        if self._group is not None:
+            foreign = sorted(tp for tp in out if tp not in self._group.owned)
+            if foreign:
+                raise CommitFailedError(
+                    f"partitions not assigned to this member of group {self.group_id!r}: "
+                    f"{foreign}; offsets not committed"
+                )
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` (tp -> the next offset to read), by default the positions
+        of every assigned partition. Synchronous: durable when it returns.
+        CommitFailedError when this member was dropped from its group."""
+        self._check_open()
+        group = self._need_group("commit()")
+        todo = self._positions() if offsets is None else self._checked_offsets(offsets)
+        if not todo:
+            return
+        if self._group is not None:
+            self._group.commit(todo)
+        else:
+            store.write_offsets(self._cluster.zk, group, todo)
+        self._committed.update(todo)
+
+    def commit_async(
+        self,
+        offsets: Mapping[TopicPartition, int] | None = None,
+        callback: CommitCallback | None = None,
+    ) -> None:
+        """As commit(), without waiting; ``callback(offsets, error_or_None)`` runs on the
+        coordinator client's thread once the commit is durable (or failed)."""
+        self._check_open()
+        group = self._need_group("commit_async()")
+        todo = self._positions() if offsets is None else self._checked_offsets(offsets)
+        if self._group is None:
+            store.write_offsets(self._cluster.zk, group, todo)
+            if callback is not None:
+                callback(todo, None)
+            return
+        self._group.commit_async(todo, callback)
+        self._committed.update(todo)
+
+    def _auto_commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        todo = {
+            tp: off for tp, off in self._positions(only).items() if self._committed.get(tp) != off
+        }
+        if not todo or self.group_id is None:
+            return
+        # Dropped from the group: the next poll rejoins; the partitions' new owners re-read.
+        with contextlib.suppress(CommitFailedError):
+            self.commit(todo)
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset of ``partition`` (None when none was committed)."""
+        self._check_open()
+        group = self._need_group("committed()")
+        zk = self._group.zk if self._group is not None else self._cluster.zk
+        return store.read_committed(zk, group, TopicPartition(*partition))
 
     def _fetch(self, tp: TopicPartition) -> _Fetch:
         try:
@@ -159,7 +396,9 @@ class Consumer:
         self._check_open()
         if not isinstance(offset, int) or offset < 0:
             raise ConfigError(f"offset must be a non-negative int: offset={offset!r}")
-        f = self._fetch(partition)
+        self._seek(self._fetch(partition), offset)
+
+    def _seek(self, f: _Fetch, offset: int) -> None:
         f.offset, f.cursor, f.pending = offset, None, b""
         start, end = f.reader.log_start_offset, f.ring.status().tail_offset
         f.out_of_range = not start <= offset <= end
@@ -172,6 +411,46 @@ class Consumer:
     def seek_to_end(self, *partitions: TopicPartition) -> None:
         for tp in partitions or tuple(self._fetches):
             self.seek(tp, self._fetch(tp).ring.status().tail_offset)
+
+    def offsets_for_times(
+        self, timestamps: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, tuple[int, int] | None]:
+        """For each partition, ``(offset, timestamp)`` of its first record whose timestamp
+        is >= the given one (ms), or None when there is none. Does not move positions."""
+        self._check_open()
+        out: dict[TopicPartition, tuple[int, int] | None] = {}
+        for tp, ts in timestamps.items():
+            tp = TopicPartition(*tp)
+            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+                raise ConfigError(f"timestamp must be a non-negative int (ms): {tp} ts={ts!r}")
+            out[tp] = self._offset_for_time(self._fetch(tp), ts)
+        return out
+
+    def _offset_for_time(self, f: _Fetch, ts: int) -> tuple[int, int] | None:
+        """Scan batch headers from the log start (whole batches skipped by max timestamp)."""
+        scan = _Fetch(f.tp, f.ring, f.reader, offset=max(f.reader.log_start_offset, 0))
+        while True:
+            try:
+                data = self._next_chunk(scan)
+            except OffsetOutOfRangeError:
+                scan.offset = max(f.reader.log_start_offset, 0)
+                continue
+            if not data:
+                return None
+            infos, _, _ = scan_batches(data, False)
+            if not len(infos):
+                return None
+            for info in infos:
+                if int(info["last_offset"]) < scan.offset or int(info["max_timestamp"]) < ts:
+                    continue
+                start, end = int(info["position"]), int(info["position"]) + int(info["length"])
+                records = decode_record_infos(data[start:end], scan.offset)
+                for off, rts in zip(
+                    records["offset"].tolist(), records["timestamp"].tolist(), strict=True
+                ):
+                    if rts >= ts:
+                        return int(off), int(rts)
+            scan.offset = int(infos["last_offset"][-1]) + 1
 
     def position(self, partition: TopicPartition) -> int:
         f = self._fetch(partition)
@@ -213,7 +492,14 @@ class Consumer:
         self._check_open()
         limit = max_records or self.max_poll_records
         deadline = time.monotonic() + timeout
+        if self.enable_auto_commit and self._group is not None:
+            # Kafka's at-least-once default: what the previous poll returned is processed.
+            now = time.monotonic()
+            if now >= self._next_auto_commit:
+                self._next_auto_commit = now + self.auto_commit_interval_s
+                self._auto_commit()
         while True:
+            self._group_sync()
             out: list[Any] = []
             got = 0
             n = len(self._order)
@@ -235,7 +521,7 @@ class Consumer:
                         got += len(values)
             if n:
                 self._next = (self._next + 1) % n
-            if got or n == 0:
+            if got or (n == 0 and self._group is None):
                 return out
             left = deadline - time.monotonic()
             if left <= 0:
@@ -244,8 +530,13 @@ class Consumer:
 
     def _wait(self, left: float) -> None:
         waiting = [f for f in self._fetches.values() if f.cursor is not None and not f.pending]
+        if not self._fetches and self._group is not None:
+            time.sleep(min(left, 0.05))  # idle member: look at the group again soon
+            return
         if len(waiting) != len(self._fetches) or not waiting:
             return  # something is read from segments: no waiting needed
+        if self._group is not None:
+            left = min(left, 0.05)  # rebalances are applied between waits
         if len(waiting) == 1:
             f = waiting[0]
             assert f.cursor is not None
@@ -336,11 +627,21 @@ class Consumer:
                 return
 
     def close(self) -> None:
+        """Commit (with auto-commit), leave the group (the others rebalance at once), stop."""
         if self._closed:
             return
-        self._closed = True
-        self._fetches.clear()
-        self._cluster.close()
+        try:
+            if self._group is not None and os.getpid() == self._pid:
+                if self.enable_auto_commit and not self._group.lost:
+                    self._auto_commit()
+                self._callback(self.on_revoke, set(self._group.owned))
+        finally:
+            self._closed = True
+            if self._group is not None and os.getpid() == self._pid:
+                self._group.close()
+            self._group = None
+            self._fetches.clear()
+            self._cluster.close()
 
     def __enter__(self) -> Consumer:
         return self

@@ -21,6 +21,9 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── FencedError                          a stale leader epoch or producer epoch
     ├── NotLeaderError                       the replica written to is no longer the leader
     ├── NotEnoughReplicasError               fewer in-sync replicas than min.insync.replicas
+    ├── CommitFailedError                    a group member that was dropped tried to commit
+    ├── GroupNotEmptyError                   an admin change that needs a group without members
+    ├── UnknownGroupError                    the consumer group does not exist
     ├── ClosedError                          the object was used after close()
     └── NativeError                          the C hot path reported an unexpected code
 """
@@ -94,6 +97,20 @@ class NotLeaderError(EngineError):
 
 class NotEnoughReplicasError(EngineError):
     """Fewer in-sync replicas than min.insync.replicas; the record was not acknowledged."""
+
+
+class CommitFailedError(EngineError):
+    """Offsets were not committed: this consumer is no longer a member of its group (its
+    session expired or it did not poll within max_poll_interval_ms), or the partitions
+    are not assigned to it."""
+
+
+class GroupNotEmptyError(EngineError):
+    """The group still has live members; the change (reset-offsets) needs it empty."""
+
+
+class UnknownGroupError(EngineError):
+    """No consumer group of that id has ever joined or committed."""
 
 
 class ClosedError(EngineError):

@@ -257,6 +257,7 @@ def test_public_names_are_exported() -> None:
             "BatchResult",
             "BufferFullError",
             "ClosedError",
+            "CommitFailedError",
             "ConfigError",
             "Consumer",
             "CorruptRecordError",
@@ -265,6 +266,7 @@ def test_public_names_are_exported() -> None:
             "EngineError",
             "EngineTimeoutError",
             "FencedError",
+            "GroupNotEmptyError",
             "InvalidTopicError",
             "NotEnoughReplicasError",
             "NotLeaderError",
@@ -280,6 +282,7 @@ def test_public_names_are_exported() -> None:
             "TopicDescription",
             "TopicExistsError",
             "TopicPartition",
+            "UnknownGroupError",
             "UnknownTopicError",
             "__version__",
         ]

@@ -1,0 +1,150 @@
+"""Consumer groups in the coordinator's tree: Kafka's old ZooKeeper layout, and committed offsets.
+
+    /consumers/<group>/ids/<client id>-<seq>          ephemeral: a live member
+                                                      {"version":1,"subscription":[topics],
+                                                       "client_id","pid","host","strategy"}
+    /consumers/<group>/state                          the current generation (written by the
+                                                      leader, the member with the lowest seq)
+                                                      {"version":1,"generation","leader",
+                                                       "protocol","members":{id:[topics]},
+                                                       "partition_counts":{t:n},
+                                                       "assignment":{id:[[t,p],...]}}
+    /consumers/<group>/owners/<topic>/<partition>     ephemeral: the member fetching it
+    /consumers/<group>/offsets/<topic>/<partition>    the committed offset, decimal ("42");
+                                                      empty until the first commit
+
+Why the coordinator's tree and not a compacted internal topic: the tree is already
+durable (its transaction log is fsynced before a write is acknowledged, and it
+survives `engine stop`/`engine start`), a commit can be made conditional on the
+committing member still being in the group in the same multi-op transaction, and
+Kafka itself kept offsets exactly here before 0.9. The price is one coordinator
+write per commit, which is why auto-commit runs on an interval.
+
+Pure layout and small kazoo helpers; the protocol lives in engine.group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NodeExistsError, NoNodeError
+
+from engine.errors import ConfigError
+from engine.record import TopicPartition
+
+CONSUMERS = "/consumers"
+_GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def validate_group_id(group_id: object) -> str:
+    """A group id is a non-empty str of [a-zA-Z0-9._-] (it names a znode)."""
+    if (
+        not isinstance(group_id, str)
+        or not group_id
+        or group_id in (".", "..")
+        or not set(group_id) <= _GROUP_CHARS
+        or len(group_id) > 249
+    ):
+        raise ConfigError(
+            f"group_id must be 1-249 characters of ASCII letters, digits, '.', '_' and '-': "
+            f"group_id={group_id!r}"
+        )
+    return group_id
+
+
+def group_path(group: str) -> str:
+    return f"{CONSUMERS}/{group}"
+
+
+def ids_path(group: str) -> str:
+    return f"{CONSUMERS}/{group}/ids"
+
+
+def member_path(group: str, member_id: str) -> str:
+    return f"{CONSUMERS}/{group}/ids/{member_id}"
+
+
+def state_path(group: str) -> str:
+    return f"{CONSUMERS}/{group}/state"
+
+
+def owner_path(group: str, tp: TopicPartition) -> str:
+    return f"{CONSUMERS}/{group}/owners/{tp.topic}/{tp.partition}"
+
+
+def offset_path(group: str, tp: TopicPartition) -> str:
+    return f"{CONSUMERS}/{group}/offsets/{tp.topic}/{tp.partition}"
+
+
+def member_seq(member_id: str) -> int:
+    """The sequence number ZooKeeper appended to a member id (orders members by join time)."""
+    try:
+        return int(member_id.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 1 << 62
+
+
+def validate_offsets(offsets: Mapping[Any, Any]) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for tp, offset in offsets.items():
+        tp = TopicPartition(*tp)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"offset must be a non-negative int: {tp} offset={offset!r}")
+        out[tp] = offset
+    return out
+
+
+def read_committed(client: KazooClient, group: str, tp: TopicPartition) -> int | None:
+    """The committed offset of (group, tp); None when nothing was committed."""
+    try:
+        data, _ = client.get(offset_path(group, tp))
+    except NoNodeError:
+        return None
+    return int(data) if data else None
+
+
+def read_all_committed(client: KazooClient, group: str) -> dict[TopicPartition, int]:
+    out: dict[TopicPartition, int] = {}
+    for topic in children(client, f"{CONSUMERS}/{group}/offsets"):
+        for p in children(client, f"{CONSUMERS}/{group}/offsets/{topic}"):
+            offset = read_committed(client, group, TopicPartition(topic, int(p)))
+            if offset is not None:
+                out[TopicPartition(topic, int(p))] = offset
+    return out
+
+
+def ensure_offset_nodes(
+    client: KazooClient, group: str, tps: Iterable[TopicPartition], known: set[TopicPartition]
+) -> None:
+    """Create the (empty) offset znodes not yet known to exist, so commits can be set_data."""
+    for tp in tps:
+        if tp in known:
+            continue
+        with contextlib.suppress(NodeExistsError):  # it exists: that is all we need
+            client.create(offset_path(group, tp), b"", makepath=True)
+        known.add(tp)
+
+
+def write_offsets(client: KazooClient, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+    """Unconditional write (the admin's reset-offsets); members commit through engine.group."""
+    ensure_offset_nodes(client, group, offsets, set())
+    tx = client.transaction()
+    for tp, offset in offsets.items():
+        tx.set_data(offset_path(group, tp), str(offset).encode())
+    for result in tx.commit():
+        if isinstance(result, Exception):
+            raise result
+
+
+def list_groups(client: KazooClient) -> list[str]:
+    return sorted(children(client, CONSUMERS))
+
+
+def children(client: KazooClient, path: str) -> list[str]:
+    try:
+        return list(client.get_children(path))
+    except NoNodeError:
+        return []
