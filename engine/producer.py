@@ -22,6 +22,8 @@ new Producer.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
 import random
@@ -121,6 +123,173 @@ class RecordFuture(tuple):  # type: ignore[type-arg]
 _future = tuple.__new__
 
 
+class PendingFuture:
+    """acks="all": resolved by the producer's acker thread once the ISR holds the record.
+
+    ``get(timeout)`` blocks until then. It fails with NotLeaderError when the leader
+    changed first (the record may or may not be in the log) and with
+    EngineTimeoutError after delivery_timeout_ms. Callbacks run in the acker thread.
+    """
+
+    __slots__ = ("_acker", "_callbacks", "_done", "_error", "offset", "partition", "sent",
+                 "timestamp", "topic")
+
+    def __init__(self, acker: _Acker, topic: str, partition: int, offset: int, ts: int) -> None:
+        self._acker = acker
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = ts
+        self.sent = time.monotonic()
+        self._done = False
+        self._error: BaseException | None = None
+        self._callbacks: list[tuple[bool, Any]] = []
+
+    @property
+    def value(self) -> RecordMetadata:
+        return RecordMetadata(self.topic, self.partition, self.offset, self.timestamp)
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        if not self._done:
+            self._acker.wait_for(self, timeout)
+        if self._error is not None:
+            raise self._error
+        return self.value
+
+    def is_done(self) -> bool:
+        return self._done
+
+    def succeeded(self) -> bool:
+        return self._done and self._error is None
+
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def add_callback(self, fn: Any) -> PendingFuture:
+        with self._acker.cond:
+            if not self._done:
+                self._callbacks.append((False, fn))
+                return self
+        if self._error is None:
+            fn(self.value)
+        return self
+
+    def add_errback(self, fn: Any) -> PendingFuture:
+        with self._acker.cond:
+            if not self._done:
+                self._callbacks.append((True, fn))
+                return self
+        if self._error is not None:
+            fn(self._error)
+        return self
+
+    def _resolve(self, error: BaseException | None) -> list[tuple[Any, Any]]:
+        """Mark done (with the acker's lock held); returns the callbacks to run."""
+        self._done, self._error = True, error
+        return [(fn, error if errback else self.value) for errback, fn in self._callbacks
+                if errback == (error is not None)]
+
+
+class _Acker:
+    """Resolves acks="all" futures as the partitions' high watermarks pass them.
+
+    One thread per producer; futures of one partition resolve in offset order.
+    """
+
+    def __init__(self, delivery_timeout_s: float) -> None:
+        self.cond = threading.Condition()
+        self.delivery_timeout_s = delivery_timeout_s
+        self.pending: dict[tuple[str, int], collections.deque[PendingFuture]] = {}
+        self.rings: dict[tuple[str, int], Ring] = {}
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="producer-acker", daemon=True)
+        self.thread.start()
+
+    def add(self, future: PendingFuture, ring: Ring) -> None:
+        tp = (future.topic, future.partition)
+        with self.cond:
+            queue = self.pending.get(tp)
+            if queue is None:
+                queue = self.pending[tp] = collections.deque()
+            self.rings[tp] = ring
+            queue.append(future)
+            if len(queue) == 1:
+                self.cond.notify_all()
+
+    def wait_for(self, future: PendingFuture, timeout: float | None) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: future._done, timeout):
+                raise EngineTimeoutError(
+                    f"offset {future.offset} of {future.topic}-{future.partition} not yet "
+                    f"committed by the ISR after timeout={timeout}"
+                )
+
+    def flush(self, timeout: float | None) -> None:
+        with self.cond:
+            if not self.cond.wait_for(lambda: not any(self.pending.values()), timeout):
+                raise EngineTimeoutError(f"acks='all' records not committed within {timeout} s")
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.closed and not any(self.pending.values()):
+                    self.cond.wait()
+                if self.closed and not any(self.pending.values()):
+                    return
+                heads = [(tp, q[0].offset, self.rings[tp]) for tp, q in self.pending.items() if q]
+            callbacks: list[tuple[Any, Any]] = []
+            progressed = False
+            for tp, _first, ring in heads:
+                try:
+                    status = ring.status()
+                    hw = status.high_watermark if status.high_watermark >= 0 else 1 << 62
+                    error: BaseException | None = None
+                    if status.sealed:
+                        error = NotLeaderError(
+                            f"the leader of {tp[0]}-{tp[1]} changed before the record was "
+                            "committed: it may or may not be in the log"
+                        )
+                except ClosedError:
+                    hw, error = -1, NotLeaderError(f"{tp[0]}-{tp[1]} moved: the record may be lost")
+                now = time.monotonic()
+                with self.cond:
+                    queue = self.pending[tp]
+                    while queue:
+                        head = queue[0]
+                        if head.offset < hw:
+                            callbacks += queue.popleft()._resolve(None)
+                        elif error is not None:
+                            callbacks += queue.popleft()._resolve(error)
+                        elif now - head.sent > self.delivery_timeout_s:
+                            callbacks += queue.popleft()._resolve(EngineTimeoutError(
+                                f"offset {head.offset} of {tp[0]}-{tp[1]} was not committed "
+                                f"by the ISR within delivery_timeout_ms"
+                            ))
+                        else:
+                            break
+                        progressed = True
+                    if progressed:
+                        self.cond.notify_all()
+            for fn, arg in callbacks:
+                try:
+                    fn(arg)
+                except Exception:
+                    log.exception("producer callback failed")
+            if not progressed and heads:
+                tp, first, ring = heads[0]
+                with contextlib.suppress(ClosedError):
+                    ring.wait_high_watermark(first, 0.05 if len(heads) == 1 else 0.002)
+
+
 class _Route:
     """The fast path's view of a topic: ring regions by partition, limits, sticky state."""
 
@@ -197,6 +366,7 @@ class Producer:
         self._buffer_cond = threading.Condition(self._lock)
         self._sender_error: BaseException | None = None
         self._sender: threading.Thread | None = None
+        self._acker = _Acker(delivery_timeout_ms / 1000) if self.acks == -1 else None
         if self.acks == 0:
             self._sender = threading.Thread(
                 target=self._sender_loop, name="producer-sender", daemon=True
@@ -294,8 +464,10 @@ class Producer:
                 result = self._append_slow(
                     topic, partition, -result, key, value, hbytes, hcount, ts
                 )
-        if self.acks == -1:
-            self._wait_committed(topic, partition, result)
+        if self._acker is not None:
+            pending = PendingFuture(self._acker, topic, partition, result, ts)
+            self._acker.add(pending, route.view.rings[partition])
+            return pending  # type: ignore[return-value]
         return _future(RecordFuture, (topic, partition, result, ts))
 
     def _wait_committed(self, topic: str, partition: int, offset: int) -> None:
@@ -557,8 +729,11 @@ class Producer:
                     self._buffer_cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Append everything buffered (acks=0); a no-op for acks 1 and "all"."""
+        """Append everything buffered (acks=0); wait until the ISR holds every record
+        sent (acks="all"); a no-op for acks=1."""
         self._check_open()
+        if self._acker is not None:
+            self._acker.flush(timeout)
         with self._lock:
             if self._sender_error is not None:
                 error, self._sender_error = self._sender_error, None
@@ -590,6 +765,10 @@ class Producer:
                 self._buffer_cond.notify_all()
             if self._sender is not None:
                 self._sender.join(timeout=5)
+            if self._acker is not None:
+                with contextlib.suppress(EngineError):
+                    self._acker.flush(self.delivery_timeout_ms / 1000)
+                self._acker.close()
             self._cluster.close()
 
     def __enter__(self) -> Producer:

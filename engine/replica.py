@@ -45,6 +45,7 @@ from engine.ring import (
     Cursor,
     Ring,
     unlink,
+    wait_any,
 )
 
 log = logging.getLogger("engine.replica")
@@ -57,7 +58,7 @@ RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) /
 POLL_SLEEP_S = 0.0005
 STOP_GRACE_S = 5.0
 STOP_COMMIT_WAIT_S = 0.5  # how long a stopping leader waits for followers to commit
-REPLICATE_POLL_S = 0.0002
+LAG_CHECK_S = 0.05  # while a follower lags, look at the ISR this often
 FETCH_CHUNK = 1 << 20
 IDLE_POLLS = 200  # 100 ms of sleep-polling before the drain blocks on the ring
 
@@ -228,6 +229,7 @@ class Replica:
         self.ring.set_leader(self.ring.status().leader_epoch, sealed=True)
         self._stop_deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
+        self.ring.wake()
         for thread in self._threads:
             if thread.ident is not None:
                 thread.join(timeout=30)
@@ -275,8 +277,11 @@ class LeaderReplica(Replica):
         self.lag_max_s = int(config.get("replica.lag.time.max.ms", 30_000)) / 1000
         if self.followers:
             status = self.ring.status()
-            if status.high_watermark < 0:  # a ring new to leadership: commit nothing yet
-                self.ring.set_high_watermark(status.drain_offset)
+            if status.high_watermark < 0:
+                # A ring new to leadership (a promoted follower's holds records the old
+                # ISR may not have committed): start low, the loop raises it as soon as
+                # the ISR holds what the leader holds.
+                self.ring.set_high_watermark(self.log.log_start_offset)
             self.ring.set_isr_count(len(self.isr))
             self._threads.append(
                 threading.Thread(
@@ -299,8 +304,11 @@ class LeaderReplica(Replica):
             leader_end = published.offset
             now = time.monotonic()
             ends: dict[int, int] = {}
+            # Where each follower ring stood when read: the wait below starts from
+            # there, so that a frame published after this read still wakes us.
+            marks: list[tuple[Ring, Cursor]] = []
             for broker, name in self.followers.items():
-                ends[broker] = self._follower_end(broker, name, rings, seen, now)
+                ends[broker] = self._follower_end(broker, name, rings, seen, now, marks)
             hw = min([leader_end] + [ends[b] for b in self.isr if b in ends])
             if hw > self.ring.status().high_watermark:
                 self.ring.set_high_watermark(hw)
@@ -325,10 +333,9 @@ class LeaderReplica(Replica):
                 )
                 self.isr = wanted
                 self.ring.set_isr_count(len(wanted))
-            if hw < leader_end:
-                time.sleep(REPLICATE_POLL_S)  # followers are copying: look again soon
-            else:
-                self.ring.wait(published, HOUSEKEEPING_S, respect_hw=False)
+            # Sleep until the leader's ring or a follower's ring publishes more.
+            waits: list[tuple[Ring, Cursor]] = [(self.ring, published), *marks]
+            wait_any(waits, LAG_CHECK_S if lagging_since else HOUSEKEEPING_S, respect_hw=False)
         for ring in rings.values():
             if ring is not None:
                 ring.close()
@@ -350,6 +357,7 @@ class LeaderReplica(Replica):
         rings: dict[int, Ring | None],
         seen: dict[int, tuple[int, float]],
         now: float,
+        marks: list[tuple[Ring, Cursor]],
     ) -> int:
         """A follower's log end offset, read from its ring's header (-1: unknown)."""
         ring = rings.get(broker)
@@ -371,6 +379,7 @@ class LeaderReplica(Replica):
             seen[broker] = (last, since)
             return -1
         end = status.tail_offset
+        marks.append((ring, Cursor(status.tail_position, end)))
         if end != last:
             seen[broker] = (end, now)
         return end

@@ -393,6 +393,10 @@ class Ring:
         """Wait until the high watermark passes offset: OK, TIMEOUT or SEALED."""
         return int(lib.engine_ring_wait_high_watermark(self._ptr(), offset, int(timeout_s * 1e9)))
 
+    def wake(self) -> None:
+        """Wake every thread and process waiting on this ring (they look again)."""
+        lib.engine_ring_wake(self._ptr())
+
     def set_isr_count(self, isr_count: int) -> None:
         lib.engine_ring_set_isr_count(self._ptr(), isr_count)
 
@@ -443,19 +447,21 @@ class Ring:
         )
 
 
-def wait_any(waits: Sequence[tuple[Ring, Cursor]], timeout_s: float) -> int:
+def wait_any(
+    waits: Sequence[tuple[Ring, Cursor]], timeout_s: float, respect_hw: bool = True
+) -> int:
     """Block until one of the rings is readable at its cursor: its index, or -1 on timeout."""
     n = len(waits)
     if n > 128:
         for i, (ring, cursor) in enumerate(waits):
-            if ring.wait(cursor, timeout_s / n):
+            if ring.wait(cursor, timeout_s / n, respect_hw):
                 return i
         return -1
     regions = ffi.new("void *[]", [ring._ptr() for ring, _ in waits])
     cursors = ffi.new("engine_cursor_t[]", n)
     for i, (_, cursor) in enumerate(waits):
         cursors[i] = cursor._c[0]
-    result = lib.engine_ring_wait_any(regions, cursors, n, int(timeout_s * 1e9))
+    result = lib.engine_ring_wait_any(regions, cursors, n, int(timeout_s * 1e9), respect_hw)
     return int(result) if result >= 0 else -1
 
 

@@ -72,13 +72,15 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw);
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns);
+                         int64_t timeout_ns, int respect_hw);
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
 int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
 void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_set_isr_count(void *region, uint32_t isr_count);
+/* Wake every process waiting on the ring (a stopping replica's own threads). */
+void engine_ring_wake(void *region);
 int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
                            int64_t timeout_ns);
 void engine_ring_advance(void *region, engine_cursor_t *cursor);

@@ -562,7 +562,18 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
         if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
         if (stalled && try_reap(region, h, c)) return ENGINE_RING_OK;
         if (now_ns() >= deadline) return ENGINE_RING_TIMEOUT;
+        /* Woken without data for us (engine_ring_wake, or a frame above the high
+         * watermark): let the caller look at its own state. */
+        if (!stalled && engine_load_acquire_u32(&h->publish_seq) != seq) return ENGINE_RING_TIMEOUT;
     }
+}
+
+void engine_ring_wake(void *region) {
+    struct engine_ring_header *h = header_of(region);
+    engine_fetch_add_u32(&h->publish_seq, 1);
+    futex_wake_all(&h->publish_seq);
+    engine_fetch_add_u32(&h->space_seq, 1);
+    futex_wake_all(&h->space_seq);
 }
 
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp) {
@@ -594,11 +605,12 @@ struct engine_futex_waitv {
 #define ENGINE_WAIT_ANY_MAX 128
 
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns) {
+                         int64_t timeout_ns, int respect_hw) {
     if (count < 1 || count > ENGINE_WAIT_ANY_MAX) return -ENGINE_RING_BAD_ARGUMENT;
     for (int spin = 0; spin <= SPIN_LIMIT; spin++) {
         for (int32_t i = 0; i < count; i++)
-            if (readable(regions[i], header_of(regions[i]), cursors[i].position, 1)) return i;
+            if (readable(regions[i], header_of(regions[i]), cursors[i].position, respect_hw))
+                return i;
         if (timeout_ns <= 0) return -ENGINE_RING_TIMEOUT;
         engine_cpu_relax();
     }
@@ -617,7 +629,7 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
         }
         for (int32_t i = 0; i < count && ready < 0; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
-            if (readable(regions[i], h, cursors[i].position, 1)) {
+            if (readable(regions[i], h, cursors[i].position, respect_hw)) {
                 ready = i;
                 break;
             }
@@ -641,12 +653,14 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
         for (int32_t i = 0; i < count; i++)
             engine_fetch_sub_u32(&header_of(regions[i])->publish_waiters, 1);
         if (ready >= 0) return ready;
+        int woken = 0;
         for (int32_t i = 0; i < count; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
-            if (readable(regions[i], h, cursors[i].position, 1)) return i;
+            if (readable(regions[i], h, cursors[i].position, respect_hw)) return i;
             if (stalled && try_reap(regions[i], h, cursors[i].position)) return i;
+            if (engine_load_acquire_u32(&h->publish_seq) != (uint32_t)waiters[i].val) woken = 1;
         }
-        if (now_ns() >= deadline) return -ENGINE_RING_TIMEOUT;
+        if (now_ns() >= deadline || (woken && !stalled)) return -ENGINE_RING_TIMEOUT;
     }
 }
 

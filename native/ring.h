@@ -325,7 +325,7 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
 /* Wait until any of count rings (at most 128) is readable at its cursor; returns
  * its index, or minus a ring code (TIMEOUT). Sleeps with futex_waitv. */
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns);
+                         int64_t timeout_ns, int respect_hw);
 
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */
@@ -340,6 +340,8 @@ void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_set_isr_count(void *region, uint32_t isr_count);
+/* Wake every process waiting on the ring (a stopping replica's own threads). */
+void engine_ring_wake(void *region);
 
 /* Replication. A follower appends the leader's batches as they are (their offsets
  * kept; an offset gap becomes an offset-consuming padding frame). It ignores the
