@@ -165,10 +165,16 @@ class Broker:
                 if self.broker_id not in replicas:
                     continue
                 path = md.state_path(topic, p)
-                if self.zk.exists(path, watch=self.poke) is None:
+                try:
+                    data, _ = self.zk.get(path, watch=self.poke)  # fires on any change
+                except NoNodeError:
+                    # Not created yet: watch for it. If the controller created it
+                    # between the two calls, the watch will not fire: look again.
+                    if self.zk.exists(path, watch=self.poke) is not None:
+                        self._wake.set()
                     continue
-                state = meta.states.get(p)
-                if state is not None and state.leader >= 0:
+                state = md.PartitionState.from_json(md.decode(data))
+                if state.leader >= 0:
                     wanted[(topic, p, meta.assignment.topic_id)] = (meta, state)
         for key in list(self.replicas):
             replica = self.replicas[key]
