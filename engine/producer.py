@@ -49,7 +49,7 @@ from engine.errors import (
     RecordTypeError,
 )
 from engine.record import RecordMetadata, as_bytes, encode_headers, pack_values
-from engine.ring import OK, REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.ring import REAPED, SEALED, Ring, producer_fields, raise_for
 
 log = logging.getLogger("engine.producer")
 
@@ -307,12 +307,23 @@ class _Route:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What send_batch did: how many records, and where each landed (with offsets=True)."""
+    """What send_batch did: how many records, and where each landed (with offsets=True).
+
+    With acks="all" the records are appended when send_batch returns and committed
+    once the ISR holds them: ``get()`` (or ``Producer.flush()``) waits for that.
+    """
 
     topic: str
     count: int
     partitions: Any  # numpy int32 array, one per record (or an int for one partition)
     offsets: Any  # numpy int64 array, one per record, or None
+    futures: tuple[Any, ...] = ()  # acks="all": one per partition written
+
+    def get(self, timeout: float | None = None) -> BatchResult:
+        """Wait until the ISR holds every record of the batch (acks="all"); raise if not."""
+        for future in self.futures:
+            future.get(timeout)
+        return self
 
 
 class Producer:
@@ -470,22 +481,6 @@ class Producer:
             return pending  # type: ignore[return-value]
         return _future(RecordFuture, (topic, partition, result, ts))
 
-    def _wait_committed(self, topic: str, partition: int, offset: int) -> None:
-        """acks="all": wait until the ISR holds ``offset`` (the high watermark passes it)."""
-        view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
-        code = view.rings[partition].wait_high_watermark(offset, self.delivery_timeout_ms / 1000)
-        if code == OK:
-            return
-        if code == SEALED:
-            raise NotLeaderError(
-                f"the leader of {topic}-{partition} changed before offset {offset} was "
-                "committed: the record may or may not be in the log (send it again to be sure)"
-            )
-        raise EngineTimeoutError(
-            f"offset {offset} of {topic}-{partition} was not committed by the ISR within "
-            f"delivery_timeout_ms={self.delivery_timeout_ms}"
-        )
-
     def _append(
         self,
         view: TopicView,
@@ -573,8 +568,10 @@ class Producer:
 
         values: a list of bytes-like values, or a numpy array of fixed-size records
         (each row / element is one record's value). keys: None (sticky partition),
-        or one key per value (a list of bytes, or a fixed-size numpy array), which
-        places each record by murmur2 like send(). With ``offsets=True`` the result
+        or one key per value (a list of bytes, or a fixed-size numpy array, whose
+        rows are the keys byte for byte, padding included: an ``S16`` key of
+        b"dev-1" is those 5 bytes and 11 NULs), which places each record by
+        murmur2 like send(). With ``offsets=True`` the result
         carries every record's offset. On an error part way, the records appended
         so far stay appended, and the exception's ``appended`` says how many.
         """
@@ -604,30 +601,28 @@ class Producer:
                         f"partition out of range: topic={topic!r} partition={partition} "
                         f"partitions={view.partition_count}"
                     )
-                self._append_batch(
+                future = self._append_batch(
                     view, partition, blob, lengths, stride, kblob, klengths, kstride, ts, out
                 )
-                return BatchResult(topic, count, partition, out)
+                return BatchResult(topic, count, partition, out, (future,) if future else ())
             parts = _partitions_for_keys(kblob, klengths, kstride, count, view.partition_count)
+            futures: list[PendingFuture] = []
             done = 0
-            order = np.argsort(parts, kind="stable")
-            bounds = np.searchsorted(parts[order], np.arange(view.partition_count + 1))
-            for p in range(view.partition_count):
-                idx = order[bounds[p] : bounds[p + 1]]
-                if not len(idx):
-                    continue
-                vb, vl = _select(blob, lengths, stride, idx)
-                kb, kl = _select(kblob, klengths, kstride, idx)
+            for p, idx, vb, vl, kb, kl in _by_partition(
+                blob, lengths, stride, kblob, klengths, kstride, parts, view.partition_count
+            ):
                 sub = np.empty(len(idx), dtype=np.int64) if offsets else None
                 try:
-                    self._append_batch(view, p, vb, vl, stride, kb, kl, kstride, ts, sub)
+                    future = self._append_batch(view, p, vb, vl, stride, kb, kl, kstride, ts, sub)
                 except EngineError as exc:
                     exc.appended = done + getattr(exc, "appended", 0)  # type: ignore[attr-defined]
                     raise
+                if future is not None:
+                    futures.append(future)
                 done += len(idx)
                 if out is not None and sub is not None:
                     out[idx] = sub
-            return BatchResult(topic, count, parts, out)
+            return BatchResult(topic, count, parts, out, tuple(futures))
 
     def _append_batch(
         self,
@@ -641,7 +636,8 @@ class Producer:
         kstride: int,
         ts: int,
         out: Any,
-    ) -> None:
+    ) -> PendingFuture | None:
+        """Append to one partition; with acks="all" returns the future of its last record."""
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         route = self._routes.get(view.name) or self._route(view.name)
         if self.acks == -1 and out is None:
@@ -660,9 +656,11 @@ class Producer:
                     timeout_ms=self.max_block_ms,
                     offsets=out,
                 )
-                if self.acks == -1 and len(out):
-                    self._wait_committed(view.name, partition, int(out.max()))
-                return
+                if self._acker is not None and len(out):
+                    future = PendingFuture(self._acker, view.name, partition, int(out.max()), ts)
+                    self._acker.add(future, view.rings[partition])
+                    return future
+                return None
             except NotLeaderError as exc:
                 # Sealed before anything of this call was appended? Then retry whole.
                 if getattr(exc, "appended", 0) or time.monotonic() > deadline:
@@ -812,6 +810,51 @@ def _partitions_for_keys(kblob: Any, klengths: Any, kstride: int, count: int, n:
             ffi.from_buffer("int32_t[]", out),
         )
     return out
+
+
+def _by_partition(
+    blob: Any, lengths: Any, stride: int, kblob: Any, klengths: Any, kstride: int,
+    parts: Any, partitions: int,
+) -> list[tuple[int, Any, Any, Any, Any, Any]]:
+    """Records grouped by partition: (partition, indexes, values, lengths, keys, key lengths).
+
+    Fixed-size records are grouped in one C pass (a counting sort); others in numpy.
+    """
+    count = len(parts)
+    groups: list[tuple[int, Any, Any, Any, Any, Any]] = []
+    if lengths is None and klengths is None:
+        values = np.empty(count * stride, dtype=np.uint8)
+        keys = np.empty(count * kstride, dtype=np.uint8) if kblob is not None else None
+        counts = np.empty(partitions, dtype=np.int32)
+        index = np.empty(count, dtype=np.int32)
+        lib.engine_scatter_by_partition(
+            ffi.from_buffer(blob), stride,
+            ffi.NULL if kblob is None else ffi.from_buffer(kblob), kstride,
+            ffi.from_buffer("int32_t[]", parts), count, partitions,
+            ffi.from_buffer(values), ffi.NULL if keys is None else ffi.from_buffer(keys),
+            ffi.from_buffer("int32_t[]", counts), ffi.from_buffer("int32_t[]", index),
+        )  # fmt: skip
+        start = 0
+        for p in range(partitions):
+            n = int(counts[p])
+            if n:
+                groups.append((
+                    p, index[start : start + n], values[start * stride : (start + n) * stride],
+                    None,
+                    None if keys is None else keys[start * kstride : (start + n) * kstride],
+                    None,
+                ))  # fmt: skip
+            start += n
+        return groups
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(partitions + 1))
+    for p in range(partitions):
+        idx = order[bounds[p] : bounds[p + 1]]
+        if len(idx):
+            vb, vl = _select(blob, lengths, stride, idx)
+            kb, kl = _select(kblob, klengths, kstride, idx)
+            groups.append((p, idx, vb, vl, kb, kl))
+    return groups
 
 
 def _select(blob: Any, lengths: Any, stride: int, idx: Any) -> tuple[Any, Any]:

@@ -91,6 +91,10 @@ uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 int32_t engine_murmur2(const void *data, int32_t length);
 void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t key_stride,
                            int32_t count, int32_t partitions, int32_t *out);
+void engine_scatter_by_partition(const char *values, int32_t value_stride, const char *keys,
+                                 int32_t key_stride, const int32_t *parts, int32_t count,
+                                 int32_t partitions, char *out_values, char *out_keys,
+                                 int32_t *out_counts, int32_t *out_index);
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned);

@@ -146,3 +146,31 @@ void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t
         k += length;
     }
 }
+
+/* Groups count fixed-size records by partition (a stable counting sort): record i
+ * of partition p goes to out_values / out_keys after every earlier record of p,
+ * and partitions follow each other in order. out_counts[p] receives how many. */
+void engine_scatter_by_partition(const char *values, int32_t value_stride, const char *keys,
+                                 int32_t key_stride, const int32_t *parts, int32_t count,
+                                 int32_t partitions, char *out_values, char *out_keys,
+                                 int32_t *out_counts, int32_t *out_index) {
+    for (int32_t p = 0; p < partitions; p++) out_counts[p] = 0;
+    for (int32_t i = 0; i < count; i++) out_counts[parts[i]]++;
+    int64_t start = 0;
+    for (int32_t p = 0; p < partitions; p++) {
+        int64_t n = out_counts[p];
+        out_counts[p] = (int32_t)start; /* running position while filling */
+        start += n;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        int32_t at = out_counts[parts[i]]++;
+        out_index[at] = i;
+        memcpy(out_values + (size_t)at * (size_t)value_stride,
+               values + (size_t)i * (size_t)value_stride, (size_t)value_stride);
+        if (keys)
+            memcpy(out_keys + (size_t)at * (size_t)key_stride,
+                   keys + (size_t)i * (size_t)key_stride, (size_t)key_stride);
+    }
+    /* out_counts now holds each partition's end; turn it back into counts */
+    for (int32_t p = partitions - 1; p > 0; p--) out_counts[p] -= out_counts[p - 1];
+}

@@ -291,3 +291,28 @@ def test_public_names_are_exported() -> None:
         obj = getattr(engine, name)
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, engine.EngineError)
+
+
+def test_keyed_numpy_batch_lands_like_kafka_and_keeps_per_key_order(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    n = 3000
+    values = np.zeros(n, dtype=[("seq", "<u4"), ("pad", "V60")])
+    values["seq"] = np.arange(n)
+    keys = np.array([b"dev-%05d" % (i % 37) for i in range(n)], dtype="S16")
+    with Producer(shared_daemon.data_dir) as p:
+        result = p.send_batch(topic, values, keys=keys, offsets=True)
+    # A fixed-width key is its whole row, padding included (numpy's S16 pads with NULs).
+    raw = [keys[i : i + 1].tobytes() for i in range(n)]
+    expected = [(murmur2(k) & 0x7FFFFFFF) % 3 for k in raw]
+    assert list(result.partitions) == expected
+    got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, q) for q in range(3)], n)
+    assert len(got) == n
+    for r in got:
+        seq = int(np.frombuffer(r.value[:4], dtype="<u4")[0])
+        assert r.key == raw[seq] and r.partition == expected[seq]
+        assert r.offset == int(result.offsets[seq])
+    per_key: dict[bytes, list[int]] = {}
+    for r in sorted(got, key=lambda r: (r.partition, r.offset)):
+        per_key.setdefault(r.key, []).append(int(np.frombuffer(r.value[:4], dtype="<u4")[0]))
+    assert all(seqs == sorted(seqs) for seqs in per_key.values())

@@ -289,3 +289,18 @@ def test_chaos_acks_1_reports_what_it_loses(cluster: Daemon) -> None:
     lost = [pair for pair in out["acked"] if pair not in pairs]
     print(f"acks=1 under broker kills: {len(out['acked'])} acknowledged, {len(lost)} lost")
     assert len(out["acked"]) > 100
+
+
+def test_acks_all_batches_are_committed_when_get_returns(cluster: Daemon) -> None:
+    import numpy as np
+
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("rb", partitions=2, replication=3, config={"min.insync.replicas": 2})
+    values = np.zeros((500, 100), dtype=np.uint8)
+    keys = np.array([b"k%03d" % i for i in range(500)], dtype="S8")
+    with Producer(cluster.data_dir, acks="all") as p:
+        result = p.send_batch("rb", values, keys=keys, offsets=True).get(timeout=30)
+        assert result.futures and all(f.is_done() and f.succeeded() for f in result.futures)
+    with Admin(cluster.data_dir) as admin:
+        d = admin.describe_topic("rb")
+        assert sum(part.high_watermark for part in d.partitions) == 500
