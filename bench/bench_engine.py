@@ -158,15 +158,18 @@ def consumer_keeps_up(engine: Engine) -> float:
                 proc.kill()
 
 
-def idle_footprint(engine: Engine, seconds: float = 3.0) -> tuple[float, float]:
-    """(CPU % of one core, resident MB) of all the daemon's processes while idle."""
+def idle_footprint(engine: Engine, seconds: float = 10.0) -> tuple[float, float]:
+    """(CPU % of one core, proportional resident MB) of all the daemon's processes, idle.
+
+    Memory is PSS (each shared page divided among the processes mapping it), so the
+    shared-memory rings count once, not once per process."""
     def ticks(pid: int) -> int:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])
 
     def rss(pid: int) -> int:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) * 1024
         return 0
 
@@ -225,9 +228,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: round {i + 1}/{args.rounds}: {rates[-1] / 1e6:.2f} M/s",
                       file=sys.stderr)
             rows.append((name, statistics.median(rates), min(rates), max(rates)))
-        cpu, mb = idle_footprint(engine)
     finally:
         engine.stop()
+    idle = Engine()  # a fresh daemon with one 4-partition topic of default settings
+    try:
+        idle.start()
+        from engine import Admin
+
+        with Admin(idle.data_dir) as admin:
+            admin.create_topic("idle", partitions=4)
+        cpu, mb = idle_footprint(idle)
+    finally:
+        idle.stop()
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Linux {platform.release()}, Python {platform.python_version()}. "
           f"{RECORD}-byte records, one partition, acks=1; median of {args.rounds} rounds.\n")
@@ -236,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, med, lo, hi in rows:
         print(f"| {name} | {med:,.0f} | {lo:,.0f} | {hi:,.0f} |")
     print(f"| `engine start` until ready | {engine.start_s:.2f} s | | |")
-    print(f"| idle daemon, all processes | {cpu:.2f} % CPU, {mb:.0f} MB resident | | |")
+    print(f"| idle daemon (3 brokers, one 4-partition topic), all processes | "
+          f"{cpu:.2f} % of a core, {mb:.0f} MB (PSS) | | |")
     return 0
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger("engine.daemon")
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 30.0
+SUPERVISE_EVERY_S = 0.5
 
 
 @dataclass
@@ -225,7 +226,7 @@ class Daemon:
         write_private_file(self.data_dir.runtime_file, md.encode(info))
 
     def _supervise(self) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(SUPERVISE_EVERY_S):
             changed = False
             for child in self.children:
                 if child.proc is None or child.proc.poll() is None:
