@@ -475,6 +475,7 @@ class Producer:
                 result = self._append_slow(
                     topic, partition, -result, key, value, hbytes, hcount, ts
                 )
+                route = self._routes.get(topic) or self._route(topic)  # it may have moved
         if self._acker is not None:
             pending = PendingFuture(self._acker, topic, partition, result, ts)
             self._acker.add(pending, route.view.rings[partition])
@@ -491,36 +492,24 @@ class Producer:
         hcount: int,
         ts: int,
     ) -> int:
-        ring = view.rings[partition]
-        result = lib.engine_ring_append(
-            ring._ptr(),
-            self._fields,
-            ts,
-            ffi.NULL if key is None else key,
-            -1 if key is None else len(key),
-            ffi.NULL if value is None else value,
-            -1 if value is None else len(value),
-            hbytes,
-            len(hbytes),
-            hcount,
-            self._block_ns,
-        )
-        if result >= 0:
-            return int(result)
-        return self._append_slow(view.name, partition, -int(result), key, value, hbytes, hcount, ts)
+        """Append one record (the acks=0 sender's path); retries like send's slow path."""
+        return self._append_slow(view.name, partition, None, key, value, hbytes, hcount, ts)
 
     def _append_slow(
         self,
         topic: str,
         partition: int,
-        code: int,
+        code: int | None,
         key: bytes | None,
         value: bytes | None,
         hbytes: bytes,
         hcount: int,
         ts: int,
     ) -> int:
-        """Retries after a reaped claim or a leader change, within delivery_timeout_ms."""
+        """Append, retrying after a reaped claim or a leader change within delivery_timeout_ms.
+
+        ``code`` is what a first attempt returned (None: no attempt yet).
+        """
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         while True:
             if code == SEALED:
@@ -534,23 +523,15 @@ class Producer:
                     self._routes.pop(topic, None)
                 except EngineTimeoutError:
                     continue
-            elif code != REAPED:
+            elif code is not None and code != REAPED:
                 raise_for(code, f"send to topic={topic!r} partition={partition}")
-            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
-            ring: Ring = view.rings[partition]
+            route = self._routes.get(topic) or self._route(topic)
             result = lib.engine_ring_append(
-                ring._ptr(),
-                self._fields,
-                ts,
-                ffi.NULL if key is None else key,
-                -1 if key is None else len(key),
-                ffi.NULL if value is None else value,
-                -1 if value is None else len(value),
-                hbytes,
-                len(hbytes),
-                hcount,
-                self._block_ns,
-            )
+                route.regions[partition], route.fields, ts,
+                ffi.NULL if key is None else key, -1 if key is None else len(key),
+                ffi.NULL if value is None else value, -1 if value is None else len(value),
+                hbytes, len(hbytes), hcount, self._block_ns,
+            )  # fmt: skip
             if result >= 0:
                 return int(result)
             code = -int(result)

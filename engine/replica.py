@@ -91,30 +91,33 @@ class Replica:
         self._stop = threading.Event()
         self._stop_deadline = 0.0
         self._error: BaseException | None = None
-        self._threads = [
-            threading.Thread(
-                target=self._guard(self._drain_loop),
-                name=f"drain-{topic}-{partition}",
-                daemon=True,
-            )
-        ]
+        self._threads: list[threading.Thread] = []
+        self._add_thread("drain", self._drain_loop)
 
     def _prepare_log(self) -> None:
         """Hook run after the log is open and before the ring: followers truncate here."""
 
     def start(self) -> None:
+        """Start the threads; a leader's ring then opens to producers (until now it was
+        sealed, so that no producer appended before the ISR count and high watermark
+        were in place)."""
         for thread in self._threads:
             thread.start()
+        if self.role == "leader":
+            self.ring.set_leader(self.leader_epoch, sealed=False)
 
-    def _guard(self, body: Any) -> Any:
+    def _add_thread(self, kind: str, body: Callable[[], None]) -> None:
+        """A daemon thread running body; a failure is kept for the broker's supervision."""
+
         def run() -> None:
             try:
                 body()
             except BaseException as exc:
                 self._error = exc
-                log.exception("%s of %s-%d failed", body.__name__, self.topic, self.partition)
+                log.exception("%s of %s-%d failed", kind, self.topic, self.partition)
 
-        return run
+        name = f"{kind}-{self.topic}-{self.partition}"
+        self._threads.append(threading.Thread(target=run, name=name, daemon=True))
 
     def _open_ring(self, config: dict[str, Any], leader_epoch: int) -> Ring:
         end = self.log.log_end_offset
@@ -133,7 +136,7 @@ class Replica:
                 cursor = ring.seek(end)
                 if cursor is not None:
                     ring.drain_to(cursor)
-                    ring.set_leader(leader_epoch, sealed=self.role == "follower")
+                    ring.set_leader(leader_epoch, sealed=True)  # start() opens a leader's
                     log.info(
                         "resumed ring %s: log end %d, ring tail %d",
                         self.ring_name,
@@ -157,8 +160,8 @@ class Replica:
             max_frame_length=max_frame,
             leader_epoch=leader_epoch,
             replace=True,
+            sealed=True,  # start() opens a leader's
         )
-        ring.set_leader(leader_epoch, sealed=self.role == "follower")
         return ring
 
     def _drain_loop(self) -> None:
@@ -284,13 +287,7 @@ class LeaderReplica(Replica):
                 # the ISR holds what the leader holds.
                 self.ring.set_high_watermark(self.log.log_start_offset)
             self.ring.set_isr_count(len(self.isr))
-            self._threads.append(
-                threading.Thread(
-                    target=self._guard(self._replicate_loop),
-                    name=f"replicate-{topic}-{partition}",
-                    daemon=True,
-                )
-            )
+            self._add_thread("replicate", self._replicate_loop)
         else:
             self.ring.set_high_watermark(-1)
             self.ring.set_isr_count(1)
@@ -406,13 +403,7 @@ class FollowerReplica(Replica):
         self.leader_directory = leader_directory
         super().__init__(topic, partition, directory, ring_name, config, leader_epoch)
         self.ring.set_high_watermark(-1)
-        self._threads.append(
-            threading.Thread(
-                target=self._guard(self._fetch_loop),
-                name=f"fetch-{topic}-{partition}",
-                daemon=True,
-            )
-        )
+        self._add_thread("fetch", self._fetch_loop)
 
     def _prepare_log(self) -> None:
         """Cut what this log holds beyond the leader's: a tail no ISR ever committed."""

@@ -163,6 +163,7 @@ class Ring:
         leader_epoch: int = 0,
         stall_timeout_ns: int = 500_000_000,
         replace: bool = False,
+        sealed: bool = False,
     ) -> Ring:
         """Create (or, with replace, recreate) the shared-memory ring ``name``, mode 0600."""
         if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
@@ -189,6 +190,7 @@ class Ring:
             base_offset,
             stall_timeout_ns,
             leader_epoch,
+            1 if sealed else 0,
         )
         if code != OK:
             ring.close()

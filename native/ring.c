@@ -136,7 +136,7 @@ uint64_t engine_ring_region_length(uint64_t capacity) {
 
 int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
                      uint64_t max_frame_length, int64_t base_offset,
-                     int64_t stall_timeout_ns, int32_t leader_epoch) {
+                     int64_t stall_timeout_ns, int32_t leader_epoch, uint32_t sealed) {
     if (capacity < ENGINE_RING_MIN_CAPACITY || capacity > ENGINE_RING_MAX_CAPACITY ||
         (capacity & (capacity - 1)))
         return ENGINE_RING_BAD_ARGUMENT;
@@ -158,6 +158,7 @@ int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
     h->drain_position = 0;
     h->drain_offset = base_offset;
     h->leader_epoch = leader_epoch;
+    h->sealed = sealed;
     h->high_watermark = -1;
     h->isr_count = 1;
     h->stall_position = UINT64_MAX;

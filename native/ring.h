@@ -269,7 +269,7 @@ typedef struct engine_ring_status {
 /* Setup (not hot): format a zeroed region; check a mapped region. */
 int engine_ring_init(void *region, uint64_t region_length, uint64_t capacity,
                      uint64_t max_frame_length, int64_t base_offset,
-                     int64_t stall_timeout_ns, int32_t leader_epoch);
+                     int64_t stall_timeout_ns, int32_t leader_epoch, uint32_t sealed);
 int engine_ring_check(const void *region, uint64_t region_length);
 uint64_t engine_ring_region_length(uint64_t capacity);
 
