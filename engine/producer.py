@@ -43,6 +43,7 @@ from engine.errors import (
     ConfigError,
     EngineError,
     EngineTimeoutError,
+    NotEnoughReplicasError,
     NotLeaderError,
     PartitionOutOfRangeError,
     RecordTooLargeError,
@@ -204,17 +205,19 @@ class _Acker:
         self.delivery_timeout_s = delivery_timeout_s
         self.pending: dict[tuple[str, int], collections.deque[PendingFuture]] = {}
         self.rings: dict[tuple[str, int], Ring] = {}
+        self.min_insync: dict[tuple[str, int], int] = {}
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="producer-acker", daemon=True)
         self.thread.start()
 
-    def add(self, future: PendingFuture, ring: Ring) -> None:
+    def add(self, future: PendingFuture, ring: Ring, min_insync: int) -> None:
         tp = (future.topic, future.partition)
         with self.cond:
             queue = self.pending.get(tp)
             if queue is None:
                 queue = self.pending[tp] = collections.deque()
             self.rings[tp] = ring
+            self.min_insync[tp] = min_insync
             queue.append(future)
             if len(queue) == 1:
                 self.cond.notify_all()
@@ -258,6 +261,15 @@ class _Acker:
                             f"the leader of {tp[0]}-{tp[1]} changed before the record was "
                             "committed: it may or may not be in the log"
                         )
+                    elif status.isr_count < self.min_insync[tp]:
+                        # Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: appended, but the ISR
+                        # shrank below min.insync.replicas before it was committed.
+                        error = NotEnoughReplicasError(
+                            f"{tp[0]}-{tp[1]} has {status.isr_count} in-sync replicas, fewer "
+                            f"than min.insync.replicas={self.min_insync[tp]}, after the append: "
+                            "the record is not acknowledged"
+                        )
+                        hw = -1
                 except ClosedError:
                     hw, error = -1, NotLeaderError(f"{tp[0]}-{tp[1]} moved: the record may be lost")
                 now = time.monotonic()
@@ -478,7 +490,7 @@ class Producer:
                 route = self._routes.get(topic) or self._route(topic)  # it may have moved
         if self._acker is not None:
             pending = PendingFuture(self._acker, topic, partition, result, ts)
-            self._acker.add(pending, route.view.rings[partition])
+            self._acker.add(pending, route.view.rings[partition], route.fields.min_insync)
             return pending  # type: ignore[return-value]
         return _future(RecordFuture, (topic, partition, result, ts))
 
@@ -639,7 +651,7 @@ class Producer:
                 )
                 if self._acker is not None and len(out):
                     future = PendingFuture(self._acker, view.name, partition, int(out.max()), ts)
-                    self._acker.add(future, view.rings[partition])
+                    self._acker.add(future, view.rings[partition], route.fields.min_insync)
                     return future
                 return None
             except NotLeaderError as exc:
