@@ -304,3 +304,21 @@ def test_acks_all_batches_are_committed_when_get_returns(cluster: Daemon) -> Non
     with Admin(cluster.data_dir) as admin:
         d = admin.describe_topic("rb")
         assert sum(part.high_watermark for part in d.partitions) == 500
+
+
+def test_the_controller_role_moves_when_its_broker_hangs(cluster: Daemon) -> None:
+    with Admin(cluster.data_dir) as admin:
+        old = admin.describe_cluster()["controller"]
+        pid = cluster.runtime()["processes"][f"broker-{old}"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            new = wait_for(
+                lambda: (lambda c: c if c not in (None, old) else None)(
+                    admin.describe_cluster()["controller"]),
+                timeout=30, what="another broker to become controller")
+            assert new != old
+            # The new controller does the controller's work: new topics get leaders.
+            d = admin.create_topic("after", partitions=2, replication=2)
+            assert all(p.leader not in (None, -1, old) for p in d.partitions)
+        finally:
+            os.kill(pid, signal.SIGCONT)
