@@ -101,7 +101,7 @@ class Admin:
             if leader is not None and p in view.rings:
                 status = view.rings[p].status()
                 end = status.tail_offset
-                hw = end if status.high_watermark < 0 else status.high_watermark
+                hw = status.readable_end
                 directory = self._cluster.data_dir.partition_dir(leader, name, p)
                 try:
                     start = LogReader(directory).log_start_offset

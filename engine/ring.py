@@ -104,6 +104,12 @@ class RingStatus:
     reaped_frames: int
     full_waits: int
 
+    @property
+    def readable_end(self) -> int:
+        """Where consumers' reading ends: the high watermark, or the log end (the next
+        offset to be claimed) when the partition is not replicated."""
+        return self.tail_offset if self.high_watermark < 0 else self.high_watermark
+
 
 class Cursor:
     """A reader's place in a ring: next frame position and next expected offset."""
