@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--print-key", action="store_true")
     p.add_argument("--print-offset", action="store_true")
+    p.add_argument(
+        "--group",
+        default=None,
+        help="consume as a member of this consumer group; its offsets are committed on exit",
+    )
 
     p = sub.add_parser("groups", help="list, describe consumer groups; reset their offsets")
     gsub = p.add_subparsers(dest="groups_command", required=True, metavar="ACTION")
@@ -300,7 +305,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from engine.record import TopicPartition
 
     reset = "earliest" if args.from_beginning else "latest"
-    with Consumer(data_dir=args.data_dir, auto_offset_reset=reset) as consumer:
+    with Consumer(
+        data_dir=args.data_dir, auto_offset_reset=reset, group_id=args.group
+    ) as consumer:
         if args.partition is not None:
             consumer.assign([TopicPartition(args.topic, args.partition)])
         else:

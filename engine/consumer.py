@@ -115,6 +115,8 @@ class Consumer:
             raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
         if group_id is not None:
             store.validate_group_id(group_id)
+            if client_id is not None:
+                store.validate_client_id(client_id)
         find_strategy(partition_assignment_strategy)
         for name, value in (
             ("auto_commit_interval_ms", auto_commit_interval_ms),
@@ -296,7 +298,9 @@ class Consumer:
             f = self._open(tp)
             committed = store.read_committed(g.zk, g.group, tp)
             self._fetches[tp] = f
+            self._committed.pop(tp, None)
             if committed is not None:
+                self._committed[tp] = committed
                 self._seek(f, committed)
         self._order = list(self._fetches)
         if acquired:

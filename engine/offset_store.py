@@ -55,6 +55,21 @@ def validate_group_id(group_id: object) -> str:
     return group_id
 
 
+def validate_client_id(client_id: object) -> str:
+    """A group member's client id names its member znode: the same characters as a group id."""
+    if (
+        not isinstance(client_id, str)
+        or not client_id
+        or not set(client_id) <= _GROUP_CHARS
+        or len(client_id) > 200
+    ):
+        raise ConfigError(
+            "client_id of a group member must be 1-200 characters of ASCII letters, digits, "
+            f"'.', '_' and '-': client_id={client_id!r}"
+        )
+    return client_id
+
+
 def group_path(group: str) -> str:
     return f"{CONSUMERS}/{group}"
 

@@ -219,7 +219,8 @@ def test_committed_offsets_resume_a_group_and_survive_a_daemon_restart(daemon: D
         deadline = time.monotonic() + 20
         while len(rest) < 30 and time.monotonic() < deadline:
             rest += c.poll(timeout=0.5)
-        assert sorted(int(r.value) for r in got + rest) == list(range(60))
+        where = {tp: (c.position(tp), c.end_offsets([tp])[tp]) for tp in c.assignment()}
+        assert sorted(int(r.value) for r in got + rest) == list(range(60)), where
     finally:
         c.close()
 
@@ -268,6 +269,8 @@ def test_bad_group_input_gets_a_clear_error_and_loses_no_commit(
         Consumer(data_dir=dd, group_id="x", session_timeout_ms=1000, heartbeat_interval_ms=1000)
     with pytest.raises(ConfigError, match="group_id"):
         Consumer(data_dir=dd, group_id="bad group/")
+    with pytest.raises(ConfigError, match="client_id"):
+        Consumer(data_dir=dd, group_id="x", client_id="me/you")
     with pytest.raises(ConfigError, match=r"read_committed.*not available yet"):
         Consumer(data_dir=dd, group_id="x", isolation_level="read_committed")
     with Consumer(data_dir=dd) as c:
@@ -349,3 +352,18 @@ def test_groups_cli_list_describe_and_reset_offsets(shared_daemon: Daemon, topic
                 reset_offsets(admin, group, topic, "earliest")
         finally:
             c.close()
+
+
+def test_consume_cli_with_a_group_resumes_where_the_last_run_stopped(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        for i in range(6):
+            p.send(topic, b"m%d" % i, partition=0)
+    group = f"cli-consume-{uuid.uuid4().hex[:6]}"
+    args = ("consume", topic, "--group", group, "--from-beginning", "--timeout", "10")
+    first = shared_daemon.cli(*args, "--max", "4").stdout.split()
+    second = shared_daemon.cli(*args, "--max", "2").stdout.split()
+    assert first + second == [b"m%d" % i for i in range(6)]
+    report = json.loads(shared_daemon.cli("groups", "describe", group, "--json").stdout)
+    assert report["partitions"][0]["committed"] == 6
