@@ -377,6 +377,33 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
 
 /* ---- read -------------------------------------------------------------- */
 
+/* Walks from *position over padding to the next published frame and returns it;
+ * NULL at the first frame that is not readable yet (or not of this lap). A
+ * padding frame whose length cannot be right sets *corrupt. */
+static struct engine_frame_header *next_published(void *region, uint64_t capacity,
+                                                  uint64_t *position, int *corrupt) {
+    for (;;) {
+        uint64_t c = *position;
+        struct engine_frame_header *f = frame_at(region, capacity, c);
+        uint64_t tag = engine_load_acquire_u64(&f->tag);
+        if (!tag_is_own(tag, c)) return NULL;
+        uint32_t state = tag_state(tag);
+        if (state == ENGINE_FRAME_PUBLISHED) return f;
+        if (state == ENGINE_FRAME_PAD_TO_END) {
+            *position = next_lap(c, capacity);
+        } else if (state == ENGINE_FRAME_PADDING) {
+            uint32_t length = f->frame_length;
+            if (length < 8 || length > capacity - (c & (capacity - 1))) {
+                *corrupt = 1;
+                return NULL;
+            }
+            *position = c + align8(length);
+        } else {
+            return NULL; /* claimed, or being reaped */
+        }
+    }
+}
+
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
     struct engine_ring_header *h = header_of(region);
@@ -384,31 +411,14 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
     uint64_t first = cursor->position, c = first;
     int64_t next_offset = cursor->offset;
     uint64_t copied = 0;
-    int code = ENGINE_RING_OK;
+    int code = ENGINE_RING_OK, corrupt = 0;
     if (max_offset < 0) max_offset = engine_load_acquire_i64(&h->high_watermark);
-    for (;;) {
-        struct engine_frame_header *f = frame_at(region, capacity, c);
-        uint64_t tag = engine_load_acquire_u64(&f->tag);
-        if (!tag_is_own(tag, c)) break;
-        uint32_t state = tag_state(tag);
-        if (state == ENGINE_FRAME_PAD_TO_END) {
-            c = next_lap(c, capacity);
-            continue;
-        }
-        if (state != ENGINE_FRAME_PUBLISHED && state != ENGINE_FRAME_PADDING) break;
+    struct engine_frame_header *f;
+    while ((f = next_published(region, capacity, &c, &corrupt)) != NULL) {
         uint32_t length = f->frame_length;
-        uint64_t room = capacity - (c & (capacity - 1));
-        if (state == ENGINE_FRAME_PADDING) {
-            if (length < 8 || length > room) {
-                code = ENGINE_RING_CORRUPT; /* unless overwritten: checked below */
-                break;
-            }
-            c += align8(length);
-            continue;
-        }
         if (length < ENGINE_FRAME_HEADER_LENGTH + ENGINE_BATCH_HEADER_LENGTH ||
-            length > max_frame || length > room) {
-            code = ENGINE_RING_CORRUPT;
+            length > max_frame || length > capacity - (c & (capacity - 1))) {
+            corrupt = 1; /* unless overwritten: checked below */
             break;
         }
         int64_t base = get_base_offset(f);
@@ -426,6 +436,7 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
         next_offset = base + f->offset_count;
         c += align8(length);
     }
+    if (corrupt && code == ENGINE_RING_OK) code = ENGINE_RING_CORRUPT;
     /* Validate: nothing claimed over the first frame while we copied. */
     engine_acquire_fence();
     tail_view_t v;
@@ -717,24 +728,13 @@ int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
 }
 
 void engine_ring_advance(void *region, engine_cursor_t *cursor) {
-    struct engine_ring_header *h = header_of(region);
-    uint64_t capacity = h->capacity, c = cursor->position;
+    uint64_t capacity = header_of(region)->capacity, c = cursor->position;
     int64_t next = cursor->offset;
-    for (;;) {
-        struct engine_frame_header *f = frame_at(region, capacity, c);
-        uint64_t tag = engine_load_acquire_u64(&f->tag);
-        if (!tag_is_own(tag, c)) break;
-        uint32_t s = tag_state(tag);
-        if (s == ENGINE_FRAME_PAD_TO_END) {
-            c = next_lap(c, capacity);
-        } else if (s == ENGINE_FRAME_PADDING) {
-            c += align8(f->frame_length);
-        } else if (s == ENGINE_FRAME_PUBLISHED) {
-            next = get_base_offset(f) + f->offset_count;
-            c += align8(f->frame_length);
-        } else {
-            break;
-        }
+    int corrupt = 0;
+    struct engine_frame_header *f;
+    while ((f = next_published(region, capacity, &c, &corrupt)) != NULL) {
+        next = get_base_offset(f) + f->offset_count;
+        c += align8(f->frame_length);
     }
     cursor->position = c;
     cursor->offset = next;
@@ -779,23 +779,11 @@ int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor) {
         if (c != engine_load_acquire_u64(&h->drain_position)) continue;
         if (offset < drain_offset) return ENGINE_RING_BELOW;
         uint64_t start = c;
-        for (;;) {
-            struct engine_frame_header *f = frame_at(region, capacity, c);
-            uint64_t tag = engine_load_acquire_u64(&f->tag);
-            if (!tag_is_own(tag, c)) break;
-            uint32_t s = tag_state(tag);
-            if (s == ENGINE_FRAME_PAD_TO_END) {
-                c = next_lap(c, capacity);
-                continue;
-            }
-            if (s == ENGINE_FRAME_PADDING) {
-                c += align8(f->frame_length);
-                continue;
-            }
-            if (s != ENGINE_FRAME_PUBLISHED) break;
-            if (offset < get_base_offset(f) + (int64_t)f->offset_count) break;
+        int corrupt = 0;
+        struct engine_frame_header *f;
+        while ((f = next_published(region, capacity, &c, &corrupt)) != NULL &&
+               offset >= get_base_offset(f) + (int64_t)f->offset_count)
             c += align8(f->frame_length);
-        }
         engine_acquire_fence();
         tail_view_t v;
         read_tail(h, &v);

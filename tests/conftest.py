@@ -6,28 +6,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engine_harness import Daemon
+from engine_harness import Daemon, running_daemon
 
 
 @pytest.fixture(scope="session")
 def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the tests that only create their own topics."""
-    d = Daemon(tmp_path_factory.mktemp("engine-shared"), brokers=2)
-    try:
-        d.start()
+    with running_daemon(tmp_path_factory.mktemp("engine-shared"), brokers=2) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill_everything()
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon of the test's own, for tests that kill, stop or restart it."""
-    d = Daemon(tmp_path / "engine", brokers=2)
-    try:
-        d.start()
+    with running_daemon(tmp_path / "engine", brokers=2) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill_everything()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,18 @@ class Daemon:
         for name in os.listdir("/dev/shm"):
             if name.startswith(prefix):
                 unlink("/" + name)
+
+
+@contextlib.contextmanager
+def running_daemon(data_dir: Path, brokers: int = 2) -> Iterator[Daemon]:
+    """A started daemon, stopped (and, if need be, killed) however the block ends."""
+    d = Daemon(data_dir, brokers)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        d.kill_everything()
 
 
 def wait_for(

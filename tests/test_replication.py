@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import Daemon, wait_for
+from engine_harness import Daemon, running_daemon, wait_for
 
 from engine import (
     Admin,
@@ -29,13 +29,8 @@ from engine.log import LogReader
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path / "engine", brokers=3)
-    try:
-        d.start()
+    with running_daemon(tmp_path / "engine", brokers=3) as d:
         yield d
-    finally:
-        d.stop()
-        d.kill_everything()
 
 
 def consume(data_dir: Path, topic: str, expect: int, timeout: float = 60) -> list:
