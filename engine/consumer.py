@@ -394,7 +394,7 @@ class Consumer:
         return {tp: self._fetch(tp).reader.log_start_offset for tp in partitions}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: self._fetch(tp).ring.status().tail_offset for tp in partitions}
+        return {tp: self._fetch(tp).ring.status().readable_end for tp in partitions}
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._check_open()
@@ -404,7 +404,7 @@ class Consumer:
 
     def _seek(self, f: _Fetch, offset: int) -> None:
         f.offset, f.cursor, f.pending = offset, None, b""
-        start, end = f.reader.log_start_offset, f.ring.status().tail_offset
+        start, end = f.reader.log_start_offset, f.ring.status().readable_end
         f.out_of_range = not start <= offset <= end
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
@@ -414,7 +414,7 @@ class Consumer:
 
     def seek_to_end(self, *partitions: TopicPartition) -> None:
         for tp in partitions or tuple(self._fetches):
-            self.seek(tp, self._fetch(tp).ring.status().tail_offset)
+            self.seek(tp, self._fetch(tp).ring.status().readable_end)
 
     def offsets_for_times(
         self, timestamps: Mapping[TopicPartition, int]
@@ -470,7 +470,7 @@ class Consumer:
         if self.auto_offset_reset == "earliest":
             f.offset = f.reader.log_start_offset
         else:
-            f.offset = f.ring.status().tail_offset
+            f.offset = f.ring.status().readable_end
         f.cursor, f.pending, f.out_of_range = None, b"", False
 
     # -- fetching ----------------------------------------------------------

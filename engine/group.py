@@ -490,7 +490,7 @@ class PartitionLag:
     partition: int
     owner: str | None  # the member fetching it now
     committed: int | None
-    log_end_offset: int
+    log_end_offset: int  # the high watermark: the end of what consumers may read
     lag: int | None  # log_end_offset - committed; None before the first commit
 
 
@@ -530,7 +530,7 @@ def describe_group(admin: Admin, group: str) -> GroupDescription:
             with contextlib.suppress(NoNodeError):
                 owner = zk.get(store.owner_path(group, tp))[0].decode() or None
             done = committed.get(tp)
-            end = p.log_end_offset
+            end = p.high_watermark  # what consumers can read (Kafka's LOG-END-OFFSET column)
             rows.append(
                 PartitionLag(
                     topic, p.partition, owner, done, end, None if done is None else end - done
@@ -567,7 +567,7 @@ def reset_offsets(
     desc = admin.describe_topic(topic)
     new: dict[TopicPartition, int] = {}
     for p in desc.partitions:
-        start, end = max(p.log_start_offset, 0), max(p.log_end_offset, 0)
+        start, end = max(p.log_start_offset, 0), max(p.high_watermark, 0)
         if to == "earliest":
             value = start
         elif to == "latest":
