@@ -575,7 +575,10 @@ class Consumer:
             return b""
 
     def _chunk_from_log(self, f: _Fetch) -> bytes:
-        upper = f.ring.status().drain_offset
+        status = f.ring.status()
+        # Up to what the broker has drained, and never past the high watermark: a
+        # leader just promoted drained, as a follower, records not yet committed.
+        upper = min(status.drain_offset, status.readable_end)
         if f.offset >= upper:
             return b""
         try:

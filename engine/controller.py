@@ -32,6 +32,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
 
 from engine import metadata as md
+from engine.offset_store import CONSUMERS
 
 log = logging.getLogger("engine.controller")
 
@@ -162,6 +163,12 @@ class Controller:
                 if self.seal is not None and state.leader >= 0:
                     self.seal(meta.assignment.topic_id, partition, state.leader, new.leader_epoch)
 
+    def _children(self, path: str) -> list[str]:
+        try:
+            return list(self.zk.get_children(path))
+        except NoNodeError:
+            return []
+
     def _write(self, path: str, version: int, state: md.PartitionState) -> bool:
         try:
             self.zk.set(path, md.encode(state.to_json()), version=version)
@@ -172,7 +179,12 @@ class Controller:
 
     def _delete_topic(self, topic: str) -> None:
         log.info("deleting topic %s", topic)
-        for path in (md.topic_path(topic), md.config_path(topic)):
+        paths = [md.topic_path(topic), md.config_path(topic)]
+        # Groups' committed offsets of the topic go too: a topic made again with the
+        # same name must not resume at an old offset (Kafka drops them likewise).
+        for group in self._children(CONSUMERS):
+            paths += [f"{CONSUMERS}/{group}/offsets/{topic}", f"{CONSUMERS}/{group}/owners/{topic}"]
+        for path in paths:
             with contextlib.suppress(NoNodeError):
                 self.zk.delete(path, recursive=True)
         with contextlib.suppress(NoNodeError, NotEmptyError):

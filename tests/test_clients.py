@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -316,3 +317,30 @@ def test_keyed_numpy_batch_lands_like_kafka_and_keeps_per_key_order(
     for r in sorted(got, key=lambda r: (r.partition, r.offset)):
         per_key.setdefault(r.key, []).append(int(np.frombuffer(r.value[:4], dtype="<u4")[0]))
     assert all(seqs == sorted(seqs) for seqs in per_key.values())
+
+
+def test_deleting_a_topic_drops_its_committed_group_offsets(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    name = f"g-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=1)
+    tp = TopicPartition(name, 0)
+    with Producer(shared_daemon.data_dir) as p:
+        for i in range(3):
+            p.send(name, b"%d" % i, partition=0)
+    with Consumer(name, data_dir=shared_daemon.data_dir, group_id="dropper",
+                  auto_offset_reset="earliest", enable_auto_commit=False,
+                  session_timeout_ms=2000, heartbeat_interval_ms=500) as c:
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += c.poll(timeout=0.5)
+        c.commit()
+        assert c.committed(tp) == 3
+    admin.delete_topic(name)
+    admin.create_topic(name, partitions=1)
+    with Consumer(name, data_dir=shared_daemon.data_dir, group_id="dropper",
+                  auto_offset_reset="earliest", session_timeout_ms=2000,
+                  heartbeat_interval_ms=500) as c:
+        assert c.committed(tp) is None
+    admin.delete_topic(name)
