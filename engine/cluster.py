@@ -56,6 +56,7 @@ class ClusterView:
         self.data_dir = DataDir.resolve(data_dir)
         self._zk: KazooClient | None = md.connect(self.data_dir)
         self.topics: dict[str, TopicView] = {}
+        self._retired: list[Ring] = []
         self.lock = threading.RLock()
         self._pid = os.getpid()
 
@@ -98,7 +99,7 @@ class ClusterView:
                     and old.rings[p].name == ring_name
                     and not old.rings[p].status().sealed
                 ):
-                    rings[p] = old.rings.pop(p)
+                    rings[p] = old.rings[p]  # still mapped: keep using it
                     continue
                 try:
                     rings[p] = Ring.open(ring_name)
@@ -110,18 +111,17 @@ class ClusterView:
                     missing.append(p)
             if not missing:
                 break
+            old = self.topics.get(name)
             for ring in rings.values():
-                ring.close()
+                if old is None or all(ring is not r for r in old.rings.values()):
+                    ring.close()  # opened in this attempt only: nobody else holds it
             if time.monotonic() > deadline:
                 raise EngineTimeoutError(
                     f"partitions {missing} of topic {name!r} have no ready leader after "
                     f"{wait_s:.0f} s"
                 )
             time.sleep(0.01)
-        old = self.topics.pop(name, None)
-        if old is not None:
-            for ring in old.rings.values():
-                ring.close()
+        self._retire(self.topics.pop(name, None), keep=rings.values())
         view = TopicView(meta, validate_topic_config(meta.config), rings)
         self.topics[name] = view
         return view
@@ -135,11 +135,16 @@ class ClusterView:
             md.create_topic(self.zk, name, int(defaults["num.partitions"]), 1, None)
         return True
 
+    def _retire(self, view: TopicView | None, keep: Any = ()) -> None:
+        """Set a replaced view's rings aside. They are unmapped only at close(): another
+        thread of the client may still be appending through a pointer into one."""
+        if view is None:
+            return
+        kept = list(keep)
+        self._retired += [r for r in view.rings.values() if all(r is not k for k in kept)]
+
     def forget(self, name: str) -> None:
-        old = self.topics.pop(name, None)
-        if old is not None:
-            for ring in old.rings.values():
-                ring.close()
+        self._retire(self.topics.pop(name, None))
 
     def exists(self, name: str) -> bool:
         try:
@@ -154,6 +159,9 @@ class ClusterView:
             return
         for name in list(self.topics):
             self.forget(name)
+        for ring in self._retired:
+            ring.close()
+        self._retired.clear()
         if self._zk is not None:
             self._zk.stop()
             self._zk.close()
