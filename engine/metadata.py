@@ -57,10 +57,6 @@ def config_path(topic: str) -> str:
     return f"{CONFIG_TOPICS}/{topic}"
 
 
-def partitions_path(topic: str) -> str:
-    return f"{BROKER_TOPICS}/{topic}/partitions"
-
-
 def state_path(topic: str, partition: int) -> str:
     return f"{BROKER_TOPICS}/{topic}/partitions/{partition}/state"
 
