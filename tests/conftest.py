@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from engine_harness import Daemon, running_daemon
+
+from engine import Admin
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +24,19 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon of the test's own, for tests that kill, stop or restart it."""
     with running_daemon(tmp_path / "engine", brokers=2) as d:
         yield d
+
+
+@pytest.fixture
+def admin(shared_daemon: Daemon) -> Iterator[Admin]:
+    with Admin(shared_daemon.data_dir) as a:
+        yield a
+
+
+@pytest.fixture
+def topic(admin: Admin) -> Iterator[str]:
+    """A fresh 3-partition topic on the shared daemon, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=3)
+    yield name
+    if name in admin.list_topics():
+        admin.delete_topic(name)

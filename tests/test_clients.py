@@ -6,7 +6,6 @@ import multiprocessing as mp
 import struct
 import time
 import uuid
-from collections.abc import Iterator
 
 import client_procs
 import numpy as np
@@ -29,21 +28,6 @@ from engine import (
 from engine.ring import murmur2
 
 SPAWN = mp.get_context("spawn")
-
-
-@pytest.fixture
-def admin(shared_daemon: Daemon) -> Iterator[Admin]:
-    with Admin(shared_daemon.data_dir) as a:
-        yield a
-
-
-@pytest.fixture
-def topic(admin: Admin) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    admin.create_topic(name, partitions=3)
-    yield name
-    if name in admin.list_topics():
-        admin.delete_topic(name)
 
 
 def consume_all(data_dir, tps, expect: int, timeout: float = 30.0, **kw) -> list:

@@ -8,7 +8,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +29,6 @@ from engine import (
 
 SPAWN = mp.get_context("spawn")
 SESSION_MS = 2000
-
-
-@pytest.fixture
-def admin(shared_daemon: Daemon) -> Iterator[Admin]:
-    with Admin(shared_daemon.data_dir) as a:
-        yield a
-
-
-@pytest.fixture
-def topic(admin: Admin) -> Iterator[str]:
-    name = f"g-{uuid.uuid4().hex[:8]}"
-    admin.create_topic(name, partitions=3)
-    yield name
-    if name in admin.list_topics():
-        admin.delete_topic(name)
 
 
 def member(daemon: Daemon, topic: str, group: str, **kw: Any) -> Consumer:
