@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from engine.datadir import write_private_file
 from engine.errors import (
     ClosedError,
     ConfigError,
@@ -156,19 +157,6 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def _write_file_durably(path: str, data: bytes) -> None:
-    """Replace ``path`` atomically (temp file, fsync, rename, fsync the directory)."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_directory(os.path.dirname(path))
-
-
 def _check_meta(directory: str) -> None:
     """Raise CorruptRecordError unless ``log.meta`` names a format this code reads.
 
@@ -250,7 +238,7 @@ class Log:
         if not os.path.exists(meta_path):
             if _list_segment_bases(directory):
                 raise CorruptRecordError(f"segments without log.meta: directory={directory}")
-            _write_file_durably(meta_path, _meta_bytes())
+            write_private_file(meta_path, _meta_bytes())
         _check_meta(directory)
         _remove_strays(directory)
         recovery_point, clean = _read_recovery_point(directory)
@@ -592,7 +580,7 @@ def _read_recovery_point(directory: str) -> tuple[int, bool]:
 
 def _write_recovery_point(directory: str, offset: int, clean: bool = False) -> None:
     data = json.dumps({"recovery_point": offset, "clean": clean}).encode() + b"\n"
-    _write_file_durably(os.path.join(directory, RECOVERY_POINT_FILE), data)
+    write_private_file(os.path.join(directory, RECOVERY_POINT_FILE), data)
 
 
 class LogReader:

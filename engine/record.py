@@ -151,19 +151,26 @@ class RecordDecoder:
         self._count = ffi.new("int32_t *")
         self._consumed = ffi.new("uint64_t *")
 
-    def decode(
+    def _decode(
         self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int
-    ) -> tuple[list[Record], int]:
-        """Records at or above ``min_offset`` (at most max_records), and the bytes fully used."""
-        limit = min(max_records, self._capacity)
+    ) -> int:
+        """Index the records into self._infos (C); returns how many."""
         code = lib.engine_batch_decode(
-            data, len(data), min_offset, self._infos, limit, self._count, self._consumed
-        )
+            data, len(data), min_offset, self._infos, min(max_records, self._capacity),
+            self._count, self._consumed,
+        )  # fmt: skip
         n = int(self._count[0])
         if code == 2 and n == 0:
             raise CorruptRecordError(
                 f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"
             )
+        return n
+
+    def decode(
+        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int
+    ) -> tuple[list[Record], int]:
+        """Records at or above ``min_offset`` (at most max_records), and the bytes fully used."""
+        n = self._decode(data, topic, partition, min_offset, max_records)
         out: list[Record] = []
         append = out.append
         for off, ts, _pid, kp, kl, vp, vl, hp, hl, hc, _a, _r in self._view[:n].tolist():
@@ -179,15 +186,7 @@ class RecordDecoder:
         value_size: int,
     ) -> tuple[np.ndarray[Any, Any], int, int]:
         """Values only, as an (n, value_size) uint8 array: (values, last offset, bytes used)."""
-        limit = min(max_records, self._capacity)
-        code = lib.engine_batch_decode(
-            data, len(data), min_offset, self._infos, limit, self._count, self._consumed
-        )
-        n = int(self._count[0])
-        if code == 2 and n == 0:
-            raise CorruptRecordError(
-                f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"
-            )
+        n = self._decode(data, topic, partition, min_offset, max_records)
         infos = self._view[:n]
         if n and (infos["value_length"] != value_size).any():
             bad = int(infos["value_length"][infos["value_length"] != value_size][0])

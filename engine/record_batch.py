@@ -23,6 +23,7 @@ import numpy.typing as npt
 # engine._native is a cffi extension without type stubs.
 from engine._native import ffi, lib  # type: ignore[import-not-found, unused-ignore]
 from engine.errors import CorruptRecordError
+from engine.record import RECORD_INFO_DTYPE
 
 __all__ = [
     "BATCH_HEADER_LENGTH",
@@ -62,23 +63,7 @@ assert BATCH_INFO_DTYPE.fields is not None
 assert BATCH_INFO_DTYPE.fields["attributes"][1] == ffi.offsetof("engine_batch_info_t", "attributes")
 
 #: One row per record found by ``engine_batch_decode``; mirrors ``engine_record_info_t``.
-RECORD_INFO_DTYPE = np.dtype(
-    [
-        ("offset", "<i8"),
-        ("timestamp", "<i8"),
-        ("producer_id", "<i8"),
-        ("key_position", "<u4"),
-        ("key_length", "<i4"),  # -1: null key
-        ("value_position", "<u4"),
-        ("value_length", "<i4"),  # -1: null value
-        ("headers_position", "<u4"),
-        ("headers_length", "<u4"),
-        ("header_count", "<i4"),
-        ("batch_attributes", "<i2"),
-        ("reserved", "<i2"),
-    ]
-)
-assert RECORD_INFO_DTYPE.itemsize == ffi.sizeof("engine_record_info_t")
+# RECORD_INFO_DTYPE (engine_record_info_t as numpy) is defined in engine.record.
 
 #: (key, value, headers, timestamp_ms) of one record to encode.
 BatchRecord = tuple[bytes | None, bytes | None, Sequence[tuple[str, bytes]], int]
