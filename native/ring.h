@@ -111,7 +111,11 @@
  * CASes the tag to REAPING, then stores PADDING with the frame's length. A frame
  * whose tag was never stamped (the producer died between steps 1 and 2) is
  * reaped after stall_timeout_ns; its length is then found by looking for the
- * next frame's stamped tag (or the tail). A reaped frame's offsets are skipped,
+ * next frame's stamped tag (or the tail, confirmed unchanged 1 ms later). Known
+ * limit: if the claimant after it also sits unstamped in that window (dead, or
+ * stopped for over 1 ms between its claim and its stamp), both are padded over,
+ * and a stopped one that then resumes publishes into padding. A reaped frame's
+ * offsets are skipped,
  * the way Kafka skips offsets that compaction removed; its producer never got
  * an acknowledgement for it.
  *
