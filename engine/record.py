@@ -173,11 +173,12 @@ class RecordDecoder:
         n = self._decode(data, topic, partition, min_offset, max_records)
         out: list[Record] = []
         append = out.append
+        new = tuple.__new__  # Record's own __new__ is Python code: twice as slow per record
         for off, ts, _pid, kp, kl, vp, vl, hp, hl, hc, _a, _r in self._view[:n].tolist():
             key = None if kl < 0 else data[kp : kp + kl]
             value = None if vl < 0 else data[vp : vp + vl]
             headers = decode_headers(data[hp : hp + hl], hc) if hc else []
-            append(Record(topic, partition, off, ts, key, value, headers))
+            append(new(Record, (topic, partition, off, ts, key, value, headers)))
         return out, int(self._consumed[0])
 
 
