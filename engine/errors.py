@@ -19,6 +19,10 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
     ├── FencedError                          a stale leader epoch or producer epoch
+    │   └── ProducerFencedError              a newer instance of the transactional id exists
+    ├── TransactionError                     a transaction could not go on
+    │   ├── InvalidTxnStateError (RuntimeError) a transaction call out of order
+    │   └── TransactionAbortedError          the transaction was aborted (timed out)
     ├── NotLeaderError                       the replica written to is no longer the leader
     ├── NotEnoughReplicasError               fewer in-sync replicas than min.insync.replicas
     ├── CommitFailedError                    a group member that was dropped tried to commit
@@ -89,6 +93,25 @@ class CorruptRecordError(EngineError):
 
 class FencedError(EngineError):
     """An append carried a stale leader epoch, or a producer was fenced by a newer epoch."""
+
+
+class ProducerFencedError(FencedError):
+    """Another producer initialised the same transactional id (a newer epoch): this one
+    is a zombie and must close. Nothing it writes from now on reaches the log."""
+
+
+class TransactionError(EngineError):
+    """A transaction could not go on; abort it (or, after ProducerFencedError, close)."""
+
+
+class InvalidTxnStateError(TransactionError, RuntimeError):
+    """A transaction call out of order: begin twice, send outside a transaction, commit
+    without begin, a transactional call on a producer without transactional_id."""
+
+
+class TransactionAbortedError(TransactionError):
+    """The transaction was aborted under this producer (transaction_timeout_ms passed):
+    call abort_transaction() and start again."""
 
 
 class NotLeaderError(EngineError):

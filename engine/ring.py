@@ -39,7 +39,9 @@ from engine.errors import (
     NativeError,
     NotEnoughReplicasError,
     NotLeaderError,
+    ProducerFencedError,
     RecordTooLargeError,
+    TransactionError,
 )
 
 HEADER_LENGTH: int = lib.ENGINE_RING_HEADER_LENGTH
@@ -54,6 +56,7 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 # Codes from enum engine_ring_code (ring.h).
 OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
 BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT, NOT_ENOUGH_REPLICAS = 10, 11, 12, 13
+PRODUCER_FENCED, TABLE_FULL = 14, 15
 NO_LIMIT = (1 << 63) - 1  # read past the high watermark (followers copying a leader)
 
 _RAISE: dict[int, type[Exception]] = {
@@ -65,6 +68,8 @@ _RAISE: dict[int, type[Exception]] = {
     CORRUPT: CorruptRecordError,
     NOT_ENOUGH_REPLICAS: NotEnoughReplicasError,
     BAD_ARGUMENT: NativeError,
+    PRODUCER_FENCED: ProducerFencedError,
+    TABLE_FULL: TransactionError,
 }
 
 _MESSAGES: dict[int, str] = {
@@ -76,6 +81,11 @@ _MESSAGES: dict[int, str] = {
     TIMEOUT: "wait timed out",
     NOT_ENOUGH_REPLICAS: "fewer in-sync replicas than min.insync.replicas; nothing was written",
     BAD_ARGUMENT: "the ring refused the arguments",
+    PRODUCER_FENCED: (
+        "a newer producer initialised the same transactional id: this producer is fenced "
+        "and nothing it sent now was written"
+    ),
+    TABLE_FULL: "the partition already fences 64 transactional producer ids",
 }
 
 
@@ -404,6 +414,16 @@ class Ring:
     def wake(self) -> None:
         """Wake every thread and process waiting on this ring (they look again)."""
         lib.engine_ring_wake(self._ptr())
+
+    def fence(self, producer_id: int, epoch: int) -> None:
+        """Refuse, from now on, appends of producer_id with an epoch below ``epoch``."""
+        code = lib.engine_ring_fence(self._ptr(), producer_id, epoch)
+        if code != OK:
+            raise_for(code, f"fence producer_id={producer_id} epoch={epoch} on ring {self.name}")
+
+    def producer_epoch(self, producer_id: int) -> int:
+        """The epoch the ring fences producer_id at; -1 when it does not know it."""
+        return int(lib.engine_ring_producer_epoch(self._ptr(), producer_id))
 
     def set_isr_count(self, isr_count: int) -> None:
         lib.engine_ring_set_isr_count(self._ptr(), isr_count)

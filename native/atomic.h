@@ -56,6 +56,10 @@ static inline int engine_cas_u64(uint64_t *p, uint64_t expected, uint64_t desire
     return __atomic_compare_exchange_n(p, &expected, desired, 0,
                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
 }
+static inline int engine_cas_i32(int32_t *p, int32_t expected, int32_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
+                                       __ATOMIC_SEQ_CST);
+}
 static inline uint32_t engine_fetch_add_u32(uint32_t *p, uint32_t v) {
     return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
 }

@@ -269,6 +269,56 @@ static int check_fields(struct engine_ring_header *h, const engine_producer_fiel
     return ENGINE_RING_OK;
 }
 
+/* ---- producer fencing (transactions; see ring.h) ------------------------ */
+
+/* The slot of producer_id: found, or (create 1) taken from the free ones. */
+static struct engine_producer_slot *producer_slot(struct engine_ring_header *h,
+                                                  int64_t producer_id, int create) {
+    uint64_t key = (uint64_t)producer_id + 1;
+    uint32_t start = (uint32_t)(key * 0x9E3779B97F4A7C15ull >> 58); /* 6 bits: 64 slots */
+    for (uint32_t i = 0; i < ENGINE_RING_PRODUCER_SLOTS;) {
+        struct engine_producer_slot *s = &h->producers[(start + i) % ENGINE_RING_PRODUCER_SLOTS];
+        uint64_t k = engine_load_acquire_u64(&s->key);
+        if (k == key) return s;
+        if (k == 0) {
+            if (!create) return NULL;
+            if (engine_cas_u64(&s->key, 0, key)) return s;
+            continue; /* another fencer took this slot: look at it again */
+        }
+        i++;
+    }
+    return NULL;
+}
+
+int engine_ring_fence(void *region, int64_t producer_id, int32_t epoch) {
+    if (producer_id < 0 || epoch < 0) return ENGINE_RING_BAD_ARGUMENT;
+    struct engine_producer_slot *s = producer_slot(header_of(region), producer_id, 1);
+    if (!s) return ENGINE_RING_TABLE_FULL;
+    for (;;) {
+        int32_t old = engine_load_acquire_i32(&s->epoch);
+        if (old >= epoch || engine_cas_i32(&s->epoch, old, epoch)) return ENGINE_RING_OK;
+    }
+}
+
+int32_t engine_ring_producer_epoch(void *region, int64_t producer_id) {
+    if (producer_id < 0) return -1;
+    struct engine_producer_slot *s = producer_slot(header_of(region), producer_id, 0);
+    return s ? engine_load_acquire_i32(&s->epoch) : -1;
+}
+
+/* After a successful claim: is the batch's producer epoch fenced? Then the
+ * claimed frame becomes padding (its offsets are skipped). */
+static int fenced_after_claim(void *region, const engine_producer_fields_t *pf,
+                              struct engine_frame_header *f, uint64_t position) {
+    if (pf->producer_id < 0 || pf->producer_epoch < 0) return 0;
+    engine_fence(); /* order our tail CAS before the slot load (see ring.h) */
+    struct engine_producer_slot *s = producer_slot(header_of(region), pf->producer_id, 0);
+    if (!s || engine_load_acquire_i32(&s->epoch) <= pf->producer_epoch) return 0;
+    if (engine_cas_u64(&f->tag, position | ENGINE_FRAME_CLAIMED, position | ENGINE_FRAME_PADDING))
+        wake(&header_of(region)->publish_seq, &header_of(region)->publish_waiters);
+    return 1;
+}
+
 int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
                        int64_t timestamp_ms,
                        const char *key, int32_t key_length,
@@ -292,6 +342,7 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
     code = claim(region, (uint32_t)frame_length, 1, timeout_ns, &deadline, 0, &f, &position,
                  &offset);
     if (code != ENGINE_RING_OK) return -code;
+    if (fenced_after_claim(region, &pf, f, position)) return -ENGINE_RING_PRODUCER_FENCED;
     uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
     engine_batch_write_record(batch + ENGINE_BATCH_HEADER_LENGTH, 0, 0, (const uint8_t *)key,
                               key_length, (const uint8_t *)value, value_length,
@@ -351,6 +402,7 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                      (uint32_t)(j - i), timeout_ns, &deadline, 0, &f, &position, &offset);
         if (code == ENGINE_RING_REAPED) continue; /* torn by a reaper while we stalled: again */
         if (code != ENGINE_RING_OK) return code;
+        if (fenced_after_claim(region, &pf, f, position)) return ENGINE_RING_PRODUCER_FENCED;
         uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
         uint8_t *out = batch + ENGINE_BATCH_HEADER_LENGTH;
         const uint8_t *kq = kp, *vq = vp;
@@ -367,6 +419,9 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
         engine_batch_write_header(batch, batch_length, offset, j - i, base_ts, max_ts, &pf);
         code = publish(region, f, position);
         if (code == ENGINE_RING_REAPED) continue;
+        if (pf.base_sequence >= 0) /* the next frame's first sequence (wraps as Kafka's) */
+            pf.base_sequence = (int32_t)(((uint32_t)pf.base_sequence + (uint32_t)(j - i)) &
+                                         0x7FFFFFFFu);
         kp = kq;
         vp = vq;
         i = j;
@@ -684,6 +739,12 @@ static inline uint32_t get_be32_at(const uint8_t *p) {
     return __builtin_bswap32(v);
 }
 
+static inline uint16_t get_be16_at(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return __builtin_bswap16(v);
+}
+
 int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
                            int64_t timeout_ns) {
     struct engine_ring_header *h = header_of(region);
@@ -719,6 +780,13 @@ int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
         if (code != ENGINE_RING_OK) return code;
         if (offset != base) return ENGINE_RING_CORRUPT; /* only the fetcher appends here */
         memcpy((uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, p, total);
+        if (get_be16_at(p + ENGINE_BATCH_ATTRIBUTES_OFFSET) & ENGINE_BATCH_ATTR_TRANSACTIONAL) {
+            /* Keep the leader's fences: this ring may lead next. */
+            uint64_t pid;
+            memcpy(&pid, p + ENGINE_BATCH_PRODUCER_ID_OFFSET, 8);
+            int16_t epoch = (int16_t)get_be16_at(p + ENGINE_BATCH_PRODUCER_EPOCH_OFFSET);
+            engine_ring_fence(region, (int64_t)__builtin_bswap64(pid), epoch);
+        }
         code = publish(region, f, position);
         if (code != ENGINE_RING_OK) return code;
         p += total;

@@ -15,7 +15,7 @@
  *   | of two); frames wrap around      |  back; padding at the wrap
  *   +----------------------------------+ 4096 + capacity
  *
- * Ring header, version 1 (one field group per 128-byte line so that hot
+ * Ring header, version 2 (one field group per 128-byte line so that hot
  * words written by different processes never share a cache line):
  *
  *  0                   1                   2                   3
@@ -62,7 +62,29 @@
  * | stall_position (uint64): a frame readers found stuck          |
  * +---------------------------------------------------------------+  792
  * | stall_since_ns (int64): when they first found it stuck        |
+ * +---------------------------------------------------------------+ 1024
+ * | producer fencing table: 64 slots of 16 bytes (below)          |
+ * +---------------------------------------------------------------+ 2048
+ * | reserved                                                      |
  * +---------------------------------------------------------------+ 4096
+ *
+ * Producer fencing slot (transactional producers; version 2):
+ * +---------------------------------------------------------------+  0
+ * | key (uint64): producer_id + 1; 0 = free. Set once by CAS.      |
+ * +---------------------------------------------------------------+  8
+ * | epoch (int32): the producer's newest epoch | reserved (uint32)|
+ * +---------------------------------------------------------------+ 16
+ *
+ * Fencing (Kafka's ProducerFenced): when a transactional id is initialised
+ * again, its producer id gets a higher epoch and engine_ring_fence raises the
+ * slot's epoch (an atomic max) on every partition the older instance may write.
+ * An append whose batch carries a producer id checks the slot AFTER its claim
+ * succeeded: a batch with an epoch below the slot's is turned into padding
+ * (its offsets skipped) and the append answers PRODUCER_FENCED. Because the
+ * fence is stored before the fencer claims its own frames (the abort markers),
+ * a stale append either lands before those markers (and they decide it) or
+ * sees the fence. Slots are never freed: a partition holds at most 64
+ * transactional producer ids (RING_TABLE_FULL after that).
  *
  * Frame (every frame starts 8-byte aligned; stride = align8(frame_length)):
  *
@@ -129,13 +151,14 @@
 
 #include "batch.h"
 
-#define ENGINE_RING_VERSION 1u
+#define ENGINE_RING_VERSION 2u
 #define ENGINE_RING_MAGIC 0x474E49524E474E45ull /* "ENGNRING" little-endian */
 #define ENGINE_RING_HEADER_LENGTH 4096
 #define ENGINE_RING_MIN_CAPACITY 65536ull
 #define ENGINE_RING_MAX_CAPACITY (1ull << 34) /* tail packing covers 32 GiB */
 #define ENGINE_FRAME_HEADER_LENGTH 24
 #define ENGINE_FRAME_ALIGNMENT 8
+#define ENGINE_RING_PRODUCER_SLOTS 64
 
 enum engine_frame_state {
     ENGINE_FRAME_STALE = 0,      /* never a live state: zero low bits of old data */
@@ -184,7 +207,14 @@ struct engine_ring_header {
     uint64_t full_waits;
     uint64_t stall_position;
     int64_t stall_since_ns;
-    uint8_t pad6[ENGINE_RING_HEADER_LENGTH - 768 - 32];
+    uint8_t pad6[1024 - 768 - 32];
+
+    struct engine_producer_slot {
+        uint64_t key;
+        int32_t epoch;
+        uint32_t reserved;
+    } producers[ENGINE_RING_PRODUCER_SLOTS];
+    uint8_t pad7[ENGINE_RING_HEADER_LENGTH - 2048];
 };
 
 _Static_assert(offsetof(struct engine_ring_header, version) == 0, "version");
@@ -210,6 +240,8 @@ _Static_assert(offsetof(struct engine_ring_header, reaped_frames) == 768, "reape
 _Static_assert(offsetof(struct engine_ring_header, full_waits) == 776, "full_waits");
 _Static_assert(offsetof(struct engine_ring_header, stall_position) == 784, "stall_position");
 _Static_assert(offsetof(struct engine_ring_header, stall_since_ns) == 792, "stall_since_ns");
+_Static_assert(offsetof(struct engine_ring_header, producers) == 1024, "producers");
+_Static_assert(sizeof(struct engine_producer_slot) == 16, "producer slot");
 _Static_assert(sizeof(struct engine_ring_header) == ENGINE_RING_HEADER_LENGTH, "header size");
 
 struct engine_frame_header {
@@ -242,6 +274,8 @@ enum engine_ring_code {
     ENGINE_RING_OUT_TOO_SMALL = 11, /* the output buffer cannot hold the next batch */
     ENGINE_RING_CORRUPT = 12,     /* a header or frame failed its checks */
     ENGINE_RING_NOT_ENOUGH_REPLICAS = 13, /* isr_count < the producer's min_insync */
+    ENGINE_RING_PRODUCER_FENCED = 14, /* a newer epoch of the producer id exists */
+    ENGINE_RING_TABLE_FULL = 15,  /* the producer fencing table has no free slot */
 };
 
 /* A reader's place in the ring: the next frame's position and the next
@@ -344,6 +378,10 @@ void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_set_isr_count(void *region, uint32_t isr_count);
+/* Transactions: raise producer_id's epoch in the fencing table to at least
+ * epoch (OK, or TABLE_FULL); read it back (-1: producer_id has no slot). */
+int engine_ring_fence(void *region, int64_t producer_id, int32_t epoch);
+int32_t engine_ring_producer_epoch(void *region, int64_t producer_id);
 /* Wake every process waiting on the ring (a stopping replica's own threads). */
 void engine_ring_wake(void *region);
 

@@ -48,3 +48,22 @@ def append_after(name: str, delay_s: float, value: bytes) -> None:
     ring = Ring.open(name)
     ring.append(producer_fields(), value)
     ring.close()
+
+
+def zombie(name: str, batch: int) -> None:
+    """A transactional producer (id 7, epoch 0) appending until it is fenced: exit 0."""
+    from engine.errors import ProducerFencedError
+
+    ring = Ring.open(name)
+    fields = producer_fields(producer_id=7, producer_epoch=0, base_sequence=0, attributes=0x10)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if batch == 1:
+                ring.append(fields, b"zombie")
+            else:
+                ring.append_batch(fields, b"zombie" * batch, value_lengths=[6] * batch)
+    except ProducerFencedError:
+        ring.close()
+        return
+    raise SystemExit(3)  # never fenced

@@ -18,7 +18,9 @@ from engine.errors import (
     BufferFullError,
     NotEnoughReplicasError,
     NotLeaderError,
+    ProducerFencedError,
     RecordTooLargeError,
+    TransactionError,
 )
 from engine.record import RecordDecoder
 from engine.ring import (
@@ -78,12 +80,16 @@ def drain(ring: Ring, cursor: Cursor, buf: bytearray) -> None:
 def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     ring = Ring.create(ring_name, 1 << 16, base_offset=42, leader_epoch=7)
     raw = bytes(ffi.buffer(ring._ptr(), 4096))
-    assert struct.unpack_from("<II", raw, 0) == (1, 4096)  # version, header_length
+    assert struct.unpack_from("<II", raw, 0) == (2, 4096)  # version, header_length
     assert raw[8:16] == b"ENGNRING"
     assert struct.unpack_from("<QQq", raw, 16) == (1 << 16, 1 << 15, 42)
     assert struct.unpack_from("<Q", raw, 128)[0] == 42 << 32  # tail: offset 42, position 0
     assert struct.unpack_from("<Qq", raw, 256) == (0, 42)  # drain position, drain offset
     assert struct.unpack_from("<iIq", raw, 640) == (7, 0, -1)  # epoch, sealed, high watermark
+    ring.fence(41, 3)
+    raw = bytes(ffi.buffer(ring._ptr(), 4096))
+    slots = [struct.unpack_from("<Qi", raw, 1024 + 16 * i) for i in range(64)]
+    assert [s for s in slots if s[0]] == [(42, 3)]  # producer fencing table: key = id + 1
     ring.close()
 
 
@@ -379,3 +385,76 @@ def test_readers_stop_at_the_high_watermark_and_acks_all_waits_for_it(ring_name:
         ring.append(producer_fields(min_insync=2), b"refused")
     assert ring.status().tail_offset == 4
     ring.close()
+
+
+def test_a_fenced_producer_epoch_lands_nothing_after_the_fence(ring_name: str) -> None:
+    """Two zombie processes (epoch 0 of producer id 7, per record and batched) append
+    while the parent fences epoch 1 and appends its own marker: every zombie record
+    sits below the marker's offset, both zombies are told ProducerFenced, and the
+    frames they claimed after the fence read as skipped offsets, not a wedge."""
+    ring = Ring.create(ring_name, 1 << 20)
+    procs = [SPAWN.Process(target=ring_procs.zombie, args=(ring_name, b)) for b in (1, 7)]
+    for p in procs:
+        p.start()
+    try:
+        reader, drainer = Cursor(), Cursor()
+        buf = bytearray(1 << 20)
+        got: list = []
+        deadline = time.monotonic() + 60
+        while len(got) < 500:  # both are appending
+            assert time.monotonic() < deadline, f"only {len(got)} zombie records arrived"
+            got += read_all(ring, reader)
+            drain(ring, drainer, buf)
+            ring.wait(reader, 0.05)
+        ring.fence(7, 1)
+        assert ring.producer_epoch(7) == 1
+        marker = ring.append(
+            producer_fields(producer_id=7, producer_epoch=1, attributes=0x10), b"m"
+        )
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0, "a zombie was never fenced"
+        after = ring.append(producer_fields(), b"after")
+        while not got or got[-1].offset != after:
+            assert time.monotonic() < deadline, "the reader stopped before the last record"
+            got += read_all(ring, reader)
+            drain(ring, drainer, buf)
+            ring.wait(reader, 0.05)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    zombies = [r.offset for r in got if r.value == b"zombie"]
+    assert zombies and max(zombies) < marker
+    assert [r.value for r in got if r.offset >= marker] == [b"m", b"after"]
+    with pytest.raises(ProducerFencedError):
+        ring.append(producer_fields(producer_id=7, producer_epoch=0, attributes=0x10), b"late")
+    ring.fence(7, 0)  # an epoch only rises
+    assert ring.producer_epoch(7) == 1 and ring.producer_epoch(8) == -1
+
+
+def test_the_fencing_table_holds_64_producer_ids_then_says_so(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    for pid in range(64):
+        ring.fence(pid * 1000, 3)
+    assert all(ring.producer_epoch(pid * 1000) == 3 for pid in range(64))
+    with pytest.raises(TransactionError, match="64 transactional producer ids"):
+        ring.fence(99, 0)
+
+
+def test_a_follower_ring_keeps_the_fences_of_the_batches_it_copies(ring_name: str) -> None:
+    leader = Ring.create(ring_name, 1 << 16)
+    follower_name = ring_name + "-f"
+    follower = Ring.create(follower_name, 1 << 16)
+    try:
+        leader.append(producer_fields(producer_id=5, producer_epoch=4, attributes=0x10), b"t")
+        leader.append(producer_fields(producer_id=6, producer_epoch=2), b"idempotent only")
+        buf = bytearray(1 << 16)
+        code, n = leader.read(Cursor(), buf, NO_LIMIT)
+        assert code == OK
+        follower.append_raw(bytes(buf[:n]))
+        assert follower.producer_epoch(5) == 4
+        assert follower.producer_epoch(6) == -1  # not transactional: nothing to fence
+    finally:
+        follower.close()
+        unlink(follower_name)
