@@ -19,6 +19,18 @@ owns it; rebalances happen inside ``poll()``, where ``on_revoke`` and
 coordinator's tree (engine.offset_store) and survive a daemon restart. A group
 consumer with ``assign`` (no subscription) commits without membership checks, as
 Kafka's standalone consumers do.
+
+With ``isolation_level="read_committed"`` every partition's batches pass through a
+filter (engine.txn_filter) that holds transactional batches until their marker and
+drops aborted ones and markers; nothing past the first undecided batch is delivered
+(Kafka's last stable offset). Fetching then runs ahead of delivery: reads start at the
+filter's ``next_offset``, while the position (``position()``, ``commit()``) stays the
+first offset neither delivered nor dropped, so a consumer restarted from its committed
+offset reads an undecided transaction again. A partition whose undecided batches hold
+more than 64 MiB is no longer fetched (a warning says so) until a seek. ``end_offsets``,
+``seek_to_end`` and ``auto_offset_reset="latest"`` use the high watermark, not the last
+stable offset. With ``read_uncommitted`` (the default) there is no filter and markers
+are skipped.
 """
 
 from __future__ import annotations
@@ -51,11 +63,14 @@ from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition
 from engine.record_batch import decode_record_infos, scan_batches
 from engine.ring import OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
+from engine.txn_filter import ReadCommitted
 
 log = logging.getLogger("engine.consumer")
 
 _RESETS = ("earliest", "latest", "none")
 _ISOLATION = ("read_uncommitted", "read_committed")
+#: read_committed: a partition whose undecided transactions hold more is not fetched.
+MAX_UNDECIDED_BYTES = 64 << 20
 
 #: on_assign / on_revoke: called with the partitions this consumer takes or gives up.
 RebalanceCallback = Callable[[set[TopicPartition]], None]
@@ -65,7 +80,13 @@ CommitCallback = Callable[[dict[TopicPartition, int], "Exception | None"], None]
 
 @dataclass
 class _Fetch:
-    """Fetch state of one assigned partition."""
+    """Fetch state of one assigned partition.
+
+    ``offset`` is the position: the next offset to deliver. Reads start there, or at
+    ``txn.next_offset`` with read_committed, or continue at ``cursor`` in the ring.
+    ``pending`` holds fetched whole batches not yet delivered. ``_restart`` drops the
+    cursor, ``pending`` and the filter's state whenever the position is set.
+    """
 
     tp: TopicPartition
     ring: Ring
@@ -74,6 +95,9 @@ class _Fetch:
     cursor: Cursor | None = None
     pending: bytes = b""
     out_of_range: bool = field(default=False)
+    txn: ReadCommitted | None = None  # read_committed only: the partition's filter
+    pending_end: int = 0  # read_committed: the position once ``pending`` is delivered
+    stalled: bool = False  # read_committed: too many undecided bytes; not fetched
 
 
 class Consumer:
@@ -108,8 +132,8 @@ class Consumer:
         pings, a third of the session timeout apart, are the heartbeats.
         ``max_poll_interval_ms``: a member that does not call poll() for this long
         leaves the group and its partitions move. ``on_assign`` / ``on_revoke``: see
-        engine.group. ``isolation_level="read_committed"`` needs transactions, which
-        are not available yet (ConfigError).
+        engine.group. ``isolation_level``: ``"read_uncommitted"`` (every record) or
+        ``"read_committed"`` (only committed transactions; see the module docstring).
         """
         if unknown:
             raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
@@ -143,11 +167,6 @@ class Consumer:
             raise ConfigError(
                 f"isolation_level must be one of {_ISOLATION}: isolation_level={isolation_level!r}"
             )
-        if isolation_level == "read_committed":
-            raise ConfigError(
-                "isolation_level='read_committed' is not available yet: transactions "
-                "(transactional producers, control batches) are not implemented"
-            )
         if auto_offset_reset not in _RESETS:
             raise ConfigError(
                 f"auto_offset_reset must be one of {_RESETS}: "
@@ -158,6 +177,7 @@ class Consumer:
                 f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}"
             )
         self.auto_offset_reset = auto_offset_reset
+        self.isolation_level = isolation_level
         self.max_poll_records = max_poll_records
         self.fetch_max_bytes = fetch_max_bytes
         self.consumer_timeout_ms = consumer_timeout_ms
@@ -253,7 +273,10 @@ class Consumer:
         leader = view.leader(tp.partition)
         assert leader is not None
         directory = self._cluster.data_dir.partition_dir(leader, tp.topic, tp.partition)
-        return _Fetch(tp, view.rings[tp.partition], LogReader(directory))
+        f = _Fetch(tp, view.rings[tp.partition], LogReader(directory))
+        if self.isolation_level == "read_committed":
+            f.txn = ReadCommitted(0)  # made again at the position before the first read
+        return f
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer fetches now (in a group: those it owns)."""
@@ -403,9 +426,17 @@ class Consumer:
         self._seek(self._fetch(partition), offset)
 
     def _seek(self, f: _Fetch, offset: int) -> None:
-        f.offset, f.cursor, f.pending = offset, None, b""
+        f.offset = offset
+        self._restart(f)
         start, end = f.reader.log_start_offset, f.ring.status().readable_end
         f.out_of_range = not start <= offset <= end
+
+    def _restart(self, f: _Fetch) -> None:
+        """Fetch again from the position: forget the cursor, what was fetched and not
+        delivered, and (read_committed) the undecided batches."""
+        f.cursor, f.pending = None, b""
+        if f.txn is not None:
+            f.txn, f.stalled = ReadCommitted(f.offset), False
 
     def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         for tp in partitions or tuple(self._fetches):
@@ -471,7 +502,8 @@ class Consumer:
             f.offset = f.reader.log_start_offset
         else:
             f.offset = f.ring.status().readable_end
-        f.cursor, f.pending, f.out_of_range = None, b"", False
+        f.out_of_range = False
+        self._restart(f)
 
     # -- fetching ----------------------------------------------------------
 
@@ -533,11 +565,13 @@ class Consumer:
             self._wait(left)
 
     def _wait(self, left: float) -> None:
-        waiting = [f for f in self._fetches.values() if f.cursor is not None and not f.pending]
-        if not self._fetches and self._group is not None:
-            time.sleep(min(left, 0.05))  # idle member: look at the group again soon
+        active = [f for f in self._fetches.values() if not f.stalled]
+        if not active:
+            # An idle group member (look at the group again soon), or only stalled fetches.
+            time.sleep(min(left, 0.05))
             return
-        if len(waiting) != len(self._fetches) or not waiting:
+        waiting = [f for f in active if f.cursor is not None and not f.pending]
+        if len(waiting) != len(active):
             return  # something is read from segments: no waiting needed
         if self._group is not None:
             left = min(left, 0.05)  # rebalances are applied between waits
@@ -549,16 +583,22 @@ class Consumer:
         wait_any([(f.ring, f.cursor) for f in waiting if f.cursor is not None], min(left, 0.5))
 
     def _next_chunk(self, f: _Fetch) -> bytes:
-        """The next bytes of whole batches for f: left over, from the ring, or from segments."""
+        """The next bytes of whole batches to deliver from f: left over, or newly read."""
         if f.offset < 0 or f.out_of_range:
             self._reset(f)
         if f.pending:
             data, f.pending = f.pending, b""
             return data
+        if f.txn is not None:
+            return self._next_committed(f)
+        return self._read(f, f.offset)
+
+    def _read(self, f: _Fetch, start: int) -> bytes:
+        """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""
         if f.cursor is None:
-            f.cursor = f.ring.seek(f.offset)
+            f.cursor = f.ring.seek(start)
             if f.cursor is None:
-                return self._chunk_from_log(f)
+                return self._chunk_from_log(f, start)
         while True:
             code, n = f.ring.read(f.cursor, self._buf)
             if code == OK:
@@ -568,35 +608,71 @@ class Consumer:
                 continue
             if code == OVERWRITTEN:
                 f.cursor = None
-                return self._chunk_from_log(f)
+                return self._chunk_from_log(f, start)
             # EMPTY: caught up. A sealed ring means the leader's ring was replaced.
             if f.ring.status().sealed:
                 self._reopen(f)
             return b""
 
-    def _chunk_from_log(self, f: _Fetch) -> bytes:
+    def _next_committed(self, f: _Fetch) -> bytes:
+        """read_committed: feed f's filter until it releases batches or nothing more is
+        readable; the position moves over what the filter dropped."""
+        while True:
+            txn = f.txn
+            assert txn is not None
+            if txn.buffered_bytes > MAX_UNDECIDED_BYTES:
+                if not f.stalled:
+                    f.stalled = True
+                    log.warning(
+                        "%s: read_committed stops fetching: undecided transactions hold "
+                        "%d bytes from offset %d (limit %d); seek to fetch again",
+                        f.tp, txn.buffered_bytes, f.offset, MAX_UNDECIDED_BYTES,
+                    )  # fmt: skip
+                return b""
+            raw = self._read(f, txn.next_offset)
+            txn = f.txn  # a new filter if _read reset f (and then raw is empty)
+            assert txn is not None
+            if raw:
+                txn.feed(raw)
+            data, end = txn.take()
+            if data:
+                f.pending_end = end
+                return data
+            f.offset = max(f.offset, end)
+            if not raw:
+                return b""
+
+    def _chunk_from_log(self, f: _Fetch, start: int) -> bytes:
         status = f.ring.status()
         # Up to what the broker has drained, and never past the high watermark: a
         # leader just promoted drained, as a follower, records not yet committed.
         upper = min(status.drain_offset, status.readable_end)
-        if f.offset >= upper:
+        if start >= upper:
             return b""
         try:
-            data = f.reader.read(f.offset, self.fetch_max_bytes, upper)
+            data = f.reader.read(start, self.fetch_max_bytes, upper)
         except OffsetOutOfRangeError:
             if self.auto_offset_reset == "none":
                 raise
             self._reset(f)
             return b""
         if not data:
-            f.offset = upper  # offsets below the drain point that no segment holds: a gap
+            # Offsets below the drain point that no segment holds: a gap.
+            if f.txn is None:
+                f.offset = upper
+            else:
+                f.txn.skip_to(upper)
         return data
 
     def _take_records(self, f: _Fetch, data: bytes, limit: int) -> list[Record]:
         records, consumed = self._decoder.decode(data, f.tp.topic, f.tp.partition, f.offset, limit)
         if records:
             f.offset = records[-1].offset + 1
+        else:
+            self._skip_chunk(f, data)
         f.pending = data[consumed:] if records and consumed < len(data) else b""
+        if f.txn is not None and not f.pending:
+            f.offset = max(f.offset, f.pending_end)
         return records
 
     def _take_values(
@@ -607,8 +683,19 @@ class Consumer:
         )
         if len(values):
             f.offset = last + 1
+        else:
+            self._skip_chunk(f, data)
         f.pending = data[consumed:] if len(values) and consumed < len(data) else b""
+        if f.txn is not None and not f.pending:
+            f.offset = max(f.offset, f.pending_end)
         return values
+
+    def _skip_chunk(self, f: _Fetch, data: bytes) -> None:
+        """A chunk without a record to deliver (markers only, or only records below the
+        position): the position moves past it, or it would be read again."""
+        infos, _, _ = scan_batches(data, False)
+        if len(infos):
+            f.offset = max(f.offset, int(infos["last_offset"][-1]) + 1)
 
     def _reopen(self, f: _Fetch) -> None:
         try:
@@ -619,6 +706,7 @@ class Consumer:
             return
         fresh = self._open(f.tp)
         fresh.offset = f.offset
+        self._restart(fresh)
         self._fetches[f.tp] = fresh
 
     # -- iteration and lifecycle -------------------------------------------

@@ -255,8 +255,6 @@ def test_bad_group_input_gets_a_clear_error_and_loses_no_commit(
         Consumer(data_dir=dd, group_id="bad group/")
     with pytest.raises(ConfigError, match="client_id"):
         Consumer(data_dir=dd, group_id="x", client_id="me/you")
-    with pytest.raises(ConfigError, match=r"read_committed.*not available yet"):
-        Consumer(data_dir=dd, group_id="x", isolation_level="read_committed")
     with Consumer(data_dir=dd) as c:
         c.assign([TopicPartition(topic, 0)])
         with pytest.raises(ConfigError, match="needs a group_id"):
