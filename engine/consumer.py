@@ -18,7 +18,8 @@ owns it; rebalances happen inside ``poll()``, where ``on_revoke`` and
 ``on_assign`` run. Committed offsets (``commit``, auto-commit) live in the
 coordinator's tree (engine.offset_store) and survive a daemon restart. A group
 consumer with ``assign`` (no subscription) commits without membership checks, as
-Kafka's standalone consumers do.
+Kafka's standalone consumers do. ``unsubscribe`` gives up every partition (a member
+leaves its group); ``subscribe`` or ``assign`` may follow.
 
 With ``isolation_level="read_committed"`` every partition's batches pass through a
 filter (engine.txn_filter) that holds transactional batches until their marker and
@@ -277,6 +278,17 @@ class Consumer:
         if self.isolation_level == "read_committed":
             f.txn = ReadCommitted(0)  # made again at the position before the first read
         return f
+
+    def unsubscribe(self) -> None:
+        """Give up every partition. A group member first commits (with auto-commit) and
+        runs ``on_revoke``, as on a rebalance, then leaves the group: the others
+        rebalance at once. ``assignment()`` is then empty; ``subscribe()`` or
+        ``assign()`` may follow."""
+        self._check_open()
+        self._leave_group()
+        self._fetches.clear()
+        self._order, self._next = [], 0
+        self._committed.clear()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer fetches now (in a group: those it owns)."""
@@ -721,20 +733,29 @@ class Consumer:
             elif (time.monotonic() - idle_since) * 1000 >= self.consumer_timeout_ms:
                 return
 
+    def _leave_group(self) -> None:
+        """Commit (with auto-commit), run on_revoke, leave the group (if in one)."""
+        g = self._group
+        if g is None:
+            return
+        try:
+            if os.getpid() == self._pid:
+                if self.enable_auto_commit and not g.lost:
+                    self._auto_commit()
+                self._callback(self.on_revoke, set(g.owned))
+        finally:
+            self._group = None
+            if os.getpid() == self._pid:
+                g.close()
+
     def close(self) -> None:
         """Commit (with auto-commit), leave the group (the others rebalance at once), stop."""
         if self._closed:
             return
         try:
-            if self._group is not None and os.getpid() == self._pid:
-                if self.enable_auto_commit and not self._group.lost:
-                    self._auto_commit()
-                self._callback(self.on_revoke, set(self._group.owned))
+            self._leave_group()
         finally:
             self._closed = True
-            if self._group is not None and os.getpid() == self._pid:
-                self._group.close()
-            self._group = None
             self._fetches.clear()
             self._cluster.close()
 

@@ -328,3 +328,26 @@ def test_deleting_a_topic_drops_its_committed_group_offsets(
                   heartbeat_interval_ms=500) as c:
         assert c.committed(tp) is None
     admin.delete_topic(name)
+
+
+def test_unsubscribe_drops_every_partition_and_assign_or_subscribe_works_after(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        for q in range(3):
+            p.send(topic, b"p%d" % q, partition=q)
+    with Consumer(topic, data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c:
+        assert len(c.assignment()) == 3
+        c.unsubscribe()
+        assert c.assignment() == set()
+        assert c.poll(timeout=5) == []  # returns at once: nothing to fetch
+        c.unsubscribe()  # twice is harmless
+        c.assign([TopicPartition(topic, 1)])
+        assert [r.value for r in c.poll(timeout=5)] == [b"p1"]
+        c.unsubscribe()
+        c.subscribe([topic])
+        got: list = []
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += c.poll(timeout=0.5)
+        assert sorted(r.value for r in got) == [b"p0", b"p1", b"p2"]

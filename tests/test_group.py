@@ -349,3 +349,39 @@ def test_consume_cli_with_a_group_resumes_where_the_last_run_stopped(
     assert first + second == [b"m%d" % i for i in range(6)]
     report = json.loads(shared_daemon.cli("groups", "describe", group, "--json").stdout)
     assert report["partitions"][0]["committed"] == 6
+
+
+def test_unsubscribe_commits_revokes_and_leaves_then_subscribe_rejoins(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        for q in range(3):
+            p.send(topic, b"x", partition=q)
+    revoked: list[set[TopicPartition]] = []
+    a = member(shared_daemon, topic, "unsub", enable_auto_commit=True, on_revoke=revoked.append)
+    b = member(shared_daemon, topic, "unsub")
+
+    def spread() -> bool:
+        settle([a, b], 3)
+        return bool(a.assignment()) and bool(b.assignment())
+
+    try:
+        wait_for(spread, what="both members own partitions")
+        had = a.assignment()
+
+        def read_all() -> bool:
+            a.poll(timeout=0.05)
+            return all(a.position(tp) == 1 for tp in had)
+
+        wait_for(read_all, what="a read the record of each of its partitions")
+        a.unsubscribe()
+        assert a.assignment() == set()
+        assert revoked[-1] == had
+        assert all(a.committed(tp) == 1 for tp in had)  # auto-commit on the way out
+        settle([b], 3)  # b takes over at once, without waiting for a's session to expire
+        assert a.poll(timeout=0.2) == [] and a.assignment() == set()
+        a.subscribe([topic])
+        wait_for(spread, what="a rejoined and owns partitions again")
+    finally:
+        a.close()
+        b.close()
