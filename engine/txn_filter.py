@@ -146,7 +146,7 @@ class ReadCommitted:
                     self._marker(chunk, pos, end, producer_id, epoch)
             pos = end
         if run >= 0:
-            self._released.append(chunk[run:])  # the whole chunk: no copy
+            self._released.append(chunk[run:])  # no copy when run == 0 (bytes)
 
     def _marker(self, chunk: bytes, pos: int, end: int, producer_id: int, epoch: int) -> None:
         """Apply the control batch at ``chunk[pos:end]`` if it is a transaction marker."""
