@@ -34,10 +34,11 @@ from kazoo.client import KazooState
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from engine import metadata as md
+from engine import transaction as txn
 from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.errors import EngineError
+from engine.errors import EngineError, TransactionError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
 from engine.ring import Ring, unlink
 
@@ -64,6 +65,7 @@ class Broker:
         self.zk = md.connect(data_dir, hosts=hosts)
         self.zk.add_listener(self._on_state)
         self.controller = Controller(self.zk, broker_id, self.poke, self._seal_ring)
+        self.txn_timeouts = txn.TimeoutAborter(data_dir.root, lambda: self.controller.active)
 
     def poke(self, *_: Any) -> None:
         self._wake.set()
@@ -127,6 +129,7 @@ class Broker:
         self.zk.ChildrenWatch(md.BROKER_TOPICS, self.poke, send_event=False)
         first = True
         self._wake.set()  # the first pass runs at once: election, then replicas
+        self.txn_timeouts.start()
         while not self._stopping.is_set():
             self._wake.wait(RECONCILE_EVERY_S)
             self._wake.clear()
@@ -184,7 +187,10 @@ class Broker:
                 continue
             topic_gone = (key[0], key[2]) not in existing
             log.info(
-                "stopping %s of %s-%d%s", replica.role, key[0], key[1],
+                "stopping %s of %s-%d%s",
+                replica.role,
+                key[0],
+                key[1],
                 " (deleted)" if topic_gone else "",
             )
             self.replicas.pop(key).stop(delete=topic_gone)
@@ -226,17 +232,39 @@ class Broker:
                 if b != self.broker_id
             }
             replica = LeaderReplica(
-                topic, partition, directory, ring_name, config, epoch,
-                broker_id=self.broker_id, followers=followers, isr=state.isr,
+                topic,
+                partition,
+                directory,
+                ring_name,
+                config,
+                epoch,
+                broker_id=self.broker_id,
+                followers=followers,
+                isr=state.isr,
                 update_isr=lambda isr: self._write_isr(topic, partition, epoch, isr),
             )
         else:
             log.info("following %s-%d (leader %d, epoch %d)", topic, partition, state.leader, epoch)
             replica = FollowerReplica(
-                topic, partition, directory, ring_name, config, epoch,
+                topic,
+                partition,
+                directory,
+                ring_name,
+                config,
+                epoch,
                 leader_ring=self.data_dir.ring_name(topic_id, partition, state.leader),
                 leader_directory=self.data_dir.partition_dir(state.leader, topic, partition),
             )
+        if isinstance(replica, LeaderReplica):
+            # Before producers may append: the fences of every transactional producer
+            # (its ring is new; a promoted follower's copied only some of them).
+            try:
+                for pid, epoch in txn.current_epochs(self.zk):
+                    replica.ring.fence(pid, epoch)
+            except TransactionError:
+                log.warning(
+                    "%s-%d fences only the newest 64 re-initialised producers", topic, partition
+                )
         replica.start()
         return replica
 
@@ -281,6 +309,7 @@ class Broker:
 
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)
+        self.txn_timeouts.stop()
         for key in list(self.replicas):
             self.replicas.pop(key).stop()
         try:

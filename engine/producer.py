@@ -29,12 +29,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from engine import transaction as txn
 from engine._native import ffi, lib
 from engine.cluster import ClusterView, TopicView
 from engine.errors import (
@@ -43,14 +44,21 @@ from engine.errors import (
     ConfigError,
     EngineError,
     EngineTimeoutError,
+    InvalidTxnStateError,
     NotEnoughReplicasError,
     NotLeaderError,
     PartitionOutOfRangeError,
+    ProducerFencedError,
     RecordTooLargeError,
     RecordTypeError,
+    TransactionAbortedError,
+    TransactionError,
 )
-from engine.record import RecordMetadata, as_bytes, encode_headers, pack_values
-from engine.ring import REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.idempotence import present_prefix
+from engine.log import LogReader
+from engine.offset_store import validate_offsets
+from engine.record import RecordMetadata, TopicPartition, as_bytes, encode_headers, pack_values
+from engine.ring import PRODUCER_FENCED, REAPED, SEALED, Ring, producer_fields, raise_for
 
 log = logging.getLogger("engine.producer")
 
@@ -64,6 +72,8 @@ _murmur2 = lib.engine_murmur2
 _time_ns = time.time_ns
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+# Transaction states of a transactional producer (None: init_transactions() not called).
+_READY, _IN_TXN, _ABORTABLE, _FENCED = "ready", "in_transaction", "abortable", "fenced"
 
 
 class RecordFuture(tuple):  # type: ignore[type-arg]
@@ -128,12 +138,25 @@ class PendingFuture:
     """acks="all": resolved by the producer's acker thread once the ISR holds the record.
 
     ``get(timeout)`` blocks until then. It fails with NotLeaderError when the leader
-    changed first (the record may or may not be in the log) and with
+    changed first (the record may or may not be in the log; an idempotent producer
+    instead finds out and appends to the new leader what it lacks) and with
     EngineTimeoutError after delivery_timeout_ms. Callbacks run in the acker thread.
     """
 
-    __slots__ = ("_acker", "_callbacks", "_done", "_error", "offset", "partition", "sent",
-                 "timestamp", "topic")
+    __slots__ = (
+        "_acker",
+        "_callbacks",
+        "_done",
+        "_error",
+        "offset",
+        "offsets",
+        "partition",
+        "resend",
+        "sent",
+        "sequence",
+        "timestamp",
+        "topic",
+    )
 
     def __init__(self, acker: _Acker, topic: str, partition: int, offset: int, ts: int) -> None:
         self._acker = acker
@@ -145,6 +168,11 @@ class PendingFuture:
         self._done = False
         self._error: BaseException | None = None
         self._callbacks: list[tuple[bool, Any]] = []
+        # Idempotent producers: the records' offsets and first sequence, and how to
+        # append records[k:] again after a leader change (engine.idempotence).
+        self.offsets: Any = None
+        self.sequence = -1
+        self.resend: Any = None
 
     @property
     def value(self) -> RecordMetadata:
@@ -190,8 +218,11 @@ class PendingFuture:
     def _resolve(self, error: BaseException | None) -> list[tuple[Any, Any]]:
         """Mark done (with the acker's lock held); returns the callbacks to run."""
         self._done, self._error = True, error
-        return [(fn, error if errback else self.value) for errback, fn in self._callbacks
-                if errback == (error is not None)]
+        return [
+            (fn, error if errback else self.value)
+            for errback, fn in self._callbacks
+            if errback == (error is not None)
+        ]
 
 
 class _Acker:
@@ -200,9 +231,11 @@ class _Acker:
     One thread per producer; futures of one partition resolve in offset order.
     """
 
-    def __init__(self, delivery_timeout_s: float) -> None:
+    def __init__(self, delivery_timeout_s: float, recover: Any = None) -> None:
         self.cond = threading.Condition()
         self.delivery_timeout_s = delivery_timeout_s
+        # Idempotent producers: recover(tp) moves tp's futures to its new leader.
+        self.recover = recover
         self.pending: dict[tuple[str, int], collections.deque[PendingFuture]] = {}
         self.rings: dict[tuple[str, int], Ring] = {}
         self.min_insync: dict[tuple[str, int], int] = {}
@@ -272,6 +305,13 @@ class _Acker:
                         hw = -1
                 except ClosedError:
                     hw, error = -1, NotLeaderError(f"{tp[0]}-{tp[1]} moved: the record may be lost")
+                if isinstance(error, NotLeaderError) and self.recover is not None:
+                    try:
+                        self.recover(tp)
+                        progressed = True
+                        continue  # its futures now wait on the new leader
+                    except EngineError as exc:
+                        error = exc
                 now = time.monotonic()
                 with self.cond:
                     queue = self.pending[tp]
@@ -282,10 +322,12 @@ class _Acker:
                         elif error is not None:
                             callbacks += queue.popleft()._resolve(error)
                         elif now - head.sent > self.delivery_timeout_s:
-                            callbacks += queue.popleft()._resolve(EngineTimeoutError(
-                                f"offset {head.offset} of {tp[0]}-{tp[1]} was not committed "
-                                f"by the ISR within delivery_timeout_ms"
-                            ))
+                            callbacks += queue.popleft()._resolve(
+                                EngineTimeoutError(
+                                    f"offset {head.offset} of {tp[0]}-{tp[1]} was not committed "
+                                    f"by the ISR within delivery_timeout_ms"
+                                )
+                            )
                         else:
                             break
                         progressed = True
@@ -345,25 +387,53 @@ class Producer:
         self,
         data_dir: str | os.PathLike[str] | None = None,
         *,
-        acks: int | str = 1,
+        acks: int | str | None = None,
         max_block_ms: int = 60_000,
         delivery_timeout_ms: int = 120_000,
         linger_ms: int = 5,
         batch_size: int = 16384,
         buffer_memory: int = 32 << 20,
         client_id: str | None = None,
+        enable_idempotence: bool = False,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
         **unknown: Any,
     ) -> None:
+        """Options are kafka-python's. ``acks`` defaults to 1, or to "all" for an
+        idempotent or transactional producer (which need it).
+
+        ``enable_idempotence``: the producer takes a producer id and numbers its
+        records per partition; after a leader change it appends to the new leader
+        only the records that leader lacks (engine.idempotence): no duplicates
+        from retries. ``transactional_id``: implies idempotence; see
+        init_transactions(). ``transaction_timeout_ms``: a transaction left open
+        longer is aborted by the controller.
+        """
         if unknown:
             raise ConfigError(f"unknown producer option: {sorted(unknown)[0]!r}")
+        if not isinstance(enable_idempotence, bool):
+            raise ConfigError(
+                f"enable_idempotence must be a bool: enable_idempotence={enable_idempotence!r}"
+            )
+        if transactional_id is not None:
+            txn.validate_transactional_id(transactional_id)
+        idempotent = enable_idempotence or transactional_id is not None
+        if acks is None:
+            acks = "all" if idempotent else 1
         if acks not in _ACKS:
             raise ConfigError(f"acks must be 0, 1 or 'all': acks={acks!r}")
+        if idempotent and _ACKS[acks] != -1:
+            raise ConfigError(
+                "an idempotent or transactional producer needs acks='all' (Kafka's rule: "
+                f"a retry must know what the ISR holds): acks={acks!r}"
+            )
         for name, value in (
             ("max_block_ms", max_block_ms),
             ("linger_ms", linger_ms),
             ("batch_size", batch_size),
             ("buffer_memory", buffer_memory),
             ("delivery_timeout_ms", delivery_timeout_ms),
+            ("transaction_timeout_ms", transaction_timeout_ms),
         ):
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative int: {name}={value!r}")
@@ -389,7 +459,25 @@ class Producer:
         self._buffer_cond = threading.Condition(self._lock)
         self._sender_error: BaseException | None = None
         self._sender: threading.Thread | None = None
-        self._acker = _Acker(delivery_timeout_ms / 1000) if self.acks == -1 else None
+        self._acker = (
+            _Acker(delivery_timeout_ms / 1000, self._recover if idempotent else None)
+            if self.acks == -1
+            else None
+        )
+        # Idempotence and transactions.
+        self.enable_idempotence = idempotent
+        self.transactional_id = transactional_id
+        self._producer_id, self._epoch = -1, -1
+        self._seq_fields: dict[TopicPartition, Any] = {}  # per partition: the next sequence
+        self._txn: txn.Transactions | None = None
+        self._txn_state: str | None = None  # None until init_transactions()
+        self._txn_partitions: set[TopicPartition] = set()
+        self._txn_offsets: dict[str, dict[TopicPartition, int]] = {}
+        self._txn_futures: list[PendingFuture] = []
+        if transactional_id is not None:
+            self._txn = txn.Transactions(self._cluster, transactional_id, transaction_timeout_ms)
+        elif idempotent:
+            self._set_identity(txn.allocate_producer_id(self._cluster.zk), 0)
         if self.acks == 0:
             self._sender = threading.Thread(
                 target=self._sender_loop, name="producer-sender", daemon=True
@@ -467,6 +555,10 @@ class Producer:
                 f"partitions={route.count}"
             )
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else int(timestamp_ms)
+        if self.enable_idempotence:
+            return self._send_idempotent(  # type: ignore[return-value]
+                TopicPartition(topic, partition), key, value, hbytes, hcount, ts
+            )
         if self.acks == 0:
             with self._lock:
                 self._buffer_record(topic, partition, key, value, hbytes, hcount, ts)
@@ -631,6 +723,11 @@ class Producer:
         out: Any,
     ) -> PendingFuture | None:
         """Append to one partition; with acks="all" returns the future of its last record."""
+        if self.enable_idempotence:
+            return self._append_batch_idempotent(
+                TopicPartition(view.name, partition), blob, lengths, stride, kblob, klengths,
+                kstride, ts, out,
+            )  # fmt: skip
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         route = self._routes.get(view.name) or self._route(view.name)
         if self.acks == -1 and out is None:
@@ -660,6 +757,358 @@ class Producer:
                     raise
                 view = self._cluster.refresh(view.name)
                 self._routes.pop(view.name, None)
+
+    # -- idempotence ----------------------------------------------------------
+
+    def _set_identity(self, producer_id: int, epoch: int) -> None:
+        """A new producer id or epoch: sequences start again at 0 (Kafka's rule)."""
+        self._producer_id, self._epoch = producer_id, epoch
+        for fields in self._seq_fields.values():
+            fields.producer_id, fields.producer_epoch, fields.base_sequence = producer_id, epoch, 0
+
+    def _fields_for(self, tp: TopicPartition) -> Any:
+        """The partition's producer fields; base_sequence is its next record's sequence."""
+        fields = self._seq_fields.get(tp)
+        if fields is None:
+            route = self._routes.get(tp.topic) or self._route(tp.topic)
+            fields = self._seq_fields[tp] = producer_fields(
+                producer_id=self._producer_id,
+                producer_epoch=self._epoch,
+                base_sequence=0,
+                attributes=txn.ATTR_TRANSACTIONAL if self._txn is not None else 0,
+                timeout_ms=self.max_block_ms,
+                min_insync=route.fields.min_insync,
+            )
+        return fields
+
+    def _with_sequence(self, fields: Any, sequence: int) -> Any:
+        copy = ffi.new("engine_producer_fields_t *", fields[0])
+        copy.base_sequence = sequence & 0x7FFFFFFF
+        return copy
+
+    def _before_send(self, tp: TopicPartition) -> None:
+        """Transactions: only inside one, and the partition joins it before its first record."""
+        if self._txn is None:
+            return
+        if self._txn_state == _FENCED:
+            raise ProducerFencedError(
+                f"transactional_id={self.transactional_id!r} was fenced by a newer "
+                "producer: close this one"
+            )
+        if self._txn_state != _IN_TXN:
+            raise InvalidTxnStateError(
+                f"send() of a transactional producer needs begin_transaction() first: "
+                f"transactional_id={self.transactional_id!r} state={self._txn_state!r}"
+            )
+        if tp not in self._txn_partitions:
+            self._txn_call(self._txn.add_partitions, [tp])
+            self._txn_partitions.add(tp)
+
+    def _send_idempotent(
+        self,
+        tp: TopicPartition,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+        ts: int,
+    ) -> PendingFuture:
+        with self._lock:
+            self._check_open()
+            self._before_send(tp)
+            fields = self._fields_for(tp)
+            sequence = fields.base_sequence
+            assert self._acker is not None
+
+            def append(fields: Any) -> int:
+                route = self._routes.get(tp.topic) or self._route(tp.topic)
+                return int(
+                    lib.engine_ring_append(
+                        route.regions[tp.partition], fields, ts,
+                        _NULL if key is None else key, -1 if key is None else len(key),
+                        _NULL if value is None else value, -1 if value is None else len(value),
+                        hbytes, len(hbytes), hcount, self._block_ns,
+                    )
+                )  # fmt: skip
+
+            offset = self._retrying(tp, lambda: append(fields))
+            fields.base_sequence = (sequence + 1) & 0x7FFFFFFF
+            future = PendingFuture(self._acker, tp.topic, tp.partition, offset, ts)
+            future.offsets, future.sequence = [offset], sequence
+
+            def resend(k: int) -> list[int]:
+                return [self._retrying(tp, lambda: append(self._with_sequence(fields, sequence)),
+                                       recover=False)] if k == 0 else []  # fmt: skip
+
+            future.resend = resend
+            self._track(future)
+            return future
+
+    def _append_batch_idempotent(
+        self,
+        tp: TopicPartition,
+        blob: Any,
+        lengths: Any,
+        stride: int,
+        kblob: Any,
+        klengths: Any,
+        kstride: int,
+        ts: int,
+        out: Any,
+    ) -> PendingFuture | None:
+        self._before_send(tp)
+        fields = self._fields_for(tp)
+        sequence = fields.base_sequence
+        count = len(lengths) if lengths is not None else len(blob) // stride
+        if count == 0:
+            return None
+        offsets = out if out is not None else np.empty(count, dtype=np.int64)
+        offsets[:] = -1
+        assert self._acker is not None
+
+        def append(k: int, fields: Any) -> None:
+            """Append records[k:] (their offsets into offsets[k:])."""
+            vstart = k * stride if lengths is None else int(lengths[:k].sum())
+            kstart = 0 if kblob is None else (
+                k * kstride if klengths is None else int(klengths[:k].sum())
+            )  # fmt: skip
+            ring = (self._cluster.topics.get(tp.topic) or self._cluster.topic(tp.topic)).rings[
+                tp.partition
+            ]
+            ring.append_batch(
+                fields,
+                memoryview(blob)[vstart:] if k else blob,
+                value_lengths=None if lengths is None else lengths[k:],
+                value_stride=stride,
+                keys=None if kblob is None else (memoryview(kblob)[kstart:] if k else kblob),
+                key_lengths=None if klengths is None else klengths[k:],
+                key_stride=kstride,
+                timestamp_ms=ts,
+                timeout_ms=self.max_block_ms,
+                offsets=offsets[k:],
+            )
+
+        future = PendingFuture(self._acker, tp.topic, tp.partition, -1, ts)
+        future.offsets, future.sequence = offsets, sequence
+        future.resend = lambda k: append(k, self._with_sequence(fields, sequence + k))
+        try:
+            append(0, fields)
+        except NotLeaderError:
+            # Part of it (or nothing) reached the old leader: the recovery finds out
+            # what the new leader holds and appends the rest.
+            self._refresh_and_recover(tp.topic, also=[future])
+        except ProducerFencedError:
+            self._fenced()
+        fields.base_sequence = (sequence + count) & 0x7FFFFFFF
+        future.offset = int(offsets.max())
+        self._track(future)
+        return future
+
+    def _track(self, future: PendingFuture) -> None:
+        assert self._acker is not None
+        ring = self._cluster.topic(future.topic).rings[future.partition]
+        self._acker.add(future, ring, int(self._fields_for(
+            TopicPartition(future.topic, future.partition)).min_insync))  # fmt: skip
+        if self._txn is not None:
+            self._txn_futures.append(future)
+
+    def _retrying(self, tp: TopicPartition, attempt: Any, recover: bool = True) -> int:
+        """Run an append until it lands: after a leader change, recover this producer's
+        earlier records first (so the new leader receives them in order)."""
+        deadline = time.monotonic() + self.delivery_timeout_ms / 1000
+        while True:
+            result = attempt()
+            if result >= 0:
+                return int(result)
+            code = -result
+            if code == REAPED:
+                continue
+            if code == PRODUCER_FENCED:
+                self._fenced()
+            if code != SEALED:
+                raise_for(code, f"send to topic={tp.topic!r} partition={tp.partition}")
+            if not recover or time.monotonic() > deadline:
+                raise NotLeaderError(
+                    f"no leader accepted the record within delivery_timeout_ms: "
+                    f"topic={tp.topic!r} partition={tp.partition}"
+                )
+            self._refresh_and_recover(tp.topic)
+
+    def _refresh_and_recover(self, topic: str, also: Sequence[PendingFuture] = ()) -> None:
+        """The topic's leaders changed: reload it, then move every pending record of ours
+        to its partition's new leader (``also``: a send caught half way)."""
+        with self._lock:
+            self._cluster.refresh(topic, wait_s=self.delivery_timeout_ms / 1000)
+            self._routes.pop(topic, None)
+            assert self._acker is not None
+            with self._acker.cond:
+                tps = [tp for tp, q in self._acker.pending.items() if q and tp[0] == topic]
+            for tp in {*tps, *((f.topic, f.partition) for f in also)}:
+                self._recover(tp, [f for f in also if (f.topic, f.partition) == tp])
+
+    def _recover(self, tp: tuple[str, int], also: Sequence[PendingFuture] = ()) -> None:
+        """Move tp's pending records to its current leader: keep those it holds, append
+        the rest again with their sequences (engine.idempotence). Idempotent."""
+        assert self._acker is not None
+        deadline = time.monotonic() + self.delivery_timeout_ms / 1000
+        with self._lock:
+            while True:
+                view = self._cluster.topics.get(tp[0]) or self._cluster.topic(tp[0])
+                ring = view.rings[tp[1]]
+                if ring.status().sealed:
+                    view = self._cluster.refresh(tp[0], wait_s=self.delivery_timeout_ms / 1000)
+                    self._routes.pop(tp[0], None)
+                    ring = view.rings[tp[1]]
+                with self._acker.cond:
+                    queue = [*self._acker.pending.get(tp, ()), *also]
+                    if self._acker.rings.get(tp) is ring and not also:
+                        return  # already moved
+                leader = view.leader(tp[1])
+                assert leader is not None
+                reader = LogReader(self._cluster.data_dir.partition_dir(leader, tp[0], tp[1]))
+                try:
+                    missing = False
+                    for future in queue:
+                        k = 0 if missing else present_prefix(
+                            ring, reader, [o for o in future.offsets if o >= 0],
+                            self._producer_id, self._epoch, future.sequence,
+                        )  # fmt: skip
+                        if k < len(future.offsets):
+                            missing = True
+                            new = future.resend(k)
+                            if new is not None:  # one record: its new offset
+                                future.offsets[k:] = new
+                            future.offset = int(max(future.offsets))
+                    with self._acker.cond:
+                        self._acker.rings[tp] = ring
+                        self._acker.cond.notify_all()
+                    return
+                except NotLeaderError:
+                    if time.monotonic() > deadline:
+                        raise
+                finally:
+                    reader.close()
+
+    def _fenced(self) -> None:
+        """The ring refused our epoch: say whether a newer instance or the timeout did it."""
+        if self._txn is None:
+            raise ProducerFencedError(f"producer_id={self._producer_id} was fenced")
+        self._txn_call(self._txn.check_current)
+        raise ProducerFencedError(f"transactional_id={self.transactional_id!r} was fenced")
+
+    # -- transactions -----------------------------------------------------------
+
+    def _txn_call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ProducerFencedError:
+            self._txn_state = _FENCED
+            raise
+        except TransactionAbortedError:
+            self._txn_state = _ABORTABLE
+            raise
+
+    def _require_txn(self, call: str, *states: str | None) -> txn.Transactions:
+        self._check_open()
+        if self._txn is None:
+            raise InvalidTxnStateError(
+                f"{call}() needs a producer created with transactional_id=..."
+            )
+        if self._txn_state == _FENCED:
+            raise ProducerFencedError(
+                f"transactional_id={self.transactional_id!r} was fenced by a newer "
+                "producer: close this one"
+            )
+        if self._txn_state not in states:
+            hint = " (call init_transactions() first)" if self._txn_state is None else ""
+            raise InvalidTxnStateError(
+                f"{call}() is not allowed in transaction state {self._txn_state!r}{hint}: "
+                f"transactional_id={self.transactional_id!r}"
+            )
+        return self._txn
+
+    def init_transactions(self) -> None:
+        """Take the transactional id: fence every older producer that used it, and finish
+        the transaction it left (commit one it had decided to commit, abort any other)."""
+        with self._lock:
+            t = self._require_txn("init_transactions", None)
+            state = t.init()
+            self._set_identity(state.producer_id, state.epoch)
+            self._txn_state = _READY
+
+    def begin_transaction(self) -> None:
+        with self._lock:
+            self._require_txn("begin_transaction", _READY)
+            self._txn_partitions.clear()
+            self._txn_offsets.clear()
+            self._txn_futures.clear()
+            self._txn_state = _IN_TXN
+
+    def send_offsets_to_transaction(self, offsets: Any, group_id: Any) -> None:
+        """Commit these consumer offsets (the next offset to read, per partition) with the
+        transaction: they count exactly when its records do. ``offsets``: a mapping of
+        TopicPartition to offset (kafka-python), or a list of objects with topic,
+        partition and offset (confluent-kafka); ``group_id``: the group's id, or an
+        object with a ``group_id`` attribute (a consumer's group metadata)."""
+        group = getattr(group_id, "group_id", group_id)
+        if not isinstance(group, str) or not group:
+            raise ConfigError(f"group_id must be a consumer group id: group_id={group_id!r}")
+        if not isinstance(offsets, Mapping):
+            offsets = {TopicPartition(o.topic, o.partition): o.offset for o in offsets}
+        checked = validate_offsets(offsets)
+        with self._lock:
+            self._require_txn("send_offsets_to_transaction", _IN_TXN)
+            self._txn_offsets.setdefault(group, {}).update(checked)
+
+    def commit_transaction(self, timeout: float | None = None) -> None:
+        """Wait until the ISR holds every record of the transaction, then commit it:
+        its records become visible to read_committed consumers, and its offsets count."""
+        with self._lock:
+            t = self._require_txn("commit_transaction", _IN_TXN)
+        assert self._acker is not None
+        try:
+            self._acker.flush(timeout if timeout is not None else self.delivery_timeout_ms / 1000)
+        except EngineTimeoutError:
+            self._txn_state = _ABORTABLE
+            raise
+        failed = [f for f in self._txn_futures if f.failed()]
+        if failed:
+            self._txn_state = _ABORTABLE
+            raise TransactionError(
+                f"{len(failed)} sends of the transaction failed: abort_transaction() "
+                f"and start again (transactional_id={self.transactional_id!r})"
+            ) from failed[0].exception()
+        with self._lock:
+            if len(self._txn_offsets) > 1:
+                raise InvalidTxnStateError(
+                    "one transaction commits the offsets of one consumer group: "
+                    f"groups={sorted(self._txn_offsets)}"
+                )
+            group, offsets = next(iter(self._txn_offsets.items()), (None, {}))
+            self._txn_call(t.commit, group, offsets)
+            self._txn_state = _READY
+            self._txn_futures.clear()
+
+    def abort_transaction(self) -> None:
+        """Abort: its records are never visible to read_committed consumers, its offsets
+        are not committed. After a transaction timeout, this also makes the producer
+        usable again (a new epoch)."""
+        with self._lock:
+            t = self._require_txn("abort_transaction", _IN_TXN, _ABORTABLE)
+        assert self._acker is not None
+        with contextlib.suppress(EngineError):  # failed sends do not matter any more
+            self._acker.flush(self.delivery_timeout_ms / 1000)
+        with self._lock:
+            try:
+                t.abort()
+            except TransactionAbortedError:
+                state = t.init()  # aborted by the timeout: take a new epoch and go on
+                self._set_identity(state.producer_id, state.epoch)
+            except ProducerFencedError:
+                self._txn_state = _FENCED
+                raise
+            self._txn_state = _READY
+            self._txn_futures.clear()
 
     # -- acks=0: the accumulator --------------------------------------------
 
@@ -806,8 +1255,14 @@ def _partitions_for_keys(kblob: Any, klengths: Any, kstride: int, count: int, n:
 
 
 def _by_partition(
-    blob: Any, lengths: Any, stride: int, kblob: Any, klengths: Any, kstride: int,
-    parts: Any, partitions: int,
+    blob: Any,
+    lengths: Any,
+    stride: int,
+    kblob: Any,
+    klengths: Any,
+    kstride: int,
+    parts: Any,
+    partitions: int,
 ) -> list[tuple[int, Any, Any, Any, Any, Any]]:
     """Records grouped by partition: (partition, indexes, values, lengths, keys, key lengths).
 
