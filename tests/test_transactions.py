@@ -1,0 +1,350 @@
+"""Exactly-once: the idempotent producer, transactions, fencing, read_committed, and a
+consume-transform-produce pipeline SIGKILLed at random points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine_harness import Daemon, running_daemon, wait_for
+
+from engine import Admin, Consumer, Producer, TopicPartition
+from engine import transaction as txn
+from engine.datadir import pid_alive
+from engine.errors import (
+    ConfigError,
+    InvalidTxnStateError,
+    ProducerFencedError,
+    TransactionAbortedError,
+)
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def read_all(data_dir: Path, topic: str, partitions: int, isolation: str) -> list:
+    """Everything of the topic up to its end offsets, as a consumer of that isolation sees it."""
+    with Consumer(data_dir=data_dir, auto_offset_reset="earliest", isolation_level=isolation) as c:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        end = c.end_offsets(tps)
+        out: list = []
+
+        def done() -> bool:
+            out.extend(c.poll(timeout=0.1, max_records=10_000))
+            return all(c.position(tp) >= end[tp] for tp in tps)
+
+        wait_for(done, timeout=30, what=f"{topic} read to its end offsets {end}")
+        return out
+
+
+@pytest.fixture
+def tx_topic(admin: Admin) -> Iterator[str]:
+    name = f"tx-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=2)
+    yield name
+    admin.delete_topic(name)
+
+
+def test_read_committed_sees_committed_transactions_only(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    data_dir = shared_daemon.data_dir
+    with Producer(data_dir, transactional_id=f"t-{tx_topic}") as p:
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(20):
+            p.send(tx_topic, b"committed-%d" % i, key=b"k%d" % i)
+        p.commit_transaction()
+        p.begin_transaction()
+        for i in range(20):
+            p.send(tx_topic, b"aborted-%d" % i, key=b"k%d" % i)
+        p.abort_transaction()
+        with Producer(data_dir) as plain:  # a plain record after the aborted ones
+            plain.send(tx_topic, b"plain", partition=0)
+        committed = read_all(data_dir, tx_topic, 2, "read_committed")
+        assert sorted(r.value for r in committed if r.value.startswith(b"committed")) == sorted(
+            b"committed-%d" % i for i in range(20)
+        )
+        values = [r.value for r in committed]
+        assert b"plain" in values
+        assert not [v for v in values if v.startswith(b"aborted")]
+        p.begin_transaction()
+        p.send(tx_topic, b"open", partition=0)  # an open transaction holds back what follows
+        with Producer(data_dir) as plain:
+            plain.send(tx_topic, b"behind-open", partition=0)
+        # A read_committed consumer stops at the open transaction: its own records and
+        # the plain record behind it wait for its end.
+        with Consumer(
+            data_dir=data_dir, auto_offset_reset="earliest", isolation_level="read_committed"
+        ) as c:
+            c.assign([TopicPartition(tx_topic, 0)])
+            got: list = []
+            wait_for(
+                lambda: got.extend(c.poll(0.1)) or b"plain" in [r.value for r in got],
+                what="the records before the open transaction",
+            )
+            assert not [r for r in c.poll(0.5) if r.value in (b"open", b"behind-open")]
+            p.commit_transaction()
+            wait_for(
+                lambda: got.extend(c.poll(0.1)) or b"behind-open" in [r.value for r in got],
+                what="the records of the committed transaction and behind it",
+            )
+            order = [r.value for r in got]
+            assert order.index(b"open") < order.index(b"behind-open")
+    uncommitted = read_all(data_dir, tx_topic, 2, "read_uncommitted")
+    assert len([r for r in uncommitted if r.value.startswith(b"aborted")]) == 20  # markers: none
+
+
+def test_a_new_instance_fences_its_older_self_and_aborts_what_it_left(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    data_dir = shared_daemon.data_dir
+    tid = f"f-{tx_topic}"
+    first, second, third = (Producer(data_dir, transactional_id=tid) for _ in range(3))
+    try:
+        first.init_transactions()
+        first.begin_transaction()
+        first.send(tx_topic, b"zombie-1", partition=0)
+        second.init_transactions()  # fences first, aborts its open transaction
+        with pytest.raises(ProducerFencedError):
+            first.send(tx_topic, b"zombie-2", partition=1)  # the coordinator refuses it
+        with pytest.raises(ProducerFencedError):
+            first.commit_transaction()
+        second.begin_transaction()
+        second.send(tx_topic, b"zombie-3", partition=0)
+        third.init_transactions()  # fences second
+        with pytest.raises(ProducerFencedError):
+            second.send(tx_topic, b"zombie-4", partition=0)  # the ring refuses its epoch
+        third.begin_transaction()
+        third.send(tx_topic, b"new", partition=0)
+        third.commit_transaction()
+        state, _ = txn.load(third._cluster.zk, tid) or (None, 0)
+        assert state is not None and state.epoch == 2 and state.state == txn.EMPTY
+    finally:
+        for p in (first, second, third):
+            p.close()
+    values = [r.value for r in read_all(data_dir, tx_topic, 2, "read_committed")]
+    assert values == [b"new"]
+    raw = [r.value for r in read_all(data_dir, tx_topic, 2, "read_uncommitted")]
+    assert sorted(raw) == [b"new", b"zombie-1", b"zombie-3"]  # the refused ones never landed
+
+
+def test_transaction_calls_out_of_order_get_clear_errors(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    data_dir = shared_daemon.data_dir
+    with pytest.raises(ConfigError, match="acks='all'"):
+        Producer(data_dir, transactional_id="x", acks=1)
+    with pytest.raises(ConfigError, match="transactional_id"):
+        Producer(data_dir, transactional_id="bad id!")
+    with Producer(data_dir) as plain, pytest.raises(InvalidTxnStateError, match="transactional_id"):
+        plain.begin_transaction()
+    with Producer(data_dir, transactional_id=f"o-{tx_topic}") as p:
+        with pytest.raises(InvalidTxnStateError, match="init_transactions"):
+            p.begin_transaction()
+        p.init_transactions()
+        with pytest.raises(InvalidTxnStateError, match="begin_transaction"):
+            p.send(tx_topic, b"outside", partition=0)
+        with pytest.raises(InvalidTxnStateError):
+            p.commit_transaction()
+        p.begin_transaction()
+        with pytest.raises(InvalidTxnStateError):
+            p.begin_transaction()
+        with pytest.raises(ConfigError):
+            p.send_offsets_to_transaction({TopicPartition(tx_topic, 0): -5}, "g")
+        p.send(tx_topic, b"kept", partition=0)  # the bad calls lost nothing
+        p.commit_transaction()
+    assert [r.value for r in read_all(data_dir, tx_topic, 2, "read_committed")] == [b"kept"]
+
+
+def test_offsets_sent_to_a_transaction_count_only_when_it_commits(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    data_dir = shared_daemon.data_dir
+    group = f"g-{tx_topic}"
+    tp = TopicPartition(tx_topic, 0)
+    with Producer(data_dir, transactional_id=f"s-{tx_topic}") as p:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(tx_topic, b"a", partition=1)
+        p.send_offsets_to_transaction({tp: 7}, group)
+        p.abort_transaction()
+        with Consumer(data_dir=data_dir, group_id=group) as c:
+            assert c.committed(tp) is None
+        p.begin_transaction()
+        p.send(tx_topic, b"b", partition=1)
+        p.send_offsets_to_transaction({tp: 9}, group)
+        p.commit_transaction()
+        with Consumer(data_dir=data_dir, group_id=group) as c:
+            assert c.committed(tp) == 9
+
+
+def test_a_transaction_left_open_is_aborted_after_its_timeout(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    """The producer stops (as if hung) mid-transaction: the controller aborts it after
+    transaction_timeout_ms, read_committed consumers move on, and the producer is told
+    TransactionAbortedError, aborts, and carries on with a new epoch."""
+    data_dir = shared_daemon.data_dir
+    with Producer(data_dir, transactional_id=f"to-{tx_topic}", transaction_timeout_ms=1000) as p:
+        p.init_transactions()
+        p.begin_transaction()
+        p.send(tx_topic, b"abandoned", partition=0)
+        with Producer(data_dir) as plain:
+            plain.send(tx_topic, b"after", partition=0)
+        with Consumer(
+            data_dir=data_dir, auto_offset_reset="earliest", isolation_level="read_committed"
+        ) as c:
+            c.assign([TopicPartition(tx_topic, 0)])
+            got: list = []
+            wait_for(
+                lambda: got.extend(c.poll(0.1)) or got,
+                timeout=30,
+                what="the controller to abort the transaction",
+            )
+            assert [r.value for r in got] == [b"after"]
+        with pytest.raises(TransactionAbortedError):
+            p.send(tx_topic, b"late", partition=1)  # a new partition: the CAS says why
+        p.abort_transaction()
+        p.begin_transaction()
+        p.send(tx_topic, b"again", partition=0)
+        p.commit_transaction()
+    values = [r.value for r in read_all(data_dir, tx_topic, 2, "read_committed")]
+    assert values == [b"after", b"again"]
+
+
+def test_an_idempotent_producer_writes_each_record_once_across_a_leader_failover(
+    tmp_path: Path,
+) -> None:
+    """Records sent asynchronously while the leader is SIGKILLed, some of them copied by
+    no follower: the producer finds out which ones the new leader holds and appends
+    only the others; every future succeeds and the log holds every record once, in
+    order, without the caller retrying."""
+    with running_daemon(tmp_path / "engine", brokers=3) as cluster:
+        with Admin(cluster.data_dir) as admin:
+            admin.create_topic(
+                "idem", partitions=1, replication=3, config={"min.insync.replicas": 2}
+            )
+            leader = admin.describe_topic("idem").partitions[0].leader
+        total = 6000
+        futures = []
+        with Producer(cluster.data_dir, enable_idempotence=True, delivery_timeout_ms=60_000) as p:
+            sent = threading.Event()
+
+            def send_all() -> None:
+                for i in range(total):
+                    futures.append(p.send("idem", struct.pack("<I", i)))
+                    if i == total // 3:
+                        sent.set()
+                    if i % 20 == 0:
+                        time.sleep(0.01)  # keep sending (for ~3 s) while the leader dies
+
+            sender = threading.Thread(target=send_all)
+            sender.start()
+            try:
+                assert sent.wait(60)
+                daemon_pid = cluster.runtime()["pid"]
+                pid = cluster.runtime()["processes"][f"broker-{leader}"]
+                followers = [
+                    cluster.runtime()["processes"][f"broker-{b}"] for b in (1, 2, 3) if b != leader
+                ]
+                os.kill(daemon_pid, signal.SIGSTOP)  # no restart before the failover
+                try:
+                    # The followers stop copying for a moment (well within their
+                    # sessions): what the leader takes meanwhile, no other replica has.
+                    for f in followers:
+                        os.kill(f, signal.SIGSTOP)
+                    time.sleep(0.3)
+                    os.kill(pid, signal.SIGKILL)
+                    for f in followers:
+                        os.kill(f, signal.SIGCONT)
+                    wait_for(lambda: not pid_alive(pid), what="the leader to die")
+                    with Admin(cluster.data_dir) as admin:
+                        wait_for(
+                            lambda: (
+                                admin.describe_topic("idem").partitions[0].leader
+                                not in (leader, None)
+                            ),
+                            timeout=30,
+                            what="a new leader",
+                        )
+                finally:
+                    os.kill(daemon_pid, signal.SIGCONT)
+            finally:
+                sender.join(120)
+            p.flush(120)
+            offsets = [f.get(0).offset for f in futures]
+        records = read_all(cluster.data_dir, "idem", 1, "read_uncommitted")
+    values = [struct.unpack("<I", r.value)[0] for r in records]
+    assert len(values) == len(set(values)), "a record was written twice"
+    assert values == list(range(total)), "a record is missing or out of order"
+    assert offsets == [r.offset for r in records]
+
+
+@pytest.mark.slow
+def test_a_pipeline_killed_at_random_points_outputs_each_record_exactly_once(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """examples/exactly_once.py, SIGKILLed at random moments and restarted many times:
+    the output topic, read_committed, holds each input record transformed exactly once."""
+    suffix = uuid.uuid4().hex[:8]
+    source, sink, group = f"in-{suffix}", f"out-{suffix}", f"pipe-{suffix}"
+    admin.create_topic(source, partitions=3)
+    admin.create_topic(sink, partitions=3)
+    total = 20_000  # about 7 s of work: every kill lands mid-stream
+    try:
+        with Producer(shared_daemon.data_dir) as p:
+            for i in range(total):
+                p.send(source, b"%d" % i, key=b"k%d" % (i % 11))
+        args = [
+            sys.executable,
+            str(EXAMPLES / "exactly_once.py"),
+            source,
+            sink,
+            "--group",
+            group,
+            "--transactional-id",
+            f"tx-{suffix}",
+            "--data-dir",
+            str(shared_daemon.data_dir),
+        ]
+        rng = random.Random(int(os.environ.get("ENGINE_TEST_SEED", "5")))
+        kills = 0
+        for _ in range(8):
+            proc = subprocess.Popen(
+                [*args, "--idle", "30"],
+                env=shared_daemon.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                time.sleep(rng.uniform(1.0, 3.0))  # a random point of its work
+            finally:
+                proc.kill()
+                proc.wait(30)
+            kills += 1
+        final = subprocess.run(
+            [*args, "--idle", "4"], env=shared_daemon.env, capture_output=True, timeout=300
+        )
+        assert final.returncode == 0, final.stderr.decode()[-2000:]
+        out = read_all(shared_daemon.data_dir, sink, 3, "read_committed")
+        counts = Counter(r.value for r in out)
+        expected = {b"processed:%d" % i for i in range(total)}
+        assert set(counts) == expected, f"missing {len(expected - set(counts))} records"
+        assert max(counts.values()) == 1, "a record was output twice"
+        raw = read_all(shared_daemon.data_dir, sink, 3, "read_uncommitted")
+        print(f"{kills} kills: {len(raw) - len(out)} aborted records never seen by read_committed")
+    finally:
+        admin.delete_topic(source)
+        admin.delete_topic(sink)
