@@ -85,8 +85,9 @@ class _Fetch:
 
     ``offset`` is the position: the next offset to deliver. Reads start there, or at
     ``txn.next_offset`` with read_committed, or continue at ``cursor`` in the ring.
-    ``pending`` holds fetched whole batches not yet delivered. ``_restart`` drops the
-    cursor, ``pending`` and the filter's state whenever the position is set.
+    ``pending[pending_at:]`` holds fetched whole batches not yet delivered (kept in
+    place, not copied, between polls). ``_restart`` drops the cursor, ``pending`` and
+    the filter's state whenever the position is set.
     """
 
     tp: TopicPartition
@@ -95,6 +96,7 @@ class _Fetch:
     offset: int = -1  # next offset to deliver; -1 = reset by policy on first poll
     cursor: Cursor | None = None
     pending: bytes = b""
+    pending_at: int = 0
     out_of_range: bool = field(default=False)
     txn: ReadCommitted | None = None  # read_committed only: the partition's filter
     pending_end: int = 0  # read_committed: the position once ``pending`` is delivered
@@ -123,6 +125,7 @@ class Consumer:
         fetch_max_bytes: int = 1 << 20,
         consumer_timeout_ms: float = float("inf"),
         client_id: str | None = None,
+        poll_spin_us: int = 100,
         **unknown: Any,
     ) -> None:
         """Options are kafka-python's. Group options (used only with ``group_id``):
@@ -135,6 +138,9 @@ class Consumer:
         leaves the group and its partitions move. ``on_assign`` / ``on_revoke``: see
         engine.group. ``isolation_level``: ``"read_uncommitted"`` (every record) or
         ``"read_committed"`` (only committed transactions; see the module docstring).
+        ``poll_spin_us`` (the engine's own): when every partition is caught up, poll()
+        looks again and again for this long before it sleeps; a busy stream then costs
+        no wake-up on either side and arrives within microseconds (0: sleep at once).
         """
         if unknown:
             raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
@@ -173,6 +179,9 @@ class Consumer:
                 f"auto_offset_reset must be one of {_RESETS}: "
                 f"auto_offset_reset={auto_offset_reset!r}"
             )
+        if isinstance(poll_spin_us, bool) or not isinstance(poll_spin_us, int) or poll_spin_us < 0:
+            raise ConfigError(f"poll_spin_us must be an int >= 0: poll_spin_us={poll_spin_us!r}")
+        self.poll_spin_s = poll_spin_us / 1e6
         if not isinstance(max_poll_records, int) or max_poll_records < 1:
             raise ConfigError(
                 f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}"
@@ -478,7 +487,7 @@ class Consumer:
         scan = _Fetch(f.tp, f.ring, f.reader, offset=max(f.reader.log_start_offset, 0))
         while True:
             try:
-                data = self._next_chunk(scan)
+                data, _ = self._next_chunk(scan)  # scan.pending stays empty: at is 0
             except OffsetOutOfRangeError:
                 scan.offset = max(f.reader.log_start_offset, 0)
                 continue
@@ -555,15 +564,15 @@ class Consumer:
                 if got >= limit:
                     break
                 f = self._fetches[self._order[(self._next + i) % n]]
-                data = self._next_chunk(f)
+                data, at = self._next_chunk(f)
                 if not data:
                     continue
                 if value_size is None:
-                    records = self._take_records(f, data, limit - got)
+                    records = self._take_records(f, data, at, limit - got)
                     out += records
                     got += len(records)
                 else:
-                    values = self._take_values(f, data, limit - got, value_size)
+                    values = self._take_values(f, data, at, limit - got, value_size)
                     if len(values):
                         out.append(values)
                         got += len(values)
@@ -590,20 +599,25 @@ class Consumer:
         if len(waiting) == 1:
             f = waiting[0]
             assert f.cursor is not None
-            f.ring.wait(f.cursor, min(left, 0.5))
+            f.ring.wait(f.cursor, min(left, 0.5), spin_s=self.poll_spin_s)
             return
-        wait_any([(f.ring, f.cursor) for f in waiting if f.cursor is not None], min(left, 0.5))
+        wait_any(
+            [(f.ring, f.cursor) for f in waiting if f.cursor is not None],
+            min(left, 0.5),
+            spin_s=self.poll_spin_s,
+        )
 
-    def _next_chunk(self, f: _Fetch) -> bytes:
-        """The next bytes of whole batches to deliver from f: left over, or newly read."""
+    def _next_chunk(self, f: _Fetch) -> tuple[bytes, int]:
+        """The next whole batches to deliver from f, as (data, position in data): left
+        over from the previous poll, or newly read."""
         if f.offset < 0 or f.out_of_range:
             self._reset(f)
         if f.pending:
             data, f.pending = f.pending, b""
-            return data
+            return data, f.pending_at
         if f.txn is not None:
-            return self._next_committed(f)
-        return self._read(f, f.offset)
+            return self._next_committed(f), 0
+        return self._read(f, f.offset), 0
 
     def _read(self, f: _Fetch, start: int) -> bytes:
         """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""
@@ -676,36 +690,41 @@ class Consumer:
                 f.txn.skip_to(upper)
         return data
 
-    def _take_records(self, f: _Fetch, data: bytes, limit: int) -> list[Record]:
-        records, consumed = self._decoder.decode(data, f.tp.topic, f.tp.partition, f.offset, limit)
+    def _take_records(self, f: _Fetch, data: bytes, at: int, limit: int) -> list[Record]:
+        records, used = self._decoder.decode(
+            data, f.tp.topic, f.tp.partition, f.offset, limit, at
+        )
         if records:
             f.offset = records[-1].offset + 1
         else:
-            self._skip_chunk(f, data)
-        f.pending = data[consumed:] if records and consumed < len(data) else b""
-        if f.txn is not None and not f.pending:
-            f.offset = max(f.offset, f.pending_end)
+            self._skip_chunk(f, data, at)
+        self._keep(f, data, used if records else len(data))
         return records
 
     def _take_values(
-        self, f: _Fetch, data: bytes, limit: int, value_size: int
+        self, f: _Fetch, data: bytes, at: int, limit: int, value_size: int
     ) -> np.ndarray[Any, Any]:
-        values, last, consumed = self._decoder.decode_values(
-            data, f.tp.topic, f.tp.partition, f.offset, limit, value_size
+        values, last, used = self._decoder.decode_values(
+            data, f.tp.topic, f.tp.partition, f.offset, limit, value_size, at
         )
         if len(values):
             f.offset = last + 1
         else:
-            self._skip_chunk(f, data)
-        f.pending = data[consumed:] if len(values) and consumed < len(data) else b""
-        if f.txn is not None and not f.pending:
-            f.offset = max(f.offset, f.pending_end)
+            self._skip_chunk(f, data, at)
+        self._keep(f, data, used if len(values) else len(data))
         return values
 
-    def _skip_chunk(self, f: _Fetch, data: bytes) -> None:
+    def _keep(self, f: _Fetch, data: bytes, used: int) -> None:
+        """What a poll did not deliver stays for the next one (the position in data)."""
+        if used < len(data):
+            f.pending, f.pending_at = data, used
+        elif f.txn is not None:
+            f.offset = max(f.offset, f.pending_end)
+
+    def _skip_chunk(self, f: _Fetch, data: bytes, at: int) -> None:
         """A chunk without a record to deliver (markers only, or only records below the
         position): the position moves past it, or it would be read again."""
-        infos, _, _ = scan_batches(data, False)
+        infos, _, _ = scan_batches(memoryview(data)[at:], False)
         if len(infos):
             f.offset = max(f.offset, int(infos["last_offset"][-1]) + 1)
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+import engine._send as _send_module
 from engine import transaction as txn
 from engine._native import ffi, lib
 from engine.cluster import ClusterView, TopicView
@@ -132,6 +133,8 @@ class RecordFuture(tuple):  # type: ignore[type-arg]
 
 
 _future = tuple.__new__
+_send_module.init(int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_ring_send"))), RecordFuture)
+_fast_send = _send_module.send
 
 
 class PendingFuture:
@@ -345,18 +348,27 @@ class _Acker:
 
 
 class _Route:
-    """The fast path's view of a topic: ring regions by partition, limits, sticky state."""
+    """The fast path's view of a topic: ring regions by partition, limits, and the C route
+    (engine_route_t) that engine._send appends through, sticky partition state included."""
 
-    __slots__ = ("count", "fields", "max_bytes", "regions", "sticky", "sticky_bytes", "view")
+    __slots__ = ("address", "c", "c_regions", "count", "fields", "max_bytes", "regions", "view")
 
-    def __init__(self, view: TopicView, fields: Any) -> None:
+    def __init__(self, view: TopicView, fields: Any, batch_size: int) -> None:
         self.view = view
         self.fields = fields
         self.count = view.partition_count
         self.max_bytes = view.max_message_bytes
         self.regions = [view.rings[p]._ptr() for p in range(self.count)]
-        self.sticky = random.randrange(self.count)
-        self.sticky_bytes = 0
+        self.c_regions = ffi.new("void *[]", self.regions)
+        self.c = c = ffi.new("engine_route_t *")
+        c.fields = fields
+        c.regions = self.c_regions
+        c.partition_count = self.count
+        c.sticky_partition = random.randrange(self.count)
+        c.batch_bytes = batch_size
+        c.max_record_bytes = self.max_bytes - RECORD_OVERHEAD
+        c.random_state = random.getrandbits(64) | 1
+        self.address = int(ffi.cast("uintptr_t", c))
 
 
 @dataclass(frozen=True)
@@ -448,6 +460,7 @@ class Producer:
         self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
+        self._fast: dict[str, _Route] = {}  # acks=1 routes that engine._send appends through
         self._lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
@@ -501,16 +514,25 @@ class Producer:
                     timeout_ms=self.max_block_ms,
                     min_insync=int(view.config["min.insync.replicas"]),
                 )
-            route = _Route(view, fields)
+            route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
+            if self.acks == 1 and not self.enable_idempotence and not self._closed:
+                self._fast[topic] = route
             return route
+
+    def _forget_route(self, topic: str) -> None:
+        self._forget_route(topic)
+        self._fast.pop(topic, None)
 
     def _next_sticky(self, route: _Route) -> int:
         """Keyless records stick to one partition for batch_size bytes, then move on."""
+        c = route.c
         if route.count > 1:
-            route.sticky = (route.sticky + 1 + random.randrange(route.count - 1)) % route.count
-        route.sticky_bytes = 0
-        return route.sticky
+            c.sticky_partition = (c.sticky_partition + 1 + random.randrange(route.count - 1)) % (
+                route.count
+            )
+        c.sticky_bytes = 0
+        return int(c.sticky_partition)
 
     def send(
         self,
@@ -522,6 +544,14 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
+        if headers is None and timestamp_ms is None:
+            route = self._fast.get(topic)
+            if route is not None:  # acks=1, key and value bytes: one C call (engine._send)
+                future = _fast_send(route.address, topic, key, value, partition)
+                if future.__class__ is RecordFuture:
+                    return future
+                # Not bytes, or the ring said no (full, too large, sealed, no such
+                # partition): the general path below says why or waits, as before.
         if self._closed:
             raise ClosedError("producer is closed")
         if type(value) is not bytes:
@@ -543,9 +573,9 @@ class Producer:
             )
         if partition is None:
             if key is None:
-                partition = route.sticky
-                route.sticky_bytes += vlen
-                if route.sticky_bytes >= self.batch_size:
+                partition = int(route.c.sticky_partition)
+                route.c.sticky_bytes += vlen
+                if route.c.sticky_bytes >= self.batch_size:
                     self._next_sticky(route)
             else:
                 partition = (_murmur2(key, klen) & 0x7FFFFFFF) % route.count
@@ -624,7 +654,7 @@ class Producer:
                     )
                 try:
                     self._cluster.refresh(topic, wait_s=max(0.0, deadline - time.monotonic()))
-                    self._routes.pop(topic, None)
+                    self._forget_route(topic)
                 except EngineTimeoutError:
                     continue
             elif code is not None and code != REAPED:
@@ -756,7 +786,7 @@ class Producer:
                 if getattr(exc, "appended", 0) or time.monotonic() > deadline:
                     raise
                 view = self._cluster.refresh(view.name)
-                self._routes.pop(view.name, None)
+                self._forget_route(view.name)
 
     # -- idempotence ----------------------------------------------------------
 
@@ -939,7 +969,7 @@ class Producer:
         to its partition's new leader (``also``: a send caught half way)."""
         with self._lock:
             self._cluster.refresh(topic, wait_s=self.delivery_timeout_ms / 1000)
-            self._routes.pop(topic, None)
+            self._forget_route(topic)
             assert self._acker is not None
             with self._acker.cond:
                 tps = [tp for tp, q in self._acker.pending.items() if q and tp[0] == topic]
@@ -957,7 +987,7 @@ class Producer:
                 ring = view.rings[tp[1]]
                 if ring.status().sealed:
                     view = self._cluster.refresh(tp[0], wait_s=self.delivery_timeout_ms / 1000)
-                    self._routes.pop(tp[0], None)
+                    self._forget_route(tp[0])
                     ring = view.rings[tp[1]]
                 with self._acker.cond:
                     queue = [*self._acker.pending.get(tp, ()), *also]
@@ -1192,6 +1222,7 @@ class Producer:
         """Flush (acks=0) and release everything; idempotent."""
         if self._closed:
             return
+        self._fast.clear()  # no more appends through the C path
         if os.getpid() != self._pid:
             self._closed = True
             return

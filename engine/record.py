@@ -152,11 +152,13 @@ class RecordDecoder:
         self._consumed = ffi.new("uint64_t *")
 
     def _decode(
-        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int
+        self, data: bytes, start: int, topic: str, partition: int, min_offset: int,
+        max_records: int,
     ) -> int:
-        """Index the records into self._infos (C); returns how many."""
+        """Index the records of data[start:] into self._infos (C); returns how many.
+        Positions (and the bytes used, self._consumed) count from the start of data."""
         code = lib.engine_batch_decode(
-            data, len(data), min_offset, self._infos, min(max_records, self._capacity),
+            data, len(data), start, min_offset, self._infos, min(max_records, self._capacity),
             self._count, self._consumed,
         )  # fmt: skip
         n = int(self._count[0])
@@ -167,10 +169,12 @@ class RecordDecoder:
         return n
 
     def decode(
-        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int
+        self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int,
+        start: int = 0,
     ) -> tuple[list[Record], int]:
-        """Records at or above ``min_offset`` (at most max_records), and the bytes fully used."""
-        n = self._decode(data, topic, partition, min_offset, max_records)
+        """Records of data[start:] at or above ``min_offset`` (at most max_records), and
+        the position in data after the last batch fully used."""
+        n = self._decode(data, start, topic, partition, min_offset, max_records)
         out: list[Record] = []
         append = out.append
         new = tuple.__new__  # Record's own __new__ is Python code: twice as slow per record
@@ -181,27 +185,26 @@ class RecordDecoder:
             append(new(Record, (topic, partition, off, ts, key, value, headers)))
         return out, int(self._consumed[0])
 
-
     def decode_values(
         self, data: bytes, topic: str, partition: int, min_offset: int, max_records: int,
-        value_size: int,
+        value_size: int, start: int = 0,
     ) -> tuple[np.ndarray[Any, Any], int, int]:
-        """Values only, as an (n, value_size) uint8 array: (values, last offset, bytes used)."""
-        n = self._decode(data, topic, partition, min_offset, max_records)
-        infos = self._view[:n]
-        if n and (infos["value_length"] != value_size).any():
-            bad = int(infos["value_length"][infos["value_length"] != value_size][0])
+        """Values only, as an (n, value_size) uint8 array: (values, last offset, position
+        after the last batch fully used)."""
+        n = self._decode(data, start, topic, partition, min_offset, max_records)
+        values = np.empty((n, value_size), dtype=np.uint8)
+        if not n:
+            return values, -1, int(self._consumed[0])
+        bad = lib.engine_batch_copy_values(
+            data, self._infos, n, value_size, ffi.from_buffer("uint8_t[]", values)
+        )
+        if bad >= 0:
             raise CorruptRecordError(
                 f"poll_values expects {value_size}-byte values: topic={topic} "
-                f"partition={partition} found a value of {bad} bytes"
+                f"partition={partition} found a value of {self._infos[bad].value_length} bytes "
+                f"at offset {self._infos[bad].offset}"
             )
-        values = np.empty((n, value_size), dtype=np.uint8)
-        if n:
-            lib.engine_batch_copy_values(
-                data, self._infos, n, value_size, ffi.from_buffer("uint8_t[]", values)
-            )
-        last = int(infos["offset"][-1]) if n else -1
-        return values, last, int(self._consumed[0])
+        return values, int(self._infos[n - 1].offset), int(self._consumed[0])
 
 
 def pack_values(values: Sequence[Any]) -> tuple[bytes, Any]:

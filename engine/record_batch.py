@@ -254,6 +254,7 @@ def decode_record_infos(buf: Any, min_offset: int = 0) -> npt.NDArray[np.void]:
     code = lib.engine_batch_decode(
         ffi.from_buffer("uint8_t[]", view),
         length,
+        0,
         min_offset,
         ffi.cast("engine_record_info_t *", out.ctypes.data),
         min(len(out), 2**31 - 1),

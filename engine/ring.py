@@ -384,13 +384,18 @@ class Ring:
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
 
-    def wait(self, cursor: Cursor, timeout_s: float, respect_hw: bool = True) -> bool:
+    def wait(
+        self, cursor: Cursor, timeout_s: float, respect_hw: bool = True, spin_s: float = 0.0
+    ) -> bool:
         """Block until the frame at the cursor is readable; False on timeout.
 
         respect_hw: records at or above the high watermark do not count (consumers);
-        a follower copying its leader passes False.
+        a follower copying its leader passes False. spin_s: look again and again for
+        this long before sleeping (see engine_ring_wait).
         """
-        code = lib.engine_ring_wait(self._ptr(), cursor._c, int(timeout_s * 1e9), respect_hw)
+        code = lib.engine_ring_wait(
+            self._ptr(), cursor._c, int(timeout_s * 1e9), respect_hw, int(spin_s * 1e9)
+        )
         return bool(code == OK)
 
     # -- replication -------------------------------------------------------
@@ -476,20 +481,25 @@ class Ring:
 
 
 def wait_any(
-    waits: Sequence[tuple[Ring, Cursor]], timeout_s: float, respect_hw: bool = True
+    waits: Sequence[tuple[Ring, Cursor]],
+    timeout_s: float,
+    respect_hw: bool = True,
+    spin_s: float = 0.0,
 ) -> int:
     """Block until one of the rings is readable at its cursor: its index, or -1 on timeout."""
     n = len(waits)
     if n > 128:
         for i, (ring, cursor) in enumerate(waits):
-            if ring.wait(cursor, timeout_s / n, respect_hw):
+            if ring.wait(cursor, timeout_s / n, respect_hw, spin_s / n):
                 return i
         return -1
     regions = ffi.new("void *[]", [ring._ptr() for ring, _ in waits])
     cursors = ffi.new("engine_cursor_t[]", n)
     for i, (_, cursor) in enumerate(waits):
         cursors[i] = cursor._c[0]
-    result = lib.engine_ring_wait_any(regions, cursors, n, int(timeout_s * 1e9), respect_hw)
+    result = lib.engine_ring_wait_any(
+        regions, cursors, n, int(timeout_s * 1e9), respect_hw, int(spin_s * 1e9)
+    )
     return int(result) if result >= 0 else -1
 
 

@@ -159,10 +159,10 @@ static int decode_record(const uint8_t *base, const uint8_t *p, const uint8_t *e
     return ENGINE_BATCH_OK;
 }
 
-int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed) {
-    uint64_t pos = 0;
+    uint64_t pos = start;
     int32_t n = 0;
     int code = ENGINE_BATCH_OK;
     while (pos < length) {
@@ -213,9 +213,12 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
     return code == ENGINE_BATCH_TRUNCATED && pos < length ? ENGINE_BATCH_TRUNCATED : code;
 }
 
-void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
-                              int32_t count, int32_t value_size, uint8_t *out) {
-    for (int32_t i = 0; i < count; i++)
+int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                                 int32_t count, int32_t value_size, uint8_t *out) {
+    for (int32_t i = 0; i < count; i++) {
+        if (infos[i].value_length != value_size) return i;
         memcpy(out + (size_t)i * (size_t)value_size, buf + infos[i].value_position,
                (size_t)value_size);
+    }
+    return -1;
 }

@@ -203,15 +203,17 @@ int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       int32_t *count, uint64_t *scanned);
 
 /* Decodes records of consecutive batches in buf, skipping records below
- * min_offset and control batches. Stops at max_records; *consumed is the byte
- * position of the first batch not completely delivered. */
-int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+ * min_offset and control batches, from byte position start (a batch boundary).
+ * Stops at max_records; *consumed is the byte position (from buf, like every
+ * position) of the first batch not completely delivered. */
+int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed);
 
 /* Copies the values of count decoded records, each value_size bytes, back to back
- * into out (the caller checked every value_length == value_size). */
-void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
-                              int32_t count, int32_t value_size, uint8_t *out);
+ * into out. Returns -1, or the index of the first record whose value is not
+ * value_size bytes (the records before it are copied). */
+int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                                 int32_t count, int32_t value_size, uint8_t *out);
 
 #endif

@@ -61,6 +61,21 @@ int64_t engine_ring_append(void *region, const engine_producer_fields_t *fields,
 int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *fields,
                                  int64_t timestamp_ms, const char *key, int32_t key_length,
                                  const char *value, int32_t value_length);
+typedef struct engine_route {
+    const engine_producer_fields_t *fields;
+    void *const *regions;
+    int32_t partition_count;
+    int32_t sticky_partition;
+    int64_t sticky_bytes;
+    int64_t batch_bytes;
+    int64_t max_record_bytes;
+    uint64_t random_state;
+    int32_t last_partition;
+    int32_t reserved;
+    int64_t last_timestamp_ms;
+} engine_route_t;
+int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
+                         int32_t key_length, const char *value, int32_t value_length);
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,
@@ -70,9 +85,9 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
-                     int respect_hw);
+                     int respect_hw, int64_t spin_ns);
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns, int respect_hw);
+                         int64_t timeout_ns, int respect_hw, int64_t spin_ns);
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);
 int engine_ring_drain_to(void *region, uint64_t position, int64_t offset);
 void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
@@ -100,11 +115,11 @@ void engine_scatter_by_partition(const char *values, int32_t value_stride, const
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned);
-int engine_batch_decode(const uint8_t *buf, uint64_t length, int64_t min_offset,
+int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed);
-void engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
-                              int32_t count, int32_t value_size, uint8_t *out);
+int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
+                                 int32_t count, int32_t value_size, uint8_t *out);
 """
 
 ffi = FFI()

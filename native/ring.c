@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sched.h>
+
 #include "atomic.h"
 #include "ring.h"
 
@@ -359,6 +361,41 @@ int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *f
                               NULL, 0, 0, fields->timeout_ns);
 }
 
+int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
+                         int32_t key_length, const char *value, int32_t value_length) {
+    if ((int64_t)(key_length > 0 ? key_length : 0) + (value_length > 0 ? value_length : 0) >
+        route->max_record_bytes)
+        return -ENGINE_RING_TOO_LARGE;
+    int32_t p;
+    if (partition >= 0) {
+        if (partition >= route->partition_count) return -ENGINE_RING_BAD_ARGUMENT;
+        p = partition;
+    } else if (key) {
+        p = (engine_murmur2(key, key_length) & 0x7FFFFFFF) % route->partition_count;
+    } else {
+        p = route->sticky_partition;
+        route->sticky_bytes += value_length > 0 ? value_length : 0;
+        if (route->sticky_bytes >= route->batch_bytes && route->partition_count > 1) {
+            /* xorshift64: any other partition, evenly */
+            uint64_t x = route->random_state;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            route->random_state = x;
+            int32_t step = 1 + (int32_t)(x % (uint64_t)(route->partition_count - 1));
+            route->sticky_partition = (p + step) % route->partition_count;
+            route->sticky_bytes = 0;
+        }
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    route->last_partition = p;
+    route->last_timestamp_ms = now_ms;
+    return engine_ring_append(route->regions[p], route->fields, now_ms, key, key_length, value,
+                              value_length, NULL, 0, 0, 0);
+}
+
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms,
                              int32_t count,
@@ -601,16 +638,42 @@ static int try_reap(void *region, struct engine_ring_header *h, uint64_t c) {
     return reaped;
 }
 
+/* The spin phase of a wait: calls ready(arg) between PAUSEs for spin_ns (at
+ * least SPIN_LIMIT times), yielding the CPU after the first YIELD_AFTER_NS. */
+#define YIELD_AFTER_NS 5000LL
+static int spin_until_ready(int (*ready)(void *), void *arg, int64_t spin_ns) {
+    for (int i = 0; i < SPIN_LIMIT; i++) {
+        engine_cpu_relax();
+        if (ready(arg)) return 1;
+    }
+    if (spin_ns <= 0) return 0;
+    int64_t start = now_ns(), now = start;
+    while (now - start < spin_ns) {
+        for (int i = 0; i < 64; i++) {
+            engine_cpu_relax();
+            if (ready(arg)) return 1;
+        }
+        now = now_ns();
+        if (now - start > YIELD_AFTER_NS) sched_yield();
+    }
+    return 0;
+}
+
+struct wait_one { void *region; uint64_t position; int respect_hw; };
+static int ready_one(void *arg) {
+    struct wait_one *w = arg;
+    return readable(w->region, header_of(w->region), w->position, w->respect_hw);
+}
+
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
-                     int respect_hw) {
+                     int respect_hw, int64_t spin_ns) {
     struct engine_ring_header *h = header_of(region);
     uint64_t c = cursor->position;
     if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
     if (timeout_ns <= 0) return ENGINE_RING_TIMEOUT;
-    for (int i = 0; i < SPIN_LIMIT; i++) {
-        engine_cpu_relax();
-        if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
-    }
+    struct wait_one one = {region, c, respect_hw};
+    if (spin_until_ready(ready_one, &one, spin_ns < timeout_ns ? spin_ns : timeout_ns))
+        return ENGINE_RING_OK;
     int64_t deadline = now_ns() + timeout_ns;
     for (;;) {
         engine_fetch_add_u32(&h->publish_waiters, 1);
@@ -671,16 +734,32 @@ struct engine_futex_waitv {
 #define ENGINE_FUTEX2_SIZE_U32 0x02
 #define ENGINE_WAIT_ANY_MAX 128
 
+struct wait_many {
+    void **regions;
+    const engine_cursor_t *cursors;
+    int32_t count;
+    int respect_hw;
+    int ready;
+};
+static int ready_many(void *arg) {
+    struct wait_many *w = arg;
+    for (int32_t i = 0; i < w->count; i++)
+        if (readable(w->regions[i], header_of(w->regions[i]), w->cursors[i].position,
+                     w->respect_hw)) {
+            w->ready = i;
+            return 1;
+        }
+    return 0;
+}
+
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns, int respect_hw) {
+                         int64_t timeout_ns, int respect_hw, int64_t spin_ns) {
     if (count < 1 || count > ENGINE_WAIT_ANY_MAX) return -ENGINE_RING_BAD_ARGUMENT;
-    for (int spin = 0; spin <= SPIN_LIMIT; spin++) {
-        for (int32_t i = 0; i < count; i++)
-            if (readable(regions[i], header_of(regions[i]), cursors[i].position, respect_hw))
-                return i;
-        if (timeout_ns <= 0) return -ENGINE_RING_TIMEOUT;
-        engine_cpu_relax();
-    }
+    struct wait_many many = {regions, cursors, count, respect_hw, -1};
+    if (ready_many(&many)) return many.ready;
+    if (timeout_ns <= 0) return -ENGINE_RING_TIMEOUT;
+    if (spin_until_ready(ready_many, &many, spin_ns < timeout_ns ? spin_ns : timeout_ns))
+        return many.ready;
     struct engine_futex_waitv waiters[ENGINE_WAIT_ANY_MAX];
     int64_t deadline = now_ns() + timeout_ns;
     for (;;) {

@@ -327,6 +327,32 @@ int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *f
                                  int64_t timestamp_ms, const char *key, int32_t key_length,
                                  const char *value, int32_t value_length);
 
+/* A producer's route to one topic, in the producer's own memory (not shared):
+ * where engine_ring_send puts a record, Kafka's way. Keyed records go to
+ * murmur2(key) % partition_count; keyless ones stick to sticky_partition until
+ * batch_bytes of values went there, then move to another partition. */
+typedef struct engine_route {
+    const engine_producer_fields_t *fields;
+    void *const *regions;         /* partition_count ring regions */
+    int32_t partition_count;
+    int32_t sticky_partition;
+    int64_t sticky_bytes;
+    int64_t batch_bytes;          /* Kafka's batch.size */
+    int64_t max_record_bytes;     /* key + value larger than this: TOO_LARGE */
+    uint64_t random_state;        /* picks the next sticky partition */
+    int32_t last_partition;       /* out: the partition of the last send */
+    int32_t reserved;
+    int64_t last_timestamp_ms;    /* out: the timestamp it got (wall clock, ms) */
+} engine_route_t;
+
+/* Append one record, key and value only, to partition (-1: the one the route
+ * picks), with the wall-clock time as its timestamp; never waits for space
+ * (FULL instead, then the caller waits with engine_ring_append). Returns the
+ * offset, or minus a ring code (BAD_ARGUMENT: no such partition);
+ * route->last_partition and last_timestamp_ms say where and when. */
+int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
+                         int32_t key_length, const char *value, int32_t value_length);
+
 /* Append count records in as few batches as max_frame_length allows.
  * values: value_lengths == NULL means every value is value_stride bytes,
  * back to back (a numpy array of fixed-size records); else values are packed
@@ -356,14 +382,20 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
  * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:
  * a frame at or above the high watermark is not readable yet (consumers);
- * 0: it is (a follower copying the leader). */
+ * 0: it is (a follower copying the leader). spin_ns: first look again and
+ * again (a PAUSE between looks, sched_yield after the first microseconds) for
+ * up to this long before sleeping on the futex: a busy stream then wakes
+ * nobody (producers skip the FUTEX_WAKE when no one sleeps) and the reader
+ * sees a frame within a microsecond or so, instead of after a wake-up the
+ * scheduler may deliver late. 0: a few hundred PAUSEs only. */
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
-                     int respect_hw);
+                     int respect_hw, int64_t spin_ns);
 
 /* Wait until any of count rings (at most 128) is readable at its cursor; returns
- * its index, or minus a ring code (TIMEOUT). Sleeps with futex_waitv. */
+ * its index, or minus a ring code (TIMEOUT). Spins as engine_ring_wait, then
+ * sleeps with futex_waitv. */
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
-                         int64_t timeout_ns, int respect_hw);
+                         int64_t timeout_ns, int respect_hw, int64_t spin_ns);
 
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */
