@@ -355,3 +355,25 @@ def test_unsubscribe_drops_every_partition_and_assign_or_subscribe_works_after(
         while len(got) < 3 and time.monotonic() < deadline:
             got += c.poll(timeout=0.5)
         assert sorted(r.value for r in got) == [b"p0", b"p1", b"p2"]
+
+
+def test_the_c_send_path_and_the_general_path_agree(shared_daemon: Daemon, topic: str) -> None:
+    """acks=1 sends of bytes go through engine._send (partitioner, clock and append in C);
+    anything else through Python. Both place, stamp and number records alike."""
+    with Producer(shared_daemon.data_dir, batch_size=300) as p:
+        before = int(time.time() * 1000)
+        fast = [p.send(topic, b"v%d" % i, key=b"k%d" % i) for i in range(30)]
+        general = [p.send(topic, bytearray(b"v%d" % i), key=b"k%d" % i) for i in range(30)]
+        assert [f.partition for f in fast] == [g.partition for g in general]
+        assert [f.partition for f in fast] == [
+            (murmur2(b"k%d" % i) & 0x7FFFFFFF) % 3 for i in range(30)
+        ]
+        after = int(time.time() * 1000)
+        assert all(before <= f.timestamp <= after for f in fast)
+        assert p.send(topic, b"x", partition=2).get().partition == 2
+        sticky = [p.send(topic, b"s" * 100).partition for _ in range(12)]
+        assert len(set(sticky[:3])) == 1 and len(set(sticky)) > 1  # 300 bytes, then moves
+        offsets: dict[int, list[int]] = {}
+        for f in fast + general:
+            offsets.setdefault(f.partition, []).append(f.offset)
+        assert all(o == sorted(set(o)) for o in offsets.values())
