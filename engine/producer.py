@@ -9,11 +9,15 @@ Acknowledgement modes (``acks``):
   the broker wrote and the OS flushed it loses it.
 - ``"all"``: as 1, and the ISR holds it. With replication 1 the ISR is the
   leader alone; topics with more replicas arrive with the replication issue.
-- ``0``: ``send`` only buffers the record in this process; a background thread
-  appends buffered records in batches every ``linger_ms``. Nothing confirms it.
-  What a crash of the producer process loses: every record buffered and not
-  yet appended (at most ``linger_ms`` worth, or ``buffer_memory`` bytes).
-  ``flush()`` and ``close()`` append everything buffered.
+- ``0``: ``send`` waits for nothing. A record of bytes (no headers, no
+  timestamp) goes into the leader's ring at once when the ring has room and
+  nothing is buffered before it (appending is cheaper than buffering); its
+  future carries its offset. Any other record is buffered in this process and
+  a background thread appends buffered records in batches every ``linger_ms``;
+  its future carries offset -1. Nothing waits for the ring to drain or for
+  replicas. What a crash of the producer process loses: every record buffered
+  and not yet appended (at most ``linger_ms`` worth, or ``buffer_memory``
+  bytes). ``flush()`` and ``close()`` append everything buffered.
 
 A Producer may be used from several threads: sends are serialized by a lock.
 After ``close()`` every method raises ClosedError. In a forked child, create a
@@ -469,6 +473,7 @@ class Producer:
             tuple[str, int], list[tuple[bytes | None, bytes | None, bytes, int, int]]
         ] = {}
         self._buffered_bytes = 0
+        self._draining = False
         self._buffer_cond = threading.Condition(self._lock)
         self._sender_error: BaseException | None = None
         self._sender: threading.Thread | None = None
@@ -516,12 +521,12 @@ class Producer:
                 )
             route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
-            if self.acks == 1 and not self.enable_idempotence and not self._closed:
+            if self.acks in (0, 1) and not self.enable_idempotence and not self._closed:
                 self._fast[topic] = route
             return route
 
     def _forget_route(self, topic: str) -> None:
-        self._forget_route(topic)
+        self._routes.pop(topic, None)
         self._fast.pop(topic, None)
 
     def _next_sticky(self, route: _Route) -> int:
@@ -544,9 +549,12 @@ class Producer:
         timestamp_ms: int | None = None,
     ) -> RecordFuture:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
-        if headers is None and timestamp_ms is None:
+        if headers is None and timestamp_ms is None and not self._buffer and not self._draining:
             route = self._fast.get(topic)
-            if route is not None:  # acks=1, key and value bytes: one C call (engine._send)
+            if route is None and self.acks != -1 and topic not in self._routes and not self._closed:
+                self._route(topic)  # the first send to the topic: map it, then go fast
+                route = self._fast.get(topic)
+            if route is not None:  # acks 0/1, key and value bytes: one C call (engine._send)
                 future = _fast_send(route.address, topic, key, value, partition)
                 if future.__class__ is RecordFuture:
                     return future
@@ -1170,6 +1178,13 @@ class Producer:
 
     def _drain_buffer(self) -> None:
         """Append everything buffered (called with the lock held)."""
+        self._draining = True  # before the swap: send() must not overtake these records
+        try:
+            self._drain_buffered()
+        finally:
+            self._draining = False
+
+    def _drain_buffered(self) -> None:
         buffer, self._buffer = self._buffer, {}
         self._buffered_bytes = 0
         for (topic, partition), records in buffer.items():

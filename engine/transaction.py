@@ -52,6 +52,7 @@ from engine.cluster import ClusterView
 from engine.errors import (
     ConfigError,
     EngineTimeoutError,
+    InvalidTxnStateError,
     NotLeaderError,
     ProducerFencedError,
     TransactionAbortedError,
@@ -301,6 +302,9 @@ class Transactions:
     def commit(self, group_id: str | None, offsets: dict[TopicPartition, int]) -> None:
         """Decide (with the offsets, atomically), then write the markers, then Empty."""
         assert self.state is not None
+        if self.state.state == PREPARE_COMMIT:
+            self._complete(COMMIT)  # a retry after the markers timed out: decided already
+            return
         ops: list[tuple[str, bytes]] = []
         if group_id is not None and offsets:
             ensure_offset_nodes(self.cluster.zk, group_id, offsets, set())
@@ -318,6 +322,11 @@ class Transactions:
         assert self.state is not None
         if self.state.state == EMPTY:
             return
+        if self.state.state == PREPARE_COMMIT:
+            raise InvalidTxnStateError(
+                f"the commit of transactional_id={self.tid!r} was decided before its markers "
+                "timed out: call commit_transaction() again to finish it"
+            )
         self._write(replace(self.state, state=PREPARE_ABORT))
         self._complete(ABORT)
 

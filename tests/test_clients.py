@@ -209,13 +209,24 @@ def test_many_producer_processes_one_partition_each_record_once_in_order(
     admin.delete_topic(name)
 
 
-def test_acks0_buffers_and_flush_appends(shared_daemon: Daemon, topic: str) -> None:
+def test_acks0_appends_at_once_or_buffers_and_keeps_order(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """acks=0: records of bytes go to the ring at once (their futures know the offset);
+    a record with headers is buffered, and so is everything after it until the
+    buffer is appended (flush, or linger_ms): the partition keeps the send order."""
     with Producer(shared_daemon.data_dir, acks=0, linger_ms=10_000) as p:
-        futures = [p.send(topic, b"q%d" % i, partition=2) for i in range(100)]
-        assert all(f.get().offset == -1 for f in futures)
+        direct = [p.send(topic, b"q%d" % i, partition=2) for i in range(50)]
+        assert [f.get().offset for f in direct] == list(range(50))
+        buffered = [p.send(topic, b"h", partition=2, headers=[("k", b"v")])]
+        buffered += [p.send(topic, b"q%d" % i, partition=2) for i in range(50, 100)]
+        assert all(f.get().offset == -1 for f in buffered)
         p.flush()
-    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 2)], 100)
-    assert [r.value for r in records] == [b"q%d" % i for i in range(100)]
+        after = p.send(topic, b"q100", partition=2)
+        assert after.get().offset == 101
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 2)], 102)
+    expected = [b"q%d" % i for i in range(50)] + [b"h"] + [b"q%d" % i for i in range(50, 101)]
+    assert [r.value for r in records] == expected
 
 
 def test_offset_out_of_range_follows_auto_offset_reset(shared_daemon: Daemon, topic: str) -> None:
