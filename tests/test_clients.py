@@ -110,6 +110,8 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(
         Producer(shared_daemon.data_dir, linger=5)
     with pytest.raises(ConfigError, match="acks"):
         Producer(shared_daemon.data_dir, acks=2)
+    with pytest.raises(ConfigError, match="poll_spin_us"):
+        Consumer(data_dir=shared_daemon.data_dir, poll_spin_us=-1)
     with pytest.raises(ConfigError, match=r"retention\.msx"):
         admin.create_topic("x-bad-config", config={"retention.msx": 1})
     with pytest.raises(ConfigError, match=r"segment\.bytes"):
