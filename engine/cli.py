@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--producers", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0)
-    p.add_argument("--rate", type=float, default=200_000, help="readings/s of the whole fleet")
+    p.add_argument("--rate", type=float, default=50_000, help="readings/s of the whole fleet")
 
     p = sub.add_parser("bench", help="the benchmark suite (from a source checkout)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="passed to bench/suite.py")

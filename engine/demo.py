@@ -77,7 +77,7 @@ def run_demo(
     devices: int = 1000,
     producers: int = 4,
     seconds: float = 5.0,
-    rate: float = 200_000,
+    rate: float = 50_000,
 ) -> int:
     from engine import Admin
 
