@@ -464,7 +464,8 @@ class Producer:
         self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
-        self._fast: dict[str, _Route] = {}  # acks=1 routes that engine._send appends through
+        # acks 0/1: the address of each topic's engine_route_t, for engine._send
+        self._fast: dict[str, int] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
@@ -522,7 +523,7 @@ class Producer:
             route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
             if self.acks in (0, 1) and not self.enable_idempotence and not self._closed:
-                self._fast[topic] = route
+                self._fast[topic] = route.address  # self._routes keeps the route alive
             return route
 
     def _forget_route(self, topic: str) -> None:
@@ -550,12 +551,13 @@ class Producer:
     ) -> RecordFuture:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
         if headers is None and timestamp_ms is None and not self._buffer and not self._draining:
-            route = self._fast.get(topic)
-            if route is None and self.acks != -1 and topic not in self._routes and not self._closed:
-                self._route(topic)  # the first send to the topic: map it, then go fast
-                route = self._fast.get(topic)
-            if route is not None:  # acks 0/1, key and value bytes: one C call (engine._send)
-                future = _fast_send(route.address, topic, key, value, partition)
+            address = self._fast.get(topic)
+            if address is None and self.acks != -1 and not self._closed:
+                if topic not in self._routes:  # the first send to the topic: map it
+                    self._route(topic)
+                address = self._fast.get(topic)
+            if address is not None:  # acks 0/1, key and value bytes: one C call (engine._send)
+                future = _fast_send(address, topic, key, value, partition)
                 if future.__class__ is RecordFuture:
                     return future
                 # Not bytes, or the ring said no (full, too large, sealed, no such
