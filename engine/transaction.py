@@ -56,6 +56,7 @@ from engine.errors import (
     NotLeaderError,
     ProducerFencedError,
     TransactionAbortedError,
+    UnknownTopicError,
 )
 from engine.offset_store import ensure_offset_nodes, offset_path
 from engine.record import TopicPartition
@@ -364,11 +365,24 @@ def finish(cluster: ClusterView, old: TxnState) -> None:
     if old.state == EMPTY or not old.partitions:
         return
     for tp in old.partitions:
-        view = cluster.refresh(tp.topic) if tp.topic in cluster.topics else cluster.topic(tp.topic)
-        view.rings[tp.partition].fence(old.producer_id, old.epoch + 1)
+        ring = _partition_ring(cluster, tp, refresh=True)
+        if ring is not None:
+            ring.fence(old.producer_id, old.epoch + 1)
     kind = COMMIT if old.state == PREPARE_COMMIT else ABORT
     # Markers carry the old producer id (its batches are the ones decided) at a newer epoch.
     write_markers(cluster, old.producer_id, old.epoch + 1, old.partitions, kind, 60.0)
+
+
+def _partition_ring(cluster: ClusterView, tp: TopicPartition, refresh: bool = False) -> Any:
+    """The leader ring of tp; None when its topic was deleted (never auto-created here)
+    or no longer has that partition."""
+    if not cluster.exists(tp.topic):
+        return None
+    try:
+        view = cluster.refresh(tp.topic) if refresh else cluster.topic(tp.topic)
+    except UnknownTopicError:
+        return None
+    return view.rings.get(tp.partition)
 
 
 def write_markers(
@@ -397,13 +411,15 @@ def write_markers(
                     f"topic={tp.topic!r} partition={tp.partition}"
                 )
             try:
-                ring = cluster.topic(tp.topic).rings[tp.partition]
+                ring = _partition_ring(cluster, tp)
+                if ring is None:
+                    break  # the topic was deleted meanwhile: nothing left to decide
                 offset = ring.append(fields, MARKER_VALUE, key=key)
                 code = ring.wait_high_watermark(offset, max(0.0, deadline - time.monotonic()))
             except NotLeaderError:
                 code = SEALED
             if code == SEALED:
-                cluster.refresh(tp.topic, wait_s=max(0.1, deadline - time.monotonic()))
+                _partition_ring(cluster, tp, refresh=True)  # the new leader's, or None
                 continue
             if code == 0:
                 break

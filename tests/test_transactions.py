@@ -348,3 +348,31 @@ def test_a_pipeline_killed_at_random_points_outputs_each_record_exactly_once(
     finally:
         admin.delete_topic(source)
         admin.delete_topic(sink)
+
+
+def test_a_transaction_over_a_deleted_topic_does_not_wedge_its_id(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """The topic of an open transaction is deleted; a new instance of the id still
+    initialises (nothing is left to decide there) and works."""
+    doomed, kept = (f"d-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    admin.create_topic(doomed, partitions=1)
+    admin.create_topic(kept, partitions=1)
+    tid = f"del-{doomed}"
+    try:
+        with Producer(shared_daemon.data_dir, transactional_id=tid) as old:
+            old.init_transactions()
+            old.begin_transaction()
+            old.send(doomed, b"lost with its topic")
+            old.send(kept, b"aborted")
+            admin.delete_topic(doomed)
+            with Producer(shared_daemon.data_dir, transactional_id=tid) as new:
+                new.init_transactions()
+                new.begin_transaction()
+                new.send(kept, b"committed")
+                new.commit_transaction()
+        assert not admin.list_topics().count(doomed)
+        values = [r.value for r in read_all(shared_daemon.data_dir, kept, 1, "read_committed")]
+        assert values == [b"committed"]
+    finally:
+        admin.delete_topic(kept)
