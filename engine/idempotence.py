@@ -19,15 +19,13 @@ missing. No record is then written twice, and none is lost.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from engine.errors import OffsetOutOfRangeError
 from engine.log import LogReader
+from engine.record_batch import BATCH_HEADER_LENGTH, read_batch_header, read_producer_fields
 from engine.ring import EMPTY, NO_LIMIT, OK, OUT_TOO_SMALL, Ring
-
-_HEADER = struct.Struct(">qi4xb4xhiqqqhii")  # base_offset ... records_count (61 bytes)
 
 
 class BatchIdentity(NamedTuple):
@@ -40,10 +38,14 @@ class BatchIdentity(NamedTuple):
 
 def parse_identity(buf: bytes | bytearray | memoryview) -> BatchIdentity:
     """The producer fields of the batch at the start of ``buf``."""
-    (base, _length, _magic, _attributes, last_delta, _ts, _max_ts, pid, epoch, seq, _n) = (
-        _HEADER.unpack_from(buf, 0)
+    header, producer = read_batch_header(buf), read_producer_fields(buf)
+    return BatchIdentity(
+        header.base_offset,
+        header.last_offset,
+        producer.producer_id,
+        producer.producer_epoch,
+        producer.base_sequence,
     )
-    return BatchIdentity(base, base + last_delta, pid, epoch, seq)
 
 
 def batch_at(ring: Ring, reader: LogReader, offset: int) -> BatchIdentity | None:
@@ -68,7 +70,7 @@ def batch_at(ring: Ring, reader: LogReader, offset: int) -> BatchIdentity | None
         data = reader.read(offset, 1 << 16, upper)
     except OffsetOutOfRangeError:
         return None
-    if len(data) < _HEADER.size:
+    if len(data) < BATCH_HEADER_LENGTH:
         return None
     found = parse_identity(data)
     return found if found.base_offset <= offset <= found.last_offset else None

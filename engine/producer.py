@@ -64,6 +64,7 @@ from engine.log import LogReader
 from engine.offset_store import validate_offsets
 from engine.record import RecordMetadata, TopicPartition, as_bytes, encode_headers, pack_values
 from engine.ring import PRODUCER_FENCED, REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.txn_filter import TRANSACTIONAL
 
 log = logging.getLogger("engine.producer")
 
@@ -815,7 +816,7 @@ class Producer:
                 producer_id=self._producer_id,
                 producer_epoch=self._epoch,
                 base_sequence=0,
-                attributes=txn.ATTR_TRANSACTIONAL if self._txn is not None else 0,
+                attributes=TRANSACTIONAL if self._txn is not None else 0,
                 timeout_ms=self.max_block_ms,
                 min_insync=route.fields.min_insync,
             )

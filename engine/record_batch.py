@@ -204,6 +204,21 @@ def read_batch_header(buf: Any, position: int = 0) -> BatchHeader:
     )
 
 
+class ProducerFields(NamedTuple):
+    """The producer fields of a batch header (idempotence, transactions)."""
+
+    attributes: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+
+
+def read_producer_fields(buf: Any, position: int = 0) -> ProducerFields:
+    """The producer fields of the batch at ``position`` of ``buf`` (61 bytes present)."""
+    fields = _HEADER.unpack_from(buf, position)
+    return ProducerFields(fields[5], fields[9], fields[10], fields[11])
+
+
 def scan_batches(
     buf: Any, verify_crc: bool = True, max_batches: int | None = None
 ) -> tuple[npt.NDArray[np.void], int, ScanStatus]:

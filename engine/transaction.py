@@ -61,14 +61,12 @@ from engine.errors import (
 from engine.offset_store import ensure_offset_nodes, offset_path
 from engine.record import TopicPartition
 from engine.ring import SEALED, producer_fields
+from engine.txn_filter import ABORT, COMMIT, CONTROL, MARKER_KEY, TRANSACTIONAL
 
 log = logging.getLogger("engine.transaction")
 
 TRANSACTIONS = "/transactions"
 PRODUCER_ID_BLOCK = "/latest_producer_id_block"
-ATTR_TRANSACTIONAL = 0x10
-ATTR_CONTROL = 0x20
-ABORT, COMMIT = 0, 1
 MAX_EPOCH = 32766  # int16; at the limit a transactional id gets a new producer id
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -89,7 +87,7 @@ def txn_path(tid: str) -> str:
 
 def marker_key(kind: int) -> bytes:
     """A control record's key: version 0, then the marker type (0 ABORT, 1 COMMIT)."""
-    return struct.pack(">hh", 0, kind)
+    return MARKER_KEY.pack(0, kind)
 
 
 MARKER_VALUE = struct.pack(">hi", 0, 0)  # version 0, coordinator epoch 0
@@ -399,7 +397,7 @@ def write_markers(
     fields = producer_fields(
         producer_id=producer_id,
         producer_epoch=epoch,
-        attributes=ATTR_TRANSACTIONAL | ATTR_CONTROL,
+        attributes=TRANSACTIONAL | CONTROL,
     )
     deadline = time.monotonic() + timeout_s
     key = marker_key(kind)

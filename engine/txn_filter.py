@@ -34,7 +34,7 @@ from collections import deque
 
 from engine.errors import CorruptRecordError
 
-__all__ = ["ABORT", "COMMIT", "ReadCommitted"]
+__all__ = ["ABORT", "COMMIT", "CONTROL", "MARKER_KEY", "TRANSACTIONAL", "ReadCommitted"]
 
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
@@ -46,7 +46,8 @@ ABORT, COMMIT = 0, 1
 _HEADER = struct.Struct(">qi4xb4xhi16xqh")
 _LENGTH_OVERHEAD = 12  # batch_length counts the bytes after its own field
 _RECORDS_START = 61
-_MARKER_KEY = struct.Struct(">hh")
+#: A control record's key: int16 version (0), int16 type (ABORT or COMMIT).
+MARKER_KEY = struct.Struct(">hh")
 
 
 class _Fate(enum.Enum):
@@ -200,7 +201,7 @@ def _control_type(buf: bytes, pos: int, end: int) -> int:
     _, pos = _varint(buf, pos, end)  # timestamp delta
     _, pos = _varint(buf, pos, end)  # offset delta
     key_length, pos = _varint(buf, pos, end)
-    if key_length < _MARKER_KEY.size or pos + _MARKER_KEY.size > end:
+    if key_length < MARKER_KEY.size or pos + MARKER_KEY.size > end:
         return -1
-    _version, kind = _MARKER_KEY.unpack_from(buf, pos)
+    _version, kind = MARKER_KEY.unpack_from(buf, pos)
     return int(kind)
