@@ -514,7 +514,7 @@ class Producer:
 
     def _route(self, topic: str) -> _Route:
         with self._lock:
-            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            view = self._cluster.topic(topic)
             fields = self._fields
             if self.acks == -1:  # the leader refuses the append below min.insync.replicas
                 fields = producer_fields(
@@ -671,15 +671,33 @@ class Producer:
             elif code is not None and code != REAPED:
                 raise_for(code, f"send to topic={topic!r} partition={partition}")
             route = self._routes.get(topic) or self._route(topic)
-            result = lib.engine_ring_append(
-                route.regions[partition], route.fields, ts,
-                ffi.NULL if key is None else key, -1 if key is None else len(key),
-                ffi.NULL if value is None else value, -1 if value is None else len(value),
-                hbytes, len(hbytes), hcount, self._block_ns,
-            )  # fmt: skip
+            result = self._append_record(
+                route.regions[partition], route.fields, ts, key, value, hbytes, hcount
+            )
             if result >= 0:
                 return int(result)
             code = -int(result)
+
+    def _append_record(
+        self,
+        region: Any,
+        fields: Any,
+        ts: int,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+    ) -> int:
+        """One record into one ring, waiting up to max_block_ms for space: its offset,
+        or minus a ring code."""
+        return int(
+            lib.engine_ring_append(
+                region, fields, ts,
+                _NULL if key is None else key, -1 if key is None else len(key),
+                _NULL if value is None else value, -1 if value is None else len(value),
+                hbytes, len(hbytes), hcount, self._block_ns,
+            )
+        )  # fmt: skip
 
     def send_batch(
         self,
@@ -710,7 +728,7 @@ class Producer:
                 raise ConfigError(f"keys and values differ in length: keys={kcount} values={count}")
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
         with self._lock:
-            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            view = self._cluster.topic(topic)
             largest = int(lengths.max()) if lengths is not None and count else stride
             if largest > view.max_message_bytes:
                 raise RecordTooLargeError(
@@ -831,11 +849,7 @@ class Producer:
         """Transactions: only inside one, and the partition joins it before its first record."""
         if self._txn is None:
             return
-        if self._txn_state == _FENCED:
-            raise ProducerFencedError(
-                f"transactional_id={self.transactional_id!r} was fenced by a newer "
-                "producer: close this one"
-            )
+        self._raise_if_fenced()
         if self._txn_state != _IN_TXN:
             raise InvalidTxnStateError(
                 f"send() of a transactional producer needs begin_transaction() first: "
@@ -863,14 +877,8 @@ class Producer:
 
             def append(fields: Any) -> int:
                 route = self._routes.get(tp.topic) or self._route(tp.topic)
-                return int(
-                    lib.engine_ring_append(
-                        route.regions[tp.partition], fields, ts,
-                        _NULL if key is None else key, -1 if key is None else len(key),
-                        _NULL if value is None else value, -1 if value is None else len(value),
-                        hbytes, len(hbytes), hcount, self._block_ns,
-                    )
-                )  # fmt: skip
+                region = route.regions[tp.partition]
+                return self._append_record(region, fields, ts, key, value, hbytes, hcount)
 
             offset = self._retrying(tp, lambda: append(fields))
             fields.base_sequence = (sequence + 1) & 0x7FFFFFFF
@@ -913,9 +921,7 @@ class Producer:
             kstart = 0 if kblob is None else (
                 k * kstride if klengths is None else int(klengths[:k].sum())
             )  # fmt: skip
-            ring = (self._cluster.topics.get(tp.topic) or self._cluster.topic(tp.topic)).rings[
-                tp.partition
-            ]
+            ring = self._cluster.topic(tp.topic).rings[tp.partition]
             ring.append_batch(
                 fields,
                 memoryview(blob)[vstart:] if k else blob,
@@ -994,7 +1000,7 @@ class Producer:
         deadline = time.monotonic() + self.delivery_timeout_ms / 1000
         with self._lock:
             while True:
-                view = self._cluster.topics.get(tp[0]) or self._cluster.topic(tp[0])
+                view = self._cluster.topic(tp[0])
                 ring = view.rings[tp[1]]
                 if ring.status().sealed:
                     view = self._cluster.refresh(tp[0], wait_s=self.delivery_timeout_ms / 1000)
@@ -1049,17 +1055,20 @@ class Producer:
             self._txn_state = _ABORTABLE
             raise
 
+    def _raise_if_fenced(self) -> None:
+        if self._txn_state == _FENCED:
+            raise ProducerFencedError(
+                f"transactional_id={self.transactional_id!r} was fenced by a newer "
+                "producer: close this one"
+            )
+
     def _require_txn(self, call: str, *states: str | None) -> txn.Transactions:
         self._check_open()
         if self._txn is None:
             raise InvalidTxnStateError(
                 f"{call}() needs a producer created with transactional_id=..."
             )
-        if self._txn_state == _FENCED:
-            raise ProducerFencedError(
-                f"transactional_id={self.transactional_id!r} was fenced by a newer "
-                "producer: close this one"
-            )
+        self._raise_if_fenced()
         if self._txn_state not in states:
             hint = " (call init_transactions() first)" if self._txn_state is None else ""
             raise InvalidTxnStateError(
@@ -1191,7 +1200,7 @@ class Producer:
         buffer, self._buffer = self._buffer, {}
         self._buffered_bytes = 0
         for (topic, partition), records in buffer.items():
-            view = self._cluster.topics.get(topic) or self._cluster.topic(topic)
+            view = self._cluster.topic(topic)
             plain = [r for r in records if not r[3] and r[1] is not None]
             if len(plain) == len(records) and all(r[0] is None for r in records):
                 blob, lengths = pack_values([r[1] for r in records])
