@@ -373,8 +373,13 @@ def finish(cluster: ClusterView, old: TxnState) -> None:
 
 def _partition_ring(cluster: ClusterView, tp: TopicPartition, refresh: bool = False) -> Any:
     """The leader ring of tp; None when its topic was deleted (never auto-created here)
-    or no longer has that partition."""
+    or no longer has that partition. Without refresh a topic this client has mapped is
+    used as mapped (a deleted topic's ring is sealed: the append says so, then refresh)."""
+    cached = cluster.topics.get(tp.topic)
+    if cached is not None and not refresh:
+        return cached.rings.get(tp.partition)
     if not cluster.exists(tp.topic):
+        cluster.forget(tp.topic)  # deleted: its sealed ring is no use to anyone
         return None
     try:
         view = cluster.refresh(tp.topic) if refresh else cluster.topic(tp.topic)
