@@ -158,7 +158,8 @@ class Broker:
         """Host exactly the replicas the tree gives this broker, each in its current role."""
         wanted: dict[ReplicaKey, tuple[md.TopicMetadata, md.PartitionState]] = {}
         existing: set[tuple[str, str]] = set()
-        for topic in self.zk.get_children(md.BROKER_TOPICS):
+        names = self.zk.get_children(md.BROKER_TOPICS)
+        for topic in names:
             try:
                 meta = md.read_topic(self.zk, topic)
             except Exception:  # noqa: BLE001 - deleted while we read it
@@ -194,6 +195,7 @@ class Broker:
                 " (deleted)" if topic_gone else "",
             )
             self.replicas.pop(key).stop(delete=topic_gone)
+        self._remove_deleted_data(set(names), existing)
         for key, (meta, state) in wanted.items():
             if key not in self.replicas:
                 try:
@@ -201,6 +203,39 @@ class Broker:
                 except Exception:  # one replica must not hold up the others
                     log.exception("starting %s-%d failed; retrying", key[0], key[1])
                     self._retry_soon()
+
+    def _remove_deleted_data(self, names: set[str], existing: set[tuple[str, str]]) -> None:
+        """Remove the partition directories of topics deleted from the tree.
+
+        A replica stopped while its topic was being deleted (the controller removes
+        the partition states before the topic node) could not tell that its topic
+        was gone, and kept its data. A directory no replica of this broker uses goes
+        once its topic's name has left ``names`` (the listing this pass read), or
+        once the name stands for another topic id. Only a successful listing
+        decides: a topic that could not be read is left alone.
+        """
+        hosted = {(key[0], key[1]) for key in self.replicas}
+        ids = dict(existing)
+        broker_dir = self.data_dir.broker_dir(self.broker_id)
+        try:
+            entries = list(os.scandir(broker_dir))
+        except OSError:
+            return
+        for entry in entries:
+            topic, _, partition = entry.name.rpartition("-")
+            if not entry.is_dir() or not topic or not partition.isdigit():
+                continue
+            if (topic, int(partition)) in hosted:
+                continue
+            if topic in names:
+                try:
+                    claimed = (Path(entry.path) / "topic.id").read_text().strip()
+                except OSError:
+                    continue
+                if topic not in ids or ids[topic] == claimed:
+                    continue
+            log.info("removing %s: its topic was deleted", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
 
     def _retry_soon(self) -> None:
         timer = threading.Timer(REPLICA_RESTART_BACKOFF_S, self.poke)

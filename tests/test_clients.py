@@ -6,11 +6,12 @@ import multiprocessing as mp
 import struct
 import time
 import uuid
+from pathlib import Path
 
 import client_procs
 import numpy as np
 import pytest
-from engine_harness import Daemon
+from engine_harness import Daemon, wait_for
 
 from engine import (
     Admin,
@@ -142,6 +143,12 @@ def test_describe_and_list_and_delete(shared_daemon: Daemon, admin: Admin) -> No
     assert name not in admin.list_topics()
     with pytest.raises(UnknownTopicError):
         admin.describe_topic(name)
+    # Every broker removes the topic's segments, also one whose replica stopped
+    # while the controller was still deleting the partition states.
+    wait_for(
+        lambda: not list(Path(shared_daemon.data_dir).glob(f"broker-*/{name}-*")),
+        what=f"the brokers to remove the data of {name}",
+    )
     admin.create_topic(name, partitions=1)  # the name can be used again, empty
     assert admin.describe_topic(name).partitions[0].log_end_offset == 0
     admin.delete_topic(name)
@@ -390,3 +397,23 @@ def test_the_c_send_path_and_the_general_path_agree(shared_daemon: Daemon, topic
         for f in fast + general:
             offsets.setdefault(f.partition, []).append(f.offset)
         assert all(o == sorted(set(o)) for o in offsets.values())
+
+
+def test_deleting_a_topic_removes_its_data_from_every_broker(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """The controller removes the partition states before the topic node; a broker
+    that stops its replica in between must still remove the data once the topic goes."""
+    for _ in range(3):
+        name = f"x-{uuid.uuid4().hex[:8]}"
+        admin.create_topic(
+            name, partitions=8, config={"ring.bytes": 1 << 16, "max.message.bytes": 8192}
+        )
+        with Producer(shared_daemon.data_dir) as p:
+            for partition in range(8):
+                p.send(name, b"v", partition=partition)
+        admin.delete_topic(name)
+        wait_for(
+            lambda: not list(Path(shared_daemon.data_dir).glob(f"broker-*/{name}-*")),  # noqa: B023
+            what=f"the brokers to remove the data of {name}",
+        )
