@@ -11,6 +11,7 @@ records instead of one Python object per record.
 
 from __future__ import annotations
 
+import time
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ import numpy as np
 from bench.transports.base import Consumer, Producer, RunSpec, Transport, register
 
 RING_BYTES = 64 << 20
+#: How long a deleted topic's data may take to disappear between runs.
+DELETE_WAIT_S = 60.0
 
 
 class EngineProducer(Producer):
@@ -102,6 +105,19 @@ class _Engine(Transport):
         if topic is not None:
             self._admin_client().delete_topic(topic)
             self.topic = None
+            self._wait_data_removed(topic)
+
+    def _wait_data_removed(self, topic: str) -> None:
+        """Wait until the brokers have unlinked the topic's rings and removed its segments.
+
+        Deletion is asynchronous in the brokers (as in Kafka); without this wait the
+        next run would be timed while the brokers free this run's rings and page cache.
+        """
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while any(Path(self.data_dir).glob(f"broker-*/{topic}-*")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic!r}: data not removed in {DELETE_WAIT_S:.0f} s")
+            time.sleep(0.01)
 
     def producer(self, spec: RunSpec, index: int) -> Producer:
         from engine import Producer as EngineProducerClient
