@@ -97,7 +97,7 @@ class ClusterView:
                     old is not None
                     and p in old.rings
                     and old.rings[p].name == ring_name
-                    and not old.rings[p].status().sealed
+                    and not old.rings[p].sealed
                 ):
                     rings[p] = old.rings[p]  # still mapped: keep using it
                     continue
@@ -106,7 +106,7 @@ class ClusterView:
                 except FileNotFoundError:
                     missing.append(p)
                     continue
-                if rings[p].status().sealed:
+                if rings[p].sealed:
                     rings.pop(p).close()
                     missing.append(p)
             if not missing:

@@ -636,7 +636,7 @@ class Consumer:
                 f.cursor = None
                 return self._chunk_from_log(f, start)
             # EMPTY: caught up. A sealed ring means the leader's ring was replaced.
-            if f.ring.status().sealed:
+            if f.ring.sealed:
                 self._reopen(f)
             return b""
 

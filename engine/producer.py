@@ -1002,7 +1002,7 @@ class Producer:
             while True:
                 view = self._cluster.topic(tp[0])
                 ring = view.rings[tp[1]]
-                if ring.status().sealed:
+                if ring.sealed:
                     view = self._cluster.refresh(tp[0], wait_s=self.delivery_timeout_ms / 1000)
                     self._forget_route(tp[0])
                     ring = view.rings[tp[1]]

@@ -57,6 +57,17 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
 BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT, NOT_ENOUGH_REPLICAS = 10, 11, 12, 13
 PRODUCER_FENCED, TABLE_FULL = 14, 15
+# Counts forks in this process's line: a mapping made before a fork belongs to the
+# parent (its child must map the ring again). Cheaper than os.getpid() per call.
+_fork_generation = [0]
+
+
+def _forked() -> None:
+    _fork_generation[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
 NO_LIMIT = (1 << 63) - 1  # read past the high watermark (followers copying a leader)
 
 _RAISE: dict[int, type[Exception]] = {
@@ -160,11 +171,15 @@ class Ring:
         self.name = name
         self._map: mmap.mmap | None = mapping
         self._region: Any = ffi.from_buffer(mapping)
-        self._pid = os.getpid()
+        self._generation = _fork_generation[0]
         self._owner = owner
         self._status = ffi.new("engine_ring_status_t *")
         self._out_count = ffi.new("int32_t *")
         self._out_length = ffi.new("uint64_t *")
+        # read()'s last output buffer and its C view: readers pass the same buffer
+        # poll after poll, and making the view costs a microsecond each time.
+        self._read_out: Any = None
+        self._read_view: Any = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -248,9 +263,12 @@ class Ring:
         """Unmap; idempotent. In a forked child this does nothing to the parent's view."""
         if self._map is None:
             return
-        if os.getpid() != self._pid:
+        if self._generation != _fork_generation[0]:
             self._map = None
             return
+        if self._read_view is not None:
+            ffi.release(self._read_view)
+            self._read_out = self._read_view = None
         ffi.release(self._region)
         self._map.close()
         self._map = None
@@ -272,7 +290,7 @@ class Ring:
     def _ptr(self) -> Any:
         if self._map is None:
             raise ClosedError(f"ring is closed: name={self.name}")
-        if os.getpid() != self._pid:
+        if self._generation != _fork_generation[0]:
             raise ClosedError(f"ring was opened by another process: name={self.name}")
         return self._region
 
@@ -373,11 +391,19 @@ class Ring:
     def read(self, cursor: Cursor, out: Any, max_offset: int = -1) -> tuple[int, int]:
         """Copy whole published batches at the cursor into ``out`` (a writable buffer).
 
+        The ring keeps a view of the last ``out`` until another is passed or it
+        closes: meanwhile a bytearray passed here cannot change size.
+
         Returns (code, length): code is OK, EMPTY, OVERWRITTEN or OUT_TOO_SMALL (then
         length is the size the next batch needs). Advances the cursor on OK.
         """
         region = self._ptr()
-        buf = ffi.from_buffer(out, require_writable=True)
+        if out is not self._read_out:
+            if self._read_view is not None:
+                ffi.release(self._read_view)
+            self._read_view = ffi.from_buffer(out, require_writable=True)
+            self._read_out = out
+        buf = self._read_view
         code = lib.engine_ring_read(region, cursor._c, buf, len(buf), self._out_length, max_offset)
         if code in (OK, EMPTY, OVERWRITTEN, OUT_TOO_SMALL):
             return code, int(self._out_length[0]) if code in (OK, OUT_TOO_SMALL) else 0
@@ -460,6 +486,11 @@ class Ring:
 
     def set_high_watermark(self, high_watermark: int) -> None:
         lib.engine_ring_set_high_watermark(self._ptr(), high_watermark)
+
+    @property
+    def sealed(self) -> bool:
+        """The ring's leader moved (or stopped): readers look up the new one."""
+        return bool(lib.engine_ring_sealed(self._ptr()))
 
     def status(self) -> RingStatus:
         s = self._status

@@ -970,6 +970,10 @@ void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed)
     wake(&h->space_seq, &h->space_waiters);
 }
 
+uint32_t engine_ring_sealed(void *region) {
+    return engine_load_acquire_u32(&header_of(region)->sealed);
+}
+
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark) {
     struct engine_ring_header *h = header_of(region);
     engine_store_release_i64(&h->high_watermark, high_watermark);

@@ -408,6 +408,8 @@ void engine_ring_drain_cursor(void *region, engine_cursor_t *cursor);
 
 /* Control (replication, failover): set the leader epoch and seal flag. */
 void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed);
+/* Readers: 1 if the ring is sealed (its leader moved: look up the new one). */
+uint32_t engine_ring_sealed(void *region);
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_set_isr_count(void *region, uint32_t isr_count);
 /* Transactions: raise producer_id's epoch in the fencing table to at least

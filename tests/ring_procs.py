@@ -6,9 +6,11 @@ import os
 import signal
 import struct
 import time
+from typing import Any
 
 from engine._native import lib
 
+from engine.errors import ClosedError
 from engine.ring import Ring, producer_fields
 
 
@@ -67,3 +69,14 @@ def zombie(name: str, batch: int) -> None:
         ring.close()
         return
     raise SystemExit(3)  # never fenced
+
+
+def use_inherited(ring: Ring, out: Any) -> None:
+    """In a forked child: the parent's mapping refuses use, and closing it is harmless."""
+    try:
+        ring.status()
+    except ClosedError:
+        out.put("refused")
+    else:
+        out.put("used")
+    ring.close()  # must not unmap the parent's view

@@ -458,3 +458,24 @@ def test_a_follower_ring_keeps_the_fences_of_the_batches_it_copies(ring_name: st
     finally:
         follower.close()
         unlink(follower_name)
+
+
+def test_a_forked_child_cannot_use_its_parents_mapping(ring_name: str) -> None:
+    """A mapping belongs to the process that made it: a forked child gets ClosedError
+    (it must map the ring again), and its close() leaves the parent's view intact."""
+    ring = Ring.create(ring_name, 1 << 16)
+    fork = mp.get_context("fork")
+    out = fork.Queue()
+    child = fork.Process(target=ring_procs.use_inherited, args=(ring, out))
+    child.start()
+    try:
+        assert out.get(timeout=30) == "refused"
+        child.join(30)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+    fields = producer_fields()
+    assert ring.append(fields, b"after the fork") == 0
+    assert ring.status().tail_offset == 1
+    ring.close()
