@@ -174,6 +174,7 @@ class Replica:
         cursor = self.ring.drain_cursor()
         last_retention = 0.0
         idle_polls = 0
+        full_waits = 0
         while True:
             code, n = self.ring.read(cursor, buf)
             if code == OK:
@@ -181,6 +182,15 @@ class Replica:
                 self.log.append(view[:n])
                 self.ring.drain_to(cursor)
                 self.log.maybe_flush()
+                if n < len(buf) // 2 and not self._stop.is_set():
+                    # Caught up with the producers: let the next chunk gather for a
+                    # poll interval instead of chasing them a batch at a time (each
+                    # pass costs the same Python work, big or small), unless a
+                    # producer found the ring full meanwhile.
+                    now_full_waits = self.ring.status().full_waits
+                    if now_full_waits == full_waits:
+                        time.sleep(POLL_SLEEP_S)
+                    full_waits = now_full_waits
                 continue
             if code == OUT_TOO_SMALL:
                 buf = bytearray(max(n, 2 * len(buf)))
@@ -502,7 +512,7 @@ class FollowerReplica(Replica):
                     buf = bytearray(max(n, 2 * len(buf)))
                 elif code == OVERWRITTEN:
                     cursor = None
-                elif leader.status().sealed:
+                elif leader.sealed:
                     leader.close()  # the leader stepped down or restarted: look again
                     leader = None
                     self._stop.wait(0.05)
