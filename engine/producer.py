@@ -63,7 +63,7 @@ from engine.idempotence import present_prefix
 from engine.log import LogReader
 from engine.offset_store import validate_offsets
 from engine.record import RecordMetadata, TopicPartition, as_bytes, encode_headers, pack_values
-from engine.ring import PRODUCER_FENCED, REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.ring import OK, PRODUCER_FENCED, REAPED, SEALED, Ring, producer_fields, raise_for
 from engine.txn_filter import TRANSACTIONAL
 
 log = logging.getLogger("engine.producer")
@@ -749,6 +749,8 @@ class Producer:
                     view, partition, blob, lengths, stride, kblob, klengths, kstride, ts, out
                 )
                 return BatchResult(topic, count, partition, out, (future,) if future else ())
+            if lengths is None and klengths is None and not self.enable_idempotence and count:
+                return self._send_keyed(view, blob, stride, kblob, kstride, count, ts, out)
             parts = _partitions_for_keys(kblob, klengths, kstride, count, view.partition_count)
             futures: list[PendingFuture] = []
             done = 0
@@ -767,6 +769,75 @@ class Producer:
                 if out is not None and sub is not None:
                     out[idx] = sub
             return BatchResult(topic, count, parts, out, tuple(futures))
+
+    def _send_keyed(
+        self,
+        view: TopicView,
+        blob: Any,
+        stride: int,
+        kblob: Any,
+        kstride: int,
+        count: int,
+        ts: int,
+        out: Any,
+    ) -> BatchResult:
+        """Fixed-size keyed records: partitioned and appended in one C call
+        (engine_route_append_keyed), each partition's records encoded straight
+        from the caller's arrays. A partition whose leader moved meanwhile is
+        sent again through _append_batch, which looks the leader up."""
+        route = self._routes.get(view.name) or self._route(view.name)
+        n = route.count
+        if out is None and self.acks == -1:
+            out = np.empty(count, dtype=np.int64)
+        scratch = np.empty(2 * count + n, dtype=np.int32)
+        appended = np.empty(n, dtype=np.int32)
+        codes = np.empty(n, dtype=np.int32)
+        last = np.empty(n, dtype=np.int64)
+        code = lib.engine_route_append_keyed(
+            route.c, ts, count, ffi.from_buffer(kblob), kstride, ffi.from_buffer(blob), stride,
+            self.max_block_ms * 1_000_000, ffi.from_buffer("int32_t[]", scratch),
+            _NULL if out is None else ffi.from_buffer("int64_t[]", out),
+            ffi.from_buffer("int32_t[]", appended), ffi.from_buffer("int32_t[]", codes),
+            ffi.from_buffer("int64_t[]", last),
+        )  # fmt: skip
+        parts = scratch[:count]
+        futures: list[PendingFuture] = []
+        if code != OK:
+            ends = scratch[2 * count :]
+            for p in range(n):
+                if codes[p] == OK:
+                    continue
+                start = int(ends[p - 1]) if p else 0
+                rest = scratch[count + start + int(appended[p]) : count + int(ends[p])]
+                if codes[p] != SEALED:
+                    try:
+                        raise_for(int(codes[p]), f"send_batch to topic {view.name!r}")
+                    except EngineError as exc:
+                        exc.appended = int(appended.sum())  # type: ignore[attr-defined]
+                        raise
+                sub = np.empty(len(rest), dtype=np.int64) if out is not None else None
+                values = blob.reshape(count, stride)[rest].reshape(-1)
+                keys = kblob.reshape(count, kstride)[rest].reshape(-1)
+                try:
+                    future = self._append_batch(
+                        view, p, values, None, stride, keys, None, kstride, ts, sub
+                    )
+                except EngineError as exc:
+                    done = int(appended.sum()) + getattr(exc, "appended", 0)
+                    exc.appended = done  # type: ignore[attr-defined]
+                    raise
+                if out is not None and sub is not None:
+                    out[rest] = sub
+                if future is not None:
+                    futures.append(future)
+                codes[p] = OK
+        if self._acker is not None:
+            for p in range(n):
+                if last[p] >= 0 and not any(f.partition == p for f in futures):
+                    future = PendingFuture(self._acker, view.name, p, int(last[p]), ts)
+                    self._acker.add(future, view.rings[p], route.fields.min_insync)
+                    futures.append(future)
+        return BatchResult(view.name, count, parts, out, tuple(futures))
 
     def _append_batch(
         self,

@@ -76,6 +76,12 @@ typedef struct engine_route {
 } engine_route_t;
 int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
                          int32_t key_length, const char *value, int32_t value_length);
+int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32_t count,
+                              const char *keys, int32_t key_stride,
+                              const char *values, int32_t value_stride,
+                              int64_t timeout_ns, int32_t *scratch, int64_t *out_offsets,
+                              int32_t *out_appended, int32_t *out_codes,
+                              int64_t *out_last_offsets);
 int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
                              int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,

@@ -396,14 +396,15 @@ int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *k
                               value_length, NULL, 0, 0, 0);
 }
 
-int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
-                             int64_t timestamp_ms, const int64_t *timestamps_ms,
-                             int32_t count,
-                             const char *keys, const int32_t *key_lengths, int32_t key_stride,
-                             const char *values, const int32_t *value_lengths,
-                             int32_t value_stride,
-                             int64_t timeout_ns, int64_t *out_offsets,
-                             int32_t *out_appended) {
+/* The body of engine_ring_append_batch. order (may be NULL) picks the records:
+ * the r-th record appended is record order[r] of keys/values (fixed strides
+ * only), and its offset goes to out_offsets[order[r]]. */
+static int append_records(void *region, const engine_producer_fields_t *fields,
+                          int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
+                          const int32_t *order,
+                          const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                          const char *values, const int32_t *value_lengths, int32_t value_stride,
+                          int64_t timeout_ns, int64_t *out_offsets, int32_t *out_appended) {
     struct engine_ring_header *h = header_of(region);
     engine_producer_fields_t pf;
     *out_appended = 0;
@@ -411,6 +412,7 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
     if (code != ENGINE_RING_OK) return code;
     if (count < 0 || (!value_lengths && value_stride < 0) || (keys && !key_lengths && key_stride < 0))
         return ENGINE_RING_BAD_ARGUMENT;
+    if (order && (value_lengths || key_lengths || timestamps_ms)) return ENGINE_RING_BAD_ARGUMENT;
     uint64_t max_frame = h->max_frame_length;
     int64_t deadline = 0;
     const uint8_t *kp = (const uint8_t *)keys, *vp = (const uint8_t *)values;
@@ -447,11 +449,18 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
             int32_t klen = keys ? (key_lengths ? key_lengths[r] : key_stride) : -1;
             int32_t vlen = value_lengths ? value_lengths[r] : value_stride;
             int64_t ts = timestamps_ms ? timestamps_ms[r] : timestamp_ms;
+            int32_t at = order ? order[r] : r;
+            if (order) {
+                kq = kp ? kp + (size_t)at * (size_t)key_stride : NULL;
+                vq = vp + (size_t)at * (size_t)value_stride;
+            }
             out += engine_batch_write_record(out, ts - base_ts, r - i, kq, klen, vq, vlen,
                                              NULL, 0, 0);
-            if (kq && klen > 0) kq += klen;
-            if (vlen > 0) vq += vlen;
-            if (out_offsets) out_offsets[r] = offset + (r - i);
+            if (!order) {
+                if (kq && klen > 0) kq += klen;
+                if (vlen > 0) vq += vlen;
+            }
+            if (out_offsets) out_offsets[at] = offset + (r - i);
         }
         engine_batch_write_header(batch, batch_length, offset, j - i, base_ts, max_ts, &pf);
         code = publish(region, f, position);
@@ -459,12 +468,72 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
         if (pf.base_sequence >= 0) /* the next frame's first sequence (wraps as Kafka's) */
             pf.base_sequence = (int32_t)(((uint32_t)pf.base_sequence + (uint32_t)(j - i)) &
                                          0x7FFFFFFFu);
-        kp = kq;
-        vp = vq;
+        if (!order) {
+            kp = kq;
+            vp = vq;
+        }
         i = j;
         *out_appended = i;
     }
     return ENGINE_RING_OK;
+}
+
+int engine_ring_append_batch(void *region, const engine_producer_fields_t *fields,
+                             int64_t timestamp_ms, const int64_t *timestamps_ms,
+                             int32_t count,
+                             const char *keys, const int32_t *key_lengths, int32_t key_stride,
+                             const char *values, const int32_t *value_lengths,
+                             int32_t value_stride,
+                             int64_t timeout_ns, int64_t *out_offsets,
+                             int32_t *out_appended) {
+    return append_records(region, fields, timestamp_ms, timestamps_ms, count, NULL, keys,
+                          key_lengths, key_stride, values, value_lengths, value_stride,
+                          timeout_ns, out_offsets, out_appended);
+}
+
+int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32_t count,
+                              const char *keys, int32_t key_stride,
+                              const char *values, int32_t value_stride,
+                              int64_t timeout_ns, int32_t *scratch, int64_t *out_offsets,
+                              int32_t *out_appended, int32_t *out_codes,
+                              int64_t *out_last_offsets) {
+    int32_t n = route->partition_count;
+    if (count < 0 || n < 1 || !keys || key_stride < 0 || value_stride < 0)
+        return ENGINE_RING_BAD_ARGUMENT;
+    if ((int64_t)key_stride + value_stride > route->max_record_bytes)
+        return ENGINE_RING_TOO_LARGE;
+    /* scratch: count partitions, then count record numbers grouped by partition
+     * (a stable counting sort), then n starts. */
+    int32_t *parts = scratch, *order = scratch + count, *start = scratch + 2 * (size_t)count;
+    engine_partition_many(keys, NULL, key_stride, count, n, parts);
+    for (int32_t p = 0; p < n; p++) start[p] = 0;
+    for (int32_t i = 0; i < count; i++) start[parts[i]]++;
+    int32_t at = 0;
+    for (int32_t p = 0; p < n; p++) {
+        int32_t c = start[p];
+        start[p] = at;
+        at += c;
+    }
+    for (int32_t i = 0; i < count; i++) order[start[parts[i]]++] = i;
+    int result = ENGINE_RING_OK;
+    at = 0;
+    for (int32_t p = 0; p < n; p++) {
+        int32_t c = start[p] - at; /* start[p] is now partition p's end */
+        out_appended[p] = 0;
+        out_codes[p] = ENGINE_RING_OK;
+        out_last_offsets[p] = -1;
+        if (c) {
+            int code = append_records(route->regions[p], route->fields, timestamp_ms, NULL, c,
+                                      order + at, keys, NULL, key_stride, values, NULL,
+                                      value_stride, timeout_ns, out_offsets, &out_appended[p]);
+            out_codes[p] = code;
+            if (out_offsets && out_appended[p])
+                out_last_offsets[p] = out_offsets[order[at + out_appended[p] - 1]];
+            if (code != ENGINE_RING_OK) result = code;
+        }
+        at += c;
+    }
+    return result;
 }
 
 /* ---- read -------------------------------------------------------------- */

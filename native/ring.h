@@ -371,6 +371,22 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              int64_t timeout_ns, int64_t *out_offsets,
                              int32_t *out_appended);
 
+/* Append count fixed-size records to the route's partitions, each to the one
+ * Kafka's partitioner gives its key (murmur2), in one batch per partition (more
+ * when they exceed max_frame_length), encoded straight from keys and values:
+ * no copy grouped by partition first. Waits up to timeout_ns for space. scratch:
+ * 2 * count + partition_count int32s. out_offsets (may be NULL): every record's
+ * offset, in the caller's order. Per partition p: out_appended[p] records
+ * appended (those of an error part way stay appended), out_codes[p] OK or the
+ * error that stopped it, out_last_offsets[p] the offset of its last appended
+ * record (only with out_offsets; else -1). Returns OK, or the last error. */
+int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32_t count,
+                              const char *keys, int32_t key_stride,
+                              const char *values, int32_t value_stride,
+                              int64_t timeout_ns, int32_t *scratch, int64_t *out_offsets,
+                              int32_t *out_appended, int32_t *out_codes,
+                              int64_t *out_last_offsets);
+
 /* Copy whole published batches from the cursor into out (without frame
  * headers), stopping before a batch whose base offset is >= max_offset
  * (-1: the ring's high watermark, which is itself -1, no limit, without

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import struct
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -417,3 +418,30 @@ def test_deleting_a_topic_removes_its_data_from_every_broker(
             lambda: not list(Path(shared_daemon.data_dir).glob(f"broker-*/{name}-*")),  # noqa: B023
             what=f"the brokers to remove the data of {name}",
         )
+
+
+def test_keyed_numpy_batch_resends_a_partition_whose_ring_was_sealed(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """send_batch appends keyed fixed-size records in one C call; a partition whose
+    ring is sealed meanwhile (its leader moving) goes again through the general
+    path, which waits for the partition's leader and appends there: every record
+    once, where its key belongs, with its offset."""
+    n = 600
+    values = np.zeros(n, dtype=[("seq", "<u4"), ("pad", "V28")])
+    values["seq"] = np.arange(n)
+    keys = np.array([b"sensor-%03d" % (i % 41) for i in range(n)], dtype="S16")
+    raw = [keys[i : i + 1].tobytes() for i in range(n)]
+    expected = [(murmur2(k) & 0x7FFFFFFF) % 3 for k in raw]
+    with Producer(shared_daemon.data_dir) as p:
+        ring = p._cluster.topic(topic).rings[1]
+        epoch = ring.status().leader_epoch
+        ring.set_leader(epoch, sealed=True)
+        threading.Timer(0.3, ring.set_leader, (epoch, False)).start()
+        result = p.send_batch(topic, values, keys=keys, offsets=True)
+        assert list(result.partitions) == expected
+    got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, q) for q in range(3)], n)
+    assert sorted(int(np.frombuffer(r.value[:4], "<u4")[0]) for r in got) == list(range(n))
+    for r in got:
+        seq = int(np.frombuffer(r.value[:4], dtype="<u4")[0])
+        assert (r.partition, r.offset, r.key) == (expected[seq], int(result.offsets[seq]), raw[seq])
