@@ -63,7 +63,7 @@ from engine.group import GroupMember
 from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition
 from engine.record_batch import decode_record_infos, scan_batches
-from engine.ring import OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
+from engine.ring import EMPTY, OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
 from engine.txn_filter import ReadCommitted
 
 log = logging.getLogger("engine.consumer")
@@ -564,18 +564,31 @@ class Consumer:
                 if got >= limit:
                     break
                 f = self._fetches[self._order[(self._next + i) % n]]
+                if value_size is not None and f.cursor is not None and f.txn is None:
+                    direct = self._ring_values(f, limit - got, value_size)
+                    if direct is not None:
+                        if len(direct):
+                            out.append(direct)
+                            got += len(direct)
+                        continue
                 data, at = self._next_chunk(f)
                 if not data:
                     continue
-                if value_size is None:
-                    records = self._take_records(f, data, at, limit - got)
-                    out += records
-                    got += len(records)
-                else:
-                    values = self._take_values(f, data, at, limit - got, value_size)
-                    if len(values):
-                        out.append(values)
-                        got += len(values)
+                try:
+                    if value_size is None:
+                        records = self._take_records(f, data, at, limit - got)
+                        out += records
+                        got += len(records)
+                    else:
+                        values = self._take_values(f, data, at, limit - got, value_size)
+                        if len(values):
+                            out.append(values)
+                            got += len(values)
+                except EngineError:
+                    # Nothing of the chunk was delivered: keep it, or the records
+                    # after the bad one would be skipped by the next poll.
+                    f.pending, f.pending_at = data, at
+                    raise
             if n:
                 self._next = (self._next + 1) % n
             if got or (n == 0 and self._group is None):
@@ -618,6 +631,24 @@ class Consumer:
         if f.txn is not None:
             return self._next_committed(f), 0
         return self._read(f, f.offset), 0
+
+    def _ring_values(self, f: _Fetch, limit: int, value_size: int) -> Any:
+        """poll_values' one-copy path: values decoded in the ring straight into the
+        result. None: take the chunk path (it reads the segments, or raises the error)."""
+        assert f.cursor is not None
+        if f.pending or f.offset < 0 or f.out_of_range:
+            return None
+        room = max(1, min(limit, len(self._buf) // value_size))
+        values = np.empty((room, value_size), dtype=np.uint8)
+        code, n, f.offset = f.ring.read_values(f.cursor, f.offset, value_size, values)
+        if code == EMPTY:
+            if f.ring.sealed:  # the leader's ring was replaced
+                self._reopen(f)
+            return values[:0]
+        if code != OK:
+            return None
+        # A few records keep no large buffer alive: copy them out of it.
+        return values[:n].copy() if 4 * n < room else values[:n]
 
     def _read(self, f: _Fetch, start: int) -> bytes:
         """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""

@@ -198,7 +198,9 @@ class RecordDecoder:
         bad = lib.engine_batch_copy_values(
             data, self._infos, n, value_size, ffi.from_buffer("uint8_t[]", values)
         )
-        if bad >= 0:
+        if bad > 0:  # deliver the values before it; the next call starts at it
+            return values[:bad], int(self._infos[bad - 1].offset), start
+        if bad == 0:
             raise CorruptRecordError(
                 f"poll_values expects {value_size}-byte values: topic={topic} "
                 f"partition={partition} found a value of {self._infos[bad].value_length} bytes "

@@ -56,7 +56,7 @@ _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 # Codes from enum engine_ring_code (ring.h).
 OK, EMPTY, TIMEOUT, FULL, OVERWRITTEN, TOO_LARGE, FENCED, SEALED, REAPED, BELOW = range(10)
 BAD_ARGUMENT, OUT_TOO_SMALL, CORRUPT, NOT_ENOUGH_REPLICAS = 10, 11, 12, 13
-PRODUCER_FENCED, TABLE_FULL = 14, 15
+PRODUCER_FENCED, TABLE_FULL, VALUE_SIZE = 14, 15, 16
 # Counts forks in this process's line: a mapping made before a fork belongs to the
 # parent (its child must map the ring again). Cheaper than os.getpid() per call.
 _fork_generation = [0]
@@ -180,6 +180,9 @@ class Ring:
         # poll after poll, and making the view costs a microsecond each time.
         self._read_out: Any = None
         self._read_view: Any = None
+        self._values_out = ffi.new("int32_t *")
+        self._values_next = ffi.new("int64_t *")
+        self._values_bad = ffi.new("int64_t *")
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -409,6 +412,29 @@ class Ring:
             return code, int(self._out_length[0]) if code in (OK, OUT_TOO_SMALL) else 0
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
+
+    def read_values(
+        self, cursor: Cursor, next_offset: int, value_size: int, out: Any
+    ) -> tuple[int, int, int]:
+        """Copy the values of fixed-size records at the cursor straight into ``out``.
+
+        ``out`` is a writable buffer of whole ``value_size`` slots; records below
+        ``next_offset`` are skipped, control batches give nothing. Returns (code,
+        records copied, the offset after the last one delivered): code is OK (the
+        cursor or the offset moved), EMPTY, OVERWRITTEN (``out`` holds nothing
+        usable: read the segments), CORRUPT or VALUE_SIZE (a value of another size:
+        nothing delivered; the record-by-record path says where).
+        """
+        region = self._ptr()
+        buf = ffi.from_buffer(out, require_writable=True)
+        self._values_next[0] = next_offset
+        code = lib.engine_ring_read_values(
+            region, cursor._c, -1, value_size, buf, len(buf) // value_size,
+            self._values_out, self._values_next, self._values_bad,
+        )  # fmt: skip
+        if code == OK:
+            return code, int(self._values_out[0]), int(self._values_next[0])
+        return code, 0, next_offset
 
     def wait(
         self, cursor: Cursor, timeout_s: float, respect_hw: bool = True, spin_s: float = 0.0

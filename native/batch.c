@@ -213,6 +213,60 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
     return code == ENGINE_BATCH_TRUNCATED && pos < length ? ENGINE_BATCH_TRUNCATED : code;
 }
 
+int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
+                        int32_t value_size, uint8_t *out, int32_t max_records,
+                        int32_t *copied, int64_t *next_offset, int *complete,
+                        int64_t *bad_offset) {
+    uint64_t total;
+    *copied = 0;
+    *complete = 0;
+    int code = check_batch(batch, length, 0, &total);
+    if (code != ENGINE_BATCH_OK || total != length) return ENGINE_BATCH_CORRUPT;
+    int64_t base_offset = (int64_t)get_be64(batch);
+    int64_t last_offset =
+        base_offset + (int32_t)get_be32(batch + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+    int64_t after = last_offset + 1 > min_offset ? last_offset + 1 : min_offset;
+    int16_t attributes = (int16_t)get_be16(batch + ENGINE_BATCH_ATTRIBUTES_OFFSET);
+    if (last_offset < min_offset || (attributes & ENGINE_BATCH_ATTR_CONTROL)) {
+        *next_offset = after;
+        *complete = 1;
+        return ENGINE_BATCH_OK;
+    }
+    int64_t base_timestamp = (int64_t)get_be64(batch + ENGINE_BATCH_BASE_TIMESTAMP_OFFSET);
+    int32_t records = (int32_t)get_be32(batch + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
+    const uint8_t *r = batch + ENGINE_BATCH_HEADER_LENGTH, *end = batch + total;
+    int32_t n = 0;
+    *next_offset = min_offset;
+    for (int32_t i = 0; i < records; i++) {
+        engine_record_info_t info;
+        const uint8_t *next;
+        code = decode_record(batch, r, end, base_offset, base_timestamp, &info, &next);
+        if (code != ENGINE_BATCH_OK) {
+            *copied = n;
+            return code;
+        }
+        r = next;
+        if (info.offset < min_offset) continue;
+        if (n >= max_records) {
+            *copied = n;
+            return ENGINE_BATCH_OK; /* not complete: the rest next time */
+        }
+        if (info.value_length != value_size) {
+            *copied = n;
+            *bad_offset = info.offset;
+            return ENGINE_BATCH_VALUE_SIZE;
+        }
+        memcpy(out + (size_t)n * (size_t)value_size, batch + info.value_position,
+               (size_t)value_size);
+        n++;
+        *next_offset = info.offset + 1;
+    }
+    *copied = n;
+    *next_offset = after;
+    *complete = 1;
+    return ENGINE_BATCH_OK;
+}
+
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
                                  int32_t count, int32_t value_size, uint8_t *out) {
     for (int32_t i = 0; i < count; i++) {

@@ -192,7 +192,20 @@ enum engine_batch_code {
     ENGINE_BATCH_OK = 0,
     ENGINE_BATCH_TRUNCATED = 1,   /* the buffer ends inside a batch */
     ENGINE_BATCH_CORRUPT = 2,     /* bad magic, bad length, CRC mismatch, bad record */
+    ENGINE_BATCH_VALUE_SIZE = 3,  /* engine_batch_values: a value of another size */
 };
+
+/* The values of one batch (length bytes at batch, exactly one batch), for readers
+ * of fixed-size records: copies the value of every record at or above
+ * min_offset into out, value_size bytes each, at most max_records of them.
+ * A control batch gives none. *copied: how many; *next_offset: the offset after
+ * the last record copied, or after the batch when *complete (every record at or
+ * above min_offset copied). VALUE_SIZE: a record's value (at *bad_offset) is
+ * not value_size bytes; the ones before it were copied (*copied, *next_offset). */
+int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
+                        int32_t value_size, uint8_t *out, int32_t max_records,
+                        int32_t *copied, int64_t *next_offset, int *complete,
+                        int64_t *bad_offset);
 
 /* Walks whole batches from buf[0]; fills up to max_batches infos; *scanned is
  * the byte length of the intact prefix. verify_crc: 1 checks every CRC.

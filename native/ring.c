@@ -610,6 +610,68 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
     return copied ? ENGINE_RING_OK : ENGINE_RING_EMPTY;
 }
 
+int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
+                            int32_t value_size, char *out, int32_t max_records,
+                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity, max_frame = h->max_frame_length;
+    uint64_t first = cursor->position, c = first;
+    int64_t offset = *next_offset, cursor_offset = cursor->offset;
+    int32_t n = 0;
+    int code = ENGINE_RING_OK, corrupt = 0, moved = 0;
+    *copied = 0;
+    if (value_size < 1 || max_records < 1) return ENGINE_RING_BAD_ARGUMENT;
+    if (max_offset < 0) max_offset = engine_load_acquire_i64(&h->high_watermark);
+    struct engine_frame_header *f;
+    while (n < max_records && (f = next_published(region, capacity, &c, &corrupt)) != NULL) {
+        uint32_t length = f->frame_length;
+        if (length < ENGINE_FRAME_HEADER_LENGTH + ENGINE_BATCH_HEADER_LENGTH ||
+            length > max_frame || length > capacity - (c & (capacity - 1))) {
+            corrupt = 1; /* unless overwritten: checked below */
+            break;
+        }
+        if (max_offset >= 0 && get_base_offset(f) >= max_offset) break;
+        int32_t got = 0, complete = 0;
+        int64_t after = offset;
+        int bc = engine_batch_values((const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH,
+                                     length - ENGINE_FRAME_HEADER_LENGTH, offset, value_size,
+                                     (uint8_t *)out + (size_t)n * (size_t)value_size,
+                                     max_records - n, &got, &after, &complete, bad_offset);
+        if (bc == ENGINE_BATCH_VALUE_SIZE) {
+            /* Deliver the records before it; the next read starts at it and says so. */
+            n += got;
+            if (after != offset) moved = 1;
+            offset = after;
+            if (!moved) code = ENGINE_RING_VALUE_SIZE;
+            break;
+        }
+        if (bc != ENGINE_BATCH_OK) {
+            corrupt = 1;
+            break;
+        }
+        n += got;
+        if (after != offset) moved = 1;
+        offset = after;
+        if (!complete) break;
+        cursor_offset = get_base_offset(f) + f->offset_count;
+        c += align8(length);
+        moved = 1;
+    }
+    /* Validate: nothing claimed over the first frame while we decoded. */
+    engine_acquire_fence();
+    tail_view_t v;
+    read_tail(h, &v);
+    if (v.position > first + capacity) return ENGINE_RING_OVERWRITTEN;
+    if (code == ENGINE_RING_VALUE_SIZE) return code;
+    if (corrupt && !moved) return ENGINE_RING_CORRUPT;
+    if (!moved) return ENGINE_RING_EMPTY;
+    cursor->position = c;
+    cursor->offset = cursor_offset;
+    *copied = n;
+    *next_offset = offset;
+    return ENGINE_RING_OK;
+}
+
 /* ---- wait and reap ----------------------------------------------------- */
 
 /* 1 when a reader at c need not wait: the frame is readable (below the high

@@ -276,6 +276,7 @@ enum engine_ring_code {
     ENGINE_RING_NOT_ENOUGH_REPLICAS = 13, /* isr_count < the producer's min_insync */
     ENGINE_RING_PRODUCER_FENCED = 14, /* a newer epoch of the producer id exists */
     ENGINE_RING_TABLE_FULL = 15,  /* the producer fencing table has no free slot */
+    ENGINE_RING_VALUE_SIZE = 16,  /* read_values: a value of another size */
 };
 
 /* A reader's place in the ring: the next frame's position and the next
@@ -394,6 +395,21 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
  * Advances the cursor past what was copied. OK when something was copied. */
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+
+/* Consumers of fixed-size values: decode the published batches at the cursor
+ * (stopping before a base offset >= max_offset, -1: the high watermark) in
+ * place, copying the value of each record at or above *next_offset into out,
+ * value_size bytes each, at most max_records; control batches give none. The
+ * cursor moves past every batch delivered completely; *next_offset becomes the
+ * offset after the last record delivered. One copy, from the ring to out, and
+ * validated as engine_ring_read is: OVERWRITTEN means out holds nothing usable.
+ * OK when the cursor or *next_offset moved (*copied may be 0: markers only);
+ * else EMPTY, OVERWRITTEN, CORRUPT, or VALUE_SIZE when the first record to
+ * deliver has a value of another size (*bad_offset: its offset); records
+ * before such a one are delivered first, with OK. */
+int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
+                            int32_t value_size, char *out, int32_t max_records,
+                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset);
 
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
  * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:

@@ -11,3 +11,16 @@ def produce_numbered(data_dir: str, topic: str, producer: int, count: int) -> No
     with Producer(data_dir, acks=1) as p:
         for seq in range(count):
             p.send(topic, struct.pack("<II", producer, seq), partition=0)
+
+
+def produce_values(data_dir: str, topic: str, producer: int, count: int) -> None:
+    """Fixed-size values (producer, seq, 4 pad bytes) in batches of 50 to partition 0."""
+    import numpy as np
+
+    dtype = np.dtype([("producer", "<u4"), ("seq", "<u4"), ("pad", "V4")])
+    with Producer(data_dir, acks=1) as p:
+        for start in range(0, count, 50):
+            values = np.zeros(min(50, count - start), dtype=dtype)
+            values["producer"] = producer
+            values["seq"] = np.arange(start, start + len(values))
+            p.send_batch(topic, values, partition=0)
