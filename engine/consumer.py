@@ -197,6 +197,7 @@ class Consumer:
         self._order: list[TopicPartition] = []
         self._next = 0
         self._buf = bytearray(max(fetch_max_bytes, 1 << 16))
+        self._values_scratch: np.ndarray[Any, Any] | None = None  # poll_values' output
         self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
@@ -639,16 +640,21 @@ class Consumer:
         if f.pending or f.offset < 0 or f.out_of_range:
             return None
         room = max(1, min(limit, len(self._buf) // value_size))
-        values = np.empty((room, value_size), dtype=np.uint8)
+        scratch = self._values_scratch
+        if scratch is None or len(scratch) < room * value_size:
+            scratch = self._values_scratch = np.empty(len(self._buf), dtype=np.uint8)
+        values = scratch[: room * value_size].reshape(room, value_size)
         code, n, f.offset = f.ring.read_values(f.cursor, f.offset, value_size, values)
         if code == EMPTY:
             if f.ring.sealed:  # the leader's ring was replaced
                 self._reopen(f)
-            return values[:0]
+            return values[:0].copy()
         if code != OK:
             return None
-        # A few records keep no large buffer alive: copy them out of it.
-        return values[:n].copy() if 4 * n < room else values[:n]
+        if 4 * n < room:  # a few records: copied out, the scratch buffer stays
+            return values[:n].copy()
+        self._values_scratch = None  # many: the caller gets the buffer itself
+        return values[:n]
 
     def _read(self, f: _Fetch, start: int) -> bytes:
         """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""
