@@ -516,6 +516,7 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
     }
     for (int32_t i = 0; i < count; i++) order[start[parts[i]]++] = i;
     int result = ENGINE_RING_OK;
+    int64_t deadline = now_ns() + timeout_ns; /* one wait for space for the whole call */
     at = 0;
     for (int32_t p = 0; p < n; p++) {
         int32_t c = start[p] - at; /* start[p] is now partition p's end */
@@ -523,9 +524,11 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
         out_codes[p] = ENGINE_RING_OK;
         out_last_offsets[p] = -1;
         if (c) {
+            int64_t left = deadline - now_ns();
             int code = append_records(route->regions[p], route->fields, timestamp_ms, NULL, c,
                                       order + at, keys, NULL, key_stride, values, NULL,
-                                      value_stride, timeout_ns, out_offsets, &out_appended[p]);
+                                      value_stride, left > 0 ? left : 0, out_offsets,
+                                      &out_appended[p]);
             out_codes[p] = code;
             if (out_offsets && out_appended[p])
                 out_last_offsets[p] = out_offsets[order[at + out_appended[p] - 1]];

@@ -375,7 +375,8 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
 /* Append count fixed-size records to the route's partitions, each to the one
  * Kafka's partitioner gives its key (murmur2), in one batch per partition (more
  * when they exceed max_frame_length), encoded straight from keys and values:
- * no copy grouped by partition first. Waits up to timeout_ns for space. scratch:
+ * no copy grouped by partition first. Waits up to timeout_ns for space, in
+ * all (not per partition). scratch:
  * 2 * count + partition_count int32s. out_offsets (may be NULL): every record's
  * offset, in the caller's order. Per partition p: out_appended[p] records
  * appended (those of an error part way stay appended), out_codes[p] OK or the

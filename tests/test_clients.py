@@ -16,6 +16,7 @@ from engine_harness import Daemon, wait_for
 
 from engine import (
     Admin,
+    BufferFullError,
     ConfigError,
     Consumer,
     EngineError,
@@ -445,3 +446,38 @@ def test_keyed_numpy_batch_resends_a_partition_whose_ring_was_sealed(
     for r in got:
         seq = int(np.frombuffer(r.value[:4], dtype="<u4")[0])
         assert (r.partition, r.offset, r.key) == (expected[seq], int(result.offsets[seq]), raw[seq])
+
+
+def test_keyed_batch_into_full_rings_waits_max_block_ms_once_and_keeps_what_fit(
+    daemon: Daemon,
+) -> None:
+    """With the brokers frozen nothing drains: every partition's ring fills. The keyed
+    batch then fails with BufferFullError after max_block_ms in all (not once per
+    partition), and what it appended before stays appended, as ``appended`` says."""
+    import os
+    import signal
+
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("full", partitions=4, config={"ring.bytes": 1 << 16,
+                                                         "max.message.bytes": 8192})
+    values = np.zeros((4000, 100), dtype=np.uint8)  # ~110 KB per partition, rings of 64 KiB
+    keys = np.array([b"k%04d" % i for i in range(4000)], dtype="S8")
+    brokers = [pid for name, pid in daemon.runtime()["processes"].items()
+               if name.startswith("broker-")]
+    with Producer(daemon.data_dir, max_block_ms=1000) as p:
+        p.partitions_for("full")
+        for pid in brokers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(BufferFullError) as failed:
+                p.send_batch("full", values, keys=keys)
+            waited = time.monotonic() - started
+        finally:
+            for pid in brokers:
+                os.kill(pid, signal.SIGCONT)
+    appended = failed.value.appended  # type: ignore[attr-defined]
+    assert 0 < appended < 4000
+    assert waited < 3.0, f"waited {waited:.1f} s: max_block_ms applied per partition"
+    got = consume_all(daemon.data_dir, [TopicPartition("full", q) for q in range(4)], appended)
+    assert len(got) == appended
