@@ -642,7 +642,8 @@ class Consumer:
         room = max(1, min(limit, len(self._buf) // value_size))
         scratch = self._values_scratch
         if scratch is None or len(scratch) < room * value_size:
-            scratch = self._values_scratch = np.empty(len(self._buf), dtype=np.uint8)
+            size = max(len(self._buf), room * value_size)  # a value may exceed the buffer
+            scratch = self._values_scratch = np.empty(size, dtype=np.uint8)
         values = scratch[: room * value_size].reshape(room, value_size)
         code, n, f.offset = f.ring.read_values(f.cursor, f.offset, value_size, values)
         if code == EMPTY:

@@ -9,6 +9,7 @@ error that loses nothing.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -167,3 +168,29 @@ def test_poll_values_while_producer_processes_write(
     assert len(got) == producers * count
     for i in range(producers):
         assert list(got["seq"][got["producer"] == i]) == list(range(count))
+
+
+def test_values_larger_than_the_fetch_buffer(shared_daemon: Daemon, admin: Admin) -> None:
+    """100 KB values with a 64 KiB fetch buffer, arriving once the consumer waits in
+    the ring (so no chunk read has grown its buffer yet)."""
+    name = f"pv-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=1, config={"max.message.bytes": 1 << 18})
+    size = 100_000
+    tp = TopicPartition(name, 0)
+    try:
+        with Producer(shared_daemon.data_dir) as p, Consumer(
+            data_dir=shared_daemon.data_dir, auto_offset_reset="earliest", fetch_max_bytes=65536
+        ) as c:
+            c.assign([tp])
+            assert c.poll_values(size, timeout=0.1) == []
+            got: list[bytes] = []
+            for k in range(3):
+                p.send(name, bytes([k]) * size, partition=0).get(timeout=10)
+                deadline = time.monotonic() + 20
+                while len(got) <= k and time.monotonic() < deadline:
+                    for chunk in c.poll_values(size, timeout=0.5):
+                        got += [bytes(row) for row in chunk]
+            assert got == [bytes([k]) * size for k in range(3)]
+            assert c.position(tp) == 3
+    finally:
+        admin.delete_topic(name)
