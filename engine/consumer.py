@@ -68,6 +68,8 @@ from engine.txn_filter import ReadCommitted
 
 log = logging.getLogger("engine.consumer")
 
+_NO_VALUES: np.ndarray[Any, Any] = np.empty((0, 1), dtype=np.uint8)  # an empty read, not returned
+
 _RESETS = ("earliest", "latest", "none")
 _ISOLATION = ("read_uncommitted", "read_committed")
 #: read_committed: a partition whose undecided transactions hold more is not fetched.
@@ -644,18 +646,20 @@ class Consumer:
         if scratch is None or len(scratch) < room * value_size:
             size = max(len(self._buf), room * value_size)  # a value may exceed the buffer
             scratch = self._values_scratch = np.empty(size, dtype=np.uint8)
-        values = scratch[: room * value_size].reshape(room, value_size)
-        code, n, f.offset = f.ring.read_values(f.cursor, f.offset, value_size, values)
+        code, n, f.offset = f.ring.read_values(
+            f.cursor, f.offset, value_size, scratch[: room * value_size]
+        )
         if code == EMPTY:
             if f.ring.sealed:  # the leader's ring was replaced
                 self._reopen(f)
-            return values[:0].copy()
+            return _NO_VALUES
         if code != OK:
             return None
+        values = scratch[: n * value_size].reshape(n, value_size)
         if 4 * n < room:  # a few records: copied out, the scratch buffer stays
-            return values[:n].copy()
+            return values.copy()
         self._values_scratch = None  # many: the caller gets the buffer itself
-        return values[:n]
+        return values
 
     def _read(self, f: _Fetch, start: int) -> bytes:
         """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""
