@@ -541,8 +541,12 @@ class Consumer:
         """The fast path for fixed-size records: values only, as numpy arrays.
 
         Returns a list of ``(n, value_size)`` uint8 arrays (one per fetched chunk; view
-        them as your record dtype). Every value must be exactly ``value_size`` bytes
-        (CorruptRecordError otherwise). Positions advance exactly as with poll().
+        them as your record dtype); the arrays are yours, no later poll reuses them.
+        Records are decoded in the partition's ring straight into them when they
+        are there. Positions advance exactly as with poll(). Every value must be
+        exactly ``value_size`` bytes: the values before one of another size are
+        returned, then the next call raises CorruptRecordError naming its offset
+        (and again, until poll() or seek() moves the position past it).
         """
         if value_size < 1:
             raise ConfigError(f"value_size must be >= 1: value_size={value_size!r}")
