@@ -562,15 +562,24 @@ class Consumer:
             if now >= self._next_auto_commit:
                 self._next_auto_commit = now + self.auto_commit_interval_s
                 self._auto_commit()
+        ready: TopicPartition | None = None  # the partition a wait found readable
         while True:
             self._group_sync()
             out: list[Any] = []
             got = 0
             n = len(self._order)
-            for i in range(n):
+            if ready is not None and ready in self._fetches:
+                # Just woken by one partition: read it alone (the others were empty a
+                # moment ago; the next poll visits them), a full pass if it had nothing.
+                visit = [ready]
+            else:
+                visit = [self._order[(self._next + i) % n] for i in range(n)]
+                if n:
+                    self._next = (self._next + 1) % n
+            for tp in visit:
                 if got >= limit:
                     break
-                f = self._fetches[self._order[(self._next + i) % n]]
+                f = self._fetches[tp]
                 if value_size is not None and f.cursor is not None and f.txn is None:
                     direct = self._ring_values(f, limit - got, value_size)
                     if direct is not None:
@@ -596,36 +605,38 @@ class Consumer:
                     # after the bad one would be skipped by the next poll.
                     f.pending, f.pending_at = data, at
                     raise
-            if n:
-                self._next = (self._next + 1) % n
             if got or (n == 0 and self._group is None):
                 return out
+            if ready is not None:
+                ready = None  # the woken partition had nothing after all: a full pass
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 return out
-            self._wait(left)
+            ready = self._wait(left)
 
-    def _wait(self, left: float) -> None:
+    def _wait(self, left: float) -> TopicPartition | None:
+        """Wait until a partition is readable; it, or None (timed out, or look at all)."""
         active = [f for f in self._fetches.values() if not f.stalled]
         if not active:
             # An idle group member (look at the group again soon), or only stalled fetches.
             time.sleep(min(left, 0.05))
-            return
+            return None
         waiting = [f for f in active if f.cursor is not None and not f.pending]
         if len(waiting) != len(active):
-            return  # something is read from segments: no waiting needed
+            return None  # something is read from segments: no waiting needed
         if self._group is not None:
             left = min(left, 0.05)  # rebalances are applied between waits
         if len(waiting) == 1:
             f = waiting[0]
             assert f.cursor is not None
-            f.ring.wait(f.cursor, min(left, 0.5), spin_s=self.poll_spin_s)
-            return
-        wait_any(
+            return f.tp if f.ring.wait(f.cursor, min(left, 0.5), spin_s=self.poll_spin_s) else None
+        index = wait_any(
             [(f.ring, f.cursor) for f in waiting if f.cursor is not None],
             min(left, 0.5),
             spin_s=self.poll_spin_s,
         )
+        return waiting[index].tp if index >= 0 else None
 
     def _next_chunk(self, f: _Fetch) -> tuple[bytes, int]:
         """The next whole batches to deliver from f, as (data, position in data): left
