@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,22 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+
+class _OutParams(threading.local):
+    """The C calls' out-parameters, one set per thread: threads may share a Ring."""
+
+    def __init__(self) -> None:
+        self.status = ffi.new("engine_ring_status_t *")
+        self.count = ffi.new("int32_t *")
+        self.length = ffi.new("uint64_t *")
+        self.values_out = ffi.new("int32_t *")
+        self.values_next = ffi.new("int64_t *")
+        self.values_bad = ffi.new("int64_t *")
+
+
+_out = _OutParams()
 
 NO_LIMIT = (1 << 63) - 1  # read past the high watermark (followers copying a leader)
 
@@ -173,16 +190,10 @@ class Ring:
         self._region: Any = ffi.from_buffer(mapping)
         self._generation = _fork_generation[0]
         self._owner = owner
-        self._status = ffi.new("engine_ring_status_t *")
-        self._out_count = ffi.new("int32_t *")
-        self._out_length = ffi.new("uint64_t *")
-        # read()'s last output buffer and its C view: readers pass the same buffer
-        # poll after poll, and making the view costs a microsecond each time.
-        self._read_out: Any = None
-        self._read_view: Any = None
-        self._values_out = ffi.new("int32_t *")
-        self._values_next = ffi.new("int64_t *")
-        self._values_bad = ffi.new("int64_t *")
+        # read()'s last output buffer and its C view, as one tuple (threads may share
+        # a Ring): readers pass the same buffer poll after poll, and making the view
+        # costs a microsecond each time.
+        self._read_cache: tuple[Any, Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -269,9 +280,7 @@ class Ring:
         if self._generation != _fork_generation[0]:
             self._map = None
             return
-        if self._read_view is not None:
-            ffi.release(self._read_view)
-            self._read_out = self._read_view = None
+        self._read_cache = None
         ffi.release(self._region)
         self._map.close()
         self._map = None
@@ -378,9 +387,9 @@ class Ring:
             value_stride,
             timeout_ms * 1_000_000,
             ffi.NULL if offsets is None else ffi.from_buffer("int64_t[]", offsets),
-            self._out_count,
+            _out.count,
         )
-        appended = int(self._out_count[0])
+        appended = int(_out.count[0])
         if code != OK:
             try:
                 raise_for(code, f"append_batch to ring {self.name} after {appended} of {count}")
@@ -395,21 +404,22 @@ class Ring:
         """Copy whole published batches at the cursor into ``out`` (a writable buffer).
 
         The ring keeps a view of the last ``out`` until another is passed or it
-        closes: meanwhile a bytearray passed here cannot change size.
+        closes: meanwhile a bytearray passed here cannot change size. Threads may
+        share a Ring, each with its own ``out``.
 
         Returns (code, length): code is OK, EMPTY, OVERWRITTEN or OUT_TOO_SMALL (then
         length is the size the next batch needs). Advances the cursor on OK.
         """
         region = self._ptr()
-        if out is not self._read_out:
-            if self._read_view is not None:
-                ffi.release(self._read_view)
-            self._read_view = ffi.from_buffer(out, require_writable=True)
-            self._read_out = out
-        buf = self._read_view
-        code = lib.engine_ring_read(region, cursor._c, buf, len(buf), self._out_length, max_offset)
+        cached = self._read_cache
+        if cached is not None and cached[0] is out:
+            buf = cached[1]
+        else:  # the view of the older buffer goes when no thread uses it any more
+            buf = ffi.from_buffer(out, require_writable=True)
+            self._read_cache = (out, buf)
+        code = lib.engine_ring_read(region, cursor._c, buf, len(buf), _out.length, max_offset)
         if code in (OK, EMPTY, OVERWRITTEN, OUT_TOO_SMALL):
-            return code, int(self._out_length[0]) if code in (OK, OUT_TOO_SMALL) else 0
+            return code, int(_out.length[0]) if code in (OK, OUT_TOO_SMALL) else 0
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
 
@@ -427,13 +437,13 @@ class Ring:
         """
         region = self._ptr()
         buf = ffi.from_buffer(out, require_writable=True)
-        self._values_next[0] = next_offset
+        _out.values_next[0] = next_offset
         code = lib.engine_ring_read_values(
             region, cursor._c, -1, value_size, buf, len(buf) // value_size,
-            self._values_out, self._values_next, self._values_bad,
+            _out.values_out, _out.values_next, _out.values_bad,
         )  # fmt: skip
         if code == OK:
-            return code, int(self._values_out[0]), int(self._values_next[0])
+            return code, int(_out.values_out[0]), int(_out.values_next[0])
         return code, 0, next_offset
 
     def wait(
@@ -519,7 +529,7 @@ class Ring:
         return bool(lib.engine_ring_sealed(self._ptr()))
 
     def status(self) -> RingStatus:
-        s = self._status
+        s = _out.status
         lib.engine_ring_status(self._ptr(), s)
         return RingStatus(
             capacity=int(s.capacity),

@@ -479,3 +479,43 @@ def test_a_forked_child_cannot_use_its_parents_mapping(ring_name: str) -> None:
     assert ring.append(fields, b"after the fork") == 0
     assert ring.status().tail_offset == 1
     ring.close()
+
+
+def test_threads_sharing_a_ring_each_read_into_their_own_buffer(ring_name: str) -> None:
+    """Threads sharing one Ring (a broker's drain and replicate threads, a producer's
+    acker and its caller) each get their own bytes and lengths: Ring.read keeps a view
+    of the last buffer it was given, and the C calls' out-parameters are per thread."""
+    ring = Ring.create(ring_name, 1 << 20)
+    fields = producer_fields()
+    for i in range(300):
+        ring.append(fields, struct.pack("<I", i) * 16)
+    expected = [struct.pack("<I", i) * 16 for i in range(300)]
+    failures: list[str] = []
+
+    def reader(k: int) -> None:
+        decoder = RecordDecoder()
+        for _ in range(200):
+            buf = bytearray(4096 + 64 * k)  # small: many reads per pass, each into buf
+            cursor, got = Cursor(), []
+            while True:
+                code, n = ring.read(cursor, buf)
+                if code != OK:
+                    break
+                data, pos = bytes(buf[:n]), 0
+                while pos < n:
+                    records, used = decoder.decode(data[pos:], "t", 0, 0, 1 << 30)
+                    got += [r.value for r in records]
+                    pos += used
+            if got != expected:
+                wrong = [i for i, v in enumerate(got) if i >= len(expected) or v != expected[i]]
+                failures.append(f"reader {k}: {len(got)} records, wrong at {wrong[:3]}")
+                return
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ring.close()
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
