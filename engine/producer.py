@@ -830,10 +830,10 @@ class Producer:
                     out[rest] = sub
                 if future is not None:
                     futures.append(future)
-                codes[p] = OK
+                last[p] = -1  # _append_batch made this partition's future
         if self._acker is not None:
             for p in range(n):
-                if last[p] >= 0 and not any(f.partition == p for f in futures):
+                if last[p] >= 0:
                     future = PendingFuture(self._acker, view.name, p, int(last[p]), ts)
                     self._acker.add(future, view.rings[p], route.fields.min_insync)
                     futures.append(future)
