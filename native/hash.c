@@ -150,21 +150,26 @@ void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t
 /* Groups count fixed-size records by partition (a stable counting sort): record i
  * of partition p goes to out_values / out_keys after every earlier record of p,
  * and partitions follow each other in order. out_counts[p] receives how many. */
+void engine_order_by_partition(const int32_t *parts, int32_t count, int32_t partitions,
+                               int32_t *out_order, int32_t *out_ends) {
+    for (int32_t p = 0; p < partitions; p++) out_ends[p] = 0;
+    for (int32_t i = 0; i < count; i++) out_ends[parts[i]]++;
+    int32_t start = 0;
+    for (int32_t p = 0; p < partitions; p++) {
+        int32_t n = out_ends[p];
+        out_ends[p] = start; /* running position while filling */
+        start += n;
+    }
+    for (int32_t i = 0; i < count; i++) out_order[out_ends[parts[i]]++] = i;
+}
+
 void engine_scatter_by_partition(const char *values, int32_t value_stride, const char *keys,
                                  int32_t key_stride, const int32_t *parts, int32_t count,
                                  int32_t partitions, char *out_values, char *out_keys,
                                  int32_t *out_counts, int32_t *out_index) {
-    for (int32_t p = 0; p < partitions; p++) out_counts[p] = 0;
-    for (int32_t i = 0; i < count; i++) out_counts[parts[i]]++;
-    int64_t start = 0;
-    for (int32_t p = 0; p < partitions; p++) {
-        int64_t n = out_counts[p];
-        out_counts[p] = (int32_t)start; /* running position while filling */
-        start += n;
-    }
-    for (int32_t i = 0; i < count; i++) {
-        int32_t at = out_counts[parts[i]]++;
-        out_index[at] = i;
+    engine_order_by_partition(parts, count, partitions, out_index, out_counts);
+    for (int32_t at = 0; at < count; at++) {
+        int32_t i = out_index[at];
         memcpy(out_values + (size_t)at * (size_t)value_stride,
                values + (size_t)i * (size_t)value_stride, (size_t)value_stride);
         if (keys)

@@ -503,23 +503,16 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
     if ((int64_t)key_stride + value_stride > route->max_record_bytes)
         return ENGINE_RING_TOO_LARGE;
     /* scratch: count partitions, then count record numbers grouped by partition
-     * (a stable counting sort), then n starts. */
-    int32_t *parts = scratch, *order = scratch + count, *start = scratch + 2 * (size_t)count;
+     * (a stable counting sort), then where each partition's records end. */
+    int32_t *parts = scratch, *order = scratch + count, *ends = scratch + 2 * (size_t)count;
     engine_partition_many(keys, NULL, key_stride, count, n, parts);
-    for (int32_t p = 0; p < n; p++) start[p] = 0;
-    for (int32_t i = 0; i < count; i++) start[parts[i]]++;
-    int32_t at = 0;
-    for (int32_t p = 0; p < n; p++) {
-        int32_t c = start[p];
-        start[p] = at;
-        at += c;
-    }
-    for (int32_t i = 0; i < count; i++) order[start[parts[i]]++] = i;
+    engine_order_by_partition(parts, count, n, order, ends);
+    int32_t at;
     int result = ENGINE_RING_OK;
     int64_t deadline = now_ns() + timeout_ns; /* one wait for space for the whole call */
     at = 0;
     for (int32_t p = 0; p < n; p++) {
-        int32_t c = start[p] - at; /* start[p] is now partition p's end */
+        int32_t c = ends[p] - at;
         out_appended[p] = 0;
         out_codes[p] = ENGINE_RING_OK;
         out_last_offsets[p] = -1;

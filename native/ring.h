@@ -481,6 +481,10 @@ int32_t engine_murmur2(const void *data, int32_t length);
 /* Kafka's partition of each of count keys (see hash.c). */
 void engine_partition_many(const char *keys, const int32_t *key_lengths, int32_t key_stride,
                            int32_t count, int32_t partitions, int32_t *out);
+/* A stable counting sort of record numbers by partition: out_order lists the
+ * records of partition 0, then 1, ...; out_ends[p] is where partition p's records end. */
+void engine_order_by_partition(const int32_t *parts, int32_t count, int32_t partitions,
+                               int32_t *out_order, int32_t *out_ends);
 void engine_scatter_by_partition(const char *values, int32_t value_stride, const char *keys,
                                  int32_t key_stride, const int32_t *parts, int32_t count,
                                  int32_t partitions, char *out_values, char *out_keys,
