@@ -122,8 +122,16 @@ class Producer(ABC):
         for value, key in zip(values, keys, strict=True):
             self.send(value.tobytes(), bytes(key))
 
+    def push(self) -> None:
+        """Hand every buffered record to the transport, waiting for no acknowledgement.
+
+        Latency runs call it after each send. The default is ``flush``.
+        """
+        self.flush()
+
     def flush(self) -> None:  # noqa: B027 - optional hook, empty by default
-        """Hand every buffered record to the transport. Latency runs call it after each send."""
+        """Hand every buffered record to the transport and wait for what the transport
+        acknowledges; each producer calls it once, after its last send."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Release resources; records already sent must still reach the consumers."""

@@ -294,7 +294,7 @@ def _send_paced(producer: Any, spec: RunSpec, template: bytes, key: bytes, start
     record = bytearray(template)
     pack_into = TIMESTAMP.pack_into
     send = producer.send
-    flush = producer.flush
+    push = producer.push
     clock = time.perf_counter_ns
     max_late_ns = 0
     for i in range(spec.records_per_producer):
@@ -307,7 +307,7 @@ def _send_paced(producer: Any, spec: RunSpec, template: bytes, key: bytes, start
         max_late_ns = max(max_late_ns, now - due)
         pack_into(record, 0, clock())
         send(bytes(record), key)
-        flush()
+        push()
     return max_late_ns
 
 
