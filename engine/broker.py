@@ -316,12 +316,16 @@ class Broker:
             ring.close()
 
     def _write_isr(self, topic: str, partition: int, epoch: int, isr: tuple[int, ...]) -> bool:
-        """The leader's ISR change, written only if the partition's leadership is unchanged."""
+        """The leader's ISR change, written only if the partition's leadership is unchanged
+        and every follower it adds is registered (a frozen or dead broker's ring can look
+        caught up while nothing is produced; Kafka's would not be fetching)."""
         path = md.state_path(topic, partition)
         try:
             data, stat = self.zk.get(path)
             state = md.PartitionState.from_json(md.decode(data))
             if state.leader != self.broker_id or state.leader_epoch != epoch:
+                return False
+            if any(self.zk.exists(md.broker_path(b)) is None for b in set(isr) - set(state.isr)):
                 return False
             new = dataclasses.replace(state, isr=isr)
             self.zk.set(path, md.encode(new.to_json()), version=stat.version)

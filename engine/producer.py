@@ -294,19 +294,20 @@ class _Acker:
             progressed = False
             for tp, _first, ring in heads:
                 try:
-                    status = ring.status()
-                    hw = status.high_watermark if status.high_watermark >= 0 else 1 << 62
+                    hw, sealed, isr_count = ring.commit_state()
+                    if hw < 0:
+                        hw = 1 << 62
                     error: BaseException | None = None
-                    if status.sealed:
+                    if sealed:
                         error = NotLeaderError(
                             f"the leader of {tp[0]}-{tp[1]} changed before the record was "
                             "committed: it may or may not be in the log"
                         )
-                    elif status.isr_count < self.min_insync[tp]:
+                    elif isr_count < self.min_insync[tp]:
                         # Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: appended, but the ISR
                         # shrank below min.insync.replicas before it was committed.
                         error = NotEnoughReplicasError(
-                            f"{tp[0]}-{tp[1]} has {status.isr_count} in-sync replicas, fewer "
+                            f"{tp[0]}-{tp[1]} has {isr_count} in-sync replicas, fewer "
                             f"than min.insync.replicas={self.min_insync[tp]}, after the append: "
                             "the record is not acknowledged"
                         )

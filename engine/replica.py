@@ -39,14 +39,18 @@ from engine.record_batch import scan_batches
 from engine.ring import (
     EMPTY,
     FRAME_HEADER_LENGTH,
+    FULL,
     NO_LIMIT,
     OK,
     OUT_TOO_SMALL,
     OVERWRITTEN,
+    SEALED,
     Cursor,
+    Interrupt,
     Ring,
+    follow,
+    track_high_watermark,
     unlink,
-    wait_any,
 )
 
 log = logging.getLogger("engine.replica")
@@ -64,8 +68,16 @@ POLL_SLEEP_S = 0.005
 STOP_GRACE_S = 5.0
 STOP_COMMIT_WAIT_S = 0.5  # how long a stopping leader waits for followers to commit
 LAG_CHECK_S = 0.05  # while a follower lags, look at the ISR this often
+FOLLOWER_RING_RETRY_S = 0.01  # while a follower's ring is missing or stale, look again
 FETCH_CHUNK = 1 << 20
 IDLE_POLLS = 20  # 100 ms of sleep-polling before the drain blocks on the ring
+# The replication loops (native/replicate.c) pause this long between passes while
+# records keep coming, so that a pass copies or commits what gathered meanwhile and
+# producers pay no futex wake per append; acks="all" waits up to this much longer
+# per hop under load. An idle ring is waited on: the first record is copied at once.
+REPLICA_PAUSE_S = 0.0001
+FOLLOW_TIMEOUT_S = 0.1  # a follower's fetch looks at its stop flag at least this often
+FOLLOW_APPEND_TIMEOUT_S = 1.0  # a full follower ring: seek again after this long
 
 
 class Replica:
@@ -93,6 +105,8 @@ class Replica:
         self._prepare_log()
         self.ring = self._open_ring(config, leader_epoch)
         self._stop = threading.Event()
+        # Set (then the rings woken) to make the C replication loops return to Python.
+        self._interrupt = Interrupt()
         self._stop_deadline = 0.0
         self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
@@ -247,6 +261,7 @@ class Replica:
         self.ring.set_leader(self.ring.status().leader_epoch, sealed=True)
         self._stop_deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
+        self._interrupt.set()
         self.ring.wake()
         for thread in self._threads:
             if thread.ident is not None:
@@ -308,46 +323,66 @@ class LeaderReplica(Replica):
 
     def _replicate_loop(self) -> None:
         published = self.ring.drain_cursor()
+        brokers = list(self.followers)
         rings: dict[int, Ring | None] = {}
         seen: dict[int, tuple[int, float]] = {}  # follower -> (log end, since)
-        lagging_since: dict[int, float] = {}
+        ends = [-1] * len(brokers)
+        caught_up_ns = [time.monotonic_ns()] * len(brokers)  # the lag clocks start now
+        lag_max_ns = int(self.lag_max_s * 1e9)
+        refused: dict[int, float] = {}  # follower -> when adding it to the ISR was refused
         while not self._stop.is_set():
-            self.ring.advance(published)
-            leader_end = published.offset
+            self._interrupt.clear()  # before reading the ISR: adopt_isr sets it after
+            isr = set(self.isr)
             now = time.monotonic()
-            ends: dict[int, int] = {}
-            # Where each follower ring stood when read: the wait below starts from
-            # there, so that a frame published after this read still wakes us.
-            marks: list[tuple[Ring, Cursor]] = []
-            for broker, name in self.followers.items():
-                ends[broker] = self._follower_end(broker, name, rings, seen, now, marks)
-            hw = min([leader_end] + [ends[b] for b in self.isr if b in ends])
-            if hw > self.ring.status().high_watermark:
-                self.ring.set_high_watermark(hw)
-            for broker, end in ends.items():
-                if end >= leader_end:
-                    lagging_since.pop(broker, None)
-                else:
-                    lagging_since.setdefault(broker, now)
+            followers = [
+                self._follower_ring(b, rings, seen, now, stale=ends[i] < 0)
+                for i, b in enumerate(brokers)
+            ]
+            for i, b in enumerate(brokers):
+                if followers[i] is None:
+                    ends[i] = seen[b][0]
+            now_ns = time.monotonic_ns()
+            if any(end < 0 for end in ends):
+                timeout = FOLLOWER_RING_RETRY_S  # a follower's ring is not (yet) there
+            elif any(now_ns - c > LAG_CHECK_S * 1e9 for c in caught_up_ns):
+                timeout = LAG_CHECK_S
+            else:
+                timeout = HOUSEKEEPING_S
+            called_ns = now_ns
+            membership = [
+                1 if b in isr else 2 if now - refused.get(b, -1e9) < HOUSEKEEPING_S else 0
+                for b in brokers
+            ]
+            track_high_watermark(
+                self.ring, published, followers, membership,
+                self.leader_epoch, ends, caught_up_ns,
+                timeout, REPLICA_PAUSE_S, self._interrupt,
+            )  # fmt: skip
+            now, now_ns = time.monotonic(), time.monotonic_ns()
+            for i, b in enumerate(brokers):
+                if ends[i] >= 0 and ends[i] != seen[b][0]:
+                    seen[b] = (ends[i], now)
+            # Kafka's rule: an ISR member stays while it caught up with the leader within
+            # replica.lag.time.max.ms; a follower outside rejoins once it caught up.
             wanted = {self.broker_id} | {
                 b
-                for b in self.followers
-                if (b in self.isr and now - lagging_since.get(b, now) <= self.lag_max_s)
-                or (b not in self.isr and b not in lagging_since)
+                for i, b in enumerate(brokers)
+                if (b in isr and now_ns - caught_up_ns[i] <= lag_max_ns)
+                or (membership[i] == 0 and caught_up_ns[i] >= called_ns)
             }
-            if wanted != self.isr and self._write_isr(wanted):
-                log.info(
-                    "%s-%d: ISR %s -> %s",
-                    self.topic,
-                    self.partition,
-                    sorted(self.isr),
-                    sorted(wanted),
-                )
-                self.isr = wanted
-                self.ring.set_isr_count(len(wanted))
-            # Sleep until the leader's ring or a follower's ring publishes more.
-            waits: list[tuple[Ring, Cursor]] = [(self.ring, published), *marks]
-            wait_any(waits, LAG_CHECK_S if lagging_since else HOUSEKEEPING_S, respect_hw=False)
+            if wanted != isr:
+                if self._write_isr(wanted):
+                    log.info(
+                        "%s-%d: ISR %s -> %s",
+                        self.topic,
+                        self.partition,
+                        sorted(isr),
+                        sorted(wanted),
+                    )
+                    self.isr = wanted
+                    self.ring.set_isr_count(len(wanted))
+                else:  # lost a race, a follower not registered, or no coordinator
+                    refused.update((b, now) for b in wanted - isr)
         for ring in rings.values():
             if ring is not None:
                 ring.close()
@@ -358,43 +393,36 @@ class LeaderReplica(Replica):
         if new != self.isr:
             self.isr = new
             self.ring.set_isr_count(len(new))
+            self._interrupt.set()  # the high-watermark loop looks at the new ISR
+            self.ring.wake()
 
     def _write_isr(self, isr: set[int]) -> bool:
         return self.update_isr is not None and self.update_isr(tuple(sorted(isr)))
 
-    def _follower_end(
+    def _follower_ring(
         self,
         broker: int,
-        name: str,
         rings: dict[int, Ring | None],
         seen: dict[int, tuple[int, float]],
         now: float,
-        marks: list[tuple[Ring, Cursor]],
-    ) -> int:
-        """A follower's log end offset, read from its ring's header (-1: unknown)."""
+        stale: bool,
+    ) -> Ring | None:
+        """The open ring of a follower (None: not there yet). Reopened when ``stale`` (it
+        was not a follower ring of this leadership) or after a second without progress:
+        the follower may have recreated it."""
         ring = rings.get(broker)
-        last, since = seen.get(broker, (-1, now))
-        if ring is not None and now - since > 1.0:
-            # No progress for a second: the follower may have recreated its ring.
+        last, since = seen.setdefault(broker, (-1, now))
+        if ring is not None and (stale or now - since > 1.0):
             ring.close()
             ring = rings[broker] = None
+            seen[broker] = (last, now)
         if ring is None:
             try:
-                ring = rings[broker] = Ring.open(name)
+                ring = rings[broker] = Ring.open(self.followers[broker])
             except (FileNotFoundError, EngineError):
                 seen[broker] = (last, now)
-                return last
-        status = ring.status()
-        if status.leader_epoch != self.leader_epoch or not status.sealed:
-            # Not a follower ring of this leadership (say, a deposed leader's old ring):
-            # its log end says nothing about what this leader's followers hold.
-            seen[broker] = (last, since)
-            return -1
-        end = status.tail_offset
-        marks.append((ring, Cursor(status.tail_position, end)))
-        if end != last:
-            seen[broker] = (end, now)
-        return end
+                return None
+        return ring
 
 
 class FollowerReplica(Replica):
@@ -489,8 +517,8 @@ class FollowerReplica(Replica):
                         self._stop.wait(0.05)
                         continue
                     cursor = None
-                mine = self.ring.status().tail_offset
                 if cursor is None:
+                    mine = self.ring.status().tail_offset
                     cursor = leader.seek(mine)
                     if cursor is None:  # the leader's ring has moved on: its segments
                         if reader is None and self.leader_directory is not None:
@@ -505,19 +533,18 @@ class FollowerReplica(Replica):
                         else:
                             self._stop.wait(0.01)
                         continue
-                code, n = leader.read(cursor, buf, max_offset=NO_LIMIT)
-                if code == OK:
-                    self.ring.append_raw(memoryview(buf)[:n])
-                elif code == OUT_TOO_SMALL:
-                    buf = bytearray(max(n, 2 * len(buf)))
-                elif code == OVERWRITTEN:
-                    cursor = None
-                elif leader.sealed:
+                code, needed = follow(
+                    leader, cursor, self.ring, buf, FOLLOW_TIMEOUT_S, REPLICA_PAUSE_S,
+                    FOLLOW_APPEND_TIMEOUT_S, self._interrupt,
+                )  # fmt: skip
+                if code == OUT_TOO_SMALL:
+                    buf = bytearray(max(needed, 2 * len(buf)))
+                elif code in (OVERWRITTEN, FULL):
+                    cursor = None  # seek again from what this ring holds
+                elif code == SEALED:
                     leader.close()  # the leader stepped down or restarted: look again
                     leader = None
                     self._stop.wait(0.05)
-                else:
-                    leader.wait(cursor, 0.1, respect_hw=False)
         finally:
             if leader is not None:
                 leader.close()

@@ -85,6 +85,8 @@ class _OutParams(threading.local):
 
 _out = _OutParams()
 
+#: The most followers engine_replica_track looks after (wait_any's limit, less the leader).
+MAX_FOLLOWERS = 127
 NO_LIMIT = (1 << 63) - 1  # read past the high watermark (followers copying a leader)
 
 _RAISE: dict[int, type[Exception]] = {
@@ -528,6 +530,13 @@ class Ring:
         """The ring's leader moved (or stopped): readers look up the new one."""
         return bool(lib.engine_ring_sealed(self._ptr()))
 
+    def commit_state(self) -> tuple[int, bool, int]:
+        """``(high_watermark, sealed, isr_count)``: what an acks="all" producer looks at,
+        without building a whole :class:`RingStatus`."""
+        s = _out.status
+        lib.engine_ring_status(self._ptr(), s)
+        return int(s.high_watermark), bool(s.sealed), int(s.isr_count)
+
     def status(self) -> RingStatus:
         s = _out.status
         lib.engine_ring_status(self._ptr(), s)
@@ -568,6 +577,92 @@ def wait_any(
         regions, cursors, n, int(timeout_s * 1e9), respect_hw, int(spin_s * 1e9)
     )
     return int(result) if result >= 0 else -1
+
+
+class Interrupt:
+    """A flag the replication loops in C look at (:func:`follow`, :func:`track_high_watermark`):
+    set it, then wake the rings they wait on, and the loop returns within one wait."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self) -> None:
+        self._c = ffi.new("uint32_t *")
+
+    def set(self) -> None:
+        self._c[0] = 1
+
+    def clear(self) -> None:
+        self._c[0] = 0
+
+    def is_set(self) -> bool:
+        return bool(self._c[0])
+
+
+def follow(
+    leader: Ring,
+    cursor: Cursor,
+    follower: Ring,
+    buf: bytearray,
+    timeout_s: float,
+    pause_s: float,
+    append_timeout_s: float,
+    interrupt: Interrupt,
+) -> tuple[int, int]:
+    """Copy the leader's frames at ``cursor`` into ``follower`` until Python has to act.
+
+    Returns ``(code, needed)``: TIMEOUT (timeout_s passed, or interrupted), SEALED (the
+    leader's ring was sealed), OVERWRITTEN (the cursor was lapped), OUT_TOO_SMALL
+    (``needed``: the length ``buf`` must have), or FULL (the follower's ring stayed
+    full for append_timeout_s; the cursor may be past what it holds: seek again).
+    Raises for anything else (a corrupt frame). See native/replicate.c.
+    """
+    needed = ffi.new("uint64_t *")
+    code = lib.engine_replica_follow(
+        leader._ptr(), cursor._c, follower._ptr(), ffi.from_buffer(buf), len(buf),
+        int(timeout_s * 1e9), int(pause_s * 1e9), int(append_timeout_s * 1e9), interrupt._c, needed,
+    )  # fmt: skip
+    if code not in (TIMEOUT, SEALED, OVERWRITTEN, OUT_TOO_SMALL, FULL):
+        raise_for(code, f"follow ring {leader.name} into {follower.name}")
+    return int(code), int(needed[0])
+
+
+def track_high_watermark(
+    leader: Ring,
+    published: Cursor,
+    followers: Sequence[Ring | None],
+    in_isr: Sequence[int],
+    leader_epoch: int,
+    ends: list[int],
+    caught_up_ns: list[int],
+    timeout_s: float,
+    pause_s: float,
+    interrupt: Interrupt,
+) -> bool:
+    """Keep the leader's high watermark at the least log end of the ISR until Python has
+    to act; True when a follower outside the ISR caught up (False: timeout or interrupted).
+
+    ``in_isr[i]``: 1 in the ISR, 0 outside, 2 outside and not to be reported as caught
+    up. ``ends[i]`` is follower i's log end (given for a follower whose ring is None, read
+    otherwise; -1: its ring is not a follower ring of this leadership) and
+    ``caught_up_ns[i]`` the last time.monotonic_ns() it held what the leader held a
+    moment before; both lists are updated in place. See native/replicate.c.
+    """
+    n = len(followers)
+    if n > MAX_FOLLOWERS:
+        raise ConfigError(f"too many followers: count={n} max={MAX_FOLLOWERS}")
+    regions = ffi.new("void *[]", [ffi.NULL if r is None else r._ptr() for r in followers] or 1)
+    isr = ffi.new("uint8_t[]", list(in_isr) or 1)
+    c_ends = ffi.new("int64_t[]", list(ends) or 1)
+    c_caught = ffi.new("int64_t[]", list(caught_up_ns) or 1)
+    code = lib.engine_replica_track(
+        leader._ptr(), published._c, regions, n, isr, leader_epoch, c_ends, c_caught,
+        int(timeout_s * 1e9), int(pause_s * 1e9), interrupt._c,
+    )  # fmt: skip
+    ends[:] = [int(c_ends[i]) for i in range(n)]
+    caught_up_ns[:] = [int(c_caught[i]) for i in range(n)]
+    if code not in (OK, TIMEOUT):
+        raise_for(code, f"track the high watermark of ring {leader.name}")
+    return bool(code == OK)
 
 
 def producer_fields(

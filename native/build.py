@@ -107,6 +107,14 @@ int32_t engine_ring_producer_epoch(void *region, int64_t producer_id);
 int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
                            int64_t timeout_ns);
 void engine_ring_advance(void *region, engine_cursor_t *cursor);
+int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower, char *buf,
+                          uint64_t buf_length, int64_t timeout_ns, int64_t pause_ns,
+                          int64_t append_timeout_ns, const volatile uint32_t *stop,
+                          uint64_t *needed_length);
+int engine_replica_track(void *leader, engine_cursor_t *published, void **followers,
+                         int32_t count, const uint8_t *in_isr, int32_t leader_epoch,
+                         int64_t *ends, int64_t *caught_up_ns, int64_t timeout_ns,
+                         int64_t pause_ns, const volatile uint32_t *stop);
 int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns);
 void engine_ring_status(void *region, engine_ring_status_t *out);
 uint32_t engine_ring_sealed(void *region);
@@ -138,7 +146,7 @@ ffi.set_source(
     "engine._native",
     '#include "ring.h"\n#include "batch.h"\n',
     # setuptools wants paths relative to the project root
-    sources=[os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c")],
+    sources=[os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c", "replicate.c")],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],

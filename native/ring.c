@@ -766,14 +766,16 @@ static int try_reap(void *region, struct engine_ring_header *h, uint64_t c) {
 }
 
 /* The spin phase of a wait: calls ready(arg) between PAUSEs for spin_ns (at
- * least SPIN_LIMIT times), yielding the CPU after the first YIELD_AFTER_NS. */
+ * least SPIN_LIMIT times), yielding the CPU after the first YIELD_AFTER_NS.
+ * spin_ns 0: no spin at all (replication threads, which sleep instead; a PAUSE
+ * loop in a VM can cost a VM exit). */
 #define YIELD_AFTER_NS 5000LL
 static int spin_until_ready(int (*ready)(void *), void *arg, int64_t spin_ns) {
+    if (spin_ns <= 0) return 0;
     for (int i = 0; i < SPIN_LIMIT; i++) {
         engine_cpu_relax();
         if (ready(arg)) return 1;
     }
-    if (spin_ns <= 0) return 0;
     int64_t start = now_ns(), now = start;
     while (now - start < spin_ns) {
         for (int i = 0; i < 64; i++) {
@@ -792,6 +794,19 @@ static int ready_one(void *arg) {
     return readable(w->region, header_of(w->region), w->position, w->respect_hw);
 }
 
+/* The futex word a reader sleeps on: one that respects the high watermark of a
+ * replicated ring (high_watermark >= 0) waits for it to rise (hw_seq); everyone
+ * else for a publish (publish_seq). */
+static inline uint32_t *wait_word(struct engine_ring_header *h, int respect_hw,
+                                  uint32_t **waiters) {
+    if (respect_hw && engine_load_acquire_i64(&h->high_watermark) >= 0) {
+        *waiters = &h->hw_waiters;
+        return &h->hw_seq;
+    }
+    *waiters = &h->publish_waiters;
+    return &h->publish_seq;
+}
+
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw, int64_t spin_ns) {
     struct engine_ring_header *h = header_of(region);
@@ -803,25 +818,26 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
         return ENGINE_RING_OK;
     int64_t deadline = now_ns() + timeout_ns;
     for (;;) {
-        engine_fetch_add_u32(&h->publish_waiters, 1);
+        uint32_t *waiters, *word = wait_word(h, respect_hw, &waiters);
+        engine_fetch_add_u32(waiters, 1);
         engine_fence();
-        uint32_t seq = engine_load_acquire_u32(&h->publish_seq);
+        uint32_t seq = engine_load_acquire_u32(word);
         if (readable(region, h, c, respect_hw)) {
-            engine_fetch_sub_u32(&h->publish_waiters, 1);
+            engine_fetch_sub_u32(waiters, 1);
             return ENGINE_RING_OK;
         }
         int64_t left = deadline - now_ns();
         tail_view_t v;
         read_tail(h, &v);
-        int stalled = c < v.position; /* claimed but not published */
-        if (left > 0) futex_wait(&h->publish_seq, seq, stalled && left > REAP_CHECK_NS ? REAP_CHECK_NS : left);
-        engine_fetch_sub_u32(&h->publish_waiters, 1);
+        int stalled = c < v.position; /* claimed but not published (or above the hw) */
+        if (left > 0) futex_wait(word, seq, stalled && left > REAP_CHECK_NS ? REAP_CHECK_NS : left);
+        engine_fetch_sub_u32(waiters, 1);
         if (readable(region, h, c, respect_hw)) return ENGINE_RING_OK;
         if (stalled && try_reap(region, h, c)) return ENGINE_RING_OK;
         if (now_ns() >= deadline) return ENGINE_RING_TIMEOUT;
         /* Woken without data for us (engine_ring_wake, or a frame above the high
          * watermark): let the caller look at its own state. */
-        if (!stalled && engine_load_acquire_u32(&h->publish_seq) != seq) return ENGINE_RING_TIMEOUT;
+        if (!stalled && engine_load_acquire_u32(word) != seq) return ENGINE_RING_TIMEOUT;
     }
 }
 
@@ -829,6 +845,8 @@ void engine_ring_wake(void *region) {
     struct engine_ring_header *h = header_of(region);
     engine_fetch_add_u32(&h->publish_seq, 1);
     futex_wake_all(&h->publish_seq);
+    engine_fetch_add_u32(&h->hw_seq, 1);
+    futex_wake_all(&h->hw_seq);
     engine_fetch_add_u32(&h->space_seq, 1);
     futex_wake_all(&h->space_seq);
 }
@@ -888,15 +906,17 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
     if (spin_until_ready(ready_many, &many, spin_ns < timeout_ns ? spin_ns : timeout_ns))
         return many.ready;
     struct engine_futex_waitv waiters[ENGINE_WAIT_ANY_MAX];
+    uint32_t *counts[ENGINE_WAIT_ANY_MAX];
     int64_t deadline = now_ns() + timeout_ns;
     for (;;) {
         int stalled = 0, ready = -1;
         for (int32_t i = 0; i < count; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
-            engine_fetch_add_u32(&h->publish_waiters, 1);
+            uint32_t *word = wait_word(h, respect_hw, &counts[i]);
+            engine_fetch_add_u32(counts[i], 1);
             engine_fence();
-            waiters[i].val = engine_load_acquire_u32(&h->publish_seq);
-            waiters[i].uaddr = (uint64_t)(uintptr_t)&h->publish_seq;
+            waiters[i].val = engine_load_acquire_u32(word);
+            waiters[i].uaddr = (uint64_t)(uintptr_t)word;
             waiters[i].flags = ENGINE_FUTEX2_SIZE_U32;
             waiters[i].reserved = 0;
         }
@@ -920,18 +940,19 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
             if (rc == -1 && errno == ENOSYS) {
                 /* An older kernel: sleep on the first ring in short slices. */
                 int64_t slice = until - now < 1000000 ? until - now : 1000000;
-                futex_wait(&header_of(regions[0])->publish_seq, (uint32_t)waiters[0].val, slice);
+                futex_wait((uint32_t *)(uintptr_t)waiters[0].uaddr, (uint32_t)waiters[0].val, slice);
             }
         }
-        for (int32_t i = 0; i < count; i++)
-            engine_fetch_sub_u32(&header_of(regions[i])->publish_waiters, 1);
+        for (int32_t i = 0; i < count; i++) engine_fetch_sub_u32(counts[i], 1);
         if (ready >= 0) return ready;
         int woken = 0;
         for (int32_t i = 0; i < count; i++) {
             struct engine_ring_header *h = header_of(regions[i]);
             if (readable(regions[i], h, cursors[i].position, respect_hw)) return i;
             if (stalled && try_reap(regions[i], h, cursors[i].position)) return i;
-            if (engine_load_acquire_u32(&h->publish_seq) != (uint32_t)waiters[i].val) woken = 1;
+            if (engine_load_acquire_u32((uint32_t *)(uintptr_t)waiters[i].uaddr) !=
+                (uint32_t)waiters[i].val)
+                woken = 1;
         }
         if (now_ns() >= deadline || (woken && !stalled)) return -ENGINE_RING_TIMEOUT;
     }
@@ -1028,13 +1049,13 @@ int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeou
         int64_t now = now_ns();
         if (!deadline) deadline = now + timeout_ns;
         if (now >= deadline) return ENGINE_RING_TIMEOUT;
-        engine_fetch_add_u32(&h->publish_waiters, 1);
+        engine_fetch_add_u32(&h->hw_waiters, 1);
         engine_fence();
-        uint32_t seq = engine_load_acquire_u32(&h->publish_seq);
+        uint32_t seq = engine_load_acquire_u32(&h->hw_seq);
         hw = engine_load_acquire_i64(&h->high_watermark);
         if (hw >= 0 && hw <= offset && !engine_load_acquire_u32(&h->sealed))
-            futex_wait(&h->publish_seq, seq, deadline - now < 10000000 ? deadline - now : 10000000);
-        engine_fetch_sub_u32(&h->publish_waiters, 1);
+            futex_wait(&h->hw_seq, seq, deadline - now < 10000000 ? deadline - now : 10000000);
+        engine_fetch_sub_u32(&h->hw_waiters, 1);
     }
 }
 
@@ -1095,6 +1116,7 @@ void engine_ring_set_leader(void *region, int32_t leader_epoch, uint32_t sealed)
     engine_store_release_i32(&h->leader_epoch, leader_epoch);
     engine_store_release_u32(&h->sealed, sealed);
     wake(&h->space_seq, &h->space_waiters);
+    wake(&h->hw_seq, &h->hw_waiters); /* acks="all" producers: SEALED now */
 }
 
 uint32_t engine_ring_sealed(void *region) {
@@ -1104,7 +1126,7 @@ uint32_t engine_ring_sealed(void *region) {
 void engine_ring_set_high_watermark(void *region, int64_t high_watermark) {
     struct engine_ring_header *h = header_of(region);
     engine_store_release_i64(&h->high_watermark, high_watermark);
-    wake(&h->publish_seq, &h->publish_waiters);
+    wake(&h->hw_seq, &h->hw_waiters);
 }
 
 void engine_ring_status(void *region, engine_ring_status_t *out) {

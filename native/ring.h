@@ -15,8 +15,12 @@
  *   | of two); frames wrap around      |  back; padding at the wrap
  *   +----------------------------------+ 4096 + capacity
  *
- * Ring header, version 2 (one field group per 128-byte line so that hot
- * words written by different processes never share a cache line):
+ * Ring header, version 3 (one field group per 128-byte line so that hot
+ * words written by different processes never share a cache line). Version 3
+ * added hw_seq: high-watermark waiters (acks="all" producers, readers of a
+ * replicated ring) sleep there, woken when it rises, not by every append;
+ * publish_seq wakes those who read up to the tail (followers, the leader's
+ * high-watermark loop, readers of a ring without replication).
  *
  *  0                   1                   2                   3
  *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -62,6 +66,8 @@
  * | stall_position (uint64): a frame readers found stuck          |
  * +---------------------------------------------------------------+  792
  * | stall_since_ns (int64): when they first found it stuck        |
+ * +---------------------------------------------------------------+  896
+ * | hw_seq (uint32, futex)        | hw_waiters (uint32)           |
  * +---------------------------------------------------------------+ 1024
  * | producer fencing table: 64 slots of 16 bytes (below)          |
  * +---------------------------------------------------------------+ 2048
@@ -151,7 +157,7 @@
 
 #include "batch.h"
 
-#define ENGINE_RING_VERSION 2u
+#define ENGINE_RING_VERSION 3u
 #define ENGINE_RING_MAGIC 0x474E49524E474E45ull /* "ENGNRING" little-endian */
 #define ENGINE_RING_HEADER_LENGTH 4096
 #define ENGINE_RING_MIN_CAPACITY 65536ull
@@ -207,7 +213,11 @@ struct engine_ring_header {
     uint64_t full_waits;
     uint64_t stall_position;
     int64_t stall_since_ns;
-    uint8_t pad6[1024 - 768 - 32];
+    uint8_t pad6[128 - 32];
+
+    uint32_t hw_seq;
+    uint32_t hw_waiters;
+    uint8_t pad6b[128 - 8];
 
     struct engine_producer_slot {
         uint64_t key;
@@ -240,6 +250,8 @@ _Static_assert(offsetof(struct engine_ring_header, reaped_frames) == 768, "reape
 _Static_assert(offsetof(struct engine_ring_header, full_waits) == 776, "full_waits");
 _Static_assert(offsetof(struct engine_ring_header, stall_position) == 784, "stall_position");
 _Static_assert(offsetof(struct engine_ring_header, stall_since_ns) == 792, "stall_since_ns");
+_Static_assert(offsetof(struct engine_ring_header, hw_seq) == 896, "hw_seq");
+_Static_assert(offsetof(struct engine_ring_header, hw_waiters) == 900, "hw_waiters");
 _Static_assert(offsetof(struct engine_ring_header, producers) == 1024, "producers");
 _Static_assert(sizeof(struct engine_producer_slot) == 16, "producer slot");
 _Static_assert(sizeof(struct engine_ring_header) == ENGINE_RING_HEADER_LENGTH, "header size");
@@ -420,7 +432,7 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
  * up to this long before sleeping on the futex: a busy stream then wakes
  * nobody (producers skip the FUTEX_WAKE when no one sleeps) and the reader
  * sees a frame within a microsecond or so, instead of after a wake-up the
- * scheduler may deliver late. 0: a few hundred PAUSEs only. */
+ * scheduler may deliver late. 0: sleep at once. */
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw, int64_t spin_ns);
 
@@ -464,6 +476,36 @@ void engine_ring_advance(void *region, engine_cursor_t *cursor);
  * SEALED when the ring stopped being the leader's. A ring without replication
  * (high watermark -1) answers OK at once. */
 int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns);
+
+/* replicate.c: the replication loops, each running until Python has something to
+ * decide (see there). stop: the caller sets *stop, then wakes the rings waited on.
+ *
+ * A follower's fetch: copies the leader's frames at cursor into follower, through
+ * buf. Returns TIMEOUT (timeout_ns passed, or *stop), SEALED (the leader's ring
+ * was sealed: look the leader up again), OVERWRITTEN (the cursor was lapped: seek
+ * again, or read the leader's segments), OUT_TOO_SMALL (*needed_length: a bigger
+ * buf), CORRUPT, or the code of a failed append into follower (FULL after
+ * append_timeout_ns; the cursor is then past what the follower holds: seek again
+ * from the follower's log end). */
+int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower, char *buf,
+                          uint64_t buf_length, int64_t timeout_ns, int64_t pause_ns,
+                          int64_t append_timeout_ns, const volatile uint32_t *stop,
+                          uint64_t *needed_length);
+
+#define ENGINE_REPLICA_MAX_FOLLOWERS 127
+/* A leader's high watermark: keeps it at the least log end offset of the leader
+ * (published->offset, moved forward here) and of the followers with in_isr[i] == 1
+ * (0: outside the ISR; 2: outside, and not to be reported as caught up). A
+ * follower i whose followers[i] is NULL (not open) counts with the ends[i] given;
+ * otherwise ends[i] is set to its ring's tail offset, -1 when that ring is not a
+ * follower ring of leader_epoch. caught_up_ns[i] is set to the time (CLOCK_MONOTONIC)
+ * of each pass at which follower i held what the leader held one pass before.
+ * Returns OK when a follower with in_isr[i] == 0 caught up (Python adds it), TIMEOUT
+ * when timeout_ns passed or *stop, BAD_ARGUMENT for count out of range. */
+int engine_replica_track(void *leader, engine_cursor_t *published, void **followers,
+                         int32_t count, const uint8_t *in_isr, int32_t leader_epoch,
+                         int64_t *ends, int64_t *caught_up_ns, int64_t timeout_ns,
+                         int64_t pause_ns, const volatile uint32_t *stop);
 
 void engine_ring_status(void *region, engine_ring_status_t *out);
 

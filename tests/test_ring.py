@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import ring_procs
+from engine_harness import wait_for
 from engine._native import ffi
 
 from engine.errors import (
@@ -80,7 +81,7 @@ def drain(ring: Ring, cursor: Cursor, buf: bytearray) -> None:
 def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     ring = Ring.create(ring_name, 1 << 16, base_offset=42, leader_epoch=7)
     raw = bytes(ffi.buffer(ring._ptr(), 4096))
-    assert struct.unpack_from("<II", raw, 0) == (2, 4096)  # version, header_length
+    assert struct.unpack_from("<II", raw, 0) == (3, 4096)  # version, header_length
     assert raw[8:16] == b"ENGNRING"
     assert struct.unpack_from("<QQq", raw, 16) == (1 << 16, 1 << 15, 42)
     assert struct.unpack_from("<Q", raw, 128)[0] == 42 << 32  # tail: offset 42, position 0
@@ -91,6 +92,35 @@ def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     slots = [struct.unpack_from("<Qi", raw, 1024 + 16 * i) for i in range(64)]
     assert [s for s in slots if s[0]] == [(42, 3)]  # producer fencing table: key = id + 1
     ring.close()
+
+
+def test_high_watermark_waiters_sleep_on_their_own_word(ring_name: str) -> None:
+    """An acks="all" wait sleeps on hw_seq (header offset 896), so appends do not wake
+    it; raising the high watermark does."""
+    ring = Ring.create(ring_name, 1 << 16)
+    ring.set_high_watermark(0)
+    result: list[int] = []
+    waiter = threading.Thread(target=lambda: result.append(ring.wait_high_watermark(5, 10.0)))
+    waiter.start()
+    try:
+
+        def words() -> tuple[int, int, int, int]:
+            raw = bytes(ffi.buffer(ring._ptr(), 4096))
+            return struct.unpack_from("<II", raw, 384) + struct.unpack_from("<II", raw, 896)
+
+        wait_for(lambda: words()[3] == 1, what="the waiter on hw_waiters")
+        publish_seq, publish_waiters, hw_seq, _ = words()
+        assert publish_waiters == 0
+        ring.append(producer_fields(), b"v")  # no wake for the high-watermark waiter
+        assert words()[2] == hw_seq and not result
+        ring.set_high_watermark(6)
+        waiter.join(timeout=5)
+        assert result == [OK]
+        assert words()[2] == hw_seq + 1 and words()[3] == 0
+    finally:
+        ring.set_high_watermark(-1)
+        waiter.join(timeout=15)
+        ring.close()
 
 
 def _crc32c_reference(data: bytes) -> int:

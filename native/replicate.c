@@ -1,0 +1,129 @@
+/* Replication's two hot loops (engine/replica.py runs them and decides the rest).
+ *
+ * - A follower's fetch: copy the leader's published batches into the follower's
+ *   own ring, byte for byte (engine_ring_read, then engine_ring_append_raw).
+ * - A leader's high-watermark loop: set the leader's high watermark to the least
+ *   log end offset of the leader and its in-sync followers, whose log ends are
+ *   their rings' tail offsets.
+ *
+ * Each is one call that loops without the GIL until there is something for
+ * Python to decide (the leader sealed, a lapped cursor, a follower ring that is
+ * no longer one of this leadership, a follower outside the ISR catching up) or
+ * its timeout passes. Python used to run a pass per append, at tens of
+ * microseconds each, in every follower and leader thread.
+ *
+ * Batching under load: when a pass finds more already waiting, the loop sleeps
+ * pause_ns before the next one, so that what arrives meanwhile is copied (or
+ * committed) together and the producers pay no futex wake per append (nobody
+ * is waiting on the ring). An idle ring is waited on, so the first record after
+ * a quiet spell is copied at once.
+ *
+ * Stopping: *stop (set by the replica's owner, who then calls engine_ring_wake
+ * on the rings waited on) ends either loop within one wait.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "ring.h"
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void pause_for(int64_t ns) {
+    if (ns <= 0) return;
+    struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
+    nanosleep(&ts, NULL);
+}
+
+static int stopping(const volatile uint32_t *stop) { return stop && *stop; }
+
+int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower, char *buf,
+                          uint64_t buf_length, int64_t timeout_ns, int64_t pause_ns,
+                          int64_t append_timeout_ns, const volatile uint32_t *stop,
+                          uint64_t *needed_length) {
+    int64_t deadline = mono_ns() + timeout_ns;
+    for (;;) {
+        if (stopping(stop)) return ENGINE_RING_TIMEOUT;
+        uint64_t length = 0;
+        int code = engine_ring_read(leader, cursor, buf, buf_length, &length, INT64_MAX);
+        if (code == ENGINE_RING_OK) {
+            code = engine_ring_append_raw(follower, buf, length, append_timeout_ns);
+            if (code != ENGINE_RING_OK) return code;
+            if (mono_ns() >= deadline) return ENGINE_RING_TIMEOUT;
+            /* Not backlogged, yet more is there already: let it gather. */
+            if (length < buf_length / 2 && engine_ring_wait(leader, cursor, 0, 0, 0) == ENGINE_RING_OK)
+                pause_for(pause_ns);
+            continue;
+        }
+        if (code == ENGINE_RING_OUT_TOO_SMALL) {
+            *needed_length = length;
+            return code;
+        }
+        if (code != ENGINE_RING_EMPTY) return code; /* OVERWRITTEN, CORRUPT */
+        if (engine_ring_sealed(leader)) return ENGINE_RING_SEALED;
+        int64_t left = deadline - mono_ns();
+        if (left <= 0) return ENGINE_RING_TIMEOUT;
+        engine_ring_wait(leader, cursor, left, 0, 0);
+    }
+}
+
+/* A follower ring's log end offset, or -1 when it is not a follower ring of this
+ * leadership (another leader epoch, or not sealed against producers). */
+static int64_t follower_end(void *ring, int32_t leader_epoch, engine_cursor_t *mark) {
+    engine_ring_status_t s;
+    engine_ring_status(ring, &s);
+    mark->position = s.tail_position;
+    mark->offset = s.tail_offset;
+    if (s.leader_epoch != leader_epoch || !s.sealed) return -1;
+    return s.tail_offset;
+}
+
+int engine_replica_track(void *leader, engine_cursor_t *published, void **followers,
+                         int32_t count, const uint8_t *in_isr, int32_t leader_epoch,
+                         int64_t *ends, int64_t *caught_up_ns, int64_t timeout_ns,
+                         int64_t pause_ns, const volatile uint32_t *stop) {
+    if (count < 0 || count > ENGINE_REPLICA_MAX_FOLLOWERS) return ENGINE_RING_BAD_ARGUMENT;
+    void *rings[ENGINE_REPLICA_MAX_FOLLOWERS + 1];
+    engine_cursor_t marks[ENGINE_REPLICA_MAX_FOLLOWERS + 1];
+    int64_t start = mono_ns(), deadline = start + timeout_ns;
+    int64_t previous_end = -1; /* the leader's log end at the previous pass */
+    for (;;) {
+        if (stopping(stop)) return ENGINE_RING_TIMEOUT;
+        engine_ring_advance(leader, published);
+        int64_t leader_end = published->offset, now = mono_ns();
+        int64_t high_watermark = leader_end;
+        int32_t waited = 0, joined = 0;
+        rings[waited] = leader;
+        marks[waited++] = *published;
+        for (int32_t i = 0; i < count; i++) {
+            if (followers[i]) {
+                engine_cursor_t mark;
+                ends[i] = follower_end(followers[i], leader_epoch, &mark);
+                rings[waited] = followers[i];
+                marks[waited++] = mark;
+            }
+            /* Caught up: holds what the leader held one pass ago (Kafka's
+             * lastCaughtUpTime, which a busy leader's followers keep meeting). */
+            if (ends[i] >= 0 && ends[i] >= (previous_end >= 0 ? previous_end : leader_end)) {
+                caught_up_ns[i] = now;
+                if (!in_isr[i]) joined = 1; /* 2: in the ISR, or refused a moment ago */
+            }
+            if (in_isr[i] == 1 && ends[i] < high_watermark) high_watermark = ends[i];
+        }
+        previous_end = leader_end;
+        engine_ring_status_t s;
+        engine_ring_status(leader, &s);
+        if (high_watermark > s.high_watermark) engine_ring_set_high_watermark(leader, high_watermark);
+        if (joined) return ENGINE_RING_OK; /* Python adds it to the ISR */
+        int64_t left = deadline - mono_ns();
+        if (left <= 0) return ENGINE_RING_TIMEOUT;
+        if (engine_ring_wait_any(rings, marks, waited, 0, 0, 0) >= 0) {
+            pause_for(pause_ns < left ? pause_ns : left); /* more is coming: gather it */
+            continue;
+        }
+        engine_ring_wait_any(rings, marks, waited, left, 0, 0);
+    }
+}
