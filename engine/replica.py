@@ -72,9 +72,10 @@ FOLLOWER_RING_RETRY_S = 0.01  # while a follower's ring is missing or stale, loo
 FETCH_CHUNK = 1 << 20
 IDLE_POLLS = 20  # 100 ms of sleep-polling before the drain blocks on the ring
 # The replication loops (native/replicate.c) pause this long between passes while
-# records keep coming, so that a pass copies or commits what gathered meanwhile and
-# producers pay no futex wake per append; acks="all" waits up to this much longer
-# per hop under load. An idle ring is waited on: the first record is copied at once.
+# records keep coming (doubling while they keep coming, to 16 times this), so that a
+# pass copies or commits what gathered meanwhile and producers pay no futex wake per
+# append; acks="all" waits up to 1.6 ms longer per hop under sustained load. An idle
+# ring is waited on: the first record after a quiet spell is copied at once.
 REPLICA_PAUSE_S = 0.0001
 FOLLOW_TIMEOUT_S = 0.1  # a follower's fetch looks at its stop flag at least this often
 FOLLOW_APPEND_TIMEOUT_S = 1.0  # a full follower ring: seek again after this long
@@ -342,8 +343,8 @@ class LeaderReplica(Replica):
                 if followers[i] is None:
                     ends[i] = seen[b][0]
             now_ns = time.monotonic_ns()
-            if any(end < 0 for end in ends):
-                timeout = FOLLOWER_RING_RETRY_S  # a follower's ring is not (yet) there
+            if any(ends[i] < 0 and b in isr for i, b in enumerate(brokers)):
+                timeout = FOLLOWER_RING_RETRY_S  # the high watermark waits for that ring
             elif any(now_ns - c > LAG_CHECK_S * 1e9 for c in caught_up_ns):
                 timeout = LAG_CHECK_S
             else:
