@@ -146,7 +146,9 @@ ffi.set_source(
     "engine._native",
     '#include "ring.h"\n#include "batch.h"\n',
     # setuptools wants paths relative to the project root
-    sources=[os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c", "replicate.c")],
+    sources=[
+        os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c", "replicate.c")
+    ],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     libraries=["pthread"],

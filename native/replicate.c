@@ -123,7 +123,7 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
              * lastCaughtUpTime, which a busy leader's followers keep meeting). */
             if (ends[i] >= 0 && ends[i] >= (previous_end >= 0 ? previous_end : leader_end)) {
                 caught_up_ns[i] = now;
-                if (!in_isr[i]) joined = 1; /* 2: in the ISR, or refused a moment ago */
+                if (in_isr[i] == 0) joined = 1; /* not 1 (in the ISR), not 2 (refused) */
             }
             if (in_isr[i] == 1 && ends[i] < high_watermark) high_watermark = ends[i];
         }

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 import ring_procs
-from engine_harness import wait_for
 from engine._native import ffi
+from engine_harness import wait_for
 
 from engine.errors import (
     BufferFullError,
@@ -109,7 +109,7 @@ def test_high_watermark_waiters_sleep_on_their_own_word(ring_name: str) -> None:
             return struct.unpack_from("<II", raw, 384) + struct.unpack_from("<II", raw, 896)
 
         wait_for(lambda: words()[3] == 1, what="the waiter on hw_waiters")
-        publish_seq, publish_waiters, hw_seq, _ = words()
+        _, publish_waiters, hw_seq, _ = words()
         assert publish_waiters == 0
         ring.append(producer_fields(), b"v")  # no wake for the high-watermark waiter
         assert words()[2] == hw_seq and not result
