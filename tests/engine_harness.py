@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +91,24 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def started(procs: Sequence[Any]) -> Iterator[None]:
+    """Start child processes (multiprocessing); leaving the block, also by a failure,
+    kills any still running. Wait for them inside the block with :func:`join_ok`."""
+    for proc in procs:
+        proc.start()
+    try:
+        yield
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+
+
+def join_ok(procs: Sequence[Any], timeout: float = 30.0) -> None:
+    """Join each process (``timeout`` seconds apiece); each must have exited with 0."""
+    for proc in procs:
+        proc.join(timeout)
+        assert proc.exitcode == 0, f"{proc.name} exited with {proc.exitcode}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import client_procs
 import numpy as np
 import pytest
-from engine_harness import Daemon, wait_for
+from engine_harness import Daemon, join_ok, started, wait_for
 
 from engine import (
     Admin,
@@ -198,19 +198,11 @@ def test_many_producer_processes_one_partition_each_record_once_in_order(
         )
         for i in range(producers)
     ]
-    for proc in procs:
-        proc.start()
-    try:
+    with started(procs):
         records = consume_all(
             shared_daemon.data_dir, [TopicPartition(name, 0)], producers * count, timeout=90
         )
-        for proc in procs:
-            proc.join(30)
-            assert proc.exitcode == 0
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        join_ok(procs)
     assert [r.offset for r in records] == list(range(producers * count))
     seqs: dict[int, list[int]] = {}
     for r in records:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import client_procs
 import numpy as np
 import pytest
-from engine_harness import Daemon
+from engine_harness import Daemon, join_ok, started
 
 from engine import Admin, Consumer, CorruptRecordError, Producer, TopicPartition
 
@@ -154,17 +154,9 @@ def test_poll_values_while_producer_processes_write(
     ]
     with Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c:
         c.assign([TopicPartition(one_partition, 0)])
-        for proc in procs:
-            proc.start()
-        try:
+        with started(procs):
             got = poll_all(c, producers * count, 333, timeout=90)
-            for proc in procs:
-                proc.join(30)
-                assert proc.exitcode == 0
-        finally:
-            for proc in procs:
-                if proc.is_alive():
-                    proc.kill()
+            join_ok(procs)
     assert len(got) == producers * count
     for i in range(producers):
         assert list(got["seq"][got["producer"] == i]) == list(range(count))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import ring_procs
 from engine._native import ffi
-from engine_harness import wait_for
+from engine_harness import join_ok, started, wait_for
 
 from engine.errors import (
     BufferFullError,
@@ -247,9 +247,7 @@ def test_many_producer_processes_on_one_ring_every_record_once_in_order(
         SPAWN.Process(target=ring_procs.produce, args=(ring_name, p, count, batch))
         for p in range(producers)
     ]
-    for p in procs:
-        p.start()
-    try:
+    with started(procs):
         reader, drainer = Cursor(), Cursor()
         buf = bytearray(1 << 18)
         decoder = RecordDecoder()
@@ -261,13 +259,7 @@ def test_many_producer_processes_on_one_ring_every_record_once_in_order(
             got += read_all(ring, reader, decoder)
             drain(ring, drainer, buf)
             ring.wait(reader, 0.05)
-        for p in procs:
-            p.join(10)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
+        join_ok(procs, 10)
     assert [r.offset for r in got] == list(range(producers * count))
     per_producer: dict[int, list[int]] = {}
     for r in got:
@@ -424,9 +416,7 @@ def test_a_fenced_producer_epoch_lands_nothing_after_the_fence(ring_name: str) -
     frames they claimed after the fence read as skipped offsets, not a wedge."""
     ring = Ring.create(ring_name, 1 << 20)
     procs = [SPAWN.Process(target=ring_procs.zombie, args=(ring_name, b)) for b in (1, 7)]
-    for p in procs:
-        p.start()
-    try:
+    with started(procs):
         reader, drainer = Cursor(), Cursor()
         buf = bytearray(1 << 20)
         got: list = []
@@ -450,10 +440,6 @@ def test_a_fenced_producer_epoch_lands_nothing_after_the_fence(ring_name: str) -
             got += read_all(ring, reader)
             drain(ring, drainer, buf)
             ring.wait(reader, 0.05)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
     zombies = [r.offset for r in got if r.value == b"zombie"]
     assert zombies and max(zombies) < marker
     assert [r.value for r in got if r.offset >= marker] == [b"m", b"after"]
