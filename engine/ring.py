@@ -594,9 +594,6 @@ class Interrupt:
     def clear(self) -> None:
         self._c[0] = 0
 
-    def is_set(self) -> bool:
-        return bool(self._c[0])
-
 
 def follow(
     leader: Ring,
