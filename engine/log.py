@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from engine._native import ffi, lib
 from engine.datadir import write_private_file
 from engine.errors import (
     ClosedError,
@@ -53,7 +54,6 @@ from engine.record_batch import ScanStatus, decode_record_infos, scan_batches
 from engine.segment import (
     INDEX_SUFFIX,
     LOG_SUFFIX,
-    MAX_RELATIVE_OFFSET,
     TIME_INDEX_SUFFIX,
     LogSegment,
 )
@@ -340,8 +340,7 @@ class Log:
                 f"append rejected, not whole intact batches: reason={status.name} "
                 f"position={scanned} length={len(view)}"
             )
-        _check_offsets(infos, active.next_offset)
-        largest = int(infos["length"].max())
+        largest, records = _check_offsets(infos, active.next_offset)
         if largest > self.config.max_message_bytes:
             raise RecordTooLargeError(
                 f"batch larger than max.message.bytes: length={largest} "
@@ -349,18 +348,18 @@ class Log:
             )
         start, count = 0, len(infos)
         while start < count:
-            rest = infos[start:]
-            fit = self._active.batches_that_fit(
-                rest, segment_bytes=self.config.segment_bytes, segment_ms=self.config.segment_ms
+            placed = self._active.append(
+                view,
+                infos,
+                start,
+                segment_bytes=self.config.segment_bytes,
+                segment_ms=self.config.segment_ms,
             )
-            if fit == 0:
-                self._roll(int(rest["base_offset"][0]))
+            if not placed:
+                self._roll(int(infos["base_offset"][start]))
                 continue
-            first = int(rest["position"][0])
-            end = int(rest["position"][fit - 1]) + int(rest["length"][fit - 1])
-            self._active.append(view[first:end], rest[:fit], first)
-            start += fit
-        self._unflushed_records += int(infos["records_count"].sum())
+            start += placed
+        self._unflushed_records += records
         if self._unflushed_records >= self.config.flush_messages:
             self.flush(now_ms)
         return self._active.next_offset
@@ -536,23 +535,30 @@ class Log:
         )
 
 
-def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> None:
-    base = infos["base_offset"]
-    last = infos["last_offset"]
-    if int(base[0]) < log_end_offset:
+def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> tuple[int, int]:
+    """Raise CorruptRecordError unless the batches' offsets may follow ``log_end_offset``;
+    returns (the largest batch's length, the records in all batches)."""
+    order = ffi.new("engine_batch_order_t *")
+    code = lib.engine_batch_check_order(
+        ffi.from_buffer("engine_batch_info_t[]", infos), len(infos), log_end_offset, order
+    )
+    i = int(order.bad_batch)
+    if code == lib.ENGINE_ORDER_BELOW_START:
         raise CorruptRecordError(
-            f"append rejected, offset below log_end_offset: base_offset={int(base[0])} "
-            f"log_end_offset={log_end_offset}"
+            "append rejected, offset below log_end_offset: "
+            f"base_offset={int(infos[0]['base_offset'])} log_end_offset={log_end_offset}"
         )
-    bad = np.flatnonzero(base[1:] <= last[:-1])
-    if len(bad):
-        i = int(bad[0]) + 1
+    if code == lib.ENGINE_ORDER_NOT_INCREASING:
         raise CorruptRecordError(
-            f"append rejected, offsets not increasing: batch={i} base_offset={int(base[i])} "
-            f"previous_last_offset={int(last[i - 1])}"
+            f"append rejected, offsets not increasing: batch={i} "
+            f"base_offset={int(infos[i]['base_offset'])} "
+            f"previous_last_offset={int(infos[i - 1]['last_offset'])}"
         )
-    if int((last - base).max()) > MAX_RELATIVE_OFFSET:
-        raise CorruptRecordError("append rejected, a batch spans more than 2**31 offsets")
+    if code == lib.ENGINE_ORDER_TOO_WIDE:
+        raise CorruptRecordError(
+            f"append rejected, a batch spans more than 2**31 offsets: batch={i}"
+        )
+    return int(order.largest_length), int(order.records)
 
 
 def _remove_strays(directory: str) -> None:

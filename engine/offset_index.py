@@ -102,14 +102,18 @@ class IndexFile:
 
     def append(self, new: npt.NDArray[Any]) -> None:
         """Append entries (already in the file's dtype) to the file and the mirror."""
-        if not len(new):
+        self.append_raw(new.tobytes(), len(new))
+
+    def append_raw(self, data: bytes | bytearray, count: int) -> None:
+        """Append the first ``count`` entries of ``data``, encoded as stored."""
+        if not count:
             return
-        data = new.tobytes()
+        view = memoryview(data)[: count * self.dtype.itemsize]
         position = self._count * self.dtype.itemsize
-        while data:
-            written = os.pwrite(self.fd, data, position)
-            data, position = data[written:], position + written
-        self._extend(new)
+        while view:
+            written = os.pwrite(self.fd, view, position)
+            view, position = view[written:], position + written
+        self._extend(np.frombuffer(data, dtype=self.dtype, count=count))
 
     def _extend(self, new: npt.NDArray[Any]) -> None:
         if self._count + len(new) > len(self._array):
@@ -158,15 +162,6 @@ class OffsetIndex(IndexFile):
             return self.base_offset, 0
         entry = entries[i - 1]
         return self.base_offset + int(entry["relative_offset"]), int(entry["position"])
-
-    def append_batches(
-        self, base_offsets: npt.NDArray[np.int64], positions: npt.NDArray[Any]
-    ) -> None:
-        """Add one entry per batch (absolute base offsets, positions in the segment)."""
-        new = np.empty(len(base_offsets), dtype=OFFSET_INDEX_DTYPE)
-        new["relative_offset"] = base_offsets - self.base_offset
-        new["position"] = positions
-        self.append(new)
 
     def truncate_to_position(self, position: int) -> None:
         """Drop every entry pointing at or past ``position`` (the log was cut there)."""

@@ -11,8 +11,9 @@ Index entries are chosen by a pure function of the log's bytes, so an index rebu
 from the log equals the one written while appending: a batch gets an entry when it
 starts in a different ``index.interval.bytes`` block of the file than the batch before
 it (every batch when the interval is 0). Between two entries there are therefore at
-most ``index.interval.bytes`` plus one batch. The choice is made for a whole chunk of
-batches at once in numpy.
+most ``index.interval.bytes`` plus one batch. Which batches of a chunk go into the
+segment, and their index entries, are planned in C (native/segment.h states the rules
+and draws the entries), for appends and for recovery alike.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engine._native import ffi, lib
 from engine.errors import ClosedError, CorruptRecordError
 from engine.offset_index import OFFSET_INDEX_DTYPE, OffsetIndex
 from engine.record_batch import (
@@ -53,6 +55,11 @@ FILE_MODE = 0o600
 MAX_RELATIVE_OFFSET = 2**31 - 1
 # Batches walked per engine_batch_scan call during recovery (bounds the info array).
 _RECOVERY_SCAN_BATCHES = 1 << 16
+# Index entries one engine_segment_plan call may write (a bigger chunk takes more calls).
+_PLAN_ENTRIES = 1024
+_NO_LIMIT = 2**63 - 1
+assert OFFSET_INDEX_DTYPE.itemsize == lib.ENGINE_OFFSET_INDEX_ENTRY_LENGTH
+assert TIME_INDEX_DTYPE.itemsize == lib.ENGINE_TIME_INDEX_ENTRY_LENGTH
 
 logger = logging.getLogger("engine.log")
 
@@ -60,24 +67,6 @@ logger = logging.getLogger("engine.log")
 def segment_path(directory: str, base_offset: int, suffix: str) -> str:
     """``<directory>/<20-digit base offset><suffix>``."""
     return os.path.join(directory, f"{base_offset:020d}{suffix}")
-
-
-def index_mask(
-    segment_positions: npt.NDArray[np.int64], previous_position: int, interval_bytes: int
-) -> npt.NDArray[np.bool_]:
-    """Which batches get an index entry (see the module docstring).
-
-    ``segment_positions`` are the batches' start positions in the segment;
-    ``previous_position`` is the start of the batch before the first (-1: none).
-    """
-    if interval_bytes <= 0:
-        return np.ones(len(segment_positions), dtype=np.bool_)
-    blocks = segment_positions // interval_bytes
-    previous = np.empty_like(blocks)
-    if len(blocks):
-        previous[0] = previous_position // interval_bytes if previous_position >= 0 else -1
-        previous[1:] = blocks[:-1]
-    return np.asarray(blocks != previous)
 
 
 class LogSegment:
@@ -155,6 +144,8 @@ class LogSegment:
         self._map: mmap.mmap | None = None
         # (offset, position) where the last read stopped: a sequential reader skips the index.
         self._read_hint: tuple[int, int] | None = None
+        # engine_segment_plan's in/out arguments, made at the first append.
+        self._plan: Any = None
 
     # ---- opening -----------------------------------------------------------
 
@@ -282,12 +273,12 @@ class LogSegment:
                     int(infos["position"][good]),
                     ScanStatus.CORRUPT,
                 )
-            if len(infos):
-                self._index_batches(infos, 0, position)
-                if self.size == 0:
-                    self.rolling_timestamp = int(infos["max_timestamp"][0])
-                self.size = position + scanned
-                self._note_batches(infos, position)
+            placed = 0
+            while placed < len(infos):  # self.size == position: the batches go after it
+                n = self._place(None, infos, placed, _NO_LIMIT, _NO_LIMIT, _NO_LIMIT)
+                if not n:  # cannot happen without limits; never loop on it
+                    raise CorruptRecordError(f"unplaceable batch: path={self.log_path}")
+                placed += n
             position += scanned
             if status is not ScanStatus.OK or not len(infos):
                 break
@@ -312,81 +303,95 @@ class LogSegment:
 
     # ---- appending ---------------------------------------------------------
 
-    def batches_that_fit(
-        self, infos: npt.NDArray[Any], *, segment_bytes: int, segment_ms: int
+    def append(
+        self,
+        chunk: Any,
+        infos: npt.NDArray[Any],
+        start: int = 0,
+        *,
+        segment_bytes: int = _NO_LIMIT,
+        segment_ms: int = _NO_LIMIT,
     ) -> int:
-        """How many leading batches of ``infos`` (validated, positions in one chunk) go here.
+        """Append the leading batches of ``infos[start:]`` that belong in this segment.
 
-        Stops before the batch that would take the segment past ``segment_bytes``, past
-        2**31 - 1 relative offsets, past a full index, or past ``segment_ms`` from the
-        segment's first batch timestamp. An empty segment takes at least one batch.
+        ``infos`` (scan_batches rows) describe batches in ``chunk`` (their positions
+        index it); the caller (Log) validated CRCs, offsets and sizes. A batch is
+        left for the next segment when this one would pass ``segment_bytes``,
+        2**31 - 1 relative offsets, a full index, or ``segment_ms`` after its first
+        batch; an empty segment takes at least one. Returns how many were appended
+        (0: roll first). Log bytes are written before the index entries.
         """
-        if not len(infos):
-            return 0
-        positions = infos["position"].astype(np.int64)
-        start = int(positions[0])
-        ends = positions + infos["length"] - start
-        fit = int(np.searchsorted(ends, segment_bytes - self.size, "right"))
-        fit = min(
-            fit,
-            int(
-                np.searchsorted(
-                    infos["last_offset"] - self.base_offset, MAX_RELATIVE_OFFSET, "right"
-                )
-            ),
-        )
-        mask = index_mask(
-            self.size + positions - start, self._last_batch_position, self.index_interval_bytes
-        )
+        self._check_writable()
         room = min(
             self.offset_index.max_entries - len(self.offset_index),
             self.time_index.max_entries - 1 - len(self.time_index),  # one kept for the roll
         )
-        fit = min(fit, int(np.searchsorted(np.cumsum(mask), max(room, 0), "right")))
-        rolling = self.rolling_timestamp if self.size else int(infos["max_timestamp"][0])
-        late = np.flatnonzero(infos["max_timestamp"][:fit] - rolling > segment_ms)
-        if len(late):
-            fit = int(late[0])
-        if (
-            fit == 0
-            and self.size == 0
-            and infos["last_offset"][0] - self.base_offset <= MAX_RELATIVE_OFFSET
-        ):
-            fit = 1
-        return fit
+        return self._place(chunk, infos, start, segment_bytes, segment_ms, max(room, 0))
 
-    def append(self, data: Any, infos: npt.NDArray[Any], data_position: int) -> None:
-        """Append whole batches: ``data`` holds exactly the batches ``infos`` describes.
-
-        ``infos`` positions are relative to a chunk in which ``data`` starts at
-        ``data_position``. The caller (Log) validated CRCs, offsets and sizes.
-        """
-        self._check_writable()
-        if not len(infos):
-            return
-        view = memoryview(data).cast("B")
-        written, length = 0, len(view)
-        while written < length:
-            written += os.pwrite(self.fd, view[written:], self.size + written)
-        first_position = self.size
-        self._index_batches(infos, data_position, first_position)
-        if self.size == 0:
-            self.rolling_timestamp = int(infos["max_timestamp"][0])
-        self.size += length
-        self._note_batches(infos, first_position - data_position)
-
-    def _index_batches(
-        self, infos: npt.NDArray[Any], data_position: int, first_position: int
-    ) -> None:
-        """Add the index entries for batches starting at ``first_position`` of the segment."""
-        positions = infos["position"].astype(np.int64) - data_position + first_position
-        mask = index_mask(positions, self._last_batch_position, self.index_interval_bytes)
-        if not mask.any():
-            return
-        base_offsets = infos["base_offset"]
-        self.offset_index.append_batches(base_offsets[mask], positions[mask])
-        running_max = np.maximum.accumulate(np.maximum(infos["max_timestamp"], self.max_timestamp))
-        self.time_index.append_entries(running_max[mask], base_offsets[mask])
+    def _place(
+        self,
+        chunk: Any,
+        infos: npt.NDArray[Any],
+        start: int,
+        segment_bytes: int,
+        segment_ms: int,
+        index_room: int,
+    ) -> int:
+        """Plan (native/segment.h), write the planned batches of ``chunk`` (None:
+        they are in the file already, as in recovery) and their index entries, then
+        take the plan's state. Returns how many batches it placed."""
+        if self._plan is None:
+            self._plan = (
+                ffi.new("engine_segment_state_t *"),
+                ffi.new("engine_segment_limits_t *"),
+                bytearray(_PLAN_ENTRIES * OFFSET_INDEX_DTYPE.itemsize),
+                bytearray(_PLAN_ENTRIES * TIME_INDEX_DTYPE.itemsize),
+                ffi.new("int32_t[2]"),
+            )
+        state, limits, offset_entries, time_entries, counts = self._plan
+        state.base_offset = self.base_offset
+        state.next_offset = self.next_offset
+        state.size = self.size
+        state.last_batch_position = self._last_batch_position
+        state.last_batch_base_offset = self._last_batch_base_offset
+        state.max_timestamp = self.max_timestamp
+        state.rolling_timestamp = self.rolling_timestamp
+        state.time_index_last = self.time_index.last_timestamp
+        state.index_room = index_room
+        limits.segment_bytes = segment_bytes
+        limits.segment_ms = segment_ms
+        limits.index_interval_bytes = self.index_interval_bytes
+        rows = ffi.from_buffer("engine_batch_info_t[]", infos)
+        placed = int(
+            lib.engine_segment_plan(
+                rows + start,
+                len(infos) - start,
+                limits,
+                state,
+                ffi.from_buffer(offset_entries),
+                ffi.from_buffer(time_entries),
+                _PLAN_ENTRIES,
+                counts,
+                counts + 1,
+            )
+        )
+        if not placed:
+            return 0
+        if chunk is not None:
+            first = int(rows[start].position)
+            view = memoryview(chunk).cast("B")[first : first + state.size - self.size]
+            written, length = 0, len(view)
+            while written < length:
+                written += os.pwrite(self.fd, view[written:], self.size + written)
+        self.offset_index.append_raw(offset_entries, int(counts[0]))
+        self.time_index.append_raw(time_entries, int(counts[1]))
+        self.size = int(state.size)
+        self.next_offset = int(state.next_offset)
+        self.max_timestamp = int(state.max_timestamp)
+        self.rolling_timestamp = int(state.rolling_timestamp)
+        self._last_batch_position = int(state.last_batch_position)
+        self._last_batch_base_offset = int(state.last_batch_base_offset)
+        return placed
 
     def on_roll(self) -> None:
         """This segment stops being active: add the final time-index entry and fsync."""

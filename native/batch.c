@@ -6,28 +6,7 @@
 #include "batch.h"
 #include "ring.h"
 
-/* ---- big-endian and varint primitives ---------------------------------- */
-
-static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
-static inline void put_be32(uint8_t *p, uint32_t v) {
-    v = __builtin_bswap32(v);
-    memcpy(p, &v, 4);
-}
-static inline void put_be64(uint8_t *p, uint64_t v) {
-    v = __builtin_bswap64(v);
-    memcpy(p, &v, 8);
-}
-static inline uint32_t get_be32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return __builtin_bswap32(v);
-}
-static inline uint64_t get_be64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return __builtin_bswap64(v);
-}
-static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+/* ---- varint primitives ------------------------------------------------ */
 
 /* Reads a zigzag varlong; returns bytes used, 0 when malformed or truncated. */
 static inline size_t get_varlong(const uint8_t *p, const uint8_t *end, int64_t *out) {

@@ -1,7 +1,8 @@
 """cffi build script for the hot path: `engine._native`.
 
 Compiled at install time through `cffi_modules` in pyproject.toml; never at import.
-The cdef below repeats the public declarations of ring.h and batch.h that Python calls.
+The cdef below repeats the public declarations of ring.h, batch.h and segment.h that
+Python calls.
 """
 
 import os
@@ -29,6 +30,36 @@ typedef struct engine_record_info {
     uint32_t headers_position; uint32_t headers_length; int32_t header_count;
     int16_t batch_attributes; int16_t reserved;
 } engine_record_info_t;
+
+typedef struct engine_segment_state {
+    int64_t base_offset; int64_t next_offset; int64_t size; int64_t last_batch_position;
+    int64_t last_batch_base_offset; int64_t max_timestamp; int64_t rolling_timestamp;
+    int64_t time_index_last; int64_t index_room;
+} engine_segment_state_t;
+
+typedef struct engine_segment_limits {
+    int64_t segment_bytes; int64_t segment_ms; int64_t index_interval_bytes;
+} engine_segment_limits_t;
+
+typedef struct engine_batch_order {
+    int32_t bad_batch; int32_t largest_length; int64_t records;
+} engine_batch_order_t;
+
+enum engine_batch_order_code {
+    ENGINE_ORDER_OK = 0, ENGINE_ORDER_BELOW_START = 1, ENGINE_ORDER_NOT_INCREASING = 2,
+    ENGINE_ORDER_TOO_WIDE = 3,
+};
+
+#define ENGINE_OFFSET_INDEX_ENTRY_LENGTH ...
+#define ENGINE_TIME_INDEX_ENTRY_LENGTH ...
+
+int engine_batch_check_order(const engine_batch_info_t *infos, int32_t count,
+                             int64_t next_offset, engine_batch_order_t *order);
+int32_t engine_segment_plan(const engine_batch_info_t *infos, int32_t count,
+                            const engine_segment_limits_t *limits,
+                            engine_segment_state_t *state,
+                            uint8_t *offset_entries, uint8_t *time_entries,
+                            int32_t max_entries, int32_t *offset_count, int32_t *time_count);
 
 typedef struct engine_cursor { uint64_t position; int64_t offset; } engine_cursor_t;
 
@@ -144,10 +175,11 @@ ffi = FFI()
 ffi.cdef(CDEF)
 ffi.set_source(
     "engine._native",
-    '#include "ring.h"\n#include "batch.h"\n',
+    '#include "ring.h"\n#include "batch.h"\n#include "segment.h"\n',
     # setuptools wants paths relative to the project root
     sources=[
-        os.path.relpath(HERE / name) for name in ("ring.c", "batch.c", "hash.c", "replicate.c")
+        os.path.relpath(HERE / name)
+        for name in ("ring.c", "batch.c", "hash.c", "replicate.c", "segment.c")
     ],
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],

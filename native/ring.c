@@ -96,9 +96,7 @@ static inline uint64_t next_lap(uint64_t position, uint64_t capacity) {
     return (position | (capacity - 1)) + 1;
 }
 static inline int64_t get_base_offset(const struct engine_frame_header *f) {
-    uint64_t v;
-    memcpy(&v, (const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, 8);
-    return (int64_t)__builtin_bswap64(v);
+    return (int64_t)get_be64((const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH);
 }
 
 static inline uint64_t pack_tail(uint64_t position, int64_t offset) {
@@ -960,18 +958,6 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
 
 /* ---- replication ----------------------------------------------------- */
 
-static inline uint32_t get_be32_at(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return __builtin_bswap32(v);
-}
-
-static inline uint16_t get_be16_at(const uint8_t *p) {
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return __builtin_bswap16(v);
-}
-
 int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
                            int64_t timeout_ns) {
     struct engine_ring_header *h = header_of(region);
@@ -979,13 +965,11 @@ int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
     int64_t deadline = 0;
     while (length) {
         if (length < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_RING_CORRUPT;
-        uint64_t total = (uint64_t)get_be32_at(p + ENGINE_BATCH_LENGTH_OFFSET) +
+        uint64_t total = (uint64_t)get_be32(p + ENGINE_BATCH_LENGTH_OFFSET) +
                          ENGINE_BATCH_LENGTH_OVERHEAD;
         if (total > length || total < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_RING_CORRUPT;
-        uint64_t bo;
-        memcpy(&bo, p, 8);
-        int64_t base = (int64_t)__builtin_bswap64(bo);
-        uint32_t count = get_be32_at(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET) + 1;
+        int64_t base = (int64_t)get_be64(p + ENGINE_BATCH_BASE_OFFSET_OFFSET);
+        uint32_t count = get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET) + 1;
         tail_view_t v;
         read_tail(h, &v);
         if (base < v.offset) return ENGINE_RING_BAD_ARGUMENT; /* already here */
@@ -1007,12 +991,11 @@ int engine_ring_append_raw(void *region, const char *batches, uint64_t length,
         if (code != ENGINE_RING_OK) return code;
         if (offset != base) return ENGINE_RING_CORRUPT; /* only the fetcher appends here */
         memcpy((uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH, p, total);
-        if (get_be16_at(p + ENGINE_BATCH_ATTRIBUTES_OFFSET) & ENGINE_BATCH_ATTR_TRANSACTIONAL) {
+        if (get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET) & ENGINE_BATCH_ATTR_TRANSACTIONAL) {
             /* Keep the leader's fences: this ring may lead next. */
-            uint64_t pid;
-            memcpy(&pid, p + ENGINE_BATCH_PRODUCER_ID_OFFSET, 8);
-            int16_t epoch = (int16_t)get_be16_at(p + ENGINE_BATCH_PRODUCER_EPOCH_OFFSET);
-            engine_ring_fence(region, (int64_t)__builtin_bswap64(pid), epoch);
+            int64_t pid = (int64_t)get_be64(p + ENGINE_BATCH_PRODUCER_ID_OFFSET);
+            int16_t epoch = (int16_t)get_be16(p + ENGINE_BATCH_PRODUCER_EPOCH_OFFSET);
+            engine_ring_fence(region, pid, epoch);
         }
         code = publish(region, f, position);
         if (code != ENGINE_RING_OK) return code;

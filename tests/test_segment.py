@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.offset_index import OffsetIndex
+from engine.offset_index import OFFSET_INDEX_DTYPE, OffsetIndex
 from engine.record_batch import encode_batch, scan_batches
-from engine.segment import LogSegment, index_mask, segment_path
+from engine.segment import LogSegment, segment_path
 from engine.time_index import TimeIndex
 
 INTERVAL = 512
@@ -99,11 +100,54 @@ def test_rebuilt_indexes_equal_the_ones_written_while_appending(tmp_path: Path) 
     assert [Path(p).read_bytes() for p in paths] == written
 
 
-def test_index_mask_marks_the_first_batch_in_each_interval_block() -> None:
-    positions = np.array([0, 100, 500, 520, 1100, 1200, 2100], dtype=np.int64)
-    assert index_mask(positions, -1, 512).tolist() == [1, 0, 0, 1, 1, 0, 1]
-    assert index_mask(positions[3:], 500, 512).tolist() == [1, 1, 0, 1]
-    assert index_mask(positions, -1, 0).all()
+def test_index_entries_follow_the_block_rule_across_appends(tmp_path: Path) -> None:
+    """An entry for each batch that starts in another index.interval.bytes block than
+    the batch before it; a time entry beside it when the running max timestamp grew."""
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 700, 400)
+    stamps = rng.integers(0, 5_000, 400)  # not in order: the running max matters
+    data = b"".join(
+        encode_batch(i, [(None, b"v" * int(sizes[i]), [], int(stamps[i]))]) for i in range(400)
+    )
+    infos, _, _ = scan_batches(data)
+    segment = _new(tmp_path)
+    cuts = sorted({0, len(infos), *rng.integers(1, len(infos), 12).tolist()})
+    for first, end in itertools.pairwise(cuts):  # appends of uneven chunks
+        chunk = data[
+            int(infos["position"][first]) : int(infos["position"][end - 1])
+            + int(infos["length"][end - 1])
+        ]
+        _append(segment, chunk)
+    want_offsets, want_times = [], []
+    previous, running, last_time = -1, -1, -1
+    for row in infos:
+        position = int(row["position"])
+        running = max(running, int(row["max_timestamp"]))
+        if previous < 0 or position // INTERVAL != previous // INTERVAL:
+            want_offsets.append((int(row["base_offset"]), position))
+            if running > last_time:
+                want_times.append((running, int(row["base_offset"])))
+                last_time = running
+        previous = position
+    assert segment.offset_index.entries.tolist() == want_offsets
+    assert segment.time_index.entries.tolist() == want_times
+    assert (segment.size, segment.next_offset, segment.max_timestamp) == (
+        len(data),
+        400,
+        int(stamps.max()),
+    )
+    segment.close()
+
+
+def test_a_full_index_leaves_batches_for_the_next_segment(tmp_path: Path) -> None:
+    # room for 4 offset entries (and 4 time entries, one of them kept for the roll)
+    segment = LogSegment.create(str(tmp_path), 0, index_interval_bytes=0, index_bytes=48)
+    data = _batches(0, 10)
+    infos, _, _ = scan_batches(data)
+    assert segment.append(data, infos) == 3
+    assert segment.append(data, infos, 3) == 0
+    assert len(segment.offset_index) == 3 and segment.next_offset == 3
+    segment.close()
 
 
 def test_recover_cuts_a_torn_tail_and_keeps_the_intact_prefix(tmp_path: Path) -> None:
@@ -154,13 +198,13 @@ def test_truncate_to_cuts_whole_batches_and_the_indexes(tmp_path: Path) -> None:
 
 def test_index_lookup_is_a_floor(tmp_path: Path) -> None:
     index = OffsetIndex(str(tmp_path / "x.index"), 1000, writable=True, max_entries=10)
-    index.append_batches(np.array([1000, 1010, 1020]), np.array([0, 400, 900]))
+    index.append(np.array([(0, 0), (10, 400), (20, 900)], dtype=OFFSET_INDEX_DTYPE))
     assert index.lookup(999) == (1000, 0)
     assert index.lookup(1015) == (1010, 400)
     assert index.lookup(5000) == (1020, 900)
     reader = OffsetIndex(str(tmp_path / "x.index"), 1000, writable=False, max_entries=10)
     assert len(reader) == 3
-    index.append_batches(np.array([1030]), np.array([1300]))
+    index.append_raw(np.array([(30, 1300)], dtype=OFFSET_INDEX_DTYPE).tobytes(), 1)
     assert reader.refresh() and reader.lookup(1031) == (1030, 1300)
     index.close()
     reader.close()
