@@ -63,12 +63,21 @@ from engine.group import GroupMember
 from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition
 from engine.record_batch import decode_record_infos, scan_batches
-from engine.ring import EMPTY, OK, OUT_TOO_SMALL, OVERWRITTEN, Cursor, Ring, wait_any
+from engine.ring import (
+    EMPTY,
+    OK,
+    OUT_TOO_SMALL,
+    OVERWRITTEN,
+    SEALED,
+    Cursor,
+    Ring,
+    ValuesReader,
+    wait_any,
+)
 from engine.txn_filter import ReadCommitted
 
 log = logging.getLogger("engine.consumer")
 
-_NO_VALUES: np.ndarray[Any, Any] = np.empty((0, 1), dtype=np.uint8)  # an empty read, not returned
 
 _RESETS = ("earliest", "latest", "none")
 _ISOLATION = ("read_uncommitted", "read_committed")
@@ -200,6 +209,7 @@ class Consumer:
         self._next = 0
         self._buf = bytearray(max(fetch_max_bytes, 1 << 16))
         self._values_scratch: np.ndarray[Any, Any] | None = None  # poll_values' output
+        self._values_reader = ValuesReader()
         self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
@@ -540,10 +550,12 @@ class Consumer:
     ) -> list[np.ndarray[Any, Any]]:
         """The fast path for fixed-size records: values only, as numpy arrays.
 
-        Returns a list of ``(n, value_size)`` uint8 arrays (one per fetched chunk; view
-        them as your record dtype); the arrays are yours, no later poll reuses them.
-        Records are decoded in the partition's ring straight into them when they
-        are there. Positions advance exactly as with poll(). Every value must be
+        Returns a list of ``(n, value_size)`` uint8 arrays (view them as your record
+        dtype); the arrays are yours, no later poll reuses them. Records still in
+        their partitions' rings are decoded straight into one array, all partitions
+        in one C call (each partition's values in order, partitions one after the
+        other); records read from segment files come one array per chunk. Positions
+        advance exactly as with poll(). Every value must be
         exactly ``value_size`` bytes: the values before one of another size are
         returned, then the next call raises CorruptRecordError naming its offset
         (and again, until poll() or seek() moves the position past it).
@@ -576,35 +588,18 @@ class Consumer:
                 visit = [self._order[(self._next + i) % n] for i in range(n)]
                 if n:
                     self._next = (self._next + 1) % n
-            for tp in visit:
-                if got >= limit:
-                    break
-                f = self._fetches[tp]
-                if value_size is not None and f.cursor is not None and f.txn is None:
-                    direct = self._ring_values(f, limit - got, value_size)
-                    if direct is not None:
-                        if len(direct):
-                            out.append(direct)
-                            got += len(direct)
-                        continue
-                data, at = self._next_chunk(f)
-                if not data:
-                    continue
-                try:
-                    if value_size is None:
-                        records = self._take_records(f, data, at, limit - got)
-                        out += records
-                        got += len(records)
-                    else:
-                        values = self._take_values(f, data, at, limit - got, value_size)
-                        if len(values):
-                            out.append(values)
-                            got += len(values)
-                except EngineError:
-                    # Nothing of the chunk was delivered: keep it, or the records
-                    # after the bad one would be skipped by the next poll.
-                    f.pending, f.pending_at = data, at
-                    raise
+            fetches = [self._fetches[tp] for tp in visit]
+            if value_size is None:
+                got = self._poll_chunks(fetches, limit, None, out)
+            else:
+                # Partitions read from segments or holding a chunk first: one of them
+                # may raise, and then nothing else of this poll has been taken.
+                chunked, direct = self._split_direct(fetches)
+                got = self._poll_chunks(chunked, limit, value_size, out)
+                if direct and got < limit:
+                    failed, n_values = self._ring_values(direct, limit - got, value_size, out)
+                    got += n_values
+                    got += self._poll_chunks(failed, limit - got, value_size, out)
             if got or (n == 0 and self._group is None):
                 return out
             if ready is not None:
@@ -614,6 +609,37 @@ class Consumer:
             if left <= 0:
                 return out
             ready = self._wait(left)
+
+    def _poll_chunks(
+        self, fetches: list[_Fetch], limit: int, value_size: int | None, out: list[Any]
+    ) -> int:
+        """Deliver from each fetch's next chunk (decoded in Python) into out, up to limit;
+        returns how many records or values it appended."""
+        got = 0
+        for f in fetches:
+            if got >= limit:
+                break
+            data, at = self._next_chunk(f)
+            if not data:
+                continue
+            try:
+                if value_size is None:
+                    records = self._take_records(f, data, at, limit - got)
+                    out += records
+                    got += len(records)
+                else:
+                    values = self._take_values(f, data, at, limit - got, value_size)
+                    if len(values):
+                        out.append(values)
+                        got += len(values)
+            except EngineError:
+                # Nothing of the chunk was delivered: keep it, or the records after the
+                # bad one would be skipped by the next poll.
+                f.pending, f.pending_at = data, at
+                if out:  # this poll already took records: deliver them, raise next time
+                    return got
+                raise
+        return got
 
     def _wait(self, left: float) -> TopicPartition | None:
         """Wait until a partition is readable; it, or None (timed out, or look at all)."""
@@ -650,31 +676,55 @@ class Consumer:
             return self._next_committed(f), 0
         return self._read(f, f.offset), 0
 
-    def _ring_values(self, f: _Fetch, limit: int, value_size: int) -> Any:
-        """poll_values' one-copy path: values decoded in the ring straight into the
-        result. None: take the chunk path (it reads the segments, or raises the error)."""
-        assert f.cursor is not None
-        if f.pending or f.offset < 0 or f.out_of_range:
-            return None
+    @staticmethod
+    def _split_direct(fetches: list[_Fetch]) -> tuple[list[_Fetch], list[_Fetch]]:
+        """(fetches the chunk path serves, fetches read straight from their ring): the
+        chunk path reads segments, holds pending or uncommitted data, resets."""
+        chunked: list[_Fetch] = []
+        direct: list[_Fetch] = []
+        for f in fetches:
+            if f.cursor is None or f.txn is not None or f.pending or f.offset < 0 or f.out_of_range:
+                chunked.append(f)
+            else:
+                direct.append(f)
+        return chunked, direct
+
+    def _ring_values(
+        self, fetches: list[_Fetch], limit: int, value_size: int, out: list[Any]
+    ) -> tuple[list[_Fetch], int]:
+        """poll_values' one-copy path: the values of every fetch read from its ring in
+        one C call, decoded straight into one result array (appended to out). Returns
+        the fetches the chunk path must serve after all (lapped, corrupt, a value of
+        another size: it reads the segments or raises the error), and how many values
+        were delivered."""
+        chunked: list[_Fetch] = []
         room = max(1, min(limit, len(self._buf) // value_size))
         scratch = self._values_scratch
         if scratch is None or len(scratch) < room * value_size:
             size = max(len(self._buf), room * value_size)  # a value may exceed the buffer
             scratch = self._values_scratch = np.empty(size, dtype=np.uint8)
-        code, n, f.offset = f.ring.read_values(
-            f.cursor, f.offset, value_size, scratch[: room * value_size]
-        )
-        if code == EMPTY:
-            if f.ring.sealed:  # the leader's ring was replaced
-                self._reopen(f)
-            return _NO_VALUES
-        if code != OK:
-            return None
-        values = scratch[: n * value_size].reshape(n, value_size)
-        if 4 * n < room:  # a few records: copied out, the scratch buffer stays
-            return values.copy()
-        self._values_scratch = None  # many: the caller gets the buffer itself
-        return values
+        reader = self._values_reader
+        sources = [(f.ring, f.cursor, f.offset) for f in fetches if f.cursor is not None]
+        visited = reader.read(sources, value_size, scratch[: room * value_size])
+        codes, copied, offsets = reader.codes, reader.copied, reader.next_offsets
+        n = 0
+        for i in range(visited):
+            code = codes[i]
+            if code == OK:
+                fetches[i].offset = offsets[i]
+                n += copied[i]
+            elif code == SEALED:  # the leader's ring was replaced
+                self._reopen(fetches[i])
+            elif code != EMPTY:  # lapped, corrupt, a value of another size
+                chunked.append(fetches[i])
+        if n:
+            values = scratch[: n * value_size].reshape(n, value_size)
+            if 4 * n < room:  # a few records: copied out, the scratch buffer stays
+                values = values.copy()
+            else:  # many: the caller gets the buffer itself
+                self._values_scratch = None
+            out.append(values)
+        return chunked, n
 
     def _read(self, f: _Fetch, start: int) -> bytes:
         """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""

@@ -579,6 +579,48 @@ def wait_any(
     return int(result) if result >= 0 else -1
 
 
+class ValuesReader:
+    """:meth:`Ring.read_values` over several rings in one C call (a consumer's poll).
+
+    Holds the C argument arrays, grown as needed; one thread uses it. After
+    :meth:`read`, ``codes[i]``, ``copied[i]`` and ``next_offsets[i]`` describe
+    source i as read_values would, except that an EMPTY ring that is sealed says
+    SEALED.
+    """
+
+    def __init__(self) -> None:
+        self._capacity = 0
+        self._grow(8)
+
+    def _grow(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._regions = ffi.new("void *[]", capacity)
+        self._cursors = ffi.new("engine_cursor_t *[]", capacity)
+        self.next_offsets = ffi.new("int64_t[]", capacity)
+        self.codes = ffi.new("int32_t[]", capacity)
+        self.copied = ffi.new("int32_t[]", capacity)
+
+    def read(self, sources: Sequence[tuple[Ring, Cursor, int]], value_size: int, out: Any) -> int:
+        """Read (ring, cursor, next offset) sources in order, each one's values after
+        the previous ones' in ``out`` (whole ``value_size`` slots), until ``out`` is
+        full. Returns how many sources were read (the rest were not looked at)."""
+        n = len(sources)
+        if n > self._capacity:
+            self._grow(max(n, 2 * self._capacity))
+        regions, cursors, offsets = self._regions, self._cursors, self.next_offsets
+        for i, (ring, cursor, offset) in enumerate(sources):
+            regions[i] = ring._ptr()
+            cursors[i] = cursor._c
+            offsets[i] = offset
+        buf = ffi.from_buffer(out, require_writable=True)
+        return int(
+            lib.engine_ring_read_values_many(
+                regions, cursors, offsets, self.codes, self.copied, n, value_size, buf,
+                len(buf) // value_size,
+            )
+        )  # fmt: skip
+
+
 class Interrupt:
     """A flag the replication loops in C look at (:func:`follow`, :func:`track_high_watermark`):
     set it, then wake the rings they wait on, and the loop returns within one wait."""

@@ -666,6 +666,23 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
     return ENGINE_RING_OK;
 }
 
+int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
+                                     int64_t *next_offsets, int32_t *codes, int32_t *copied,
+                                     int32_t count, int32_t value_size, char *out,
+                                     int32_t max_records) {
+    int32_t n = 0, i;
+    for (i = 0; i < count && n < max_records; i++) {
+        int64_t bad_offset;
+        codes[i] = engine_ring_read_values(regions[i], cursors[i], -1, value_size,
+                                           out + (size_t)n * (size_t)value_size, max_records - n,
+                                           &copied[i], &next_offsets[i], &bad_offset);
+        if (codes[i] == ENGINE_RING_EMPTY && engine_ring_sealed(regions[i]))
+            codes[i] = ENGINE_RING_SEALED;
+        n += copied[i];
+    }
+    return i;
+}
+
 /* ---- wait and reap ----------------------------------------------------- */
 
 /* 1 when a reader at c need not wait: the frame is readable (below the high

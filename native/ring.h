@@ -424,6 +424,17 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
                             int32_t value_size, char *out, int32_t max_records,
                             int32_t *copied, int64_t *next_offset, int64_t *bad_offset);
 
+/* engine_ring_read_values over several rings in one call (a consumer's poll of
+ * its partitions), in the order given, each ring's values after the previous
+ * ones' in out, until max_records are copied. Per ring i: codes[i] is
+ * read_values' code, or SEALED for an EMPTY ring that is sealed (its leader
+ * moved); copied[i] and next_offsets[i] as read_values'. Returns how many rings
+ * it visited (the rest were not looked at: out was full). */
+int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
+                                     int64_t *next_offsets, int32_t *codes, int32_t *copied,
+                                     int32_t count, int32_t value_size, char *out,
+                                     int32_t max_records);
+
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
  * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:
  * a frame at or above the high watermark is not readable yet (consumers);

@@ -103,9 +103,10 @@ def test_a_value_of_another_size_is_an_error_and_loses_nothing(
     """The values before it are delivered; then poll_values raises, naming its offset,
     at the same position every time, until poll() (or a seek) takes the position past it."""
     tp = TopicPartition(one_partition, 0)
-    with Producer(shared_daemon.data_dir) as p, Consumer(
-        data_dir=shared_daemon.data_dir, auto_offset_reset="earliest"
-    ) as c:
+    with (
+        Producer(shared_daemon.data_dir) as p,
+        Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c,
+    ):
         c.assign([tp])
         for first in (True, False):  # read from a new chunk, then from the ring in place
             base = c.position(tp) if not first else 0
@@ -125,6 +126,50 @@ def test_a_value_of_another_size_is_an_error_and_loses_nothing(
             rest = poll_all(c, 4, 1000)
             assert list(rest["seq"]) == list(range(base + 4, base + 8))
             assert c.poll_values(SIZE, timeout=0.05) == []
+
+
+def test_many_partitions_in_one_poll_and_a_bad_value_in_one_of_them(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """Four partitions read in one call: every good value is delivered once, in order per
+    partition; the bad one raises (naming its offset) without losing what the same
+    poll took from the others, and stays until poll() takes it."""
+    name = f"pv-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=4, config={"max.message.bytes": 8192})
+    tps = [TopicPartition(name, i) for i in range(4)]
+    try:
+        with (
+            Producer(shared_daemon.data_dir) as p,
+            Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c,
+        ):
+            c.assign(tps)
+            assert c.poll_values(SIZE, timeout=0.1) == []  # every cursor in its ring
+            for i in (0, 2, 3):
+                p.send_batch(name, values_of(50, producer=i), partition=i)
+            p.send_batch(name, values_of(3, producer=1), partition=1)
+            p.send(name, b"short", partition=1).get(timeout=10)
+            p.send_batch(name, values_of(4, producer=1, start=4), partition=1)
+            p.flush()
+            chunks, errors = [], 0
+            deadline = time.monotonic() + 30
+            while (errors == 0 or sum(map(len, chunks)) < 153) and time.monotonic() < deadline:
+                try:
+                    chunks += [a.view(DTYPE).reshape(-1) for a in c.poll_values(SIZE, 0.2, 10)]
+                except CorruptRecordError as e:
+                    assert "offset 3" in str(e)
+                    errors += 1
+            got = np.concatenate(chunks)
+            for i in (0, 2, 3):
+                assert list(got["seq"][got["producer"] == i]) == list(range(50))
+            assert list(got["seq"][got["producer"] == 1]) == [0, 1, 2]
+            assert errors >= 1 and c.position(tps[1]) == 3
+            assert [c.position(tp) for tp in (tps[0], tps[2], tps[3])] == [50, 50, 50]
+            records = c.poll(timeout=1.0, max_records=1)
+            assert [(r.partition, r.offset, r.value) for r in records] == [(1, 3, b"short")]
+            rest = poll_all(c, 4, 1000)
+            assert list(rest["seq"]) == [4, 5, 6, 7] and set(rest["producer"]) == {1}
+    finally:
+        admin.delete_topic(name)
 
 
 def test_poll_values_reads_the_segments_once_the_ring_moved_on(
@@ -170,9 +215,12 @@ def test_values_larger_than_the_fetch_buffer(shared_daemon: Daemon, admin: Admin
     size = 100_000
     tp = TopicPartition(name, 0)
     try:
-        with Producer(shared_daemon.data_dir) as p, Consumer(
-            data_dir=shared_daemon.data_dir, auto_offset_reset="earliest", fetch_max_bytes=65536
-        ) as c:
+        with (
+            Producer(shared_daemon.data_dir) as p,
+            Consumer(
+                data_dir=shared_daemon.data_dir, auto_offset_reset="earliest", fetch_max_bytes=65536
+            ) as c,
+        ):
             c.assign([tp])
             assert c.poll_values(size, timeout=0.1) == []
             got: list[bytes] = []
