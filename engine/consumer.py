@@ -590,10 +590,15 @@ class Consumer:
                     self._next = (self._next + 1) % n
             fetches = [self._fetches[tp] for tp in visit]
             if value_size is None:
+                # Partitions holding a chunk first: one of them may have raised last
+                # time, and raises again before anything else of this poll is taken.
+                held = [f for f in fetches if f.pending]
+                if held:
+                    fetches = held + [f for f in fetches if not f.pending]
                 got = self._poll_chunks(fetches, limit, None, out)
             else:
-                # Partitions read from segments or holding a chunk first: one of them
-                # may raise, and then nothing else of this poll has been taken.
+                # Partitions read from segments or holding a chunk first, for the same
+                # reason (the ring path never raises).
                 chunked, direct = self._split_direct(fetches)
                 got = self._poll_chunks(chunked, limit, value_size, out)
                 if direct and got < limit:
