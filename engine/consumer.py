@@ -72,6 +72,7 @@ from engine.ring import (
     Cursor,
     Ring,
     ValuesReader,
+    fork_generation,
     wait_any,
 )
 from engine.txn_filter import ReadCommitted
@@ -213,6 +214,7 @@ class Consumer:
         self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
+        self._forks = fork_generation()
         self.group_id = group_id
         self.enable_auto_commit = enable_auto_commit
         self.auto_commit_interval_s = auto_commit_interval_ms / 1000
@@ -232,7 +234,7 @@ class Consumer:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("consumer is closed")
-        if os.getpid() != self._pid:
+        if fork_generation() != self._forks:  # os.getpid() is a syscall per poll
             raise ClosedError("consumer was created in another process: create one per process")
 
     def subscribe(self, topics: Iterable[str]) -> None:
@@ -580,16 +582,17 @@ class Consumer:
             out: list[Any] = []
             got = 0
             n = len(self._order)
-            if ready is not None and ready in self._fetches:
-                # Just woken by one partition: read it alone (the others were empty a
-                # moment ago; the next poll visits them), a full pass if it had nothing.
-                visit = [ready]
-            else:
-                visit = [self._order[(self._next + i) % n] for i in range(n)]
-                if n:
-                    self._next = (self._next + 1) % n
-            fetches = [self._fetches[tp] for tp in visit]
+            start = self._next
+            if n and (value_size is not None or ready is None or ready not in self._fetches):
+                self._next = (start + 1) % n  # each pass starts at the next partition
             if value_size is None:
+                if ready is not None and ready in self._fetches:
+                    # Just woken by one partition: read it alone (the others were empty
+                    # a moment ago; the next poll visits them), a full pass if it had
+                    # nothing.
+                    fetches = [self._fetches[ready]]
+                else:
+                    fetches = [self._fetches[self._order[(start + i) % n]] for i in range(n)]
                 # Partitions holding a chunk first: one of them may have raised last
                 # time, and raises again before anything else of this poll is taken.
                 held = [f for f in fetches if f.pending]
@@ -597,12 +600,24 @@ class Consumer:
                     fetches = held + [f for f in fetches if not f.pending]
                 got = self._poll_chunks(fetches, limit, None, out)
             else:
-                # Partitions read from segments or holding a chunk first, for the same
-                # reason (the ring path never raises).
+                # All partitions, in assignment order (the C call goes round from the
+                # rotating start); those read from segments or holding a chunk first,
+                # for the same reason (the ring path never raises).
+                fetches = [self._fetches[tp] for tp in self._order]
                 chunked, direct = self._split_direct(fetches)
                 got = self._poll_chunks(chunked, limit, value_size, out)
                 if direct and got < limit:
-                    failed, n_values = self._ring_values(direct, limit - got, value_size, out)
+                    # Every partition is read in its ring: the same C call waits for
+                    # any of them when all are caught up (no wait in Python).
+                    wait_s = 0.0
+                    if not chunked and n <= 128:
+                        wait_s = min(deadline - time.monotonic(), 0.5)
+                        if self._group is not None:
+                            wait_s = min(wait_s, 0.05)  # rebalances are applied between waits
+                    first = start % len(direct)
+                    failed, n_values = self._ring_values(
+                        direct, first, limit - got, value_size, out, wait_s
+                    )
                     got += n_values
                     got += self._poll_chunks(failed, limit - got, value_size, out)
             if got or (n == 0 and self._group is None):
@@ -695,13 +710,20 @@ class Consumer:
         return chunked, direct
 
     def _ring_values(
-        self, fetches: list[_Fetch], limit: int, value_size: int, out: list[Any]
+        self,
+        fetches: list[_Fetch],
+        first: int,
+        limit: int,
+        value_size: int,
+        out: list[Any],
+        wait_s: float = 0.0,
     ) -> tuple[list[_Fetch], int]:
         """poll_values' one-copy path: the values of every fetch read from its ring in
-        one C call, decoded straight into one result array (appended to out). Returns
-        the fetches the chunk path must serve after all (lapped, corrupt, a value of
-        another size: it reads the segments or raises the error), and how many values
-        were delivered."""
+        one C call (from fetches[first] on around), decoded straight into one result
+        array (appended to out). Returns the fetches the chunk path must serve after
+        all (lapped, corrupt, a value of another size: it reads the segments or raises
+        the error), and how many values were delivered. ``wait_s`` > 0: when every
+        ring is caught up, wait that long for any of them in the same call."""
         chunked: list[_Fetch] = []
         room = max(1, min(limit, len(self._buf) // value_size))
         scratch = self._values_scratch
@@ -710,10 +732,14 @@ class Consumer:
             scratch = self._values_scratch = np.empty(size, dtype=np.uint8)
         reader = self._values_reader
         sources = [(f.ring, f.cursor, f.offset) for f in fetches if f.cursor is not None]
-        visited = reader.read(sources, value_size, scratch[: room * value_size])
+        count = len(sources)
+        visited = reader.read(
+            sources, first, value_size, scratch, room, wait_s, self.poll_spin_s
+        )
         codes, copied, offsets = reader.codes, reader.copied, reader.next_offsets
         n = 0
-        for i in range(visited):
+        for k in range(visited):
+            i = (first + k) % count
             code = codes[i]
             if code == OK:
                 fetches[i].offset = offsets[i]

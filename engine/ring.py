@@ -70,6 +70,12 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
+def fork_generation() -> int:
+    """Forks in this process's line so far: an object made at another value was made by
+    another process (a parent). A cheap stand-in for comparing os.getpid()."""
+    return _fork_generation[0]
+
+
 
 class _OutParams(threading.local):
     """The C calls' out-parameters, one set per thread: threads may share a Ring."""
@@ -582,15 +588,16 @@ def wait_any(
 class ValuesReader:
     """:meth:`Ring.read_values` over several rings in one C call (a consumer's poll).
 
-    Holds the C argument arrays, grown as needed; one thread uses it. After
-    :meth:`read`, ``codes[i]``, ``copied[i]`` and ``next_offsets[i]`` describe
-    source i as read_values would, except that an EMPTY ring that is sealed says
-    SEALED.
+    Holds the C argument arrays, grown as needed, and the C view of the last output
+    buffer; one thread uses it. After :meth:`read`, ``codes[i]``, ``copied[i]`` and
+    ``next_offsets[i]`` describe source i as read_values would, except that an EMPTY
+    ring that is sealed says SEALED.
     """
 
     def __init__(self) -> None:
         self._capacity = 0
         self._grow(8)
+        self._out: tuple[Any, Any] | None = None  # (buffer, its C view)
 
     def _grow(self, capacity: int) -> None:
         self._capacity = capacity
@@ -600,10 +607,22 @@ class ValuesReader:
         self.codes = ffi.new("int32_t[]", capacity)
         self.copied = ffi.new("int32_t[]", capacity)
 
-    def read(self, sources: Sequence[tuple[Ring, Cursor, int]], value_size: int, out: Any) -> int:
-        """Read (ring, cursor, next offset) sources in order, each one's values after
-        the previous ones' in ``out`` (whole ``value_size`` slots), until ``out`` is
-        full. Returns how many sources were read (the rest were not looked at)."""
+    def read(
+        self,
+        sources: Sequence[tuple[Ring, Cursor, int]],
+        first: int,
+        value_size: int,
+        out: Any,
+        max_records: int,
+        timeout_s: float = 0.0,
+        spin_s: float = 0.0,
+    ) -> int:
+        """Read (ring, cursor, next offset) sources from index ``first`` on around,
+        each one's values after the previous ones' in ``out`` (a writable buffer of at
+        least ``max_records`` ``value_size`` slots), until max_records. When every
+        source is EMPTY, wait up to ``timeout_s`` (spinning ``spin_s`` first, as
+        :meth:`Ring.wait`) for any to become readable, then read them all again.
+        Returns how many sources were read: first, first + 1, ... (mod their count)."""
         n = len(sources)
         if n > self._capacity:
             self._grow(max(n, 2 * self._capacity))
@@ -612,11 +631,18 @@ class ValuesReader:
             regions[i] = ring._ptr()
             cursors[i] = cursor._c
             offsets[i] = offset
-        buf = ffi.from_buffer(out, require_writable=True)
+        cached = self._out
+        if cached is not None and cached[0] is out:
+            buf = cached[1]
+        else:
+            buf = ffi.from_buffer(out, require_writable=True)
+            self._out = (out, buf)
+        if max_records * value_size > len(buf):
+            raise ValueError(f"out too small: length={len(buf)} max_records={max_records}")
         return int(
-            lib.engine_ring_read_values_many(
-                regions, cursors, offsets, self.codes, self.copied, n, value_size, buf,
-                len(buf) // value_size,
+            lib.engine_ring_poll_values(
+                regions, cursors, offsets, self.codes, self.copied, n, first, value_size,
+                buf, max_records, int(timeout_s * 1e9), int(spin_s * 1e9),
             )
         )  # fmt: skip
 

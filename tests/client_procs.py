@@ -24,3 +24,14 @@ def produce_values(data_dir: str, topic: str, producer: int, count: int) -> None
             values["producer"] = producer
             values["seq"] = np.arange(start, start + len(values))
             p.send_batch(topic, values, partition=0)
+
+
+def poll_inherited(consumer: object, out: object) -> None:
+    """In a forked child: a consumer made by the parent refuses to poll."""
+    from engine import ClosedError
+
+    try:
+        consumer.poll_values(8, timeout=0)  # type: ignore[attr-defined]
+        out.put("polled")  # type: ignore[attr-defined]
+    except ClosedError as e:
+        out.put(str(e))  # type: ignore[attr-defined]

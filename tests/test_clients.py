@@ -473,3 +473,16 @@ def test_keyed_batch_into_full_rings_waits_max_block_ms_once_and_keeps_what_fit(
     assert waited < 3.0, f"waited {waited:.1f} s: max_block_ms applied per partition"
     got = consume_all(daemon.data_dir, [TopicPartition("full", q) for q in range(4)], appended)
     assert len(got) == appended
+
+
+def test_a_consumer_refuses_to_poll_in_a_forked_child(shared_daemon: Daemon, topic: str) -> None:
+    fork = mp.get_context("fork")
+    out = fork.Queue()
+    with Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(topic, 0)])
+        assert c.poll_values(8, timeout=0) == []
+        child = fork.Process(target=client_procs.poll_inherited, args=(c, out))
+        with started([child]):
+            assert "created in another process" in out.get(timeout=30)
+            join_ok([child])
+        assert c.poll_values(8, timeout=0) == []  # the parent's consumer still works
