@@ -834,8 +834,8 @@ class Consumer:
         )
         if records:
             f.offset = records[-1].offset + 1
-        else:
-            self._skip_chunk(f, data, at)
+        if not records or (used >= len(data) and f.txn is None):
+            self._skip_chunk(f, data, at)  # past trailing markers too
         self._keep(f, data, used if records else len(data))
         return records
 
@@ -847,8 +847,8 @@ class Consumer:
         )
         if len(values):
             f.offset = last + 1
-        else:
-            self._skip_chunk(f, data, at)
+        if not len(values) or (used >= len(data) and f.txn is None):
+            self._skip_chunk(f, data, at)  # past trailing markers too
         self._keep(f, data, used if len(values) else len(data))
         return values
 
@@ -860,8 +860,10 @@ class Consumer:
             f.offset = max(f.offset, f.pending_end)
 
     def _skip_chunk(self, f: _Fetch, data: bytes, at: int) -> None:
-        """A chunk without a record to deliver (markers only, or only records below the
-        position): the position moves past it, or it would be read again."""
+        """The position moves past the chunk: one without a record to deliver (markers
+        only, or only records below the position) would be read again; one whose last
+        batches are markers would leave the position before them while the ring
+        cursor is past them."""
         infos, _, _ = scan_batches(memoryview(data)[at:], False)
         if len(infos):
             f.offset = max(f.offset, int(infos["last_offset"][-1]) + 1)

@@ -97,6 +97,35 @@ def test_poll_values_skips_transaction_markers_like_poll(
         assert c.position(tp) == 33
 
 
+def test_the_position_moves_past_a_trailing_marker_read_in_the_ring(
+    shared_daemon: Daemon, one_partition: str
+) -> None:
+    """Consumers already waiting in the ring (poll_values' direct path, poll()'s chunk
+    path) end past the commit marker, not before it."""
+    tp = TopicPartition(one_partition, 0)
+    with (
+        Consumer(data_dir=shared_daemon.data_dir) as by_value,
+        Consumer(data_dir=shared_daemon.data_dir) as by_record,
+    ):
+        for c in (by_value, by_record):
+            c.assign([tp])
+            c.seek(tp, 0)
+        assert by_value.poll_values(SIZE, timeout=0.1) == []
+        assert by_record.poll(timeout=0.1) == []
+        with Producer(shared_daemon.data_dir, transactional_id=f"pv-{uuid.uuid4().hex}") as p:
+            p.init_transactions()
+            p.begin_transaction()
+            p.send_batch(one_partition, values_of(10), partition=0)
+            p.commit_transaction()
+        assert len(poll_all(by_value, 10, 1000)) == 10
+        records: list = []
+        deadline = time.monotonic() + 30
+        while len(records) < 10 and time.monotonic() < deadline:
+            records += by_record.poll(timeout=0.5)
+        assert [r.offset for r in records] == list(range(10))
+        assert by_value.position(tp) == by_record.position(tp) == 11
+
+
 def test_a_value_of_another_size_is_an_error_and_loses_nothing(
     shared_daemon: Daemon, one_partition: str
 ) -> None:
