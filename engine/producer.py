@@ -466,7 +466,7 @@ class Producer:
         self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
-        # acks 0/1: the address of each topic's engine_route_t, for engine._send
+        # Not idempotent: the address of each topic's engine_route_t, for engine._send
         self._fast: dict[str, int] = {}
         self._lock = threading.RLock()
         self._closed = False
@@ -524,7 +524,7 @@ class Producer:
                 )
             route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
-            if self.acks in (0, 1) and not self.enable_idempotence and not self._closed:
+            if not self.enable_idempotence and not self._closed:
                 self._fast[topic] = route.address  # self._routes keeps the route alive
             return route
 
@@ -554,14 +554,17 @@ class Producer:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
         if headers is None and timestamp_ms is None and not self._buffer and not self._draining:
             address = self._fast.get(topic)
-            if address is None and self.acks != -1 and not self._closed:
+            if address is None and not self._closed:
                 if topic not in self._routes:  # the first send to the topic: map it
                     self._route(topic)
                 address = self._fast.get(topic)
-            if address is not None:  # acks 0/1, key and value bytes: one C call (engine._send)
+            if address is not None:  # key and value bytes: one C call (engine._send)
                 future = _fast_send(address, topic, key, value, partition)
                 if future.__class__ is RecordFuture:
-                    return future
+                    if self._acker is None:
+                        return future
+                    _, partition, offset, ts = future  # acks="all": wait for the ISR
+                    return self._await_isr(topic, partition, offset, ts)
                 # Not bytes, or the ring said no (full, too large, sealed, no such
                 # partition): the general path below says why or waits, as before.
         if self._closed:
@@ -623,10 +626,16 @@ class Producer:
                 )
                 route = self._routes.get(topic) or self._route(topic)  # it may have moved
         if self._acker is not None:
-            pending = PendingFuture(self._acker, topic, partition, result, ts)
-            self._acker.add(pending, route.view.rings[partition], route.fields.min_insync)
-            return pending  # type: ignore[return-value]
+            return self._await_isr(topic, partition, result, ts)
         return _future(RecordFuture, (topic, partition, result, ts))
+
+    def _await_isr(self, topic: str, partition: int, offset: int, ts: int) -> RecordFuture:
+        """acks="all": the future of an appended record, resolved by the acker."""
+        assert self._acker is not None
+        route = self._routes[topic]
+        pending = PendingFuture(self._acker, topic, partition, offset, ts)
+        self._acker.add(pending, route.view.rings[partition], route.fields.min_insync)
+        return pending  # type: ignore[return-value]
 
     def _append(
         self,
