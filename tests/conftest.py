@@ -19,11 +19,23 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield d
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the test item (fixtures look at report_call)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon of the test's own, for tests that kill, stop or restart it."""
+def daemon(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    """A daemon of the test's own, for tests that kill, stop or restart it. When the
+    test failed, the tails of its processes' logs are printed (shown with the failure)."""
     with running_daemon(tmp_path / "engine", brokers=2) as d:
         yield d
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            d.print_logs()
 
 
 @pytest.fixture

@@ -49,6 +49,14 @@ class Daemon:
     def runtime(self) -> dict:
         return DataDir.resolve(self.data_dir).read_runtime()
 
+    def print_logs(self, lines: int = 80) -> None:
+        """Print the last lines of every process log of this daemon."""
+        logs = self.data_dir / "logs"
+        for path in sorted(logs.glob("*.log")) if logs.exists() else []:
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            print(f"----- {path.name} (last {len(tail)} lines) -----")
+            print("\n".join(tail))
+
     def kill_everything(self) -> None:
         """Last resort for a failed test: SIGKILL the daemon and its children, drop rings."""
         run = self.data_dir / "run"
