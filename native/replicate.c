@@ -110,15 +110,9 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
         int64_t leader_end = published->offset, now = mono_ns();
         int64_t high_watermark = leader_end;
         int32_t waited = 0, joined = 0;
-        rings[waited] = leader;
-        marks[waited++] = *published;
+        engine_cursor_t at[ENGINE_REPLICA_MAX_FOLLOWERS];
         for (int32_t i = 0; i < count; i++) {
-            if (followers[i]) {
-                engine_cursor_t mark;
-                ends[i] = follower_end(followers[i], leader_epoch, &mark);
-                rings[waited] = followers[i];
-                marks[waited++] = mark;
-            }
+            if (followers[i]) ends[i] = follower_end(followers[i], leader_epoch, &at[i]);
             /* Caught up: holds what the leader held one pass ago (Kafka's
              * lastCaughtUpTime, which a busy leader's followers keep meeting). */
             if (ends[i] >= 0 && ends[i] >= (previous_end >= 0 ? previous_end : leader_end)) {
@@ -132,6 +126,20 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
         engine_ring_status(leader, &s);
         if (high_watermark > s.high_watermark) engine_ring_set_high_watermark(leader, high_watermark);
         if (joined) return ENGINE_RING_OK; /* Python adds it to the ISR */
+        /* Wait only on what can change the outcome: the in-sync followers at the
+         * high watermark (it rises when they copy more; the leader's appends and
+         * followers ahead of it cannot raise it) and the followers outside the ISR
+         * (they may catch up); on the leader when none of them is there. */
+        for (int32_t i = 0; i < count; i++) {
+            if (followers[i] && (in_isr[i] != 1 || ends[i] <= high_watermark)) {
+                rings[waited] = followers[i];
+                marks[waited++] = at[i];
+            }
+        }
+        if (waited == 0) {
+            rings[waited] = leader;
+            marks[waited++] = *published;
+        }
         int64_t left = deadline - mono_ns();
         if (left <= 0) return ENGINE_RING_TIMEOUT;
         if (engine_ring_wait_any(rings, marks, waited, 0, 0, 0) >= 0) {

@@ -522,6 +522,10 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
  * otherwise ends[i] is set to its ring's tail offset, -1 when that ring is not a
  * follower ring of leader_epoch. caught_up_ns[i] is set to the time (CLOCK_MONOTONIC)
  * of each pass at which follower i held what the leader held one pass before.
+ * Passes happen when an in-sync follower at the high watermark or a follower
+ * outside the ISR appends (the leader's own appends cannot raise it; the leader
+ * is waited on only when no follower ring is there), and at each call: Python
+ * calls again at least every LAG_CHECK_S while a follower lags.
  * Returns OK when a follower with in_isr[i] == 0 caught up (Python adds it), TIMEOUT
  * when timeout_ns passed or *stop, BAD_ARGUMENT for count out of range. */
 int engine_replica_track(void *leader, engine_cursor_t *published, void **followers,
