@@ -62,7 +62,8 @@ HOUSEKEEPING_S = 1.0
 RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) / 1000
 # The drain sleep-polls a busy ring (so that producers pay no futex wake per append):
 # between passes it sleeps about as long as the ring takes to fill a quarter at the
-# rate of the last pass, within these bounds. Each look costs its broker some CPU
+# rate of the last pass (the shorter bound after the ring was empty: a burst may
+# follow a quiet spell), within these bounds. Each look costs its broker some CPU
 # (with replication, a dozen drains per broker set), so not more often than needed:
 # the ring holds what arrives meanwhile (5 ms at 1 GB/s is 5 MB of a 16 MiB ring),
 # and consumers read the ring, not the segments.
@@ -193,7 +194,7 @@ class Replica:
         quarter = self.ring.status().capacity / 4
         longest = min(MAX_POLL_SLEEP_S, max(POLL_SLEEP_S, self.log.config.flush_ms / 1000))
         last_retention = 0.0
-        last_pass = time.monotonic()
+        last_pass: float | None = None  # None: the ring was empty since (rate unknown)
         idle_polls = 0
         full_waits = 0
         while True:
@@ -204,7 +205,10 @@ class Replica:
                 self.ring.drain_to(cursor)
                 self.log.maybe_flush()
                 now = time.monotonic()
-                rate = n / max(now - last_pass, 1e-6)  # bytes/s since the previous pass
+                sleep = POLL_SLEEP_S  # after an empty ring: the rate is yet to be seen
+                if last_pass is not None:  # bytes/s since the previous pass
+                    rate = n / max(now - last_pass, 1e-6)
+                    sleep = min(longest, max(POLL_SLEEP_S, quarter / rate))
                 last_pass = now
                 if n < len(buf) // 2 and not self._stop.is_set():
                     # Caught up with the producers: let the next chunk gather instead
@@ -213,7 +217,7 @@ class Replica:
                     # meanwhile.
                     now_full_waits = self.ring.status().full_waits
                     if now_full_waits == full_waits:
-                        time.sleep(min(longest, max(POLL_SLEEP_S, quarter / rate)))
+                        time.sleep(sleep)
                     full_waits = now_full_waits
                 continue
             if code == OUT_TOO_SMALL:
@@ -223,6 +227,7 @@ class Replica:
             if code == OVERWRITTEN:
                 raise RuntimeError(f"drain cursor was overwritten: ring={self.ring_name}")
             assert code == EMPTY
+            last_pass = None
             if self._stop.is_set():
                 # Sealed: no new claims. Claims already made publish within
                 # microseconds (or are reaped if their producer died), so wait
