@@ -618,8 +618,8 @@ class ValuesReader:
         spin_s: float = 0.0,
     ) -> int:
         """Read (ring, cursor, next offset) sources from index ``first`` on around,
-        each one's values after the previous ones' in ``out`` (a writable buffer of at
-        least ``max_records`` ``value_size`` slots), until max_records. When every
+        each one's values after the previous ones' in ``out`` (a writable buffer of
+        ``value_size`` slots), until max_records or ``out`` is full. When every
         source is EMPTY, wait up to ``timeout_s`` (spinning ``spin_s`` first, as
         :meth:`Ring.wait`) for any to become readable, then read them all again.
         Returns how many sources were read: first, first + 1, ... (mod their count)."""
@@ -637,8 +637,7 @@ class ValuesReader:
         else:
             buf = ffi.from_buffer(out, require_writable=True)
             self._out = (out, buf)
-        if max_records * value_size > len(buf):
-            raise ValueError(f"out too small: length={len(buf)} max_records={max_records}")
+        max_records = min(max_records, len(buf) // value_size)
         return int(
             lib.engine_ring_poll_values(
                 regions, cursors, offsets, self.codes, self.copied, n, first, value_size,
