@@ -84,9 +84,6 @@ class _OutParams(threading.local):
         self.status = ffi.new("engine_ring_status_t *")
         self.count = ffi.new("int32_t *")
         self.length = ffi.new("uint64_t *")
-        self.values_out = ffi.new("int32_t *")
-        self.values_next = ffi.new("int64_t *")
-        self.values_bad = ffi.new("int64_t *")
 
 
 _out = _OutParams()
@@ -431,29 +428,6 @@ class Ring:
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
 
-    def read_values(
-        self, cursor: Cursor, next_offset: int, value_size: int, out: Any
-    ) -> tuple[int, int, int]:
-        """Copy the values of fixed-size records at the cursor straight into ``out``.
-
-        ``out`` is a writable buffer of whole ``value_size`` slots; records below
-        ``next_offset`` are skipped, control batches give nothing. Returns (code,
-        records copied, the offset after the last one delivered): code is OK (the
-        cursor or the offset moved), EMPTY, OVERWRITTEN (``out`` holds nothing
-        usable: read the segments), CORRUPT or VALUE_SIZE (a value of another size:
-        nothing delivered; the record-by-record path says where).
-        """
-        region = self._ptr()
-        buf = ffi.from_buffer(out, require_writable=True)
-        _out.values_next[0] = next_offset
-        code = lib.engine_ring_read_values(
-            region, cursor._c, -1, value_size, buf, len(buf) // value_size,
-            _out.values_out, _out.values_next, _out.values_bad,
-        )  # fmt: skip
-        if code == OK:
-            return code, int(_out.values_out[0]), int(_out.values_next[0])
-        return code, 0, next_offset
-
     def wait(
         self, cursor: Cursor, timeout_s: float, respect_hw: bool = True, spin_s: float = 0.0
     ) -> bool:
@@ -586,7 +560,7 @@ def wait_any(
 
 
 class ValuesReader:
-    """:meth:`Ring.read_values` over several rings in one C call (a consumer's poll).
+    """engine_ring_read_values over several rings in one C call (a consumer's poll).
 
     Holds the C argument arrays, grown as needed, and the C view of the last output
     buffer; one thread uses it. After :meth:`read`, ``codes[i]``, ``copied[i]`` and

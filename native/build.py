@@ -52,6 +52,7 @@ enum engine_batch_order_code {
 
 #define ENGINE_OFFSET_INDEX_ENTRY_LENGTH ...
 #define ENGINE_TIME_INDEX_ENTRY_LENGTH ...
+#define ENGINE_SEGMENT_MAX_RELATIVE_OFFSET ...
 
 int engine_batch_check_order(const engine_batch_info_t *infos, int32_t count,
                              int64_t next_offset, engine_batch_order_t *order);
@@ -149,9 +150,6 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
 int engine_ring_wait_high_watermark(void *region, int64_t offset, int64_t timeout_ns);
 void engine_ring_status(void *region, engine_ring_status_t *out);
 uint32_t engine_ring_sealed(void *region);
-int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
-                            int32_t value_size, char *out, int32_t max_records,
-                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset);
 int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t count, int32_t first, int32_t value_size, char *out,
