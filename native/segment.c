@@ -27,8 +27,6 @@ int engine_batch_check_order(const engine_batch_info_t *infos, int32_t count,
     return code;
 }
 
-/* Does the batch starting at position get an index entry, after a batch at
- * previous (-1: none)? */
 /* Is a batch with max_timestamp ts more than segment_ms after rolling? INT64_MAX
  * means never (overflow-safe for any timestamps a batch may carry). */
 static inline int too_late(int64_t ts, int64_t rolling, int64_t segment_ms) {
@@ -38,6 +36,8 @@ static inline int too_late(int64_t ts, int64_t rolling, int64_t segment_ms) {
     return age > segment_ms;
 }
 
+/* Does the batch starting at position get an index entry, after a batch at
+ * previous (-1: none)? */
 static inline int indexed(int64_t position, int64_t previous, int64_t interval) {
     if (interval <= 0 || previous < 0) return 1;
     return position / interval != previous / interval;
