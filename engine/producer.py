@@ -467,7 +467,7 @@ class Producer:
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
         # Not idempotent: the address of each topic's engine_route_t, for engine._send
-        self._fast: dict[str, int] = {}
+        self._fast: dict[str, _Route] = {}  # topics engine._send may append to
         self._lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
@@ -525,7 +525,7 @@ class Producer:
             route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
             if not self.enable_idempotence and not self._closed:
-                self._fast[topic] = route.address  # self._routes keeps the route alive
+                self._fast[topic] = route
             return route
 
     def _forget_route(self, topic: str) -> None:
@@ -553,18 +553,20 @@ class Producer:
     ) -> RecordFuture:
         """Send one record; returns a future of its RecordMetadata (see acks)."""
         if headers is None and timestamp_ms is None and not self._buffer and not self._draining:
-            address = self._fast.get(topic)
-            if address is None and not self._closed:
+            fast = self._fast.get(topic)
+            if fast is None and not self._closed:
                 if topic not in self._routes:  # the first send to the topic: map it
                     self._route(topic)
-                address = self._fast.get(topic)
-            if address is not None:  # key and value bytes: one C call (engine._send)
-                future = _fast_send(address, topic, key, value, partition)
+                fast = self._fast.get(topic)
+            if fast is not None:  # key and value bytes: one C call (engine._send)
+                future = _fast_send(fast.address, topic, key, value, partition)
                 if future.__class__ is RecordFuture:
                     if self._acker is None:
                         return future
-                    _, partition, offset, ts = future  # acks="all": wait for the ISR
-                    return self._await_isr(topic, partition, offset, ts)
+                    # acks="all": wait for the ISR of the ring the record went to (the
+                    # route sent through, even if another thread has forgotten it since)
+                    _, partition, offset, ts = future
+                    return self._await_isr(fast, partition, offset, ts)
                 # Not bytes, or the ring said no (full, too large, sealed, no such
                 # partition): the general path below says why or waits, as before.
         if self._closed:
@@ -626,14 +628,14 @@ class Producer:
                 )
                 route = self._routes.get(topic) or self._route(topic)  # it may have moved
         if self._acker is not None:
-            return self._await_isr(topic, partition, result, ts)
+            return self._await_isr(route, partition, result, ts)
         return _future(RecordFuture, (topic, partition, result, ts))
 
-    def _await_isr(self, topic: str, partition: int, offset: int, ts: int) -> RecordFuture:
-        """acks="all": the future of an appended record, resolved by the acker."""
+    def _await_isr(self, route: _Route, partition: int, offset: int, ts: int) -> RecordFuture:
+        """acks="all": the future of a record appended through ``route``, resolved by the
+        acker."""
         assert self._acker is not None
-        route = self._routes[topic]
-        pending = PendingFuture(self._acker, topic, partition, offset, ts)
+        pending = PendingFuture(self._acker, route.view.name, partition, offset, ts)
         self._acker.add(pending, route.view.rings[partition], route.fields.min_insync)
         return pending  # type: ignore[return-value]
 

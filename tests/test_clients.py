@@ -393,6 +393,20 @@ def test_the_c_send_path_and_the_general_path_agree(shared_daemon: Daemon, topic
         assert all(o == sorted(set(o)) for o in offsets.values())
 
 
+def test_an_acks_all_send_is_acknowledged_on_the_route_it_went_through(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """Another thread may drop the producer's routes (a metadata refresh) between a send's
+    append and its wait for the ISR: the wait follows the ring the record went to. Once
+    this raised KeyError after the append had landed (seen in CI)."""
+    with Producer(shared_daemon.data_dir, acks="all") as p:
+        assert p.send(topic, b"a", partition=1).get(timeout=10).offset == 0
+        p._routes.clear()  # the state such a thread leaves: the C path's route still set
+        assert p.send(topic, b"b", partition=1).get(timeout=10).offset == 1
+        p._forget_route(topic)
+        assert p.send(topic, b"c", partition=1).get(timeout=10).offset == 2
+
+
 def test_deleting_a_topic_removes_its_data_from_every_broker(
     shared_daemon: Daemon, admin: Admin
 ) -> None:

@@ -104,7 +104,6 @@ def test_below_min_insync_replicas_the_send_fails_and_nothing_is_acknowledged(
             with pytest.raises(NotEnoughReplicasError):
                 # Refused at the append once the leader knows, or failed after it (Kafka's
                 # NOT_ENOUGH_REPLICAS_AFTER_APPEND) while the news is on its way.
-                p._routes.clear()
                 p.send("r2", b"refused").get(timeout=10)
         finally:
             os.kill(pid, signal.SIGCONT)
