@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: python bench/suite.py
 from bench import hdr, report
 from bench.transports import BROKEN, discover
 from bench.transports.base import RunSpec, Transport, Unsupported
-from bench.transports.harness import RunError, RunResult, run
+from bench.transports.harness import SUSTAINED, RunError, RunResult, run
 from bench.workload import IOT_RECORD_SIZE, sweep_sizes
 
 __all__ = ["Row", "Settings", "Workload", "main", "plan", "run_suite"]
@@ -243,6 +243,18 @@ def _measure(
             raise Unsupported("no end-to-end latency")
         assert workload.rate is not None
         per_producer = int(workload.rate * settings.latency_duration_s) // workload.producers
+        # Warm-up: a tenth of a run. A transport that cannot send at the rate (Redis
+        # Streams, one round trip per record) gets runs sized by what it sent, so that
+        # they last about as long as the others' instead of timing out; its cells are
+        # flagged (the producers' rate is in the notes).
+        probe = once(max(per_producer // 10, 1), True, 30 + 5 * settings.latency_duration_s)
+        sent_per_s = probe.records / probe.send_s if probe.send_s > 0 else workload.rate
+        sized = ""
+        if sent_per_s < SUSTAINED * workload.rate:
+            per_producer = max(int(sent_per_s * settings.latency_duration_s), 1)
+            per_producer //= workload.producers
+            sized = f" of {report.count(workload.rate)}/s asked: runs sized to that"
+        progress.step(f"{name} warm-up: sent {report.count(sent_per_s)}/s{sized}")
         for rep in range(settings.reps):
             result = once(per_producer, False, 30 + 5 * settings.latency_duration_s)
             assert result.latency_hdr is not None
@@ -305,10 +317,7 @@ def run_suite(
 
     reference = _reference(settings, registry, runnable)
     ctx = multiprocessing.get_context(settings.start_method)
-    per_workload = settings.reps + 1
-    planned = len(runnable) * sum(
-        settings.reps if w.kind == "latency" else per_workload for w in workloads
-    )
+    planned = len(runnable) * len(workloads) * (settings.reps + 1)  # a warm-up each
     progress = Progress(planned, progress_stream)
     run_ids = _Runs()
     rows: list[Row] = []
