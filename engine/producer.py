@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
 
 import numpy as np
@@ -466,8 +467,9 @@ class Producer:
         self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
-        # Not idempotent: the address of each topic's engine_route_t, for engine._send
-        self._fast: dict[str, _Route] = {}  # topics engine._send may append to
+        # Not idempotent: (the address of its engine_route_t, the route) of each topic
+        # engine._send may append to
+        self._fast: dict[str, tuple[int, _Route]] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._pid = os.getpid()
@@ -504,6 +506,13 @@ class Producer:
                 target=self._sender_loop, name="producer-sender", daemon=True
             )
             self._sender.start()
+        if type(self).send is Producer.send and not idempotent:
+            # send() parsed and appended in C, no Python frame per record: the instance
+            # attribute shadows the method, which the C object calls for everything the
+            # C path does not take (see native/send.c).
+            self.__dict__["send"] = _send_module.Sender(
+                self._fast, MethodType(Producer.send, self), self._acked if self._acker else None
+            )
 
     # -- sending -----------------------------------------------------------
 
@@ -525,7 +534,7 @@ class Producer:
             route = _Route(view, fields, self.batch_size)
             self._routes[topic] = route
             if not self.enable_idempotence and not self._closed:
-                self._fast[topic] = route
+                self._fast[topic] = (route.address, route)
             return route
 
     def _forget_route(self, topic: str) -> None:
@@ -559,14 +568,11 @@ class Producer:
                     self._route(topic)
                 fast = self._fast.get(topic)
             if fast is not None:  # key and value bytes: one C call (engine._send)
-                future = _fast_send(fast.address, topic, key, value, partition)
+                future = _fast_send(fast[0], topic, key, value, partition)
                 if future.__class__ is RecordFuture:
                     if self._acker is None:
                         return future
-                    # acks="all": wait for the ISR of the ring the record went to (the
-                    # route sent through, even if another thread has forgotten it since)
-                    _, partition, offset, ts = future
-                    return self._await_isr(fast, partition, offset, ts)
+                    return self._acked(fast[1], future)
                 # Not bytes, or the ring said no (full, too large, sealed, no such
                 # partition): the general path below says why or waits, as before.
         if self._closed:
@@ -630,6 +636,12 @@ class Producer:
         if self._acker is not None:
             return self._await_isr(route, partition, result, ts)
         return _future(RecordFuture, (topic, partition, result, ts))
+
+    def _acked(self, route: _Route, future: RecordFuture) -> RecordFuture:
+        """acks="all": the future of a record the C path appended through ``route``
+        (the route it sent through, even if another thread has dropped it since)."""
+        _, partition, offset, ts = future
+        return self._await_isr(route, partition, offset, ts)
 
     def _await_isr(self, route: _Route, partition: int, offset: int, ts: int) -> RecordFuture:
         """acks="all": the future of a record appended through ``route``, resolved by the
@@ -1267,17 +1279,27 @@ class Producer:
                     f"max_block_ms={self.max_block_ms}"
                 )
         self._buffer.setdefault((topic, partition), []).append((key, value, hbytes, hcount, ts))
+        self._pause_fast(True)  # later sends must not overtake the buffered records
         self._buffered_bytes += size
         if self._buffered_bytes >= self.batch_size:
             self._buffer_cond.notify_all()
 
+    def _pause_fast(self, paused: bool) -> None:
+        """Send every record through the Python path while ``paused`` (acks=0's buffer
+        holds records, or is being appended)."""
+        sender = self.__dict__.get("send")
+        if sender is not None:
+            sender.paused = paused
+
     def _drain_buffer(self) -> None:
         """Append everything buffered (called with the lock held)."""
         self._draining = True  # before the swap: send() must not overtake these records
+        self._pause_fast(True)
         try:
             self._drain_buffered()
         finally:
             self._draining = False
+            self._pause_fast(bool(self._buffer))
 
     def _drain_buffered(self) -> None:
         buffer, self._buffer = self._buffer, {}

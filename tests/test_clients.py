@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import struct
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
+from typing import Any
 
 import client_procs
 import numpy as np
@@ -17,6 +20,7 @@ from engine_harness import Daemon, join_ok, started, wait_for
 from engine import (
     Admin,
     BufferFullError,
+    ClosedError,
     ConfigError,
     Consumer,
     EngineError,
@@ -391,6 +395,67 @@ def test_the_c_send_path_and_the_general_path_agree(shared_daemon: Daemon, topic
         for f in fast + general:
             offsets.setdefault(f.partition, []).append(f.offset)
         assert all(o == sorted(set(o)) for o in offsets.values())
+
+
+def test_send_in_c_takes_its_arguments_as_the_python_method_does(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """Producer.send is parsed and appended in C (engine._send.Sender) when it can be;
+    by position or by name, the records land alike, and what the C path does not take
+    (headers, a timestamp, a bad call) goes to the Python method, which raises as
+    Python would."""
+    with Producer(shared_daemon.data_dir) as p:
+        assert type(p.send).__name__ == "Sender"
+        sent = [
+            p.send(topic, b"v0", b"k", None, 2),
+            p.send(topic, value=b"v1", key=b"k", partition=2),
+            p.send(partition=2, key=b"k", value=b"v2", topic=topic),
+            p.send(topic, b"v3", key=b"k", headers=[("h", b"1")], partition=2),
+            p.send(topic, b"v4", key=b"k", partition=2, timestamp_ms=5),
+            p.send(topic, None, key=b"k", partition=2),
+        ]
+        assert [(f.get().partition, f.get().offset) for f in sent] == [(2, i) for i in range(6)]
+        assert sent[4].get().timestamp == 5
+        with pytest.raises(TypeError):
+            p.send(topic, b"v", colour=1)
+        with pytest.raises(TypeError):
+            p.send(topic, b"v", value=b"w")
+        with pytest.raises(TypeError):
+            p.send()  # type: ignore[call-arg]
+        for partition in (3, -1):
+            with pytest.raises(PartitionOutOfRangeError):
+                p.send(topic, b"v", partition=partition)
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 2)], 6)
+    assert [r.value for r in records] == [b"v0", b"v1", b"v2", b"v3", b"v4", None]
+    assert [r.key for r in records] == [b"k"] * 6
+    assert [list(r.headers) for r in records][3] == [("h", b"1")]
+
+
+def test_a_subclass_overriding_send_is_called_and_a_closed_producer_is_freed(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """The C send is an instance attribute: not installed over a subclass's own send;
+    its references to the producer are a cycle the garbage collector frees."""
+
+    class Counting(Producer):
+        calls = 0
+
+        def send(self, *args: Any, **kwargs: Any) -> Any:
+            Counting.calls += 1
+            return super().send(*args, **kwargs)
+
+    with Counting(shared_daemon.data_dir) as counting:
+        assert counting.send(topic, b"x", partition=0).get().offset == 0
+    assert Counting.calls == 1
+    p = Producer(shared_daemon.data_dir)
+    assert p.send(topic, b"y", partition=0).get().offset == 1
+    p.close()
+    with pytest.raises(ClosedError):
+        p.send(topic, b"z", partition=0)
+    ref = weakref.ref(p)
+    del p
+    gc.collect()
+    assert ref() is None
 
 
 def test_an_acks_all_send_is_acknowledged_on_the_route_it_went_through(
