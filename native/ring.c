@@ -394,6 +394,11 @@ int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *k
                               value_length, NULL, 0, 0, 0);
 }
 
+/* Records appended in partition order (engine_route_append_keyed) are gathered
+ * from all over the caller's arrays, which the hardware prefetcher cannot follow:
+ * the values this many records ahead are prefetched. */
+#define GATHER_AHEAD 8
+
 /* The body of engine_ring_append_batch. order (may be NULL) picks the records:
  * the r-th record appended is record order[r] of keys/values (fixed strides
  * only), and its offset goes to out_offsets[order[r]]. */
@@ -451,6 +456,12 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
             if (order) {
                 kq = kp ? kp + (size_t)at * (size_t)key_stride : NULL;
                 vq = vp + (size_t)at * (size_t)value_stride;
+                if (r + GATHER_AHEAD < j) { /* gathered out of order: fetch ahead */
+                    const uint8_t *next = vp + (size_t)order[r + GATHER_AHEAD] * value_stride;
+                    __builtin_prefetch(next);
+                    __builtin_prefetch(next + value_stride - 1);
+                    if (kp) __builtin_prefetch(kp + (size_t)order[r + GATHER_AHEAD] * key_stride);
+                }
             }
             out += engine_batch_write_record(out, ts - base_ts, r - i, kq, klen, vq, vlen,
                                              NULL, 0, 0);
