@@ -251,8 +251,8 @@ def _measure(
         sent_per_s = probe.records / probe.send_s if probe.send_s > 0 else workload.rate
         sized = ""
         if sent_per_s < SUSTAINED * workload.rate:
-            per_producer = max(int(sent_per_s * settings.latency_duration_s), 1)
-            per_producer //= workload.producers
+            records = int(sent_per_s * settings.latency_duration_s)
+            per_producer = max(records // workload.producers, 1)
             sized = f" of {report.count(workload.rate)}/s asked: runs sized to that"
         progress.step(f"{name} warm-up: sent {report.count(sent_per_s)}/s{sized}")
         for rep in range(settings.reps):

@@ -511,7 +511,9 @@ class Producer:
             # attribute shadows the method, which the C object calls for everything the
             # C path does not take (see native/send.c).
             self.__dict__["send"] = _send_module.Sender(
-                self._fast, MethodType(Producer.send, self), self._acked if self._acker else None
+                self._fast,
+                MethodType(Producer.send, self),
+                None if self._acker is None else self._acked,
             )
 
     # -- sending -----------------------------------------------------------

@@ -66,7 +66,8 @@ RETENTION_CHECK_S = float(os.environ.get("ENGINE_RETENTION_CHECK_MS", "5000")) /
 # follow a quiet spell), within these bounds. Each look costs its broker some CPU
 # (with replication, a dozen drains per broker set), so not more often than needed:
 # the ring holds what arrives meanwhile (5 ms at 1 GB/s is 5 MB of a 16 MiB ring),
-# and consumers read the ring, not the segments.
+# and consumers read the ring, not the segments. A producer that finds the ring full
+# ends the sleep (Ring.wait_full), so a burst never waits out a long one.
 POLL_SLEEP_S = 0.005
 MAX_POLL_SLEEP_S = 0.05
 STOP_GRACE_S = 5.0
@@ -214,10 +215,11 @@ class Replica:
                     # Caught up with the producers: let the next chunk gather instead
                     # of chasing them a batch at a time (each pass costs about the same
                     # work, big or small), unless a producer found the ring full
-                    # meanwhile.
+                    # meanwhile; one that finds it full while the drain sleeps ends
+                    # the sleep at once (a burst waits a pass, not the whole sleep).
                     now_full_waits = self.ring.status().full_waits
                     if now_full_waits == full_waits:
-                        time.sleep(sleep)
+                        self.ring.wait_full(now_full_waits, sleep)
                     full_waits = now_full_waits
                 continue
             if code == OUT_TOO_SMALL:

@@ -464,6 +464,14 @@ class Ring:
         """Wake every thread and process waiting on this ring (they look again)."""
         lib.engine_ring_wake(self._ptr())
 
+    def wait_full(self, full_waits_seen: int, timeout_s: float) -> bool:
+        """The drain's sleep between passes: up to ``timeout_s``, over as soon as a
+        producer finds the ring full (``status().full_waits`` is no longer
+        ``full_waits_seen``) or :meth:`wake` is called. True when woken so."""
+        return bool(
+            lib.engine_ring_wait_full(self._ptr(), full_waits_seen, int(timeout_s * 1e9)) == OK
+        )
+
     def fence(self, producer_id: int, epoch: int) -> None:
         """Refuse, from now on, appends of producer_id with an epoch below ``epoch``."""
         code = lib.engine_ring_fence(self._ptr(), producer_id, epoch)

@@ -134,6 +134,7 @@ void engine_ring_set_high_watermark(void *region, int64_t high_watermark);
 void engine_ring_set_isr_count(void *region, uint32_t isr_count);
 /* Wake every process waiting on the ring (a stopping replica's own threads). */
 void engine_ring_wake(void *region);
+int engine_ring_wait_full(void *region, uint64_t full_waits_seen, int64_t timeout_ns);
 int engine_ring_fence(void *region, int64_t producer_id, int32_t epoch);
 int32_t engine_ring_producer_epoch(void *region, int64_t producer_id);
 int engine_ring_append_raw(void *region, const char *batches, uint64_t length,

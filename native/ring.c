@@ -217,6 +217,7 @@ static int claim(void *region, uint32_t frame_length, uint32_t count, int64_t ti
         if (v.position + padding + stride > v.drain_position + capacity) {
             if (!counted_full) {
                 engine_fetch_add_u64(&h->full_waits, 1);
+                wake(&h->full_seq, &h->full_waiters); /* a drain between passes: now */
                 counted_full = 1;
             }
             if (*deadline_ns == 0) *deadline_ns = now_ns() + timeout_ns;
@@ -876,6 +877,26 @@ void engine_ring_wake(void *region) {
     futex_wake_all(&h->hw_seq);
     engine_fetch_add_u32(&h->space_seq, 1);
     futex_wake_all(&h->space_seq);
+    engine_fetch_add_u32(&h->full_seq, 1);
+    futex_wake_all(&h->full_seq);
+}
+
+int engine_ring_wait_full(void *region, uint64_t full_waits_seen, int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    int64_t deadline = now_ns() + timeout_ns;
+    for (;;) {
+        if (engine_load_acquire_u64(&h->full_waits) != full_waits_seen) return ENGINE_RING_OK;
+        int64_t left = deadline - now_ns();
+        if (left <= 0) return ENGINE_RING_TIMEOUT;
+        engine_fetch_add_u32(&h->full_waiters, 1);
+        engine_fence();
+        uint32_t seq = engine_load_acquire_u32(&h->full_seq);
+        if (engine_load_acquire_u64(&h->full_waits) == full_waits_seen)
+            futex_wait(&h->full_seq, seq, left);
+        engine_fetch_sub_u32(&h->full_waiters, 1);
+        /* engine_ring_wake (a stopping replica) bumps full_seq without a full ring */
+        if (engine_load_acquire_u32(&h->full_seq) != seq) return ENGINE_RING_OK;
+    }
 }
 
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp) {

@@ -15,12 +15,14 @@
  *   | of two); frames wrap around      |  back; padding at the wrap
  *   +----------------------------------+ 4096 + capacity
  *
- * Ring header, version 3 (one field group per 128-byte line so that hot
+ * Ring header, version 4 (one field group per 128-byte line so that hot
  * words written by different processes never share a cache line). Version 3
  * added hw_seq: high-watermark waiters (acks="all" producers, readers of a
  * replicated ring) sleep there, woken when it rises, not by every append;
  * publish_seq wakes those who read up to the tail (followers, the leader's
- * high-watermark loop, readers of a ring without replication).
+ * high-watermark loop, readers of a ring without replication). Version 4
+ * added full_seq: the broker's drain sleeps there between passes, and a
+ * producer that finds the ring full wakes it at once.
  *
  *  0                   1                   2                   3
  *  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
@@ -66,6 +68,8 @@
  * | stall_position (uint64): a frame readers found stuck          |
  * +---------------------------------------------------------------+  792
  * | stall_since_ns (int64): when they first found it stuck        |
+ * +---------------------------------------------------------------+  800
+ * | full_seq (uint32, futex)      | full_waiters (uint32)         |
  * +---------------------------------------------------------------+  896
  * | hw_seq (uint32, futex)        | hw_waiters (uint32)           |
  * +---------------------------------------------------------------+ 1024
@@ -157,7 +161,7 @@
 
 #include "batch.h"
 
-#define ENGINE_RING_VERSION 3u
+#define ENGINE_RING_VERSION 4u
 #define ENGINE_RING_MAGIC 0x474E49524E474E45ull /* "ENGNRING" little-endian */
 #define ENGINE_RING_HEADER_LENGTH 4096
 #define ENGINE_RING_MIN_CAPACITY 65536ull
@@ -213,7 +217,9 @@ struct engine_ring_header {
     uint64_t full_waits;
     uint64_t stall_position;
     int64_t stall_since_ns;
-    uint8_t pad6[128 - 32];
+    uint32_t full_seq;
+    uint32_t full_waiters;
+    uint8_t pad6[128 - 40];
 
     uint32_t hw_seq;
     uint32_t hw_waiters;
@@ -250,6 +256,8 @@ _Static_assert(offsetof(struct engine_ring_header, reaped_frames) == 768, "reape
 _Static_assert(offsetof(struct engine_ring_header, full_waits) == 776, "full_waits");
 _Static_assert(offsetof(struct engine_ring_header, stall_position) == 784, "stall_position");
 _Static_assert(offsetof(struct engine_ring_header, stall_since_ns) == 792, "stall_since_ns");
+_Static_assert(offsetof(struct engine_ring_header, full_seq) == 800, "full_seq");
+_Static_assert(offsetof(struct engine_ring_header, full_waiters) == 804, "full_waiters");
 _Static_assert(offsetof(struct engine_ring_header, hw_seq) == 896, "hw_seq");
 _Static_assert(offsetof(struct engine_ring_header, hw_waiters) == 900, "hw_waiters");
 _Static_assert(offsetof(struct engine_ring_header, producers) == 1024, "producers");
@@ -485,6 +493,10 @@ int engine_ring_fence(void *region, int64_t producer_id, int32_t epoch);
 int32_t engine_ring_producer_epoch(void *region, int64_t producer_id);
 /* Wake every process waiting on the ring (a stopping replica's own threads). */
 void engine_ring_wake(void *region);
+/* The drain's sleep between passes: until timeout_ns passes (TIMEOUT) or a
+ * producer finds the ring full, full_waits no longer being full_waits_seen (OK;
+ * also OK when engine_ring_wake ends the wait). */
+int engine_ring_wait_full(void *region, uint64_t full_waits_seen, int64_t timeout_ns);
 
 /* Replication. A follower appends the leader's batches as they are (their offsets
  * kept; an offset gap becomes an offset-consuming padding frame). It ignores the

@@ -52,6 +52,27 @@ def append_after(name: str, delay_s: float, value: bytes) -> None:
     ring.close()
 
 
+def fill_when_waited_on(name: str) -> None:
+    """Once a drain sleeps in wait_full (full_waiters, header offset 804, is 1), append
+    until the ring is full: the append that finds it full is what must wake it."""
+    from engine._native import ffi
+
+    from engine.errors import BufferFullError
+
+    ring = Ring.open(name)
+    deadline = time.monotonic() + 30
+    while int.from_bytes(ffi.buffer(ring._ptr(), 808)[804:808], "little") != 1:
+        if time.monotonic() > deadline:
+            raise SystemExit("nobody waited on full_seq")
+        time.sleep(0.001)
+    try:
+        while True:
+            ring.append(producer_fields(), b"x" * 1000, timeout_ms=0)
+    except BufferFullError:
+        pass
+    ring.close()
+
+
 def zombie(name: str, batch: int) -> None:
     """A transactional producer (id 7, epoch 0) appending until it is fenced: exit 0."""
     from engine.errors import ProducerFencedError

@@ -81,7 +81,7 @@ def drain(ring: Ring, cursor: Cursor, buf: bytearray) -> None:
 def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     ring = Ring.create(ring_name, 1 << 16, base_offset=42, leader_epoch=7)
     raw = bytes(ffi.buffer(ring._ptr(), 4096))
-    assert struct.unpack_from("<II", raw, 0) == (3, 4096)  # version, header_length
+    assert struct.unpack_from("<II", raw, 0) == (4, 4096)  # version, header_length
     assert raw[8:16] == b"ENGNRING"
     assert struct.unpack_from("<QQq", raw, 16) == (1 << 16, 1 << 15, 42)
     assert struct.unpack_from("<Q", raw, 128)[0] == 42 << 32  # tail: offset 42, position 0
@@ -192,6 +192,34 @@ def test_full_ring_blocks_then_raises_and_overwrites_nothing(ring_name: str) -> 
     records = read_all(ring, Cursor())
     assert [r.offset for r in records] == list(range(n))
     assert all(r.value == value for r in records)
+    ring.close()
+
+
+def test_a_producer_that_finds_the_ring_full_wakes_the_sleeping_drain(ring_name: str) -> None:
+    """The drain sleeps between passes in wait_full (futex full_seq, header offset 800);
+    a producer in another process whose append finds the ring full ends that sleep at
+    once instead of waiting out the rest of it."""
+    ring = Ring.create(ring_name, 1 << 16)
+    assert not ring.wait_full(ring.status().full_waits, 0.01)  # nothing full: the timeout
+    seen = ring.status().full_waits
+    woken: list[bool] = []
+    drain = threading.Thread(target=lambda: woken.append(ring.wait_full(seen, 600.0)))
+    drain.start()
+    child = SPAWN.Process(target=ring_procs.fill_when_waited_on, args=(ring_name,))
+    child.start()
+    try:
+        # Long before the sleep's 600 s: woken by the append that found the ring full.
+        wait_for(lambda: woken, timeout=60, what="the full ring to end the drain's sleep")
+        assert woken == [True] and ring.status().full_waits > seen
+        join_ok([child])
+    finally:
+        ring.wake()  # ends the sleep if the test failed
+        drain.join(10)
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    raw = bytes(ffi.buffer(ring._ptr(), 4096))
+    assert struct.unpack_from("<I", raw, 804)[0] == 0  # full_waiters: nobody left waiting
     ring.close()
 
 
