@@ -5,11 +5,12 @@
  * cffi. A cffi call, though, releases and retakes the GIL and converts each
  * argument: on the reference machine that costs more than the append itself,
  * and Producer.send made three such calls per record (partitioner, clock,
- * append). This module is only a shim: one METH_FASTCALL function that takes
- * the Python arguments as they are and calls engine_ring_send through a
- * pointer that engine._native hands over once (init). It keeps the GIL: the
- * append never waits (engine_ring_send answers FULL instead, and the caller
- * waits through cffi, GIL released).
+ * append). This module is only a shim: a METH_FASTCALL function (send) and a
+ * vectorcall object (Sender, which Producer.send is) that take the Python
+ * arguments as they are and call engine_ring_send through a pointer that
+ * engine._native hands over once (init). They keep the GIL: the append never
+ * waits (engine_ring_send answers FULL instead, and the Python method waits
+ * through cffi, GIL released).
  *
  *   init(send_address: int, future_type: type) -> None
  *   send(route_address: int, topic: str, key: bytes | None, value: bytes | None,
