@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # Every argument after it is the suite's own, options first included
+        # (argparse's REMAINDER does not take `engine bench --quick`).
+        return cmd_bench(argparse.Namespace(command="bench", args=argv[1:]))
     args = build_parser().parse_args(argv)
     from engine.errors import EngineError
 

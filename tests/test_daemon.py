@@ -55,6 +55,15 @@ def test_clients_name_the_start_command_when_no_daemon_runs(tmp_path: Path) -> N
     assert out.returncode == 1 and b"engine start" in out.stderr
 
 
+def test_engine_bench_passes_its_options_to_the_suite(tmp_path: Path) -> None:
+    """`engine bench --quick ...` as the README says (the options are the suite's)."""
+    cli = Daemon(tmp_path / "unused")
+    out = cli.cli("bench", "--quick", "--list")
+    assert b"engine-acks1" in out.stdout and b"mp-queue" in out.stdout
+    out = cli.cli("bench", "--only", "no-such-transport", "--quick", check=False)
+    assert out.returncode == 2 and b"unknown transport: no-such-transport" in out.stdout
+
+
 def test_files_and_rings_are_private_to_the_owner(daemon: Daemon) -> None:
     with Admin(daemon.data_dir) as admin:
         admin.create_topic("private", partitions=1)
