@@ -84,7 +84,7 @@ def markdown(rows: list[Row], statuses: dict[str, dict[str, str]], reference: st
         f"Python {info['python']}. Median of {settings.reps} runs; "
         f"{settings.consumers} consumer process(es).",
         f"Ratios ({TIMES}) are to **{reference}** on the same workload"
-        + ("" if reference.startswith("engine") else " (no engine transport is registered yet)")
+        + ("" if reference.startswith("engine") or settings.only else _NO_ENGINE)
         + "; for latency, the ratio of p99s.",
         "",
     ]
@@ -106,7 +106,7 @@ def markdown(rows: list[Row], statuses: dict[str, dict[str, str]], reference: st
             sweep,
             lambda r: f"{count(r.records_per_s)} · {r.mb_per_s or 0:,.0f}" + _ratio(r.ratio),
         )
-    notes = _notes(rows, statuses)
+    notes = _notes(rows, statuses, every=not settings.only)
     if notes:
         lines += ["### Not measured", "", *notes, ""]
     return "\n".join(lines)
@@ -162,7 +162,11 @@ def _pivot(rows: list[Row], transports: list[str], workloads: list[Any], cell: A
     return lines
 
 
-def _notes(rows: list[Row], statuses: dict[str, dict[str, str]]) -> list[str]:
+#: Said only of a run of every transport (with --only, the engine may just not be asked for).
+_NO_ENGINE = " (no engine transport is registered yet)"
+
+
+def _notes(rows: list[Row], statuses: dict[str, dict[str, str]], every: bool) -> list[str]:
     notes: dict[str, None] = {}
     for name, status in statuses.items():
         if status["status"] != "available":
@@ -171,7 +175,7 @@ def _notes(rows: list[Row], statuses: dict[str, dict[str, str]]) -> list[str]:
         if row.status in ("unsupported", "failed"):
             notes.setdefault(f"- **{row.transport}**, {row.workload.label}: {row.status}: "
                              f"{row.reason}")  # fmt: skip
-    if not any(name.startswith("engine") for name in statuses):
+    if every and not any(name.startswith("engine") for name in statuses):
         notes.setdefault(
             '- **engine** (acks=0, acks=1, acks="all"): no engine transport is registered yet '
             "(bench/transports/engine_*.py)"
