@@ -278,6 +278,12 @@ def _wait_for_file(path: Path, child: Child, timeout_s: float) -> str:
     raise EngineTimeoutError(f"{child.name} did not become ready within {timeout_s:.0f} s")
 
 
+#: Daemons this process started with start_background, by pid: stop() reaps them. (A
+#: Popen dropped while its child runs warns "subprocess ... is still running", an
+#: error under -W error, as in `pytest bench/`.)
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start_background(
     data_dir: DataDir,
     brokers: int,
@@ -331,6 +337,7 @@ def start_background(
         try:
             info = data_dir.read_runtime()
             if info.get("ready") and info.get("pid") == proc.pid:
+                _STARTED[proc.pid] = proc
                 return info
         except DaemonNotRunningError:
             pass
@@ -348,12 +355,14 @@ def stop(data_dir: DataDir, timeout_s: float = 60.0) -> bool:
     pid = int(info["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
+    child = _STARTED.get(pid)
+    while child.poll() is None if child is not None else pid_alive(pid):
         if time.monotonic() > deadline:
             raise EngineTimeoutError(
                 f"the engine daemon (pid {pid}) did not stop in {timeout_s:.0f} s"
             )
         time.sleep(0.02)
+    _STARTED.pop(pid, None)  # reaped by poll()
     return True
 
 

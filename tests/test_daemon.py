@@ -64,6 +64,26 @@ def test_engine_bench_passes_its_options_to_the_suite(tmp_path: Path) -> None:
     assert out.returncode == 2 and b"unknown transport: no-such-transport" in out.stdout
 
 
+def test_a_daemon_started_in_process_is_stopped_and_reaped_without_warnings(
+    tmp_path: Path,
+) -> None:
+    """daemon.start_background from Python (the benchmark transports do): the daemon
+    runs detached, stop() ends it and reaps it, and no "subprocess is still running"
+    ResourceWarning escapes (warnings are errors here, as under `pytest bench/`)."""
+    from engine import daemon as engine_daemon
+    from engine.datadir import DataDir
+
+    data_dir = DataDir.resolve(str(tmp_path / "engine"))
+    info = engine_daemon.start_background(data_dir, brokers=1, coordinator=None)
+    try:
+        with Admin(str(tmp_path / "engine")) as admin:
+            admin.create_topic("inproc", partitions=1)
+    finally:
+        assert engine_daemon.stop(data_dir)
+    assert not pid_alive(int(info["pid"]))
+    assert not engine_daemon.stop(data_dir)  # stopped: nothing to stop
+
+
 def test_files_and_rings_are_private_to_the_owner(daemon: Daemon) -> None:
     with Admin(daemon.data_dir) as admin:
         admin.create_topic("private", partitions=1)
