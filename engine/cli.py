@@ -423,8 +423,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         return 2
     sys.path.insert(0, root)
-    from bench.suite import main as bench_main
-
+    try:
+        from bench.suite import main as bench_main
+    except ModuleNotFoundError as exc:  # the suite's own dependencies (hdrh, matplotlib)
+        print(
+            f"engine: `engine bench` needs the benchmark extras: pip install -e '{root}[bench]' "
+            f"(missing module: {exc.name})",
+            file=sys.stderr,
+        )
+        return 2
     return int(bench_main(args.args))
 
 
