@@ -89,8 +89,12 @@ class Controller:
         self.zk.ensure_path(md.BROKER_TOPICS)
         for topic in self.zk.get_children(md.DELETE_TOPICS, watch=self.poke):
             self._delete_topic(topic)
-        live = set(md.live_brokers(self.zk))
+        # The watch first, then the read: a broker that registers in between is then
+        # in ``live`` or fires the watch. (Read, then watch, missed it: after a daemon
+        # restart a partition whose only in-sync broker registered just then stayed
+        # offline for good.)
         self.zk.get_children(md.BROKER_IDS, watch=self.poke)
+        live = set(md.live_brokers(self.zk))
         for topic in self.zk.get_children(md.BROKER_TOPICS, watch=self.poke):
             self._create_missing_states(topic, live)
             self._fail_over(topic, live)
