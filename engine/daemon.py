@@ -343,6 +343,8 @@ def start_background(
             pass
         time.sleep(0.01)
     proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5.0)  # reaped, unless its stop takes longer than that
     raise EngineTimeoutError(f"the engine daemon did not become ready in {START_TIMEOUT_S:.0f} s")
 
 
