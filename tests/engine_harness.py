@@ -51,11 +51,12 @@ class Daemon:
 
     def print_logs(self, lines: int = 80) -> None:
         """Print the last lines of every process log of this daemon."""
+        from engine.daemon import _tail  # the daemon's own, for its start-up errors
+
         logs = self.data_dir / "logs"
         for path in sorted(logs.glob("*.log")) if logs.exists() else []:
-            tail = path.read_text(errors="replace").splitlines()[-lines:]
-            print(f"----- {path.name} (last {len(tail)} lines) -----")
-            print("\n".join(tail))
+            print(f"----- {path.name} (last {lines} lines at most) -----")
+            print(_tail(path, lines))
 
     def kill_everything(self) -> None:
         """Last resort for a failed test: SIGKILL the daemon and its children, drop rings."""
