@@ -6,7 +6,8 @@ Plots use matplotlib's Agg backend (no display needed). Three figures:
   bar per transport (each engine acknowledgement mode is its own transport, drawn first).
 - ``latency_cdf.png``: the fraction of records delivered within a latency, per transport,
   one panel per fixed rate (all measured runs merged).
-- ``size_sweep.png``: records/s and MB/s against record size, memory copy as the ceiling.
+- ``size_sweep.png``: records/s and MB/s against record size, memory copy and page-cache
+  write (dashed) as the ceilings.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["count", "machine_info", "markdown", "plots", "write_json"]
 
 TIMES = "\N{MULTIPLICATION SIGN}"
+# Physical limits, drawn dashed in grey: the memory copy any shared-memory transport must
+# make, and the page-cache write any transport that persists every record must make.
+CEILINGS = {"memcopy": "0.35", "pagecache": "0.6"}
 PACKAGES = (
     "engine",
     "numpy",
@@ -279,7 +283,7 @@ def _colors(transports: list[str]) -> dict[str, Any]:
         colors[name] = reds(0.55 + 0.4 * i / max(len(engine) - 1, 1))
     tab = plt.get_cmap("tab10")
     for i, name in enumerate(peers):
-        colors[name] = "0.35" if name == "memcopy" else tab([0, 1, 2, 4, 6, 5, 8, 9][i % 8])
+        colors[name] = CEILINGS.get(name) or tab([0, 1, 2, 4, 6, 5, 8, 9][i % 8])
     return colors
 
 
@@ -369,7 +373,7 @@ def _plot_sweep(directory: Path, rows: list[Row], reference: str) -> Path:
         if not mine:
             continue
         sizes = [r.workload.record_size for r in mine]
-        style = "--" if name == "memcopy" else "-"
+        style = "--" if name in CEILINGS else "-"
         left.plot(sizes, [r.records_per_s for r in mine], style, marker="o",
                   color=colors[name], label=name)  # fmt: skip
         right.plot(sizes, [r.mb_per_s for r in mine], style, marker="o",
