@@ -84,6 +84,7 @@ IDLE_POLLS = 20  # 100 ms of sleep-polling before the drain blocks on the ring
 REPLICA_PAUSE_S = 0.0001
 FOLLOW_TIMEOUT_S = 0.1  # a follower's fetch looks at its stop flag at least this often
 FOLLOW_APPEND_TIMEOUT_S = 1.0  # a full follower ring: seek again after this long
+LEADER = -1  # a follower's key for its leader's ring among its peers (a leader keys by broker)
 
 
 class Replica:
@@ -113,6 +114,12 @@ class Replica:
         self._stop = threading.Event()
         # Set (then the rings woken) to make the C replication loops return to Python.
         self._interrupt = Interrupt()
+        # Other replicas' rings the C loops wait on (a leader's followers, a follower's
+        # leader): _wake() wakes them too, so that a stop or an ISR change is seen at
+        # once rather than after the loop's timeout. The loop holds the lock while it
+        # opens or closes one (a closed ring must not be woken).
+        self._peers: dict[int, Ring] = {}
+        self._peers_lock = threading.Lock()
         self._stop_deadline = 0.0
         self._error: BaseException | None = None
         self._threads: list[threading.Thread] = []
@@ -260,6 +267,22 @@ class Replica:
             else:
                 self.ring.wait(cursor, HOUSEKEEPING_S)
 
+    def _wake(self) -> None:
+        """Wake whatever this replica's threads wait on: its ring and its peers' rings."""
+        self.ring.wake()
+        with self._peers_lock:
+            for ring in self._peers.values():
+                ring.wake()
+
+    def _set_peer(self, key: int, ring: Ring | None) -> None:
+        """Keep ``ring`` as the peer ``key`` (None: forget it), closing the one it replaces."""
+        with self._peers_lock:
+            old = self._peers.pop(key, None)
+            if ring is not None:
+                self._peers[key] = ring
+            if old is not None and old is not ring:
+                old.close()
+
     @property
     def failed(self) -> BaseException | None:
         return self._error
@@ -279,7 +302,7 @@ class Replica:
         self._stop_deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
         self._interrupt.set()
-        self.ring.wake()
+        self._wake()
         for thread in self._threads:
             if thread.ident is not None:
                 thread.join(timeout=30)
@@ -341,7 +364,6 @@ class LeaderReplica(Replica):
     def _replicate_loop(self) -> None:
         published = self.ring.drain_cursor()
         brokers = list(self.followers)
-        rings: dict[int, Ring | None] = {}
         seen: dict[int, tuple[int, float]] = {}  # follower -> (log end, since)
         ends = [-1] * len(brokers)
         caught_up_ns = [time.monotonic_ns()] * len(brokers)  # the lag clocks start now
@@ -352,8 +374,7 @@ class LeaderReplica(Replica):
             isr = set(self.isr)
             now = time.monotonic()
             followers = [
-                self._follower_ring(b, rings, seen, now, stale=ends[i] < 0)
-                for i, b in enumerate(brokers)
+                self._follower_ring(b, seen, now, stale=ends[i] < 0) for i, b in enumerate(brokers)
             ]
             for i, b in enumerate(brokers):
                 if followers[i] is None:
@@ -400,9 +421,8 @@ class LeaderReplica(Replica):
                     self.ring.set_isr_count(len(wanted))
                 else:  # lost a race, a follower not registered, or no coordinator
                     refused.update((b, now) for b in wanted - isr)
-        for ring in rings.values():
-            if ring is not None:
-                ring.close()
+        for b in brokers:
+            self._set_peer(b, None)
 
     def adopt_isr(self, isr: tuple[int, ...]) -> None:
         """The coordinator's ISR changed underneath (the controller dropped a dead broker)."""
@@ -411,7 +431,7 @@ class LeaderReplica(Replica):
             self.isr = new
             self.ring.set_isr_count(len(new))
             self._interrupt.set()  # the high-watermark loop looks at the new ISR
-            self.ring.wake()
+            self._wake()
 
     def _write_isr(self, isr: set[int]) -> bool:
         return self.update_isr is not None and self.update_isr(tuple(sorted(isr)))
@@ -419,7 +439,6 @@ class LeaderReplica(Replica):
     def _follower_ring(
         self,
         broker: int,
-        rings: dict[int, Ring | None],
         seen: dict[int, tuple[int, float]],
         now: float,
         stale: bool,
@@ -427,18 +446,19 @@ class LeaderReplica(Replica):
         """The open ring of a follower (None: not there yet). Reopened when ``stale`` (it
         was not a follower ring of this leadership) or after a second without progress:
         the follower may have recreated it."""
-        ring = rings.get(broker)
+        ring = self._peers.get(broker)
         last, since = seen.setdefault(broker, (-1, now))
         if ring is not None and (stale or now - since > 1.0):
-            ring.close()
-            ring = rings[broker] = None
+            self._set_peer(broker, None)
+            ring = None
             seen[broker] = (last, now)
         if ring is None:
             try:
-                ring = rings[broker] = Ring.open(self.followers[broker])
+                ring = Ring.open(self.followers[broker])
             except (FileNotFoundError, EngineError):
                 seen[broker] = (last, now)
                 return None
+            self._set_peer(broker, ring)
         return ring
 
 
@@ -533,6 +553,7 @@ class FollowerReplica(Replica):
                     except (FileNotFoundError, EngineError):
                         self._stop.wait(0.05)
                         continue
+                    self._set_peer(LEADER, leader)
                     cursor = None
                 if cursor is None:
                     mine = self.ring.status().tail_offset
@@ -559,11 +580,10 @@ class FollowerReplica(Replica):
                 elif code in (OVERWRITTEN, FULL):
                     cursor = None  # seek again from what this ring holds
                 elif code == SEALED:
-                    leader.close()  # the leader stepped down or restarted: look again
+                    self._set_peer(LEADER, None)  # the leader stepped down or restarted
                     leader = None
                     self._stop.wait(0.05)
         finally:
-            if leader is not None:
-                leader.close()
+            self._set_peer(LEADER, None)
             if reader is not None:
                 reader.close()

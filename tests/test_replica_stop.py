@@ -1,0 +1,103 @@
+"""A replica's stop() ends its replication loop at once, even while that loop sleeps on
+another replica's ring: a leader's high-watermark loop on its followers' rings, a
+follower's fetch on its leader's ring. (Before, each waited out its timeout: a leader up
+to a second, a follower up to 100 ms, one replica after another, at every topic deletion
+and broker shutdown.)"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine._native import ffi
+from engine_harness import wait_for
+
+from engine import replica
+from engine.config import validate_topic_config
+from engine.replica import FollowerReplica, LeaderReplica, Replica
+from engine.ring import Ring, producer_fields, unlink
+
+EPOCH = 3
+# The loops' timeouts here: a stop that waited one out would take stop()'s 30 s join.
+LONG_S = 600.0
+STOPPED_WITHIN_S = 20.0
+CONFIG = validate_topic_config({"ring.bytes": 1 << 22})
+
+
+@pytest.fixture
+def names() -> Iterator[list[str]]:
+    made = [f"/engine-test-stop-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    yield made
+    for name in made:
+        with contextlib.suppress(FileNotFoundError):
+            unlink(name)
+
+
+def publish_waiters(ring: Ring) -> int:
+    """How many threads sleep on the ring's publish word (header offset 388)."""
+    return int(struct.unpack_from("<I", bytes(ffi.buffer(ring._ptr(), 392)), 388)[0])
+
+
+def stop_in_thread(member: Replica) -> threading.Thread:
+    """stop() in a thread, joined for up to STOPPED_WITHIN_S: still alive if it took longer."""
+    stopper = threading.Thread(target=member.stop, daemon=True)
+    stopper.start()
+    stopper.join(STOPPED_WITHIN_S)
+    return stopper
+
+
+def test_a_leader_stops_while_its_loop_sleeps_on_a_follower_ring(
+    tmp_path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for timeout in ("HOUSEKEEPING_S", "LAG_CHECK_S", "FOLLOWER_RING_RETRY_S"):
+        monkeypatch.setattr(replica, timeout, LONG_S)
+    # A follower's ring of this leadership, caught up: the loop sleeps on it, since
+    # only that ring's growth can raise the high watermark.
+    follower = Ring.create(names[1], 1 << 22, leader_epoch=EPOCH, sealed=True)
+    leader = LeaderReplica(
+        "t", 0, tmp_path / "leader", names[0], CONFIG, EPOCH,
+        broker_id=1, followers={2: names[1]}, isr=(1, 2), update_isr=lambda isr: True,
+    )  # fmt: skip
+    stopper: threading.Thread | None = None
+    try:
+        leader.start()
+        wait_for(lambda: publish_waiters(follower) == 1, what="the loop asleep on the follower")
+        stopper = stop_in_thread(leader)
+        assert not stopper.is_alive(), f"the leader's stop() took over {STOPPED_WITHIN_S} s"
+    finally:
+        if stopper is None:
+            leader.stop()
+        elif stopper.is_alive():
+            follower.wake()  # let the loop go, so that the stop ends
+            stopper.join(60)
+        follower.close()
+
+
+def test_a_follower_stops_while_its_fetch_sleeps_on_the_leader_ring(
+    tmp_path: Path, names: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica, "FOLLOW_TIMEOUT_S", LONG_S)
+    leader = Ring.create(names[0], 1 << 22, leader_epoch=EPOCH)
+    member = FollowerReplica(
+        "t", 0, tmp_path / "follower", names[1], CONFIG, EPOCH, leader_ring=names[0]
+    )
+    stopper: threading.Thread | None = None
+    try:
+        member.start()
+        leader.append(producer_fields(), b"v")
+        wait_for(lambda: member.ring.status().tail_offset == 1, what="the record copied")
+        wait_for(lambda: publish_waiters(leader) == 1, what="the fetch asleep on the leader")
+        stopper = stop_in_thread(member)
+        assert not stopper.is_alive(), f"the follower's stop() took over {STOPPED_WITHIN_S} s"
+    finally:
+        if stopper is None:
+            member.stop()
+        elif stopper.is_alive():
+            leader.wake()
+            stopper.join(60)
+        leader.close()
