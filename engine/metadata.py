@@ -15,6 +15,7 @@ that act on the tree are the broker and the controller.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
-from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.handlers.threading import AsyncResult, KazooTimeoutError, SequentialThreadingHandler
 
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
@@ -228,11 +229,35 @@ def write_cluster_config(client: KazooClient, config: dict[str, Any]) -> None:
         client.create(CLUSTER_CONFIG, payload, makepath=True)
 
 
+class _AsyncResult(AsyncResult):  # type: ignore[misc]
+    """kazoo's AsyncResult without its reference cycle: it keeps the exception it raised,
+    whose traceback holds every frame the exception went through, and each frame its
+    caller's. A NoNodeError caught in a client kept the locals of every frame up the
+    stack (a client's freshly mapped rings among them) until the cyclic garbage
+    collector ran. This one keeps a copy without the traceback."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        try:
+            return super().get(block, timeout)
+        except Exception as exc:
+            stored: Any = self  # kazoo is untyped
+            with stored._condition:
+                if stored._exception is exc:
+                    stored._exception = copy.copy(exc)
+            raise
+
+
+class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
+    def async_result(self) -> _AsyncResult:
+        return _AsyncResult(self)
+
+
 def connect(data_dir: DataDir, timeout_s: float = 10.0, hosts: str | None = None) -> KazooClient:
     """A started kazoo client for the daemon of ``data_dir``."""
     hosts = hosts or data_dir.coordinator_hosts()
     client = KazooClient(
         hosts=hosts,
+        handler=_Handler(),
         timeout=SESSION_TIMEOUT_S,
         logger=logging.getLogger("engine.kazoo"),
         connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 1.0},
