@@ -10,7 +10,7 @@ import contextlib
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,12 +43,27 @@ def publish_waiters(ring: Ring) -> int:
     return int(struct.unpack_from("<I", bytes(ffi.buffer(ring._ptr(), 392)), 388)[0])
 
 
-def stop_in_thread(member: Replica) -> threading.Thread:
-    """stop() in a thread, joined for up to STOPPED_WITHIN_S: still alive if it took longer."""
+@contextlib.contextmanager
+def running(member: Replica) -> Iterator[Replica]:
+    """member started, and stopped on the way out unless the test began its stop."""
+    member.start()
+    try:
+        yield member
+    finally:
+        if not member._stop.is_set():
+            member.stop()
+
+
+def assert_stops_at_once(member: Replica, release: Callable[[], None]) -> None:
+    """member.stop() must return within STOPPED_WITHIN_S. If it does not, ``release``
+    wakes the loop it is stuck behind (so that the stop ends) and the test fails."""
     stopper = threading.Thread(target=member.stop, daemon=True)
     stopper.start()
     stopper.join(STOPPED_WITHIN_S)
-    return stopper
+    if stopper.is_alive():
+        release()
+        stopper.join(60)
+        raise AssertionError(f"the {member.role}'s stop() took over {STOPPED_WITHIN_S} s")
 
 
 def test_a_leader_stops_while_its_loop_sleeps_on_a_follower_ring(
@@ -63,18 +78,11 @@ def test_a_leader_stops_while_its_loop_sleeps_on_a_follower_ring(
         "t", 0, tmp_path / "leader", names[0], CONFIG, EPOCH,
         broker_id=1, followers={2: names[1]}, isr=(1, 2), update_isr=lambda isr: True,
     )  # fmt: skip
-    stopper: threading.Thread | None = None
     try:
-        leader.start()
-        wait_for(lambda: publish_waiters(follower) == 1, what="the loop asleep on the follower")
-        stopper = stop_in_thread(leader)
-        assert not stopper.is_alive(), f"the leader's stop() took over {STOPPED_WITHIN_S} s"
+        with running(leader):
+            wait_for(lambda: publish_waiters(follower) == 1, what="the loop asleep on the follower")
+            assert_stops_at_once(leader, release=follower.wake)
     finally:
-        if stopper is None:
-            leader.stop()
-        elif stopper.is_alive():
-            follower.wake()  # let the loop go, so that the stop ends
-            stopper.join(60)
         follower.close()
 
 
@@ -86,18 +94,11 @@ def test_a_follower_stops_while_its_fetch_sleeps_on_the_leader_ring(
     member = FollowerReplica(
         "t", 0, tmp_path / "follower", names[1], CONFIG, EPOCH, leader_ring=names[0]
     )
-    stopper: threading.Thread | None = None
     try:
-        member.start()
-        leader.append(producer_fields(), b"v")
-        wait_for(lambda: member.ring.status().tail_offset == 1, what="the record copied")
-        wait_for(lambda: publish_waiters(leader) == 1, what="the fetch asleep on the leader")
-        stopper = stop_in_thread(member)
-        assert not stopper.is_alive(), f"the follower's stop() took over {STOPPED_WITHIN_S} s"
+        with running(member):
+            leader.append(producer_fields(), b"v")
+            wait_for(lambda: member.ring.status().tail_offset == 1, what="the record copied")
+            wait_for(lambda: publish_waiters(leader) == 1, what="the fetch asleep on the leader")
+            assert_stops_at_once(member, release=leader.wake)
     finally:
-        if stopper is None:
-            member.stop()
-        elif stopper.is_alive():
-            leader.wake()
-            stopper.join(60)
         leader.close()

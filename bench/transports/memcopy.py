@@ -18,6 +18,15 @@ BUFFER_BYTES = 64 << 20
 MIN_CHUNK_BYTES = 1 << 20
 
 
+def ceiling_sizes(spec: RunSpec, what: str) -> tuple[int, int]:
+    """The bytes of an in-process ceiling run and its chunk (whole records, at least
+    MIN_CHUNK_BYTES); a latency workload is unsupported."""
+    if spec.rate is not None:
+        raise Unsupported(f"{what} has no end-to-end latency")
+    chunk = max(spec.record_size * spec.batch, MIN_CHUNK_BYTES)
+    return spec.total_records * spec.record_size, chunk - chunk % spec.record_size
+
+
 @register
 class MemoryCopy(Transport):
     name = "memcopy"
@@ -26,11 +35,7 @@ class MemoryCopy(Transport):
     supports_latency = False
 
     def run_in_process(self, spec: RunSpec) -> dict[str, int] | None:
-        if spec.rate is not None:
-            raise Unsupported("a memory copy has no end-to-end latency")
-        total = spec.total_records * spec.record_size
-        chunk = max(spec.record_size * spec.batch, MIN_CHUNK_BYTES)
-        chunk -= chunk % spec.record_size
+        total, chunk = ceiling_sizes(spec, "a memory copy")
         size = max(BUFFER_BYTES, 2 * chunk)
         source = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
         target = np.zeros(size, dtype=np.uint8)

@@ -1,12 +1,12 @@
 """The durable ceiling: how fast one process appends bytes to a file (``os.write``).
 
 Not a transport that moves records between processes: it appends the run's bytes, in
-chunks of at least 1 MiB, to a new file in the suite's working directory (the file system
-the engine's logs are on), without fsync, and removes the file after the run. That is the
-least any transport that persists every record must do, and what the engine's drain does
-with each byte on top of the shared-memory hand-over (its logs are written the same way,
-into the page cache, flushed by the kernel). The records/s figure is that bandwidth divided
-by the record size.
+chunks of at least 1 MiB (as memcopy), to a new file in the suite's working directory
+(the file system the engine's logs are on), without fsync, and removes the file after
+the run. That is the least any transport that persists every record must do, and what
+the engine's drain does with each byte on top of the shared-memory hand-over (its logs
+are written the same way, into the page cache, flushed by the kernel). The records/s
+figure is that bandwidth divided by the record size.
 
 On a virtual machine whose memory the host backs lazily, pages the page cache has not used
 before cost several times what reused ones do; this row shows what the machine gives.
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.transports.base import Consumer, Producer, RunSpec, Transport, Unsupported, register
-
-MIN_CHUNK_BYTES = 1 << 20
+from bench.transports.memcopy import ceiling_sizes
 
 
 @register
@@ -36,11 +35,7 @@ class PageCacheWrite(Transport):
         self.directory = Path(workdir)
 
     def run_in_process(self, spec: RunSpec) -> dict[str, int] | None:
-        if spec.rate is not None:
-            raise Unsupported("a file write has no end-to-end latency")
-        total = spec.total_records * spec.record_size
-        chunk = max(spec.record_size * spec.batch, MIN_CHUNK_BYTES)
-        chunk -= chunk % spec.record_size
+        total, chunk = ceiling_sizes(spec, "a file write")
         source = memoryview(np.random.default_rng(0).integers(0, 256, chunk, dtype=np.uint8))
         path = self.directory / f"pagecache-{spec.run_id}-{os.getpid()}.data"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
