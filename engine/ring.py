@@ -276,7 +276,11 @@ class Ring:
                 ring.close()
                 raise FileNotFoundError(f"partition ring not ready: name={name}")
         ring.close()
-        raise CorruptRecordError(f"not a version-1 engine ring: name={name} version={version}")
+        raise CorruptRecordError(
+            f"not an engine ring of version {lib.ENGINE_RING_VERSION}: name={name} "
+            f"version={version} (one of another engine version is replaced by its broker "
+            "when the daemon starts)"
+        )
 
     def close(self) -> None:
         """Unmap; idempotent. In a forked child this does nothing to the parent's view."""

@@ -17,6 +17,7 @@ from engine_harness import join_ok, started, wait_for
 
 from engine.errors import (
     BufferFullError,
+    CorruptRecordError,
     NotEnoughReplicasError,
     NotLeaderError,
     ProducerFencedError,
@@ -92,6 +93,16 @@ def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     slots = [struct.unpack_from("<Qi", raw, 1024 + 16 * i) for i in range(64)]
     assert [s for s in slots if s[0]] == [(42, 3)]  # producer fencing table: key = id + 1
     ring.close()
+
+
+def test_a_ring_of_another_version_is_refused_with_both_versions(ring_name: str) -> None:
+    ring = Ring.create(ring_name, 1 << 16)
+    try:
+        ffi.buffer(ring._ptr(), 4)[0:4] = struct.pack("<I", 3)  # the version word
+        with pytest.raises(CorruptRecordError, match=r"of version 4: .* version=3"):
+            Ring.open(ring_name)
+    finally:
+        ring.close()
 
 
 def test_high_watermark_waiters_sleep_on_their_own_word(ring_name: str) -> None:
