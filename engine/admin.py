@@ -51,7 +51,7 @@ class Admin:
     """Topic administration against the daemon of ``data_dir``."""
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
-        self._cluster = ClusterView(data_dir)
+        self._cluster = ClusterView(data_dir, populate_rings=False)  # headers only
 
     @property
     def data_dir(self) -> str:

@@ -306,7 +306,8 @@ class Broker:
     def _seal_ring(self, topic_id: str, partition: int, old_leader: int, epoch: int) -> None:
         """Fence a deposed leader's ring: producers still mapping it must look again."""
         try:
-            ring = Ring.open(self.data_dir.ring_name(topic_id, partition, old_leader))
+            name = self.data_dir.ring_name(topic_id, partition, old_leader)
+            ring = Ring.open(name, populate=False)  # only its header is written
         except (FileNotFoundError, EngineError):
             return
         try:

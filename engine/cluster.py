@@ -52,8 +52,13 @@ class TopicView:
 class ClusterView:
     """Coordinator session plus cached topics and rings of one client object."""
 
-    def __init__(self, data_dir: str | os.PathLike[str] | None) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str] | None, populate_rings: bool = True
+    ) -> None:
+        """``populate_rings=False``: map rings without faulting their pages in (a client
+        that reads only their headers: the Admin)."""
         self.data_dir = DataDir.resolve(data_dir)
+        self._populate = populate_rings
         self._zk: KazooClient | None = md.connect(self.data_dir)
         # A view replaced (a new leader) or forgotten (a deleted topic) is dropped, not
         # closed: its rings are unmapped when the last object using them lets go (Ring's
@@ -108,7 +113,7 @@ class ClusterView:
                     rings[p] = old.rings[p]  # still mapped: keep using it
                     continue
                 try:
-                    rings[p] = Ring.open(ring_name)
+                    rings[p] = Ring.open(ring_name, populate=self._populate)
                 except FileNotFoundError:
                     missing.append(p)
                     continue

@@ -454,7 +454,7 @@ class LeaderReplica(Replica):
             seen[broker] = (last, now)
         if ring is None:
             try:
-                ring = Ring.open(self.followers[broker])
+                ring = Ring.open(self.followers[broker], populate=False)  # its header only
             except (FileNotFoundError, EngineError):
                 seen[broker] = (last, now)
                 return None
@@ -491,7 +491,7 @@ class FollowerReplica(Replica):
         leader_reader: LogReader | None = None
         leader_ring: Ring | None = None
         try:
-            leader_ring = Ring.open(self.leader_ring_name)
+            leader_ring = Ring.open(self.leader_ring_name, populate=False)
         except (FileNotFoundError, EngineError):
             leader_ring = None
         try:
