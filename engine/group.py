@@ -62,7 +62,6 @@ from engine.datadir import DataDir
 from engine.errors import (
     CommitFailedError,
     ConfigError,
-    DaemonNotRunningError,
     GroupNotEmptyError,
     UnknownGroupError,
     UnknownTopicError,
@@ -155,22 +154,9 @@ class GroupMember:
         self.strategy = strategy
         self._assignor = find_strategy(strategy)
         self.max_poll_interval_s = max_poll_interval_ms / 1000
-        hosts = data_dir.coordinator_hosts()
-        self.zk = KazooClient(
-            hosts=hosts,
-            timeout=session_timeout_ms / 1000,
-            logger=logging.getLogger("engine.kazoo"),
-            connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 0.5},
+        self.zk = md.connect(
+            data_dir, session_timeout_s=session_timeout_ms / 1000, max_retry_delay_s=0.5
         )
-        try:
-            self.zk.start(timeout=10)
-        except KazooTimeoutError:
-            self.zk.stop()
-            self.zk.close()
-            raise DaemonNotRunningError(
-                f"cannot reach the engine's coordinator at {hosts} for data_dir={data_dir.root}: "
-                f"start it with `{data_dir.start_command()}`"
-            ) from None
         self.zk.add_listener(self._on_state)
         self.member_id: str | None = None
         self.topics: list[str] = []

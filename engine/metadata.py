@@ -252,15 +252,21 @@ class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
         return _AsyncResult(self)
 
 
-def connect(data_dir: DataDir, timeout_s: float = 10.0, hosts: str | None = None) -> KazooClient:
+def connect(
+    data_dir: DataDir,
+    timeout_s: float = 10.0,
+    hosts: str | None = None,
+    session_timeout_s: float = SESSION_TIMEOUT_S,
+    max_retry_delay_s: float = 1.0,
+) -> KazooClient:
     """A started kazoo client for the daemon of ``data_dir``."""
     hosts = hosts or data_dir.coordinator_hosts()
     client = KazooClient(
         hosts=hosts,
         handler=_Handler(),
-        timeout=SESSION_TIMEOUT_S,
+        timeout=session_timeout_s,
         logger=logging.getLogger("engine.kazoo"),
-        connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": 1.0},
+        connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": max_retry_delay_s},
     )
     try:
         client.start(timeout=timeout_s)
