@@ -915,6 +915,8 @@ class Consumer:
             self._leave_group()
         finally:
             self._closed = True
+            for f in self._fetches.values():
+                f.reader.close()  # its segment files
             self._fetches.clear()
             self._cluster.close()
 

@@ -24,6 +24,7 @@ that a lookup lands on the batch holding the offset more often. Both are floors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -64,9 +65,13 @@ class IndexFile:
         self._fd: int | None = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
         self._array: npt.NDArray[Any] = np.empty(0, dtype=dtype)
         self._count = 0
-        self.refresh()
-        if writable and os.fstat(self._fd).st_size != self._count * dtype.itemsize:
-            os.ftruncate(self._fd, self._count * dtype.itemsize)  # cut a torn last entry
+        try:
+            self.refresh()
+            if writable and os.fstat(self._fd).st_size != self._count * dtype.itemsize:
+                os.ftruncate(self._fd, self._count * dtype.itemsize)  # cut a torn last entry
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def fd(self) -> int:
@@ -136,6 +141,12 @@ class IndexFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def __del__(self) -> None:
+        # An index dropped unclosed (a reader nobody closed) gives its descriptor back.
+        if getattr(self, "_fd", None) is not None:
+            with contextlib.suppress(Exception):  # never raise from a finalizer
+                self.close()
 
 
 class OffsetIndex(IndexFile):

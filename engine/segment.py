@@ -135,6 +135,7 @@ class LogSegment:
                 raise
         except BaseException:
             os.close(self._fd)
+            self._fd = None  # closed: the finalizer must not close the number again
             raise
         self.size = 0 if create else os.fstat(self._fd).st_size
         self.next_offset = base_offset
@@ -569,6 +570,12 @@ class LogSegment:
             self._fd = None
         self.offset_index.close()
         self.time_index.close()
+
+    def __del__(self) -> None:
+        # A segment dropped unclosed (a reader nobody closed) gives its descriptors back.
+        if getattr(self, "_fd", None) is not None:
+            with contextlib.suppress(Exception):  # never raise from a finalizer
+                self.close()
 
     def delete(self) -> None:
         """Close and remove the files, the .log first (a lister never sees it without indexes)."""

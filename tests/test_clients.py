@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing as mp
+import os
 import struct
 import threading
 import time
@@ -215,6 +216,28 @@ def test_an_admin_maps_rings_without_faulting_them_in(shared_daemon: Daemon) -> 
                 assert len(rss) == 2 and rss[0] == admins and rss[1] >= 4096
         finally:
             admin.delete_topic(name)
+
+
+def test_consumers_give_back_the_segment_files_they_read(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """A consumer closes the segment files it read with itself: each one used to leave
+    three descriptors (log, index, time index) per partition it had read, so a process
+    that made consumers one after another ran out of descriptors."""
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    with Producer(shared_daemon.data_dir) as p:
+        for i in range(30):
+            p.send(topic, b"v%d" % i, partition=i % 3)
+        p.flush()
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    assert len(consume_all(shared_daemon.data_dir, tps, 30)) == 30  # imports, caches
+    before = open_files()
+    for _ in range(5):
+        assert len(consume_all(shared_daemon.data_dir, tps, 30)) == 30
+    assert open_files() - before < 3, f"{open_files() - before} descriptors left behind"
 
 
 def test_a_missing_node_leaves_no_reference_cycle_holding_the_callers(
