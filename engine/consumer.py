@@ -56,6 +56,7 @@ from engine.errors import (
     CommitFailedError,
     ConfigError,
     EngineError,
+    NotLeaderError,
     OffsetOutOfRangeError,
     PartitionOutOfRangeError,
 )
@@ -279,26 +280,46 @@ class Consumer:
 
     def _set_fetches(self, partitions: Iterable[TopicPartition]) -> None:
         new: dict[TopicPartition, _Fetch] = {}
+        looked_up: set[str] = set()
         for tp in partitions:
             tp = TopicPartition(*tp)
             if tp in self._fetches:
                 new[tp] = self._fetches[tp]
                 continue
-            new[tp] = self._open(tp)
+            new[tp] = self._open(tp, looked_up)
         self._fetches = new
         self._order = list(new)
 
-    def _open(self, tp: TopicPartition) -> _Fetch:
-        view = self._cluster.topic(tp.topic)
-        if not (isinstance(tp.partition, int) and 0 <= tp.partition < view.partition_count):
-            raise PartitionOutOfRangeError(
-                f"partition out of range: topic={tp.topic!r} partition={tp.partition!r} "
-                f"partitions={view.partition_count}"
+    def _open(self, tp: TopicPartition, looked_up: set[str]) -> _Fetch:
+        """A fetch for ``tp``. A topic none of whose partitions is being read is looked
+        up afresh (once per ``looked_up``): the view cached from an earlier assignment
+        may be of a topic deleted since, or deleted and created again."""
+        in_use = any(f.tp.topic == tp.topic for f in self._fetches.values())
+        for attempt in range(2):
+            if attempt or (tp.topic not in looked_up and not in_use):
+                view = self._cluster.refresh(tp.topic)
+                looked_up.add(tp.topic)
+            else:
+                view = self._cluster.topic(tp.topic)
+            if not (isinstance(tp.partition, int) and 0 <= tp.partition < view.partition_count):
+                raise PartitionOutOfRangeError(
+                    f"partition out of range: topic={tp.topic!r} partition={tp.partition!r} "
+                    f"partitions={view.partition_count}"
+                )
+            leader = view.leader(tp.partition)
+            assert leader is not None
+            directory = self._cluster.data_dir.partition_dir(leader, tp.topic, tp.partition)
+            try:
+                reader = LogReader(directory)
+                break
+            except FileNotFoundError:
+                continue  # the leader moved, or the topic went, since the view was read
+        else:
+            raise NotLeaderError(
+                f"{tp.topic}-{tp.partition} has no log at its leader (broker {leader}): "
+                "the leader moved or the topic is being deleted; try again"
             )
-        leader = view.leader(tp.partition)
-        assert leader is not None
-        directory = self._cluster.data_dir.partition_dir(leader, tp.topic, tp.partition)
-        f = _Fetch(tp, view.rings[tp.partition], LogReader(directory))
+        f = _Fetch(tp, view.rings[tp.partition], reader)
         if self.isolation_level == "read_committed":
             f.txn = ReadCommitted(0)  # made again at the position before the first read
         return f
@@ -353,8 +374,9 @@ class Consumer:
                 self._fetches.pop(tp, None)
             g.release(revoke)
         acquired = g.acquire(target - g.owned)
+        looked_up: set[str] = set()
         for tp in sorted(acquired):
-            f = self._open(tp)
+            f = self._open(tp, looked_up)
             committed = store.read_committed(g.zk, g.group, tp)
             self._fetches[tp] = f
             self._committed.pop(tp, None)
@@ -875,7 +897,7 @@ class Consumer:
             return
         if view.leader(f.tp.partition) is None:
             return
-        fresh = self._open(f.tp)
+        fresh = self._open(f.tp, {f.tp.topic})  # just looked up
         fresh.offset = f.offset
         self._restart(fresh)
         self._fetches[f.tp] = fresh

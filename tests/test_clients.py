@@ -240,6 +240,40 @@ def test_consumers_give_back_the_segment_files_they_read(
     assert open_files() - before < 3, f"{open_files() - before} descriptors left behind"
 
 
+@pytest.mark.parametrize("mode", ["assign", "subscribe"])
+def test_a_consumer_reads_a_topic_deleted_and_created_again(
+    shared_daemon: Daemon, admin: Admin, mode: str
+) -> None:
+    """A consumer gives a topic up, the topic is deleted and one of the same name is
+    created: given the new one, the consumer reads it. It used its cached view of the
+    deleted topic (FileNotFoundError for a partition directory of the old leaders, or
+    the old, sealed rings: nothing to read)."""
+    name = f"again-{uuid.uuid4().hex[:8]}"
+    tps = [TopicPartition(name, p) for p in range(2)]
+    with Consumer(
+        data_dir=shared_daemon.data_dir, auto_offset_reset="earliest", group_id=f"g-{name}"
+    ) as c:
+        for incarnation in (b"first", b"second"):
+            admin.create_topic(name, partitions=2)
+            with Producer(shared_daemon.data_dir) as p:
+                for i in range(6):
+                    p.send(name, incarnation, partition=i % 2)
+            if mode == "assign":
+                c.assign(tps)
+            else:
+                c.subscribe([name])
+            got: list[Any] = []
+            deadline = time.monotonic() + 30
+            while len(got) < 6 and time.monotonic() < deadline:
+                got += c.poll(timeout=0.5)
+            assert [r.value for r in got] == [incarnation] * 6
+            if mode == "assign":
+                c.assign([])
+            else:
+                c.unsubscribe()
+            admin.delete_topic(name)
+
+
 def test_a_missing_node_leaves_no_reference_cycle_holding_the_callers(
     shared_daemon: Daemon,
 ) -> None:
