@@ -15,6 +15,7 @@ that act on the tree are the broker and the controller.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import logging
@@ -25,7 +26,12 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
-from kazoo.handlers.threading import AsyncResult, KazooTimeoutError, SequentialThreadingHandler
+from kazoo.handlers.threading import (
+    _STOP,
+    AsyncResult,
+    KazooTimeoutError,
+    SequentialThreadingHandler,
+)
 
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
@@ -247,9 +253,39 @@ class _AsyncResult(AsyncResult):  # type: ignore[misc]
             raise
 
 
+EXIT_WAIT_S = 2.0
+
+
 class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
+    """kazoo's threading handler with the AsyncResult above, and an exit that cannot
+    hang. kazoo stops its handler at interpreter exit (atexit), joining its worker
+    threads with no timeout; a worker in a watch callback waiting for a coordinator that
+    is gone never returns, so a program that ended without closing its clients after the
+    daemon stopped never exited. At exit the workers (daemon threads) get EXIT_WAIT_S."""
+
     def async_result(self) -> _AsyncResult:
         return _AsyncResult(self)
+
+    def start(self) -> None:
+        super().start()
+        atexit.unregister(self.stop)
+        atexit.register(self._stop_at_exit)
+
+    def stop(self) -> None:
+        atexit.unregister(self._stop_at_exit)
+        super().stop()
+
+    def _stop_at_exit(self) -> None:
+        handler: Any = self  # kazoo is untyped
+        with handler._state_change:
+            if not handler._running:
+                return
+            handler._running = False
+            for queue in (handler.completion_queue, handler.callback_queue):
+                queue.put(_STOP)
+            deadline = time.monotonic() + EXIT_WAIT_S
+            for worker in handler._workers:
+                worker.join(max(0.0, deadline - time.monotonic()))
 
 
 def connect(

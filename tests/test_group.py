@@ -392,3 +392,43 @@ def test_unsubscribe_commits_revokes_and_leaves_then_subscribe_rejoins(
     finally:
         a.close()
         b.close()
+
+
+def test_a_program_that_leaves_its_consumer_open_exits_once_the_daemon_is_gone(
+    daemon: Daemon,
+) -> None:
+    """A program that ends without closing its group consumer, after the daemon stopped,
+    exits. It hung forever: kazoo joins its worker threads at exit with no timeout, and
+    one was in a watch callback waiting for the coordinator."""
+    import select
+    import subprocess
+    import sys
+
+    data_dir = str(daemon.data_dir)
+    script = (
+        "import sys\n"
+        "from engine import Admin, Consumer\n"
+        f"Admin({data_dir!r}).create_topic('left-open', partitions=1)\n"
+        f"c = Consumer('left-open', data_dir={data_dir!r}, group_id='g')\n"
+        "c.poll(1.0)\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"  # then end, the consumer still open
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as child:  # closes the pipes, waits for the child
+        try:
+            assert child.stdout is not None and child.stdin is not None
+            wait_for(lambda: select.select([child.stdout], [], [], 0)[0], 60, what="the child")
+            assert child.stdout.readline().strip() == "ready"
+            daemon.stop()
+            child.stdin.write("\n")
+            child.stdin.flush()
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
