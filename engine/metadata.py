@@ -16,6 +16,7 @@ that act on the tree are the broker and the controller.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import json
 import logging
@@ -247,8 +248,8 @@ class _AsyncResult(AsyncResult):  # type: ignore[misc]
             return super().get(block, timeout)
         except Exception as exc:
             stored: Any = self  # kazoo is untyped
-            with stored._condition:
-                if stored._exception is exc:
+            with stored._condition, contextlib.suppress(Exception):
+                if stored._exception is exc:  # (one that cannot be copied keeps the cycle)
                     stored._exception = copy.copy(exc)
             raise
 

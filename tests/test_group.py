@@ -79,12 +79,14 @@ def test_members_split_partitions_and_rebalance_on_join_and_leave(
 
     a = member(shared_daemon, topic, "split", on_assign=record("a", "assign"),
                on_revoke=record("a", "revoke"))
+    b: Consumer | None = None
     try:
         settle([a], 3)
         assert a.assignment() == set(tps(topic))
         b = member(shared_daemon, topic, "split", on_assign=record("b", "assign"),
                    on_revoke=record("b", "revoke"))
-        settle([a, b], 3)
+        # idle=0: until b's join is through, a alone owning all three looks settled
+        settle([a, b], 3, idle=0)
         assert sorted([len(a.assignment()), len(b.assignment())]) == [1, 2]
         # cooperative-sticky: a gave up exactly what b took, and nothing else moved
         moved = b.assignment()
@@ -95,6 +97,8 @@ def test_members_split_partitions_and_rebalance_on_join_and_leave(
         assert events[-1] == ("a", "assign", moved)
     finally:
         a.close()
+        if b is not None:
+            b.close()  # idempotent; a failure above must not leave it running
 
 
 def test_sigkilled_member_is_dropped_within_its_session_timeout(
