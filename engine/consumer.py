@@ -280,25 +280,25 @@ class Consumer:
 
     def _set_fetches(self, partitions: Iterable[TopicPartition]) -> None:
         new: dict[TopicPartition, _Fetch] = {}
-        looked_up: set[str] = set()
+        current = {f.tp.topic for f in self._fetches.values()}
         for tp in partitions:
             tp = TopicPartition(*tp)
             if tp in self._fetches:
                 new[tp] = self._fetches[tp]
                 continue
-            new[tp] = self._open(tp, looked_up)
+            new[tp] = self._open(tp, current)
         self._fetches = new
         self._order = list(new)
 
-    def _open(self, tp: TopicPartition, looked_up: set[str]) -> _Fetch:
-        """A fetch for ``tp``. A topic none of whose partitions is being read is looked
-        up afresh (once per ``looked_up``): the view cached from an earlier assignment
-        may be of a topic deleted since, or deleted and created again."""
-        in_use = any(f.tp.topic == tp.topic for f in self._fetches.values())
+    def _open(self, tp: TopicPartition, current: set[str]) -> _Fetch:
+        """A fetch for ``tp``. ``current``: the topics whose cached view is current (some
+        partition of it is being read, or it was looked up for this assignment); any
+        other is looked up afresh and added, since the view cached from an earlier
+        assignment may be of a topic deleted since, or deleted and created again."""
         for attempt in range(2):
-            if attempt or (tp.topic not in looked_up and not in_use):
+            if attempt or tp.topic not in current:
                 view = self._cluster.refresh(tp.topic)
-                looked_up.add(tp.topic)
+                current.add(tp.topic)
             else:
                 view = self._cluster.topic(tp.topic)
             if not (isinstance(tp.partition, int) and 0 <= tp.partition < view.partition_count):
@@ -374,9 +374,9 @@ class Consumer:
                 self._fetches.pop(tp, None)
             g.release(revoke)
         acquired = g.acquire(target - g.owned)
-        looked_up: set[str] = set()
+        current = {f.tp.topic for f in self._fetches.values()}
         for tp in sorted(acquired):
-            f = self._open(tp, looked_up)
+            f = self._open(tp, current)
             committed = store.read_committed(g.zk, g.group, tp)
             self._fetches[tp] = f
             self._committed.pop(tp, None)
