@@ -159,6 +159,9 @@ class Broker:
         wanted: dict[ReplicaKey, tuple[md.TopicMetadata, md.PartitionState]] = {}
         existing: set[tuple[str, str]] = set()
         names = self.zk.get_children(md.BROKER_TOPICS)
+        # Read before the states: the controller removes a deleted topic's partition
+        # states before its node, and its deletion request last of all.
+        deleting = md.topics_being_deleted(self.zk)
         for topic in names:
             try:
                 meta = md.read_topic(self.zk, topic)
@@ -186,7 +189,8 @@ class Broker:
                 if isinstance(replica, LeaderReplica):
                     replica.adopt_isr(wanted[key][1].isr)
                 continue
-            topic_gone = (key[0], key[2]) not in existing
+            # A topic being deleted drops its log unflushed (no fsync of what goes).
+            topic_gone = (key[0], key[2]) not in existing or key[0] in deleting
             log.info(
                 "stopping %s of %s-%d%s",
                 replica.role,

@@ -509,14 +509,19 @@ class Log:
 
     # ---- lifecycle ---------------------------------------------------------
 
-    def close(self) -> None:
-        """Flush everything and mark the log cleanly closed; idempotent."""
+    def close(self, flush: bool = True) -> None:
+        """Flush everything and mark the log cleanly closed; idempotent.
+
+        ``flush=False`` (a log about to be deleted) only closes the files: no fsync, and
+        the log is not marked clean, so if it survives it is recovered at the next open.
+        """
         if self._closed:
             return
         try:
-            active = self._active
-            active.on_roll()
-            _write_recovery_point(self.directory, active.next_offset, clean=True)
+            if flush:
+                active = self._active
+                active.on_roll()
+                _write_recovery_point(self.directory, active.next_offset, clean=True)
         finally:
             for segment in self._segments:
                 segment.close()

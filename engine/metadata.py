@@ -344,8 +344,13 @@ def list_topics(client: KazooClient) -> list[str]:
         names = client.get_children(BROKER_TOPICS)
     except NoNodeError:
         return []
-    deleting = set(_children(client, DELETE_TOPICS))
+    deleting = topics_being_deleted(client)
     return sorted(n for n in names if n not in deleting)
+
+
+def topics_being_deleted(client: KazooClient) -> set[str]:
+    """The topics with a deletion request the controller has not finished."""
+    return set(_children(client, DELETE_TOPICS))
 
 
 def live_brokers(client: KazooClient) -> dict[int, dict[str, Any]]:

@@ -297,7 +297,11 @@ class Replica:
         }
 
     def stop(self, delete: bool = False) -> None:
-        """Seal the ring, drain what producers published, flush, close; unlink the ring."""
+        """Seal the ring, drain what producers published, flush, close; unlink the ring.
+
+        ``delete`` (the topic was deleted) removes the log instead of flushing it: an
+        fsync of what is about to be removed would only make the deletion slow (a second
+        per 600 MB here)."""
         self.ring.set_leader(self.ring.status().leader_epoch, sealed=True)
         self._stop_deadline = time.monotonic() + STOP_GRACE_S
         self._stop.set()
@@ -308,9 +312,10 @@ class Replica:
                 thread.join(timeout=30)
             if thread.is_alive():
                 log.error("%s did not stop in 30 s", thread.name)
-        self.log.flush()
+        if not delete:
+            self.log.flush()
         directory = self.log.directory
-        self.log.close()
+        self.log.close(flush=not delete)
         self.ring.close()
         unlink(self.ring_name)
         if delete:

@@ -156,6 +156,11 @@ def test_describe_and_list_and_delete(shared_daemon: Daemon, admin: Admin) -> No
         lambda: not list(Path(shared_daemon.data_dir).glob(f"broker-*/{name}-*")),
         what=f"the brokers to remove the data of {name}",
     )
+    # ... and each knew the topic was being deleted (its deletion request is there
+    # until the controller is done): the log goes unflushed, not fsynced first.
+    logs = "".join(p.read_text() for p in Path(shared_daemon.data_dir, "logs").glob("broker-*"))
+    for partition in (0, 1):
+        assert f"stopping leader of {name}-{partition} (deleted)" in logs
     admin.create_topic(name, partitions=1)  # the name can be used again, empty
     assert admin.describe_topic(name).partitions[0].log_end_offset == 0
     admin.delete_topic(name)

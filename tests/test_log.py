@@ -242,6 +242,25 @@ def test_default_policy_never_fsyncs_on_append_but_close_is_clean(tmp_path: Path
         log.append(batch(50))
 
 
+def test_close_without_flush_never_fsyncs_and_is_not_clean(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log about to be deleted closes without an fsync; if it survives, the next
+    open recovers it (it is not marked clean)."""
+    directory = tmp_path / "p"
+    log = Log.open(directory, SMALL)
+    log.append(batches(0, 40))
+    data = read_all(log)
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsyncs.append)
+    log.close(flush=False)
+    assert fsyncs == []
+    assert _recovery_point(log)["clean"] is False
+    monkeypatch.undo()
+    with Log.open(directory, SMALL) as log:
+        assert log.log_end_offset == 40 and read_all(log) == data
+
+
 # ---- open, close, truncate ---------------------------------------------------
 
 
