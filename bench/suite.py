@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: python bench/suite.py
 from bench import hdr, report
 from bench.transports import BROKEN, discover
 from bench.transports.base import RunSpec, Transport, Unsupported
-from bench.transports.harness import SUSTAINED, RunError, RunResult, run
+from bench.transports.harness import SUSTAINED, RunError, RunResult, Session
 from bench.workload import IOT_RECORD_SIZE, sweep_sizes
 
 __all__ = ["Row", "Settings", "Workload", "main", "plan", "run_suite"]
@@ -229,18 +229,26 @@ def _measure(
     run_ids: _Runs,
     progress: Progress,
 ) -> Row:
+    if workload.kind == "latency" and not transport.supports_latency:
+        raise Unsupported("no end-to-end latency")
     row = Row(workload, transport.name)
-    name = f"{transport.name:<18} {workload.label:<20}"
+    with Session(transport, workload.spec(0, run_ids()), ctx) as session:
+        _measure_runs(session, row, settings, progress)
+    return row
+
+
+def _measure_runs(session: Session, row: Row, settings: Settings, progress: Progress) -> None:
+    """The warm-up runs, then ``settings.reps`` measured runs, all in one session."""
+    workload = row.workload
+    name = f"{row.transport:<18} {workload.label:<20}"
 
     def once(records_per_producer: int, warmup: bool, timeout_s: float) -> RunResult:
-        spec = workload.spec(records_per_producer, run_ids())
-        result = run(transport, spec, ctx, timeout_s)
+        result = session.run(records_per_producer, timeout_s)
+        spec = dataclasses.replace(session.spec, records_per_producer=records_per_producer)
         row.runs.append(_record(result, spec, warmup))
         return result
 
     if workload.kind == "latency":
-        if not transport.supports_latency:
-            raise Unsupported("no end-to-end latency")
         assert workload.rate is not None
         per_producer = int(workload.rate * settings.latency_duration_s) // workload.producers
         # Warm-up: a tenth of a run. A transport that cannot send at the rate (Redis
@@ -266,7 +274,7 @@ def _measure(
                 f"p99 {lat['p99']:.0f} µs, p99.9 {lat['p99.9']:.0f} µs at "
                 f"{report.count(achieved)}/s{notes}"
             )
-        return row
+        return
 
     batch = workload.batch
     # Warm-up: grow until a run lasts a tenth of the target; its rate sizes the real runs.
@@ -289,7 +297,6 @@ def _measure(
             f"{name} rep {rep + 1}/{settings.reps}: {report.count(result.records_per_s)}/s, "
             f"{result.mb_per_s:,.0f} MB/s"
         )
-    return row
 
 
 def run_suite(

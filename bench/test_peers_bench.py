@@ -1,10 +1,13 @@
 """The suite's workloads as pytest-benchmark cases: ``pytest bench/ --benchmark-only``.
 
 Every transport runs every workload of ``python bench/suite.py --quick`` with the same
-number of records, so that pytest-benchmark's times compare transports on equal work. Its
-time is a whole run, process start-up and tear-down included; the figures the suite
-reports (records/s and MB/s from the first send to the last receive, latency percentiles)
-are in each case's ``extra_info`` (``--benchmark-json`` writes them out).
+number of records, so that pytest-benchmark's times compare transports on equal work.
+As in the suite, one session (bench.transports.harness.Session) holds a case's producer
+and consumer processes: a warm-up run, then pytest-benchmark's rounds, each one run
+from the first send to the last receipt plus the parent's hand-off to the children
+(process start-up and tear-down are not in it). The figures the suite reports (records/s
+and MB/s from the first send to the last receive, latency percentiles) are in each
+case's ``extra_info`` (``--benchmark-json`` writes them out).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 from bench import hdr
 from bench.suite import Settings, Workload, plan
 from bench.transports.base import Transport, Unsupported
-from bench.transports.harness import RunResult, run
+from bench.transports.harness import RunResult, Session
 
 from .conftest import TRANSPORTS
 
@@ -55,17 +58,17 @@ def test_peer(
         pytest.skip(f"{bench_transport.name}: no end-to-end latency")
     per_producer = records_per_producer(workload)
     results: list[RunResult] = []
+    with Session(bench_transport, workload.spec(per_producer, next(_run_ids)), bench_context) as s:
 
-    def once() -> None:
-        spec = workload.spec(per_producer, next(_run_ids))
-        results.append(run(bench_transport, spec, bench_context, TIMEOUT_S))
+        def once() -> None:
+            results.append(s.run(per_producer, TIMEOUT_S))
 
-    try:
-        once()  # warm-up, and finds out whether the workload is supported
-    except Unsupported as error:
-        pytest.skip(f"{bench_transport.name}: {error}")
-    results.clear()
-    benchmark.pedantic(once, rounds=ROUNDS, iterations=1)
+        try:
+            once()  # warm-up, and finds out whether the workload is supported
+        except Unsupported as error:
+            pytest.skip(f"{bench_transport.name}: {error}")
+        results.clear()
+        benchmark.pedantic(once, rounds=ROUNDS, iterations=1)
     assert all(r.records == workload.producers * per_producer for r in results)
     benchmark.extra_info["transport"] = bench_transport.name
     benchmark.extra_info["records_per_run"] = workload.producers * per_producer

@@ -10,18 +10,24 @@ Lifecycle, and which process calls what::
     ------------------                    ----------------------------------------------
     t = Transport()
     t.open(workdir)      once: servers
-      for every run:
+      for every workload (a harness.Session):
         t.prepare(spec, ctx)  queues  -->  C consumers: c = t.consumer(spec, i)
-                                                        c.poll(timeout_s) ...; c.close()
+                                                        for every run: c.poll(timeout_s) ...
+                                                        c.close()
                                       -->  P producers: p = t.producer(spec, i)
-                                                        p.send(value, key) or
-                                                        p.send_batch(values, keys)
-                                                        p.flush(); p.close()
+                                                        for every run:
+                                                          p.send(value, key) or
+                                                          p.send_batch(values, keys) ...
+                                                          p.flush()
+                                                        p.close()
         t.finish()            drop queues
     t.close()            once, always (finally): stop servers
 
-Consumers are created (and have subscribed, bound or connected) before any producer is
-created; producers all start sending at the same instant. The transport object travels to
+A workload's runs (warm-ups, then the measured ones) go back to back through the same
+queues and clients; ``spec.records_per_producer`` is each run's own (the spec given to
+``prepare``, ``producer`` and ``consumer`` does not carry it). Consumers are created (and
+have subscribed, bound or connected) before any producer is created; producers start
+each run together, once every record of the run before has arrived. The transport object travels to
 the children by fork inheritance, or by pickling under the spawn start method; attributes
 listed in ``parent_only`` (server handles, clients) are left behind.
 
@@ -176,10 +182,12 @@ class Transport(ABC):
         """Once, after the last run, also after failures: stop servers, remove files."""
 
     def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:  # noqa: B027 - optional hook
-        """Before each run, in the parent: create queues (with ``ctx``), clear server state."""
+        """Before each workload's runs, in the parent: create queues (with ``ctx``), clear
+        server state."""
 
     def finish(self) -> None:  # noqa: B027 - optional hook, empty by default
-        """After each run, in the parent, also after failures: drop what ``prepare`` made."""
+        """After each workload's runs, in the parent, also after failures: drop what
+        ``prepare`` made."""
 
     @abstractmethod
     def producer(self, spec: RunSpec, index: int) -> Producer:

@@ -1,0 +1,105 @@
+"""The benchmark's harness (bench/transports/harness.py): a Session keeps the producer and
+consumer processes of one workload for all its runs, counts each run's records apart,
+reports a failing child at once, and leaves no process behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.transports.base import Producer, RunSpec, Transport
+from bench.transports.engine_acks import EngineAcks1
+from bench.transports.harness import RunError, Session
+from bench.transports.mpqueue import MultiprocessingQueue, QueueProducer
+
+CTX = multiprocessing.get_context("fork")
+TIMEOUT_S = 60.0
+
+
+def spec(producers: int = 2, batch: int = 1, rate: float | None = None) -> RunSpec:
+    return RunSpec("fleet", producers, 1, 0, 100, batch=batch, rate=rate, run_id=1)
+
+
+def assert_all_stopped(session: Session, processes: list[multiprocessing.process.BaseProcess]):
+    assert processes, "the session started no process"
+    assert not session.processes and not session.pipes
+    assert [p.name for p in processes if p.is_alive()] == []
+
+
+@pytest.mark.parametrize("batch", [1, 100])
+def test_a_session_measures_every_run_with_the_same_processes(batch: int) -> None:
+    transport = MultiprocessingQueue()
+    with Session(transport, spec(batch=batch), CTX) as session:
+        first = session.run(1_000, TIMEOUT_S)
+        processes = list(session.processes)
+        pids = [p.pid for p in processes]
+        results = [first] + [session.run(n, TIMEOUT_S) for n in (2_000, 500, 3_000)]
+        assert [p.pid for p in session.processes] == pids
+        assert all(p.is_alive() for p in processes)
+    assert [r.records for r in results] == [2_000, 4_000, 1_000, 6_000]
+    assert all(r.wall_s > 0 and r.send_s > 0 for r in results)
+    assert_all_stopped(session, processes)
+
+
+def test_each_latency_run_has_its_own_histogram() -> None:
+    with Session(MultiprocessingQueue(), spec(producers=1, rate=20_000), CTX) as session:
+        results = [session.run(n, TIMEOUT_S) for n in (200, 400)]
+    from bench import hdr
+
+    counts = [hdr.decode(r.latency_hdr).get_total_count() for r in results if r.latency_hdr]
+    assert counts == [200, 400]
+
+
+class _FailsOnSecondRun(QueueProducer):
+    def __init__(self, q: object) -> None:
+        super().__init__(q)
+        self.sent = 0
+
+    def send(self, value: bytes, key: bytes) -> None:
+        self.sent += 1
+        if self.sent > 100:
+            raise ValueError("refusing record 101")
+        super().send(value, key)
+
+
+class FailingQueue(MultiprocessingQueue):
+    def producer(self, spec: RunSpec, index: int) -> Producer:
+        return _FailsOnSecondRun(self.queue) if index == 1 else super().producer(spec, index)
+
+
+def test_a_failing_child_fails_the_run_and_the_session_stops_everything() -> None:
+    transport: Transport = FailingQueue()
+    with Session(transport, spec(), CTX) as session:
+        assert session.run(100, TIMEOUT_S).records == 200
+        processes = list(session.processes)
+        with pytest.raises(RunError, match=r"producer-1 failed:(.|\n)*refusing record 101"):
+            session.run(100, TIMEOUT_S)
+        with pytest.raises(RunError, match="an earlier run of this session failed"):
+            session.run(100, TIMEOUT_S)
+    assert_all_stopped(session, processes)
+
+
+@pytest.fixture
+def engine_transport() -> Iterator[EngineAcks1]:
+    transport = EngineAcks1()
+    with tempfile.TemporaryDirectory(prefix="engine-bench-test-") as workdir:
+        try:
+            transport.open(Path(workdir))
+            yield transport
+        finally:
+            transport.close()
+
+
+def test_engine_sessions_share_a_topic_and_count_only_their_own_records(
+    engine_transport: EngineAcks1,
+) -> None:
+    """Every workload of an engine transport uses one topic: a session's consumers start
+    at its end, so records of an earlier session are not counted again."""
+    for batch, runs in ((1, (500, 1_500)), (100, (1_000, 2_000))):
+        with Session(engine_transport, spec(batch=batch), CTX) as session:
+            results = [session.run(n, TIMEOUT_S) for n in runs]
+        assert [r.records for r in results] == [2 * n for n in runs]
