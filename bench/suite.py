@@ -45,7 +45,10 @@ BATCH_RECORDS = 1000
 #: A batch holds at most this many bytes (large records get smaller batches).
 BATCH_BYTES = 256 << 10
 #: Measured runs move at most this many bytes / records, whatever the warm-up suggests.
-MAX_RUN_BYTES = 1 << 30
+#: (A workload's runs together then stay within what Linux lets a write leave dirty in
+#: the page cache before it starts writing back, 10% of the free memory by default:
+#: the engine's runs are not timed against the disk.)
+MAX_RUN_BYTES = 512 << 20
 MAX_RUN_RECORDS = 50_000_000
 
 
