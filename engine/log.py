@@ -21,9 +21,11 @@ crash until the OS writes it back (about 30 s on Linux). Set ``flush.messages`` 
 once that many records were appended since the last fsync, checked in ``append``) or
 ``flush.ms`` (checked in :meth:`Log.maybe_flush`, which the broker calls from its drain
 loop) to bound that window. Independently of the policy, a segment is fsynced when it
-is rolled and everything is fsynced at :meth:`Log.close`, and ``recovery-point`` then
-records the offset below which the log is known durable, so a restart after an unclean
-stop re-checks (by CRC) only the segments that can hold later offsets.
+is rolled (by a background thread, engine/flusher.py, so that appends never wait for
+the disk) and everything is fsynced at :meth:`Log.close`, and ``recovery-point`` then
+records the offset below which the log is known durable (moved on once the rolled
+segments' fsyncs are done), so a restart after an unclean stop re-checks (by CRC) only
+the segments that can hold later offsets.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from engine import flusher
 from engine._native import ffi, lib
 from engine.datadir import write_private_file
 from engine.errors import (
@@ -215,6 +218,10 @@ class Log:
         self._unflushed_records = 0
         self._last_flush_ms = _now_ms()
         self._closed = False
+        #: fsyncs of rolled segments not yet known done, oldest first.
+        self._rolled: list[flusher.PendingFlush] = []
+        #: The base offset of the newest segment whose directory entry is fsynced.
+        self._entry_synced = self._bases[-1]
 
     # ---- opening -----------------------------------------------------------
 
@@ -362,6 +369,8 @@ class Log:
         self._unflushed_records += records
         if self._unflushed_records >= self.config.flush_messages:
             self.flush(now_ms)
+        elif self._rolled:
+            self._advance_recovery_point()
         return self._active.next_offset
 
     def _roll(self, base_offset: int) -> None:
@@ -372,7 +381,12 @@ class Log:
             self._segments.pop()
             self._bases.pop()
         else:
-            old.on_roll()
+            old.seal()
+            fds = old.duplicate_fds()
+            pending = flusher.PendingFlush(fds, old.base_offset, base_offset, self.directory)
+            self._rolled.append(flusher.submit(pending))
+        # The new segment's directory entry becomes durable with the next fsync of the
+        # directory (at the next roll, or close): until then it holds nothing durable.
         segment = LogSegment.create(
             self.directory,
             base_offset,
@@ -381,9 +395,35 @@ class Log:
         )
         self._segments.append(segment)
         self._bases.append(base_offset)
-        _fsync_directory(self.directory)
-        # Every segment before the new one has been fsynced at its roll.
-        _write_recovery_point(self.directory, base_offset)
+
+    def _sync_entry(self) -> None:
+        """fsync the directory if the active segment's entry may not be durable yet."""
+        if self._entry_synced != self._bases[-1]:
+            _fsync_directory(self.directory)
+            self._entry_synced = self._bases[-1]
+
+    def _advance_recovery_point(self) -> None:
+        """Move the recovery point past the rolled segments whose fsyncs are done."""
+        done = 0
+        while done < len(self._rolled) and self._rolled[done].done.is_set():
+            done += 1
+        if done:
+            finished, self._rolled = self._rolled[:done], self._rolled[done:]
+            for pending in finished:
+                pending.wait()  # raises the fsync's error: the drain fails and restarts
+            _write_recovery_point(self.directory, finished[-1].next_base_offset)
+
+    def _wait_rolled(self) -> None:
+        """Until every rolled segment's fsync is done (before claiming them durable)."""
+        rolled, self._rolled = self._rolled, []
+        for pending in rolled:
+            pending.wait()
+
+    def _cancel_rolled(self, base_offsets: set[int] | None = None) -> None:
+        """Skip the fsyncs of rolled segments being deleted (all when None)."""
+        for pending in self._rolled:
+            if base_offsets is None or pending.base_offset in base_offsets:
+                pending.cancel()
 
     # ---- reading -----------------------------------------------------------
 
@@ -428,14 +468,20 @@ class Log:
     def flush(self, now_ms: int | None = None) -> None:
         """fsync the active segment and its indexes, then record the recovery point."""
         active = self._active
+        self._wait_rolled()
         active.flush()
+        self._sync_entry()
         _write_recovery_point(self.directory, active.next_offset)
         self._unflushed_records = 0
         self._last_flush_ms = _now_ms() if now_ms is None else now_ms
 
     def maybe_flush(self, now_ms: int | None = None) -> bool:
-        """Flush if ``flush.messages`` or ``flush.ms`` says so; True when it flushed."""
+        """Flush if ``flush.messages`` or ``flush.ms`` says so; True when it flushed.
+
+        Otherwise moves the recovery point past rolled segments fsynced meanwhile."""
         now_ms = _now_ms() if now_ms is None else now_ms
+        if self._rolled:
+            self._advance_recovery_point()
         if self._unflushed_records and (
             self._unflushed_records >= self.config.flush_messages
             or now_ms - self._last_flush_ms >= self.config.flush_ms
@@ -474,6 +520,7 @@ class Log:
     def _delete_oldest(self) -> None:
         segment = self._segments.pop(0)
         self._bases.pop(0)
+        self._cancel_rolled({segment.base_offset})
         segment.delete()
 
     def truncate_to(self, offset: int) -> None:
@@ -485,7 +532,9 @@ class Log:
         active = self._active
         if offset >= active.next_offset:
             return
+        self._cancel_rolled({base for base in self._bases if base >= offset})
         if offset <= self.log_start_offset:
+            self._cancel_rolled()
             for segment in self._segments:
                 segment.delete()
             self._segments.clear()
@@ -505,6 +554,7 @@ class Log:
                 self._bases.pop()
             self._segments[-1].truncate_to(offset)
         _fsync_directory(self.directory)
+        self._entry_synced = self._bases[-1]
         self.flush()
 
     # ---- lifecycle ---------------------------------------------------------
@@ -521,7 +571,11 @@ class Log:
             if flush:
                 active = self._active
                 active.on_roll()
+                self._wait_rolled()
+                self._sync_entry()
                 _write_recovery_point(self.directory, active.next_offset, clean=True)
+            else:
+                self._cancel_rolled()
         finally:
             for segment in self._segments:
                 segment.close()

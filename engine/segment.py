@@ -397,13 +397,30 @@ class LogSegment:
 
     def on_roll(self) -> None:
         """This segment stops being active: add the final time-index entry and fsync."""
+        self.seal()
+        self.flush()
+
+    def seal(self) -> None:
+        """This segment stops being active: add the final time-index entry (no fsync)."""
         self._check_writable()
         if self.max_timestamp > self.time_index.last_timestamp:
             self.time_index.append_entries(
                 np.array([self.max_timestamp], dtype=np.int64),
                 np.array([self._last_batch_base_offset], dtype=np.int64),
             )
-        self.flush()
+
+    def duplicate_fds(self) -> list[int]:
+        """New descriptors of the log and both indexes (for an fsync by another thread,
+        which stays valid whatever this segment does meanwhile); the caller closes them."""
+        fds: list[int] = []
+        try:
+            for fd in (self.fd, self.offset_index.fd, self.time_index.fd):
+                fds.append(os.dup(fd))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     # ---- reading -----------------------------------------------------------
 

@@ -8,11 +8,13 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_harness import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -251,6 +253,7 @@ def test_close_without_flush_never_fsyncs_and_is_not_clean(
     log = Log.open(directory, SMALL)
     log.append(batches(0, 40))
     data = read_all(log)
+    log.flush()  # and so the rolled segments' fsyncs are done
     fsyncs: list[int] = []
     monkeypatch.setattr(os, "fsync", fsyncs.append)
     log.close(flush=False)
@@ -259,6 +262,49 @@ def test_close_without_flush_never_fsyncs_and_is_not_clean(
     monkeypatch.undo()
     with Log.open(directory, SMALL) as log:
         assert log.log_end_offset == 40 and read_all(log) == data
+
+
+def test_a_roll_never_waits_for_the_fsync_of_the_rolled_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolled segments are fsynced by the flusher thread: appends go on while it works,
+    the recovery point moves only once it is done, and flush() waits for it."""
+    gate, real_fsync = threading.Event(), os.fsync
+    flushed: list[int] = []  # fds the flusher thread has fsynced
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "engine-segment-flusher":
+            assert gate.wait(60), "the test never opened the gate"
+            real_fsync(fd)
+            flushed.append(fd)
+        else:
+            real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    directory = tmp_path / "p"
+    log = Log.open(directory, SMALL)
+    try:
+        log.append(batches(0, 40))  # 2,000-byte segments: several rolls
+        rolls = len(list(directory.glob("*.log"))) - 1
+        assert rolls >= 3
+        assert _recovery_point(log)["recovery_point"] == 0  # nothing known durable yet
+        done: list[int] = []
+        flusher = threading.Thread(target=lambda: (log.flush(), done.append(len(flushed))))
+        flusher.start()
+        gate.set()
+        flusher.join(60)
+        # The log, both indexes and the directory of every rolled segment.
+        assert done == [4 * rolls]
+        assert _recovery_point(log) == {"recovery_point": 40, "clean": False}
+        # Later rolls: once their fsyncs are done, the drain's next look moves it on.
+        log.append(batches(40, 40))
+        bases = sorted(int(p.stem) for p in directory.glob("*.log"))
+        wait_for(lambda: len(flushed) == 4 * (len(bases) - 1), what="the rolled segments fsynced")
+        assert not log.maybe_flush()
+        assert _recovery_point(log)["recovery_point"] == bases[-1]
+    finally:
+        gate.set()
+        log.close()
 
 
 # ---- open, close, truncate ---------------------------------------------------
