@@ -191,7 +191,7 @@ def _clock(seconds: float) -> str:
 
 
 class _Runs:
-    """Numbers each run of the suite (queue and socket names use it)."""
+    """Numbers each workload's session (queue, socket and topic names use it)."""
 
     def __init__(self) -> None:
         self.next_id = 0

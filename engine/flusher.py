@@ -16,6 +16,7 @@ delete the segment meanwhile; a flush of a segment deleted before its turn is ca
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -69,7 +70,8 @@ class PendingFlush:
             self.error = error
         finally:
             for fd in self.fds:
-                os.close(fd)
+                with contextlib.suppress(OSError):  # a failing close must not stop the thread
+                    os.close(fd)
             self.fds = []
             self.done.set()
 

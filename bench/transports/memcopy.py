@@ -54,13 +54,14 @@ class MemoryCopy(Transport):
     def _buffers(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Two buffers of ``size`` bytes, every page touched; kept for the next run."""
         buffers: tuple[np.ndarray, np.ndarray] | None = getattr(self, "buffers", None)
-        if buffers is None or len(buffers[0]) != size:
-            self.buffers = buffers = None  # let the old pair go before making the new one
-            source = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
-            target = np.zeros(size, dtype=np.uint8)
-            np.copyto(target, source)
-            self.buffers = buffers = (source, target)
-        return buffers
+        if buffers is not None and len(buffers[0]) == size:
+            return buffers
+        buffers = self.buffers = None  # let the old pair go before making the new one
+        source = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+        target = np.zeros(size, dtype=np.uint8)
+        np.copyto(target, source)
+        self.buffers = (source, target)
+        return self.buffers
 
     def producer(self, spec: RunSpec, index: int) -> Producer:
         raise Unsupported("memcopy runs in process")
