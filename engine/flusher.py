@@ -1,4 +1,5 @@
-"""Background fsync of rolled segments, so that appending never waits for the disk.
+"""Background fsync of rolled segments and removal of retired ones, so that appending
+never waits for the disk.
 
 A log fsyncs a segment when it rolls it (engine/log.py). Done on the appending thread,
 that fsync writes the whole segment's unflushed bytes (up to ``segment.bytes``) to the
@@ -11,6 +12,10 @@ for its own.
 
 Each flush holds duplicates of the segment's descriptors, so that the log may close or
 delete the segment meanwhile; a flush of a segment deleted before its turn is cancelled.
+Segments that retention deletes are renamed out of the log at once and removed here
+(``Removal``): removing a file waits for the kernel to finish writing back its pages,
+which under a sustained load takes as long as an fsync (Kafka likewise renames them
+``.deleted`` and removes them later). A log that opens removes any left by a crash.
 """
 
 from __future__ import annotations
@@ -20,19 +25,41 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["PendingFlush", "submit"]
+__all__ = ["LogFlushes", "PendingFlush", "Removal", "submit"]
 
 log = logging.getLogger("engine.flusher")
+
+
+class LogFlushes:
+    """What the flushes of one log share: whether one failed (the later ones then do
+    not move its recovery point), and how to write its recovery point."""
+
+    def __init__(self, write_recovery_point: Callable[[int], None]) -> None:
+        self.write_recovery_point = write_recovery_point
+        self.failed = False
 
 
 class PendingFlush:
     """The fsync of one rolled segment: ``fds`` (owned: closed when done or cancelled),
     then of ``directory``, which holds its entry (on ext4 a directory fsync commits the
-    journal, which waits for the data of files just written: a second or more)."""
+    journal, which waits for the data of files just written: a second or more), then
+    the log's recovery point, moved to ``next_base_offset`` (written with fsyncs too).
+
+    The flusher runs flushes in order, so every earlier flush of the log is done by
+    then; the log waits for its pending flushes before it writes a recovery point
+    itself (flush, close, truncation), so theirs never lands after its own.
+    """
 
     def __init__(
-        self, fds: list[int], base_offset: int, next_base_offset: int, directory: str
+        self,
+        fds: list[int],
+        base_offset: int,
+        next_base_offset: int,
+        directory: str,
+        shared: LogFlushes,
     ) -> None:
         self.fds = fds
         self.directory = directory
@@ -40,6 +67,7 @@ class PendingFlush:
         #: The base offset of the segment that replaced it: once every flush up to this
         #: one is done, everything below it is durable.
         self.next_base_offset = next_base_offset
+        self.shared = shared
         self.done = threading.Event()
         self.error: OSError | None = None
         self._cancelled = False
@@ -64,10 +92,14 @@ class PendingFlush:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                if not self.shared.failed and not self._cancelled:
+                    self.shared.write_recovery_point(self.next_base_offset)
         except OSError as error:
-            log.error("fsync of a rolled segment failed: base_offset=%d: %s", self.base_offset,
-                      error)  # fmt: skip
-            self.error = error
+            if not self._cancelled:  # else its log is being deleted: nothing to report
+                log.error("fsync of a rolled segment failed: base_offset=%d: %s",
+                          self.base_offset, error)  # fmt: skip
+                self.shared.failed = True
+                self.error = error
         finally:
             for fd in self.fds:
                 with contextlib.suppress(OSError):  # a failing close must not stop the thread
@@ -76,14 +108,43 @@ class PendingFlush:
             self.done.set()
 
 
-_queue: collections.deque[PendingFlush] = collections.deque()
+class Removal:
+    """Remove the files at ``paths`` (a retired segment's), then fsync ``directory``."""
+
+    def __init__(self, paths: list[str], directory: str) -> None:
+        self.paths = paths
+        self.directory = directory
+        self.done = threading.Event()
+
+    def _run(self) -> None:
+        try:
+            for path in self.paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except FileNotFoundError:
+            pass  # the whole directory went (its topic was deleted)
+        except OSError as error:
+            log.error("removing a retired segment failed: %s: %s", self.paths, error)
+        finally:
+            self.done.set()
+
+
+_queue: collections.deque[PendingFlush | Removal] = collections.deque()
 _ready = threading.Condition()
 _thread: threading.Thread | None = None
 _pid = 0
 
 
-def submit(flush: PendingFlush) -> PendingFlush:
-    """Queue ``flush`` for the flusher thread (started on first use, again after fork)."""
+_Job = TypeVar("_Job", PendingFlush, Removal)
+
+
+def submit(job: _Job) -> _Job:
+    """Queue ``job`` for the flusher thread (started on first use, again after fork)."""
     global _thread, _pid
     with _ready:
         if _thread is None or _pid != os.getpid():
@@ -91,9 +152,9 @@ def submit(flush: PendingFlush) -> PendingFlush:
             _thread = threading.Thread(target=_run, name="engine-segment-flusher", daemon=True)
             _pid = os.getpid()
             _thread.start()
-        _queue.append(flush)
+        _queue.append(job)
         _ready.notify()
-    return flush
+    return job
 
 
 def _run() -> None:
@@ -101,5 +162,5 @@ def _run() -> None:
         with _ready:
             while not _queue:
                 _ready.wait()
-            flush = _queue.popleft()
-        flush._run()
+            job = _queue.popleft()
+        job._run()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ from engine.errors import (
 )
 from engine.record_batch import ScanStatus, decode_record_infos, scan_batches
 from engine.segment import (
+    DELETED_SUFFIX,
     INDEX_SUFFIX,
     LOG_SUFFIX,
     TIME_INDEX_SUFFIX,
@@ -220,6 +222,7 @@ class Log:
         self._closed = False
         #: fsyncs of rolled segments not yet known done, oldest first.
         self._rolled: list[flusher.PendingFlush] = []
+        self._flushes = flusher.LogFlushes(functools.partial(_write_recovery_point, directory))
         #: The base offset of the newest segment whose directory entry is fsynced.
         self._entry_synced = self._bases[-1]
 
@@ -383,7 +386,9 @@ class Log:
         else:
             old.seal()
             fds = old.duplicate_fds()
-            pending = flusher.PendingFlush(fds, old.base_offset, base_offset, self.directory)
+            pending = flusher.PendingFlush(
+                fds, old.base_offset, base_offset, self.directory, self._flushes
+            )
             self._rolled.append(flusher.submit(pending))
         # The new segment's directory entry becomes durable with the next fsync of the
         # directory (at the next roll, or close): until then it holds nothing durable.
@@ -403,7 +408,8 @@ class Log:
             self._entry_synced = self._bases[-1]
 
     def _advance_recovery_point(self) -> None:
-        """Move the recovery point past the rolled segments whose fsyncs are done."""
+        """Forget the rolled segments whose fsyncs are done (the flusher moved the
+        recovery point past them); raise the error of one that failed."""
         done = 0
         while done < len(self._rolled) and self._rolled[done].done.is_set():
             done += 1
@@ -411,7 +417,6 @@ class Log:
             finished, self._rolled = self._rolled[:done], self._rolled[done:]
             for pending in finished:
                 pending.wait()  # raises the fsync's error: the drain fails and restarts
-            _write_recovery_point(self.directory, finished[-1].next_base_offset)
 
     def _wait_rolled(self) -> None:
         """Until every rolled segment's fsync is done (before claiming them durable)."""
@@ -513,15 +518,15 @@ class Log:
                 excess -= self._segments[0].size
                 self._delete_oldest()
                 deleted += 1
-        if deleted:
-            _fsync_directory(self.directory)
         return deleted
 
     def _delete_oldest(self) -> None:
+        """Retention: the oldest segment leaves the log now, its files go in the
+        background (engine/flusher.py: removing them can wait for their writeback)."""
         segment = self._segments.pop(0)
         self._bases.pop(0)
         self._cancel_rolled({segment.base_offset})
-        segment.delete()
+        flusher.submit(flusher.Removal(segment.retire(), self.directory))
 
     def truncate_to(self, offset: int) -> None:
         """Remove every batch whose last offset is >= ``offset`` (whole batches).
@@ -621,11 +626,12 @@ def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> tuple[int, i
 
 
 def _remove_strays(directory: str) -> None:
-    """Delete temp files and indexes whose .log is gone (a crash mid-delete or mid-create)."""
+    """Delete temp files, retired segments' files and indexes whose .log is gone (a
+    crash mid-delete or mid-create)."""
     names = set(os.listdir(directory))
     for name in names:
         stem, suffix = os.path.splitext(name)
-        stray = suffix == ".tmp" or (
+        stray = suffix in (".tmp", DELETED_SUFFIX) or (
             suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX) and stem + LOG_SUFFIX not in names
         )
         if stray:

@@ -39,6 +39,7 @@ from engine.record_batch import (
 from engine.time_index import TIME_INDEX_DTYPE, TimeIndex
 
 __all__ = [
+    "DELETED_SUFFIX",
     "INDEX_SUFFIX",
     "LOG_SUFFIX",
     "MAX_RELATIVE_OFFSET",
@@ -50,6 +51,8 @@ __all__ = [
 LOG_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
 TIME_INDEX_SUFFIX = ".timeindex"
+#: Appended to the names of a segment retired by retention, until its files are removed.
+DELETED_SUFFIX = ".deleted"
 FILE_MODE = 0o600
 #: Offsets in a segment stay within base_offset + this (Kafka: Int.MaxValue).
 MAX_RELATIVE_OFFSET = 2**31 - 1
@@ -516,8 +519,14 @@ class LogSegment:
     def _readable_length(self) -> int:
         if self.writable:
             return self.size
+        # Retention renamed it (``retire``) or removed it: the caller lists the
+        # directory again. (A rename leaves the link count at 1: look at the name too.)
         stat = os.fstat(self.fd)
-        if stat.st_nlink == 0:  # retention deleted it; the caller lists the directory again
+        try:
+            named = os.stat(self.log_path)
+        except FileNotFoundError:
+            named = None
+        if stat.st_nlink == 0 or named is None or named.st_ino != stat.st_ino:
             raise FileNotFoundError(f"segment was deleted: path={self.log_path}")
         return stat.st_size
 
@@ -593,6 +602,22 @@ class LogSegment:
         if getattr(self, "_fd", None) is not None:
             with contextlib.suppress(Exception):  # never raise from a finalizer
                 self.close()
+
+    def retire(self) -> list[str]:
+        """Close and rename the files to ``<name>.deleted``, the .log first (a lister never
+        sees it without indexes); returns the new paths, for removal later.
+
+        A rename never waits, where removing a file whose pages the kernel is writing
+        back waits for that write (half a second and more under a sustained load).
+        """
+        self.close()
+        retired = []
+        for suffix in (LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            path = segment_path(self.directory, self.base_offset, suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, path + DELETED_SUFFIX)
+                retired.append(path + DELETED_SUFFIX)
+        return retired
 
     def delete(self) -> None:
         """Close and remove the files, the .log first (a lister never sees it without indexes)."""

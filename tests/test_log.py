@@ -193,6 +193,38 @@ def test_retention_bytes_deletes_oldest_segments_never_the_active(tmp_path: Path
         assert len(log.segment_base_offsets) == 1 and log.log_end_offset == 100
 
 
+def test_retention_retires_segments_at_once_and_removes_their_files_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Removing a file can wait for its writeback: retention renames the segment out of
+    the log (``.deleted``) and the flusher thread removes it; an open removes leftovers."""
+    gate, real_unlink = threading.Event(), os.unlink
+
+    def unlink(path: str) -> None:
+        if threading.current_thread().name == "engine-segment-flusher":
+            assert gate.wait(60), "the test never opened the gate"
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    directory = tmp_path / "p"
+    with Log.open(directory, {**SMALL, "retention.bytes": 5_000}) as log:
+        log.append(batches(0, 100))
+        before = log.segment_base_offsets
+        deleted = log.apply_retention()  # returns while the removals are held
+        assert deleted > 0 and log.segment_base_offsets == before[deleted:]
+        retired = sorted(p.name for p in directory.glob("*.deleted"))
+        assert f"{before[0]:020d}.log.deleted" in retired
+        assert len(retired) == 3 * deleted
+        gate.set()
+        wait_for(lambda: not list(directory.glob("*.deleted")), what="the files removed")
+    # A crash between the rename and the removal leaves them: the next open removes them.
+    leftover = directory / f"{before[0]:020d}.log.deleted"
+    leftover.write_bytes(b"x")
+    with Log.open(directory, SMALL) as log:
+        assert not leftover.exists()
+        assert log.segment_base_offsets == before[deleted:]
+
+
 def test_retention_ms_uses_each_segments_newest_timestamp(tmp_path: Path) -> None:
     with Log.open(tmp_path / "p", {**SMALL, "retention.ms": 1_000}) as log:
         log.append(batches(0, 100))  # batch o has timestamp 1_000 + o
@@ -293,14 +325,14 @@ def test_a_roll_never_waits_for_the_fsync_of_the_rolled_segment(
         flusher.start()
         gate.set()
         flusher.join(60)
-        # The log, both indexes and the directory of every rolled segment.
-        assert done == [4 * rolls]
+        # Per rolled segment: the log, both indexes, the directory, then the recovery
+        # point (its temporary file and the directory again).
+        assert done == [6 * rolls]
         assert _recovery_point(log) == {"recovery_point": 40, "clean": False}
-        # Later rolls: once their fsyncs are done, the drain's next look moves it on.
+        # Later rolls: once their fsyncs are done, the flusher moves it on.
         log.append(batches(40, 40))
         bases = sorted(int(p.stem) for p in directory.glob("*.log"))
-        wait_for(lambda: len(flushed) == 4 * (len(bases) - 1), what="the rolled segments fsynced")
-        assert not log.maybe_flush()
+        wait_for(lambda: len(flushed) == 6 * (len(bases) - 1), what="the rolled segments fsynced")
         assert _recovery_point(log)["recovery_point"] == bases[-1]
     finally:
         gate.set()
