@@ -53,11 +53,16 @@ def write_private_file(path: Path | str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path | str) -> None:
+    """fsync a directory: makes the entries created, renamed or removed in it durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def pid_alive(pid: int) -> bool:

@@ -28,6 +28,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from engine.datadir import fsync_directory
+
 __all__ = ["LogFlushes", "PendingFlush", "Removal", "submit"]
 
 log = logging.getLogger("engine.flusher")
@@ -87,11 +89,7 @@ class PendingFlush:
             if not self._cancelled:
                 for fd in self.fds:
                     os.fsync(fd)
-                fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_directory(self.directory)
                 if not self.shared.failed and not self._cancelled:
                     self.shared.write_recovery_point(self.next_base_offset)
         except OSError as error:
@@ -121,11 +119,7 @@ class Removal:
             for path in self.paths:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_directory(self.directory)
         except FileNotFoundError:
             pass  # the whole directory went (its topic was deleted)
         except OSError as error:

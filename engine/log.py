@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from engine import flusher
 from engine._native import ffi, lib
-from engine.datadir import write_private_file
+from engine.datadir import fsync_directory, write_private_file
 from engine.errors import (
     ClosedError,
     ConfigError,
@@ -154,14 +154,6 @@ def _list_segment_bases(directory: str) -> list[int]:
     return sorted(bases)
 
 
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_meta(directory: str) -> None:
     """Raise CorruptRecordError unless ``log.meta`` names a format this code reads.
 
@@ -265,7 +257,7 @@ class Log:
                         index_bytes=index_bytes,
                     )
                 )
-                _fsync_directory(directory)
+                fsync_directory(directory)
             for i, base in enumerate(bases):
                 last = i == len(bases) - 1
                 recover = not clean and (last or bases[i + 1] > recovery_point)
@@ -404,7 +396,7 @@ class Log:
     def _sync_entry(self) -> None:
         """fsync the directory if the active segment's entry may not be durable yet."""
         if self._entry_synced != self._bases[-1]:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
             self._entry_synced = self._bases[-1]
 
     def _advance_recovery_point(self) -> None:
@@ -558,7 +550,7 @@ class Log:
                 self._segments.pop().delete()
                 self._bases.pop()
             self._segments[-1].truncate_to(offset)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._entry_synced = self._bases[-1]
         self.flush()
 
