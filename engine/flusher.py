@@ -6,7 +6,7 @@ that fsync writes the whole segment's unflushed bytes (up to ``segment.bytes``) 
 disk while the broker's drain stands still: producers then find the ring full and wait
 (a 1 GiB segment on a 300 MB/s disk: over 3 s). As Kafka does, the fsync happens on
 another thread instead: one per process, taking rolled segments in the order they
-were rolled. The log advances its recovery point once they are done (Log keeps the
+were rolled, then writing the log's recovery point past them (the log keeps its
 pending flushes); a log that must be durable now (``Log.flush``, ``Log.close``) waits
 for its own.
 
