@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import hdr
 from bench.transports.base import Producer, RunSpec, Transport
 from bench.transports.engine_acks import EngineAcks1
 from bench.transports.harness import RunError, Session
@@ -24,7 +25,9 @@ def spec(producers: int = 2, batch: int = 1, rate: float | None = None) -> RunSp
     return RunSpec("fleet", producers, 1, 0, 100, batch=batch, rate=rate, run_id=1)
 
 
-def assert_all_stopped(session: Session, processes: list[multiprocessing.process.BaseProcess]):
+def assert_all_stopped(
+    session: Session, processes: list[multiprocessing.process.BaseProcess]
+) -> None:
     assert processes, "the session started no process"
     assert not session.processes and not session.pipes
     assert [p.name for p in processes if p.is_alive()] == []
@@ -48,8 +51,6 @@ def test_a_session_measures_every_run_with_the_same_processes(batch: int) -> Non
 def test_each_latency_run_has_its_own_histogram() -> None:
     with Session(MultiprocessingQueue(), spec(producers=1, rate=20_000), CTX) as session:
         results = [session.run(n, TIMEOUT_S) for n in (200, 400)]
-    from bench import hdr
-
     counts = [hdr.decode(r.latency_hdr).get_total_count() for r in results if r.latency_hdr]
     assert counts == [200, 400]
 
