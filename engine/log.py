@@ -364,8 +364,6 @@ class Log:
         self._unflushed_records += records
         if self._unflushed_records >= self.config.flush_messages:
             self.flush(now_ms)
-        elif self._rolled:
-            self._advance_recovery_point()
         return self._active.next_offset
 
     def _roll(self, base_offset: int) -> None:
@@ -399,7 +397,7 @@ class Log:
             fsync_directory(self.directory)
             self._entry_synced = self._bases[-1]
 
-    def _advance_recovery_point(self) -> None:
+    def _forget_flushed(self) -> None:
         """Forget the rolled segments whose fsyncs are done (the flusher moved the
         recovery point past them); raise the error of one that failed."""
         done = 0
@@ -475,10 +473,11 @@ class Log:
     def maybe_flush(self, now_ms: int | None = None) -> bool:
         """Flush if ``flush.messages`` or ``flush.ms`` says so; True when it flushed.
 
-        Otherwise moves the recovery point past rolled segments fsynced meanwhile."""
+        Also forgets rolled segments the flusher has fsynced since, raising the error of
+        one whose fsync failed (the drain calls it after every append)."""
         now_ms = _now_ms() if now_ms is None else now_ms
         if self._rolled:
-            self._advance_recovery_point()
+            self._forget_flushed()
         if self._unflushed_records and (
             self._unflushed_records >= self.config.flush_messages
             or now_ms - self._last_flush_ms >= self.config.flush_ms

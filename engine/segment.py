@@ -519,14 +519,15 @@ class LogSegment:
     def _readable_length(self) -> int:
         if self.writable:
             return self.size
-        # Retention renamed it (``retire``) or removed it: the caller lists the
-        # directory again. (A rename leaves the link count at 1: look at the name too.)
+        # Retention renamed it (``retire``) or removed it: its name no longer leads to
+        # this file (a rename keeps the link count at 1), and the caller lists the
+        # directory again.
         stat = os.fstat(self.fd)
         try:
             named = os.stat(self.log_path)
         except FileNotFoundError:
             named = None
-        if stat.st_nlink == 0 or named is None or named.st_ino != stat.st_ino:
+        if named is None or named.st_ino != stat.st_ino:
             raise FileNotFoundError(f"segment was deleted: path={self.log_path}")
         return stat.st_size
 
