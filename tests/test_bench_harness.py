@@ -4,18 +4,22 @@ reports a failing child at once, and leaves no process behind."""
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
-from bench import hdr
+from bench import hdr, suite
 from bench.transports.base import Producer, RunSpec, Transport
-from bench.transports.engine_acks import EngineAcks1
+from bench.transports.engine_acks import EngineAcks1, EngineAcksAll
 from bench.transports.harness import RunError, Session
 from bench.transports.mpqueue import MultiprocessingQueue, QueueProducer
+from engine.datadir import DataDir
+from engine.errors import DaemonNotRunningError
 
 CTX = multiprocessing.get_context("fork")
 TIMEOUT_S = 60.0
@@ -105,3 +109,69 @@ def test_engine_sessions_each_count_their_own_records(engine_transport: EngineAc
             assert list(data_dir.glob("broker-*/bench-*"))
         assert [r.records for r in results] == [2 * n for n in runs]
         assert not list(data_dir.glob("broker-*/bench-*"))
+
+
+def test_engine_modes_share_one_daemon_until_the_last_closes() -> None:
+    first, second = EngineAcks1(), EngineAcksAll()
+    with tempfile.TemporaryDirectory(prefix="engine-bench-test-") as workdir:
+        try:
+            first.open(Path(workdir) / "a")
+            second.open(Path(workdir) / "b")
+            data_dir = DataDir.resolve(second.data_dir)
+            assert second.data_dir == first.data_dir
+            pid = data_dir.read_runtime()["pid"]
+            first.close()
+            assert data_dir.read_runtime()["pid"] == pid
+            with Session(second, spec(batch=100), CTX) as session:
+                assert session.run(500, TIMEOUT_S).records == 1_000
+        finally:
+            first.close()
+            second.close()
+        with pytest.raises(DaemonNotRunningError):
+            data_dir.read_runtime()
+
+
+class _Recorded(MultiprocessingQueue):
+    """Appends its name and what the suite did to it to ``events``."""
+
+    events: ClassVar[list[str]] = []
+    fails_to_open: ClassVar[bool] = False
+
+    def open(self, workdir: Path) -> None:
+        self.events.append(f"open {self.name}")
+        if self.fails_to_open:
+            raise RuntimeError("no server here")
+
+    def close(self) -> None:
+        self.events.append(f"close {self.name}")
+
+    def prepare(self, spec: RunSpec, ctx: Any) -> None:
+        self.events.append(f"measure {self.name}")
+        super().prepare(spec, ctx)
+
+
+def _recorded(name: str, fails: bool = False) -> type[_Recorded]:
+    return type(name, (_Recorded,), {"name": name, "fails_to_open": fails})
+
+
+def test_the_suite_closes_a_transport_once_the_next_has_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """So that transports may share a server (the engine modes share their daemon); a
+    transport that cannot start is reported, and closed like the others."""
+    names = ("one", "broken", "two")
+    registry = {n: _recorded(n, fails=n == "broken") for n in names}
+    monkeypatch.setattr(suite, "discover", lambda: registry)
+    _Recorded.events.clear()
+    settings = suite.Settings(
+        quick=True, reps=1, duration_s=0.01, workloads=("sweep",), only=names,
+        reference="one",
+    )  # fmt: skip
+    rows, _, _ = suite.run_suite(settings, io.StringIO())
+    assert _Recorded.events == [
+        "open one", "measure one", "measure one",
+        "open broken", "close one",
+        "open two", "close broken", "measure two", "measure two",
+        "close two",
+    ]  # fmt: skip
+    assert {r.transport: r.status for r in rows} == {"one": "ok", "broken": "failed", "two": "ok"}

@@ -179,7 +179,9 @@ class Transport(ABC):
         """Once, before any run: start servers. ``workdir`` is a private temporary directory."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, empty by default
-        """Once, after the last run, also after failures: stop servers, remove files."""
+        """Once, after the last run, also after failures (and after a failed open): stop
+        servers, remove files. The suite closes a transport once the next one has opened
+        (before that one measures), so that transports may share a server."""
 
     def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:  # noqa: B027 - optional hook
         """Before each workload's runs, in the parent: create queues (with ``ctx``), clear

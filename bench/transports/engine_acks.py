@@ -1,16 +1,18 @@
 """The engine itself, once per acknowledgement mode.
 
-The suite starts one daemon (coordinator + 3 brokers) in its work dir and stops it at
-the end. Each workload gets a fresh topic with ``spec.partitions`` partitions, deleted
-after its runs. Its segments are as large as a segment can be (2 GiB), so that no
-segment rolls within a workload: a roll fsyncs the segment, and a workload's runs
-would then be timed against the disk (about 300 MB/s on the reference VM) instead of
-the page cache, which the brokers write every record into. (What a sustained rate
-beyond the page cache gets is in the README: the disk's.) Producers use
-``Producer.send`` per record and ``send_batch`` with the numpy batch (keyed by device
-id, so records land where Kafka would put them); consumers split the partitions
-between them and read with ``Consumer.poll_values``, which hands back numpy arrays of
-the fixed-size records instead of one Python object per record.
+The three modes share one daemon (coordinator + 3 brokers): the first mode's open
+starts it, the last one's close stops it (the suite opens the next transport before it
+closes the previous one). Each workload gets a fresh topic with ``spec.partitions``
+partitions, deleted after its runs. Its segments are as large as a segment can be
+(2 GiB), so that no segment rolls within a workload: a rolled segment is written back
+and fsynced, and a workload's runs would then be timed against the disk (about
+300 MB/s on the reference VM) instead of the page cache, which the brokers write
+every record into. (What a sustained rate beyond the page cache gets is in the
+README: the disk's.) Producers use ``Producer.send`` per record and ``send_batch``
+with the numpy batch (keyed by device id, so records land where Kafka would put
+them); consumers split the partitions between them and read with
+``Consumer.poll_values``, which hands back numpy arrays of the fixed-size records
+instead of one Python object per record.
 """
 
 from __future__ import annotations
@@ -71,8 +73,41 @@ class EngineConsumer(Consumer):
         self.consumer.close()
 
 
+class _SharedDaemon:
+    """The daemon of the engine modes: started by the first acquire, stopped by the
+    last release."""
+
+    def __init__(self) -> None:
+        self.data_dir: str | None = None
+        self.users = 0
+
+    def acquire(self, workdir: Path) -> str:
+        from engine import daemon
+        from engine.datadir import DataDir
+
+        if self.data_dir is None:
+            data_dir = str(workdir / "engine")
+            daemon.start_background(DataDir.resolve(data_dir), brokers=3, coordinator=None)
+            self.data_dir = data_dir
+        self.users += 1
+        return self.data_dir
+
+    def release(self) -> None:
+        from engine import daemon
+        from engine.datadir import DataDir
+
+        self.users -= 1
+        if self.users == 0 and self.data_dir is not None:
+            data_dir, self.data_dir = self.data_dir, None
+            daemon.stop(DataDir.resolve(data_dir))
+
+
+_DAEMON = _SharedDaemon()
+
+
 class _Engine(Transport):
-    """A daemon with 3 brokers; subclasses choose the acknowledgement mode."""
+    """A daemon with 3 brokers (shared by the modes); subclasses choose the
+    acknowledgement mode."""
 
     acks: ClassVar[int | str] = 1
     replication: ClassVar[int] = 1
@@ -80,22 +115,21 @@ class _Engine(Transport):
     parent_only = ("_admin",)
 
     def open(self, workdir: Path) -> None:
-        from engine import daemon
-        from engine.datadir import DataDir
+        # The clients too: every producer and consumer process inherits them (fork)
+        # instead of importing them at each workload's start.
+        from engine import Consumer, Producer  # noqa: F401
 
-        self.data_dir = str(workdir / "engine")
-        daemon.start_background(DataDir.resolve(self.data_dir), brokers=3, coordinator=None)
         self._admin: Any = None
+        self.data_dir = _DAEMON.acquire(workdir)
 
     def close(self) -> None:
-        from engine import daemon
-        from engine.datadir import DataDir
-
         admin = getattr(self, "_admin", None)
         if admin is not None:
+            self._admin = None
             admin.close()
         if hasattr(self, "data_dir"):
-            daemon.stop(DataDir.resolve(self.data_dir))
+            del self.data_dir
+            _DAEMON.release()
 
     def _admin_client(self) -> Any:
         from engine import Admin

@@ -6,7 +6,9 @@ of events::
 
     parent: transport.prepare(spec, ctx)                              once per session
     parent: start C consumer processes; each creates its Consumer, reports "ready"
-    parent: start P producer processes; each creates its Producer and pool, reports "ready"
+            start P producer processes meanwhile; each makes its record pool
+    parent: once every consumer is ready, tell the producers to connect; each creates
+            its Producer, reports "ready"
     every run:
       parent: tell the consumers how many records this run brings; they report "armed"
       parent: tell every producer to send N records: each takes its first-send time, sends
@@ -172,9 +174,13 @@ class Session:
         self.slots = self.ctx.RawArray("q", spec.consumers)
         for i in range(spec.consumers):
             self._spawn(_consumer_main, (self.transport, spec, i, self.slots), f"consumer-{i}")
-        self._wait_for(self._children("consumer"), "ready", deadline)
+        # Producers make their pools while the consumers start; they create their
+        # Producer only once every consumer is ready (the transports rely on it).
         for i in range(spec.producers):
             self._spawn(_producer_main, (self.transport, spec, i), f"producer-{i}")
+        self._wait_for(self._children("consumer"), "ready", deadline)
+        for conn in self._children("producer"):
+            conn.send({"connect": True})
         self._wait_for(self._children("producer"), "ready", deadline)
 
     def _spawn(self, target: Any, args: tuple[Any, ...], name: str) -> None:
@@ -285,9 +291,8 @@ def _result(spec: RunSpec, reports: dict[str, dict[str, Any]]) -> RunResult:
 def _producer_main(
     transport: Transport, spec: RunSpec, index: int, pipe: connection.Connection
 ) -> None:
-    """Make the producer and its record pool, then send one run per command."""
+    """Make the record pool, then (told to connect) the producer; send one run per command."""
     try:
-        producer = transport.producer(spec, index)
         if spec.batch == 1:
             pool, pool_keys = record_pool(spec.record_size, POOL_RECORDS, index)
             values = [record.tobytes() for record in pool]
@@ -299,6 +304,9 @@ def _producer_main(
                 (pool[k : k + spec.batch], pool_keys[k : k + spec.batch])
                 for k in range(0, len(pool), spec.batch)
             ]
+        if pipe.recv().get("stop"):
+            return
+        producer = transport.producer(spec, index)
         pipe.send({"ready": True})
         while True:
             command = pipe.recv()
