@@ -210,8 +210,15 @@ class Consumer:
         self._order: list[TopicPartition] = []
         self._next = 0
         self._buf = bytearray(max(fetch_max_bytes, 1 << 16))
-        self._values_scratch: np.ndarray[Any, Any] | None = None  # poll_values' output
+        # poll_values' output: rows of value_size bytes, handed out or copied from.
+        self._values_scratch: np.ndarray[Any, Any] | None = None
         self._values_reader = ValuesReader()
+        # poll_values' plan while every partition is read in its ring poll after poll:
+        # the fetches (in assignment order; valid while _order is the same list) and the
+        # list the reader is bound to. _restart, _reopen and the chunk path drop it.
+        self._direct: list[_Fetch] | None = None
+        self._direct_order: list[TopicPartition] | None = None
+        self._bound: list[_Fetch] | None = None
         self._decoder = RecordDecoder(max(max_poll_records, 16384))
         self._closed = False
         self._pid = os.getpid()
@@ -344,8 +351,7 @@ class Consumer:
     def _group_sync(self) -> None:
         """Apply the group's current generation: revoke, commit, release, then acquire."""
         g = self._group
-        if g is None:
-            return
+        assert g is not None
         g.touch()
         try:
             self._group_apply(g)
@@ -493,6 +499,7 @@ class Consumer:
         """Fetch again from the position: forget the cursor, what was fetched and not
         delivered, and (read_committed) the undecided batches."""
         f.cursor, f.pending = None, b""
+        self._direct = None
         if f.txn is not None:
             f.txn, f.stalled = ReadCommitted(f.offset), False
 
@@ -600,7 +607,8 @@ class Consumer:
                 self._auto_commit()
         ready: TopicPartition | None = None  # the partition a wait found readable
         while True:
-            self._group_sync()
+            if self._group is not None:
+                self._group_sync()
             out: list[Any] = []
             got = 0
             n = len(self._order)
@@ -624,10 +632,16 @@ class Consumer:
             else:
                 # All partitions, in assignment order (the C call goes round from the
                 # rotating start); those read from segments or holding a chunk first,
-                # for the same reason (the ring path never raises).
-                fetches = [self._fetches[tp] for tp in self._order]
-                chunked, direct = self._split_direct(fetches)
-                got = self._poll_chunks(chunked, limit, value_size, out)
+                # for the same reason (the ring path never raises). While every one
+                # stays in its ring, the split of the last poll holds.
+                direct = self._direct
+                chunked: list[_Fetch] = []
+                if direct is None or self._direct_order is not self._order:
+                    fetches = [self._fetches[tp] for tp in self._order]
+                    chunked, direct = self._split_direct(fetches)
+                    got = self._poll_chunks(chunked, limit, value_size, out)
+                    if not chunked:
+                        self._direct, self._direct_order = direct, self._order
                 if direct and got < limit:
                     # Every partition is read in its ring: the same C call waits for
                     # any of them when all are caught up (no wait in Python).
@@ -641,7 +655,8 @@ class Consumer:
                         direct, first, limit - got, value_size, out, wait_s
                     )
                     got += n_values
-                    got += self._poll_chunks(failed, limit - got, value_size, out)
+                    if failed:
+                        got += self._poll_chunks(failed, limit - got, value_size, out)
             if got or (n == 0 and self._group is None):
                 return out
             if ready is not None:
@@ -657,6 +672,8 @@ class Consumer:
     ) -> int:
         """Deliver from each fetch's next chunk (decoded in Python) into out, up to limit;
         returns how many records or values it appended."""
+        if fetches:
+            self._direct = None  # these may move between the chunk path and their rings
         got = 0
         for f in fetches:
             if got >= limit:
@@ -749,19 +766,23 @@ class Consumer:
         chunked: list[_Fetch] = []
         room = max(1, min(limit, len(self._buf) // value_size))
         scratch = self._values_scratch
-        if scratch is None or len(scratch) < room * value_size:
-            size = max(len(self._buf), room * value_size)  # a value may exceed the buffer
-            scratch = self._values_scratch = np.empty(size, dtype=np.uint8)
+        if scratch is None or scratch.shape[1] != value_size or len(scratch) < room:
+            rows = max(len(self._buf) // value_size, room)  # a value may exceed the buffer
+            scratch = self._values_scratch = np.empty((rows, value_size), dtype=np.uint8)
         reader = self._values_reader
-        sources = [(f.ring, f.cursor, f.offset) for f in fetches if f.cursor is not None]
-        count = len(sources)
-        visited = reader.read(
-            sources, first, value_size, scratch, room, wait_s, self.poll_spin_s
-        )
+        if self._bound is not fetches:  # else bound by an earlier poll, offsets kept in C
+            sources = []
+            for f in fetches:
+                assert f.cursor is not None  # as _split_direct found
+                sources.append((f.ring, f.cursor, f.offset))
+            reader.bind(sources)
+            self._bound = fetches
+        touched = reader.read(first, value_size, scratch, room, wait_s, self.poll_spin_s)
+        if not touched:
+            return chunked, 0
         codes, copied, offsets = reader.codes, reader.copied, reader.next_offsets
         n = 0
-        for k in range(visited):
-            i = (first + k) % count
+        for i in reader.touched[0:touched]:
             code = codes[i]
             if code == OK:
                 fetches[i].offset = offsets[i]
@@ -771,12 +792,11 @@ class Consumer:
             elif code != EMPTY:  # lapped, corrupt, a value of another size
                 chunked.append(fetches[i])
         if n:
-            values = scratch[: n * value_size].reshape(n, value_size)
             if 4 * n < room:  # a few records: copied out, the scratch buffer stays
-                values = values.copy()
+                out.append(scratch[:n].copy())
             else:  # many: the caller gets the buffer itself
+                out.append(scratch[:n])
                 self._values_scratch = None
-            out.append(values)
         return chunked, n
 
     def _read(self, f: _Fetch, start: int) -> bytes:
@@ -899,7 +919,7 @@ class Consumer:
             return
         fresh = self._open(f.tp, {f.tp.topic})  # just looked up
         fresh.offset = f.offset
-        self._restart(fresh)
+        self._restart(fresh)  # (which drops poll_values' plan)
         self._fetches[f.tp] = fresh
 
     # -- iteration and lifecycle -------------------------------------------

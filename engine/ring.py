@@ -577,18 +577,23 @@ def wait_any(
 
 
 class ValuesReader:
-    """engine_ring_read_values over several rings in one C call (a consumer's poll).
+    """engine_ring_poll_values over several rings in one C call (a consumer's poll).
 
-    Holds the C argument arrays, grown as needed, and the C view of the last output
-    buffer; one thread uses it. After :meth:`read`, ``codes[i]``, ``copied[i]`` and
+    :meth:`bind` fills the C argument arrays for a list of (ring, cursor, next offset)
+    sources and holds their Ring objects, so that the mappings stay; :meth:`read`
+    reads the bound sources, as often as the caller likes without binding again: the
+    C call advances each source's cursor and next offset in place. A read returns how
+    many sources it touched (their code is not EMPTY), listed in ``touched[:count]`` in
+    the order read; for each such i, ``codes[i]``, ``copied[i]`` and
     ``next_offsets[i]`` describe source i as read_values would, except that an EMPTY
-    ring that is sealed says SEALED.
+    ring that is sealed says SEALED. One thread uses a reader.
     """
 
     def __init__(self) -> None:
         self._capacity = 0
         self._grow(8)
         self._out: tuple[Any, Any] | None = None  # (buffer, its C view)
+        self.bound: Sequence[tuple[Ring, Cursor, int]] = ()
 
     def _grow(self, capacity: int) -> None:
         self._capacity = capacity
@@ -597,23 +602,11 @@ class ValuesReader:
         self.next_offsets = ffi.new("int64_t[]", capacity)
         self.codes = ffi.new("int32_t[]", capacity)
         self.copied = ffi.new("int32_t[]", capacity)
+        self.touched = ffi.new("int32_t[]", capacity)
 
-    def read(
-        self,
-        sources: Sequence[tuple[Ring, Cursor, int]],
-        first: int,
-        value_size: int,
-        out: Any,
-        max_records: int,
-        timeout_s: float = 0.0,
-        spin_s: float = 0.0,
-    ) -> int:
-        """Read (ring, cursor, next offset) sources from index ``first`` on around,
-        each one's values after the previous ones' in ``out`` (a writable buffer of
-        ``value_size`` slots), until max_records or ``out`` is full. When every
-        source is EMPTY, wait up to ``timeout_s`` (spinning ``spin_s`` first, as
-        :meth:`Ring.wait`) for any to become readable, then read them all again.
-        Returns how many sources were read: first, first + 1, ... (mod their count)."""
+    def bind(self, sources: Sequence[tuple[Ring, Cursor, int]]) -> None:
+        """Read these sources from now on (raises ClosedError for a closed ring)."""
+        self.bound = ()
         n = len(sources)
         if n > self._capacity:
             self._grow(max(n, 2 * self._capacity))
@@ -622,6 +615,23 @@ class ValuesReader:
             regions[i] = ring._ptr()
             cursors[i] = cursor._c
             offsets[i] = offset
+        self.bound = sources
+
+    def read(
+        self,
+        first: int,
+        value_size: int,
+        out: Any,
+        max_records: int,
+        timeout_s: float = 0.0,
+        spin_s: float = 0.0,
+    ) -> int:
+        """Read the bound sources from index ``first`` on around, each one's values after
+        the previous ones' in ``out`` (a writable buffer of ``value_size`` slots), until
+        max_records or ``out`` is full (the sources after are not read). When every
+        source is EMPTY, wait up to ``timeout_s`` (spinning ``spin_s`` first, as
+        :meth:`Ring.wait`) for any to become readable, then read them all again.
+        Returns how many sources it touched (0: every one is EMPTY)."""
         cached = self._out
         if cached is not None and cached[0] is out:
             buf = cached[1]
@@ -631,8 +641,9 @@ class ValuesReader:
         max_records = min(max_records, len(buf) // value_size)
         return int(
             lib.engine_ring_poll_values(
-                regions, cursors, offsets, self.codes, self.copied, n, first, value_size,
-                buf, max_records, int(timeout_s * 1e9), int(spin_s * 1e9),
+                self._regions, self._cursors, self.next_offsets, self.codes, self.copied,
+                self.touched, len(self.bound), first, value_size, buf, max_records,
+                int(timeout_s * 1e9), int(spin_s * 1e9),
             )
         )  # fmt: skip
 

@@ -680,10 +680,10 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
 
 int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
                                      int64_t *next_offsets, int32_t *codes, int32_t *copied,
-                                     int32_t count, int32_t first, int32_t value_size,
-                                     char *out, int32_t max_records) {
-    int32_t n = 0, k;
-    for (k = 0; k < count && n < max_records; k++) {
+                                     int32_t *touched, int32_t count, int32_t first,
+                                     int32_t value_size, char *out, int32_t max_records) {
+    int32_t n = 0, t = 0;
+    for (int32_t k = 0; k < count && n < max_records; k++) {
         int32_t i = (first + k) % count;
         int64_t bad_offset;
         codes[i] = engine_ring_read_values(regions[i], cursors[i], -1, value_size,
@@ -691,9 +691,10 @@ int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
                                            &copied[i], &next_offsets[i], &bad_offset);
         if (codes[i] == ENGINE_RING_EMPTY && engine_ring_sealed(regions[i]))
             codes[i] = ENGINE_RING_SEALED;
+        if (codes[i] != ENGINE_RING_EMPTY) touched[t++] = i;
         n += copied[i];
     }
-    return k;
+    return t;
 }
 
 /* ---- wait and reap ----------------------------------------------------- */
@@ -1008,20 +1009,20 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
 
 int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
-                                int32_t count, int32_t first, int32_t value_size, char *out,
-                                int32_t max_records, int64_t timeout_ns, int64_t spin_ns) {
+                                int32_t *touched, int32_t count, int32_t first,
+                                int32_t value_size, char *out, int32_t max_records,
+                                int64_t timeout_ns, int64_t spin_ns) {
     if (count < 1 || first < 0 || first >= count) return 0;
-    int32_t visited = engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied,
-                                                   count, first, value_size, out, max_records);
-    if (timeout_ns <= 0 || count > ENGINE_WAIT_ANY_MAX) return visited;
-    for (int32_t i = 0; i < count; i++)
-        if (codes[i] != ENGINE_RING_EMPTY) return visited;
+    int32_t t = engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied,
+                                             touched, count, first, value_size, out, max_records);
+    /* None touched: every ring was visited (nothing was copied) and is EMPTY. */
+    if (t != 0 || timeout_ns <= 0 || count > ENGINE_WAIT_ANY_MAX) return t;
     engine_cursor_t at[ENGINE_WAIT_ANY_MAX];
     for (int32_t i = 0; i < count; i++) at[i] = *cursors[i];
     /* Read again whatever ended the wait: data, a wake (a sealed ring), the timeout. */
     engine_ring_wait_any(regions, at, count, timeout_ns, 1, spin_ns);
-    return engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied, count,
-                                        first, value_size, out, max_records);
+    return engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied, touched,
+                                        count, first, value_size, out, max_records);
 }
 
 /* ---- replication ----------------------------------------------------- */

@@ -434,15 +434,16 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
 
 /* engine_ring_read_values over several rings in one call (a consumer's poll of
  * its partitions), ring first first and on around, each ring's values after
- * the previous ones' in out, until max_records are copied. Per ring i: codes[i]
- * is read_values' code, or SEALED for an EMPTY ring that is sealed (its leader
- * moved); copied[i] and next_offsets[i] as read_values'. Returns how many rings
- * it visited (first, first + 1, ... mod count; the rest were not looked at:
- * out was full). */
+ * the previous ones' in out, until max_records are copied (the rest are not
+ * looked at). Per ring i visited: codes[i] is read_values' code, or SEALED for
+ * an EMPTY ring that is sealed (its leader moved); copied[i] and
+ * next_offsets[i] as read_values'. touched[] gets, in the order visited, the
+ * index of every ring whose code is not EMPTY; returns how many (0: nothing
+ * was copied and every ring is EMPTY). */
 int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
                                      int64_t *next_offsets, int32_t *codes, int32_t *copied,
-                                     int32_t count, int32_t first, int32_t value_size,
-                                     char *out, int32_t max_records);
+                                     int32_t *touched, int32_t count, int32_t first,
+                                     int32_t value_size, char *out, int32_t max_records);
 
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
  * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:
@@ -469,8 +470,9 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
  * read_values_many. */
 int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
-                                int32_t count, int32_t first, int32_t value_size, char *out,
-                                int32_t max_records, int64_t timeout_ns, int64_t spin_ns);
+                                int32_t *touched, int32_t count, int32_t first,
+                                int32_t value_size, char *out, int32_t max_records,
+                                int64_t timeout_ns, int64_t spin_ns);
 
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */

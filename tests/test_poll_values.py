@@ -263,3 +263,53 @@ def test_values_larger_than_the_fetch_buffer(shared_daemon: Daemon, admin: Admin
             assert c.position(tp) == 3
     finally:
         admin.delete_topic(name)
+
+
+def test_positions_set_between_polls_take_effect_on_the_ring_path(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """While every partition is read in its ring, poll_values keeps its plan (the C
+    call's arguments, positions included) from poll to poll: a seek, a poll(), a new
+    assignment in between must each take effect, and position() stays exact."""
+    name = f"pv-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=2, config={"max.message.bytes": 8192})
+    tps = [TopicPartition(name, i) for i in range(2)]
+
+    def seqs(c: Consumer, expect: int) -> dict[int, list[int]]:
+        got = poll_all(c, expect, 1000, timeout=10.0)
+        return {p: list(got["seq"][got["producer"] == p]) for p in set(got["producer"])}
+
+    try:
+        with (
+            Producer(shared_daemon.data_dir) as p,
+            Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c,
+        ):
+            c.assign(tps)
+            assert c.poll_values(SIZE, timeout=0.1) == []  # both cursors in their rings
+            for i in (0, 1):
+                for k in range(5):
+                    p.send(name, values_of(1, producer=i, start=k).tobytes(), partition=i)
+            p.flush()
+            assert seqs(c, 10) == {0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4]}
+            assert [c.position(tp) for tp in tps] == [5, 5]
+
+            c.seek(tps[0], 2)  # back
+            assert seqs(c, 3) == {0: [2, 3, 4]}
+            assert c.poll_values(SIZE, timeout=0.05) == []
+            assert [c.position(tp) for tp in tps] == [5, 5]
+
+            p.send(name, values_of(1, producer=1, start=5).tobytes(), partition=1).get(10)
+            records = c.poll(timeout=5.0)  # the record path moves partition 1 on
+            assert [(r.partition, r.offset) for r in records] == [(1, 5)]
+            p.send(name, values_of(1, producer=1, start=6).tobytes(), partition=1).get(10)
+            assert seqs(c, 1) == {1: [6]}
+            assert [c.position(tp) for tp in tps] == [5, 7]
+
+            c.assign([tps[0]])
+            p.send(name, values_of(1, producer=0, start=5).tobytes(), partition=0).get(10)
+            p.send(name, values_of(1, producer=1, start=7).tobytes(), partition=1).get(10)
+            assert seqs(c, 1) == {0: [5]}
+            assert c.poll_values(SIZE, timeout=0.05) == []
+            assert c.position(tps[0]) == 6
+    finally:
+        admin.delete_topic(name)
