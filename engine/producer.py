@@ -26,7 +26,6 @@ new Producer.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -43,6 +42,7 @@ import numpy as np
 import engine._send as _send_module
 from engine import transaction as txn
 from engine._native import ffi, lib
+from engine.acker import Acker, Lane, LaneFuture, PendingFuture
 from engine.cluster import ClusterView, TopicView
 from engine.errors import (
     BufferFullError,
@@ -51,7 +51,6 @@ from engine.errors import (
     EngineError,
     EngineTimeoutError,
     InvalidTxnStateError,
-    NotEnoughReplicasError,
     NotLeaderError,
     PartitionOutOfRangeError,
     ProducerFencedError,
@@ -64,7 +63,7 @@ from engine.idempotence import present_prefix
 from engine.log import LogReader
 from engine.offset_store import validate_offsets
 from engine.record import RecordMetadata, TopicPartition, as_bytes, encode_headers, pack_values
-from engine.ring import OK, PRODUCER_FENCED, REAPED, SEALED, Ring, producer_fields, raise_for
+from engine.ring import OK, PRODUCER_FENCED, REAPED, SEALED, producer_fields, raise_for
 from engine.txn_filter import TRANSACTIONAL
 
 log = logging.getLogger("engine.producer")
@@ -143,225 +142,23 @@ _send_module.init(int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_ring_send
 _fast_send = _send_module.send
 
 
-class PendingFuture:
-    """acks="all": resolved by the producer's acker thread once the ISR holds the record.
-
-    ``get(timeout)`` blocks until then. It fails with NotLeaderError when the leader
-    changed first (the record may or may not be in the log; an idempotent producer
-    instead finds out and appends to the new leader what it lacks) and with
-    EngineTimeoutError after delivery_timeout_ms. Callbacks run in the acker thread.
-    """
-
-    __slots__ = (
-        "_acker",
-        "_callbacks",
-        "_done",
-        "_error",
-        "offset",
-        "offsets",
-        "partition",
-        "resend",
-        "sent",
-        "sequence",
-        "timestamp",
-        "topic",
-    )
-
-    def __init__(self, acker: _Acker, topic: str, partition: int, offset: int, ts: int) -> None:
-        self._acker = acker
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.timestamp = ts
-        self.sent = time.monotonic()
-        self._done = False
-        self._error: BaseException | None = None
-        self._callbacks: list[tuple[bool, Any]] = []
-        # Idempotent producers: the records' offsets and first sequence, and how to
-        # append records[k:] again after a leader change (engine.idempotence).
-        self.offsets: Any = None
-        self.sequence = -1
-        self.resend: Any = None
-
-    @property
-    def value(self) -> RecordMetadata:
-        return RecordMetadata(self.topic, self.partition, self.offset, self.timestamp)
-
-    def get(self, timeout: float | None = None) -> RecordMetadata:
-        if not self._done:
-            self._acker.wait_for(self, timeout)
-        if self._error is not None:
-            raise self._error
-        return self.value
-
-    def is_done(self) -> bool:
-        return self._done
-
-    def succeeded(self) -> bool:
-        return self._done and self._error is None
-
-    def failed(self) -> bool:
-        return self._error is not None
-
-    def exception(self) -> BaseException | None:
-        return self._error
-
-    def add_callback(self, fn: Any) -> PendingFuture:
-        with self._acker.cond:
-            if not self._done:
-                self._callbacks.append((False, fn))
-                return self
-        if self._error is None:
-            fn(self.value)
-        return self
-
-    def add_errback(self, fn: Any) -> PendingFuture:
-        with self._acker.cond:
-            if not self._done:
-                self._callbacks.append((True, fn))
-                return self
-        if self._error is not None:
-            fn(self._error)
-        return self
-
-    def _resolve(self, error: BaseException | None) -> list[tuple[Any, Any]]:
-        """Mark done (with the acker's lock held); returns the callbacks to run."""
-        self._done, self._error = True, error
-        return [
-            (fn, error if errback else self.value)
-            for errback, fn in self._callbacks
-            if errback == (error is not None)
-        ]
-
-
-class _Acker:
-    """Resolves acks="all" futures as the partitions' high watermarks pass them.
-
-    One thread per producer; futures of one partition resolve in offset order.
-    """
-
-    def __init__(self, delivery_timeout_s: float, recover: Any = None) -> None:
-        self.cond = threading.Condition()
-        self.delivery_timeout_s = delivery_timeout_s
-        # Idempotent producers: recover(tp) moves tp's futures to its new leader.
-        self.recover = recover
-        self.pending: dict[tuple[str, int], collections.deque[PendingFuture]] = {}
-        self.rings: dict[tuple[str, int], Ring] = {}
-        self.min_insync: dict[tuple[str, int], int] = {}
-        self.closed = False
-        self.thread = threading.Thread(target=self._run, name="producer-acker", daemon=True)
-        self.thread.start()
-
-    def add(self, future: PendingFuture, ring: Ring, min_insync: int) -> None:
-        tp = (future.topic, future.partition)
-        with self.cond:
-            queue = self.pending.get(tp)
-            if queue is None:
-                queue = self.pending[tp] = collections.deque()
-            self.rings[tp] = ring
-            self.min_insync[tp] = min_insync
-            queue.append(future)
-            if len(queue) == 1:
-                self.cond.notify_all()
-
-    def wait_for(self, future: PendingFuture, timeout: float | None) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: future._done, timeout):
-                raise EngineTimeoutError(
-                    f"offset {future.offset} of {future.topic}-{future.partition} not yet "
-                    f"committed by the ISR after timeout={timeout}"
-                )
-
-    def flush(self, timeout: float | None) -> None:
-        with self.cond:
-            if not self.cond.wait_for(lambda: not any(self.pending.values()), timeout):
-                raise EngineTimeoutError(f"acks='all' records not committed within {timeout} s")
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-        self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.closed and not any(self.pending.values()):
-                    self.cond.wait()
-                if self.closed and not any(self.pending.values()):
-                    return
-                heads = [(tp, q[0].offset, self.rings[tp]) for tp, q in self.pending.items() if q]
-            callbacks: list[tuple[Any, Any]] = []
-            progressed = False
-            for tp, _first, ring in heads:
-                try:
-                    hw, sealed, isr_count = ring.commit_state()
-                    if hw < 0:
-                        hw = 1 << 62
-                    error: BaseException | None = None
-                    if sealed:
-                        error = NotLeaderError(
-                            f"the leader of {tp[0]}-{tp[1]} changed before the record was "
-                            "committed: it may or may not be in the log"
-                        )
-                    elif isr_count < self.min_insync[tp]:
-                        # Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: appended, but the ISR
-                        # shrank below min.insync.replicas before it was committed.
-                        error = NotEnoughReplicasError(
-                            f"{tp[0]}-{tp[1]} has {isr_count} in-sync replicas, fewer "
-                            f"than min.insync.replicas={self.min_insync[tp]}, after the append: "
-                            "the record is not acknowledged"
-                        )
-                        hw = -1
-                except ClosedError:
-                    hw, error = -1, NotLeaderError(f"{tp[0]}-{tp[1]} moved: the record may be lost")
-                if isinstance(error, NotLeaderError) and self.recover is not None:
-                    try:
-                        self.recover(tp)
-                        progressed = True
-                        continue  # its futures now wait on the new leader
-                    except EngineError as exc:
-                        error = exc
-                now = time.monotonic()
-                with self.cond:
-                    queue = self.pending[tp]
-                    while queue:
-                        head = queue[0]
-                        if head.offset < hw:
-                            callbacks += queue.popleft()._resolve(None)
-                        elif error is not None:
-                            callbacks += queue.popleft()._resolve(error)
-                        elif now - head.sent > self.delivery_timeout_s:
-                            callbacks += queue.popleft()._resolve(
-                                EngineTimeoutError(
-                                    f"offset {head.offset} of {tp[0]}-{tp[1]} was not committed "
-                                    f"by the ISR within delivery_timeout_ms"
-                                )
-                            )
-                        else:
-                            break
-                        progressed = True
-                    if progressed:
-                        self.cond.notify_all()
-            for fn, arg in callbacks:
-                try:
-                    fn(arg)
-                except Exception:
-                    log.exception("producer callback failed")
-            if not progressed and heads:
-                tp, first, ring = heads[0]
-                with contextlib.suppress(ClosedError):
-                    ring.wait_high_watermark(first, 0.05 if len(heads) == 1 else 0.002)
-
-
 class _Route:
     """The fast path's view of a topic: ring regions by partition, limits, and the C route
     (engine_route_t) that engine._send appends through, sticky partition state included."""
 
-    __slots__ = ("address", "c", "c_regions", "count", "fields", "max_bytes", "regions", "view")
+    __slots__ = (
+        "address", "c", "c_regions", "count", "fields", "lanes", "max_bytes", "regions", "view",
+    )  # fmt: skip
 
-    def __init__(self, view: TopicView, fields: Any, batch_size: int) -> None:
+    def __init__(
+        self, view: TopicView, fields: Any, batch_size: int, acker: Acker | None = None
+    ) -> None:
         self.view = view
+        # acks="all": what the acker decides of the records sent one by one, per partition.
+        self.lanes: list[Lane] = [
+            Lane(acker, view.name, p, view.rings[p], int(fields.min_insync))
+            for p in range(view.partition_count)
+        ] if acker is not None else []  # fmt: skip
         self.fields = fields
         self.count = view.partition_count
         self.max_bytes = view.max_message_bytes
@@ -483,7 +280,7 @@ class Producer:
         self._sender_error: BaseException | None = None
         self._sender: threading.Thread | None = None
         self._acker = (
-            _Acker(delivery_timeout_ms / 1000, self._recover if idempotent else None)
+            Acker(delivery_timeout_ms / 1000, self._recover if idempotent else None)
             if self.acks == -1
             else None
         )
@@ -533,7 +330,9 @@ class Producer:
                     timeout_ms=self.max_block_ms,
                     min_insync=int(view.config["min.insync.replicas"]),
                 )
-            route = _Route(view, fields, self.batch_size)
+            route = _Route(
+                view, fields, self.batch_size, None if self.enable_idempotence else self._acker
+            )
             self._routes[topic] = route
             if not self.enable_idempotence and not self._closed:
                 self._fast[topic] = (route.address, route)
@@ -574,7 +373,7 @@ class Producer:
                 if future.__class__ is RecordFuture:
                     if self._acker is None:
                         return future
-                    return self._acked(fast[1], future)
+                    return self._acked(fast[1], future)  # type: ignore[return-value]
                 # Not bytes, or the ring said no (full, too large, sealed, no such
                 # partition): the general path below says why or waits, as before.
         if self._closed:
@@ -636,22 +435,20 @@ class Producer:
                 )
                 route = self._routes.get(topic) or self._route(topic)  # it may have moved
         if self._acker is not None:
-            return self._await_isr(route, partition, result, ts)
+            return self._await_isr(route, partition, result, ts)  # type: ignore[return-value]
         return _future(RecordFuture, (topic, partition, result, ts))
 
-    def _acked(self, route: _Route, future: RecordFuture) -> RecordFuture:
+    def _acked(self, route: _Route, future: RecordFuture) -> LaneFuture:
         """acks="all": the future of a record the C path appended through ``route``
         (the route it sent through, even if another thread has dropped it since)."""
         _, partition, offset, ts = future
-        return self._await_isr(route, partition, offset, ts)
+        lane: Lane = route.lanes[partition]
+        return lane.add(offset, ts)
 
-    def _await_isr(self, route: _Route, partition: int, offset: int, ts: int) -> RecordFuture:
-        """acks="all": the future of a record appended through ``route``, resolved by the
-        acker."""
-        assert self._acker is not None
-        pending = PendingFuture(self._acker, route.view.name, partition, offset, ts)
-        self._acker.add(pending, route.view.rings[partition], route.fields.min_insync)
-        return pending  # type: ignore[return-value]
+    def _await_isr(self, route: _Route, partition: int, offset: int, ts: int) -> LaneFuture:
+        """acks="all", not idempotent: the future of a record appended through
+        ``route``, decided by the acker along with its lane."""
+        return route.lanes[partition].add(offset, ts)
 
     def _append(
         self,
