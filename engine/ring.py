@@ -594,6 +594,8 @@ class ValuesReader:
         self._grow(8)
         self._out: tuple[Any, Any] | None = None  # (buffer, its C view)
         self.bound: Sequence[tuple[Ring, Cursor, int]] = ()
+        # The spin of the next wait, adapted by the C call (see engine_ring_poll_values).
+        self._spin_ns = ffi.new("int64_t *", 1 << 62)
 
     def _grow(self, capacity: int) -> None:
         self._capacity = capacity
@@ -629,8 +631,9 @@ class ValuesReader:
         """Read the bound sources from index ``first`` on around, each one's values after
         the previous ones' in ``out`` (a writable buffer of ``value_size`` slots), until
         max_records or ``out`` is full (the sources after are not read). When every
-        source is EMPTY, wait up to ``timeout_s`` (spinning ``spin_s`` first, as
-        :meth:`Ring.wait`) for any to become readable, then read them all again.
+        source is EMPTY, wait up to ``timeout_s`` (spinning first, as :meth:`Ring.wait`,
+        up to ``spin_s``: a spin that keeps missing shrinks until a wait ends within
+        ``spin_s`` again) for any to become readable, then read them all again.
         Returns how many sources it touched (0: every one is EMPTY)."""
         cached = self._out
         if cached is not None and cached[0] is out:
@@ -643,7 +646,7 @@ class ValuesReader:
             lib.engine_ring_poll_values(
                 self._regions, self._cursors, self.next_offsets, self.codes, self.copied,
                 self.touched, len(self.bound), first, value_size, buf, max_records,
-                int(timeout_s * 1e9), int(spin_s * 1e9),
+                int(timeout_s * 1e9), int(spin_s * 1e9), self._spin_ns,
             )
         )  # fmt: skip
 

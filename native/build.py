@@ -155,7 +155,7 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t spin_ns);
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns);
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 int32_t engine_murmur2(const void *data, int32_t length);

@@ -1011,7 +1011,7 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t spin_ns) {
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns) {
     if (count < 1 || first < 0 || first >= count) return 0;
     int32_t t = engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied,
                                              touched, count, first, value_size, out, max_records);
@@ -1019,8 +1019,13 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
     if (t != 0 || timeout_ns <= 0 || count > ENGINE_WAIT_ANY_MAX) return t;
     engine_cursor_t at[ENGINE_WAIT_ANY_MAX];
     for (int32_t i = 0; i < count; i++) at[i] = *cursors[i];
+    int64_t spin = *spin_ns < 0 ? 0 : (*spin_ns > max_spin_ns ? max_spin_ns : *spin_ns);
+    int64_t start = now_ns();
+    engine_ring_wait_any(regions, at, count, timeout_ns, 1, spin);
+    /* Adaptive spin: the whole window again once data came within it; half of it after
+     * a wait that outlasted it (the spin only burned a core someone else could use). */
+    *spin_ns = now_ns() - start <= max_spin_ns ? max_spin_ns : spin / 2;
     /* Read again whatever ended the wait: data, a wake (a sealed ring), the timeout. */
-    engine_ring_wait_any(regions, at, count, timeout_ns, 1, spin_ns);
     return engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied, touched,
                                         count, first, value_size, out, max_records);
 }

@@ -467,12 +467,15 @@ int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t
  * when every ring was EMPTY, engine_ring_wait_any (respecting the high
  * watermark; at most 128 rings) for up to timeout_ns, then read them all
  * again, whatever ended the wait (data, a wake, the timeout). Returns as
- * read_values_many. */
+ * read_values_many. The wait spins *spin_ns first (at most max_spin_ns) and
+ * sets *spin_ns for the next poll: max_spin_ns when the wait ended within
+ * max_spin_ns, else half the spin it made (a spin that keeps missing decays to
+ * none; the first wait that ends within max_spin_ns restores it). */
 int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t spin_ns);
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns);
 
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */

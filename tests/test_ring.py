@@ -33,6 +33,7 @@ from engine.ring import (
     TIMEOUT,
     Cursor,
     Ring,
+    ValuesReader,
     crc32c,
     murmur2,
     producer_fields,
@@ -575,3 +576,31 @@ def test_threads_sharing_a_ring_each_read_into_their_own_buffer(ring_name: str) 
     ring.close()
     assert not any(t.is_alive() for t in threads)
     assert failures == []
+
+
+def test_a_consumers_spin_shrinks_while_it_misses_and_comes_back_when_data_is_near(
+    ring_name: str,
+) -> None:
+    """poll_values' wait spins before it sleeps; a spin that keeps missing halves each
+    time (it only burns a core another process could use), and the first wait that
+    ends within the spin window restores it."""
+    ring = Ring.create(ring_name, 1 << 16)
+    cursor = ring.seek(0)
+    assert cursor is not None
+    reader, out = ValuesReader(), bytearray(1 << 12)
+    reader.bind([(ring, cursor, 0)])
+    window_s = 0.01
+    spins = []
+    for _ in range(3):  # nothing comes: each wait times out, after 50 ms > 10 ms
+        assert reader.read(0, 4, out, 100, timeout_s=0.05, spin_s=window_s) == 0
+        spins.append(reader._spin_ns[0])
+    assert spins == [5_000_000, 2_500_000, 1_250_000]
+    fields = producer_fields()
+    timer = threading.Timer(0.002, lambda: ring.append(fields, b"near"))
+    timer.start()
+    try:
+        assert reader.read(0, 4, out, 100, timeout_s=5.0, spin_s=0.5) == 1  # a 0.5 s window
+    finally:
+        timer.join()
+    assert reader._spin_ns[0] == 500_000_000 and bytes(out[:4]) == b"near"
+    ring.close()
