@@ -155,9 +155,12 @@ class Lane:
     ring's tail when the lane is made, before any record goes through it. ``marks``
     holds ``(offset, time)`` of the first record added in each MARK_INTERVAL_S (the
     first one's window holds ``resolved``), for the delivery timeout: the records
-    from one mark to the next were all added within MARK_INTERVAL_S of its time. A new route to
-    the topic (a new leader's ring) gets new lanes; the old ones are decided by the
-    acker as their ring says (sealed: NotLeaderError for what the ISR did not hold).
+    from one mark to the next were all added within MARK_INTERVAL_S of its time. A
+    new route to the topic (a new leader's ring) gets new lanes; the old ones are
+    decided by the acker as their ring says (sealed: NotLeaderError for what the ISR
+    did not hold). ``failures`` only grows (one range per failure event: a leader
+    change, an ISR shrink, a timeout), so that a future asked late still finds its
+    error.
 
     Senders call :meth:`add` (under ``lock``: several threads may send); the acker
     thread alone moves ``resolved`` and writes ``failures`` and ``callbacks``, under
