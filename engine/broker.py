@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import faulthandler
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from engine import metadata as md
 from engine import transaction as txn
 from engine.config import validate_topic_config
 from engine.controller import Controller
+from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
 from engine.errors import EngineError, TransactionError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
@@ -394,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     broker = Broker(DataDir.resolve(args.data_dir), args.id, args.coordinator)
     signal.signal(signal.SIGTERM, broker.stop)
     signal.signal(signal.SIGINT, broker.stop)
+    # Every thread's stack into the log, from C (without the GIL): the daemon asks for
+    # it before it kills a broker that did not stop in time.
+    faulthandler.register(DUMP_STACKS_SIGNAL, all_threads=True)
     broker.run()
     return 0
 

@@ -38,6 +38,9 @@ log = logging.getLogger("engine.daemon")
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 30.0
 SUPERVISE_EVERY_S = 0.5
+#: A broker that does not stop in time is sent this first: it writes every thread's
+#: stack to its log (faulthandler), so that the log says where it hung.
+DUMP_STACKS_SIGNAL = signal.SIGUSR1
 
 
 @dataclass
@@ -72,7 +75,16 @@ class Child:
         try:
             self.proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            log.error("%s did not stop in %.0f s: killing it", self.name, grace_s)
+            if self.name.startswith("broker-"):
+                log.error(
+                    "%s did not stop in %.0f s: killing it (its threads' stacks are at "
+                    "the end of %s)", self.name, grace_s, self.log_path,
+                )  # fmt: skip
+                self.proc.send_signal(DUMP_STACKS_SIGNAL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(0.5)  # written at once, from the signal handler
+            else:
+                log.error("%s did not stop in %.0f s: killing it", self.name, grace_s)
             self.proc.kill()
             self.proc.wait()
 

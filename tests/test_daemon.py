@@ -215,3 +215,53 @@ def test_auto_create_is_off_by_default_and_can_be_turned_on(tmp_path: Path) -> N
     finally:
         d.stop()
         d.kill_everything()
+
+
+def test_a_broker_writes_every_threads_stack_to_its_log_on_request(daemon: Daemon) -> None:
+    """`kill -USR1` of a live broker (what the daemon does before it kills one that did
+    not stop in time) puts every thread's stack in its log; the broker goes on."""
+    from engine.daemon import DUMP_STACKS_SIGNAL
+
+    pid = daemon.runtime()["processes"]["broker-1"]
+    log_path = daemon.data_dir / "logs" / "broker-1.log"
+    os.kill(pid, DUMP_STACKS_SIGNAL)
+    wait_for(lambda: "engine/broker.py" in log_path.read_text(errors="replace"),
+             what="the stacks in the broker's log")  # fmt: skip
+    assert "Thread 0x" in log_path.read_text(errors="replace")
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("after-dump", partitions=1)
+    with Producer(daemon.data_dir) as p:
+        assert p.send("after-dump", b"still serving").get().offset == 0
+    assert daemon.runtime()["processes"]["broker-1"] == pid
+
+
+def test_a_broker_that_does_not_stop_in_time_dumps_its_stacks_then_is_killed(
+    tmp_path: Path,
+) -> None:
+    import sys
+
+    from engine.daemon import DUMP_STACKS_SIGNAL, Child
+
+    hang = (
+        "import faulthandler, signal, sys, time\n"
+        f"faulthandler.register({int(DUMP_STACKS_SIGNAL)}, all_threads=True)\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('up', flush=True)\n"
+        "def stuck_in_shutdown():\n"
+        "    time.sleep(600)\n"
+        "stuck_in_shutdown()\n"
+    )
+    child = Child("broker-9", [sys.executable, "-c", hang], tmp_path / "broker-9.log")
+    child.start(tmp_path)
+    try:
+        wait_for(lambda: "up" in child.log_path.read_text(), what="the child to start")
+        child.stop(grace_s=0.5)
+        assert child.proc is not None and child.proc.returncode == -signal.SIGKILL
+        text = child.log_path.read_text()
+        assert "stuck_in_shutdown" in text and "Current thread" in text
+    finally:
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait()
+        if child.log_file is not None:
+            child.log_file.close()
