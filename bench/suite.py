@@ -387,20 +387,17 @@ def _measure_transport(
     run_ids: _Runs,
     progress: Progress,
 ) -> list[Row]:
+    """Every workload on an opened transport (run_suite closes it, also on errors)."""
     rows: list[Row] = []
-    try:
-        for workload in workloads:
-            try:
-                rows.append(_measure(transport, workload, settings, ctx, run_ids, progress))
-            except Unsupported as error:
-                rows.append(Row(workload, transport.name, "unsupported", str(error)))
-                progress.step(f"{transport.name} {workload.label}: n/a: {error}", count=False)
-            except RunError as error:
-                rows.append(Row(workload, transport.name, "failed", _first_line(error)))
-                progress.step(f"{transport.name} {workload.label}: FAILED: {error}", count=False)
-    except BaseException:
-        transport.close()  # an interrupted suite stops the transport's servers at once
-        raise
+    for workload in workloads:
+        try:
+            rows.append(_measure(transport, workload, settings, ctx, run_ids, progress))
+        except Unsupported as error:
+            rows.append(Row(workload, transport.name, "unsupported", str(error)))
+            progress.step(f"{transport.name} {workload.label}: n/a: {error}", count=False)
+        except RunError as error:
+            rows.append(Row(workload, transport.name, "failed", _first_line(error)))
+            progress.step(f"{transport.name} {workload.label}: FAILED: {error}", count=False)
     return rows
 
 
