@@ -49,6 +49,8 @@ log = logging.getLogger("engine.broker")
 # Watches trigger every pass; this periodic pass is only a safety net.
 RECONCILE_EVERY_S = 30.0
 REPLICA_RESTART_BACKOFF_S = 1.0
+#: How often the main loop looks for a stop asked by a signal (see Broker.on_signal).
+STOP_CHECK_S = 0.1
 
 ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
 
@@ -64,6 +66,7 @@ class Broker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._session_lost = threading.Event()
+        self._signalled = False  # set by on_signal, which must take no lock
         self.zk = md.connect(data_dir, hosts=hosts)
         self.zk.add_listener(self._on_state)
         self.controller = Controller(self.zk, broker_id, self.poke, self._seal_ring)
@@ -75,6 +78,25 @@ class Broker:
     def stop(self, *_: Any) -> None:
         self._stopping.set()
         self._wake.set()
+
+    def on_signal(self, *_: Any) -> None:
+        """SIGTERM, SIGINT: stop. A handler runs in the main thread between two
+        bytecodes, possibly inside one of the Events' own locks (they are not
+        reentrant): a second SIGTERM arriving while the first one's Event.set() held its
+        lock hung a broker for good. So it only sets a flag, which the main loop looks
+        at every STOP_CHECK_S."""
+        self._signalled = True
+
+    def _wait_for_work(self) -> None:
+        """Until poked, RECONCILE_EVERY_S passed, or a signal asked to stop."""
+        deadline = time.monotonic() + RECONCILE_EVERY_S
+        while not self._signalled:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, STOP_CHECK_S)):
+                break
+        if self._signalled:
+            self.stop()
+        self._wake.clear()
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.LOST:
@@ -133,8 +155,7 @@ class Broker:
         self._wake.set()  # the first pass runs at once: election, then replicas
         self.txn_timeouts.start()
         while not self._stopping.is_set():
-            self._wake.wait(RECONCILE_EVERY_S)
-            self._wake.clear()
+            self._wait_for_work()
             if self._stopping.is_set():
                 break
             if self._session_lost.is_set() and self.zk.connected:
@@ -394,8 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
     broker = Broker(DataDir.resolve(args.data_dir), args.id, args.coordinator)
-    signal.signal(signal.SIGTERM, broker.stop)
-    signal.signal(signal.SIGINT, broker.stop)
+    signal.signal(signal.SIGTERM, broker.on_signal)
+    signal.signal(signal.SIGINT, broker.on_signal)
     # Every thread's stack into the log, from C (without the GIL): the daemon asks for
     # it before it kills a broker that did not stop in time.
     faulthandler.register(DUMP_STACKS_SIGNAL, all_threads=True)

@@ -23,7 +23,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ log = logging.getLogger("engine.daemon")
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 30.0
 SUPERVISE_EVERY_S = 0.5
+STOP_CHECK_S = 0.1  # how often the supervisor looks for a stop asked by a signal
 #: A broker that does not stop in time is sent this first: it writes every thread's
 #: stack to its log (faulthandler), so that the log says where it hung.
 DUMP_STACKS_SIGNAL = signal.SIGUSR1
@@ -105,7 +105,7 @@ class Daemon:
         self.cluster_config = cluster_config or {}
         self.children: list[Child] = []
         self.hosts = coordinator or ""
-        self._stop = threading.Event()
+        self._stop_requested = False  # set by _on_signal
         self._lock_fd = -1
 
     # -- lock --------------------------------------------------------------
@@ -135,8 +135,8 @@ class Daemon:
         for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
             make_private_dir(d)
         write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         try:
             self._start_children()
             self._write_runtime(ready=True)
@@ -237,8 +237,21 @@ class Daemon:
         }
         write_private_file(self.data_dir.runtime_file, md.encode(info))
 
+    def _on_signal(self, *_: Any) -> None:
+        """SIGTERM, SIGINT: stop. Only a flag: a handler may run inside a lock's own
+        code in the main thread, and taking that lock again would hang (see
+        engine.broker.Broker.on_signal)."""
+        self._stop_requested = True
+
+    def _stopped(self, wait_s: float) -> bool:
+        """Whether a stop was asked, looking every STOP_CHECK_S for up to wait_s."""
+        deadline = time.monotonic() + wait_s
+        while not self._stop_requested and time.monotonic() < deadline:
+            time.sleep(min(STOP_CHECK_S, max(deadline - time.monotonic(), 0.0)))
+        return self._stop_requested
+
     def _supervise(self) -> None:
-        while not self._stop.wait(SUPERVISE_EVERY_S):
+        while not self._stopped(SUPERVISE_EVERY_S):
             changed = False
             for child in self.children:
                 if child.proc is None or child.proc.poll() is None:

@@ -265,3 +265,40 @@ def test_a_broker_that_does_not_stop_in_time_dumps_its_stacks_then_is_killed(
             child.proc.wait()
         if child.log_file is not None:
             child.log_file.close()
+
+
+def test_a_broker_stops_when_signalled_many_times_in_a_row(daemon: Daemon) -> None:
+    """A burst of SIGTERMs (the daemon sends two when it stops; an impatient user
+    more): the broker stops at once, cleanly. (A handler that set threading Events
+    hung when the second signal came while the first one's Event.set() held its
+    lock.)"""
+    pid = daemon.runtime()["processes"]["broker-1"]
+    log_path = daemon.data_dir / "logs" / "broker-1.log"
+    for _ in range(300):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            break
+    wait_for(lambda: not pid_alive(pid), timeout=10, what="the broker to exit")
+    assert "broker 1 stopped" in log_path.read_text(errors="replace")
+
+
+def test_the_brokers_signal_handler_takes_no_lock() -> None:
+    """The handler runs in the main thread between two bytecodes, possibly while that
+    thread holds the lock of the very Event it would set (inside Event.wait or set):
+    it must return without taking it, and the main loop then stops."""
+    import threading
+
+    from engine.broker import Broker
+
+    broker = Broker.__new__(Broker)  # no coordinator needed for this
+    broker._wake, broker._stopping = threading.Event(), threading.Event()
+    broker._signalled = False
+    with broker._wake._cond:  # as if the signal came inside _wake.set() or wait()
+        done = threading.Event()
+        handler = threading.Thread(target=lambda: (broker.on_signal(), done.set()))
+        handler.start()
+        handler.join(5)
+        assert done.is_set(), "the signal handler blocked on the Event's lock"
+    broker._wait_for_work()
+    assert broker._stopping.is_set()
