@@ -198,7 +198,7 @@ class Lane:
         self.failures: list[tuple[int, int, BaseException]] = []
         self.marks: collections.deque[tuple[int, float]] = collections.deque()
         self.mark_time = -MARK_INTERVAL_S
-        self.callbacks: list[tuple[int, bool, Any, LaneFuture]] = []
+        self.callbacks: list[tuple[LaneFuture, bool, Any]] = []
         self.watched = False
 
     def add(self, offset: int, ts: int) -> LaneFuture:
@@ -301,14 +301,20 @@ class LaneFuture(tuple):  # type: ignore[type-arg]
         lane = self._lane
         with lane.acker.cond:
             if self.offset >= lane.resolved:
-                lane.callbacks.append((self.offset, errback, fn, self))
+                lane.callbacks.append((self, errback, fn))
                 return self
-        error = lane.error_at(self.offset)
-        if errback and error is not None:
-            fn(error)
-        elif not errback and error is None:
-            fn(self.value)
+        call = self._owed(errback, fn)
+        if call is not None:
+            call[0](call[1])
         return self
+
+    def _owed(self, errback: bool, fn: Any) -> tuple[Any, Any] | None:
+        """Decided: the call a callback (fn, metadata) or errback (fn, error) is owed,
+        or None (a callback of a failed record, an errback of a committed one)."""
+        error = self._lane.error_at(self.offset)
+        if errback:
+            return None if error is None else (fn, error)
+        return (fn, self.value) if error is None else None
 
 
 class Acker:
@@ -498,14 +504,12 @@ class Acker:
                 while len(marks) > 1 and marks[1][0] <= end:
                     marks.popleft()
                 if lane.callbacks:
-                    due = [c for c in lane.callbacks if c[0] < end]
-                    lane.callbacks = [c for c in lane.callbacks if c[0] >= end]
-                    for offset, errback, fn, future in due:
-                        failure = lane.error_at(offset)
-                        if errback and failure is not None:
-                            callbacks.append((fn, failure))
-                        elif not errback and failure is None:
-                            callbacks.append((fn, future.value))
+                    due = [c for c in lane.callbacks if c[0].offset < end]
+                    lane.callbacks = [c for c in lane.callbacks if c[0].offset >= end]
+                    for future, errback, fn in due:
+                        call = future._owed(errback, fn)
+                        if call is not None:
+                            callbacks.append(call)
                 self.cond.notify_all()
             if lane.resolved >= lane.sent:
                 # Cleared before sent is read again: a record added meanwhile is seen
