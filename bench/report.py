@@ -34,8 +34,9 @@ __all__ = ["count", "machine_info", "markdown", "plots", "write_json"]
 
 TIMES = "\N{MULTIPLICATION SIGN}"
 # Physical limits, drawn dashed in grey: the memory copy any shared-memory transport must
-# make, and the page-cache write any transport that persists every record must make.
-CEILINGS = {"memcopy": "0.35", "pagecache": "0.6"}
+# make, the page-cache write any transport that persists every record must make, and the
+# latency of a bare shared-memory hand-over between two spinning processes.
+CEILINGS = {"memcopy": "0.35", "pagecache": "0.6", "spin-floor": "0.45"}
 PACKAGES = (
     "engine",
     "numpy",
@@ -342,6 +343,7 @@ def _plot_latency(directory: Path, rows: list[Row], reference: str) -> Path:
             xs, ys = hdr.cdf(histogram)
             p99 = row.latency_us("p99") or 0
             ax.step(xs, ys, where="post", color=colors[row.transport],
+                    ls="--" if row.transport in CEILINGS else "-",
                     label=f"{row.transport} (p99 {p99:,.0f} µs)")  # fmt: skip
         ax.set_xscale("log")
         ax.set_ylim(0, 1.0)

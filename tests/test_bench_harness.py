@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 
 from bench import hdr, suite
-from bench.transports.base import Producer, RunSpec, Transport
+from bench.transports.base import Producer, RunSpec, Transport, Unsupported
 from bench.transports.engine_acks import EngineAcks1, EngineAcksAll
 from bench.transports.harness import RunError, Session
 from bench.transports.mpqueue import MultiprocessingQueue, QueueProducer
+from bench.transports.spinfloor import SLOTS, SpinFloor
+from bench.workload import TIMESTAMP
 from engine.datadir import DataDir
 from engine.errors import DaemonNotRunningError
 
@@ -175,3 +180,58 @@ def test_the_suite_closes_a_transport_once_the_next_has_opened(
         "close two",
     ]  # fmt: skip
     assert {r.transport: r.status for r in rows} == {"one": "ok", "broken": "failed", "two": "ok"}
+
+
+def _floor_send(transport: SpinFloor, floor_spec: RunSpec, count: int) -> None:
+    producer = transport.producer(floor_spec, 0)
+    for seq in range(count):
+        producer.send(TIMESTAMP.pack(seq) + struct.pack("<Q", 3 * seq), b"")
+
+
+def test_the_spin_floor_hands_every_record_over_in_order_across_laps() -> None:
+    """The floor's producer (another process) sends 2.5 laps of its array while the
+    consumer falls a lap behind at first: the producer waits, nothing is overwritten."""
+    floor_spec = RunSpec("latency", 1, 1, 0, 16, rate=1_000.0, run_id=1)
+    transport = SpinFloor()
+    transport.prepare(floor_spec, CTX)
+    count = SLOTS * 5 // 2
+    child = CTX.Process(target=_floor_send, args=(transport, floor_spec, count))
+    child.start()
+    try:
+        consumer = transport.consumer(floor_spec, 0)
+        ring = consumer.ring  # type: ignore[attr-defined]
+        deadline = time.monotonic() + TIMEOUT_S
+        while int(ring.written[0]) < SLOTS:  # the producer fills one lap, then must wait
+            assert time.monotonic() < deadline, "the producer did not fill the array"
+            time.sleep(0.001)
+        time.sleep(0.05)  # it would overwrite unread slots meanwhile if it did not wait
+        assert int(ring.written[0]) == SLOTS
+        got: list[np.ndarray] = []
+        received = 0
+        while received < count:
+            assert time.monotonic() < deadline, f"received {received} of {count}"
+            for chunk in consumer.poll(0.1):
+                got.append(chunk)
+                received += len(chunk)
+        records = np.concatenate(got)
+        assert np.array_equal(records["ts_ns"], np.arange(count))
+        assert np.array_equal(records["seq"], 3 * np.arange(count, dtype=np.uint64))
+        assert consumer.poll(0.01) == []
+    finally:
+        child.join(TIMEOUT_S)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+
+
+def test_the_spin_floor_measures_latency_only() -> None:
+    transport = SpinFloor()
+    with pytest.raises(Unsupported, match="latency floor only"):
+        transport.prepare(spec(producers=1), CTX)
+    with pytest.raises(Unsupported, match="producers=2"):
+        transport.prepare(spec(producers=2, rate=1_000.0), CTX)
+    with Session(transport, spec(producers=1, rate=20_000.0), CTX) as session:
+        result = session.run(2_000, TIMEOUT_S)
+    assert result.records == 2_000
+    assert hdr.decode(result.latency_hdr).get_total_count() == 2_000
