@@ -3,7 +3,8 @@
 Names follow kafka-python: ``TopicPartition``, ``RecordMetadata``, and a
 consumer ``Record`` with topic, partition, offset, timestamp, key, value, headers.
 Decoding of stored batches into records happens here, through the C decoder
-(native/batch.h), which yields positions; Python only slices.
+(native/batch.h), which yields positions, and engine._records (native/records.c),
+which makes the Record objects from them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+import engine._records as _records
 from engine._native import ffi, lib
 from engine.errors import CorruptRecordError, RecordTypeError
 
@@ -147,7 +149,7 @@ class RecordDecoder:
     def __init__(self, max_records: int = 4096) -> None:
         self._capacity = max_records
         self._infos = ffi.new("engine_record_info_t[]", max_records)
-        self._view = np.frombuffer(ffi.buffer(self._infos), dtype=RECORD_INFO_DTYPE)
+        self._infos_address = int(ffi.cast("uintptr_t", self._infos))
         self._count = ffi.new("int32_t *")
         self._consumed = ffi.new("uint64_t *")
 
@@ -175,14 +177,9 @@ class RecordDecoder:
         """Records of data[start:] at or above ``min_offset`` (at most max_records), and
         the position in data after the last batch fully used."""
         n = self._decode(data, start, topic, partition, min_offset, max_records)
-        out: list[Record] = []
-        append = out.append
-        new = tuple.__new__  # Record's own __new__ is Python code: twice as slow per record
-        for off, ts, _pid, kp, kl, vp, vl, hp, hl, hc, _a, _r in self._view[:n].tolist():
-            key = None if kl < 0 else data[kp : kp + kl]
-            value = None if vl < 0 else data[vp : vp + vl]
-            headers = decode_headers(data[hp : hp + hl], hc) if hc else []
-            append(new(Record, (topic, partition, off, ts, key, value, headers)))
+        out: list[Record] = _records.build(
+            Record, data, self._infos_address, n, topic, partition, decode_headers
+        )
         return out, int(self._consumed[0])
 
     def decode_values(

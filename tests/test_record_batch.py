@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import engine._records as _records
 from engine.errors import CorruptRecordError
+from engine.record import Record, RecordDecoder, decode_headers
 from engine.record_batch import (
     BATCH_HEADER_LENGTH,
     ScanStatus,
@@ -153,4 +155,40 @@ def test_encoded_batch_decodes_identically_in_c(
     assert _decode(batch) == [
         (base_offset + i, ts, key, value, list(headers))
         for i, (key, value, headers, ts) in enumerate(records)
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(base_offset=st.integers(min_value=0, max_value=2**40), records=records_strategy,
+       skip=st.integers(min_value=0, max_value=3))  # fmt: skip
+def test_the_consumer_decoder_makes_the_records_that_were_encoded(
+    base_offset: int,
+    records: list[tuple[bytes | None, bytes | None, list[Header], int]],
+    skip: int,
+) -> None:
+    """RecordDecoder.decode (Records made in C, engine._records) from min_offset on."""
+    batch = encode_batch(base_offset, records)
+    got, used = RecordDecoder().decode(b"??" + batch, "t", 3, base_offset + skip, 1000, start=2)
+    expected = [
+        Record("t", 3, base_offset + i, ts, key, value, list(headers))
+        for i, (key, value, headers, ts) in enumerate(records)
+    ][skip:]
+    assert got == expected and all(type(r) is Record for r in got)
+    assert used == 2 + len(batch)
+    assert len({id(r.headers) for r in got}) == len(got)  # each record its own list
+
+
+def test_the_record_builder_refuses_rows_outside_the_chunk() -> None:
+    decoder = RecordDecoder()
+    batch = encode_batch(0, [(b"key", b"value", [], 1)])
+    assert decoder._decode(batch, 0, "t", 0, 0, 10) == 1
+    address = decoder._infos_address
+    with pytest.raises(ValueError, match="record field outside the chunk"):
+        _records.build(Record, batch[:-3], address, 1, "t", 0, decode_headers)
+    with pytest.raises(TypeError, match="tuple subtype"):
+        _records.build(dict, batch, address, 1, "t", 0, decode_headers)
+    with pytest.raises(ValueError, match="bad rows: count=-1"):
+        _records.build(Record, batch, address, -1, "t", 0, decode_headers)
+    assert _records.build(Record, batch, address, 1, "t", 0, decode_headers) == [
+        Record("t", 0, 0, 1, b"key", b"value", [])
     ]
