@@ -881,7 +881,7 @@ class Consumer:
         if records:
             f.offset = records[-1].offset + 1
         if not records or (used >= len(data) and f.txn is None):
-            self._skip_chunk(f, data, at)  # past trailing markers too
+            self._skip_chunk(f, data, at, used)  # past trailing markers too
         self._keep(f, data, used if records else len(data))
         return records
 
@@ -894,7 +894,7 @@ class Consumer:
         if len(values):
             f.offset = last + 1
         if not len(values) or (used >= len(data) and f.txn is None):
-            self._skip_chunk(f, data, at)  # past trailing markers too
+            self._skip_chunk(f, data, at, used)  # past trailing markers too
         self._keep(f, data, used if len(values) else len(data))
         return values
 
@@ -905,14 +905,18 @@ class Consumer:
         elif f.txn is not None:
             f.offset = max(f.offset, f.pending_end)
 
-    def _skip_chunk(self, f: _Fetch, data: bytes, at: int) -> None:
+    def _skip_chunk(self, f: _Fetch, data: bytes, at: int, used: int) -> None:
         """The position moves past the chunk: one without a record to deliver (markers
         only, or only records below the position) would be read again; one whose last
         batches are markers would leave the position before them while the ring
-        cursor is past them."""
-        infos, _, _ = scan_batches(memoryview(data)[at:], False)
-        if len(infos):
-            f.offset = max(f.offset, int(infos["last_offset"][-1]) + 1)
+        cursor is past them. When the decode just made walked the whole chunk
+        (``used``), its end offset says where the chunk ends; else a scan does."""
+        end = self._decoder.end_offset if used >= len(data) else -1
+        if end < 0:
+            infos, _, _ = scan_batches(memoryview(data)[at:], False)
+            if len(infos):
+                end = int(infos["last_offset"][-1]) + 1
+        f.offset = max(f.offset, end)
 
     def _reopen(self, f: _Fetch) -> None:
         try:

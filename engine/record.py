@@ -152,6 +152,13 @@ class RecordDecoder:
         self._infos_address = int(ffi.cast("uintptr_t", self._infos))
         self._count = ffi.new("int32_t *")
         self._consumed = ffi.new("uint64_t *")
+        self._end_offset = ffi.new("int64_t *")
+
+    @property
+    def end_offset(self) -> int:
+        """After the last decode: one past the last offset of the last batch it walked
+        completely (up to the position it returned), -1 if none."""
+        return int(self._end_offset[0])
 
     def _decode(
         self, data: bytes, start: int, topic: str, partition: int, min_offset: int,
@@ -161,7 +168,7 @@ class RecordDecoder:
         Positions (and the bytes used, self._consumed) count from the start of data."""
         code = lib.engine_batch_decode(
             data, len(data), start, min_offset, self._infos, min(max_records, self._capacity),
-            self._count, self._consumed,
+            self._count, self._consumed, self._end_offset,
         )  # fmt: skip
         n = int(self._count[0])
         if code == 2 and n == 0:

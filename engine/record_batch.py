@@ -275,6 +275,7 @@ def decode_record_infos(buf: Any, min_offset: int = 0) -> npt.NDArray[np.void]:
         min(len(out), 2**31 - 1),
         count,
         consumed,
+        ffi.new("int64_t *"),
     )
     if ScanStatus(code) is ScanStatus.CORRUPT:
         raise CorruptRecordError(f"record batch does not decode: position={int(consumed[0])}")

@@ -140,9 +140,10 @@ static int decode_record(const uint8_t *base, const uint8_t *p, const uint8_t *e
 
 int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
-                        int32_t *count, uint64_t *consumed) {
+                        int32_t *count, uint64_t *consumed, int64_t *end_offset) {
     uint64_t pos = start;
     int32_t n = 0;
+    *end_offset = -1;
     int code = ENGINE_BATCH_OK;
     while (pos < length) {
         uint64_t total;
@@ -155,6 +156,7 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
         int16_t attributes = (int16_t)get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET);
         if (last_offset < min_offset || (attributes & ENGINE_BATCH_ATTR_CONTROL)) {
             pos += total;
+            *end_offset = last_offset + 1;
             continue;
         }
         if (n >= max_records) break;
@@ -186,6 +188,7 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
         }
         if (!complete) break;
         pos += total;
+        *end_offset = last_offset + 1;
     }
     *count = n;
     *consumed = pos;

@@ -241,10 +241,13 @@ int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
 /* Decodes records of consecutive batches in buf, skipping records below
  * min_offset and control batches, from byte position start (a batch boundary).
  * Stops at max_records; *consumed is the byte position (from buf, like every
- * position) of the first batch not completely delivered. */
+ * position) of the first batch not completely delivered; *end_offset is one
+ * past the last offset of the batch that ends there (delivered or skipped: a
+ * reader's next offset once it has used the buffer up to *consumed), -1 when
+ * no batch was walked completely. */
 int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
-                        int32_t *count, uint64_t *consumed);
+                        int32_t *count, uint64_t *consumed, int64_t *end_offset);
 
 /* Copies the values of count decoded records, each value_size bytes, back to back
  * into out. Returns -1, or the index of the first record whose value is not

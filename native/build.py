@@ -170,7 +170,7 @@ int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       int32_t *count, uint64_t *scanned);
 int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
-                        int32_t *count, uint64_t *consumed);
+                        int32_t *count, uint64_t *consumed, int64_t *end_offset);
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
                                  int32_t count, int32_t value_size, uint8_t *out);
 """

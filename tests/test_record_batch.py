@@ -192,3 +192,23 @@ def test_the_record_builder_refuses_rows_outside_the_chunk() -> None:
     assert _records.build(Record, batch, address, 1, "t", 0, decode_headers) == [
         Record("t", 0, 0, 1, b"key", b"value", [])
     ]
+
+
+def test_the_decoder_says_where_the_batches_it_walked_end() -> None:
+    """end_offset: past the last batch walked completely, trailing control batches
+    (transaction markers) included: the consumer's position after the chunk."""
+    data = (
+        encode_batch(10, [(b"a", b"1", [], 1), (b"b", b"2", [], 1)])
+        + encode_batch(12, [(b"c", b"3", [], 1)])
+        + encode_batch(13, [(None, b"\x00\x00\x00\x00\x00\x00", [], 1)], attributes=0x30)
+    )
+    decoder = RecordDecoder()
+    records, used = decoder.decode(data, "t", 0, 0, 100)
+    assert [r.offset for r in records] == [10, 11, 12]
+    assert (used, decoder.end_offset) == (len(data), 14)
+    records, used = decoder.decode(data, "t", 0, 0, 1)  # stops inside the first batch
+    assert [r.offset for r in records] == [10] and (used, decoder.end_offset) == (0, -1)
+    records, used = decoder.decode(data, "t", 0, 0, 2)  # stops after it
+    assert [r.offset for r in records] == [10, 11] and decoder.end_offset == 12
+    records, used = decoder.decode(data, "t", 0, 13, 100)  # only the marker is left
+    assert records == [] and (used, decoder.end_offset) == (len(data), 14)

@@ -376,3 +376,26 @@ def test_a_transaction_over_a_deleted_topic_does_not_wedge_its_id(
         assert values == [b"committed"]
     finally:
         admin.delete_topic(kept)
+
+
+def test_a_position_passes_the_marker_read_with_the_records(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    """A read_uncommitted consumer that gets a committed transaction's records and its
+    marker in one chunk stands after the marker, at the end offset (Kafka's position)."""
+    data_dir = shared_daemon.data_dir
+    tp = TopicPartition(tx_topic, 0)
+    with Producer(data_dir, transactional_id=f"m-{tx_topic}") as p:
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(5):
+            p.send(tx_topic, b"v%d" % i, partition=0)
+        p.commit_transaction()
+    with Consumer(data_dir=data_dir, auto_offset_reset="earliest") as c:
+        c.assign([tp])
+        end = c.end_offsets([tp])[tp]
+        assert end == 6  # five records and the commit marker
+        got: list = []
+        wait_for(lambda: got.extend(c.poll(0.1)) or len(got) == 5, what="the five records")
+        assert [r.offset for r in got] == [0, 1, 2, 3, 4]
+        assert c.position(tp) == end
