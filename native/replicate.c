@@ -51,6 +51,18 @@ static int64_t next_pause(int64_t pause, int64_t pause_ns) {
     return pause < pause_ns * PAUSE_GROWTH ? 2 * pause : pause;
 }
 
+/* Gathering, for a follower woken by a dense stream of small appends. With one
+ * record per append, a follower that copies each record as it comes costs each
+ * record a wake of both followers' loops (and, through their appends, of the
+ * leader's high-watermark loop and of the producer's acker): on 2 cores that held
+ * acks="all" with one-record sends at 42,000-50,000 records/s, those wakes taking the
+ * CPU the producer needed. So a follower whose wait ended less than pause_ns after it
+ * began (records come closer together than that) sleeps pause_ns / GATHER_FRACTION
+ * before it copies, and copies what came meanwhile in the same pass: 73,000-170,000
+ * records/s on the same probe, for about 50 us more at the median of a 20,000
+ * records/s stream (one partition). A wake after a quieter spell copies at once. */
+#define GATHER_FRACTION 4
+
 int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower, char *buf,
                           uint64_t buf_length, int64_t timeout_ns, int64_t pause_ns,
                           int64_t append_timeout_ns, const volatile uint32_t *stop,
@@ -80,7 +92,10 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
         int64_t left = deadline - mono_ns();
         if (left <= 0) return ENGINE_RING_TIMEOUT;
         pause = 0;
-        engine_ring_wait(leader, cursor, left, 0, 0);
+        int64_t waited_from = mono_ns();
+        if (engine_ring_wait(leader, cursor, left, 0, 0) == ENGINE_RING_OK &&
+            mono_ns() - waited_from < pause_ns)
+            pause_for(pause_ns / GATHER_FRACTION);
     }
 }
 
