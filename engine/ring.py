@@ -553,6 +553,18 @@ class Ring:
         )
 
 
+def ready_many(reads: Sequence[tuple[Ring, Cursor]]) -> list[bool]:
+    """For each (ring, cursor): whether a read there has anything to say (data, a seal, a
+    lapped cursor, a claim that may be stuck), without reading or waiting."""
+    n = len(reads)
+    regions = ffi.new("void *[]", [ring._ptr() for ring, _ in reads])
+    cursors = ffi.new("engine_cursor_t *[]", [cursor._c for _, cursor in reads])
+    ready = ffi.new("uint8_t[]", n)
+    if not lib.engine_ring_ready_many(regions, cursors, n, ready):
+        return [False] * n
+    return [bool(r) for r in ffi.unpack(ready, n)]
+
+
 def wait_any(
     waits: Sequence[tuple[Ring, Cursor]],
     timeout_s: float,

@@ -124,6 +124,8 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw, int64_t spin_ns);
+int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_t count,
+                               uint8_t *ready);
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
                          int64_t timeout_ns, int respect_hw, int64_t spin_ns);
 int engine_ring_seek(void *region, int64_t offset, engine_cursor_t *cursor);

@@ -946,6 +946,27 @@ static int ready_many(void *arg) {
     return 0;
 }
 
+int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_t count,
+                               uint8_t *ready) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < count; i++) {
+        struct engine_ring_header *h = header_of(regions[i]);
+        uint64_t c = cursors[i]->position;
+        int r = readable(regions[i], h, c, 1) || engine_load_acquire_u32(&h->sealed);
+        if (!r) {
+            tail_view_t v;
+            read_tail(h, &v);
+            if (v.position > c) { /* claimed past the cursor: published but above the hw? */
+                uint64_t tag = engine_load_acquire_u64(&frame_at(regions[i], h->capacity, c)->tag);
+                r = !(tag_is_own(tag, c) && tag_state(tag) == ENGINE_FRAME_PUBLISHED);
+            }
+        }
+        ready[i] = (uint8_t)r;
+        n += r;
+    }
+    return n;
+}
+
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
                          int64_t timeout_ns, int respect_hw, int64_t spin_ns) {
     if (count < 1 || count > ENGINE_WAIT_ANY_MAX) return -ENGINE_RING_BAD_ARGUMENT;

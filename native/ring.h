@@ -460,6 +460,14 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
 /* Wait until any of count rings (at most 128) is readable at its cursor; returns
  * its index, or minus a ring code (TIMEOUT). Spins as engine_ring_wait, then
  * sleeps with futex_waitv. */
+/* Which of several rings a read at its cursor has something for, without reading
+ * or waiting (a consumer's poll skips the others): ready[i] = 1 when ring i has a
+ * batch below its high watermark at the cursor, padding, a claim there that is not
+ * published (a read decides whether it is stuck), a cursor lapped by the producers,
+ * or a seal. Returns how many are ready. */
+int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_t count,
+                               uint8_t *ready);
+
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
                          int64_t timeout_ns, int respect_hw, int64_t spin_ns);
 

@@ -37,6 +37,7 @@ from engine.ring import (
     crc32c,
     murmur2,
     producer_fields,
+    ready_many,
     unlink,
 )
 
@@ -604,3 +605,38 @@ def test_a_consumers_spin_shrinks_while_it_misses_and_comes_back_when_data_is_ne
         timer.join()
     assert reader._spin_ns[0] == 500_000_000 and bytes(out[:4]) == b"near"
     ring.close()
+
+
+def test_ready_many_names_the_rings_a_read_has_something_for(ring_name: str) -> None:
+    """A consumer's poll reads only these: a batch below the high watermark, a seal, a
+    claim that is not published (the read decides whether it is stuck); not an empty
+    ring, nor one whose records wait for the high watermark."""
+    names = [f"{ring_name}-{k}" for k in ("empty", "data", "sealed", "above-hw", "torn")]
+    rings = [Ring.create(name, 1 << 16) for name in names]
+    try:
+        _empty, data, sealed, above_hw, torn = rings
+        f = producer_fields()
+        data.append(f, b"one")
+        sealed.set_leader(1, True)
+        above_hw.set_high_watermark(0)
+        above_hw.append(f, b"not yet committed")
+        torn.append(f, b"before")
+        child = SPAWN.Process(target=ring_procs.claim_and_die, args=(names[4], True))
+        child.start()
+        child.join(30)
+        assert child.exitcode == -9
+        cursors = [Cursor() for _ in rings]
+        torn_reader = cursors[4]
+        assert [r.value for r in read_all(torn, torn_reader)] == [b"before"]
+        assert ready_many(list(zip(rings, cursors, strict=True))) == [
+            False, True, True, False, True,
+        ]  # fmt: skip
+        above_hw.set_high_watermark(1)
+        read_all(data, cursors[1])
+        assert ready_many(list(zip(rings, cursors, strict=True))) == [
+            False, False, True, True, True,
+        ]  # fmt: skip
+    finally:
+        for ring, name in zip(rings, names, strict=True):
+            ring.close()
+            unlink(name)
