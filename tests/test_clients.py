@@ -33,6 +33,7 @@ from engine import (
     TopicPartition,
     UnknownTopicError,
 )
+from engine import consumer as consumer_module
 from engine.ring import murmur2
 
 SPAWN = mp.get_context("spawn")
@@ -715,3 +716,35 @@ def test_a_consumer_refuses_to_poll_in_a_forked_child(shared_daemon: Daemon, top
             assert "created in another process" in out.get(timeout=30)
             join_ok([child])
         assert c.poll_values(8, timeout=0) == []  # the parent's consumer still works
+
+
+def test_a_consumer_of_many_partitions_reads_those_that_have_records(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """From READY_CHECK_MIN partitions on, poll() reads only the rings that hold
+    something: a poll that does not wait still returns what a few of them hold, each
+    partition in order, and what comes after the others were seen empty."""
+    name = f"many-{uuid.uuid4().hex[:8]}"
+    partitions = 2 * consumer_module.READY_CHECK_MIN
+    admin.create_topic(name, partitions=partitions, config={"ring.bytes": 4 << 20})
+    try:
+        tps = [TopicPartition(name, p) for p in range(partitions)]
+        with Producer(shared_daemon.data_dir) as p, Consumer(
+            data_dir=shared_daemon.data_dir, auto_offset_reset="earliest"
+        ) as c:
+            c.assign(tps)
+            assert c.poll(timeout=0) == []
+            for round_, used in enumerate(([0, 5], [partitions - 1, 5, 7])):
+                for partition in used:
+                    for i in range(3):
+                        p.send(name, b"%d-%d-%d" % (round_, partition, i), partition=partition)
+                got: list = []
+                wait_for(lambda: got.extend(c.poll(timeout=0)) or len(got) >= 3 * len(used),  # noqa: B023 - called at once
+                         what=f"round {round_}: the records of partitions {used}")  # fmt: skip
+                by_partition = {q: [r.value for r in got if r.partition == q] for q in used}
+                assert by_partition == {
+                    q: [b"%d-%d-%d" % (round_, q, i) for i in range(3)] for q in used
+                }
+                assert len(got) == 3 * len(used)
+    finally:
+        admin.delete_topic(name)
