@@ -435,11 +435,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="engine bench",
         description="Benchmark the engine side by side with multiprocessing.Queue, "
-        "faster-fifo, pyzmq, POSIX message queues, Redis Streams, memory copy and a "
-        "page-cache write.",
+        "faster-fifo, pyzmq, POSIX message queues, Redis Streams, memory copy, a "
+        "page-cache write and a bare shared-memory hand-over (the latency floor).",
     )
-    parser.add_argument("--quick", action="store_true", help="a few minutes: fewer "
-                        "workloads, 3 runs each, shorter runs")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="about a minute: one "
+                        "workload per target, 3 runs each, shorter runs")  # fmt: skip
     parser.add_argument("--json", type=Path, metavar="FILE", help="write every run as JSON")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table")
