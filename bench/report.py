@@ -176,10 +176,15 @@ def _notes(rows: list[Row], statuses: dict[str, dict[str, str]], every: bool) ->
     for name, status in statuses.items():
         if status["status"] != "available":
             notes.setdefault(f"- **{name}**: {status['status']}")
+    # One line per transport and reason, naming every workload it holds for.
+    labels: dict[tuple[str, str, str], list[str]] = {}
     for row in rows:
         if row.status in ("unsupported", "failed"):
-            notes.setdefault(f"- **{row.transport}**, {row.workload.label}: {row.status}: "
-                             f"{row.reason}")  # fmt: skip
+            labels.setdefault((row.transport, row.status, row.reason or ""), []).append(
+                row.workload.label
+            )
+    for (transport, status, reason), workloads in labels.items():
+        notes.setdefault(f"- **{transport}**, {', '.join(workloads)}: {status}: {reason}")
     if every and not any(name.startswith("engine") for name in statuses):
         notes.setdefault(
             '- **engine** (acks=0, acks=1, acks="all"): no engine transport is registered yet '

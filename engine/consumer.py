@@ -750,7 +750,7 @@ class Consumer:
         ring has anything at its cursor (one C call looks at them all: a poll of many
         partitions, most of them caught up, reads only the others); the rest always.
         Below READY_CHECK_MIN ring reads, reading them all costs less than the look
-        (reference machine, poll() with nothing there: 16 partitions 34-56 -> 16-30 µs;
+        (reference machine, poll() with nothing there: 16 partitions 34-56 -> 15-30 µs;
         4 partitions, one record: 13-20 µs either way without it, 16-32 with it)."""
         if len(fetches) < READY_CHECK_MIN:
             return fetches

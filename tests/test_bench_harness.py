@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from bench import hdr, suite
+from bench import hdr, report, suite
 from bench.transports.base import Producer, RunSpec, Transport, Unsupported
 from bench.transports.engine_acks import EngineAcks1, EngineAcksAll
 from bench.transports.harness import RunError, Session
@@ -235,3 +235,22 @@ def test_the_spin_floor_measures_latency_only() -> None:
         result = session.run(2_000, TIMEOUT_S)
     assert result.records == 2_000
     assert hdr.decode(result.latency_hdr).get_total_count() == 2_000
+
+
+def test_what_did_not_run_is_one_line_per_transport_and_reason() -> None:
+    fleet = suite.Workload("fleet-p1-record", "fleet", "P=1 per-record", 1, 1, 100, 1)
+    sweep = suite.Workload("sweep-16384", "sweep", "16384 B batched", 1, 1, 16384, 16)
+    latency = suite.Workload("latency-20000", "latency", "20k records/s", 1, 1, 100, 1, 20000.0)
+    rows = [
+        suite.Row(fleet, "spin-floor", "unsupported", "the latency floor only"),
+        suite.Row(sweep, "spin-floor", "unsupported", "the latency floor only"),
+        suite.Row(latency, "spin-floor"),
+        suite.Row(sweep, "posix-mq", "unsupported", "record larger than a message"),
+        suite.Row(latency, "memcopy", "unsupported", "no end-to-end latency"),
+    ]
+    statuses = {name: {"status": "available"} for name in ("spin-floor", "posix-mq", "memcopy")}
+    assert report._notes(rows, statuses, every=False) == [
+        "- **spin-floor**, P=1 per-record, 16384 B batched: unsupported: the latency floor only",
+        "- **posix-mq**, 16384 B batched: unsupported: record larger than a message",
+        "- **memcopy**, 20k records/s: unsupported: no end-to-end latency",
+    ]
