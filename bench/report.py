@@ -183,8 +183,8 @@ def _notes(rows: list[Row], statuses: dict[str, dict[str, str]], every: bool) ->
             labels.setdefault((row.transport, row.status, row.reason or ""), []).append(
                 row.workload.label
             )
-    for (transport, status, reason), workloads in labels.items():
-        notes.setdefault(f"- **{transport}**, {', '.join(workloads)}: {status}: {reason}")
+    for (transport, outcome, reason), workloads in labels.items():
+        notes.setdefault(f"- **{transport}**, {', '.join(workloads)}: {outcome}: {reason}")
     if every and not any(name.startswith("engine") for name in statuses):
         notes.setdefault(
             '- **engine** (acks=0, acks=1, acks="all"): no engine transport is registered yet '
