@@ -956,7 +956,9 @@ int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_
         if (!r) {
             tail_view_t v;
             read_tail(h, &v);
-            if (v.position > c) { /* claimed past the cursor: published but above the hw? */
+            /* Claimed past the cursor: ready unless the frame there is published (it
+             * then waits for the high watermark). */
+            if (v.position > c) {
                 uint64_t tag = engine_load_acquire_u64(&frame_at(regions[i], h->capacity, c)->tag);
                 r = !(tag_is_own(tag, c) && tag_state(tag) == ENGINE_FRAME_PUBLISHED);
             }

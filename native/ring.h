@@ -457,9 +457,6 @@ int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw, int64_t spin_ns);
 
-/* Wait until any of count rings (at most 128) is readable at its cursor; returns
- * its index, or minus a ring code (TIMEOUT). Spins as engine_ring_wait, then
- * sleeps with futex_waitv. */
 /* Which of several rings a read at its cursor has something for, without reading
  * or waiting (a consumer's poll skips the others): ready[i] = 1 when ring i has a
  * batch below its high watermark at the cursor, padding, a claim there that is not
@@ -468,6 +465,9 @@ int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeou
 int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_t count,
                                uint8_t *ready);
 
+/* Wait until any of count rings (at most 128) is readable at its cursor; returns
+ * its index, or minus a ring code (TIMEOUT). Spins as engine_ring_wait, then
+ * sleeps with futex_waitv. */
 int engine_ring_wait_any(void **regions, const engine_cursor_t *cursors, int32_t count,
                          int64_t timeout_ns, int respect_hw, int64_t spin_ns);
 
