@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import faulthandler
+import functools
 import logging
 import os
 import shutil
@@ -303,7 +304,7 @@ class Broker:
                 broker_id=self.broker_id,
                 followers=followers,
                 isr=state.isr,
-                update_isr=lambda isr: self._write_isr(topic, partition, epoch, isr),
+                update_isr=functools.partial(self._write_isr, topic, partition, epoch),
             )
         else:
             log.info("following %s-%d (leader %d, epoch %d)", topic, partition, state.leader, epoch)
@@ -321,8 +322,8 @@ class Broker:
             # Before producers may append: the fences of every transactional producer
             # (its ring is new; a promoted follower's copied only some of them).
             try:
-                for pid, epoch in txn.current_epochs(self.zk):
-                    replica.ring.fence(pid, epoch)
+                for producer_id, producer_epoch in txn.current_epochs(self.zk):
+                    replica.ring.fence(producer_id, producer_epoch)
             except TransactionError:
                 log.warning(
                     "%s-%d fences only the newest 64 re-initialised producers", topic, partition
@@ -352,6 +353,13 @@ class Broker:
             data, stat = self.zk.get(path)
             state = md.PartitionState.from_json(md.decode(data))
             if state.leader != self.broker_id or state.leader_epoch != epoch:
+                # This replica is stale: the next reconcile pass replaces or stops it.
+                log.warning(
+                    "%s-%d: ISR change %s not written: the partition is at leader %d epoch "
+                    "%d, this replica leads epoch %d", topic, partition, list(isr),
+                    state.leader, state.leader_epoch, epoch,
+                )  # fmt: skip
+                self.poke()
                 return False
             if any(self.zk.exists(md.broker_path(b)) is None for b in set(isr) - set(state.isr)):
                 return False
