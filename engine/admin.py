@@ -23,6 +23,7 @@ from engine.errors import (
     UnknownTopicError,
 )
 from engine.log import LogReader
+from engine.ring import seal_ring
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,11 @@ class Admin:
         """Delete a topic and its data; returns once its znodes are gone."""
         validate_topic_name(name)
         zk = self._cluster.zk
-        if not zk.exists(md.topic_path(name)):
-            raise UnknownTopicError(f"unknown topic: topic={name!r}")
+        try:
+            data, _ = zk.get(md.topic_path(name))
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        assignment = md.TopicAssignment.from_json(name, md.decode(data))
         zk.ensure_path(md.DELETE_TOPICS)
         with contextlib.suppress(NodeExistsError):
             zk.create(f"{md.DELETE_TOPICS}/{name}", b"")
@@ -86,6 +90,12 @@ class Admin:
             if time.monotonic() > deadline:
                 raise EngineTimeoutError(f"topic {name!r} was not deleted within {timeout:.0f} s")
             time.sleep(0.01)
+        # The controller sealed the rings before it removed the topic; a ring made since
+        # (a leader that started just then) is sealed here, so that once this returns no
+        # producer can append to the topic.
+        for partition, replicas in assignment.replicas.items():
+            for broker in replicas:
+                seal_ring(self._cluster.data_dir.ring_name(assignment.topic_id, partition, broker))
 
     def list_topics(self) -> list[str]:
         return md.list_topics(self._cluster.zk)

@@ -41,9 +41,9 @@ from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.errors import EngineError, TransactionError
+from engine.errors import TransactionError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
-from engine.ring import Ring, unlink
+from engine.ring import seal_ring, unlink
 
 log = logging.getLogger("engine.broker")
 
@@ -331,18 +331,10 @@ class Broker:
         replica.start()
         return replica
 
-    def _seal_ring(self, topic_id: str, partition: int, old_leader: int, epoch: int) -> None:
-        """Fence a deposed leader's ring: producers still mapping it must look again."""
-        try:
-            name = self.data_dir.ring_name(topic_id, partition, old_leader)
-            ring = Ring.open(name, populate=False)  # only its header is written
-        except (FileNotFoundError, EngineError):
-            return
-        try:
-            # Keep its epoch: a sealed ring of the old epoch is no follower of the new one.
-            ring.set_leader(ring.status().leader_epoch, sealed=True)
-        finally:
-            ring.close()
+    def _seal_ring(self, topic_id: str, partition: int, broker: int, epoch: int) -> None:
+        """Seal a broker's ring of a partition (a deposed leader's, a deleted topic's):
+        producers still mapping it must look the partition up again."""
+        seal_ring(self.data_dir.ring_name(topic_id, partition, broker))
 
     def _write_isr(self, topic: str, partition: int, epoch: int, isr: tuple[int, ...]) -> bool:
         """The leader's ISR change, written only if the partition's leadership is unchanged

@@ -95,6 +95,8 @@ class ClusterView:
                 if not self._auto_create(name):
                     raise
                 continue
+            if self.zk.exists(f"{md.DELETE_TOPICS}/{name}"):
+                raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
             rings: dict[int, Ring] = {}
             missing: list[int] = []
             for p in range(meta.partition_count):

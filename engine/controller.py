@@ -50,7 +50,8 @@ class Controller:
         self.zk = zk
         self.broker_id = broker_id
         self.poke = poke
-        self.seal = seal  # (topic id, partition, old leader, new epoch): fence the old ring
+        # (topic id, partition, broker, new epoch): seal that broker's ring of the partition
+        self.seal = seal
         self.epoch = 0
         self.active = False
 
@@ -194,6 +195,17 @@ class Controller:
 
     def _delete_topic(self, topic: str) -> None:
         log.info("deleting topic %s", topic)
+        # Seal every replica's ring first: a producer still mapping one must not append a
+        # record that the deletion then removes (it looks the topic up, and finds none).
+        try:
+            data, _ = self.zk.get(md.topic_path(topic))
+            assignment = md.TopicAssignment.from_json(topic, md.decode(data))
+        except NoNodeError:
+            assignment = None
+        if assignment is not None and self.seal is not None:
+            for partition, replicas in assignment.replicas.items():
+                for broker in replicas:
+                    self.seal(assignment.topic_id, partition, broker, -1)
         paths = [md.topic_path(topic), md.config_path(topic)]
         # Groups' committed offsets of the topic go too: a topic made again with the
         # same name must not resume at an old offset (Kafka drops them likewise).

@@ -35,6 +35,7 @@ from engine.errors import (
     ClosedError,
     ConfigError,
     CorruptRecordError,
+    EngineError,
     EngineTimeoutError,
     FencedError,
     NativeError,
@@ -765,6 +766,21 @@ def producer_fields(
     f.attributes = attributes
     f.leader_epoch = leader_epoch
     return f
+
+
+def seal_ring(name: str) -> bool:
+    """Seal the ring ``name`` where it stands (its leader epoch kept: a sealed ring of an
+    old epoch is no follower of a new one), so that no producer appends to it again;
+    False when there is no such ring."""
+    try:
+        ring = Ring.open(name, populate=False)  # only its header is written
+    except (FileNotFoundError, EngineError):
+        return False
+    try:
+        ring.set_leader(ring.status().leader_epoch, sealed=True)
+    finally:
+        ring.close()
+    return True
 
 
 def unlink(name: str) -> bool:
