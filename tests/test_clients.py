@@ -477,6 +477,7 @@ def test_public_names_are_exported() -> None:
             "CorruptRecordError",
             "DaemonAlreadyRunningError",
             "DaemonNotRunningError",
+            "DataDirError",
             "EngineError",
             "EngineTimeoutError",
             "FencedError",
