@@ -6,6 +6,7 @@ ZooKeeper-compatible coordinator holds the cluster's state.
 """
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 562)
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
         CorruptRecordError,
         DaemonAlreadyRunningError,
         DaemonNotRunningError,
+        DataDirError,
         EngineError,
         EngineTimeoutError,
         FencedError,
@@ -39,6 +41,14 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
 
 __version__ = "0.1.0"
 
+# A library is quiet unless the application configures logging. The engine logs under
+# "engine.*" (kazoo's connection included, as "engine.kazoo"); a few kazoo modules log
+# under their own "kazoo.*" names (the worker thread and watch recipes the engine's
+# clients use). With a NullHandler there, Python's last-resort handler no longer prints
+# their warnings on stderr; records still propagate to the handlers an application sets.
+logging.getLogger("engine").addHandler(logging.NullHandler())
+logging.getLogger("kazoo").addHandler(logging.NullHandler())
+
 # Public name -> the module that defines it. Importing `engine` stays cheap, so that the
 # coordinator and broker processes load only what they use.
 _EXPORTS: dict[str, str] = {
@@ -52,6 +62,7 @@ _EXPORTS: dict[str, str] = {
     "CorruptRecordError": "engine.errors",
     "DaemonAlreadyRunningError": "engine.errors",
     "DaemonNotRunningError": "engine.errors",
+    "DataDirError": "engine.errors",
     "EngineError": "engine.errors",
     "EngineTimeoutError": "engine.errors",
     "FencedError": "engine.errors",
@@ -104,6 +115,7 @@ __all__ = [
     "CorruptRecordError",
     "DaemonAlreadyRunningError",
     "DaemonNotRunningError",
+    "DataDirError",
     "EngineError",
     "EngineTimeoutError",
     "FencedError",

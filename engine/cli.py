@@ -1,16 +1,27 @@
-"""The ``engine`` command line (also ``python -m engine``)."""
+"""The ``engine`` command line (also ``python -m engine``).
+
+Exit codes: 0 done; 1 an engine error, printed as one line ``engine: <message>``;
+2 a usage error (argparse's usage line and message); 130 interrupted (Ctrl-C);
+141 (128 + SIGPIPE) the reader of standard output went away, as in
+``engine consume t | head -1``: the command stops quietly, as ``git log | head`` does.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
+import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.datadir import DataDir
+
+if TYPE_CHECKING:
+    from engine.consumer import Consumer
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -21,12 +32,44 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def version() -> str:
+    """The installed distribution's version; the package's own from a bare checkout."""
+    try:
+        return importlib.metadata.version("engine")
+    except importlib.metadata.PackageNotFoundError:
+        from engine import __version__
+
+        return __version__
+
+
+def _needs_action(
+    parser: argparse.ArgumentParser, dest: str, sub: argparse._SubParsersAction[Any]
+) -> None:
+    """Mark ``parser`` as needing one of ``sub``'s choices (checked by parse_args).
+
+    Subcommands are not ``required=True``: argparse checks required arguments before
+    it reports unrecognized ones, so `engine --bogus` would say "the following arguments
+    are required: COMMAND" instead of naming --bogus."""
+    parser.set_defaults(_needs=(dest, parser, sub))
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    dest, owner, sub = args._needs
+    if getattr(args, dest) is None:
+        owner.error(f"{sub.metavar} is required: one of {', '.join(sub.choices)}")
+    del args._needs
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine",
         description="A single-host streaming engine: Kafka and ZooKeeper for one box.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"engine {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _needs_action(parser, "command", sub)
 
     p = sub.add_parser("start", help="start the coordinator and the brokers")
     _add_data_dir(p)
@@ -56,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("topics", help="create, list, describe, delete topics")
-    tsub = p.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    tsub = p.add_subparsers(dest="topics_command", metavar="ACTION")
+    _needs_action(p, "topics_command", tsub)
     c = tsub.add_parser("create", help="create a topic")
     _add_data_dir(c)
     c.add_argument("topic")
@@ -85,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topic")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--partition", type=int, default=None)
-    p.add_argument("--offset", type=int, default=None, help="start at this offset")
+    p.add_argument(
+        "--offset",
+        type=int,
+        default=None,
+        help="start at this offset (of --partition, else of every partition); one past "
+        "the log end or before the log start is refused",
+    )
     p.add_argument("--max", type=int, default=None, help="exit after this many records")
     p.add_argument("--timeout", type=float, default=None, help="exit after this many idle seconds")
     p.add_argument("--print-key", action="store_true")
@@ -97,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("groups", help="list, describe consumer groups; reset their offsets")
-    gsub = p.add_subparsers(dest="groups_command", required=True, metavar="ACTION")
+    gsub = p.add_subparsers(dest="groups_command", metavar="ACTION")
+    _needs_action(p, "groups_command", gsub)
     c = gsub.add_parser("list", help="list consumer groups")
     _add_data_dir(c)
     c = gsub.add_parser(
@@ -107,15 +158,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("group")
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c = gsub.add_parser(
-        "reset-offsets", help="set a group's committed offsets (only without live members)"
+        "reset-offsets",
+        help="show, and with --execute set, a group's committed offsets (only without "
+        "live members)",
+        description="Prints the plan: per partition, the committed offset and the new one. "
+        "Nothing changes unless --execute is given (--dry-run, the default, as in Kafka's "
+        "kafka-consumer-groups.sh). The group must exist.",
     )
     _add_data_dir(c)
     c.add_argument("group")
     c.add_argument("--topic", required=True)
     target = c.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to-earliest", action="store_true")
-    target.add_argument("--to-latest", action="store_true")
-    target.add_argument("--to-offset", type=int, default=None, metavar="N")
+    target.add_argument("--to-earliest", action="store_true", help="the log start offset")
+    target.add_argument("--to-latest", action="store_true", help="the log end offset")
+    target.add_argument(
+        "--to-offset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N, clamped into [log start, log end] with a warning per partition",
+    )
+    mode = c.add_mutually_exclusive_group()
+    mode.add_argument("--execute", action="store_true", help="set the offsets")
+    mode.add_argument(
+        "--dry-run", action="store_true", help="only show the plan (the default)"
+    )
 
     p = sub.add_parser("demo", help="a small IoT fleet: producers and a consumer, with figures")
     _add_data_dir(p)
@@ -135,16 +202,25 @@ def main(argv: list[str] | None = None) -> int:
         # Every argument after it is the suite's own, options first included
         # (argparse's REMAINDER does not take `engine bench --quick`).
         return cmd_bench(argparse.Namespace(command="bench", args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     from engine.errors import EngineError
 
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        code = int(_COMMANDS[args.command](args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not at the exit's flush
+        return code
     except EngineError as exc:
         print(f"engine: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # What is still buffered for standard output goes to /dev/null, so that the
+        # interpreter's flush at exit does not fail again (Python's documented recipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -307,8 +383,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 def cmd_consume(args: argparse.Namespace) -> int:
     from engine.consumer import Consumer
+    from engine.errors import ConfigError
     from engine.record import TopicPartition
 
+    if args.offset is not None and args.group is not None and args.partition is None:
+        raise ConfigError(
+            "--offset needs --partition when consuming with --group: the group's members "
+            "start at its committed offsets (change them with `engine groups reset-offsets`)"
+        )
     reset = "earliest" if args.from_beginning else "latest"
     with Consumer(
         data_dir=args.data_dir, auto_offset_reset=reset, group_id=args.group
@@ -318,8 +400,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
         else:
             consumer.subscribe([args.topic])
         if args.offset is not None:
-            for tp in consumer.assignment():
-                consumer.seek(tp, args.offset)
+            _seek_checked(consumer, args.offset)
         n = 0
         idle_since = time.monotonic()
         out = sys.stdout.buffer
@@ -341,6 +422,29 @@ def cmd_consume(args: argparse.Namespace) -> int:
             out.flush()
             n += len(records)
     return 0
+
+
+def _seek_checked(consumer: Consumer, offset: int) -> None:
+    """Seek every assigned partition to ``offset``, which must lie in [log start, log end]
+    of each: a consumer seeking outside would silently jump to the end (its reset
+    policy; Kafka's console consumer does that), so this refuses with the numbers."""
+    from engine.errors import OffsetOutOfRangeError
+
+    tps = sorted(consumer.assignment())
+    starts, ends = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+    for tp in tps:
+        start, end = max(starts[tp], 0), ends[tp]
+        if offset > end:
+            raise OffsetOutOfRangeError(
+                f"--offset {offset} is past the log end offset of {tp.topic}-{tp.partition}: "
+                f"offset={offset} log_end_offset={end}"
+            )
+        if offset < start:
+            raise OffsetOutOfRangeError(
+                f"--offset {offset} is before the log start offset of "
+                f"{tp.topic}-{tp.partition}: offset={offset} log_start_offset={start}"
+            )
+        consumer.seek(tp, offset)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
@@ -390,14 +494,23 @@ def cmd_groups(args: argparse.Namespace) -> int:
                     f"{lag:>8}  {p.owner or '-'}"
                 )
         elif args.groups_command == "reset-offsets":
-            if args.to_earliest:
-                new = grp.reset_offsets(admin, args.group, args.topic, "earliest")
-            elif args.to_latest:
-                new = grp.reset_offsets(admin, args.group, args.topic, "latest")
+            to = "earliest" if args.to_earliest else "latest" if args.to_latest else "offset"
+            plan = grp.plan_reset_offsets(admin, args.group, args.topic, to, args.to_offset)
+            for row in plan:
+                if row.clamped:
+                    print(f"engine: warning: {grp.clamp_message(row)}", file=sys.stderr)
+            print(f"{'TOPIC':<20} {'PARTITION':>9} {'COMMITTED':>10} {'NEW-OFFSET':>10}")
+            for row in plan:
+                committed = "-" if row.committed is None else str(row.committed)
+                print(f"{row.topic:<20} {row.partition:>9} {committed:>10} {row.new_offset:>10}")
+            if args.execute:
+                grp.write_reset(admin, args.group, plan)
+                print(f"set the committed offsets of group {args.group}", file=sys.stderr)
             else:
-                new = grp.reset_offsets(admin, args.group, args.topic, "offset", args.to_offset)
-            for tp, offset in sorted(new.items()):
-                print(f"{args.group} {tp.topic} {tp.partition} {offset}")
+                print(
+                    "dry run: nothing was changed; add --execute to set these offsets",
+                    file=sys.stderr,
+                )
     return 0
 
 

@@ -62,7 +62,7 @@ from engine.errors import (
 )
 from engine.group import GroupMember
 from engine.log import LogReader
-from engine.record import Record, RecordDecoder, TopicPartition
+from engine.record import Record, RecordDecoder, TopicPartition, as_offset
 from engine.record_batch import decode_record_infos, scan_batches
 from engine.ring import (
     EMPTY,
@@ -493,9 +493,7 @@ class Consumer:
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._check_open()
-        if not isinstance(offset, int) or offset < 0:
-            raise ConfigError(f"offset must be a non-negative int: offset={offset!r}")
-        self._seek(self._fetch(partition), offset)
+        self._seek(self._fetch(partition), as_offset(offset, f"{TopicPartition(*partition)} "))
 
     def _seek(self, f: _Fetch, offset: int) -> None:
         f.offset = offset

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine import metadata as md
-from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
+from engine.datadir import (
+    DataDir,
+    data_dir_errors,
+    make_private_dir,
+    pid_alive,
+    write_private_file,
+)
 from engine.errors import DaemonAlreadyRunningError, DaemonNotRunningError, EngineTimeoutError
 
 log = logging.getLogger("engine.daemon")
@@ -111,8 +117,9 @@ class Daemon:
     # -- lock --------------------------------------------------------------
 
     def acquire_lock(self) -> None:
-        make_private_dir(self.data_dir.root)
-        fd = os.open(self.data_dir.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        with data_dir_errors(self.data_dir.root):
+            make_private_dir(self.data_dir.root)
+            fd = os.open(self.data_dir.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -132,9 +139,10 @@ class Daemon:
         """Start everything, supervise until SIGTERM/SIGINT, stop everything."""
         self.acquire_lock()
         dd = self.data_dir
-        for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
-            make_private_dir(d)
-        write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
+        with data_dir_errors(dd.root):
+            for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
+                make_private_dir(d)
+            write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
@@ -316,12 +324,15 @@ def start_background(
     cluster_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
-    make_private_dir(data_dir.root)
-    make_private_dir(data_dir.log_dir)
     probe = Daemon(data_dir, brokers, coordinator)
     probe.acquire_lock()  # fail fast, with the clear message, if one already runs
     os.close(probe._lock_fd)
-    data_dir.runtime_file.unlink(missing_ok=True)
+    with data_dir_errors(data_dir.root):
+        make_private_dir(data_dir.log_dir)
+        data_dir.runtime_file.unlink(missing_ok=True)
+        log_fd = os.open(
+            data_dir.log_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
     argv = [
         sys.executable,
         "-m",
@@ -340,17 +351,16 @@ def start_background(
         argv += ["--auto-create-topics"]
     if "num.partitions" in config:
         argv += ["--num-partitions", str(config["num.partitions"])]
-    fd = os.open(data_dir.log_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
-            stdout=fd,
-            stderr=fd,
+            stdout=log_fd,
+            stderr=log_fd,
             start_new_session=True,
         )
     finally:
-        os.close(fd)
+        os.close(log_fd)
     deadline = time.monotonic() + START_TIMEOUT_S + 5
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -17,14 +17,17 @@ host never collide.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import DaemonNotRunningError
+from engine.errors import DaemonNotRunningError, DataDirError
 
 RUNTIME_VERSION = 1
 
@@ -39,6 +42,27 @@ def default_data_dir() -> Path:
 def make_private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def data_dir_errors(root: Path) -> Iterator[None]:
+    """Setting up the data dir: an OSError (read-only, not a directory, permission
+    denied, cannot be created) becomes one DataDirError line naming the path and why."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, DataDirError):  # from a nested block: already the one line
+            raise
+        path = exc.filename if exc.filename is not None else root
+        if exc.errno == errno.EEXIST:  # mkdir(exist_ok=True) of a path that is a file
+            reason = "exists and is not a directory"
+        elif exc.errno == errno.ENOTDIR:
+            reason = "a part of the path is not a directory"
+        else:
+            reason = (exc.strerror or str(exc)).lower()
+        raise DataDirError(
+            f"cannot use the data dir: data_dir={root} ({path}: {reason})"
+        ) from None
 
 
 def write_private_file(path: Path | str, data: bytes) -> None:

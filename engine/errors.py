@@ -15,6 +15,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── OffsetOutOfRangeError                offset below log_start or above log_end
     ├── DaemonNotRunningError                no daemon for this data dir
     ├── DaemonAlreadyRunningError            a second daemon on the same data dir
+    ├── DataDirError (OSError)               the data dir cannot be created or written
     ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
@@ -77,6 +78,11 @@ class DaemonNotRunningError(EngineError):
 
 class DaemonAlreadyRunningError(EngineError):
     """Another daemon already holds the data dir's lock."""
+
+
+class DataDirError(EngineError, OSError):
+    """The data dir cannot be used: it cannot be created, it is not a directory, or it
+    (or a file in it) cannot be written. The message names the path and the reason."""
 
 
 class EngineTimeoutError(EngineError, TimeoutError):

@@ -66,7 +66,7 @@ from engine.errors import (
     UnknownGroupError,
     UnknownTopicError,
 )
-from engine.record import TopicPartition
+from engine.record import TopicPartition, as_offset
 
 if TYPE_CHECKING:
     from engine.admin import Admin
@@ -532,14 +532,40 @@ def describe_group(admin: Admin, group: str) -> GroupDescription:
     )
 
 
-def reset_offsets(
+@dataclass(frozen=True)
+class OffsetReset:
+    """One partition of a reset-offsets plan: where the group is, where it would be set."""
+
+    topic: str
+    partition: int
+    committed: int | None  # None before the group's first commit on the partition
+    new_offset: int
+    log_start_offset: int
+    log_end_offset: int  # the high watermark, as in describe
+    requested: int | None  # the offset asked for (to="offset"); new_offset clamps it
+
+    @property
+    def clamped(self) -> bool:
+        return self.requested is not None and self.requested != self.new_offset
+
+
+def plan_reset_offsets(
     admin: Admin, group: str, topic: str, to: str, offset: int | None = None
-) -> dict[TopicPartition, int]:
-    """Set the group's committed offsets of every partition of ``topic`` to the earliest,
-    the latest or a given offset (clamped into [log start, log end], as Kafka does).
-    Only while the group has no live members (GroupNotEmptyError otherwise)."""
+) -> list[OffsetReset]:
+    """What reset_offsets would set, per partition of ``topic``; changes nothing.
+
+    ``to``: "earliest" (the log start), "latest" (the log end: the high watermark) or
+    "offset" (``offset``, clamped into [log start, log end], as Kafka's tool does).
+    UnknownGroupError for a group that never existed: resetting does not create one.
+    GroupNotEmptyError while the group has live members."""
     store.validate_group_id(group)
     zk = admin._cluster.zk
+    if not zk.exists(store.group_path(group)):
+        raise UnknownGroupError(
+            f"unknown consumer group: group={group!r} (reset-offsets changes an existing "
+            f"group; a group comes into being when a consumer of it joins or commits, "
+            f"e.g. `engine consume {topic} --group {group}`)"
+        )
     members = read_members(zk, group)
     if members:
         raise GroupNotEmptyError(
@@ -548,19 +574,53 @@ def reset_offsets(
         )
     if to not in ("earliest", "latest", "offset"):
         raise ConfigError(f"reset target must be earliest, latest or offset: to={to!r}")
-    if to == "offset" and (offset is None or offset < 0):
-        raise ConfigError(f"--to-offset needs an offset >= 0: offset={offset!r}")
+    requested = as_offset(offset) if to == "offset" else None
     desc = admin.describe_topic(topic)
-    new: dict[TopicPartition, int] = {}
+    plan: list[OffsetReset] = []
     for p in desc.partitions:
+        tp = TopicPartition(topic, p.partition)
         start, end = max(p.log_start_offset, 0), max(p.high_watermark, 0)
         if to == "earliest":
             value = start
         elif to == "latest":
             value = end
         else:
-            assert offset is not None
-            value = min(max(offset, start), end)
-        new[TopicPartition(topic, p.partition)] = value
-    store.write_offsets(zk, group, new)
-    return new
+            assert requested is not None
+            value = min(max(requested, start), end)
+        committed = store.read_committed(zk, group, tp)
+        plan.append(OffsetReset(topic, p.partition, committed, value, start, end, requested))
+    return plan
+
+
+def clamp_message(row: OffsetReset) -> str:
+    """Why a row's new offset is not the one asked for, in one line."""
+    assert row.requested is not None
+    if row.requested > row.log_end_offset:
+        where = f"past the log end offset {row.log_end_offset}"
+    else:
+        where = f"before the log start offset {row.log_start_offset}"
+    return (
+        f"offset {row.requested} is {where} of {row.topic}-{row.partition}: "
+        f"set to {row.new_offset} instead"
+    )
+
+
+def write_reset(admin: Admin, group: str, plan: list[OffsetReset]) -> None:
+    """Set the group's committed offsets as ``plan`` says (from plan_reset_offsets)."""
+    store.write_offsets(
+        admin._cluster.zk, group, {TopicPartition(r.topic, r.partition): r.new_offset for r in plan}
+    )
+
+
+def reset_offsets(
+    admin: Admin, group: str, topic: str, to: str, offset: int | None = None
+) -> dict[TopicPartition, int]:
+    """Set the group's committed offsets of every partition of ``topic`` as
+    plan_reset_offsets plans them; a clamped offset is logged as a warning.
+    Returns the offsets set."""
+    plan = plan_reset_offsets(admin, group, topic, to, offset)
+    for row in plan:
+        if row.clamped:
+            log.warning("group %s: %s", group, clamp_message(row))
+    write_reset(admin, group, plan)
+    return {TopicPartition(r.topic, r.partition): r.new_offset for r in plan}

@@ -33,7 +33,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine.errors import ConfigError
-from engine.record import TopicPartition
+from engine.record import TopicPartition, as_offset
 
 CONSUMERS = "/consumers"
 _GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -106,9 +106,7 @@ def validate_offsets(offsets: Mapping[Any, Any]) -> dict[TopicPartition, int]:
     out: dict[TopicPartition, int] = {}
     for tp, offset in offsets.items():
         tp = TopicPartition(*tp)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ConfigError(f"offset must be a non-negative int: {tp} offset={offset!r}")
-        out[tp] = offset
+        out[tp] = as_offset(offset, f"{tp} ")
     return out
 
 

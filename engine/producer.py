@@ -1188,6 +1188,11 @@ def _values_blob(what: str, values: Any) -> tuple[Any, Any, int, int]:
     if isinstance(values, np.ndarray):
         if values.ndim == 0:
             raise RecordTypeError(f"{what} must be a sequence or an array of records")
+        if values.dtype.hasobject:  # pointers to Python objects, not the records' bytes
+            raise RecordTypeError(
+                f"{what} as a numpy array must hold fixed-size records, not Python objects: "
+                f"dtype={values.dtype} (pass a list of bytes, or an array of dtype 'S<n>')"
+            )
         arr = np.ascontiguousarray(values)
         count = arr.shape[0]
         stride = arr.itemsize * (int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1)
@@ -1196,8 +1201,14 @@ def _values_blob(what: str, values: Any) -> tuple[Any, Any, int, int]:
         raise RecordTypeError(
             f"{what} must be a list of bytes-like values, not one {type(values).__name__}"
         )
-    values = list(values)
-    blob, lengths = pack_values(values)
+    try:
+        values = list(values)
+    except TypeError:
+        raise RecordTypeError(
+            f"{what} must be a list of bytes-like values or a numpy array, "
+            f"not {type(values).__name__}"
+        ) from None
+    blob, lengths = pack_values(values, what)
     return blob, lengths, 0, len(values)
 
 

@@ -9,6 +9,7 @@ which makes the Record objects from them.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ import numpy as np
 
 import engine._records as _records
 from engine._native import ffi, lib
-from engine.errors import CorruptRecordError, RecordTypeError
+from engine.errors import ConfigError, CorruptRecordError, RecordTypeError
 
 Headers = list[tuple[str, bytes]]
 
@@ -26,6 +27,26 @@ class TopicPartition(NamedTuple):
 
     topic: str
     partition: int
+
+
+#: Offsets are int64, as in Kafka.
+MAX_OFFSET = (1 << 63) - 1
+
+
+def as_offset(value: object, where: str = "") -> int:
+    """``value`` as an offset: an int, a numpy integer included, in [0, 2**63-1];
+    ConfigError naming the value otherwise (``where`` prefixes the key=value part)."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            offset = operator.index(value)  # type: ignore[arg-type]  # refused below
+        except TypeError:
+            pass
+        else:
+            if 0 <= offset <= MAX_OFFSET:
+                return offset
+    raise ConfigError(
+        f"offset must be a non-negative int64 (0 to 2**63-1): {where}offset={value!r}"
+    )
 
 
 class RecordMetadata(NamedTuple):
@@ -213,16 +234,26 @@ class RecordDecoder:
         return values, int(self._infos[n - 1].offset), int(self._consumed[0])
 
 
-def pack_values(values: Sequence[Any]) -> tuple[bytes, Any]:
-    """Concatenate a list of bytes-like values: (blob, int32 lengths)."""
+def pack_values(values: Sequence[Any], what: str = "values") -> tuple[bytes, Any]:
+    """Concatenate a list of bytes-like values: (blob, int32 lengths in bytes)."""
     try:
         blob = b"".join(values)
     except TypeError:
         for i, v in enumerate(values):
             if not isinstance(v, BYTES_LIKE):
                 raise RecordTypeError(
-                    f"values[{i}] must be bytes-like, not {type(v).__name__}"
+                    f"{what}[{i}] must be bytes-like, not {type(v).__name__}"
+                ) from None
+            if not memoryview(v).c_contiguous:
+                raise RecordTypeError(
+                    f"{what}[{i}] must be a contiguous buffer, not a strided memoryview"
                 ) from None
         raise
     lengths = np.fromiter(map(len, values), dtype=np.int32, count=len(values))
+    if int(lengths.sum()) != len(blob):
+        # len() counts items, not bytes, for a memoryview of wider items or an array;
+        # it is never more than the bytes, so equal sums mean every length is right.
+        lengths = np.fromiter(
+            (memoryview(v).nbytes for v in values), dtype=np.int32, count=len(values)
+        )
     return blob, lengths

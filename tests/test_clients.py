@@ -29,6 +29,7 @@ from engine import (
     PartitionOutOfRangeError,
     Producer,
     RecordTooLargeError,
+    RecordTypeError,
     TopicExistsError,
     TopicPartition,
     UnknownTopicError,
@@ -129,6 +130,65 @@ def test_bad_input_gets_a_clear_error_and_loses_nothing(
         admin.create_topic(topic)
     records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 1)], 2)
     assert [r.value for r in records] == [b"ok", b"ok2"]
+
+
+def test_send_batch_refuses_what_is_not_records_with_a_record_type_error(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    tp = TopicPartition(topic, 2)
+    with Producer(shared_daemon.data_dir) as p:
+        p.send_batch(topic, [b"before"], partition=2)
+        for values, says in [
+            (None, "values must be a list of bytes-like values or a numpy array, not NoneType"),
+            (7, "not int"),
+            (np.array([b"a", None], dtype=object), "not Python objects: dtype=object"),
+            (np.array([(1, b"a")], dtype=[("n", "i4"), ("o", "O")]), "not Python objects"),
+            ([b"a", None], r"values\[1\] must be bytes-like, not NoneType"),
+            ([b"a", memoryview(np.arange(4, dtype=np.int32))[::2]], r"values\[1\] must be a"),
+        ]:
+            with pytest.raises(RecordTypeError, match=says):
+                p.send_batch(topic, values, partition=2)
+        with pytest.raises(RecordTypeError, match=r"keys\[0\] must be bytes-like, not str"):
+            p.send_batch(topic, [b"v"], keys=["k"])
+        with pytest.raises(RecordTypeError, match="keys as a numpy array"):
+            p.send_batch(topic, [b"v"], keys=np.array([b"k"], dtype=object))
+        p.send_batch(topic, [b"after"], partition=2)
+    records = consume_all(shared_daemon.data_dir, [tp], 2)
+    assert [r.value for r in records] == [b"before", b"after"]
+
+
+def test_send_batch_of_buffers_with_wide_items_keeps_every_byte_of_each_record(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    """len() of a memoryview of int32 counts items, not bytes: every record must still
+    be stored whole, as its bytes, and the next record must not start inside it."""
+    wide = np.arange(4, dtype=np.int32)
+    values = [memoryview(wide), b"ab", wide[:2], memoryview(b"xyz")]
+    with Producer(shared_daemon.data_dir) as p:
+        p.send_batch(topic, values, partition=0)
+    records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 0)], 4)
+    assert [r.value for r in records] == [wide.tobytes(), b"ab", wide[:2].tobytes(), b"xyz"]
+
+
+def test_seek_and_commit_take_int64_offsets_only_numpy_integers_included(
+    shared_daemon: Daemon, topic: str
+) -> None:
+    tp = TopicPartition(topic, 0)
+    with Producer(shared_daemon.data_dir) as p:
+        p.send_batch(topic, [b"r0", b"r1", b"r2"], partition=0)
+    group = f"seek-{uuid.uuid4().hex[:6]}"
+    with Consumer(data_dir=shared_daemon.data_dir, group_id=group) as c:
+        c.assign([tp])
+        for bad in (2**64, 2**63, -1, True, 1.0, "1", None):
+            with pytest.raises(ConfigError, match=r"non-negative int64 .*offset="):
+                c.seek(tp, bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match=r"non-negative int64 .*offset="):
+                c.commit({tp: bad})  # type: ignore[dict-item]
+        c.seek(tp, 2**63 - 1)  # the largest offset: accepted, then reset by policy
+        c.seek(tp, np.int64(1))
+        assert [r.value for r in c.poll(timeout=5)] == [b"r1", b"r2"]
+        c.commit({tp: np.int64(2)})
+        assert c.committed(tp) == 2
 
 
 def test_describe_and_list_and_delete(shared_daemon: Daemon, admin: Admin) -> None:
@@ -417,6 +477,7 @@ def test_public_names_are_exported() -> None:
             "CorruptRecordError",
             "DaemonAlreadyRunningError",
             "DaemonNotRunningError",
+            "DataDirError",
             "EngineError",
             "EngineTimeoutError",
             "FencedError",

@@ -324,11 +324,15 @@ def test_groups_cli_list_describe_and_reset_offsets(shared_daemon: Daemon, topic
         assert refused.returncode == 1 and b"live member" in refused.stderr
     finally:
         c.close()
-    shared_daemon.cli("groups", "reset-offsets", group, "--topic", topic, "--to-latest")
+    shared_daemon.cli(
+        "groups", "reset-offsets", group, "--topic", topic, "--to-latest", "--execute"
+    )
     report = json.loads(shared_daemon.cli("groups", "describe", group, "--json").stdout)
     assert [r["lag"] for r in report["partitions"]] == [0, 0, 0]
     assert report["members"] == {}
-    shared_daemon.cli("groups", "reset-offsets", group, "--topic", topic, "--to-offset", "2")
+    shared_daemon.cli(
+        "groups", "reset-offsets", group, "--topic", topic, "--to-offset", "2", "--execute"
+    )
     with Admin(shared_daemon.data_dir) as admin:
         from engine.group import describe_group, reset_offsets
 
