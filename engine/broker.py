@@ -2,7 +2,7 @@
 
 One OS process per broker id, started and supervised by the daemon::
 
-    python -m engine.broker --data-dir DIR --id N --coordinator HOST:PORT
+    python -m engine.broker --data-dir DIR --id N [--coordinator HOST:PORT]
 
 It registers the ephemeral ``/brokers/ids/<id>``, takes part in the controller
 election, and keeps the replicas it leads in line with the partition state
@@ -59,7 +59,9 @@ ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
 class Broker:
     """A broker's state: its coordinator session, its replicas, its controller role."""
 
-    def __init__(self, data_dir: DataDir, broker_id: int, hosts: str) -> None:
+    def __init__(self, data_dir: DataDir, broker_id: int, hosts: str | None) -> None:
+        """``hosts``: an external ZooKeeper ensemble; None: the daemon's own coordinator,
+        found (and followed across its restarts) through the data dir."""
         self.data_dir = data_dir
         self.broker_id = broker_id
         self.hosts = hosts
@@ -406,7 +408,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.broker")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--id", type=int, required=True)
-    parser.add_argument("--coordinator", required=True, help="HOST:PORT[,HOST:PORT...]")
+    parser.add_argument(
+        "--coordinator",
+        default=None,
+        help="HOST:PORT[,HOST:PORT...] of an external ZooKeeper (default: the daemon's own)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,

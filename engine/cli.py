@@ -258,8 +258,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     dd = DataDir.resolve(args.data_dir)
     if daemon.stop(dd):
         print(f"engine stopped: data dir {dd.root}")
-    else:
-        print(f"engine was not running: data dir {dd.root}")
+        return 0
+    cleaned = daemon.clean_up_after_crash(dd)
+    left = ""
+    if cleaned.rings:
+        left = (
+            f"; drained the {cleaned.rings} rings it left ({cleaned.records} offsets) into "
+            "their logs and removed them"
+        )
+    print(f"engine was not running: data dir {dd.root}{left}")
     return 0
 
 

@@ -53,11 +53,17 @@ class ClusterView:
     """Coordinator session plus cached topics and rings of one client object."""
 
     def __init__(
-        self, data_dir: str | os.PathLike[str] | None, populate_rings: bool = True
+        self,
+        data_dir: str | os.PathLike[str] | None,
+        populate_rings: bool = True,
+        lookup_timeout_s: float = 10.0,
     ) -> None:
         """``populate_rings=False``: map rings without faulting their pages in (a client
-        that reads only their headers: the Admin)."""
+        that reads only their headers: the Admin). ``lookup_timeout_s``: how long a topic
+        lookup waits, by default, for its leaders and for the coordinator (a producer's
+        max_block_ms)."""
         self.data_dir = DataDir.resolve(data_dir)
+        self.lookup_timeout_s = lookup_timeout_s
         self._populate = populate_rings
         self._zk: KazooClient | None = md.connect(self.data_dir)
         # A view replaced (a new leader) or forgotten (a deleted topic) is dropped, not
@@ -77,16 +83,22 @@ class ClusterView:
             raise ClosedError("client is closed")
         return self._zk
 
-    def topic(self, name: str, wait_s: float = 10.0) -> TopicView:
+    def topic(self, name: str, wait_s: float | None = None) -> TopicView:
         """The topic's view, loading it (and waiting for its rings) on first use."""
         view = self.topics.get(name)
         if view is None:
             view = self.refresh(name, wait_s)
         return view
 
-    def refresh(self, name: str, wait_s: float = 10.0) -> TopicView:
-        """Reload the topic's metadata and remap its rings; waits for leaders and rings."""
+    def refresh(self, name: str, wait_s: float | None = None) -> TopicView:
+        """Reload the topic's metadata and remap its rings; waits for leaders and rings,
+        and for the coordinator, up to ``wait_s`` (default: lookup_timeout_s) in all."""
         validate_topic_name(name)
+        wait_s = self.lookup_timeout_s if wait_s is None else wait_s
+        with md.deadline(wait_s, f"looking up topic {name!r}"):
+            return self._refresh(name, wait_s)
+
+    def _refresh(self, name: str, wait_s: float) -> TopicView:
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -158,6 +170,12 @@ class ClusterView:
         except UnknownTopicError:
             return False
         return True
+
+    def __enter__(self) -> ClusterView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if os.getpid() != self._pid:

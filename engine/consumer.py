@@ -48,6 +48,7 @@ import numpy as np
 from kazoo.exceptions import KazooException
 from kazoo.handlers.threading import KazooTimeoutError
 
+from engine import metadata as md
 from engine import offset_store as store
 from engine.assignor import strategy as find_strategy
 from engine.cluster import ClusterView
@@ -84,6 +85,8 @@ log = logging.getLogger("engine.consumer")
 
 _RESETS = ("earliest", "latest", "none")
 _ISOLATION = ("read_uncommitted", "read_committed")
+#: The least time a poll gives its coordinator requests (a poll(0) loop still rebalances).
+COORDINATOR_WAIT_S = 0.5
 #: read_committed: a partition whose undecided transactions hold more is not fetched.
 MAX_UNDECIDED_BYTES = 64 << 20
 #: poll(): from this many partitions read in their rings on, one C call first looks at
@@ -603,6 +606,15 @@ class Consumer:
 
     def _poll(self, timeout: float, max_records: int | None, value_size: int | None) -> list[Any]:
         self._check_open()
+        # The coordinator requests a poll makes (a new leader's lookup, the group's
+        # rebalances) end with it, whatever state the daemon is in; a request still gets
+        # COORDINATOR_WAIT_S when the poll does not wait.
+        with md.deadline(max(timeout, COORDINATOR_WAIT_S), "poll"):
+            return self._poll_within(timeout, max_records, value_size)
+
+    def _poll_within(
+        self, timeout: float, max_records: int | None, value_size: int | None
+    ) -> list[Any]:
         limit = max_records or self.max_poll_records
         deadline = time.monotonic() + timeout
         if self.enable_auto_commit and self._group is not None:

@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
 from engine import metadata as md
+from engine import stale_rings
 from engine.datadir import (
     DataDir,
     data_dir_errors,
@@ -36,7 +40,14 @@ from engine.datadir import (
     pid_alive,
     write_private_file,
 )
-from engine.errors import DaemonAlreadyRunningError, DaemonNotRunningError, EngineTimeoutError
+from engine.errors import (
+    DaemonAlreadyRunningError,
+    DaemonNotRunningError,
+    EngineError,
+    EngineTimeoutError,
+    UnknownTopicError,
+)
+from engine.ring import Ring
 
 log = logging.getLogger("engine.daemon")
 
@@ -162,74 +173,131 @@ class Daemon:
         py = sys.executable
         if self.external_coordinator is None:
             port_file = dd.run_dir / "coordinator.port"
+            # The port of the last run, kept where it is free: clients that were open
+            # across a restart find the coordinator where it was (and follow it through
+            # the runtime file when it had to move).
+            previous = _read_port(port_file)
             port_file.unlink(missing_ok=True)
             coordinator = Child(
                 "coordinator",
                 [
-                    py,
-                    "-m",
-                    "engine.coordinator",
-                    "--data-dir",
-                    str(dd.coordinator_dir),
-                    "--port",
-                    "0",
-                    "--port-file",
-                    str(port_file),
+                    py, "-m", "engine.coordinator",
+                    "--data-dir", str(dd.coordinator_dir),
+                    "--port", str(previous or 0), "--port-fallback",
+                    "--port-file", str(port_file),
                 ],
                 dd.log_dir / "coordinator.log",
-            )
+            )  # fmt: skip
             coordinator.start(dd.run_dir)
             self.children.append(coordinator)
-            port = _wait_for_file(port_file, coordinator, START_TIMEOUT_S)
-            self.hosts = f"127.0.0.1:{port}"
-            # Restarts keep the port, so clients' addresses stay valid.
-            coordinator.argv[coordinator.argv.index("--port") + 1] = port
+            self._coordinator_started(coordinator)
         self._write_runtime(ready=False)
-        for broker_id in range(1, self.broker_count + 1):
-            child = Child(
-                f"broker-{broker_id}",
-                [
-                    py,
-                    "-m",
-                    "engine.broker",
-                    "--data-dir",
-                    str(dd.root),
-                    "--id",
-                    str(broker_id),
-                    "--coordinator",
-                    self.hosts,
-                ],
-                dd.log_dir / f"broker-{broker_id}.log",
-            )
-            child.start(dd.run_dir)
-            self.children.append(child)
-        self._wait_for_brokers()
-
-    def _wait_for_brokers(self) -> None:
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
         try:
             md.write_cluster_config(zk, self.cluster_config)
-            deadline = time.monotonic() + START_TIMEOUT_S
-            want = set(range(1, self.broker_count + 1))
-            while True:
-                registered = set(md.live_brokers(zk))
-                if want <= registered and md.controller_id(zk) is not None:
-                    return
-                for child in self.children:
-                    if child.proc is not None and child.proc.poll() is not None:
-                        raise DaemonNotRunningError(
-                            f"{child.name} exited with code {child.proc.returncode} during "
-                            f"start-up: see {child.log_path}"
-                        )
-                if time.monotonic() > deadline:
-                    raise EngineTimeoutError(
-                        f"brokers {sorted(want - registered)} did not register within "
-                        f"{START_TIMEOUT_S:.0f} s: see {self.data_dir.log_dir}"
-                    )
-                time.sleep(0.02)
+            self._forget_dead_registrations(zk)
+            wanted = set(range(1, self.broker_count + 1))
+            cleaned = stale_rings.drain_and_remove(self.data_dir, keep_brokers=wanted)
+            if cleaned.rings:
+                log.info(
+                    "drained %d rings of brokers this daemon does not run (%d offsets) into "
+                    "their logs and removed them", cleaned.rings, cleaned.records,
+                )  # fmt: skip
+            for broker_id in sorted(wanted):
+                argv = [py, "-m", "engine.broker", "--data-dir", str(dd.root)]
+                argv += ["--id", str(broker_id)]
+                if self.external_coordinator is not None:
+                    argv += ["--coordinator", self.hosts]  # else: the data dir says where
+                child = Child(f"broker-{broker_id}", argv, dd.log_dir / f"broker-{broker_id}.log")
+                child.start(dd.run_dir)
+                self.children.append(child)
+            self._write_runtime(ready=False)
+            self._wait_until_ready(zk)
         finally:
             zk.stop()
             zk.close()
+
+    def _coordinator_started(self, coordinator: Child) -> None:
+        """Wait for a (re)started coordinator's port; point the daemon and its runtime file
+        there, and keep that port for its next restart."""
+        port_file = self.data_dir.run_dir / "coordinator.port"
+        port = _wait_for_file(port_file, coordinator, START_TIMEOUT_S)
+        self.hosts = f"127.0.0.1:{port}"
+        coordinator.argv[coordinator.argv.index("--port") + 1] = port
+
+    def _forget_dead_registrations(self, zk: KazooClient) -> None:
+        """Remove broker registrations and the controller node left by the brokers of a
+        daemon that died: none of them runs (this daemon holds the data dir's lock), but
+        their coordinator sessions may not have expired yet, and the controller election
+        would wait for them."""
+        for child in md.broker_children(zk):
+            with contextlib.suppress(NoNodeError):
+                zk.delete(f"{md.BROKER_IDS}/{child}")
+        with contextlib.suppress(NoNodeError):
+            zk.delete(md.CONTROLLER)
+
+    def _wait_until_ready(self, zk: KazooClient) -> None:
+        """Until the brokers this daemon started are registered (their own pids), one of
+        them is the controller, and every partition led by one of them has its ring open
+        to producers at the partition's leader epoch."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        brokers = {
+            int(c.name.removeprefix("broker-")): c
+            for c in self.children
+            if c.name.startswith("broker-")
+        }
+        waiting_for = "the brokers to register"
+        while True:
+            for child in self.children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise DaemonNotRunningError(
+                        f"{child.name} exited with code {child.proc.returncode} during "
+                        f"start-up: see {child.log_path}"
+                    )
+            pending = self._not_ready(zk, brokers)
+            if not pending:
+                return
+            waiting_for = pending
+            if time.monotonic() > deadline:
+                raise EngineTimeoutError(
+                    f"the daemon was not ready within {START_TIMEOUT_S:.0f} s, waiting for "
+                    f"{waiting_for}: see {self.data_dir.log_dir}"
+                )
+            time.sleep(0.02)
+
+    def _not_ready(self, zk: KazooClient, brokers: dict[int, Child]) -> str:
+        """What start-up still waits for ("" when nothing)."""
+        registered = md.live_brokers_with_sessions(zk)
+        mine = {
+            b for b, (info, _) in registered.items()
+            if b in brokers and brokers[b].proc is not None
+            and int(info.get("pid", 0)) == brokers[b].proc.pid  # type: ignore[union-attr]
+        }  # fmt: skip
+        if mine != set(brokers):
+            return f"brokers {sorted(set(brokers) - mine)} to register"
+        try:
+            _, stat = zk.get(md.CONTROLLER)
+        except NoNodeError:
+            return "a controller to be elected"
+        if stat.ephemeralOwner not in {session for _, session in registered.values()}:
+            return "a controller to be elected"
+        unready: list[str] = []
+        for topic in md.list_topics(zk):
+            try:
+                meta = md.read_topic(zk, topic)
+            except UnknownTopicError:
+                continue
+            for p in meta.assignment.replicas:
+                state = meta.states.get(p)
+                if state is None or state.leader < 0:
+                    continue  # not created yet (the controller will), or offline
+                ring_name = self.data_dir.ring_name(meta.assignment.topic_id, p, state.leader)
+                if state.leader not in brokers or not _ring_ready(ring_name, state.leader_epoch):
+                    unready.append(f"{topic}-{p}")
+        if unready:
+            more = f" and {len(unready) - 5} more" if len(unready) > 5 else ""
+            return f"the leaders of {', '.join(unready[:5])}{more}"
+        return ""
 
     def _write_runtime(self, ready: bool) -> None:
         info: dict[str, Any] = {
@@ -274,7 +342,14 @@ class Daemon:
                     child.restarts + 1,
                 )
                 child.restarts += 1
+                if child.name == "coordinator":
+                    (self.data_dir.run_dir / "coordinator.port").unlink(missing_ok=True)
                 child.start(self.data_dir.run_dir)
+                if child.name == "coordinator":
+                    try:
+                        self._coordinator_started(child)
+                    except EngineError as exc:  # it died again: the next pass restarts it
+                        log.warning("the coordinator did not come back: %s", exc)
                 changed = True
             if changed:
                 self._write_runtime(ready=True)
@@ -291,6 +366,27 @@ class Daemon:
             (self.data_dir.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
             if child.log_file is not None:
                 child.log_file.close()
+
+
+def _read_port(path: Path) -> int | None:
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def _ring_ready(name: str, leader_epoch: int) -> bool:
+    """Whether the ring ``name`` is open to producers at ``leader_epoch``."""
+    try:
+        ring = Ring.open(name, populate=False)
+    except (FileNotFoundError, EngineError):
+        return False
+    try:
+        status = ring.status()
+        return not status.sealed and status.leader_epoch == leader_epoch
+    finally:
+        ring.close()
 
 
 def _wait_for_file(path: Path, child: Child, timeout_s: float) -> str:
@@ -401,6 +497,52 @@ def stop(data_dir: DataDir, timeout_s: float = 60.0) -> bool:
         time.sleep(0.02)
     _STARTED.pop(pid, None)  # reaped by poll()
     return True
+
+
+def clean_up_after_crash(data_dir: DataDir) -> stale_rings.Cleanup:
+    """What `engine stop` does when the daemon is not running: stop the processes it left
+    (a broker or coordinator whose daemon was killed), drain the rings it left into their
+    logs and remove them (engine.stale_rings), remove its runtime file."""
+    if not data_dir.root.is_dir():
+        return stale_rings.Cleanup()
+    probe = Daemon(data_dir, 0, None)
+    try:
+        probe.acquire_lock()  # no daemon may start meanwhile
+    except DaemonAlreadyRunningError:
+        return stale_rings.Cleanup()  # one is starting: it cleans up itself
+    try:
+        orphans = [pid for pid in _pids_left(data_dir) if pid_alive(pid)]
+        for pid in orphans:
+            log.warning("stopping pid %d, left by a daemon that died", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for pid in orphans:
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        cleaned = stale_rings.drain_and_remove(data_dir)
+        data_dir.runtime_file.unlink(missing_ok=True)
+        return cleaned
+    finally:
+        os.close(probe._lock_fd)
+
+
+def _pids_left(data_dir: DataDir) -> list[int]:
+    """Pids in the data dir's pid files whose command line is an engine process of it."""
+    out = []
+    for pid_file in sorted(data_dir.run_dir.glob("*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and any(str(data_dir.root).encode() in arg for arg in argv):
+            out.append(pid)
+    return out
 
 
 def _tail(path: Path, lines: int = 20) -> str:

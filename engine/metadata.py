@@ -20,12 +20,14 @@ import contextlib
 import copy
 import json
 import logging
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.handlers.threading import (
     _STOP,
@@ -36,7 +38,13 @@ from kazoo.handlers.threading import (
 
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
-from engine.errors import ConfigError, DaemonNotRunningError, TopicExistsError, UnknownTopicError
+from engine.errors import (
+    ConfigError,
+    DaemonNotRunningError,
+    EngineTimeoutError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 
 BROKER_IDS = "/brokers/ids"
 BROKER_TOPICS = "/brokers/topics"
@@ -236,16 +244,74 @@ def write_cluster_config(client: KazooClient, config: dict[str, Any]) -> None:
         client.create(CLUSTER_CONFIG, payload, makepath=True)
 
 
+#: How long a coordinator request of a client's own thread may take when no call of
+#: the client bounded it more tightly (Kafka's request.timeout.ms). kazoo queues the
+#: requests made while it reconnects and answers them once it is back, so without a
+#: bound a lookup made while the daemon is down waits for as long as the daemon is.
+REQUEST_TIMEOUT_S = 30.0
+
+
+class CoordinatorTimeoutError(EngineTimeoutError, KazooTimeoutError):  # type: ignore[misc]
+    """A coordinator request was not answered in time (the daemon is down or restarting).
+    Also a KazooTimeoutError, so that code retrying kazoo's timeouts retries it."""
+
+
+class _Deadline(threading.local):
+    """The bound a thread's calls set on its coordinator requests (see :func:`deadline`)."""
+
+    at: float | None = None
+    what: str = ""
+
+
+_deadline = _Deadline()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """Inside the block, every coordinator request of this thread returns or raises
+    CoordinatorTimeoutError (naming ``what``) within ``seconds`` of entering it; an
+    enclosing block's earlier deadline stays in force."""
+    outer = (_deadline.at, _deadline.what)
+    at = time.monotonic() + max(seconds, 0.0)
+    if outer[0] is None or at < outer[0]:
+        _deadline.at, _deadline.what = at, what
+    try:
+        yield
+    finally:
+        _deadline.at, _deadline.what = outer
+
+
 class _AsyncResult(AsyncResult):  # type: ignore[misc]
-    """kazoo's AsyncResult without its reference cycle: it keeps the exception it raised,
-    whose traceback holds every frame the exception went through, and each frame its
-    caller's. A NoNodeError caught in a client kept the locals of every frame up the
-    stack (a client's freshly mapped rings among them) until the cyclic garbage
-    collector ran. This one keeps a copy without the traceback."""
+    """kazoo's AsyncResult, bounded and without its reference cycle.
+
+    Bounded: a blocking ``get()`` of a client's thread waits at most until the thread's
+    :func:`deadline`, or REQUEST_TIMEOUT_S, then raises CoordinatorTimeoutError. kazoo's
+    own worker threads (watch callbacks) keep its unbounded wait.
+
+    Without the cycle: kazoo keeps the exception it raised, whose traceback holds every
+    frame the exception went through, and each frame its caller's. A NoNodeError caught
+    in a client kept the locals of every frame up the stack (a client's freshly mapped
+    rings among them) until the cyclic garbage collector ran. This one keeps a copy
+    without the traceback."""
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        bound, what = _deadline.at, _deadline.what
+        if bound is None and block and timeout is None:
+            handler: Any = self._handler  # kazoo is untyped
+            if threading.current_thread() not in handler._workers:
+                bound, what = time.monotonic() + REQUEST_TIMEOUT_S, "a coordinator request"
+        if bound is not None and block:
+            left = max(bound - time.monotonic(), 0.0)
+            timeout = left if timeout is None else min(timeout, left)
         try:
             return super().get(block, timeout)
+        except KazooTimeoutError:
+            if bound is None or time.monotonic() < bound:
+                raise  # the caller's own timeout
+            raise CoordinatorTimeoutError(
+                f"the engine's coordinator did not answer in time (the daemon is down or "
+                f"restarting): during={what}"
+            ) from None
         except Exception as exc:
             stored: Any = self  # kazoo is untyped
             with stored._condition, contextlib.suppress(Exception):
@@ -296,7 +362,10 @@ def connect(
     session_timeout_s: float = SESSION_TIMEOUT_S,
     max_retry_delay_s: float = 1.0,
 ) -> KazooClient:
-    """A started kazoo client for the daemon of ``data_dir``."""
+    """A started kazoo client for the daemon of ``data_dir``. Without explicit ``hosts``
+    it follows the daemon: while disconnected it looks up the coordinator's address in
+    the data dir again (a daemon started anew may listen elsewhere)."""
+    follow = hosts is None
     hosts = hosts or data_dir.coordinator_hosts()
     client = KazooClient(
         hosts=hosts,
@@ -314,7 +383,53 @@ def connect(
             f"cannot reach the engine's coordinator at {hosts} for data_dir={data_dir.root}: "
             f"start it with `{data_dir.start_command()}`"
         ) from None
+    if follow:
+        client.add_listener(_DaemonFollower(client, data_dir, hosts))
     return client
+
+
+#: While a client is disconnected, how often it looks up the coordinator's address.
+FOLLOW_EVERY_S = 0.5
+
+
+class _DaemonFollower:
+    """A kazoo state listener: while its client is disconnected, a thread reads the
+    daemon's runtime file every FOLLOW_EVERY_S and points the client at the address it
+    names (kazoo's next connection attempt uses it). One thread at a time; it ends once
+    the client is connected again or stopped."""
+
+    def __init__(self, client: KazooClient, data_dir: DataDir, hosts: str) -> None:
+        self._client = client
+        self._data_dir = data_dir
+        self._hosts = hosts
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, state: str) -> None:
+        if state == KazooState.CONNECTED:
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="engine-follow-daemon", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        client: Any = self._client  # kazoo is untyped
+        while not client.connected and not client._stopped.is_set():
+            try:
+                hosts = self._data_dir.coordinator_hosts()
+            except DaemonNotRunningError:
+                hosts = self._hosts
+            if hosts != self._hosts:
+                logging.getLogger("engine.kazoo").info(
+                    "the coordinator moved: %s -> %s", self._hosts, hosts
+                )
+                self._hosts = hosts
+                client.set_hosts(hosts)
+            client._stopped.wait(FOLLOW_EVERY_S)
 
 
 def read_topic(client: KazooClient, topic: str) -> TopicMetadata:
@@ -351,6 +466,23 @@ def list_topics(client: KazooClient) -> list[str]:
 def topics_being_deleted(client: KazooClient) -> set[str]:
     """The topics with a deletion request the controller has not finished."""
     return set(_children(client, DELETE_TOPICS))
+
+
+def broker_children(client: KazooClient) -> list[str]:
+    """The names under /brokers/ids (registered broker ids, as strings)."""
+    return _children(client, BROKER_IDS)
+
+
+def live_brokers_with_sessions(client: KazooClient) -> dict[int, tuple[dict[str, Any], int]]:
+    """Each registered broker's registration and the coordinator session that holds it."""
+    out: dict[int, tuple[dict[str, Any], int]] = {}
+    for child in _children(client, BROKER_IDS):
+        try:
+            data, stat = client.get(broker_path(int(child)))
+        except (NoNodeError, ValueError):
+            continue
+        out[int(child)] = (decode(data), int(stat.ephemeralOwner))
+    return out
 
 
 def live_brokers(client: KazooClient) -> dict[int, dict[str, Any]]:

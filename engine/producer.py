@@ -260,7 +260,7 @@ class Producer:
         self.batch_size = batch_size
         self.buffer_memory = buffer_memory
         self.client_id = client_id or f"producer-{os.getpid()}"
-        self._cluster = ClusterView(data_dir)
+        self._cluster = ClusterView(data_dir, lookup_timeout_s=max_block_ms / 1000)
         self._fields = producer_fields(timeout_ms=max_block_ms)
         self._block_ns = max_block_ms * 1_000_000
         self._routes: dict[str, _Route] = {}
@@ -482,9 +482,9 @@ class Producer:
         while True:
             if code == SEALED:
                 if time.monotonic() > deadline:
-                    raise NotLeaderError(
-                        f"no leader accepted the record within delivery_timeout_ms: "
-                        f"topic={topic!r} partition={partition}"
+                    raise EngineTimeoutError(
+                        f"no leader accepted the record within delivery_timeout_ms="
+                        f"{self.delivery_timeout_ms}: topic={topic!r} partition={partition}"
                     )
                 try:
                     self._cluster.refresh(topic, wait_s=max(0.0, deadline - time.monotonic()))

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, help="transaction log and snapshots")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
+    parser.add_argument("--port-fallback", action="store_true",
+                        help="if --port is taken, listen on a free one instead of failing")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     parser.add_argument("--tick-ms", type=int, default=200,
                         help="tick; session timeouts are clamped to [2, 20] ticks")
@@ -51,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(serve(args.data_dir, args.host, args.port, args.port_file,
-                                 args.tick_ms, args.snapshot_every))
+                                 args.tick_ms, args.snapshot_every,
+                                 port_fallback=args.port_fallback))
     except DaemonAlreadyRunningError as exc:
         logging.getLogger("engine.coordinator").error("%s", exc)
         return 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -821,7 +822,10 @@ class Server:
 
     @classmethod
     async def start(cls, data_dir: str, host: str = "127.0.0.1", port: int = 0,
-                    tick_ms: int = 200, snapshot_every: int = 10000) -> Server:
+                    tick_ms: int = 200, snapshot_every: int = 10000,
+                    port_fallback: bool = False) -> Server:
+        """Listen on ``host:port``; with ``port_fallback``, on a free port when ``port`` is
+        taken (the daemon keeps its coordinator's port across restarts where it can)."""
         holder: list[Server] = []
 
         def fatal(exc: BaseException) -> None:
@@ -830,8 +834,15 @@ class Server:
 
         coordinator = Coordinator(data_dir, tick_ms, snapshot_every, on_fatal=fatal)
         loop = asyncio.get_running_loop()
-        tcp = await loop.create_server(lambda: Connection(coordinator), host, port,
-                                       reuse_address=True, backlog=1024)
+        try:
+            tcp = await loop.create_server(lambda: Connection(coordinator), host, port,
+                                           reuse_address=True, backlog=1024)
+        except OSError as exc:
+            if not (port_fallback and port and exc.errno == errno.EADDRINUSE):
+                raise
+            log.warning("port %d is taken: listening on a free one", port)
+            tcp = await loop.create_server(lambda: Connection(coordinator), host, 0,
+                                           reuse_address=True, backlog=1024)
         actual = tcp.sockets[0].getsockname()[1]
         server = cls(coordinator, tcp, actual)
         holder.append(server)
@@ -868,14 +879,15 @@ def write_port_file(path: str, port: int) -> None:
 
 async def serve(data_dir: str, host: str = "127.0.0.1", port: int = 0,
                 port_file: str | None = None, tick_ms: int = 200,
-                snapshot_every: int = 10000, stop: asyncio.Event | None = None) -> int:
+                snapshot_every: int = 10000, stop: asyncio.Event | None = None,
+                port_fallback: bool = False) -> int:
     """Run a coordinator until ``stop`` is set or SIGTERM/SIGINT; return an exit code."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    server = await Server.start(data_dir, host, port, tick_ms, snapshot_every)
+    server = await Server.start(data_dir, host, port, tick_ms, snapshot_every, port_fallback)
     if port_file:
         write_port_file(port_file, server.port)
     stopper: asyncio.Future[Any] = loop.create_task(stop.wait())

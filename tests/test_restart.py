@@ -1,0 +1,121 @@
+"""Clients and the daemon across `engine stop` / `engine start` and crashes of the whole daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from engine_harness import Daemon, wait_for
+
+from engine import Admin, Consumer, EngineTimeoutError, Producer, TopicPartition
+from engine import metadata as md
+from engine.cluster import ClusterView
+from engine.datadir import DataDir, pid_alive
+
+#: How much longer than its timeout a blocking call may take on this loaded 2-core machine.
+SLACK_S = 3.0
+
+
+def rings_of(data_dir: Path) -> list[str]:
+    prefix = DataDir.resolve(data_dir).ring_prefix()
+    return sorted(name for name in os.listdir("/dev/shm") if name.startswith(prefix))
+
+
+def kill_the_whole_daemon(daemon: Daemon) -> list[int]:
+    """SIGKILL the daemon and every process it started (its process group)."""
+    info = daemon.runtime()
+    pids = [int(info["pid"]), *(int(p) for p in info["processes"].values())]
+    os.killpg(int(info["pid"]), signal.SIGKILL)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=10, what="the kill")
+    return pids
+
+
+def drain(consumer: Consumer, expect: int, timeout: float = 30) -> list[bytes]:
+    out: list[bytes] = []
+    wait_for(lambda: out.extend(r.value for r in consumer.poll(timeout=0.2)) or len(out) >= expect,
+             timeout=timeout, what=f"{expect} records")
+    return out
+
+
+def test_open_clients_keep_their_timeouts_while_the_daemon_is_down_then_follow_it_back(
+    daemon: Daemon,
+) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("follow", partitions=1)
+    tp = TopicPartition("follow", 0)
+    with (
+        Producer(daemon.data_dir, acks=1, max_block_ms=2000, delivery_timeout_ms=5000) as p,
+        Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c,
+    ):
+        c.assign([tp])
+        p.send("follow", b"before").get(timeout=5)
+        assert drain(c, 1) == [b"before"]
+        daemon.stop()
+
+        t0 = time.monotonic()  # its leader's ring is sealed: it waits for another one
+        with pytest.raises(EngineTimeoutError):
+            p.send("follow", b"while down").get(timeout=10)
+        assert time.monotonic() - t0 < 5.0 + SLACK_S  # delivery_timeout_ms
+        t0 = time.monotonic()
+        assert c.poll(timeout=2) == []
+        assert time.monotonic() - t0 < 2.0 + SLACK_S
+
+        daemon.start()
+
+        def sent() -> bool:
+            try:
+                p.send("follow", b"after").get(timeout=5)
+            except EngineTimeoutError:
+                return False
+            return True
+
+        wait_for(sent, timeout=30, what="a send to the restarted daemon")
+        assert drain(c, 1) == [b"after"]
+        assert c.position(tp) == 2
+
+
+def test_start_after_a_crash_of_the_whole_daemon_waits_for_its_new_brokers(
+    daemon: Daemon,
+) -> None:
+    """The restored coordinator sessions keep the dead brokers' registrations for a while:
+    start must wait for the brokers it started, not take those for them."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("crash", partitions=4)
+    with Producer(daemon.data_dir, acks=1) as p:
+        for i in range(2000):
+            p.send("crash", b"%d" % i, partition=i % 4)
+    old = kill_the_whole_daemon(daemon)
+    daemon.start()
+    info = daemon.runtime()
+    new = {int(pid) for name, pid in info["processes"].items() if name.startswith("broker-")}
+    assert not new & set(old)
+    with ClusterView(daemon.data_dir) as view:
+        registered = {int(b["pid"]) for b in md.live_brokers(view.zk).values()}
+    assert registered == new
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("crash", p) for p in range(4)])
+        got = drain(c, 2000)
+    assert sorted(int(v) for v in got) == list(range(2000))
+
+
+def test_stop_of_a_crashed_daemon_drains_its_rings_into_the_logs_and_removes_them(
+    daemon: Daemon,
+) -> None:
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("leftover", partitions=3)
+    with Producer(daemon.data_dir, acks=1) as p:
+        for i in range(3000):
+            p.send("leftover", b"%d" % i, partition=i % 3)
+    kill_the_whole_daemon(daemon)
+    assert rings_of(daemon.data_dir)
+    out = daemon.cli("stop")
+    assert b"not running" in out.stdout and b"3 rings" in out.stdout, out.stdout
+    assert rings_of(daemon.data_dir) == []
+    daemon.start()
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("leftover", p) for p in range(3)])
+        got = drain(c, 3000)
+    assert sorted(int(v) for v in got) == list(range(3000))
