@@ -40,7 +40,7 @@ from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.errors import EngineError, TransactionError
+from engine.errors import EngineError, RingPermissionError, TransactionError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
 from engine.ring import Ring, unlink
 
@@ -413,7 +413,10 @@ class Broker:
         for name in names:
             if name.startswith(prefix) and name.endswith(f"-{self.broker_id}") and name not in mine:
                 log.info("removing stale ring /%s", name)
-                unlink("/" + name)
+                try:
+                    unlink("/" + name)
+                except RingPermissionError as exc:  # another user's, and we are not root
+                    log.warning("cannot remove a stale ring: %s", exc)
 
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)

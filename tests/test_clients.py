@@ -435,6 +435,7 @@ def test_public_names_are_exported() -> None:
             "RecordMetadata",
             "RecordTooLargeError",
             "RecordTypeError",
+            "RingPermissionError",
             "TopicDescription",
             "TopicExistsError",
             "TopicPartition",
