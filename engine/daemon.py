@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine import metadata as md
+from engine import shm
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
 from engine.errors import DaemonAlreadyRunningError, DaemonNotRunningError, EngineTimeoutError
 
@@ -200,7 +201,22 @@ class Daemon:
     def _wait_for_brokers(self) -> None:
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
         try:
-            md.write_cluster_config(zk, self.cluster_config)
+            config = dict(self.cluster_config)
+            config.setdefault(shm.BUDGET_KEY, shm.default_budget())
+            md.write_cluster_config(zk, config)
+            budget, used = int(config[shm.BUDGET_KEY]), md.shm_used(zk)
+            log.info(
+                "shared-memory budget %s; the rings of the topics take %s",
+                shm.format_size(budget),
+                shm.format_size(used),
+            )
+            if used > budget:
+                log.warning(
+                    "the topics' rings take more than the shared-memory budget (%s > %s): "
+                    "no topic can be created until some are deleted",
+                    shm.format_size(used),
+                    shm.format_size(budget),
+                )
             deadline = time.monotonic() + START_TIMEOUT_S
             want = set(range(1, self.broker_count + 1))
             while True:
@@ -340,6 +356,8 @@ def start_background(
         argv += ["--auto-create-topics"]
     if "num.partitions" in config:
         argv += ["--num-partitions", str(config["num.partitions"])]
+    if shm.BUDGET_KEY in config:
+        argv += ["--shm-budget", str(config[shm.BUDGET_KEY])]
     fd = os.open(data_dir.log_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         proc = subprocess.Popen(
