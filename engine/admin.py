@@ -2,7 +2,8 @@
 
 Topic requests are znode writes in the coordinator's tree (see engine.metadata);
 the controller turns them into partition state and the leaders create their
-rings. ``create_topic`` and ``delete_topic`` return once the change took effect.
+rings. ``create_topic`` and ``delete_topic`` return once the change took effect; a
+topic whose creation fails half-way is deleted again.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from engine import metadata as md
 from engine.cluster import ClusterView
 from engine.config import validate_topic_name
 from engine.errors import (
+    EngineError,
     EngineTimeoutError,
     UnknownTopicError,
 )
 from engine.log import LogReader
 from engine.ring import seal_ring
+
+#: How long a failed create_topic waits for the controller to delete what it wrote.
+ABANDON_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,38 @@ class Admin:
         config: dict[str, Any] | None = None,
         timeout: float = 30.0,
     ) -> TopicDescription:
-        """Create a topic and wait until every partition's leader is ready."""
-        md.create_topic(self._cluster.zk, name, partitions, replication, config)
+        """Create a topic and wait until every partition's leader is ready.
+
+        The topic is made whole or not at all: a config, a partition count or a budget
+        that would be refused raises before anything is written, and when a partition
+        has no ready leader within ``timeout`` (a broker cannot start its replica), the
+        topic is deleted again before the error is raised."""
+        assignment = md.create_topic(self._cluster.zk, name, partitions, replication, config)
         self._cluster.forget(name)
-        self._cluster.refresh(name, wait_s=timeout)  # waits for leaders and rings
+        try:
+            self._cluster.refresh(name, wait_s=timeout)  # waits for leaders and rings
+        except EngineError as exc:
+            undone = (
+                "it was deleted again"
+                if self._abandon(name, assignment.topic_id)
+                else "its deletion is left to the controller"
+            )
+            raise type(exc)(f"topic {name!r} was not created ({undone}): {exc}") from None
         return self.describe_topic(name)
+
+    def _abandon(self, name: str, topic_id: str) -> bool:
+        """Delete the topic a failed create_topic made (if it is still that one), through
+        the controller as delete_topic does; False when the controller did not finish
+        within ABANDON_WAIT_S (the request stays: list_topics no longer shows it)."""
+        zk = self._cluster.zk
+        try:
+            data, _ = zk.get(md.topic_path(name))
+        except NoNodeError:
+            return True
+        if md.TopicAssignment.from_json(name, md.decode(data)).topic_id != topic_id:
+            return True
+        self._request_deletion(name)
+        return self._wait_deleted(name, ABANDON_WAIT_S)
 
     def delete_topic(self, name: str, timeout: float = 30.0) -> None:
         """Delete a topic and its data; returns once its znodes are gone."""
@@ -81,21 +113,32 @@ class Admin:
         except NoNodeError:
             raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
         assignment = md.TopicAssignment.from_json(name, md.decode(data))
-        zk.ensure_path(md.DELETE_TOPICS)
-        with contextlib.suppress(NodeExistsError):
-            zk.create(f"{md.DELETE_TOPICS}/{name}", b"")
-        self._cluster.forget(name)
-        deadline = time.monotonic() + timeout
-        while zk.exists(md.topic_path(name)) or zk.exists(f"{md.DELETE_TOPICS}/{name}"):
-            if time.monotonic() > deadline:
-                raise EngineTimeoutError(f"topic {name!r} was not deleted within {timeout:.0f} s")
-            time.sleep(0.01)
+        self._request_deletion(name)
+        if not self._wait_deleted(name, timeout):
+            raise EngineTimeoutError(f"topic {name!r} was not deleted within {timeout:.0f} s")
         # The controller sealed the rings before it removed the topic; a ring made since
         # (a leader that started just then) is sealed here, so that once this returns no
         # producer can append to the topic.
         for partition, replicas in assignment.replicas.items():
             for broker in replicas:
                 seal_ring(self._cluster.data_dir.ring_name(assignment.topic_id, partition, broker))
+
+    def _request_deletion(self, name: str) -> None:
+        zk = self._cluster.zk
+        zk.ensure_path(md.DELETE_TOPICS)
+        with contextlib.suppress(NodeExistsError):
+            zk.create(f"{md.DELETE_TOPICS}/{name}", b"")
+        self._cluster.forget(name)
+
+    def _wait_deleted(self, name: str, timeout: float) -> bool:
+        """Whether the controller removed the topic's nodes and its request in time."""
+        zk = self._cluster.zk
+        deadline = time.monotonic() + timeout
+        while zk.exists(md.topic_path(name)) or zk.exists(f"{md.DELETE_TOPICS}/{name}"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def list_topics(self) -> list[str]:
         return md.list_topics(self._cluster.zk)

@@ -41,7 +41,7 @@ from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.errors import TransactionError
+from engine.errors import EngineError, RingPermissionError, TransactionError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
 from engine.ring import seal_ring, unlink
 
@@ -50,10 +50,23 @@ log = logging.getLogger("engine.broker")
 # Watches trigger every pass; this periodic pass is only a safety net.
 RECONCILE_EVERY_S = 30.0
 REPLICA_RESTART_BACKOFF_S = 1.0
+#: A replica that failed to start is tried again after REPLICA_RESTART_BACKOFF_S, then
+#: after twice as long each time, up to this: one log line per new reason, not one per
+#: pass (passes run on every watch event).
+MAX_START_BACKOFF_S = 30.0
 #: How often the main loop looks for a stop asked by a signal (see Broker.on_signal).
 STOP_CHECK_S = 0.1
 
 ReplicaKey = tuple[str, int, str]  # topic, partition, topic id
+
+
+@dataclasses.dataclass(frozen=True)
+class StartFailure:
+    """Why a replica could not start, how often it failed, when to try it again."""
+
+    reason: str
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 class Broker:
@@ -66,6 +79,7 @@ class Broker:
         self.broker_id = broker_id
         self.hosts = hosts
         self.replicas: dict[ReplicaKey, Replica] = {}
+        self.start_failures: dict[ReplicaKey, StartFailure] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._session_lost = threading.Event()
@@ -226,13 +240,40 @@ class Broker:
             )
             self.replicas.pop(key).stop(delete=topic_gone)
         self._remove_deleted_data(set(names), existing)
+        for key in set(self.start_failures) - set(wanted):
+            del self.start_failures[key]
+        now = time.monotonic()
         for key, (meta, state) in wanted.items():
-            if key not in self.replicas:
-                try:
-                    self.replicas[key] = self._start_replica(key, meta, state)
-                except Exception:  # one replica must not hold up the others
-                    log.exception("starting %s-%d failed; retrying", key[0], key[1])
-                    self._retry_soon()
+            failure = self.start_failures.get(key)
+            if key in self.replicas or (failure is not None and now < failure.retry_at):
+                continue
+            try:
+                self.replicas[key] = self._start_replica(key, meta, state)
+            except Exception as exc:  # noqa: BLE001 - one replica must not hold up the others
+                self._start_failed(key, exc)
+                continue
+            if failure is not None:
+                del self.start_failures[key]
+                log.info("started %s-%d after %d failed attempts", *key[:2], failure.attempts)
+
+    def _start_failed(self, key: ReplicaKey, exc: Exception) -> None:
+        """Note a replica that did not start and when to try it again. A reason is
+        logged once, on one line (an unexpected kind of error with its traceback)."""
+        previous = self.start_failures.get(key)
+        attempts = previous.attempts + 1 if previous is not None else 1
+        delay = min(MAX_START_BACKOFF_S, REPLICA_RESTART_BACKOFF_S * 2 ** (attempts - 1))
+        reason = f"{type(exc).__name__}: {exc}"
+        if previous is None or previous.reason != reason:
+            if isinstance(exc, (EngineError, OSError)):
+                log.error(
+                    "cannot start the replica of %s-%d: %s (trying again after %.0f s, then "
+                    "less often, up to every %.0f s)",
+                    key[0], key[1], reason, delay, MAX_START_BACKOFF_S,
+                )  # fmt: skip
+            else:
+                log.exception("cannot start the replica of %s-%d", key[0], key[1])
+        self.start_failures[key] = StartFailure(reason, attempts, time.monotonic() + delay)
+        self._retry_soon(delay)
 
     def _remove_deleted_data(self, names: set[str], existing: set[tuple[str, str]]) -> None:
         """Remove the partition directories of topics deleted from the tree.
@@ -267,8 +308,8 @@ class Broker:
             log.info("removing %s: its topic was deleted", entry.path)
             shutil.rmtree(entry.path, ignore_errors=True)
 
-    def _retry_soon(self) -> None:
-        timer = threading.Timer(REPLICA_RESTART_BACKOFF_S, self.poke)
+    def _retry_soon(self, delay_s: float = REPLICA_RESTART_BACKOFF_S) -> None:
+        timer = threading.Timer(delay_s, self.poke)
         timer.daemon = True
         timer.start()
 
@@ -285,7 +326,7 @@ class Broker:
         topic, partition, topic_id = key
         directory = self.data_dir.partition_dir(self.broker_id, topic, partition)
         _claim_directory(directory, topic_id)
-        config = validate_topic_config(meta.config)
+        config = validate_topic_config(meta.config, existing=True)
         ring_name = self.data_dir.ring_name(topic_id, partition, self.broker_id)
         epoch = state.leader_epoch
         replica: Replica
@@ -374,7 +415,10 @@ class Broker:
         for name in names:
             if name.startswith(prefix) and name.endswith(f"-{self.broker_id}") and name not in mine:
                 log.info("removing stale ring /%s", name)
-                unlink("/" + name)
+                try:
+                    unlink("/" + name)
+                except RingPermissionError as exc:  # another user's, and we are not root
+                    log.warning("cannot remove a stale ring: %s", exc)
 
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)

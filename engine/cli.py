@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--num-partitions", type=int, default=1, help="partitions of auto-created topics"
     )
+    p.add_argument(
+        "--shm-budget",
+        default=None,
+        metavar="SIZE",
+        help="shared memory all partition rings may take together (512M, 4G, bytes; "
+        "default: half of /dev/shm, at most a quarter of the memory)",
+    )
 
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
@@ -233,10 +240,14 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.num_partitions < 1:
         print("engine: --num-partitions must be at least 1", file=sys.stderr)
         return 2
-    cluster = {
+    cluster: dict[str, Any] = {
         "auto.create.topics.enable": args.auto_create_topics,
         "num.partitions": args.num_partitions,
     }
+    if args.shm_budget is not None:
+        from engine import shm
+
+        cluster[shm.BUDGET_KEY] = shm.check_budget(shm.parse_size(args.shm_budget))
     if args.foreground:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
@@ -303,11 +314,14 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
             "processes": info.get("processes", {}),
             "controller": md.controller_id(zk),
             "brokers": {str(k): v for k, v in sorted(md.live_brokers(zk).items())},
+            "shm": {"budget_bytes": md.shm_budget(zk), "used_bytes": md.shm_used(zk)},
             "topics": topics,
         }
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from engine.shm import format_size
+
     report = status_report(args.data_dir)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -316,6 +330,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"daemon       pid {report['daemon_pid']}")
     print(f"coordinator  {report['coordinator']}")
     print(f"controller   broker {report['controller']}")
+    budget, used = report["shm"]["budget_bytes"], report["shm"]["used_bytes"]
+    print(f"shared mem   {format_size(used)} of a {format_size(budget)} budget (partition rings)")
     for bid, b in report["brokers"].items():
         print(f"broker {bid}     pid {b.get('pid')}")
     for t in report["topics"]:

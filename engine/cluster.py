@@ -20,7 +20,13 @@ from kazoo.client import KazooClient
 from engine import metadata as md
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
-from engine.errors import ClosedError, EngineTimeoutError, TopicExistsError, UnknownTopicError
+from engine.errors import (
+    ClosedError,
+    EngineTimeoutError,
+    RingPermissionError,
+    TopicExistsError,
+    UnknownTopicError,
+)
 from engine.ring import Ring
 
 
@@ -111,6 +117,7 @@ class ClusterView:
                 raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
             rings: dict[int, Ring] = {}
             missing: list[int] = []
+            refused: dict[int, RingPermissionError] = {}
             for p in range(meta.partition_count):
                 state = meta.states.get(p)
                 if state is None:
@@ -131,6 +138,12 @@ class ClusterView:
                 except FileNotFoundError:
                     missing.append(p)
                     continue
+                except RingPermissionError as exc:
+                    # Never mapped. Its broker replaces such a ring as it starts leading
+                    # (when it may): until then it counts as not there yet.
+                    refused[p] = exc
+                    missing.append(p)
+                    continue
                 if rings[p].sealed:
                     rings.pop(p).close()
                     missing.append(p)
@@ -141,13 +154,15 @@ class ClusterView:
                 if old is None or all(ring is not r for r in old.rings.values()):
                     ring.close()  # opened in this attempt only: nobody else holds it
             if time.monotonic() > deadline:
+                for p, refusal in refused.items():
+                    raise RingPermissionError(f"partition {p} of topic {name!r}: {refusal}")
                 raise EngineTimeoutError(
                     f"partitions {missing} of topic {name!r} have no ready leader after "
                     f"{wait_s:.0f} s"
                 )
             time.sleep(0.01)
         self.topics.pop(name, None)  # rings it does not share with the new view go with it
-        view = TopicView(meta, validate_topic_config(meta.config), rings)
+        view = TopicView(meta, validate_topic_config(meta.config, existing=True), rings)
         self.topics[name] = view
         return view
 

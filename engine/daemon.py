@@ -32,7 +32,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from engine import metadata as md
-from engine import stale_rings
+from engine import shm, stale_rings
 from engine.datadir import (
     DataDir,
     data_dir_errors,
@@ -194,7 +194,22 @@ class Daemon:
         self._write_runtime(ready=False)
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
         try:
-            md.write_cluster_config(zk, self.cluster_config)
+            config = dict(self.cluster_config)
+            config.setdefault(shm.BUDGET_KEY, shm.default_budget())
+            md.write_cluster_config(zk, config)
+            budget, used = int(config[shm.BUDGET_KEY]), md.shm_used(zk)
+            log.info(
+                "shared-memory budget %s; the rings of the topics take %s",
+                shm.format_size(budget),
+                shm.format_size(used),
+            )
+            if used > budget:
+                log.warning(
+                    "the topics' rings take more than the shared-memory budget (%s > %s): "
+                    "no topic can be created until some are deleted",
+                    shm.format_size(used),
+                    shm.format_size(budget),
+                )
             self._forget_dead_registrations(zk)
             wanted = set(range(1, self.broker_count + 1))
             cleaned = stale_rings.drain_and_remove(self.data_dir, keep_brokers=wanted)
@@ -447,6 +462,8 @@ def start_background(
         argv += ["--auto-create-topics"]
     if "num.partitions" in config:
         argv += ["--num-partitions", str(config["num.partitions"])]
+    if shm.BUDGET_KEY in config:
+        argv += ["--shm-budget", str(config[shm.BUDGET_KEY])]
     try:
         proc = subprocess.Popen(
             argv,

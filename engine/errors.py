@@ -30,6 +30,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── GroupNotEmptyError                   an admin change that needs a group without members
     ├── UnknownGroupError                    the consumer group does not exist
     ├── ClosedError                          the object was used after close()
+    ├── RingPermissionError (PermissionError) a ring owned by another user or open to others
     └── NativeError                          the C hot path reported an unexpected code
 """
 
@@ -144,6 +145,12 @@ class UnknownGroupError(EngineError):
 
 class ClosedError(EngineError):
     """The object was used after close()."""
+
+
+class RingPermissionError(EngineError, PermissionError):
+    """A partition ring's shared-memory object is owned by another user, or its mode
+    grants group or others any access: the engine refuses to map it, since whoever
+    made it could read every record and write into the partition."""
 
 
 class NativeError(EngineError):

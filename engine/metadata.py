@@ -7,6 +7,7 @@
     /brokers/topics/<topic>                        {"version":3,"topic_id","partitions":{"0":[1,2]}}
     /brokers/topics/<topic>/partitions/<p>/state   {"version":1,"leader","leader_epoch","isr",...}
     /admin/delete_topics/<topic>                   a deletion request for the controller
+    /admin/topic_creations                         its version counts topic creations
     /config/brokers/<default>                      {"version":1,"config":{cluster defaults}}
 
 Everything here is pure layout and JSON plus small kazoo helpers; the processes
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import (
     _STOP,
     AsyncResult,
@@ -36,7 +37,13 @@ from kazoo.handlers.threading import (
     SequentialThreadingHandler,
 )
 
-from engine.config import validate_topic_config, validate_topic_name
+from engine import shm
+from engine.config import (
+    RING_HEADER_BYTES,
+    TOPIC_DEFAULTS,
+    validate_topic_config,
+    validate_topic_name,
+)
 from engine.datadir import DataDir
 from engine.errors import (
     ConfigError,
@@ -52,10 +59,14 @@ CONFIG_TOPICS = "/config/topics"
 CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
 DELETE_TOPICS = "/admin/delete_topics"
+# Every topic creation's transaction sets this node, checking the version it read, so
+# that creators are serialised (see create_topic).
+TOPIC_CREATIONS = "/admin/topic_creations"
 CLUSTER_CONFIG = "/config/brokers/<default>"
 
 # Cluster-wide defaults: Kafka's names. Auto-creation is off unless `engine start
-# --auto-create-topics` turns it on (Kafka's default is on; we prefer an error).
+# --auto-create-topics` turns it on (Kafka's default is on; we prefer an error). The
+# daemon also writes its shared-memory budget there at every start (engine.shm).
 CLUSTER_DEFAULTS: dict[str, Any] = {"auto.create.topics.enable": False, "num.partitions": 1}
 
 SESSION_TIMEOUT_S = 6.0
@@ -186,6 +197,12 @@ def create_topic(
 ) -> TopicAssignment:
     """Validate and write a new topic's config and assignment in one transaction.
 
+    The topic's rings must fit in the daemon's shared-memory budget (engine.shm) with
+    those of every topic in the tree; else ConfigError, and nothing is written. The
+    transaction also sets TOPIC_CREATIONS, checking the version read before the
+    budget was judged: of two creators that judged the same tree, one commits and the
+    other reads the tree again, so that together they never pass the budget.
+
     The controller then gives each partition its state and the leaders create their
     rings; callers that need the topic ready wait for that (ClusterView.refresh).
     """
@@ -207,22 +224,82 @@ def create_topic(
         )
     if client.exists(f"{DELETE_TOPICS}/{name}"):
         raise TopicExistsError(f"topic {name!r} is being deleted; try again shortly")
+    if client.exists(topic_path(name)):
+        raise TopicExistsError(f"topic already exists: topic={name!r}")
+    ring = int(full["ring.bytes"])
+    ask = partitions * replication * shm.ring_footprint(ring)
+    budget = shm_budget(client)
     user_config = {k: full[k] for k in (config or {})}
     assignment = TopicAssignment(
         name, new_topic_id(), assign_replicas(brokers, partitions, replication)
     )
-    client.ensure_path(BROKER_TOPICS)
-    client.ensure_path(CONFIG_TOPICS)
-    tx = client.transaction()
-    tx.create(config_path(name), encode({"version": 1, "config": user_config}))
-    tx.create(topic_path(name), encode(assignment.to_json()))
-    results = tx.commit()
-    if any(isinstance(r, NodeExistsError) for r in results):
-        raise TopicExistsError(f"topic already exists: topic={name!r}")
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return assignment
+    paths_made = False
+    while True:
+        try:
+            _, stat = client.get(TOPIC_CREATIONS)
+        except NoNodeError:
+            stat = None
+        used = shm_used(client)
+        if used + ask > budget:
+            raise ConfigError(
+                "topic would take the daemon's rings past its shared-memory budget "
+                f"(`engine start --shm-budget`): topic={name!r} budget={budget} "
+                f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
+                f"asked={ask} ({shm.format_size(ask)}: partitions={partitions} x "
+                f"replication={replication} x (ring.bytes={ring} + {RING_HEADER_BYTES}))"
+            )
+        if not paths_made:
+            for path in (TOPIC_CREATIONS, BROKER_TOPICS, CONFIG_TOPICS):
+                client.ensure_path(path)
+            paths_made = True
+            if stat is None:
+                continue  # read its version
+        assert stat is not None
+        tx = client.transaction()
+        tx.set_data(TOPIC_CREATIONS, b"", version=stat.version)
+        tx.create(config_path(name), encode({"version": 1, "config": user_config}))
+        tx.create(topic_path(name), encode(assignment.to_json()))
+        results = tx.commit()
+        if isinstance(results[0], BadVersionError):
+            continue  # another creation committed since: judge the budget again
+        if any(isinstance(r, NodeExistsError) for r in results):
+            raise TopicExistsError(f"topic already exists: topic={name!r}")
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return assignment
+
+
+def shm_budget(client: KazooClient) -> int:
+    """The daemon's shared-memory budget, bytes, as its last start wrote it."""
+    budget = read_cluster_config(client).get(shm.BUDGET_KEY)
+    return int(budget) if budget else shm.default_budget()
+
+
+def shm_used(client: KazooClient) -> int:
+    """The bytes the rings of every topic in the tree take (engine.shm): what the
+    daemon's brokers hold once every replica runs. A topic being deleted counts until
+    its nodes are gone."""
+    reads = [
+        (client.get_async(topic_path(n)), client.get_async(config_path(n)))
+        for n in _children(client, BROKER_TOPICS)
+    ]
+    total = 0
+    for topic_read, config_read in reads:
+        try:
+            assignment = decode(topic_read.get()[0])
+        except NoNodeError:
+            continue
+        try:
+            stored = decode(config_read.get()[0]) or {}
+        except NoNodeError:
+            stored = {}
+        if not assignment:
+            continue
+        ring = int(stored.get("config", {}).get("ring.bytes", TOPIC_DEFAULTS["ring.bytes"]))
+        replicas = sum(len(r) for r in assignment.get("partitions", {}).values())
+        total += replicas * shm.ring_footprint(ring)
+    return total
 
 
 def read_cluster_config(client: KazooClient) -> dict[str, Any]:

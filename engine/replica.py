@@ -18,8 +18,10 @@ only writer of the log; only the hosting broker process calls a replica.
 Crash behaviour: after a kill -9 of the broker the ring stays in shared memory
 with everything producers published; the next broker reopens it, recovers the
 log (cutting a torn tail) and resumes draining from the log's end, so records
-the ring still holds are not lost. A graceful stop seals the ring (producers get
-NotLeaderError and look the leader up again), drains it, flushes and unlinks it.
+the ring still holds are not lost. A ring that is not the engine user's own with
+mode 0600 is never resumed: it is removed and made anew (see engine.ring). A
+graceful stop seals the ring (producers get NotLeaderError and look the leader up
+again), drains it, flushes and unlinks it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import EngineError
+from engine.errors import EngineError, RingPermissionError
 from engine.log import Log, LogConfig, LogReader
 from engine.record_batch import scan_batches
 from engine.ring import (
@@ -109,8 +111,12 @@ class Replica:
         self.ring_name = ring_name
         self.leader_epoch = leader_epoch
         self.log = Log.open(directory, LogConfig.from_mapping(config))
-        self._prepare_log()
-        self.ring = self._open_ring(config, leader_epoch)
+        try:
+            self._prepare_log()
+            self.ring = self._open_ring(config, leader_epoch)
+        except BaseException:
+            self.log.close()  # the broker tries again later, with a new Log
+            raise
         self._stop = threading.Event()
         # Set (then the rings woken) to make the C replication loops return to Python.
         self._interrupt = Interrupt()
@@ -157,6 +163,14 @@ class Replica:
         try:
             ring = Ring.open(self.ring_name)
         except FileNotFoundError:
+            ring = None
+        except RingPermissionError as exc:
+            # Another user made it (or opened it up): whatever it holds is not ours to
+            # resume, and whoever maps it keeps their mapping of that object only. When
+            # this process may not remove it (neither root nor its owner), unlink raises
+            # and the replica stays down (the broker says why and tries again later).
+            unlink(self.ring_name)
+            log.warning("removed a ring that was not this user's alone, to make its own: %s", exc)
             ring = None
         except Exception as exc:  # noqa: BLE001 - an unusable ring is replaced, with a log line
             log.warning("replacing unusable ring %s: %s", self.ring_name, exc)

@@ -13,6 +13,11 @@ does nothing, so a child never unmaps its parent's view.
 Crash behaviour: the ring lives in shared memory, so it survives the death of
 any process that maps it but not a reboot; the broker drains it into segment
 files, which are the durable copy.
+
+Ownership: ring names are predictable, so another local user could make one
+first. A ring is created exclusively (O_CREAT|O_EXCL) and set to mode 0600 whatever
+the umask, and no process maps a ring that is not owned by its own uid with a mode
+that grants group and others nothing: :class:`RingPermissionError` instead.
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ from engine.errors import (
     NotLeaderError,
     ProducerFencedError,
     RecordTooLargeError,
+    RingPermissionError,
     TransactionError,
 )
 
+#: Where Linux keeps POSIX shared-memory objects: /dev/shm/<name without its slash>.
+SHM_DIR = "/dev/shm"
 HEADER_LENGTH: int = lib.ENGINE_RING_HEADER_LENGTH
 FRAME_HEADER_LENGTH: int = lib.ENGINE_FRAME_HEADER_LENGTH
 BATCH_HEADER_LENGTH: int = lib.ENGINE_BATCH_HEADER_LENGTH
@@ -218,7 +226,10 @@ class Ring:
         replace: bool = False,
         sealed: bool = False,
     ) -> Ring:
-        """Create (or, with replace, recreate) the shared-memory ring ``name``, mode 0600."""
+        """Create the shared-memory ring ``name``, mode 0600, exclusively: FileExistsError
+        when it exists, RingPermissionError when another user made it. ``replace``
+        removes an existing one first (RingPermissionError when that is another user's
+        and this process may not remove it: it is neither root nor the owner)."""
         if capacity < MIN_CAPACITY or capacity > MAX_CAPACITY or capacity & (capacity - 1):
             raise ConfigError(
                 f"ring capacity must be a power of two in [{MIN_CAPACITY}, {MAX_CAPACITY}]: "
@@ -226,11 +237,22 @@ class Ring:
             )
         if max_frame_length is None:
             max_frame_length = min(capacity // 2, 8 * 1024 * 1024)
+        smallest = FRAME_HEADER_LENGTH + BATCH_HEADER_LENGTH + 16  # engine_ring_init's bound
+        if not smallest <= max_frame_length <= capacity // 2:
+            raise ConfigError(
+                f"ring max_frame_length must be in [{smallest}, capacity / 2]: "
+                f"max_frame_length={max_frame_length} capacity={capacity}"
+            )
         if replace:
             unlink(name)
         length = int(lib.engine_ring_region_length(capacity))
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=length)
         try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=length)
+        except posix_ipc.ExistentialError:
+            _check_private(name)  # made by another user meanwhile: say so
+            raise FileExistsError(f"partition ring exists already: name={name}") from None
+        try:
+            os.fchmod(shm.fd, 0o600)  # the umask may have taken the owner's bits too
             mapping = mmap.mmap(shm.fd, length, flags=_MAP_FLAGS)
         finally:
             shm.close_fd()
@@ -256,7 +278,8 @@ class Ring:
 
     @classmethod
     def open(cls, name: str, *, populate: bool = True) -> Ring:
-        """Map an existing ring; raises FileNotFoundError when there is none.
+        """Map an existing ring; raises FileNotFoundError when there is none, and
+        RingPermissionError when it is not this uid's own with mode 0600.
 
         ``populate=False`` maps it without faulting every page in: for who reads
         only the header (status, sealing, the high watermark)."""
@@ -264,7 +287,11 @@ class Ring:
             shm = posix_ipc.SharedMemory(name)
         except posix_ipc.ExistentialError as exc:
             raise FileNotFoundError(f"no partition ring: name={name}") from exc
+        except posix_ipc.PermissionsError:  # another user's, mode 0600
+            _check_private(name)
+            raise RingPermissionError(f"partition ring cannot be opened: name={name}") from None
         try:
+            _check_private(name, shm.fd)
             size = shm.size
             if size < HEADER_LENGTH:  # its creator has not sized it yet
                 raise FileNotFoundError(f"partition ring not ready: name={name}")
@@ -784,12 +811,34 @@ def seal_ring(name: str) -> bool:
 
 
 def unlink(name: str) -> bool:
-    """Remove the shared-memory object ``name``; False if it did not exist."""
+    """Remove the shared-memory object ``name``; False if it did not exist.
+    RingPermissionError when it is another user's and this process may not remove it
+    (/dev/shm is sticky: only its owner and root may)."""
     try:
         posix_ipc.unlink_shared_memory(name)
     except posix_ipc.ExistentialError:
         return False
+    except posix_ipc.PermissionsError:
+        _check_private(name)
+        raise RingPermissionError(f"partition ring cannot be removed: name={name}") from None
     return True
+
+
+def _check_private(name: str, fd: int | None = None) -> None:
+    """Raise RingPermissionError unless the shared-memory object ``name`` (open as
+    ``fd``, else looked up in /dev/shm) is owned by this process's effective uid and
+    grants group and others nothing. An object that is gone passes (the caller says
+    what that means)."""
+    try:
+        st = os.fstat(fd) if fd is not None else os.stat(f"{SHM_DIR}/{name.lstrip('/')}")
+    except FileNotFoundError:
+        return
+    uid = os.geteuid()
+    if st.st_uid != uid or st.st_mode & 0o077:
+        raise RingPermissionError(
+            f"refusing a partition ring not private to this user (wanted: owner uid {uid}, "
+            f"mode 0600): name={name} owner_uid={st.st_uid} mode={st.st_mode & 0o7777:04o}"
+        )
 
 
 def crc32c(data: bytes | bytearray | memoryview, crc: int = 0) -> int:

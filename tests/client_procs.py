@@ -35,3 +35,24 @@ def poll_inherited(consumer: object, out: object) -> None:
         out.put("polled")  # type: ignore[attr-defined]
     except ClosedError as e:
         out.put(str(e))  # type: ignore[attr-defined]
+
+
+def create_topics(
+    data_dir: str, prefix: str, count: int, config: dict, go: object, out: object
+) -> None:
+    """Once ``go`` is set, write ``count`` one-partition topics into the tree, one after
+    the other (md.create_topic: what Admin.create_topic does before it waits for the
+    leaders); put ("created", name) or ("refused", message) on ``out`` for each."""
+    from engine import Admin, ConfigError
+    from engine import metadata as md
+
+    with Admin(data_dir) as admin:
+        zk = admin._cluster.zk
+        go.wait()  # type: ignore[attr-defined]
+        for i in range(count):
+            name = f"{prefix}-{i}"
+            try:
+                md.create_topic(zk, name, 1, 1, config)
+                out.put(("created", name))  # type: ignore[attr-defined]
+            except ConfigError as e:
+                out.put(("refused", str(e)))  # type: ignore[attr-defined]

@@ -19,9 +19,10 @@ from engine.ring import unlink
 class Daemon:
     """A daemon started with `engine start` in its own data dir."""
 
-    def __init__(self, data_dir: Path, brokers: int = 2) -> None:
+    def __init__(self, data_dir: Path, brokers: int = 2, start_args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
         self.brokers = brokers
+        self.start_args = list(start_args)  # more options of `engine start`
         self.env = dict(os.environ, ENGINE_RETENTION_CHECK_MS="200", ENGINE_DATA_DIR=str(data_dir))
 
     def cli(
@@ -41,7 +42,10 @@ class Daemon:
         return proc
 
     def start(self) -> None:
-        self.cli("start", "--data-dir", str(self.data_dir), "--brokers", str(self.brokers))
+        self.cli(
+            "start", "--data-dir", str(self.data_dir), "--brokers", str(self.brokers),
+            *self.start_args,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.cli("stop", "--data-dir", str(self.data_dir), check=False)
@@ -75,9 +79,11 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running_daemon(data_dir: Path, brokers: int = 2) -> Iterator[Daemon]:
+def running_daemon(
+    data_dir: Path, brokers: int = 2, start_args: Sequence[str] = ()
+) -> Iterator[Daemon]:
     """A started daemon, stopped (and, if need be, killed) however the block ends."""
-    d = Daemon(data_dir, brokers)
+    d = Daemon(data_dir, brokers, start_args)
     try:
         d.start()
         yield d

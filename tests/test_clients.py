@@ -496,6 +496,7 @@ def test_public_names_are_exported() -> None:
             "RecordMetadata",
             "RecordTooLargeError",
             "RecordTypeError",
+            "RingPermissionError",
             "TopicDescription",
             "TopicExistsError",
             "TopicPartition",
