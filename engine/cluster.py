@@ -29,6 +29,9 @@ from engine.errors import (
 )
 from engine.ring import Ring
 
+#: While a topic's leaders are not ready, look again this often.
+RETRY_S = 0.01
+
 
 @dataclass
 class TopicView:
@@ -153,14 +156,14 @@ class ClusterView:
             for ring in rings.values():
                 if old is None or all(ring is not r for r in old.rings.values()):
                     ring.close()  # opened in this attempt only: nobody else holds it
-            if time.monotonic() > deadline:
+            if time.monotonic() + RETRY_S >= deadline:  # no look starts past the deadline
                 for p, refusal in refused.items():
                     raise RingPermissionError(f"partition {p} of topic {name!r}: {refusal}")
                 raise EngineTimeoutError(
                     f"partitions {missing} of topic {name!r} have no ready leader after "
                     f"{wait_s:.0f} s"
                 )
-            time.sleep(0.01)
+            time.sleep(RETRY_S)
         self.topics.pop(name, None)  # rings it does not share with the new view go with it
         view = TopicView(meta, validate_topic_config(meta.config, existing=True), rings)
         self.topics[name] = view

@@ -85,8 +85,6 @@ log = logging.getLogger("engine.consumer")
 
 _RESETS = ("earliest", "latest", "none")
 _ISOLATION = ("read_uncommitted", "read_committed")
-#: The least time a poll gives its coordinator requests (a poll(0) loop still rebalances).
-COORDINATOR_WAIT_S = 0.5
 #: read_committed: a partition whose undecided transactions hold more is not fetched.
 MAX_UNDECIDED_BYTES = 64 << 20
 #: poll(): from this many partitions read in their rings on, one C call first looks at
@@ -607,9 +605,8 @@ class Consumer:
     def _poll(self, timeout: float, max_records: int | None, value_size: int | None) -> list[Any]:
         self._check_open()
         # The coordinator requests a poll makes (a new leader's lookup, the group's
-        # rebalances) end with it, whatever state the daemon is in; a request still gets
-        # COORDINATOR_WAIT_S when the poll does not wait.
-        with md.deadline(max(timeout, COORDINATOR_WAIT_S), "poll"):
+        # rebalances) end with it, whatever state the daemon is in.
+        with md.deadline(timeout, "poll"):
             return self._poll_within(timeout, max_records, value_size)
 
     def _poll_within(

@@ -343,13 +343,18 @@ class _Deadline(threading.local):
 _deadline = _Deadline()
 
 
+#: A deadline gives coordinator requests at least this long (a poll(0) loop still
+#: rebalances; a short wait under load still gets its answer, or its own error).
+MIN_REQUEST_S = 1.0
+
+
 @contextlib.contextmanager
 def deadline(seconds: float, what: str) -> Iterator[None]:
     """Inside the block, every coordinator request of this thread returns or raises
-    CoordinatorTimeoutError (naming ``what``) within ``seconds`` of entering it; an
-    enclosing block's earlier deadline stays in force."""
+    CoordinatorTimeoutError (naming ``what``) within ``seconds`` (at least MIN_REQUEST_S)
+    of entering it; an enclosing block's earlier deadline stays in force."""
     outer = (_deadline.at, _deadline.what)
-    at = time.monotonic() + max(seconds, 0.0)
+    at = time.monotonic() + max(seconds, MIN_REQUEST_S)
     if outer[0] is None or at < outer[0]:
         _deadline.at, _deadline.what = at, what
     try:
