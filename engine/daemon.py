@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from engine import acl
 from engine import metadata as md
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
 from engine.errors import DaemonAlreadyRunningError, DaemonNotRunningError, EngineTimeoutError
@@ -134,6 +135,7 @@ class Daemon:
         dd = self.data_dir
         for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
             make_private_dir(d)
+        dd.ensure_secret()
         write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -177,6 +179,7 @@ class Daemon:
             # Restarts keep the port, so clients' addresses stay valid.
             coordinator.argv[coordinator.argv.index("--port") + 1] = port
         self._write_runtime(ready=False)
+        self._secure_tree()
         for broker_id in range(1, self.broker_count + 1):
             child = Child(
                 f"broker-{broker_id}",
@@ -196,6 +199,16 @@ class Daemon:
             child.start(dd.run_dir)
             self.children.append(child)
         self._wait_for_brokers()
+
+    def _secure_tree(self) -> None:
+        """The engine's ACL on all of its znodes and its paths made, before any broker
+        starts (engine/acl.py)."""
+        zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
+        try:
+            acl.secure_tree(zk, self.data_dir)
+        finally:
+            zk.stop()
+            zk.close()
 
     def _wait_for_brokers(self) -> None:
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)

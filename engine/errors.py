@@ -15,6 +15,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── OffsetOutOfRangeError                offset below log_start or above log_end
     ├── DaemonNotRunningError                no daemon for this data dir
     ├── DaemonAlreadyRunningError            a second daemon on the same data dir
+    ├── AuthorizationError (PermissionError) the data dir or its znodes are another user's
     ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
@@ -77,6 +78,12 @@ class DaemonNotRunningError(EngineError):
 
 class DaemonAlreadyRunningError(EngineError):
     """Another daemon already holds the data dir's lock."""
+
+
+class AuthorizationError(EngineError, PermissionError):
+    """The caller may not use the data dir or the engine's znodes: the data dir belongs to
+    another user (its secret cannot be read), or the coordinator's tree is locked with
+    another secret than the data dir's."""
 
 
 class EngineTimeoutError(EngineError, TimeoutError):

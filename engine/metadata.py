@@ -8,6 +8,12 @@
     /brokers/topics/<topic>/partitions/<p>/state   {"version":1,"leader","leader_epoch","isr",...}
     /admin/delete_topics/<topic>                   a deletion request for the controller
     /config/brokers/<default>                      {"version":1,"config":{cluster defaults}}
+    /<each persistent top-level node>/#guard       keeps it from being deleted by others
+
+Every engine znode carries one ACL, all rights to the digest identity
+``engine:<the data dir's secret>`` and none to anyone else (see engine/acl.py);
+:func:`connect` authenticates with that secret and gives the ACL to every node it
+creates.
 
 Everything here is pure layout and JSON plus small kazoo helpers; the processes
 that act on the tree are the broker and the controller.
@@ -26,13 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import NodeExistsError, NoNodeError
+from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import (
     _STOP,
     AsyncResult,
     KazooTimeoutError,
     SequentialThreadingHandler,
 )
+from kazoo.security import ACL, make_digest_acl
 
 from engine.config import validate_topic_config, validate_topic_name
 from engine.datadir import DataDir
@@ -45,12 +52,24 @@ CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
 DELETE_TOPICS = "/admin/delete_topics"
 CLUSTER_CONFIG = "/config/brokers/<default>"
+#: The child each persistent engine node directly under the root keeps (engine/acl.py).
+#: '#' is in no group id, transactional id or topic name, so it never reads as one.
+GUARD = "#guard"
 
 # Cluster-wide defaults: Kafka's names. Auto-creation is off unless `engine start
 # --auto-create-topics` turns it on (Kafka's default is on; we prefer an error).
 CLUSTER_DEFAULTS: dict[str, Any] = {"auto.create.topics.enable": False, "num.partitions": 1}
 
 SESSION_TIMEOUT_S = 6.0
+
+#: The digest user the engine's processes and clients authenticate as; the password
+#: is the data dir's secret (DataDir.read_secret).
+ENGINE_USER = "engine"
+
+
+def engine_acl(secret: str) -> list[ACL]:
+    """The ACL of every engine znode: all rights to ``engine:<secret>``, none to others."""
+    return [make_digest_acl(ENGINE_USER, secret, all=True)]
 
 
 def broker_path(broker_id: int) -> str:
@@ -296,10 +315,15 @@ def connect(
     session_timeout_s: float = SESSION_TIMEOUT_S,
     max_retry_delay_s: float = 1.0,
 ) -> KazooClient:
-    """A started kazoo client for the daemon of ``data_dir``."""
+    """A started kazoo client for the daemon of ``data_dir``, authenticated with the data
+    dir's secret; every znode it creates gets the engine's ACL. AuthorizationError when
+    the caller cannot read the secret (the data dir is another user's)."""
     hosts = hosts or data_dir.coordinator_hosts()
+    secret = data_dir.read_secret()
     client = KazooClient(
         hosts=hosts,
+        auth_data=[("digest", f"{ENGINE_USER}:{secret}")],
+        default_acl=engine_acl(secret),
         handler=_Handler(),
         timeout=session_timeout_s,
         logger=logging.getLogger("engine.kazoo"),
@@ -365,11 +389,15 @@ def live_brokers(client: KazooClient) -> dict[int, dict[str, Any]]:
 
 
 def controller_id(client: KazooClient) -> int | None:
+    """The controller's broker id; None when there is none. /controller sits under the
+    root, which is open to all: whatever another user put there that does not read as a
+    controller (another ACL, not our JSON) counts as none, and the brokers remove it
+    (Controller.elect)."""
     try:
         data, _ = client.get(CONTROLLER)
-    except NoNodeError:
+        return int(decode(data)["brokerid"])
+    except (NoNodeError, NoAuthError, ValueError, KeyError, TypeError):
         return None
-    return int(decode(data)["brokerid"])
 
 
 def _children(client: KazooClient, path: str) -> list[str]:
