@@ -113,11 +113,11 @@ def _secure_subtree(zk: KazooClient, top: str, acl: list[ACL]) -> int:
         below: list[str] = []
         for start in range(0, len(level), _BATCH):
             paths = level[start : start + _BATCH]
-            asked = [(p, zk.get_acls_async(p), zk.get_children_async(p)) for p in paths]
-            for path, acls, children in asked:
+            asked = [(p, zk.get_acls_async(p)) for p in paths]
+            parents = []
+            for path, acls in asked:
                 try:
-                    current, _ = acls.get()
-                    names = children.get()
+                    current, stat = acls.get()
                 except NoNodeError:
                     continue
                 except NoAuthError:
@@ -126,7 +126,11 @@ def _secure_subtree(zk: KazooClient, top: str, acl: list[ACL]) -> int:
                     continue
                 if list(current) != acl:
                     lacking.append(path)
-                below += [f"{path}/{name}" for name in names]
+                if stat.numChildren:
+                    parents.append((path, zk.get_children_async(path)))
+            for path, children in parents:
+                with contextlib.suppress(NoNodeError, NoAuthError):
+                    below += [f"{path}/{name}" for name in children.get()]
         level = below
     for start in range(0, len(lacking), _BATCH):
         paths = lacking[::-1][start : start + _BATCH]
