@@ -16,6 +16,9 @@ The data dir is its owner's alone (0700), and so is the engine's part of the tre
   its stat are not ACL-checked (whether a guessed path exists, its size and times);
   the names of the nodes directly under the root, which stays open to all so that
   plain ZooKeeper users keep their own paths.
+- The built-in coordinator's four-letter words (ruok, srvr, stat, mntr, envi, conf,
+  isro) tell counts and settings, no path and no data. A real ZooKeeper's dump, wchp
+  and wchc list paths: keep its ``4lw.commands.whitelist`` narrow (its default: srvr).
 - The open root has one more consequence: ZooKeeper lets whoever may delete in a
   parent delete a childless child, so anyone could delete a childless engine node
   directly under the root (and make it again, open). Each of them therefore keeps a

@@ -32,10 +32,11 @@ from engine import acl as engine_acl
 from engine import metadata as md
 from engine import offset_store as store
 from engine import transaction as txn
+from engine.coordinator.server import FOUR_LETTER_WORDS
 from engine.datadir import DataDir
 
 sys.path.insert(0, str(Path(__file__).parent / "coordinator"))
-from zkharness import EngineCoordinator, RealZooKeeper, require_zookeeper
+from zkharness import EngineCoordinator, RealZooKeeper, four_letter_word, require_zookeeper
 
 TOPIC, GROUP, TXN_ID = "secret-topic", "secret-group", "secret-txn"
 OPEN = [make_acl("world", "anyone", all=True)]
@@ -206,6 +207,19 @@ def test_a_session_without_the_secret_gets_no_auth_on_every_engine_path(
     finally:
         stop_client(stranger)
         stop_client(guesser)
+
+
+def test_the_four_letter_words_name_no_engine_path(cluster: Cluster) -> None:
+    """ruok, srvr, mntr, ...: counts and settings, not the topics', groups' or
+    transactional ids' names (a real ZooKeeper's wchp would: its whitelist is its
+    admin's, see engine/acl.py)."""
+    if cluster.kind != "engine":
+        pytest.skip("a real ZooKeeper's four-letter words are its admin's to allow")
+    port = int(cluster.hosts.rsplit(":", 1)[1])
+    for word in sorted(FOUR_LETTER_WORDS):
+        text = four_letter_word(port, word)
+        assert text
+        assert not any(name in text for name in (TOPIC, GROUP, TXN_ID, "/brokers")), word
 
 
 def test_a_controller_node_made_by_another_session_is_replaced_by_a_brokers(
