@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
     from engine.admin import Admin, PartitionDescription, TopicDescription
     from engine.consumer import Consumer
     from engine.errors import (
+        AuthorizationError,
         BufferFullError,
         ClosedError,
         CommitFailedError,
@@ -54,6 +55,7 @@ logging.getLogger("kazoo").addHandler(logging.NullHandler())
 # coordinator and broker processes load only what they use.
 _EXPORTS: dict[str, str] = {
     "Admin": "engine.admin",
+    "AuthorizationError": "engine.errors",
     "BatchResult": "engine.producer",
     "BufferFullError": "engine.errors",
     "ClosedError": "engine.errors",
@@ -108,6 +110,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Admin",
+    "AuthorizationError",
     "BatchResult",
     "BufferFullError",
     "ClosedError",

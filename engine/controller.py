@@ -29,12 +29,22 @@ import time
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, NotEmptyError
+from kazoo.exceptions import (
+    BadVersionError,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+)
 
 from engine import metadata as md
-from engine.offset_store import CONSUMERS
+from engine.offset_store import CONSUMERS, list_groups
 
 log = logging.getLogger("engine.controller")
+
+#: Elections one call of Controller.elect runs while it finds /controller made by
+#: someone other than a broker; then the next watch event or pass tries again.
+ELECTION_ATTEMPTS = 3
 
 
 class Controller:
@@ -56,20 +66,52 @@ class Controller:
         self.active = False
 
     def elect(self) -> bool:
-        """Try to become controller; watch the node either way. Returns whether we are."""
+        """Try to become controller; watch the node either way. Returns whether we are.
+
+        /controller is an ephemeral directly under the root, which is open to all
+        (engine/acl.py): anyone may delete it, or make one that names any broker id, or
+        one the brokers cannot even read. A broker's own is owned by the session that
+        registered the broker; any other is removed here and the election run again at
+        once (the events of a node the brokers cannot read never reach them, its
+        deletion included)."""
         payload = md.encode(
             {"version": 1, "brokerid": self.broker_id, "timestamp": str(int(time.time() * 1000))}
         )
-        with contextlib.suppress(NodeExistsError):
-            self.zk.create(md.CONTROLLER, payload, ephemeral=True, makepath=True)
-        current = md.controller_id(self.zk)
-        self.zk.exists(md.CONTROLLER, watch=self.poke)
+        current: int | None = None
+        for _ in range(ELECTION_ATTEMPTS):
+            with contextlib.suppress(NodeExistsError):
+                self.zk.create(md.CONTROLLER, payload, ephemeral=True, makepath=True)
+            self.zk.exists(md.CONTROLLER, watch=self.poke)  # first: a later change fires it
+            current, impostor = self._read_controller()
+            if not impostor:
+                break
+            log.warning("removing a /controller that no registered broker made: brokerid=%s",
+                        current)
+            with contextlib.suppress(NoNodeError):
+                self.zk.delete(md.CONTROLLER)
+            current = None
         was = self.active
         self.active = current == self.broker_id
         if self.active and not was:
             self.epoch = self._bump_epoch()
             log.info("broker %d is the controller, epoch %d", self.broker_id, self.epoch)
         return self.active
+
+    def _read_controller(self) -> tuple[int | None, bool]:
+        """The broker id /controller names (None when there is none, or it names none),
+        and whether it is an impostor: a node no registered broker's session made."""
+        broker = None
+        try:
+            data, stat = self.zk.get(md.CONTROLLER)
+            broker = int(md.decode(data)["brokerid"])
+            registration = self.zk.exists(md.broker_path(broker))
+        except NoNodeError:
+            return None, False
+        except (NoAuthError, ValueError, KeyError, TypeError):
+            return broker, True
+        if registration is None or registration.ephemeralOwner != stat.ephemeralOwner:
+            return broker, True
+        return broker, False
 
     def _bump_epoch(self) -> int:
         self.zk.ensure_path(md.CONTROLLER_EPOCH)
@@ -179,12 +221,6 @@ class Controller:
                 if self.seal is not None and state.leader >= 0:
                     self.seal(meta.assignment.topic_id, partition, state.leader, new.leader_epoch)
 
-    def _children(self, path: str) -> list[str]:
-        try:
-            return list(self.zk.get_children(path))
-        except NoNodeError:
-            return []
-
     def _write(self, path: str, version: int, state: md.PartitionState) -> bool:
         try:
             self.zk.set(path, md.encode(state.to_json()), version=version)
@@ -209,7 +245,7 @@ class Controller:
         paths = [md.topic_path(topic), md.config_path(topic)]
         # Groups' committed offsets of the topic go too: a topic made again with the
         # same name must not resume at an old offset (Kafka drops them likewise).
-        for group in self._children(CONSUMERS):
+        for group in list_groups(self.zk):
             paths += [f"{CONSUMERS}/{group}/offsets/{topic}", f"{CONSUMERS}/{group}/owners/{topic}"]
         for path in paths:
             with contextlib.suppress(NoNodeError):

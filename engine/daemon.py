@@ -31,8 +31,8 @@ from typing import IO, Any
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from engine import acl, shm, stale_rings
 from engine import metadata as md
-from engine import shm, stale_rings
 from engine.datadir import (
     DataDir,
     data_dir_errors,
@@ -153,6 +153,7 @@ class Daemon:
         with data_dir_errors(dd.root):
             for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
                 make_private_dir(d)
+            dd.ensure_secret()
             write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -192,6 +193,7 @@ class Daemon:
             self.children.append(coordinator)
             self._coordinator_started(coordinator)
         self._write_runtime(ready=False)
+        self._secure_tree()
         zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
         try:
             config = dict(self.cluster_config)
@@ -228,6 +230,16 @@ class Daemon:
                 self.children.append(child)
             self._write_runtime(ready=False)
             self._wait_until_ready(zk)
+        finally:
+            zk.stop()
+            zk.close()
+
+    def _secure_tree(self) -> None:
+        """The engine's ACL on all of its znodes and its paths made, before any broker
+        starts (engine/acl.py)."""
+        zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
+        try:
+            acl.secure_tree(zk, self.data_dir)
         finally:
             zk.stop()
             zk.close()

@@ -16,6 +16,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── DaemonNotRunningError                no daemon for this data dir
     ├── DaemonAlreadyRunningError            a second daemon on the same data dir
     ├── DataDirError (OSError)               the data dir cannot be created or written
+    ├── AuthorizationError (PermissionError) the data dir or its znodes are another user's
     ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
@@ -84,6 +85,12 @@ class DaemonAlreadyRunningError(EngineError):
 class DataDirError(EngineError, OSError):
     """The data dir cannot be used: it cannot be created, it is not a directory, or it
     (or a file in it) cannot be written. The message names the path and the reason."""
+
+
+class AuthorizationError(EngineError, PermissionError):
+    """The caller may not use the data dir or the engine's znodes: the data dir belongs to
+    another user (its secret cannot be read), or the coordinator's tree is locked with
+    another secret than the data dir's."""
 
 
 class EngineTimeoutError(EngineError, TimeoutError):

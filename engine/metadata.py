@@ -9,6 +9,12 @@
     /admin/delete_topics/<topic>                   a deletion request for the controller
     /admin/topic_creations                         its version counts topic creations
     /config/brokers/<default>                      {"version":1,"config":{cluster defaults}}
+    /<each persistent top-level node>/#guard       keeps it from being deleted by others
+
+Every engine znode carries one ACL, all rights to the digest identity
+``engine:<the data dir's secret>`` and none to anyone else (see engine/acl.py);
+:func:`connect` authenticates with that secret and gives the ACL to every node it
+creates.
 
 Everything here is pure layout and JSON plus small kazoo helpers; the processes
 that act on the tree are the broker and the controller.
@@ -29,13 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import BadVersionError, NoAuthError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import (
     _STOP,
     AsyncResult,
     KazooTimeoutError,
     SequentialThreadingHandler,
 )
+from kazoo.security import ACL, make_digest_acl
 
 from engine import shm
 from engine.config import (
@@ -63,6 +70,9 @@ DELETE_TOPICS = "/admin/delete_topics"
 # that creators are serialised (see create_topic).
 TOPIC_CREATIONS = "/admin/topic_creations"
 CLUSTER_CONFIG = "/config/brokers/<default>"
+#: The child each persistent engine node directly under the root keeps (engine/acl.py).
+#: '#' is in no group id, transactional id or topic name, so it never reads as one.
+GUARD = "#guard"
 
 # Cluster-wide defaults: Kafka's names. Auto-creation is off unless `engine start
 # --auto-create-topics` turns it on (Kafka's default is on; we prefer an error). The
@@ -70,6 +80,15 @@ CLUSTER_CONFIG = "/config/brokers/<default>"
 CLUSTER_DEFAULTS: dict[str, Any] = {"auto.create.topics.enable": False, "num.partitions": 1}
 
 SESSION_TIMEOUT_S = 6.0
+
+#: The digest user the engine's processes and clients authenticate as; the password
+#: is the data dir's secret (DataDir.read_secret).
+ENGINE_USER = "engine"
+
+
+def engine_acl(secret: str) -> list[ACL]:
+    """The ACL of every engine znode: all rights to ``engine:<secret>``, none to others."""
+    return [make_digest_acl(ENGINE_USER, secret, all=True)]
 
 
 def broker_path(broker_id: int) -> str:
@@ -444,13 +463,18 @@ def connect(
     session_timeout_s: float = SESSION_TIMEOUT_S,
     max_retry_delay_s: float = 1.0,
 ) -> KazooClient:
-    """A started kazoo client for the daemon of ``data_dir``. Without explicit ``hosts``
-    it follows the daemon: while disconnected it looks up the coordinator's address in
-    the data dir again (a daemon started anew may listen elsewhere)."""
+    """A started kazoo client for the daemon of ``data_dir``, authenticated with the data
+    dir's secret; every znode it creates gets the engine's ACL. AuthorizationError when
+    the caller cannot read the secret (the data dir is another user's). Without explicit
+    ``hosts`` it follows the daemon: while disconnected it looks up the coordinator's
+    address in the data dir again (a daemon started anew may listen elsewhere)."""
     follow = hosts is None
     hosts = hosts or data_dir.coordinator_hosts()
+    secret = data_dir.read_secret()
     client = KazooClient(
         hosts=hosts,
+        auth_data=[("digest", f"{ENGINE_USER}:{secret}")],
+        default_acl=engine_acl(secret),
         handler=_Handler(),
         timeout=session_timeout_s,
         logger=logging.getLogger("engine.kazoo"),
@@ -579,11 +603,15 @@ def live_brokers(client: KazooClient) -> dict[int, dict[str, Any]]:
 
 
 def controller_id(client: KazooClient) -> int | None:
+    """The controller's broker id; None when there is none. /controller sits under the
+    root, which is open to all: whatever another user put there that does not read as a
+    controller (another ACL, not our JSON) counts as none, and the brokers remove it
+    (Controller.elect)."""
     try:
         data, _ = client.get(CONTROLLER)
-    except NoNodeError:
+        return int(decode(data)["brokerid"])
+    except (NoNodeError, NoAuthError, ValueError, KeyError, TypeError):
         return None
-    return int(decode(data)["brokerid"])
 
 
 def _children(client: KazooClient, path: str) -> list[str]:

@@ -33,6 +33,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine.errors import ConfigError
+from engine.metadata import GUARD
 from engine.record import TopicPartition, as_offset
 
 CONSUMERS = "/consumers"
@@ -153,7 +154,9 @@ def write_offsets(client: KazooClient, group: str, offsets: Mapping[TopicPartiti
 
 
 def list_groups(client: KazooClient) -> list[str]:
-    return sorted(children(client, CONSUMERS))
+    """The groups' ids: the children of /consumers but its guard (engine/acl.py), which
+    is no valid group id."""
+    return sorted(g for g in children(client, CONSUMERS) if g != GUARD)
 
 
 def children(client: KazooClient, path: str) -> list[str]:

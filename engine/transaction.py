@@ -58,6 +58,7 @@ from engine.errors import (
     TransactionAbortedError,
     UnknownTopicError,
 )
+from engine.metadata import GUARD
 from engine.offset_store import ensure_offset_nodes, offset_path
 from engine.record import TopicPartition
 from engine.ring import SEALED, producer_fields
@@ -144,8 +145,9 @@ def load(zk: KazooClient, tid: str) -> tuple[TxnState, int] | None:
 
 
 def list_transactional_ids(zk: KazooClient) -> list[str]:
+    """The children of /transactions but its guard (engine/acl.py)."""
     try:
-        return sorted(zk.get_children(TRANSACTIONS))
+        return sorted(t for t in zk.get_children(TRANSACTIONS) if t != GUARD)
     except NoNodeError:
         return []
 

@@ -468,6 +468,7 @@ def test_public_names_are_exported() -> None:
     assert sorted(engine.__all__) == sorted(
         [
             "Admin",
+            "AuthorizationError",
             "BatchResult",
             "BufferFullError",
             "ClosedError",

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from engine.coordinator import jute
 from engine.coordinator.errors import JuteError, KeeperError
 from engine.coordinator.jute import (
+    Acl,
     AddWatchMode,
     AuthRequest,
     CheckRequest,
@@ -335,18 +336,33 @@ class Coordinator:
         return {s.session_id: (s.passwd, s.timeout_ms) for s in self.sessions.sessions.values()}
 
     def _fire(self, events: list[Event], zxid: int) -> None:
+        """Send each event to its watchers that may read the node it is about; the others'
+        watches are used up all the same (ZooKeeper's WatchManager does both)."""
         watches = self.watches
-        for event_type, path in events:
+        for event_type, path, acl in events:
             watchers = watches.trigger(event_type, path)
             if not watchers:
                 continue
-            message = jute.frame(
-                jute.encode_reply_header(jute.NOTIFICATION_XID, zxid, 0)
-                + jute.encode_watcher_event(event_type, KeeperState.SYNC_CONNECTED, path)
-            )
+            message = b""
             for conn in watchers:
                 assert isinstance(conn, Connection)
+                if not self._may_read(conn, acl):
+                    continue
+                if not message:
+                    message = jute.frame(
+                        jute.encode_reply_header(jute.NOTIFICATION_XID, zxid, 0)
+                        + jute.encode_watcher_event(event_type, KeeperState.SYNC_CONNECTED, path)
+                    )
                 conn.send(message, zxid)
+
+    def _may_read(self, conn: Connection, acl: tuple[Acl, ...]) -> bool:
+        session = conn.session
+        identities = self._identities(conn, session) if session is not None else []
+        try:
+            check_acl(acl, Perm.READ, identities)
+        except KeeperError:
+            return False
+        return True
 
     # -- connections and sessions --------------------------------------------------------
 
@@ -613,9 +629,19 @@ class Coordinator:
         return body
 
     def _get_acl(self, conn: Connection, session: Session, op: int, record: Record) -> bytes:
+        """READ or ADMIN may read the ACL; without ADMIN the digest entries' hashes read
+        "x" (ZooKeeper's getACL: a hash could be attacked offline)."""
         assert isinstance(record, PathRequest)
         node = self._read_node(record.path, Perm.READ | Perm.ADMIN, conn, session)
-        return jute.encode_acls(node.acl) + jute.encode_stat(node.stat())
+        acl = node.acl
+        try:
+            check_acl(acl, Perm.ADMIN, self._identities(conn, session))
+        except KeeperError:
+            acl = tuple(
+                Acl(a.perms, a.scheme, a.id.split(":", 1)[0] + ":x") if a.scheme == "digest"
+                else a for a in acl
+            )
+        return jute.encode_acls(acl) + jute.encode_stat(node.stat())
 
     def _sync(self, conn: Connection, session: Session, op: int, record: Record) -> bytes:
         assert isinstance(record, PathRequest)

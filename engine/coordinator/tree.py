@@ -161,7 +161,11 @@ Txn = (
     | CloseSessionTxn | MultiTxn
 )
 
-Event = tuple[EventType, str]
+#: A watch event: its type, its path, and the ACL of the node it is about (the node
+#: itself, or for NODE_CHILDREN_CHANGED its parent), so that only watchers that may
+#: read that node are told (as ZooKeeper does since 3.8.4/3.9.2, CVE-2024-23944: a
+#: recursive watch on an open parent must not reveal the paths below it).
+Event = tuple[EventType, str, tuple[Acl, ...]]
 UndoLog = list[tuple[str, Node | None]]
 
 
@@ -464,7 +468,7 @@ class DataTree:
             node.version = txn.version
             node.mzxid = zxid
             node.mtime = time_ms
-            events.append((EventType.NODE_DATA_CHANGED, txn.path))
+            events.append((EventType.NODE_DATA_CHANGED, txn.path, node.acl))
         elif isinstance(txn, CreateTxn):
             parent_path = parent_of(txn.path)
             self._save(undo, parent_path)
@@ -476,8 +480,8 @@ class DataTree:
             node = Node(txn.data, txn.acl, zxid, zxid, time_ms, time_ms,
                         ephemeral_owner=txn.ephemeral_owner, pzxid=zxid)
             self._put(txn.path, node)
-            events.append((EventType.NODE_CREATED, txn.path))
-            events.append((EventType.NODE_CHILDREN_CHANGED, parent_path))
+            events.append((EventType.NODE_CREATED, txn.path, node.acl))
+            events.append((EventType.NODE_CHILDREN_CHANGED, parent_path, parent.acl))
         elif isinstance(txn, DeleteTxn):
             self._delete(txn.path, zxid, undo, events)
         elif isinstance(txn, SetACLTxn):
@@ -497,13 +501,13 @@ class DataTree:
         parent_path = parent_of(path)
         self._save(undo, parent_path)
         self._save(undo, path)
-        self._remove(path)
+        node = self._remove(path)
         parent = self.nodes[parent_path]
         del parent.children[name_of(path)]
         parent.cversion += 1
         parent.pzxid = zxid
-        events.append((EventType.NODE_DELETED, path))
-        events.append((EventType.NODE_CHILDREN_CHANGED, parent_path))
+        events.append((EventType.NODE_DELETED, path, node.acl))
+        events.append((EventType.NODE_CHILDREN_CHANGED, parent_path, parent.acl))
 
     # -- containers and TTL nodes --------------------------------------------------------
 

@@ -34,8 +34,9 @@ def test_a_broker_registering_while_the_controller_reads_the_live_set_is_not_mis
         return out
 
     monkeypatch.setattr(md, "live_brokers", live_then_a_registration)
-    zk.ensure_path(md.BROKER_IDS)
     zk.ensure_path(md.BROKER_TOPICS)
+    # a controller is a registered broker: its session owns both nodes
+    zk.create(md.broker_path(1), md.encode({"version": 5}), ephemeral=True, makepath=True)
     controller.act()
     assert raced and controller.active
     wait_until(

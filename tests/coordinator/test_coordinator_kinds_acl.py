@@ -1,4 +1,5 @@
-"""Container and TTL nodes, getEphemerals/getAllChildrenNumber, ACLs, four-letter words."""
+"""Container and TTL nodes, getEphemerals/getAllChildrenNumber, ACLs (and the watch events
+they hide), four-letter words."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from kazoo.exceptions import (
     NoAuthError,
 )
 from kazoo.security import make_acl, make_digest_acl
-from zkharness import ServerProcess, four_letter_word, wait_until
+from zkharness import RawClient, ServerProcess, four_letter_word, wait_until
 
 from engine.coordinator.jute import (
     OPEN_ACL_UNSAFE,
+    AddWatchMode,
+    AddWatchRequest,
     CreateFlag,
     CreateRequest,
     OpCode,
@@ -161,6 +164,60 @@ def test_set_acls_checks_aversion_and_admin(zk: KazooClient,
     acls, stat = zk.get_acls("/acl")
     assert stat.aversion == 2
     assert [(a.id.scheme, a.id.id, a.perms) for a in acls] == [("world", "anyone", 1)]
+
+
+def test_get_acls_without_admin_hides_the_digest_hashes(make_client: Callable[..., Any]) -> None:
+    """getACL needs READ or ADMIN; without ADMIN a digest entry reads "user:x", so the
+    hash cannot be attacked offline (ZooKeeper's getACL)."""
+    owner = make_client()
+    owner.add_auth("digest", "alice:secret")
+    alice = make_digest_acl("alice", "secret", all=True)
+    owner.create("/shown", b"", acl=[make_acl("world", "anyone", read=True), alice])
+    acls, _stat = make_client().get_acls("/shown")
+    assert [(a.id.scheme, a.id.id, a.perms) for a in acls] == [
+        ("world", "anyone", 1), ("digest", "alice:x", 31)]
+    acls, _stat = owner.get_acls("/shown")
+    assert [a.id.id for a in acls] == ["anyone", alice.id.id]
+
+
+def test_watch_events_reach_only_sessions_that_may_read_the_node(
+        server: ServerProcess, chroot: str, make_client: Callable[..., Any]) -> None:
+    """A recursive watch on an open parent, or a watch set by exists() on a node the
+    session may not read, tells it nothing about that node: not even its path (as
+    ZooKeeper does since 3.8.4/3.9.2, CVE-2024-23944). Events are delivered in order, so
+    once the open node's event is in, any event of the private ones would be too."""
+    from kazoo.protocol.states import WatchedEvent
+
+    owner = make_client()
+    owner.add_auth("digest", "alice:secret")
+    private = [make_digest_acl("alice", "secret", all=True)]
+    owner.create("/private", b"", acl=private)
+    owner.create("/open", b"")
+    stranger = make_client()
+    seen: list[tuple[str, str]] = []
+
+    def note(event: WatchedEvent) -> None:
+        seen.append((event.type, event.path))  # kazoo takes the chroot off
+
+    assert stranger.exists("/private", watch=note) is not None  # exists is not ACL-checked
+    raw = RawClient(server.port)
+    try:
+        err, _zxid, _reader = raw.call(OpCode.ADD_WATCH, AddWatchRequest(
+            chroot, AddWatchMode.PERSISTENT_RECURSIVE))
+        assert err == 0
+        owner.create("/private/secret-name", b"", acl=private)
+        owner.set("/private/secret-name", b"changed")
+        owner.delete("/private/secret-name")
+        owner.set("/private", b"changed")
+        owner.create("/open/public-name", b"")
+        events = raw.wait_events(1, timeout=10)
+        assert [path[len(chroot):] for _type, _state, path in events] == ["/open/public-name"]
+    finally:
+        raw.close()
+    assert stranger.exists("/open", watch=note) is not None
+    owner.set("/open", b"changed")
+    wait_until(lambda: seen, 10, "the open node's data event")
+    assert seen == [("CHANGED", "/open")]
 
 
 def test_invalid_acls_are_refused(zk: KazooClient) -> None:

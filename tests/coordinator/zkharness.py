@@ -30,6 +30,19 @@ def zookeeper_installed() -> bool:
     return ZOOKEEPER_JAR.exists() and shutil.which("java") is not None
 
 
+def require_zookeeper() -> None:
+    """Skip the calling test when Debian's ZooKeeper is not installed, saying so; in CI
+    (CI=true) fail it instead: there the real-ZooKeeper half must run, not be skipped."""
+    if zookeeper_installed():
+        return
+    import pytest  # here: bench/bench_coordinator.py uses this module without pytest
+
+    reason = f"Debian's zookeeper package is not installed ({ZOOKEEPER_JAR}, java)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}; CI=true, where the real-ZooKeeper tests must run")
+    pytest.skip(reason)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition",
                interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
