@@ -31,7 +31,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from engine import Admin, Consumer, Producer, UnknownTopicError
+from engine import Admin, Consumer, Producer, UnknownGroupError, UnknownTopicError
 from engine.group import reset_offsets
 
 GROUPS = {"notification": 3, "invoice": 4, "analytics": 2}
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(UnknownTopicError):
             admin.delete_topic(args.topic)  # a fresh run: a fresh topic ...
         admin.create_topic(args.topic, partitions=3)
-        for group in GROUPS:  # ... and the groups start from its beginning
-            reset_offsets(admin, group, args.topic, "earliest")
+        for group in GROUPS:  # ... and the groups start from its beginning (a new
+            with contextlib.suppress(UnknownGroupError):  # group does: "earliest")
+                reset_offsets(admin, group, args.topic, "earliest")
 
     ctx = mp.get_context("spawn")
     out, stop = ctx.Queue(), ctx.Event()
