@@ -18,14 +18,14 @@ from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine import metadata as md
 from engine.cluster import ClusterView
-from engine.config import validate_topic_name
+from engine.config import validate_topic_config, validate_topic_name
 from engine.errors import (
     EngineError,
     EngineTimeoutError,
     UnknownTopicError,
 )
 from engine.log import LogReader
-from engine.ring import seal_ring
+from engine.ring import Ring, seal_ring
 
 #: How long a failed create_topic waits for the controller to delete what it wrote.
 ABANDON_WAIT_S = 10.0
@@ -144,22 +144,33 @@ class Admin:
         return md.list_topics(self._cluster.zk)
 
     def describe_topic(self, name: str) -> TopicDescription:
-        view = self._cluster.refresh(name)
-        meta = view.meta
+        """The topic's partitions: leader (None while a partition has none), epoch,
+        replicas, ISR, and the leader's log start and end offsets and high watermark (-1
+        where no leader's ring says). Works while partitions are offline."""
+        validate_topic_name(name)
+        zk = self._cluster.zk
+        meta = md.read_topic(zk, name)
+        if name in md.topics_being_deleted(zk):
+            raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
         parts = []
-        for p in range(view.partition_count):
+        for p in range(meta.partition_count):
             state = meta.states.get(p)
-            leader = state.leader if state else None
+            leader = state.leader if state is not None and state.leader >= 0 else None
             start = end = hw = -1
-            if leader is not None and p in view.rings:
-                status = view.rings[p].status()
-                end = status.tail_offset
-                hw = status.readable_end
+            if leader is not None:
+                ring_name = self._cluster.data_dir.ring_name(meta.assignment.topic_id, p, leader)
+                try:
+                    with Ring.open(ring_name, populate=False) as ring:  # its header only
+                        status = ring.status()
+                    end, hw, start = status.tail_offset, status.readable_end, status.base_offset
+                except (FileNotFoundError, EngineError):
+                    pass
                 directory = self._cluster.data_dir.partition_dir(leader, name, p)
                 try:
-                    start = LogReader(directory).log_start_offset
-                except (OSError, NoNodeError):
-                    start = status.base_offset
+                    with LogReader(directory) as reader:
+                        start = reader.log_start_offset
+                except (OSError, EngineError):
+                    pass
             parts.append(
                 PartitionDescription(
                     partition=p,
@@ -172,7 +183,8 @@ class Admin:
                     high_watermark=hw,
                 )
             )
-        return TopicDescription(name, meta.assignment.topic_id, parts, dict(view.config))
+        config = validate_topic_config(meta.config, existing=True)
+        return TopicDescription(name, meta.assignment.topic_id, parts, dict(config))
 
     def describe_cluster(self) -> dict[str, Any]:
         zk = self._cluster.zk

@@ -36,14 +36,15 @@ from kazoo.client import KazooState
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from engine import metadata as md
+from engine import stale_rings
 from engine import transaction as txn
 from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
-from engine.errors import EngineError, RingPermissionError, TransactionError
+from engine.errors import EngineError, RingPermissionError, TransactionError, UnknownTopicError
 from engine.replica import FollowerReplica, LeaderReplica, Replica
-from engine.ring import seal_ring, unlink
+from engine.ring import seal_ring
 
 log = logging.getLogger("engine.broker")
 
@@ -79,6 +80,9 @@ class Broker:
         self.broker_id = broker_id
         self.hosts = hosts
         self.replicas: dict[ReplicaKey, Replica] = {}
+        #: The ring names of every replica the tree assigns to this broker, as of the last
+        #: reconcile pass that read the whole tree (None before the first).
+        self._assigned_rings: set[str] | None = None
         self.start_failures: dict[ReplicaKey, StartFailure] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -184,7 +188,7 @@ class Broker:
             except Exception:  # keep serving; retry the pass shortly
                 log.exception("reconcile pass failed")
                 self._retry_soon()
-            if first:
+            if first and self._assigned_rings is not None:  # after a whole pass only
                 self._remove_stale_rings()
                 first = False
             for key, replica in list(self.replicas.items()):
@@ -202,15 +206,17 @@ class Broker:
         # Read before the states: the controller removes a deleted topic's partition
         # states before its node, and its deletion request last of all.
         deleting = md.topics_being_deleted(self.zk)
+        assigned: set[str] = set()
         for topic in names:
             try:
                 meta = md.read_topic(self.zk, topic)
-            except Exception:  # noqa: BLE001 - deleted while we read it
+            except UnknownTopicError:  # deleted while we read it
                 continue
             existing.add((topic, meta.assignment.topic_id))
             for p, replicas in meta.assignment.replicas.items():
                 if self.broker_id not in replicas:
                     continue
+                assigned.add(self.data_dir.ring_name(meta.assignment.topic_id, p, self.broker_id))
                 path = md.state_path(topic, p)
                 try:
                     data, _ = self.zk.get(path, watch=self.poke)  # fires on any change
@@ -239,6 +245,7 @@ class Broker:
                 " (deleted)" if topic_gone else "",
             )
             self.replicas.pop(key).stop(delete=topic_gone)
+        self._assigned_rings = assigned
         self._remove_deleted_data(set(names), existing)
         for key in set(self.start_failures) - set(wanted):
             del self.start_failures[key]
@@ -405,20 +412,20 @@ class Broker:
         return True
 
     def _remove_stale_rings(self) -> None:
-        """Unlink rings of this broker that no hosted replica owns (deleted topics)."""
-        prefix = self.data_dir.ring_prefix()
-        mine = {r.ring_name.lstrip("/") for r in self.replicas.values()}
-        try:
-            names = os.listdir("/dev/shm")
-        except OSError:
-            return
-        for name in names:
-            if name.startswith(prefix) and name.endswith(f"-{self.broker_id}") and name not in mine:
-                log.info("removing stale ring /%s", name)
-                try:
-                    unlink("/" + name)
-                except RingPermissionError as exc:  # another user's, and we are not root
-                    log.warning("cannot remove a stale ring: %s", exc)
+        """Remove the rings of this broker that no partition assigned to it owns (its
+        topic was deleted, or the replica moved away), draining into the replica's log
+        what one holds and the log lacks. A ring of an assigned replica stays, whether or
+        not the replica runs now: an offline partition's ring holds acknowledged records
+        that its leader drains when it leads again."""
+        keep = {r.ring_name for r in self.replicas.values()} | (self._assigned_rings or set())
+        for stale in stale_rings.stale_rings(self.data_dir):
+            if stale.broker != self.broker_id or stale.name in keep:
+                continue
+            log.info("removing stale ring %s", stale.name)
+            try:
+                stale_rings.drain_and_remove_one(self.data_dir, stale)
+            except RingPermissionError as exc:  # another user's, and we are not root
+                log.warning("cannot remove a stale ring: %s", exc)
 
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)

@@ -39,7 +39,12 @@ from __future__ import annotations
 
 
 class EngineError(Exception):
-    """Root of every engine error; never raised itself."""
+    """Root of every engine error; never raised itself.
+
+    ``appended``: a call that writes many records (``send_batch``) and failed part way
+    says here how many of them it had appended; they stay appended."""
+
+    appended: int = 0
 
 
 class ConfigError(EngineError, ValueError):

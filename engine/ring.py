@@ -382,6 +382,68 @@ class Ring:
             if result != -REAPED:
                 raise_for(-result, f"append to ring {self.name}")
 
+    def append_records(
+        self,
+        fields: Any,
+        values: Any,
+        value_lengths: Any = None,
+        value_stride: int = 0,
+        keys: Any = None,
+        key_lengths: Any = None,
+        key_stride: int = 0,
+        headers: Any = None,
+        header_lengths: Any = None,
+        header_counts: Any = None,
+        timestamps_ms: Any = None,
+        timestamp_ms: int | None = None,
+        timeout_ms: int = 60_000,
+        offsets: Any = None,
+    ) -> tuple[int, int]:
+        """Append many records in as few batches as fit: ``(code, appended)``, the ring's
+        code (OK, or what stopped it) and how many records are appended (those of an
+        error part way stay appended). Never raises for a ring code.
+
+        values: a bytes-like blob of values back to back, with value_lengths (int32
+        array, -1 for a null value) or a fixed value_stride. keys likewise (None: null
+        keys). headers (None: none): each record's encoded headers back to back, with
+        header_lengths and header_counts (int32 arrays). timestamps_ms: an int64 array,
+        or None for timestamp_ms (default: now) on every record. offsets: an optional
+        int64 array that receives every appended record's offset.
+        """
+        region = self._ptr()
+        count = (
+            len(value_lengths)
+            if value_lengths is not None
+            else (len(values) // value_stride if value_stride else 0)
+        )
+        if timestamps_ms is not None:
+            timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=np.int64)
+        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+        vl = _np_int32(value_lengths) if value_lengths is not None else None
+        kl = _np_int32(key_lengths) if key_lengths is not None else None
+        hl = _np_int32(header_lengths) if headers is not None else None
+        hc = _np_int32(header_counts) if headers is not None else None
+        code = lib.engine_ring_append_batch(
+            region,
+            fields,
+            ts,
+            ffi.NULL if timestamps_ms is None else ffi.from_buffer("int64_t[]", timestamps_ms),
+            count,
+            ffi.NULL if keys is None else ffi.from_buffer(keys),
+            ffi.NULL if kl is None else ffi.from_buffer("int32_t[]", kl),
+            key_stride,
+            ffi.from_buffer(values),
+            ffi.NULL if vl is None else ffi.from_buffer("int32_t[]", vl),
+            value_stride,
+            ffi.NULL if headers is None else ffi.from_buffer(headers),
+            ffi.NULL if hl is None else ffi.from_buffer("int32_t[]", hl),
+            ffi.NULL if hc is None else ffi.from_buffer("int32_t[]", hc),
+            timeout_ms * 1_000_000,
+            ffi.NULL if offsets is None else ffi.from_buffer("int64_t[]", offsets),
+            _out.count,
+        )
+        return int(code), int(_out.count[0])
+
     def append_batch(
         self,
         fields: Any,
@@ -396,47 +458,20 @@ class Ring:
         timeout_ms: int = 60_000,
         offsets: Any = None,
     ) -> int:
-        """Append many records in as few batches as fit; returns how many were appended.
-
-        values: a bytes-like blob of values back to back, with value_lengths (int32
-        array) or a fixed value_stride. keys likewise (None: null keys). offsets: an
-        optional int64 array that receives every record's offset. On an error
-        part way, the records already appended stay appended and the exception
-        carries ``appended``.
-        """
-        region = self._ptr()
-        count = (
-            len(value_lengths)
-            if value_lengths is not None
-            else (len(values) // value_stride if value_stride else 0)
-        )
-        if timestamps_ms is not None:
-            timestamps_ms = np.ascontiguousarray(timestamps_ms, dtype=np.int64)
-        ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
-        vl = _np_int32(value_lengths) if value_lengths is not None else None
-        kl = _np_int32(key_lengths) if key_lengths is not None else None
-        code = lib.engine_ring_append_batch(
-            region,
-            fields,
-            ts,
-            ffi.NULL if timestamps_ms is None else ffi.from_buffer("int64_t[]", timestamps_ms),
-            count,
-            ffi.NULL if keys is None else ffi.from_buffer(keys),
-            ffi.NULL if kl is None else ffi.from_buffer("int32_t[]", kl),
-            key_stride,
-            ffi.from_buffer(values),
-            ffi.NULL if vl is None else ffi.from_buffer("int32_t[]", vl),
-            value_stride,
-            timeout_ms * 1_000_000,
-            ffi.NULL if offsets is None else ffi.from_buffer("int64_t[]", offsets),
-            _out.count,
-        )
-        appended = int(_out.count[0])
+        """:meth:`append_records` without headers that raises the ring's error (its
+        ``appended`` says how many records landed first); returns how many were
+        appended."""
+        code, appended = self.append_records(
+            fields, values, value_lengths, value_stride, keys, key_lengths, key_stride,
+            timestamps_ms=timestamps_ms, timestamp_ms=timestamp_ms, timeout_ms=timeout_ms,
+            offsets=offsets,
+        )  # fmt: skip
         if code != OK:
+            count = len(value_lengths) if value_lengths is not None else -1
             try:
                 raise_for(code, f"append_batch to ring {self.name} after {appended} of {count}")
-            except Exception as exc:
-                exc.appended = appended  # type: ignore[attr-defined]
+            except EngineError as exc:
+                exc.appended = appended
                 raise
         return appended
 

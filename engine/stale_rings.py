@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.datadir import DataDir
-from engine.errors import EngineError
+from engine.errors import EngineError, RingPermissionError
 from engine.log import Log, LogConfig
 from engine.ring import EMPTY, NO_LIMIT, OK, OUT_TOO_SMALL, Ring, unlink
 
@@ -102,15 +102,24 @@ def drain_and_remove(data_dir: DataDir, keep_brokers: set[int] | None = None) ->
     remove it."""
     done = Cleanup()
     for stale in stale_rings(data_dir):
-        if keep_brokers is not None and stale.broker in keep_brokers:
-            continue
-        try:
-            done.records += _drain(data_dir, stale)
-        except (EngineError, OSError) as exc:
-            log.warning("ring %s could not be drained, removing it: %s", stale.name, exc)
-        unlink(stale.name)
-        done.rings += 1
+        if keep_brokers is None or stale.broker not in keep_brokers:
+            done.records += drain_and_remove_one(data_dir, stale)
+            done.rings += 1
     return done
+
+
+def drain_and_remove_one(data_dir: DataDir, stale: StaleRing) -> int:
+    """Drain ``stale`` into its replica's log and remove it; how many offsets it added.
+    RingPermissionError when the ring is another user's (it stays)."""
+    try:
+        records = _drain(data_dir, stale)
+    except RingPermissionError:
+        raise
+    except (EngineError, OSError) as exc:
+        log.warning("ring %s could not be drained, removing it: %s", stale.name, exc)
+        records = 0
+    unlink(stale.name)
+    return records
 
 
 def _drain(data_dir: DataDir, stale: StaleRing) -> int:

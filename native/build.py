@@ -118,7 +118,9 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,
                              const char *values, const int32_t *value_lengths,
-                             int32_t value_stride, int64_t timeout_ns, int64_t *out_offsets,
+                             int32_t value_stride, const char *headers,
+                             const int32_t *header_lengths, const int32_t *header_counts,
+                             int64_t timeout_ns, int64_t *out_offsets,
                              int32_t *out_appended);
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);

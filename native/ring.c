@@ -402,12 +402,16 @@ int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *k
 
 /* The body of engine_ring_append_batch. order (may be NULL) picks the records:
  * the r-th record appended is record order[r] of keys/values (fixed strides
- * only), and its offset goes to out_offsets[order[r]]. */
+ * only), and its offset goes to out_offsets[order[r]]. headers (may be NULL;
+ * not with order): each record's Kafka-encoded headers back to back,
+ * header_lengths[r] bytes holding header_counts[r] headers. */
 static int append_records(void *region, const engine_producer_fields_t *fields,
                           int64_t timestamp_ms, const int64_t *timestamps_ms, int32_t count,
                           const int32_t *order,
                           const char *keys, const int32_t *key_lengths, int32_t key_stride,
                           const char *values, const int32_t *value_lengths, int32_t value_stride,
+                          const char *headers, const int32_t *header_lengths,
+                          const int32_t *header_counts,
                           int64_t timeout_ns, int64_t *out_offsets, int32_t *out_appended) {
     struct engine_ring_header *h = header_of(region);
     engine_producer_fields_t pf;
@@ -416,10 +420,13 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
     if (code != ENGINE_RING_OK) return code;
     if (count < 0 || (!value_lengths && value_stride < 0) || (keys && !key_lengths && key_stride < 0))
         return ENGINE_RING_BAD_ARGUMENT;
-    if (order && (value_lengths || key_lengths || timestamps_ms)) return ENGINE_RING_BAD_ARGUMENT;
+    if (order && (value_lengths || key_lengths || timestamps_ms || headers))
+        return ENGINE_RING_BAD_ARGUMENT;
+    if (headers && (!header_lengths || !header_counts)) return ENGINE_RING_BAD_ARGUMENT;
     uint64_t max_frame = h->max_frame_length;
     int64_t deadline = 0;
     const uint8_t *kp = (const uint8_t *)keys, *vp = (const uint8_t *)values;
+    const uint8_t *hp = (const uint8_t *)headers;
     int32_t i = 0;
     while (i < count) {
         /* Size the next frame: as many records as fit. */
@@ -429,9 +436,10 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
         while (j < count) {
             int32_t klen = keys ? (key_lengths ? key_lengths[j] : key_stride) : -1;
             int32_t vlen = value_lengths ? value_lengths[j] : value_stride;
-            if (klen < -1 || vlen < -1) return ENGINE_RING_BAD_ARGUMENT;
+            int32_t hlen = headers ? header_lengths[j] : 0, hcount = headers ? header_counts[j] : 0;
+            if (klen < -1 || vlen < -1 || hlen < 0 || hcount < 0) return ENGINE_RING_BAD_ARGUMENT;
             int64_t ts = timestamps_ms ? timestamps_ms[j] : timestamp_ms;
-            size_t rl = engine_batch_record_length(ts - base_ts, j - i, klen, vlen, 0, 0);
+            size_t rl = engine_batch_record_length(ts - base_ts, j - i, klen, vlen, hlen, hcount);
             if (ENGINE_FRAME_HEADER_LENGTH + batch_length + rl > max_frame) break;
             batch_length += rl;
             if (ts > max_ts) max_ts = ts;
@@ -448,10 +456,11 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
         if (fenced_after_claim(region, &pf, f, position)) return ENGINE_RING_PRODUCER_FENCED;
         uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
         uint8_t *out = batch + ENGINE_BATCH_HEADER_LENGTH;
-        const uint8_t *kq = kp, *vq = vp;
+        const uint8_t *kq = kp, *vq = vp, *hq = hp;
         for (int32_t r = i; r < j; r++) {
             int32_t klen = keys ? (key_lengths ? key_lengths[r] : key_stride) : -1;
             int32_t vlen = value_lengths ? value_lengths[r] : value_stride;
+            int32_t hlen = headers ? header_lengths[r] : 0, hcount = headers ? header_counts[r] : 0;
             int64_t ts = timestamps_ms ? timestamps_ms[r] : timestamp_ms;
             int32_t at = order ? order[r] : r;
             if (order) {
@@ -465,10 +474,11 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
                 }
             }
             out += engine_batch_write_record(out, ts - base_ts, r - i, kq, klen, vq, vlen,
-                                             NULL, 0, 0);
+                                             hq, hlen, hcount);
             if (!order) {
                 if (kq && klen > 0) kq += klen;
                 if (vlen > 0) vq += vlen;
+                if (hq) hq += hlen;
             }
             if (out_offsets) out_offsets[at] = offset + (r - i);
         }
@@ -481,6 +491,7 @@ static int append_records(void *region, const engine_producer_fields_t *fields,
         if (!order) {
             kp = kq;
             vp = vq;
+            hp = hq;
         }
         i = j;
         *out_appended = i;
@@ -494,10 +505,13 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,
                              const char *values, const int32_t *value_lengths,
                              int32_t value_stride,
+                             const char *headers, const int32_t *header_lengths,
+                             const int32_t *header_counts,
                              int64_t timeout_ns, int64_t *out_offsets,
                              int32_t *out_appended) {
     return append_records(region, fields, timestamp_ms, timestamps_ms, count, NULL, keys,
                           key_lengths, key_stride, values, value_lengths, value_stride,
+                          headers, header_lengths, header_counts,
                           timeout_ns, out_offsets, out_appended);
 }
 
@@ -530,8 +544,8 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
             int64_t left = deadline - now_ns();
             int code = append_records(route->regions[p], route->fields, timestamp_ms, NULL, c,
                                       order + at, keys, NULL, key_stride, values, NULL,
-                                      value_stride, left > 0 ? left : 0, out_offsets,
-                                      &out_appended[p]);
+                                      value_stride, NULL, NULL, NULL, left > 0 ? left : 0,
+                                      out_offsets, &out_appended[p]);
             out_codes[p] = code;
             if (out_offsets && out_appended[p])
                 out_last_offsets[p] = out_offsets[order[at + out_appended[p] - 1]];

@@ -378,7 +378,9 @@ int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *k
  * values: value_lengths == NULL means every value is value_stride bytes,
  * back to back (a numpy array of fixed-size records); else values are packed
  * back to back with the given lengths. keys likewise; keys == NULL: null keys.
- * timestamps_ms may be NULL (then every record gets timestamp_ms).
+ * timestamps_ms may be NULL (then every record gets timestamp_ms). headers may
+ * be NULL (no headers); else each record's Kafka-encoded headers, back to back,
+ * header_lengths[r] bytes holding header_counts[r] of them.
  * *out_appended counts the records written (all of them unless an error
  * stopped the append part way: those already written stay written);
  * out_offsets (may be NULL) receives every record's offset: a batch split
@@ -389,6 +391,8 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              const char *keys, const int32_t *key_lengths, int32_t key_stride,
                              const char *values, const int32_t *value_lengths,
                              int32_t value_stride,
+                             const char *headers, const int32_t *header_lengths,
+                             const int32_t *header_counts,
                              int64_t timeout_ns, int64_t *out_offsets,
                              int32_t *out_appended);
 

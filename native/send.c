@@ -15,12 +15,12 @@
  *   init(send_address: int, future_type: type) -> None
  *   send(route_address: int, topic: str, key: bytes | None, value: bytes | None,
  *        partition: int | None)
- *       -> future_type((topic, partition, offset, timestamp_ms))   on success
+ *       -> future_type((topic, partition, offset, timestamp_ms, None))   on success
  *       -> int: minus a ring code                                  on failure
  *       -> None: key or value is not bytes / None, or partition not an int in
  *          range of int32 (use the general path)
  *
- *   Sender(fast: dict, general: callable, acked: callable | None)
+ *   Sender(fast: dict, general: callable)
  *       A Producer's send, as the instance attribute that shadows the Python
  *       method: a call is parsed here (send(topic, value=None, key=None,
  *       headers=None, partition=None, timestamp_ms=None)) and, when it can go
@@ -30,10 +30,9 @@
  *       much as the append itself. Anything else, and any append the ring
  *       refuses, is handed to ``general`` with the call's own arguments (the
  *       Python method, which says why or waits). ``fast`` maps a topic to
- *       (route address, route); with acks="all", ``acked(route, future)`` makes
- *       the future that waits for the ISR. ``paused`` (an int attribute) sends
- *       everything to ``general`` while the producer's acks=0 buffer holds
- *       records (they must not be overtaken).
+ *       (route address, route). ``paused`` (an int attribute) sends everything
+ *       to ``general`` while the producer's accumulator holds records (they must
+ *       not be overtaken).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -76,12 +75,13 @@ static int bytes_or_none(PyObject *o, const char **data, int32_t *length) {
     return 1;
 }
 
-/* future_type((topic, partition, offset, timestamp_ms)) of the record just sent. */
+/* future_type((topic, partition, offset, timestamp_ms, None)) of the record just sent:
+ * engine.future.RecordFuture, decided when made. */
 static PyObject *make_future(PyObject *topic, const engine_route_t *route, int64_t offset) {
     PyObject *part = PyLong_FromLong(route->last_partition);
     PyObject *off = PyLong_FromLongLong(offset);
     PyObject *ts = PyLong_FromLongLong(route->last_timestamp_ms);
-    PyObject *future = future_type->tp_alloc(future_type, 4);
+    PyObject *future = future_type->tp_alloc(future_type, 5);
     if (!part || !off || !ts || !future) {
         Py_XDECREF(part);
         Py_XDECREF(off);
@@ -94,6 +94,8 @@ static PyObject *make_future(PyObject *topic, const engine_route_t *route, int64
     PyTuple_SET_ITEM(future, 1, part);
     PyTuple_SET_ITEM(future, 2, off);
     PyTuple_SET_ITEM(future, 3, ts);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(future, 4, Py_None);
     return future;
 }
 
@@ -136,7 +138,6 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *fast;    /* dict: topic -> (route address, route) */
     PyObject *general; /* the Python send */
-    PyObject *acked;   /* acks="all": acked(route, future) -> future; else NULL */
     int paused;
 } Sender;
 
@@ -203,12 +204,6 @@ static PyObject *sender_call(PyObject *callable, PyObject *const *args, size_t n
         goto general;
     }
     PyObject *future = make_future(a[ARG_TOPIC], route, offset);
-    if (future && self->acked) {
-        PyObject *pending = PyObject_CallFunctionObjArgs(self->acked,
-                                                         PyTuple_GET_ITEM(entry, 1), future, NULL);
-        Py_DECREF(future);
-        future = pending;
-    }
     Py_DECREF(entry);
     return future;
 general:
@@ -216,11 +211,10 @@ general:
 }
 
 static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    PyObject *fast, *general, *acked;
-    if (!PyArg_ParseTuple(args, "O!OO:Sender", &PyDict_Type, &fast, &general, &acked)) return NULL;
-    if (!PyCallable_Check(general) || (acked != Py_None && !PyCallable_Check(acked))) {
-        PyErr_SetString(PyExc_TypeError, "Sender(fast, general, acked): general and acked "
-                                         "(or None) must be callable");
+    PyObject *fast, *general;
+    if (!PyArg_ParseTuple(args, "O!O:Sender", &PyDict_Type, &fast, &general)) return NULL;
+    if (!PyCallable_Check(general)) {
+        PyErr_SetString(PyExc_TypeError, "Sender(fast, general): general must be callable");
         return NULL;
     }
     Sender *self = (Sender *)type->tp_alloc(type, 0);
@@ -230,24 +224,18 @@ static PyObject *sender_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     self->fast = fast;
     Py_INCREF(general);
     self->general = general;
-    if (acked != Py_None) {
-        Py_INCREF(acked);
-        self->acked = acked;
-    }
     return (PyObject *)self;
 }
 
 static int sender_traverse(Sender *self, visitproc visit, void *arg) {
     Py_VISIT(self->fast);
     Py_VISIT(self->general);
-    Py_VISIT(self->acked);
     return 0;
 }
 
 static int sender_clear(Sender *self) {
     Py_CLEAR(self->fast);
     Py_CLEAR(self->general);
-    Py_CLEAR(self->acked);
     return 0;
 }
 

@@ -427,24 +427,21 @@ def test_many_producer_processes_one_partition_each_record_once_in_order(
     admin.delete_topic(name)
 
 
-def test_acks0_appends_at_once_or_buffers_and_keeps_order(
+def test_acks0_appends_every_record_in_send_order_and_knows_its_offset(
     shared_daemon: Daemon, topic: str
 ) -> None:
-    """acks=0: records of bytes go to the ring at once (their futures know the offset);
-    a record with headers is buffered, and so is everything after it until the
-    buffer is appended (flush, or linger_ms): the partition keeps the send order."""
+    """acks=0: every record goes to the ring when sent (one with headers too): its
+    future knows the offset it got, and the partition keeps the send order."""
     with Producer(shared_daemon.data_dir, acks=0, linger_ms=10_000) as p:
-        direct = [p.send(topic, b"q%d" % i, partition=2) for i in range(50)]
-        assert [f.get().offset for f in direct] == list(range(50))
-        buffered = [p.send(topic, b"h", partition=2, headers=[("k", b"v")])]
-        buffered += [p.send(topic, b"q%d" % i, partition=2) for i in range(50, 100)]
-        assert all(f.get().offset == -1 for f in buffered)
-        p.flush()
-        after = p.send(topic, b"q100", partition=2)
-        assert after.get().offset == 101
+        futures = [p.send(topic, b"q%d" % i, partition=2) for i in range(50)]
+        futures.append(p.send(topic, b"h", partition=2, headers=[("k", b"v")]))
+        futures += [p.send(topic, b"q%d" % i, partition=2) for i in range(50, 101)]
+        assert all(f.is_done() for f in futures)
+        assert [f.get().offset for f in futures] == list(range(102))
     records = consume_all(shared_daemon.data_dir, [TopicPartition(topic, 2)], 102)
     expected = [b"q%d" % i for i in range(50)] + [b"h"] + [b"q%d" % i for i in range(50, 101)]
     assert [r.value for r in records] == expected
+    assert records[50].headers == [("k", b"v")]
 
 
 def test_offset_out_of_range_follows_auto_offset_reset(shared_daemon: Daemon, topic: str) -> None:
@@ -617,8 +614,8 @@ def test_send_in_c_takes_its_arguments_as_the_python_method_does(
     """Producer.send is parsed and appended in C (engine._send.Sender) when it can be;
     by position or by name, the records land alike, and what the C path does not take
     (headers, a timestamp, a bad call) goes to the Python method, which raises as
-    Python would."""
-    with Producer(shared_daemon.data_dir) as p:
+    Python would. (acks 0 and 1: acks="all" gathers records into batches.)"""
+    with Producer(shared_daemon.data_dir, acks=1) as p:
         assert type(p.send).__name__ == "Sender"
         sent = [
             p.send(topic, b"v0", b"k", None, 2),
@@ -680,10 +677,11 @@ def test_an_acks_all_send_is_acknowledged_on_the_route_it_went_through(
     this raised KeyError after the append had landed (seen in CI)."""
     with Producer(shared_daemon.data_dir, acks="all") as p:
         assert p.send(topic, b"a", partition=1).get(timeout=10).offset == 0
-        p._routes.clear()  # the state such a thread leaves: the C path's route still set
-        assert p.send(topic, b"b", partition=1).get(timeout=10).offset == 1
-        p._forget_route(topic)
-        assert p.send(topic, b"c", partition=1).get(timeout=10).offset == 2
+        pending = [p.send(topic, b"b%d" % i, partition=1) for i in range(100)]
+        p._metadata.forget(topic)  # what a refresh by another thread leaves
+        assert [f.get(timeout=10).offset for f in pending] == list(range(1, 101))
+        p._metadata.forget(topic)
+        assert p.send(topic, b"c", partition=1).get(timeout=10).offset == 101
 
 
 def test_deleting_a_topic_removes_its_data_from_every_broker(
@@ -719,8 +717,8 @@ def test_keyed_numpy_batch_resends_a_partition_whose_ring_was_sealed(
     keys = np.array([b"sensor-%03d" % (i % 41) for i in range(n)], dtype="S16")
     raw = [keys[i : i + 1].tobytes() for i in range(n)]
     expected = [(murmur2(k) & 0x7FFFFFFF) % 3 for k in raw]
-    with Producer(shared_daemon.data_dir) as p:
-        ring = p._cluster.topic(topic).rings[1]
+    with Producer(shared_daemon.data_dir, acks=1) as p:
+        ring = p._metadata.route(topic).view.rings[1]
         epoch = ring.status().leader_epoch
         ring.set_leader(epoch, sealed=True)
         threading.Timer(0.3, ring.set_leader, (epoch, False)).start()
@@ -749,7 +747,7 @@ def test_keyed_batch_into_full_rings_waits_max_block_ms_once_and_keeps_what_fit(
     keys = np.array([b"k%04d" % i for i in range(4000)], dtype="S8")
     brokers = [pid for name, pid in daemon.runtime()["processes"].items()
                if name.startswith("broker-")]
-    with Producer(daemon.data_dir, max_block_ms=1000) as p:
+    with Producer(daemon.data_dir, acks=1, max_block_ms=1000) as p:
         p.partitions_for("full")
         for pid in brokers:
             os.kill(pid, signal.SIGSTOP)

@@ -15,6 +15,7 @@ import engine
 
 PACKAGE = Path(engine.__file__).parent
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 def _bindings(function: ast.AST) -> dict[str, list[int]]:
@@ -23,8 +24,8 @@ def _bindings(function: ast.AST) -> dict[str, list[int]]:
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, _SCOPES):
-                continue
+            if isinstance(child, (*_SCOPES, *_COMPREHENSIONS)):
+                continue  # a scope of its own
             if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store):
                 out.setdefault(child.id, []).append(child.lineno)
             visit(child)
@@ -45,7 +46,8 @@ def rebound_closure_reads(source: str, filename: str) -> list[str]:
             params = {a.arg for a in ast.walk(inner.args) if isinstance(a, ast.arg)}
             names = [n for n in ast.walk(inner) if isinstance(n, ast.Name)]
             reads = {n.id for n in names if isinstance(n.ctx, ast.Load)}
-            for name in sorted(reads - params):
+            own = {n.id for n in names if isinstance(n.ctx, ast.Store)}  # its own locals
+            for name in sorted(reads - params - own):
                 lines = bound.get(name, [])
                 if len(lines) > 1 or any(line > inner.lineno for line in lines):
                     found.append(f"{filename}:{inner.lineno}: reads {name!r}, bound at {lines}")

@@ -119,3 +119,32 @@ def test_stop_of_a_crashed_daemon_drains_its_rings_into_the_logs_and_removes_the
         c.assign([TopicPartition("leftover", p) for p in range(3)])
         got = drain(c, 3000)
     assert sorted(int(v) for v in got) == list(range(3000))
+
+
+def test_a_broker_that_comes_back_to_an_offline_partition_keeps_its_undrained_ring(
+    daemon: Daemon,
+) -> None:
+    """acks=1 records sit in a frozen leader's ring (nothing drains it); the controller
+    takes the partition offline when the leader's session expires; the leader is killed
+    and comes back. Its first pass finds the partition without a leader: the ring is
+    still its replica's, holding acknowledged records, and must not be removed as
+    stale (it was, and the records were lost), but resumed when it leads again."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("offline", partitions=1)
+        leader = admin.describe_topic("offline").partitions[0].leader
+        pid = int(daemon.runtime()["processes"][f"broker-{leader}"])
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with Producer(daemon.data_dir, acks=1) as p:
+                for i in range(500):
+                    p.send("offline", b"%d" % i).get(timeout=5)
+            wait_for(lambda: admin.describe_topic("offline").partitions[0].leader is None,
+                     timeout=30, what="the partition to go offline")
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: admin.describe_topic("offline").partitions[0].leader == leader,
+                 timeout=30, what="the restarted broker to lead again")
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("offline", 0)])
+        got = drain(c, 500)
+    assert sorted(int(v) for v in got) == list(range(500))

@@ -124,12 +124,14 @@ def test_a_new_instance_fences_its_older_self_and_aborts_what_it_left(
         second.begin_transaction()
         second.send(tx_topic, b"zombie-3", partition=0)
         third.init_transactions()  # fences second
-        with pytest.raises(ProducerFencedError):
-            second.send(tx_topic, b"zombie-4", partition=0)  # the ring refuses its epoch
+        with pytest.raises(ProducerFencedError):  # the ring refuses its epoch
+            second.send(tx_topic, b"zombie-4", partition=0).get(timeout=10)
+        with pytest.raises(ProducerFencedError):  # and it knows from then on
+            second.send(tx_topic, b"zombie-5", partition=0)
         third.begin_transaction()
         third.send(tx_topic, b"new", partition=0)
         third.commit_transaction()
-        state, _ = txn.load(third._cluster.zk, tid) or (None, 0)
+        state, _ = txn.load(third._metadata.cluster.zk, tid) or (None, 0)
         assert state is not None and state.epoch == 2 and state.state == txn.EMPTY
     finally:
         for p in (first, second, third):

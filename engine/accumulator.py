@@ -1,0 +1,565 @@
+"""The record accumulator: records waiting to be appended, in batches per partition.
+
+Kafka's producer gathers the records of each partition into batches (``batch_size``
+bytes) that its sender thread writes; a batch waits up to ``linger_ms`` for more
+records. Here the sender appends a batch to the partition leader's ring, and with
+acks="all" keeps it *in flight* until the ISR holds it. Per partition::
+
+    send() --> [ queued: OPEN (takes records) ... CLOSED (full, bulk, a retry) ]
+                  | the sender appends the head batch when it may (below)
+                  v
+               [ in flight (acks="all"): appended, waiting for the ISR ]
+                  | the high watermark passes it (or it fails)
+                  v
+               SUCCEEDED / FAILED: its futures are done, its bytes are free
+
+A partition's head batch may be appended once its partition is not backing off
+after an error, has fewer than ``max_in_flight_requests_per_connection`` batches in
+flight, and the batch is closed, or has waited ``linger_ms``, or its partition has
+nothing in flight, or a flush asked for everything. So a partition with nothing in
+flight sends a record at once (low latency), and records that come while earlier
+ones wait for the ISR gather into one batch (throughput): the batches grow with the
+load, as TCP's Nagle rule makes segments grow.
+
+Batches of one partition are appended, retried and decided in order. A batch sent
+again keeps its place (it goes back to the head of its queue) and, for an
+idempotent producer, its sequence numbers.
+
+Threads: any number of sending threads call :meth:`RecordAccumulator.append` and
+:meth:`RecordAccumulator.add_batch`; the producer's one sender thread
+(engine.sender) takes batches, appends them and decides them. Everything here is
+guarded by ``cond`` (its lock); futures wait on it too.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engine.errors import BufferFullError, ClosedError, EngineError, EngineTimeoutError
+from engine.record import TopicPartition
+from engine.ring import Ring
+
+log = logging.getLogger("engine.producer")
+
+_monotonic = time.monotonic
+#: Bytes a record costs beside its key, value and headers (Kafka's estimate of a
+#: record's overhead in a batch; used for batch_size and buffer_memory).
+RECORD_OVERHEAD = 24
+
+
+class BatchState(enum.Enum):
+    """Where a batch is in its life (see the module docstring)."""
+
+    OPEN = "open"
+    """Queued; still takes records."""
+    CLOSED = "closed"
+    """Queued; takes no more records (full, a bulk batch of send_batch, a retry)."""
+    IN_FLIGHT = "in flight"
+    """Appended to a leader's ring; waits until the ISR holds it (acks="all")."""
+    SUCCEEDED = "succeeded"
+    """Done: every record is where its future says."""
+    FAILED = "failed"
+    """Done: its futures raise ``error``. Records appended before the failure may be
+    in the log (the error says what is known)."""
+
+
+_DONE = (BatchState.SUCCEEDED, BatchState.FAILED)
+
+
+@dataclass(eq=False)
+class Bulk:
+    """The records of a bulk batch (send_batch), as the ring's batch append takes them:
+    values back to back with their lengths (or a fixed stride), keys likewise."""
+
+    values: Any
+    value_lengths: Any
+    value_stride: int
+    keys: Any
+    key_lengths: Any
+    key_stride: int
+    timestamp_ms: int
+
+    def tail(self, k: int) -> Bulk:
+        """The records from the k-th on."""
+        if k == 0:
+            return self
+        vstart = k * self.value_stride if self.value_lengths is None else _packed(
+            self.value_lengths, k
+        )
+        kstart = 0
+        if self.keys is not None:
+            kstart = k * self.key_stride if self.key_lengths is None else _packed(
+                self.key_lengths, k
+            )
+        return Bulk(
+            memoryview(self.values)[vstart:],
+            None if self.value_lengths is None else self.value_lengths[k:],
+            self.value_stride,
+            None if self.keys is None else memoryview(self.keys)[kstart:],
+            None if self.key_lengths is None else self.key_lengths[k:],
+            self.key_stride,
+            self.timestamp_ms,
+        )
+
+
+def _packed(lengths: Any, k: int) -> int:
+    """Bytes the first k of packed values take (-1 lengths are nulls: none)."""
+    head = np.asarray(lengths[:k], dtype=np.int64)
+    return int(head[head > 0].sum())
+
+
+@dataclass(eq=False)
+class ProducerBatch:
+    """The records of one partition that are appended together, and their fate.
+
+    Records sent one by one are kept as lists (keys, values, encoded headers, header
+    counts, timestamps); a bulk batch (``bulk``) keeps the caller's arrays. ``offsets``
+    receives each record's offset when it is appended; ``appended`` counts the records
+    appended to the current leader (a batch cut by a leader change part way is sent
+    again from there). ``sequence`` is its first record's sequence number (idempotent
+    producers; -1 until first appended). Guarded by the accumulator's lock.
+    """
+
+    tp: TopicPartition
+    created: float
+    cond: threading.Condition
+    bulk: Bulk | None = None
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    headers: list[bytes] = field(default_factory=list)
+    header_counts: list[int] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    count: int = 0
+    size: int = 0
+    has_headers: bool = False
+    state: BatchState = BatchState.OPEN
+    offsets: Any = None
+    appended: int = 0
+    sequence: int = -1
+    ring: Ring | None = None
+    error: BaseException | None = None
+    #: The last retriable error (NotLeader, NotEnoughReplicas, a full ring): what the
+    #: batch fails with if it runs out of time while retrying.
+    last_error: BaseException | None = None
+    attempts: int = 0
+    callbacks: list[tuple[int, bool, Callable[[Any], object]]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state in _DONE
+
+    @property
+    def failed(self) -> bool:
+        return self.state is BatchState.FAILED
+
+    @property
+    def last_offset(self) -> int:
+        return int(self.offsets[: self.appended].max()) if self.appended else -1
+
+    def add(
+        self, key: bytes | None, value: bytes | None, hbytes: bytes, hcount: int, ts: int, size: int
+    ) -> int:
+        """Add one record; returns its index in the batch."""
+        self.keys.append(key)
+        self.values.append(value)
+        self.headers.append(hbytes)
+        self.header_counts.append(hcount)
+        self.timestamps.append(ts)
+        if hcount:
+            self.has_headers = True
+        self.size += size
+        self.count += 1
+        return self.count - 1
+
+    def offset_of(self, index: int) -> int:
+        """The offset of record ``index`` (-1 before it is appended)."""
+        return -1 if self.offsets is None else int(self.offsets[index])
+
+    def wait(self, timeout: float | None) -> None:
+        """Until the batch is done; EngineTimeoutError after ``timeout`` seconds."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: self.done, timeout):
+                raise EngineTimeoutError(
+                    f"a record of {self.tp.topic}-{self.tp.partition} was not yet delivered "
+                    f"after timeout={timeout} (state: {self.state.value})"
+                )
+
+    def wait_appended(self, timeout: float | None) -> None:
+        """Until the batch was appended (or is done): a bulk batch's offsets are known."""
+        with self.cond:
+            if not self.cond.wait_for(
+                lambda: self.state is BatchState.IN_FLIGHT or self.done, timeout
+            ):
+                raise EngineTimeoutError(
+                    f"a batch of {self.tp.topic}-{self.tp.partition} was not appended "
+                    f"within timeout={timeout}"
+                )
+
+    def add_callback(self, index: int, errback: bool, fn: Callable[[Any], object]) -> bool:
+        """Run ``fn`` when the batch is done (False: it is done already; call it now)."""
+        with self.cond:
+            if self.done:
+                return False
+            self.callbacks.append((index, errback, fn))
+            return True
+
+
+class _Partition:
+    """One partition's batches: queued (the head goes first) and in flight."""
+
+    __slots__ = ("in_flight", "muted_until", "queued")
+
+    def __init__(self) -> None:
+        self.queued: collections.deque[ProducerBatch] = collections.deque()
+        self.in_flight: collections.deque[ProducerBatch] = collections.deque()
+        self.muted_until = 0.0  # backing off after a retriable error until then
+
+
+class RecordAccumulator:
+    """Every partition's queued and in-flight batches, and the memory they take."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        linger_ms: int,
+        buffer_memory: int,
+        max_in_flight: int,
+        delivery_timeout_ms: int,
+        waits_for_isr: bool,
+        on_queued: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``waits_for_isr``: batches stay in flight until the ISR holds them (acks="all";
+        else they are done once appended). ``on_queued(bool)``: told, under the lock,
+        when records start (True) or stop (False) waiting here: a producer's direct path
+        must not overtake them."""
+        self.waits_for_isr = waits_for_isr
+        self.cond = threading.Condition(threading.Lock())
+        self.batch_size = batch_size
+        self.linger_s = linger_ms / 1000
+        self.buffer_memory = buffer_memory
+        self.max_in_flight = max_in_flight
+        self.delivery_timeout_s = delivery_timeout_ms / 1000
+        self._on_queued = on_queued
+        self._partitions: dict[TopicPartition, _Partition] = {}
+        self._bytes = 0  # of every batch not yet done
+        self._batches = 0  # not yet done
+        self._flushing = 0  # flushes in progress: every batch may go at once
+        self._closed = False
+        self._broken: BaseException | None = None
+        #: (records, error) of the batches that failed since the last take_failures().
+        self._failures: list[tuple[int, BaseException]] = []
+        #: Set by the sender before it waits on ``cond``: an append that makes a batch
+        #: sendable then notifies it.
+        self.sender_waiting = False
+        #: The ring whose high watermark the sender waits on (batches in flight): an
+        #: append that makes a batch sendable then wakes it there.
+        self.sender_ring: Ring | None = None
+
+    # -- the sending threads --------------------------------------------------
+
+    def append(
+        self,
+        tp: TopicPartition,
+        key: bytes | None,
+        value: bytes | None,
+        hbytes: bytes,
+        hcount: int,
+        ts: int,
+        max_block_s: float,
+    ) -> tuple[ProducerBatch, int]:
+        """Add one record to ``tp``'s open batch (a new one when it is full): its batch
+        and index. Waits up to ``max_block_s`` while the buffer is full, then raises
+        BufferFullError; ClosedError after close()."""
+        size = RECORD_OVERHEAD + len(hbytes)
+        size += (len(key) if key else 0) + (len(value) if value else 0)
+        with self.cond:
+            if self._bytes + size > self.buffer_memory:
+                self._wait_for_room(size, max_block_s)
+            if self._closed:
+                self._raise_closed()
+            part = self._partitions.get(tp)
+            if part is None:
+                part = self._partitions[tp] = _Partition()
+            queued = part.queued
+            batch = queued[-1] if queued else None
+            if batch is None or batch.state is not BatchState.OPEN or (
+                batch.size + size > self.batch_size and batch.count
+            ):
+                if batch is not None and batch.state is BatchState.OPEN:
+                    batch.state = BatchState.CLOSED
+                batch = ProducerBatch(tp, _monotonic(), self.cond)
+                queued.append(batch)
+                self._batches += 1
+                if self._batches == 1 and self._on_queued is not None:
+                    self._on_queued(True)
+            index = batch.add(key, value, hbytes, hcount, ts, size)
+            self._bytes += size
+            if (self.sender_waiting or self.sender_ring is not None) and (
+                not part.in_flight or batch.size >= self.batch_size or len(queued) > 1
+            ):
+                self._wake_sender()
+            return batch, index
+
+    def _wake_sender(self) -> None:
+        """A batch may go now: wake the sender wherever it waits. Lock held."""
+        if self.sender_waiting:
+            self.sender_waiting = False
+            self.cond.notify_all()
+        ring = self.sender_ring
+        if ring is not None:
+            self.sender_ring = None
+            with contextlib.suppress(ClosedError):
+                ring.wake()
+
+    def add_batch(self, tp: TopicPartition, bulk: Bulk, count: int, size: int) -> ProducerBatch:
+        """Queue a bulk batch (closed: it takes no more records) behind ``tp``'s others.
+        Bulk batches are not held back by buffer_memory (their caller holds the data)."""
+        with self.cond:
+            if self._closed:
+                self._raise_closed()
+            part = self._partitions.get(tp)
+            if part is None:
+                part = self._partitions[tp] = _Partition()
+            if part.queued and part.queued[-1].state is BatchState.OPEN:
+                part.queued[-1].state = BatchState.CLOSED
+            batch = ProducerBatch(tp, _monotonic(), self.cond, bulk=bulk, count=count, size=size)
+            batch.state = BatchState.CLOSED
+            part.queued.append(batch)
+            self._bytes += size
+            self._batches += 1
+            if self._batches == 1 and self._on_queued is not None:
+                self._on_queued(True)
+            self._wake_sender()
+            return batch
+
+    def _raise_closed(self) -> None:
+        if self._broken is not None:
+            raise EngineError(f"the producer's sender failed: {self._broken!r}; close it")
+        raise ClosedError("producer is closed")
+
+    def _wait_for_room(self, size: int, max_block_s: float) -> None:
+        deadline = _monotonic() + max_block_s
+        while self._bytes + size > self.buffer_memory and self._bytes:
+            if self._closed:
+                self._raise_closed()
+            self._flushing += 1  # the sender appends what it can at once, lingering none
+            self.cond.notify_all()
+            try:
+                left = deadline - _monotonic()
+                timed_out = left <= 0 or not self.cond.wait(left)
+                if timed_out and self._bytes + size > self.buffer_memory and self._bytes:
+                    raise BufferFullError(
+                        f"the producer's buffer stayed full for max_block_ms: "
+                        f"buffer_memory={self.buffer_memory} waiting={self._bytes} bytes"
+                    )
+            finally:
+                self._flushing -= 1
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing in flight (read without the lock: a hint)."""
+        return self._batches == 0
+
+    def flush(self, timeout: float | None) -> None:
+        """Let every batch go at once and wait until all batches made before are done;
+        EngineTimeoutError after ``timeout`` seconds."""
+        with self.cond:
+            waiting = [b for p in self._partitions.values() for b in (*p.queued, *p.in_flight)]
+            self._flushing += 1
+            self.sender_waiting = False
+            self.cond.notify_all()
+            try:
+                if not self.cond.wait_for(lambda: all(b.done for b in waiting), timeout):
+                    left = sum(not b.done for b in waiting)
+                    raise EngineTimeoutError(
+                        f"{left} batches were not delivered within the flush's timeout={timeout}"
+                    )
+            finally:
+                self._flushing -= 1
+
+    def take_failures(self) -> list[tuple[int, BaseException]]:
+        """(records, error) of every batch that failed since the last call."""
+        with self.cond:
+            failures, self._failures = self._failures, []
+            return failures
+
+    def close(self, broken: BaseException | None = None) -> None:
+        """No more appends; the sender ends once every batch is done. ``broken``: the
+        sender itself failed (a bug): appends raise EngineError saying so."""
+        with self.cond:
+            self._closed = True
+            self._broken = broken
+            self.cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- the sender ---------------------------------------------------------------
+
+    def sendable(self, now: float) -> tuple[list[ProducerBatch], float]:
+        """Take the head batches that may be appended now (see the module docstring):
+        they leave their queues, in queue order, closed. Also returns when the next
+        batch held back (by linger_ms or a backoff) may go (inf: none waits).
+        Called with the lock held."""
+        out: list[ProducerBatch] = []
+        wake = float("inf")
+        flushing = self._flushing > 0 or self._closed
+        for part in self._partitions.values():
+            queued = part.queued
+            if not queued:
+                continue
+            if part.muted_until > now:
+                wake = min(wake, part.muted_until)
+                continue
+            room = self.max_in_flight - len(part.in_flight)
+            taken = 0
+            while queued and taken < room:
+                head = queued[0]
+                busy = self.waits_for_isr and (bool(part.in_flight) or taken > 0)
+                if head.state is BatchState.OPEN and busy and not flushing:
+                    # Earlier records wait for the ISR: gather more, up to linger_ms.
+                    due = head.created + self.linger_s
+                    if head.size < self.batch_size and due > now:
+                        wake = min(wake, due)
+                        break
+                queued.popleft()
+                head.state = BatchState.CLOSED
+                out.append(head)
+                taken += 1
+        return out, wake
+
+    def requeue(self, batch: ProducerBatch, backoff_s: float) -> None:
+        """Put a batch that could not be appended (or must be appended again) back at the
+        head of its queue; its partition backs off for ``backoff_s``."""
+        with self.cond:
+            part = self._partitions[batch.tp]
+            batch.state = BatchState.CLOSED
+            part.queued.appendleft(batch)
+            part.muted_until = max(part.muted_until, _monotonic() + backoff_s)
+
+    def requeue_in_flight_from(self, tp: TopicPartition, first: ProducerBatch) -> None:
+        """``first`` and every in-flight batch of ``tp`` after it go back to the head of
+        the queue, in order (a leader change: they are appended again from where each
+        one stands)."""
+        with self.cond:
+            part = self._partitions[tp]
+            flights = list(part.in_flight)
+            at = flights.index(first)
+            part.in_flight = collections.deque(flights[:at])
+            for batch in reversed(flights[at:]):
+                batch.state = BatchState.CLOSED
+                part.queued.appendleft(batch)
+
+    def in_flight(self, batch: ProducerBatch) -> None:
+        """``batch`` is appended and waits for the ISR."""
+        with self.cond:
+            batch.state = BatchState.IN_FLIGHT
+            self._partitions[batch.tp].in_flight.append(batch)
+            self.cond.notify_all()
+
+    def flights_held(self) -> bool:
+        """Whether any batch is in flight. Lock held."""
+        return any(p.in_flight for p in self._partitions.values())
+
+    def flights(self) -> list[tuple[TopicPartition, list[ProducerBatch]]]:
+        """Each partition with batches in flight, and those batches in order."""
+        with self.cond:
+            return [(tp, list(p.in_flight)) for tp, p in self._partitions.items() if p.in_flight]
+
+    def complete(
+        self, batch: ProducerBatch, error: BaseException | None
+    ) -> list[tuple[Callable[[Any], object], Any]]:
+        """Decide ``batch`` (error None: it succeeded); returns the callbacks its futures
+        owe, to be run without the lock."""
+        with self.cond:
+            return self._complete(batch, error)
+
+    def _complete(
+        self, batch: ProducerBatch, error: BaseException | None
+    ) -> list[tuple[Callable[[Any], object], Any]]:
+        if batch.done:
+            return []
+        part = self._partitions.get(batch.tp)
+        if part is not None and batch.state is BatchState.IN_FLIGHT:
+            with contextlib.suppress(ValueError):
+                part.in_flight.remove(batch)
+        elif part is not None and batch in part.queued:
+            part.queued.remove(batch)
+        batch.state = BatchState.FAILED if error is not None else BatchState.SUCCEEDED
+        batch.error = error
+        self._bytes -= batch.size
+        self._batches -= 1
+        if error is not None:
+            self._failures.append((batch.count, error))
+        if self._batches == 0 and self._on_queued is not None:
+            self._on_queued(False)
+        self.cond.notify_all()
+        calls: list[tuple[Callable[[Any], object], Any]] = []
+        for index, errback, fn in batch.callbacks:
+            if errback and error is not None:
+                calls.append((fn, error))
+            elif not errback and error is None:
+                calls.append((fn, (batch, index)))
+        batch.callbacks = []
+        return calls
+
+    def expire(self, now: float) -> list[tuple[Callable[[Any], object], Any]]:
+        """Fail every batch older than delivery_timeout_ms (with its last retriable
+        error, or EngineTimeoutError); returns the callbacks owed."""
+        calls: list[tuple[Callable[[Any], object], Any]] = []
+        limit = now - self.delivery_timeout_s
+        with self.cond:
+            for part in self._partitions.values():
+                for batch in [*part.in_flight, *part.queued]:
+                    if batch.created < limit:
+                        calls += self._complete(batch, _expired(batch, self.delivery_timeout_s))
+        return calls
+
+    def fail_all(
+        self, error: BaseException, tps: Iterable[TopicPartition] | None = None
+    ) -> list[tuple[Callable[[Any], object], Any]]:
+        """Fail every batch (of ``tps``) not yet done with ``error``."""
+        calls: list[tuple[Callable[[Any], object], Any]] = []
+        with self.cond:
+            for tp, part in self._partitions.items():
+                if tps is None or tp in tps:
+                    for batch in [*part.in_flight, *part.queued]:
+                        calls += self._complete(batch, error)
+        return calls
+
+    def next_expiry(self) -> float:
+        """When the oldest batch not yet done runs out of time (inf: none). Lock held."""
+        oldest = min(
+            (b.created for p in self._partitions.values() for b in (*p.in_flight, *p.queued)),
+            default=float("inf"),
+        )
+        return oldest + self.delivery_timeout_s
+
+    @property
+    def empty(self) -> bool:
+        """No batch waits or is in flight. Lock held."""
+        return self._batches == 0
+
+
+def _expired(batch: ProducerBatch, delivery_timeout_s: float) -> EngineError:
+    """The error of a batch that ran out of delivery_timeout_ms: EngineTimeoutError (as
+    Kafka's TimeoutException), naming the last retriable error, which is its cause."""
+    what = (
+        f"{batch.count} records of {batch.tp.topic}-{batch.tp.partition} were not delivered "
+        f"within delivery_timeout_ms={int(delivery_timeout_s * 1000)}"
+    )
+    last = batch.last_error
+    error = EngineTimeoutError(what if last is None else f"{what}; the last attempt: {last}")
+    error.__cause__ = last
+    return error

@@ -1,0 +1,415 @@
+"""The sender: the producer's thread that appends batches and decides them.
+
+One thread per producer. It takes the batches the accumulator lets go
+(engine.accumulator), appends each to its partition leader's ring, and decides it:
+with acks 0 or 1 once it is appended, with acks="all" once the leader's high
+watermark passes it (the ISR holds it) while the ISR has at least
+``min.insync.replicas`` members. It is the producer's one retry loop: every error
+of an append or of a batch in flight is judged here (:meth:`Sender._judge`):
+
+- **retriable**, the batch goes back to the head of its partition's queue and is
+  appended again after ``retry_backoff_ms``, until ``delivery_timeout_ms`` since it
+  was made; then it fails with the last of those errors:
+    - the leader's ring is sealed (NotLeaderError: the leader moved; the topic's
+      leaders are looked up again),
+    - fewer in-sync replicas than ``min.insync.replicas`` (NotEnoughReplicasError; a
+      batch already appended keeps waiting for the ISR to grow back instead),
+    - the ring stayed full (BufferFullError), no leader known yet or the coordinator
+      not answering (EngineTimeoutError);
+- **fatal**: the topic is gone (UnknownTopicError), a record is too large, the
+  producer is fenced (ProducerFencedError: every batch fails, the producer must
+  close), anything else the ring refuses.
+
+After a leader change a batch in flight may or may not be in the new leader's log.
+An idempotent producer looks (engine.idempotence.present_prefix: by producer id,
+epoch and sequence at the offsets the batch took) and appends again only what is
+missing, with the same sequences: no duplicate, no loss. A producer without
+idempotence appends the whole batch again, as Kafka's does: it may be duplicated.
+
+Crash: what the sender has not appended dies with the producer process (at most
+``buffer_memory`` bytes); what it appended is in shared memory and is drained by the
+broker even if the producer dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from engine.accumulator import ProducerBatch, RecordAccumulator
+from engine.errors import (
+    BufferFullError,
+    ClosedError,
+    EngineError,
+    EngineTimeoutError,
+    NotEnoughReplicasError,
+    NotLeaderError,
+    ProducerFencedError,
+    UnknownTopicError,
+)
+from engine.idempotence import present_prefix
+from engine.log import LogReader
+from engine.producer_config import Acks, ProducerConfig
+from engine.producer_metadata import ProducerMetadata, Route
+from engine.record import TopicPartition
+from engine.ring import (
+    FULL,
+    NOT_ENOUGH_REPLICAS,
+    OK,
+    PRODUCER_FENCED,
+    REAPED,
+    SEALED,
+    Ring,
+    raise_for,
+)
+from engine.transaction_manager import TransactionManager
+
+log = logging.getLogger("engine.producer")
+
+_monotonic = time.monotonic
+#: How long one append may wait for ring space before the sender turns to the other
+#: partitions (the batch is tried again at once).
+APPEND_WAIT_MS = 50
+#: How long the sender waits for a new leader in one go (then it tries again after
+#: retry_backoff_ms, until the batches' delivery timeout).
+LOOKUP_WAIT_S = 0.5
+#: While several partitions have batches in flight, the sender waits on one leader's
+#: high watermark at a time, for at most this long.
+FLIGHT_POLL_S = 0.002
+IDLE_FLIGHT_WAIT_S = 0.05
+
+Callback = tuple[Callable[[Any], object], Any]
+
+
+class Sender(threading.Thread):
+    """Appends and decides a producer's batches (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ProducerConfig,
+        accumulator: RecordAccumulator,
+        metadata: ProducerMetadata,
+        identity: TransactionManager,
+    ) -> None:
+        super().__init__(name="producer-sender", daemon=True)
+        self.config = config
+        self.accumulator = accumulator
+        self.metadata = metadata
+        self.identity = identity
+        self.acks_all = config.acks == Acks.ALL
+        self.backoff_s = config.retry_backoff_ms / 1000
+        #: Partitions whose in-flight batches wait for a new leader: when to look again.
+        self._recover_at: dict[TopicPartition, float] = {}
+        self.failure: BaseException | None = None  # the sender itself broke (a bug)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug: fail what waits rather than hang it
+            self.failure = exc
+            log.exception("the producer's sender failed")
+            self.accumulator.close(broken=exc)
+            self._run_callbacks(self.accumulator.fail_all(
+                EngineError(f"the producer's sender failed: {exc!r}")
+            ))  # fmt: skip
+
+    def _loop(self) -> None:
+        acc = self.accumulator
+        while True:
+            with acc.cond:
+                now = _monotonic()
+                batches, wake = acc.sendable(now)
+                flights = acc.flights_held()
+                if not batches and not flights:
+                    if acc.closed and acc.empty:
+                        return
+                    wake = min(wake, acc.next_expiry())
+                    acc.sender_waiting = True
+                    acc.cond.wait(None if wake == float("inf") else max(wake - now, 0.0))
+                    acc.sender_waiting = False
+                    batches, wake = acc.sendable(_monotonic())
+                    flights = acc.flights_held()
+            calls = acc.expire(_monotonic())
+            for batch in batches:
+                calls += self._send(batch)
+            progressed, flight_calls = self._settle()
+            calls += flight_calls
+            self._run_callbacks(calls)
+            if flights and not batches and not progressed:
+                self._wait_for_flights(wake)
+
+    def _run_callbacks(self, calls: list[Callback]) -> None:
+        for fn, arg in calls:
+            try:
+                fn(arg)
+            except Exception:
+                log.exception("a producer callback failed")
+
+    def _wait_for_flights(self, wake: float) -> None:
+        """Wait until the first in-flight batch's leader commits more (or a while)."""
+        flights = self.accumulator.flights()
+        if not flights:
+            return
+        _, batches = flights[0]
+        head = batches[0]
+        ring = head.ring
+        if ring is None:
+            return
+        timeout = FLIGHT_POLL_S if len(flights) > 1 else IDLE_FLIGHT_WAIT_S
+        timeout = min(timeout, max(wake - _monotonic(), 0.0))
+        self.accumulator.sender_ring = ring
+        try:
+            ring.wait_high_watermark(head.last_offset, timeout)
+        except ClosedError:
+            pass
+        finally:
+            self.accumulator.sender_ring = None
+
+    # -- appending ------------------------------------------------------------------
+
+    def _send(self, batch: ProducerBatch) -> list[Callback]:
+        """Append ``batch`` (from its ``appended``-th record on) to its leader's ring."""
+        tp = batch.tp
+        try:
+            route = self.metadata.route(tp.topic, LOOKUP_WAIT_S)
+        except UnknownTopicError as exc:
+            return self._fail(batch, exc)
+        except EngineTimeoutError as exc:
+            return self._retry(batch, exc)
+        if tp.partition >= route.count:
+            return self._fail(batch, UnknownTopicError(
+                f"partition {tp.partition} of topic {tp.topic!r} no longer exists"
+            ))  # fmt: skip
+        ring = route.view.rings[tp.partition]
+        if self.identity.idempotent and batch.sequence < 0:
+            batch.sequence = self.identity.take_sequences(tp, batch.count)
+        if batch.offsets is None:
+            batch.offsets = np.full(batch.count, -1, dtype=np.int64)
+        k = batch.appended
+        fields = self.identity.fields(
+            (batch.sequence + k) & 0x7FFFFFFF if batch.sequence >= 0 else -1,
+            route.min_insync if self.acks_all else 0,
+            APPEND_WAIT_MS,
+        )
+        code, n = _append(ring, batch, k, fields)
+        batch.attempts += 1
+        if n:
+            batch.appended = k + n
+            batch.ring = ring
+        if code == OK:
+            if self.acks_all:
+                self.accumulator.in_flight(batch)
+                return []
+            return self.accumulator.complete(batch, None)
+        return self._judge(batch, code, route)
+
+    def _judge(self, batch: ProducerBatch, code: int, route: Route) -> list[Callback]:
+        """The one place an append's error is judged: retry the batch or fail it."""
+        tp = batch.tp
+        name = f"topic={tp.topic!r} partition={tp.partition}"
+        if code == SEALED:
+            if batch.appended and self.acks_all:
+                # Part of it is in the old leader: the flight recovery finds out how much
+                # the new one holds.
+                batch.last_error = NotLeaderError(f"the leader moved during the append: {name}")
+                self.accumulator.in_flight(batch)
+                self._recover_at[tp] = 0.0
+                return []
+            self.metadata.forget(tp.topic)
+            return self._retry(batch, NotLeaderError(
+                f"the leader's ring was sealed (the leader moved): {name}"
+            ), backoff=batch.attempts > 1)  # fmt: skip
+        if code == NOT_ENOUGH_REPLICAS:
+            return self._retry(batch, NotEnoughReplicasError(
+                f"fewer in-sync replicas than min.insync.replicas={route.min_insync}; "
+                f"nothing was written: {name}"
+            ))  # fmt: skip
+        if code == FULL:
+            return self._retry(batch, BufferFullError(
+                f"the partition's ring stayed full: the broker has not drained it: {name}"
+            ), backoff=False)  # fmt: skip
+        if code == REAPED:
+            return self._retry(batch, None, backoff=False)
+        if code == PRODUCER_FENCED:
+            try:
+                self.identity.check_fenced()
+            except EngineError as exc:
+                error: BaseException = exc
+            calls = self._fail(batch, error)
+            if isinstance(error, ProducerFencedError):  # nothing of this producer lands again
+                calls += self.accumulator.fail_all(error)
+            return calls
+        try:
+            raise_for(code, f"append to {name}")
+        except EngineError as exc:
+            return self._fail(batch, exc)
+        raise AssertionError("unreachable")
+
+    def _retry(
+        self, batch: ProducerBatch, error: BaseException | None, backoff: bool = True
+    ) -> list[Callback]:
+        if error is not None:
+            batch.last_error = error
+        self.accumulator.requeue(batch, self.backoff_s if backoff else 0.0)
+        return []
+
+    def _fail(self, batch: ProducerBatch, error: BaseException) -> list[Callback]:
+        self.identity.batch_failed(error)
+        return self.accumulator.complete(batch, error)
+
+    # -- batches in flight (acks="all") ----------------------------------------------
+
+    def _settle(self) -> tuple[bool, list[Callback]]:
+        """Decide what the leaders' commit state allows of the batches in flight; a
+        partition whose leader moved is recovered. Whether anything was decided."""
+        calls: list[Callback] = []
+        progressed = False
+        now = _monotonic()
+        for tp, batches in self.accumulator.flights():
+            ring = batches[0].ring
+            assert ring is not None
+            try:
+                hw, sealed, isr_count = ring.commit_state()
+            except ClosedError:
+                hw, sealed, isr_count = -1, True, 0
+            if hw < 0 and not sealed:
+                hw = 1 << 62  # no replication: the log end is the high watermark
+            min_insync = self._min_insync(tp)
+            done = 0
+            for batch in batches:
+                if batch.ring is not ring or batch.last_offset >= hw or isr_count < min_insync:
+                    break
+                calls += self.accumulator.complete(batch, None)
+                done += 1
+            progressed |= done > 0
+            left = batches[done:]
+            if not left:
+                continue
+            if sealed:
+                if self._recover_at.get(tp, 0.0) <= now:
+                    progressed |= self._recover(tp, left, calls)
+            elif isr_count < min_insync:
+                for batch in left:
+                    batch.last_error = NotEnoughReplicasError(
+                        f"{tp.topic}-{tp.partition} has {isr_count} in-sync replicas, fewer "
+                        f"than min.insync.replicas={min_insync}, after the append: waiting "
+                        "for the ISR to grow back"
+                    )
+        return progressed, calls
+
+    def _min_insync(self, tp: TopicPartition) -> int:
+        try:
+            return self.metadata.route(tp.topic, LOOKUP_WAIT_S).min_insync
+        except EngineError:
+            return 1
+
+    def _recover(
+        self, tp: TopicPartition, batches: list[ProducerBatch], calls: list[Callback]
+    ) -> bool:
+        """The leader of ``tp`` moved while ``batches`` were in flight: keep (in flight on
+        the new leader) what it holds, send the rest again. Whether it got anywhere."""
+        old = batches[0].ring
+        try:
+            route = self.metadata.route(tp.topic, LOOKUP_WAIT_S)
+            if route.view.rings[tp.partition] is old or route.view.rings[tp.partition].sealed:
+                route = self.metadata.refresh(tp.topic, route, LOOKUP_WAIT_S)
+        except UnknownTopicError as exc:
+            for batch in batches:
+                calls += self._fail(batch, exc)
+            return True
+        except EngineError as exc:
+            for batch in batches:
+                batch.last_error = NotLeaderError(
+                    f"the leader of {tp.topic}-{tp.partition} moved and no new one is known "
+                    f"yet: {exc}"
+                )
+            self._recover_at[tp] = _monotonic() + self.backoff_s
+            return False
+        self._recover_at.pop(tp, None)
+        ring = route.view.rings[tp.partition]
+        held = self._held_by(tp, route, ring, batches) if self.identity.idempotent else []
+        for batch, k in zip(batches, held + [0] * (len(batches) - len(held)), strict=True):
+            batch.last_error = NotLeaderError(
+                f"the leader of {tp.topic}-{tp.partition} moved before the ISR held the record"
+            )
+            if k == batch.count:
+                batch.ring = ring  # all of it is in the new leader: wait for its ISR
+            else:
+                batch.appended = k
+        keep = 0
+        while keep < len(batches) and held[keep : keep + 1] == [batches[keep].count]:
+            keep += 1
+        if keep < len(batches):
+            self.accumulator.requeue_in_flight_from(tp, batches[keep])
+        return True
+
+    def _held_by(
+        self, tp: TopicPartition, route: Route, ring: Ring, batches: list[ProducerBatch]
+    ) -> list[int]:
+        """For each batch in turn, how many of its records the leader of ``route`` holds,
+        up to the first that it lacks (the new leader's log is a prefix of the old one's:
+        after a missing record nothing later is there)."""
+        leader = route.view.leader(tp.partition)
+        if leader is None:
+            return []
+        try:
+            reader = LogReader(self.metadata.cluster.data_dir.partition_dir(leader, *tp))
+        except (OSError, EngineError):
+            return []
+        held: list[int] = []
+        try:
+            for batch in batches:
+                offsets = [int(o) for o in batch.offsets[: batch.appended]]
+                k = present_prefix(
+                    ring, reader, offsets, self.identity.producer_id, self.identity.epoch,
+                    batch.sequence,
+                )  # fmt: skip
+                held.append(k)
+                if k < batch.count:
+                    break
+        except EngineError:
+            pass
+        finally:
+            reader.close()
+        return held
+
+
+def _append(ring: Ring, batch: ProducerBatch, k: int, fields: Any) -> tuple[int, int]:
+    """Append the records of ``batch`` from the k-th on; (ring code, how many landed).
+    Their offsets go to ``batch.offsets[k:]``."""
+    out = batch.offsets[k:]
+    bulk = batch.bulk
+    if bulk is not None:
+        part = bulk.tail(k)
+        return ring.append_records(
+            fields, part.values, part.value_lengths, part.value_stride, part.keys,
+            part.key_lengths, part.key_stride, timestamp_ms=part.timestamp_ms,
+            timeout_ms=APPEND_WAIT_MS, offsets=out,
+        )  # fmt: skip
+    values, keys = batch.values[k:], batch.keys[k:]
+    value_lengths = [-1 if v is None else len(v) for v in values]
+    key_blob = key_lengths = None
+    if any(key is not None for key in keys):
+        key_lengths = [-1 if key is None else len(key) for key in keys]
+        key_blob = b"".join(key for key in keys if key)
+    headers = header_lengths = header_counts = None
+    if batch.has_headers:
+        encoded = batch.headers[k:]
+        headers = b"".join(encoded)
+        header_lengths = [len(h) for h in encoded]
+        header_counts = batch.header_counts[k:]
+    return ring.append_records(
+        fields, b"".join(v for v in values if v), value_lengths, 0, key_blob, key_lengths, 0,
+        headers, header_lengths, header_counts, timestamps_ms=batch.timestamps[k:],
+        timeout_ms=APPEND_WAIT_MS, offsets=out,
+    )  # fmt: skip
+
+
+__all__ = ["Sender"]

@@ -1,0 +1,201 @@
+"""What a send reports is what happened: retried within delivery_timeout_ms when Kafka's
+producer would retry, failed (never reported a success) when the record was not written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from engine_harness import Daemon, running_daemon, wait_for
+
+from engine import (
+    Admin,
+    ConfigError,
+    Consumer,
+    EngineTimeoutError,
+    NotEnoughReplicasError,
+    Producer,
+    TopicPartition,
+)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Daemon]:
+    with running_daemon(tmp_path / "engine", brokers=3) as d:
+        yield d
+
+
+def consume(data_dir: Path, topic: str, partitions: int, expect: int) -> list:
+    with Consumer(data_dir=data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(topic, p) for p in range(partitions)])
+        out: list = []
+        wait_for(lambda: out.extend(c.poll(timeout=0.2, max_records=100_000)) or len(out) >= expect,
+                 timeout=60, what=f"{expect} records of {topic}")
+        return out
+
+
+def run_client(data_dir: Path, body: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh Python process (``data_dir`` bound); its output."""
+    script = "import sys, time\nfrom engine import *\ndata_dir = sys.argv[1]\n"
+    script += textwrap.dedent(body)
+    return subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)], capture_output=True, text=True,
+        timeout=timeout, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+    )  # fmt: skip
+
+
+def broker_pid(daemon: Daemon, broker: int) -> int:
+    return int(daemon.runtime()["processes"][f"broker-{broker}"])
+
+
+def test_the_defaults_are_kafkas_acks_all_and_idempotence(shared_daemon: Daemon) -> None:
+    with Producer(shared_daemon.data_dir) as p:
+        assert (p.acks, p.enable_idempotence) == (-1, True)
+    with Producer(shared_daemon.data_dir, acks=1) as p:  # chosen acks: no idempotence
+        assert (p.acks, p.enable_idempotence) == (1, False)
+    with pytest.raises(ConfigError, match="idempotent or transactional producer needs acks"):
+        Producer(shared_daemon.data_dir, acks=1, enable_idempotence=True)
+
+
+def test_acks0_records_the_ring_could_not_take_fail_and_none_reports_success(
+    daemon: Daemon,
+) -> None:
+    """The leader frozen, its ring full: a send that cannot append within max_block_ms
+    raises (it was not written); every send that returned a future was written. Then a
+    leader that stays away: what waits for it fails at delivery_timeout_ms, flush()
+    raises, and the process prints nothing."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("drop", partitions=1, config={
+            "ring.bytes": 1 << 16, "max.message.bytes": 8192,
+        })  # fmt: skip
+        leader = admin.describe_topic("drop").partitions[0].leader
+    pid = broker_pid(daemon, leader)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        out = run_client(daemon.data_dir, """
+            sent, refused = [], 0
+            with Producer(data_dir, acks=0, max_block_ms=300) as p:
+                for i in range(3218):
+                    try:
+                        sent.append((i, p.send("drop", b"%05d" % i + b"x" * 95)))
+                    except BufferFullError:
+                        refused += 1
+                print(sum(f.succeeded() for _, f in sent), refused,
+                      ",".join(str(i) for i, f in sent if f.succeeded()))
+        """)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    succeeded, refused, ids = out.stdout.split()
+    assert 0 < int(succeeded) < 3218 and int(succeeded) + int(refused) == 3218
+    acked = [int(i) for i in ids.split(",")]
+    got = consume(daemon.data_dir, "drop", 1, len(acked))
+    assert [int(r.value[:5]) for r in got] == acked
+
+    # No leader comes back: what waits for one fails at delivery_timeout_ms.
+    out = run_client(daemon.data_dir, """
+        from engine.ring import seal_ring
+        with Producer(data_dir, acks=0, delivery_timeout_ms=1500, max_block_ms=500) as p:
+            p.send("drop", b"before").get(timeout=5)
+            seal_ring(p._metadata.route("drop").view.rings[0].name)  # its leader went away
+            futures = [p.send("drop", b"after") for _ in range(100)]
+            try:
+                p.flush(timeout=30)
+            except EngineError as exc:
+                print("flush raised", type(exc).__name__)
+            print(sum(f.failed() for f in futures), sum(f.succeeded() for f in futures))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    assert out.stdout.split("\n")[:2] == ["flush raised EngineTimeoutError", "100 0"]
+
+
+def test_acks_all_retries_a_leader_failover_and_reports_every_record_once(
+    cluster: Daemon,
+) -> None:
+    """The default producer (acks="all", idempotent) across a SIGKILL of the leader: no
+    send fails (NotLeader is retried on the new leader within delivery_timeout_ms), and
+    every acknowledged record is in the log exactly once, in order."""
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("failover", partitions=1, replication=3,
+                           config={"min.insync.replicas": 2})
+        leader = admin.describe_topic("failover").partitions[0].leader
+    acked: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        with Producer(cluster.data_dir) as p:
+            i = 0
+            while not stop.is_set() or i < 2000:
+                futures = [(i + j, p.send("failover", b"%d" % (i + j))) for j in range(50)]
+                i += 50
+                for n, f in futures:
+                    try:
+                        f.get(timeout=60)
+                        acked.append(n)
+                    except Exception as exc:  # noqa: BLE001 - collected: the test asserts none
+                        errors.append(exc)
+
+    sender = threading.Thread(target=produce)
+    sender.start()
+    try:
+        wait_for(lambda: len(acked) > 500, what="records before the kill")
+        os.kill(broker_pid(cluster, leader), signal.SIGKILL)
+        wait_for(lambda: errors or len(acked) > 1500, timeout=60, what="records after the kill")
+    finally:
+        stop.set()
+        sender.join(timeout=120)
+    assert not errors, f"{len(errors)} sends failed, the first: {errors[0]!r}"
+    got = consume(cluster.data_dir, "failover", 1, len(acked))
+    assert [int(r.value) for r in got] == acked  # each once, in the order sent
+    with Admin(cluster.data_dir) as admin:
+        assert admin.describe_topic("failover").partitions[0].leader != leader
+
+
+def test_acks_all_waits_out_too_small_an_isr_within_the_delivery_timeout(
+    cluster: Daemon,
+) -> None:
+    """NotEnoughReplicas is retriable: a send made while the ISR is below
+    min.insync.replicas is delivered once the ISR grows back; one that waits longer than
+    delivery_timeout_ms fails with NotEnoughReplicasError."""
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("small-isr", partitions=1, replication=2, config={
+            "min.insync.replicas": 2, "replica.lag.time.max.ms": 500,
+        })  # fmt: skip
+        state = admin.describe_topic("small-isr").partitions[0]
+        follower = next(b for b in state.replicas if b != state.leader)
+        pid = broker_pid(cluster, follower)
+        with Producer(cluster.data_dir, delivery_timeout_ms=60_000) as p:
+            p.send("small-isr", b"first").get(timeout=10)
+            os.kill(pid, signal.SIGSTOP)  # the follower falls behind and leaves the ISR
+            try:
+                wait_for(lambda: len(admin.describe_topic("small-isr").partitions[0].isr) == 1,
+                         timeout=20, what="the ISR to shrink to the leader")
+                waiting = [p.send("small-isr", b"while-small-%d" % i) for i in range(20)]
+                batch = waiting[0][4]  # the batch the sender keeps trying
+                wait_for(lambda: batch.attempts >= 3, what="the sender to retry the batch")
+                assert not any(f.is_done() for f in waiting)  # retried, not failed
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert [f.get(timeout=60).offset for f in waiting] == list(range(1, 21))
+        with Producer(cluster.data_dir, delivery_timeout_ms=1500) as p:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: len(admin.describe_topic("small-isr").partitions[0].isr) == 1,
+                         timeout=20, what="the ISR to shrink again")
+                late = p.send("small-isr", b"too-late")
+                with pytest.raises(EngineTimeoutError) as expired:
+                    late.get(timeout=30)
+                assert isinstance(expired.value.__cause__, NotEnoughReplicasError)
+                assert "min.insync.replicas=2" in str(expired.value)
+            finally:
+                os.kill(pid, signal.SIGCONT)
