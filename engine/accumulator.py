@@ -253,6 +253,8 @@ class RecordAccumulator:
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._bytes = 0  # of every batch not yet done
         self._batches = 0  # not yet done
+        #: Every batch not yet done: queued, in flight, or in the sender's hands.
+        self._live: set[ProducerBatch] = set()
         self._flushing = 0  # flushes in progress: every batch may go at once
         self._closed = False
         self._broken: BaseException | None = None
@@ -299,6 +301,7 @@ class RecordAccumulator:
                     batch.state = BatchState.CLOSED
                 batch = ProducerBatch(tp, _monotonic(), self.cond)
                 queued.append(batch)
+                self._live.add(batch)
                 self._batches += 1
                 if self._batches == 1 and self._on_queued is not None:
                     self._on_queued(True)
@@ -335,6 +338,7 @@ class RecordAccumulator:
             batch = ProducerBatch(tp, _monotonic(), self.cond, bulk=bulk, count=count, size=size)
             batch.state = BatchState.CLOSED
             part.queued.append(batch)
+            self._live.add(batch)
             self._bytes += size
             self._batches += 1
             if self._batches == 1 and self._on_queued is not None:
@@ -374,7 +378,7 @@ class RecordAccumulator:
         """Let every batch go at once and wait until all batches made before are done;
         EngineTimeoutError after ``timeout`` seconds."""
         with self.cond:
-            waiting = [b for p in self._partitions.values() for b in (*p.queued, *p.in_flight)]
+            waiting = list(self._live)
             self._flushing += 1
             self.sender_waiting = False
             self.cond.notify_all()
@@ -441,8 +445,11 @@ class RecordAccumulator:
 
     def requeue(self, batch: ProducerBatch, backoff_s: float) -> None:
         """Put a batch that could not be appended (or must be appended again) back at the
-        head of its queue; its partition backs off for ``backoff_s``."""
+        head of its queue; its partition backs off for ``backoff_s``. (A batch decided
+        meanwhile, failed by close() or a fencing, stays decided.)"""
         with self.cond:
+            if batch.done:
+                return
             part = self._partitions[batch.tp]
             batch.state = BatchState.CLOSED
             part.queued.appendleft(batch)
@@ -462,8 +469,10 @@ class RecordAccumulator:
                 part.queued.appendleft(batch)
 
     def in_flight(self, batch: ProducerBatch) -> None:
-        """``batch`` is appended and waits for the ISR."""
+        """``batch`` is appended and waits for the ISR (unless it was decided meanwhile)."""
         with self.cond:
+            if batch.done:
+                return
             batch.state = BatchState.IN_FLIGHT
             self._partitions[batch.tp].in_flight.append(batch)
             self.cond.notify_all()
@@ -498,6 +507,7 @@ class RecordAccumulator:
             part.queued.remove(batch)
         batch.state = BatchState.FAILED if error is not None else BatchState.SUCCEEDED
         batch.error = error
+        self._live.discard(batch)
         self._bytes -= batch.size
         self._batches -= 1
         if error is not None:
@@ -532,10 +542,9 @@ class RecordAccumulator:
         """Fail every batch (of ``tps``) not yet done with ``error``."""
         calls: list[tuple[Callable[[Any], object], Any]] = []
         with self.cond:
-            for tp, part in self._partitions.items():
-                if tps is None or tp in tps:
-                    for batch in [*part.in_flight, *part.queued]:
-                        calls += self._complete(batch, error)
+            for batch in list(self._live):
+                if tps is None or batch.tp in tps:
+                    calls += self._complete(batch, error)
         return calls
 
     def next_expiry(self) -> float:

@@ -262,7 +262,7 @@ class Producer:
                         f"record was not written: topic={topic!r} partition={partition}"
                     )
                 raise_for(-result, f"send to topic={topic!r} partition={partition}")
-            self._metadata.forget(topic)  # its leader moved: the sender finds the new one
+            self._metadata.invalidate(topic, route)  # its leader moved: the sender looks
         batch, index = self._accumulator.append(tp, key, value, hbytes, hcount, ts, self._block_s)
         return pending(batch, index, ts)
 
@@ -379,7 +379,7 @@ class Producer:
                     except EngineError as exc:
                         exc.appended = done + appended
                         raise
-                self._metadata.forget(topic)
+                self._metadata.invalidate(topic, route)
                 bulk = bulk.tail(appended)
             size = _bulk_size(bulk, n - appended)
             batch = self._accumulator.add_batch(tp, bulk, n - appended, size)
@@ -432,7 +432,7 @@ class Producer:
                     except EngineError as exc:
                         exc.appended = int(appended.sum())
                         raise
-                self._metadata.forget(route.topic)
+                self._metadata.invalidate(route.topic, route)
                 values = blob.reshape(count, stride)[rest].reshape(-1)
                 keys = kblob.reshape(count, kstride)[rest].reshape(-1)
                 bulk = Bulk(values, None, stride, keys, None, kstride, ts)

@@ -70,20 +70,35 @@ class ProducerMetadata:
         self.fields = producer_fields(timeout_ms=max_block_ms)
         self.lock = threading.RLock()
         self._routes: dict[str, Route] = {}
+        self._stale: set[str] = set()  # topics whose route a sealed ring proved stale
         #: topic -> (the address of its engine_route_t, the Route): what the C send path
         #: (engine._send) may append through; kept by the producer for acks 0 and 1.
         self.fast: dict[str, tuple[int, Route]] = {}
         self.fast_enabled = False
 
     def route(self, topic: str, wait_s: float | None = None) -> Route:
-        """The topic's route, looked up on first use (waiting up to ``wait_s``, default
-        max_block_ms, for its leaders); UnknownTopicError, EngineTimeoutError."""
+        """The topic's route, as last known (looked up on first use, waiting up to
+        ``wait_s``, default max_block_ms, for its leaders): what send() partitions by. It
+        may be stale (a leader moved); the sender appends through :meth:`current`.
+        UnknownTopicError, EngineTimeoutError."""
         route = self._routes.get(topic)
         if route is None:
             with self.lock:
                 route = self._routes.get(topic)
                 if route is None:
                     route = self._make(self.cluster.topic(topic, wait_s))
+        return route
+
+    def current(self, topic: str, wait_s: float | None = None) -> Route:
+        """The topic's route with its leaders as they are now: looked up again when the
+        last one was found stale."""
+        route = self._routes.get(topic)
+        if route is None or topic in self._stale:
+            with self.lock:
+                route = self._routes.get(topic)
+                if route is None or topic in self._stale:
+                    route = self._make(self.cluster.refresh(topic, wait_s))
+                    self._stale.discard(topic)
         return route
 
     def refresh(self, topic: str, stale: Route | None = None, wait_s: float | None = None) -> Route:
@@ -93,8 +108,8 @@ class ProducerMetadata:
             current = self._routes.get(topic)
             if stale is not None and current is not None and current is not stale:
                 return current
-            self.forget(topic)
-            return self._make(self.cluster.refresh(topic, wait_s))
+            self.invalidate(topic)
+            return self.current(topic, wait_s)
 
     def _make(self, view: TopicView) -> Route:
         route = Route(view, self.fields, self.batch_size)
@@ -103,10 +118,22 @@ class ProducerMetadata:
             self.fast[view.name] = (route.address, route)
         return route
 
+    def invalidate(self, topic: str, route: Route | None = None) -> None:
+        """``topic``'s leaders moved (or it went): the next :meth:`current` looks it up
+        again; meanwhile :meth:`route` still gives the stale route (partitioning needs
+        only its partition count). With ``route``: only if that is still the one."""
+        with self.lock:
+            if route is not None and self._routes.get(topic) is not route:
+                return
+            self._stale.add(topic)
+            self.fast.pop(topic, None)
+            self.cluster.forget(topic)
+
     def forget(self, topic: str) -> None:
-        """Look ``topic`` up afresh next time (its leaders moved, or it went)."""
+        """Drop ``topic`` (deleted): the next use looks it up from scratch."""
         with self.lock:
             self._routes.pop(topic, None)
+            self._stale.discard(topic)
             self.fast.pop(topic, None)
             self.cluster.forget(topic)
 

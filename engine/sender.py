@@ -178,8 +178,9 @@ class Sender(threading.Thread):
         """Append ``batch`` (from its ``appended``-th record on) to its leader's ring."""
         tp = batch.tp
         try:
-            route = self.metadata.route(tp.topic, LOOKUP_WAIT_S)
+            route = self.metadata.current(tp.topic, LOOKUP_WAIT_S)
         except UnknownTopicError as exc:
+            self.metadata.forget(tp.topic)
             return self._fail(batch, exc)
         except EngineTimeoutError as exc:
             return self._retry(batch, exc)
@@ -222,7 +223,7 @@ class Sender(threading.Thread):
                 self.accumulator.in_flight(batch)
                 self._recover_at[tp] = 0.0
                 return []
-            self.metadata.forget(tp.topic)
+            self.metadata.invalidate(tp.topic, route)
             return self._retry(batch, NotLeaderError(
                 f"the leader's ring was sealed (the leader moved): {name}"
             ), backoff=batch.attempts > 1)  # fmt: skip
@@ -317,10 +318,11 @@ class Sender(threading.Thread):
         the new leader) what it holds, send the rest again. Whether it got anywhere."""
         old = batches[0].ring
         try:
-            route = self.metadata.route(tp.topic, LOOKUP_WAIT_S)
+            route = self.metadata.current(tp.topic, LOOKUP_WAIT_S)
             if route.view.rings[tp.partition] is old or route.view.rings[tp.partition].sealed:
                 route = self.metadata.refresh(tp.topic, route, LOOKUP_WAIT_S)
         except UnknownTopicError as exc:
+            self.metadata.forget(tp.topic)
             for batch in batches:
                 calls += self._fail(batch, exc)
             return True

@@ -145,7 +145,7 @@ def test_a_torn_segment_tail_is_cut_at_the_last_intact_record(daemon: Daemon) ->
     with Admin(daemon.data_dir) as admin:
         admin.create_topic("torn", partitions=1)
         leader = admin.describe_topic("torn").partitions[0].leader
-    with Producer(daemon.data_dir) as p:
+    with Producer(daemon.data_dir, acks=1) as p:  # a batch per record
         for i in range(100):
             p.send("torn", b"%03d" % i + b"t" * 50, partition=0)
     daemon.stop()

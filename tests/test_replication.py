@@ -19,6 +19,7 @@ from engine import (
     Admin,
     Consumer,
     EngineError,
+    EngineTimeoutError,
     NotEnoughReplicasError,
     Producer,
     TopicPartition,
@@ -83,9 +84,12 @@ def test_acks_all_reaches_every_replica_byte_for_byte(cluster: Daemon) -> None:
     assert logs[1] == logs[2] == logs[3]
 
 
-def test_below_min_insync_replicas_the_send_fails_and_nothing_is_acknowledged(
+def test_below_min_insync_replicas_a_send_is_never_acknowledged(
     cluster: Daemon,
 ) -> None:
+    """NotEnoughReplicas is retriable (Kafka's rule): the send is retried until
+    delivery_timeout_ms, then fails with EngineTimeoutError caused by it; it is never
+    acknowledged meanwhile."""
     with Admin(cluster.data_dir) as admin:
         admin.create_topic("r2", partitions=1, replication=2,
                            config={"min.insync.replicas": 2})
@@ -101,10 +105,13 @@ def test_below_min_insync_replicas_the_send_fails_and_nothing_is_acknowledged(
             with Admin(cluster.data_dir) as admin:
                 wait_for(lambda: admin.describe_topic("r2").partitions[0].isr == (d.leader,),
                          timeout=30, what="the frozen follower to leave the ISR")
-            with pytest.raises(NotEnoughReplicasError):
-                # Refused at the append once the leader knows, or failed after it (Kafka's
-                # NOT_ENOUGH_REPLICAS_AFTER_APPEND) while the news is on its way.
-                p.send("r2", b"refused").get(timeout=10)
+            refused = p.send("r2", b"refused")
+            with pytest.raises(EngineTimeoutError) as failed:
+                # Refused at the append once the leader knows, or not committed after it
+                # (Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND) while the news is on its way.
+                refused.get(timeout=10)
+            assert isinstance(failed.value.__cause__, NotEnoughReplicasError)
+            assert not refused.succeeded()
         finally:
             os.kill(pid, signal.SIGCONT)
 
