@@ -493,8 +493,8 @@ def repair(replicas: list[Replica]) -> list[str]:
                 f"CorruptRecordError at offset {bad} until they seek past the bad batch"
             )
             continue
-        source = max(sources, key=lambda r: r.log_end_offset)
-        lines.append(_refill(replica, source, bad))
+        source = min(sources, key=lambda r: (bool(r.problems), -r.log_end_offset))
+        lines.append(_refill(replica, source, bad, peers))
     return lines
 
 
@@ -544,12 +544,12 @@ def _copy_indexes(source: Replica, replica: Replica, base: int) -> None:
         write_private_file(segment_path(str(replica.directory), base, suffix), data)
 
 
-def _refill(replica: Replica, source: Replica, bad: int) -> str:
+def _refill(replica: Replica, source: Replica, bad: int, peers: list[Replica]) -> str:
     """Cut ``replica`` at its first bad batch (recovery), copy ``source`` from there."""
     log = Log.open(replica.directory, _REPAIR_CONFIG, recover_from=bad)
     try:
         cut = log.log_end_offset
-        bases = set(list_segment_bases(str(source.directory)))
+        rolls = set(list_segment_bases(str(source.directory)))
         with LogReader(source.directory) as reader:
             offset = cut
             while offset < source.log_end_offset:
@@ -565,17 +565,19 @@ def _refill(replica: Replica, source: Replica, bad: int) -> str:
                         f"repair of {replica.name} stopped: broker {source.broker}'s batch at "
                         f"offset {found.expected_offset} fails too ({found.problem.what})"
                     )
-                if offset in bases:
+                if offset in rolls:
                     log.roll()  # where the source rolled
                 offset = log.append(data)
     finally:
         log.close()
-    # The indexes the broker would build (the topic's settings): the source's, for each
+    # The indexes the broker would build (the topic's settings): a peer's, for each
     # segment now holding the same bytes; any other keeps what the refill built.
-    cut_base = max((b for b in list_segment_bases(str(replica.directory)) if b <= cut), default=0)
-    for base in list_segment_bases(str(replica.directory)):
-        if base >= cut_base and _same_segment(replica, source, base):
-            _copy_indexes(source, replica, base)
+    bases = list_segment_bases(str(replica.directory))
+    cut_base = max((b for b in bases if b <= cut), default=0)
+    for base in (b for b in bases if b >= cut_base):
+        peer = next((r for r in peers if _same_segment(replica, r, base)), None)
+        if peer is not None:
+            _copy_indexes(peer, replica, base)
     return (
         f"repaired {replica.name}: cut at offset {cut} (its first bad batch at {bad}), "
         f"copied offsets {cut}..{source.log_end_offset - 1} from broker {source.broker}"

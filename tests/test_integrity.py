@@ -186,15 +186,20 @@ def test_a_corrupt_leader_of_three_replicas_is_found_and_repaired_from_a_followe
     tmp_path: Path,
 ) -> None:
     with running_daemon(tmp_path / "engine", brokers=3) as d:
-        create(d, "trio", replication=3)
+        with Admin(d.data_dir) as admin:  # small segments: the bad batch in the middle one
+            admin.create_topic("trio", partitions=1, replication=3,
+                               config={"segment.bytes": 3000, "index.interval.bytes": 256})
         produce(d, "trio", 0, RECORDS, acks="all")
         d.stop()
         d.start()  # every record now comes from the segments
         dirs = replica_dirs(d, "trio")
         leader = next(iter(dirs))  # the leader after the restart, whose copy consumers read
-        segments = {b: (p / SEGMENT) for b, p in dirs.items()}
-        intact = segments[leader].read_bytes()
-        assert all(s.read_bytes() == intact for s in segments.values())  # byte for byte
+        files = {b: {f.name: f.read_bytes() for f in p.glob("0*")} for b, p in dirs.items()}
+        assert all(f == files[leader] for f in files.values())  # byte for byte, indexes too
+        bases = sorted(int(name[:20]) for name in files[leader] if name.endswith(".log"))
+        assert len(bases) >= 3 and bases[0] < 50 < bases[-1]
+        middle = f"{max(b for b in bases if b <= 50):020d}.log"
+        segments = {b: (p / middle) for b, p in dirs.items()}
         flip_value_byte(segments[leader], 50)  # at rest: a byte of the file, not of a write
         with Consumer(data_dir=d.data_dir, auto_offset_reset="earliest") as c:
             tp = TopicPartition("trio", 0)
@@ -206,22 +211,32 @@ def test_a_corrupt_leader_of_three_replicas_is_found_and_repaired_from_a_followe
         assert out.returncode == 1  # refused while the daemon runs
         assert "repair needs the daemon stopped" in out.stderr.decode()
         d.stop()
+        follower = list(dirs)[1]  # and a follower's index: an entry added out of order
+        index = dirs[follower] / f"{0:020d}.index"
+        index.write_bytes(index.read_bytes() + bytes(8))
         out = d.cli("verify", "--data-dir", str(d.data_dir), check=False)
         text = out.stdout.decode()
         assert out.returncode == 1, text
-        bad = [ln for ln in text.splitlines() if ln.startswith("topic=")]
-        assert bad == [
-            f"topic=trio partition=0 broker={leader} file={SEGMENT} "
+        bad = sorted(ln for ln in text.splitlines() if ln.startswith("topic="))
+        assert bad == sorted([
+            f"topic=trio partition=0 broker={leader} file={middle} "
             f"position={batch_position(segments[leader], 50)[0]} offset=50: "
-            "CRC32C mismatch (stored offsets 50..50)"
-        ]
-        assert "verified 3 replicas of 1 partitions: 1 problems in 1 replicas" in text
+            "CRC32C mismatch (stored offsets 50..50)",
+            f"topic=trio partition=0 broker={follower} file={0:020d}.index: "
+            "entries out of order",
+        ])  # fmt: skip
+        assert "verified 3 replicas of 1 partitions: 2 problems in 2 replicas" in text
         out = d.cli("verify", "--data-dir", str(d.data_dir), "--repair", check=False)
         text = out.stdout.decode()
         assert out.returncode == 0, text
         assert f"repaired topic=trio partition=0 broker={leader}: cut at offset 50" in text
+        assert (
+            f"repaired topic=trio partition=0 broker={follower}: copied the indexes of "
+            f"segments {0:020d} (from broker "
+        ) in text
         assert "after the repair: verified 3 replicas of 1 partitions: no problems" in text
-        assert segments[leader].read_bytes() == intact
+        for b, p in dirs.items():  # every replica as before, segments and indexes
+            assert {f.name: f.read_bytes() for f in p.glob("0*")} == files[leader], b
         d.start()
         got = consume_all(d, "trio", RECORDS)
         assert [(r.offset, r.value) for r in got] == [(i, value(i)) for i in range(RECORDS)]
