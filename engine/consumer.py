@@ -857,8 +857,9 @@ class Consumer:
         return chunked, n
 
     def _read(self, f: _Fetch, start: int) -> bytes:
-        """Whole batches from the ring (at f.cursor, else from ``start``) or segments,
-        checked (see :meth:`_checked`)."""
+        """Whole batches from the ring (at f.cursor, else from ``start``) or segments, up
+        to the first that fails the checks (module docstring; C). CorruptRecordError when
+        that is the first one and no other copy exists."""
         if f.cursor is None:
             f.cursor = f.ring.seek(start)
             if f.cursor is None:

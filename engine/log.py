@@ -174,7 +174,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _list_segment_bases(directory: str) -> list[int]:
+def list_segment_bases(directory: str) -> list[int]:
+    """The base offsets of the segments in a partition directory, in order."""
     bases = []
     for name in os.listdir(directory):
         stem, suffix = os.path.splitext(name)
@@ -183,23 +184,7 @@ def _list_segment_bases(directory: str) -> list[int]:
     return sorted(bases)
 
 
-def list_segment_bases(directory: str) -> list[int]:
-    """The base offsets of the segments in a partition directory, in order."""
-    return _list_segment_bases(directory)
-
-
 def read_log_format(directory: str) -> int:
-    """The format version of the log in ``directory`` (``log.meta``); CorruptRecordError
-    when it is unreadable or unknown, FileNotFoundError when there is none."""
-    return _check_meta(directory)
-
-
-def read_recovery_point(directory: str) -> tuple[int, bool]:
-    """``(recovery_point, clean)`` of the log in ``directory``; (0, False) when unknown."""
-    return _read_recovery_point(directory)
-
-
-def _check_meta(directory: str) -> int:
     """The format version ``log.meta`` names; CorruptRecordError unless this code
     reads it. FileNotFoundError when there is no ``log.meta`` (no log in ``directory`` yet).
     """
@@ -295,15 +280,15 @@ class Log:
         os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
         meta_path = os.path.join(directory, META_FILE)
         if not os.path.exists(meta_path):
-            if _list_segment_bases(directory):
+            if list_segment_bases(directory):
                 raise CorruptRecordError(f"segments without log.meta: directory={directory}")
             write_private_file(meta_path, _meta_bytes())
-        dense = _check_meta(directory) >= DENSE_FORMAT
+        dense = read_log_format(directory) >= DENSE_FORMAT
         _remove_strays(directory)
-        recovery_point, clean = _read_recovery_point(directory)
+        recovery_point, clean = read_recovery_point(directory)
         if recover_from is not None:
             recovery_point, clean = min(recovery_point, recover_from), False
-        bases = _list_segment_bases(directory)
+        bases = list_segment_bases(directory)
         interval, index_bytes = config.index_interval_bytes, config.segment_index_bytes
         segments: list[LogSegment] = []
         try:
@@ -336,7 +321,10 @@ class Log:
                         segment.rebuilt_indexes[0],
                         segment.rebuilt_indexes[1],
                     )
-                if cut or (not last and segment.next_offset > bases[i + 1]):
+                # A dense log's next segment starts where this one ends: else one is
+                # missing or damaged, and recovery keeps the intact prefix before it.
+                gap = dense and recover and not last and segment.next_offset != bases[i + 1]
+                if cut or gap or (not last and segment.next_offset > bases[i + 1]):
                     dropped = bases[i + 1 :]
                     for later in dropped:
                         LogSegment(directory, later, writable=True).delete()
@@ -737,7 +725,7 @@ def _remove_strays(directory: str) -> None:
                 os.unlink(os.path.join(directory, name))
 
 
-def _read_recovery_point(directory: str) -> tuple[int, bool]:
+def read_recovery_point(directory: str) -> tuple[int, bool]:
     """``(recovery_point, clean)``; (0, False) when missing or unreadable."""
     try:
         with open(os.path.join(directory, RECOVERY_POINT_FILE), "rb") as f:
@@ -771,14 +759,14 @@ class LogReader:
         """FileNotFoundError when the broker has not created the log yet."""
         self.directory = os.fspath(directory)
         #: Format 2: no offset is skipped (a reader may check the offsets' sequence).
-        self.dense = _check_meta(self.directory) >= DENSE_FORMAT
+        self.dense = read_log_format(self.directory) >= DENSE_FORMAT
         self._bases: list[int] = []
         self._segments: dict[int, LogSegment] = {}
         self._closed = False
         self._list()
 
     def _list(self) -> None:
-        self._bases = _list_segment_bases(self.directory)
+        self._bases = list_segment_bases(self.directory)
         for base in list(self._segments):
             if base not in self._bases:
                 self._segments.pop(base).close()

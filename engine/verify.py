@@ -271,7 +271,7 @@ def _walk(directory: Path, base: int, dense: bool, torn_tail_ok: bool) -> _Walk:
     if crc_bad:
         max_ts[sorted(crc_bad)] = _INT64_MIN  # a damaged batch's timestamp proves nothing
     walk.index_problems += _check_time_index(
-        raw_times, base, size, expected, max_ts, sealed and walked == size
+        raw_times, base, size, expected, max_ts, walked == size, sealed
     )
     return walk
 
@@ -395,8 +395,11 @@ def _check_time_index(
     size: int,
     expected: npt.NDArray[np.int64],
     max_ts: npt.NDArray[np.int64],
+    complete: bool,
     sealed: bool,
 ) -> list[tuple[str, int, int, str]]:
+    """``expected``, ``max_ts``: of the batches walked (all of them when ``complete``);
+    ``sealed``: the segment's last entry must bound every batch."""
     name = f"{base:020d}{TIME_INDEX_SUFFIX}"
     item = TIME_INDEX_DTYPE.itemsize
     if raw is None:
@@ -411,9 +414,12 @@ def _check_time_index(
         out.append((name, -1, -1, "entries out of order"))
     running = np.maximum.accumulate(max_ts) if len(max_ts) else max_ts
     newest = int(running[-1]) if len(running) else -1
+    sealed = sealed and complete
     bad = []
     for j in range(len(entries)):
         k = int(np.searchsorted(expected, base + rel[j]))
+        if k == len(expected) and not complete:
+            continue  # after where the walk stopped: not checked
         if k == len(expected) or int(expected[k]) != base + int(rel[j]):
             bad.append((j, f"names offset {base + int(rel[j])}, where no batch starts"))
         elif stamps[j] < running[k]:
@@ -546,6 +552,8 @@ def _copy_indexes(source: Replica, replica: Replica, base: int) -> None:
 
 def _refill(replica: Replica, source: Replica, bad: int, peers: list[Replica]) -> str:
     """Cut ``replica`` at its first bad batch (recovery), copy ``source`` from there."""
+    # Recovery rebuilds the indexes of the segment that may hold ``bad`` and of the later ones.
+    first = max((b for b in list_segment_bases(str(replica.directory)) if b <= bad), default=0)
     log = Log.open(replica.directory, _REPAIR_CONFIG, recover_from=bad)
     try:
         cut = log.log_end_offset
@@ -572,9 +580,7 @@ def _refill(replica: Replica, source: Replica, bad: int, peers: list[Replica]) -
         log.close()
     # The indexes the broker would build (the topic's settings): a peer's, for each
     # segment now holding the same bytes; any other keeps what the refill built.
-    bases = list_segment_bases(str(replica.directory))
-    cut_base = max((b for b in bases if b <= cut), default=0)
-    for base in (b for b in bases if b >= cut_base):
+    for base in (b for b in list_segment_bases(str(replica.directory)) if b >= first):
         peer = next((r for r in peers if _same_segment(replica, r, base)), None)
         if peer is not None:
             _copy_indexes(peer, replica, base)
