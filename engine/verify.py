@@ -70,7 +70,15 @@ from engine.record_batch import BatchProblem, ScanStatus, check_chunk, scan_batc
 from engine.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_path
 from engine.time_index import TIME_INDEX_DTYPE
 
-__all__ = ["Problem", "Replica", "find_replicas", "repair", "verify", "verify_replica"]
+__all__ = [
+    "Problem",
+    "Replica",
+    "find_replicas",
+    "repair",
+    "stopped_daemon",
+    "verify",
+    "verify_replica",
+]
 
 #: Batches one scan of a segment walks at most (bounds the info array).
 _SCAN_BATCHES = 1 << 16
