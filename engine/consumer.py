@@ -32,6 +32,19 @@ more than 64 MiB is no longer fetched (a warning says so) until a seek. ``end_of
 ``seek_to_end`` and ``auto_offset_reset="latest"`` use the high watermark, not the last
 stable offset. With ``read_uncommitted`` (the default) there is no filter and markers
 are skipped.
+
+Integrity (``check_crcs``, Kafka's option, on by default): every batch a poll delivers
+records from, out of a ring or a segment, has its CRC32C checked in C before it is
+decoded, and its offsets checked to be in sequence (the CRC does not cover the base
+offset): the first batch of a chunk holds the offset asked for and each later one starts
+right after the one before it (in a ring, where a reaped frame's offsets are skipped,
+anywhere after it). A batch that fails raises CorruptRecordError naming the topic, the
+partition and the offset; nothing of it is delivered. Records before it are delivered
+first; the error comes at the next poll, and again at each poll until a seek moves the
+position past it. ``engine verify`` finds such batches in the logs and repairs them from
+an intact replica. A batch whose copy in the ring fails but which the broker has written
+to its log already (the drain checks every CRC) is read from the log instead, with a
+warning on the ``engine.consumer`` logger.
 """
 
 from __future__ import annotations
@@ -56,6 +69,7 @@ from engine.errors import (
     ClosedError,
     CommitFailedError,
     ConfigError,
+    CorruptRecordError,
     EngineError,
     NotLeaderError,
     OffsetOutOfRangeError,
@@ -64,7 +78,7 @@ from engine.errors import (
 from engine.group import GroupMember
 from engine.log import LogReader
 from engine.record import Record, RecordDecoder, TopicPartition, as_offset
-from engine.record_batch import decode_record_infos, scan_batches
+from engine.record_batch import BatchCheck, check_chunk, decode_record_infos, scan_batches
 from engine.ring import (
     EMPTY,
     OK,
@@ -144,6 +158,7 @@ class Consumer:
         consumer_timeout_ms: float = float("inf"),
         client_id: str | None = None,
         poll_spin_us: int = 100,
+        check_crcs: bool = True,
         **unknown: Any,
     ) -> None:
         """Options are kafka-python's. Group options (used only with ``group_id``):
@@ -163,6 +178,8 @@ class Consumer:
         (records further apart than it) halves at each wait until a wait ends within
         ``poll_spin_us`` again, so that a consumer of a moderate stream does not keep a
         core busy (one at 5,000 records/s used 77% of a core before, 28% after).
+        ``check_crcs``: check every batch's CRC32C before its records are delivered
+        (offsets are checked in any case; see the module docstring).
         """
         if unknown:
             raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
@@ -204,6 +221,9 @@ class Consumer:
         if isinstance(poll_spin_us, bool) or not isinstance(poll_spin_us, int) or poll_spin_us < 0:
             raise ConfigError(f"poll_spin_us must be an int >= 0: poll_spin_us={poll_spin_us!r}")
         self.poll_spin_s = poll_spin_us / 1e6
+        if not isinstance(check_crcs, bool):
+            raise ConfigError(f"check_crcs must be a bool: check_crcs={check_crcs!r}")
+        self.check_crcs = check_crcs
         if not isinstance(max_poll_records, int) or max_poll_records < 1:
             raise ConfigError(
                 f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}"
@@ -694,7 +714,12 @@ class Consumer:
         for f in fetches:
             if got >= limit:
                 break
-            data, at = self._next_chunk(f)
+            try:
+                data, at = self._next_chunk(f)
+            except CorruptRecordError:
+                if out:  # this poll already took records: deliver them, raise next time
+                    return got
+                raise
             if not data:
                 continue
             try:
@@ -814,7 +839,9 @@ class Consumer:
                 sources.append((f.ring, f.cursor, f.offset))
             reader.bind(sources)
             self._bound = fetches
-        touched = reader.read(first, value_size, scratch, room, wait_s, self.poll_spin_s)
+        touched = reader.read(
+            first, value_size, scratch, room, wait_s, self.poll_spin_s, self.check_crcs
+        )
         if not touched:
             return chunked, 0
         codes, copied, offsets = reader.codes, reader.copied, reader.next_offsets
@@ -837,15 +864,41 @@ class Consumer:
         return chunked, n
 
     def _read(self, f: _Fetch, start: int) -> bytes:
-        """Whole batches from the ring (at f.cursor, else from ``start``) or segments."""
+        """Whole batches from the ring (at f.cursor, else from ``start``) or segments, up
+        to the first that fails the checks (module docstring; C). CorruptRecordError when
+        that is the first one and no other copy exists."""
         if f.cursor is None:
             f.cursor = f.ring.seek(start)
             if f.cursor is None:
                 return self._chunk_from_log(f, start)
         while True:
-            code, n = f.ring.read(f.cursor, self._buf)
+            expected = f.cursor.offset
+            try:
+                code, n = f.ring.read(f.cursor, self._buf)
+            except CorruptRecordError as exc:  # a frame failed the ring's own checks
+                f.cursor = None  # the next read seeks to it again
+                raise self._corrupt(f, expected, f"ring frame: {exc}") from exc
             if code == OK:
-                return bytes(memoryview(self._buf)[:n])
+                data = bytes(memoryview(self._buf)[:n])
+                bad = check_chunk(data, expected, crc=self.check_crcs, dense=False)
+                if bad is None:
+                    return data
+                f.cursor = None  # the next read seeks to the bad batch, by its offset
+                drained = bad.expected_offset < f.ring.status().drain_offset
+                if drained:
+                    # The log's copy passed its CRC check when the drain wrote it: the
+                    # ring's was damaged in memory since. The next reads take the log's
+                    # (a seek below the drain point goes there), checked too.
+                    log.warning(
+                        "a batch's copy in the ring fails its checks, reading the log's: "
+                        "topic=%s partition=%d offset=%d problem=%s",
+                        f.tp.topic, f.tp.partition, bad.expected_offset, bad.problem.what,
+                    )  # fmt: skip
+                if bad.position:
+                    return data[: bad.position]  # deliver these first
+                if drained:
+                    return self._chunk_from_log(f, start)
+                raise self._bad_batch(f, bad)  # the only copy (the drain fails on it too)
             if code == OUT_TOO_SMALL:
                 self._buf = bytearray(max(n, 2 * len(self._buf)))
                 continue
@@ -899,13 +952,43 @@ class Consumer:
                 raise
             self._reset(f)
             return b""
+        except CorruptRecordError as exc:  # a segment's batch that does not even walk
+            raise self._corrupt(f, start, f"segment: {exc}") from exc
         if not data:
-            # Offsets below the drain point that no segment holds: a gap.
+            if f.reader.dense:  # every offset below the drain point is in a batch
+                raise self._corrupt(f, start, f"no batch holds it, below offset {upper}")
+            # Offsets below the drain point that no segment holds: a gap (a format-1 log).
             if f.txn is None:
                 f.offset = upper
             else:
                 f.txn.skip_to(upper)
-        return data
+        return self._checked(f, data, start, dense=f.reader.dense)
+
+    def _checked(self, f: _Fetch, data: bytes, expected: int, dense: bool) -> bytes:
+        """``data``, whole batches read at offset ``expected``, up to its first batch that
+        fails the checks (module docstring; C); CorruptRecordError when that is the first.
+        ``dense``: read from a log that fills skipped offsets (format 2)."""
+        bad = check_chunk(data, expected, crc=self.check_crcs, dense=dense)
+        if bad is None:
+            return data
+        if bad.position:
+            return data[: bad.position]  # deliver these; the next read starts at the bad one
+        raise self._bad_batch(f, bad)
+
+    def _bad_batch(self, f: _Fetch, bad: BatchCheck) -> CorruptRecordError:
+        stored = f"base_offset={bad.base_offset} last_offset={bad.last_offset}"
+        return self._corrupt(f, bad.expected_offset, f"{bad.problem.what} ({stored})")
+
+    @staticmethod
+    def _corrupt(f: _Fetch, offset: int, what: str) -> CorruptRecordError:
+        return CorruptRecordError(
+            f"corrupt record batch, not delivered: topic={f.tp.topic} partition={f.tp.partition} "
+            f"offset={offset}: {what}; every poll raises this until a seek moves past it "
+            "(`engine verify` finds it in the logs and repairs it from an intact replica)",
+            topic=f.tp.topic,
+            partition=f.tp.partition,
+            offset=offset,
+        )
 
     def _take_records(self, f: _Fetch, data: bytes, at: int, limit: int) -> list[Record]:
         records, used = self._decoder.decode(

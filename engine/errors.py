@@ -19,7 +19,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── AuthorizationError (PermissionError) the data dir or its znodes are another user's
     ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
     │   └── BufferFullError                  the ring stayed full for max_block_ms
-    ├── CorruptRecordError                   a frame or batch failed its CRC / shape checks
+    ├── CorruptRecordError                   a frame or batch failed its CRC / shape / offset checks
     ├── FencedError                          a stale leader epoch or producer epoch
     │   └── ProducerFencedError              a newer instance of the transactional id exists
     ├── TransactionError                     a transaction could not go on
@@ -107,7 +107,24 @@ class BufferFullError(EngineTimeoutError):
 
 
 class CorruptRecordError(EngineError):
-    """A frame or record batch failed its CRC32C or its shape checks."""
+    """A frame or record batch failed its CRC32C, its shape or its offset checks.
+
+    Raised by a consumer, it names where: ``topic``, ``partition`` and ``offset`` (the
+    first offset not delivered: a seek past the bad batch goes on); None elsewhere.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
 
 
 class FencedError(EngineError):

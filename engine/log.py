@@ -14,6 +14,17 @@ magic 2 (native/batch.h); the index formats are drawn in offset_index.py and
 time_index.py. :meth:`Log.open` refuses a directory whose ``format_version`` it does
 not know. Files are created 0600 and directories 0700.
 
+Format 2 logs are dense: every offset from the log start to the log end lies in a
+batch, and each batch starts right after the one before it (a segment's first batch
+at the segment's base offset). Offsets that hold no record (those of a producer's
+frame reaped after it died mid-append, or of a fenced batch) are covered by an empty
+batch, Kafka's record-count-0 batch (record_batch.empty_batches_before), written by
+:meth:`Log.append` in front of the batch after them. A damaged base offset, which no
+CRC covers, then shows as offsets out of sequence: readers (the consumer, recovery,
+``engine verify``) refuse it instead of skipping records or delivering them under a
+wrong offset. Format 1 logs (older) may hold gaps: they are read and appended to as
+they are, with offsets only checked to increase.
+
 Durability (``flush.messages``, ``flush.ms``): by default the log never fsyncs on the
 write path, as Kafka does: a batch written to a segment is in the page cache, so it
 survives a crash of the broker process (``kill -9``) but not a power loss or kernel
@@ -54,7 +65,13 @@ from engine.errors import (
     OffsetOutOfRangeError,
     RecordTooLargeError,
 )
-from engine.record_batch import ScanStatus, decode_record_infos, scan_batches
+from engine.record_batch import (
+    ScanStatus,
+    decode_record_infos,
+    empty_batches_before,
+    read_batch_header,
+    scan_batches,
+)
 from engine.segment import (
     DELETED_SUFFIX,
     INDEX_SUFFIX,
@@ -63,10 +80,22 @@ from engine.segment import (
     LogSegment,
 )
 
-__all__ = ["LOG_FORMAT_VERSION", "Log", "LogConfig", "LogReader"]
+__all__ = [
+    "DENSE_FORMAT",
+    "LOG_FORMAT_VERSION",
+    "Log",
+    "LogConfig",
+    "LogReader",
+    "list_segment_bases",
+    "read_log_format",
+    "read_recovery_point",
+]
 
-#: Version of the partition directory's layout and of the index formats.
-LOG_FORMAT_VERSION = 1
+#: Version of the partition directory's layout and of the index formats (2: dense).
+LOG_FORMAT_VERSION = 2
+#: The format versions this code reads; logs from DENSE_FORMAT on are dense.
+READABLE_FORMATS = (1, 2)
+DENSE_FORMAT = 2
 META_FILE = "log.meta"
 RECOVERY_POINT_FILE = "recovery-point"
 DIR_MODE = 0o700
@@ -145,7 +174,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _list_segment_bases(directory: str) -> list[int]:
+def list_segment_bases(directory: str) -> list[int]:
+    """The base offsets of the segments in a partition directory, in order."""
     bases = []
     for name in os.listdir(directory):
         stem, suffix = os.path.splitext(name)
@@ -154,10 +184,9 @@ def _list_segment_bases(directory: str) -> list[int]:
     return sorted(bases)
 
 
-def _check_meta(directory: str) -> None:
-    """Raise CorruptRecordError unless ``log.meta`` names a format this code reads.
-
-    FileNotFoundError when there is no ``log.meta`` (no log in ``directory`` yet).
+def read_log_format(directory: str) -> int:
+    """The format version ``log.meta`` names; CorruptRecordError unless this code
+    reads it. FileNotFoundError when there is no ``log.meta`` (no log in ``directory`` yet).
     """
     path = os.path.join(directory, META_FILE)
     try:
@@ -166,11 +195,12 @@ def _check_meta(directory: str) -> None:
         version = json.loads(raw)["format_version"]
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptRecordError(f"unreadable log.meta: path={path} error={e}") from e
-    if version != LOG_FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise CorruptRecordError(
             f"unsupported log format: path={path} format_version={version!r} "
-            f"supported={LOG_FORMAT_VERSION}"
+            f"supported={READABLE_FORMATS}"
         )
+    return int(version)
 
 
 def _meta_bytes() -> bytes:
@@ -179,6 +209,7 @@ def _meta_bytes() -> bytes:
         "log": "kafka-record-batch-magic-2",
         "offset_index": "u32 relative_offset, u32 position (big-endian)",
         "time_index": "i64 timestamp, u32 relative_offset (big-endian)",
+        "offsets": "dense: skipped offsets are covered by batches of record count 0",
     }
     return json.dumps(meta, indent=1).encode() + b"\n"
 
@@ -191,22 +222,29 @@ class Log:
     offset; ``log_end_offset`` is one past the last offset appended.
 
     Invariants: segments are ordered by base offset and their offsets do not overlap;
-    all files hold only whole batches with increasing offsets; there is always an active
-    segment; an append either writes all its batches or none (validation comes first).
+    all files hold only whole batches with increasing offsets (``dense``, format 2: each
+    batch starting right after the one before it); there is always an active segment;
+    an append either writes all its batches or none (validation comes first).
 
     Crash: see the module docstring. On open after an unclean stop, segments past the
-    recovery point are walked with CRC checks; a torn or corrupt tail is cut off (one
-    warning on the ``engine.log`` logger) and any later segment is deleted, so the log
-    keeps exactly its intact prefix and appends continue at its end.
+    recovery point are walked with CRC (and, when dense, offset sequence) checks; a torn
+    or corrupt tail is cut off (one warning on the ``engine.log`` logger) and any later
+    segment is deleted, so the log keeps exactly its intact prefix and appends continue
+    at its end. After a clean stop the data is trusted and the indexes checked; a
+    missing or corrupt index is rebuilt from its ``.log`` (one warning naming the file).
 
     Who may call: the one broker process that owns this replica, one thread at a time
     (the drain thread, or callers that serialize on a lock). Other processes read the
     files through :class:`LogReader`.
     """
 
-    def __init__(self, directory: str, config: LogConfig, segments: list[LogSegment]) -> None:
+    def __init__(
+        self, directory: str, config: LogConfig, segments: list[LogSegment], dense: bool = True
+    ) -> None:
         self.directory = directory
         self.config = config
+        #: Format 2: every skipped offset is covered by an empty batch (module docstring).
+        self.dense = dense
         self._segments = segments
         self._bases = [segment.base_offset for segment in segments]
         self._unflushed_records = 0
@@ -227,10 +265,14 @@ class Log:
         config: LogConfig | Mapping[str, Any] | None = None,
         *,
         initial_offset: int = 0,
+        recover_from: int | None = None,
     ) -> Log:
         """Open (creating if needed) the log in ``directory``, recovering it if needed.
 
         ``initial_offset`` is the base offset of the first segment of a new log.
+        ``recover_from`` recovers the segments that may hold that offset or later ones
+        as after an unclean stop, clean or not (``engine verify --repair`` cuts a log at
+        its first bad batch this way).
         """
         directory = os.fspath(directory)
         if not isinstance(config, LogConfig):
@@ -238,13 +280,15 @@ class Log:
         os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
         meta_path = os.path.join(directory, META_FILE)
         if not os.path.exists(meta_path):
-            if _list_segment_bases(directory):
+            if list_segment_bases(directory):
                 raise CorruptRecordError(f"segments without log.meta: directory={directory}")
             write_private_file(meta_path, _meta_bytes())
-        _check_meta(directory)
+        dense = read_log_format(directory) >= DENSE_FORMAT
         _remove_strays(directory)
-        recovery_point, clean = _read_recovery_point(directory)
-        bases = _list_segment_bases(directory)
+        recovery_point, clean = read_recovery_point(directory)
+        if recover_from is not None:
+            recovery_point, clean = min(recovery_point, recover_from), False
+        bases = list_segment_bases(directory)
         interval, index_bytes = config.index_interval_bytes, config.segment_index_bytes
         segments: list[LogSegment] = []
         try:
@@ -255,6 +299,7 @@ class Log:
                         initial_offset,
                         index_interval_bytes=interval,
                         index_bytes=index_bytes,
+                        dense=dense,
                     )
                 )
                 fsync_directory(directory)
@@ -267,9 +312,19 @@ class Log:
                     recover=recover,
                     index_interval_bytes=interval,
                     index_bytes=index_bytes,
+                    dense=dense,
                 )
                 segments.append(segment)
-                if cut or (not last and segment.next_offset > bases[i + 1]):
+                if segment.rebuilt_indexes:
+                    logger.warning(
+                        "rebuilt a missing or corrupt index from its log: path=%s reason=%s",
+                        segment.rebuilt_indexes[0],
+                        segment.rebuilt_indexes[1],
+                    )
+                # A dense log's next segment starts where this one ends: else one is
+                # missing or damaged, and recovery keeps the intact prefix before it.
+                gap = dense and recover and not last and segment.next_offset != bases[i + 1]
+                if cut or gap or (not last and segment.next_offset > bases[i + 1]):
                     dropped = bases[i + 1 :]
                     for later in dropped:
                         LogSegment(directory, later, writable=True).delete()
@@ -289,7 +344,7 @@ class Log:
             for segment in segments:
                 segment.close()
             raise
-        log = cls(directory, config, segments)
+        log = cls(directory, config, segments, dense)
         log.flush()  # durable recovered state; marks the log as not cleanly closed
         return log
 
@@ -329,8 +384,10 @@ class Log:
         The batches must be intact (CRC32C checked), each at most ``max.message.bytes``,
         with offsets increasing and starting at or after ``log_end_offset``; otherwise
         CorruptRecordError or RecordTooLargeError is raised and nothing of this call is
-        written. Rolls to new segments by ``segment.bytes``, ``segment.ms`` and a full
-        index. ``now_ms`` is the time for the ``flush.messages`` check (default: now).
+        written. A dense log writes an empty batch over offsets the batches skip (see
+        the module docstring). Rolls to new segments by ``segment.bytes``,
+        ``segment.ms`` and a full index. ``now_ms`` is the time for the
+        ``flush.messages`` check (default: now).
         """
         active = self._active
         view = memoryview(batches).cast("B")
@@ -348,6 +405,8 @@ class Log:
                 f"batch larger than max.message.bytes: length={largest} "
                 f"max.message.bytes={self.config.max_message_bytes}"
             )
+        if self.dense:
+            view, infos = _fill_gaps(view, infos, active.next_offset)
         start, count = 0, len(infos)
         while start < count:
             placed = self._active.append(
@@ -365,6 +424,13 @@ class Log:
         if self._unflushed_records >= self.config.flush_messages:
             self.flush(now_ms)
         return self._active.next_offset
+
+    def roll(self) -> None:
+        """Start a new active segment at ``log_end_offset`` (nothing when the active one is
+        empty): ``engine verify --repair`` rolls where the replica it copies from rolled."""
+        active = self._active
+        if active.size:
+            self._roll(active.next_offset)
 
     def _roll(self, base_offset: int) -> None:
         """Make a new active segment at ``base_offset`` (the next batch's base offset)."""
@@ -387,6 +453,7 @@ class Log:
             base_offset,
             index_interval_bytes=self.config.index_interval_bytes,
             index_bytes=self.config.segment_index_bytes,
+            dense=self.dense,
         )
         self._segments.append(segment)
         self._bases.append(base_offset)
@@ -450,12 +517,14 @@ class Log:
             found = segment.find_timestamp(timestamp_ms)
             if found is None:
                 continue
-            _, base_offset = found
-            batch = segment.read(base_offset, 0)
-            records = decode_record_infos(batch)
-            hits = np.flatnonzero(records["timestamp"] >= timestamp_ms)
-            if len(hits):
-                return int(records["offset"][int(hits[0])])
+            _, offset = found
+            # From that batch on: it may hold no record (a marker, an empty batch).
+            while batch := segment.read(offset, 0):
+                records = decode_record_infos(batch)
+                hits = np.flatnonzero(records["timestamp"] >= timestamp_ms)
+                if len(hits):
+                    return int(records["offset"][int(hits[0])])
+                offset = read_batch_header(batch).last_offset + 1
         return None
 
     # ---- durability --------------------------------------------------------
@@ -541,6 +610,7 @@ class Log:
                     offset,
                     index_interval_bytes=self.config.index_interval_bytes,
                     index_bytes=self.config.segment_index_bytes,
+                    dense=self.dense,
                 )
             )
             self._bases.append(offset)
@@ -616,6 +686,31 @@ def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> tuple[int, i
     return int(order.largest_length), int(order.records)
 
 
+def _fill_gaps(
+    view: memoryview, infos: npt.NDArray[Any], log_end_offset: int
+) -> tuple[memoryview, npt.NDArray[Any]]:
+    """A dense log's append: the batches (checked to increase from ``log_end_offset``)
+    with the empty batches that cover the offsets skipped before each one; the same
+    view and infos when none are skipped (the common case: no copy)."""
+    starts = np.empty(len(infos), dtype=np.int64)
+    starts[0] = log_end_offset
+    starts[1:] = infos["last_offset"][:-1] + 1
+    gaps = np.flatnonzero(infos["base_offset"] != starts).tolist()
+    if not gaps:
+        return view, infos
+    pieces: list[Any] = []
+    at = 0
+    for i in gaps:
+        position = int(infos["position"][i])
+        pieces.append(view[at:position])
+        pieces += empty_batches_before(view, position, int(starts[i]))
+        at = position
+    pieces.append(view[at:])
+    filled = b"".join(pieces)
+    filled_infos, _, _ = scan_batches(filled, verify_crc=False)
+    return memoryview(filled), filled_infos
+
+
 def _remove_strays(directory: str) -> None:
     """Delete temp files, retired segments' files and indexes whose .log is gone (a
     crash mid-delete or mid-create)."""
@@ -630,7 +725,7 @@ def _remove_strays(directory: str) -> None:
                 os.unlink(os.path.join(directory, name))
 
 
-def _read_recovery_point(directory: str) -> tuple[int, bool]:
+def read_recovery_point(directory: str) -> tuple[int, bool]:
     """``(recovery_point, clean)``; (0, False) when missing or unreadable."""
     try:
         with open(os.path.join(directory, RECOVERY_POINT_FILE), "rb") as f:
@@ -663,14 +758,15 @@ class LogReader:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         """FileNotFoundError when the broker has not created the log yet."""
         self.directory = os.fspath(directory)
-        _check_meta(self.directory)
+        #: Format 2: no offset is skipped (a reader may check the offsets' sequence).
+        self.dense = read_log_format(self.directory) >= DENSE_FORMAT
         self._bases: list[int] = []
         self._segments: dict[int, LogSegment] = {}
         self._closed = False
         self._list()
 
     def _list(self) -> None:
-        self._bases = _list_segment_bases(self.directory)
+        self._bases = list_segment_bases(self.directory)
         for base in list(self._segments):
             if base not in self._bases:
                 self._segments.pop(base).close()

@@ -65,10 +65,14 @@ class IndexFile:
         self._fd: int | None = os.open(path, flags | os.O_CLOEXEC, FILE_MODE)
         self._array: npt.NDArray[Any] = np.empty(0, dtype=dtype)
         self._count = 0
+        #: A writer found a torn last entry (the file's length not a multiple of an
+        #: entry's) and cut it: expected after a crash, a damaged file after a clean stop.
+        self.cut_torn_entry = False
         try:
             self.refresh()
             if writable and os.fstat(self._fd).st_size != self._count * dtype.itemsize:
                 os.ftruncate(self._fd, self._count * dtype.itemsize)  # cut a torn last entry
+                self.cut_torn_entry = True
         except BaseException:
             self.close()
             raise

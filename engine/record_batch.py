@@ -8,6 +8,12 @@ future Kafka listener. The hot paths (ring append, segment append) never call
 :func:`scan_batches` is the only place where the codes of ``engine_batch_scan``
 are mapped to Python (:class:`ScanStatus`). Callers decide what a truncated or
 corrupt tail means for them (recovery cuts it off, an append rejects it).
+:func:`check_chunk` does the same for ``engine_batch_check`` (:class:`BatchProblem`):
+what a reader checks before it delivers a chunk (shape, CRC32C, offsets in sequence).
+
+:func:`encode_empty_batch` makes the batch a dense log (log.py, format 2) writes over
+offsets that hold no record: Kafka's batch of record count 0, the kind compaction
+leaves behind.
 """
 
 from __future__ import annotations
@@ -29,11 +35,16 @@ __all__ = [
     "BATCH_HEADER_LENGTH",
     "BATCH_INFO_DTYPE",
     "RECORD_INFO_DTYPE",
+    "BatchCheck",
     "BatchHeader",
+    "BatchProblem",
     "BatchRecord",
     "ScanStatus",
+    "check_chunk",
     "decode_record_infos",
+    "empty_batches_before",
     "encode_batch",
+    "encode_empty_batch",
     "read_batch_header",
     "scan_batches",
 ]
@@ -84,6 +95,73 @@ class ScanStatus(enum.Enum):
     """The buffer ends inside a batch: a torn tail, or a batch still being written."""
     CORRUPT = 2
     """A batch has a bad magic, an impossible length or a CRC mismatch."""
+
+
+class BatchProblem(enum.Enum):
+    """What :func:`check_chunk` found wrong with a batch (engine_batch_check's codes)."""
+
+    SHAPE = lib.ENGINE_BATCH_BAD_SHAPE
+    """Not a whole magic-2 batch: a bad magic, an impossible length, or cut short."""
+    CRC = lib.ENGINE_BATCH_BAD_CRC
+    """Its CRC32C does not match: a byte from attributes to the end was changed."""
+    OFFSETS = lib.ENGINE_BATCH_BAD_OFFSETS
+    """Its offsets are out of sequence: a damaged base offset (which no CRC covers)."""
+
+    @property
+    def what(self) -> str:
+        """The problem in a few words, for messages."""
+        return _PROBLEM_WORDS[self]
+
+
+_PROBLEM_WORDS = {
+    BatchProblem.SHAPE: "not a whole magic-2 batch",
+    BatchProblem.CRC: "CRC32C mismatch",
+    BatchProblem.OFFSETS: "offsets out of sequence",
+}
+
+
+class BatchCheck(NamedTuple):
+    """The first bad batch :func:`check_chunk` found in a chunk."""
+
+    problem: BatchProblem
+    position: int
+    """Byte position of the bad batch: the chunk's whole good batches end here."""
+    expected_offset: int
+    """The offset the batch had to hold (the first of the chunk) or start at."""
+    base_offset: int
+    """Its base offset as stored (-1 when not even 8 bytes are there)."""
+    last_offset: int
+    """Its last offset as stored (-1 when its header is not whole)."""
+
+
+def check_chunk(
+    buf: Any, expected_offset: int, *, crc: bool = True, dense: bool = False
+) -> BatchCheck | None:
+    """The first bad batch of a chunk a reader is about to deliver, or None.
+
+    ``buf`` holds whole batches read at ``expected_offset``. Checks each batch's shape,
+    its CRC32C (``crc``), and that its offsets are in sequence: the first batch holds
+    ``expected_offset`` (or, unless ``dense``, comes after it), each later one starts
+    right after the one before it (``dense``: a log that fills skipped offsets) or
+    anywhere after it (a ring, where a reaped frame's offsets are skipped). In C.
+    """
+    view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else buf
+    if not len(view):
+        return None
+    flags = (lib.ENGINE_CHECK_CRC if crc else 0) | (lib.ENGINE_CHECK_DENSE if dense else 0)
+    out = ffi.new("engine_batch_check_t *")
+    code = lib.engine_batch_check(
+        ffi.from_buffer("uint8_t[]", view), len(view), expected_offset, flags, out
+    )
+    if code == lib.ENGINE_BATCH_INTACT:
+        return None
+    return BatchCheck(
+        BatchProblem(code),
+        int(out.position),
+        int(out.expected_offset),
+        int(out.base_offset),
+        int(out.last_offset),
+    )
 
 
 def _varint(value: int, out: bytearray) -> None:
@@ -175,6 +253,66 @@ def encode_batch(
     crc = lib.engine_crc32c(crc, body, len(body))
     struct.pack_into(">I", header, 17, crc)
     return bytes(header) + body
+
+
+#: The most offsets one empty batch covers (its last_offset_delta is an int32).
+MAX_EMPTY_BATCH_OFFSETS = 2**31 - 1
+
+
+def encode_empty_batch(
+    base_offset: int, offset_count: int, *, leader_epoch: int, timestamp: int
+) -> bytes:
+    """A batch of no record over ``offset_count`` offsets from ``base_offset``.
+
+    Kafka's record-count-0 batch (what compaction leaves of a batch whose records all
+    went): 61 bytes, no producer, not transactional. Its other fields come from the
+    caller, so that two replicas filling the same offsets write the same bytes.
+    """
+    if not 1 <= offset_count <= MAX_EMPTY_BATCH_OFFSETS:
+        raise ValueError(
+            f"an empty batch covers 1 to 2**31 - 1 offsets: offset_count={offset_count}"
+        )
+    header = bytearray(
+        _HEADER.pack(
+            base_offset,
+            BATCH_HEADER_LENGTH - _LENGTH_OVERHEAD,
+            leader_epoch,
+            MAGIC,
+            0,
+            0,
+            offset_count - 1,
+            timestamp,
+            timestamp,
+            -1,
+            -1,
+            -1,
+            0,
+        )
+    )
+    crc = lib.engine_crc32c(0, bytes(header[_CRC_START:]), BATCH_HEADER_LENGTH - _CRC_START)
+    struct.pack_into(">I", header, 17, crc)
+    return bytes(header)
+
+
+def empty_batches_before(buf: Any, position: int, base_offset: int) -> list[bytes]:
+    """The empty batches that fill the offsets from ``base_offset`` up to the batch at
+    ``position`` of ``buf`` (none when that batch starts there).
+
+    Each takes that next batch's partition leader epoch and base timestamp: a pure
+    function of the batch after the gap, so that every replica fills a gap with the
+    same bytes (followers copy the leader's batches byte for byte, and the offsets a
+    reaped frame skipped reach each replica's drain as the same gap).
+    """
+    fields = _HEADER.unpack_from(buf, position)
+    next_base, leader_epoch, timestamp = fields[0], fields[2], fields[7]
+    out = []
+    while base_offset < next_base:
+        count = min(next_base - base_offset, MAX_EMPTY_BATCH_OFFSETS)
+        out.append(
+            encode_empty_batch(base_offset, count, leader_epoch=leader_epoch, timestamp=timestamp)
+        )
+        base_offset += count
+    return out
 
 
 class BatchHeader(NamedTuple):

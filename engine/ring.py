@@ -702,6 +702,7 @@ class ValuesReader:
         max_records: int,
         timeout_s: float = 0.0,
         spin_s: float = 0.0,
+        check_crcs: bool = True,
     ) -> int:
         """Read the bound sources from index ``first`` on around, each one's values after
         the previous ones' in ``out`` (a writable buffer of ``value_size`` slots), until
@@ -709,6 +710,8 @@ class ValuesReader:
         source is EMPTY, wait up to ``timeout_s`` (spinning first, as :meth:`Ring.wait`,
         up to ``spin_s``: a spin that keeps missing shrinks until a wait ends within
         ``spin_s`` again) for any to become readable, then read them all again.
+        ``check_crcs``: each batch's CRC32C is checked before its values are copied (a
+        batch that fails, or whose offsets go back, makes its source CORRUPT).
         Returns how many sources it touched (0: every one is EMPTY)."""
         cached = self._out
         if cached is not None and cached[0] is out:
@@ -721,7 +724,7 @@ class ValuesReader:
             lib.engine_ring_poll_values(
                 self._regions, self._cursors, self.next_offsets, self.codes, self.copied,
                 self.touched, len(self.bound), first, value_size, buf, max_records,
-                int(timeout_s * 1e9), int(spin_s * 1e9), self._spin_ns,
+                int(timeout_s * 1e9), int(spin_s * 1e9), self._spin_ns, 1 if check_crcs else 0,
             )
         )  # fmt: skip
 

@@ -68,6 +68,22 @@ assert MAX_RELATIVE_OFFSET == lib.ENGINE_SEGMENT_MAX_RELATIVE_OFFSET
 logger = logging.getLogger("engine.log")
 
 
+def _holding(infos: npt.NDArray[Any], offset: int) -> int:
+    """Which of the batches ``infos`` (a window of a segment) a read of ``offset`` starts
+    at: the first that holds it; else, unless the window ends before it, the first after
+    it (a gap in a format-1 log, or the batch a damaged base offset moved, which the
+    reader's checks then refuse). ``len(infos)``: the offset lies after this window.
+    Not a binary search: a damaged base offset leaves the offsets unsorted, and a read
+    of the offsets around it must still find their batches."""
+    base, last = infos["base_offset"], infos["last_offset"]
+    holders = np.flatnonzero((base <= offset) & (last >= offset))
+    if len(holders):
+        return int(holders[0])
+    if last[-1] < offset:
+        return len(infos)
+    return int(np.argmax(last >= offset))
+
+
 def segment_path(directory: str, base_offset: int, suffix: str) -> str:
     """``<directory>/<20-digit base offset><suffix>``."""
     return os.path.join(directory, f"{base_offset:020d}{suffix}")
@@ -89,6 +105,13 @@ class LogSegment:
     Crash: the page cache keeps everything written across a process crash; after an
     OS crash the tail of an unflushed segment may be torn or garbage. :meth:`recover`
     walks the log with CRC checks, cuts it to the intact prefix and rebuilds both indexes.
+    After a clean stop :meth:`open` trusts the log and checks the indexes (present,
+    whole, in order, the first and last offset-index entries naming batches of their
+    offsets, none missing after the last, the time index covering every batch); it
+    rebuilds them from the log when they are not (:meth:`rebuild_indexes`), without
+    cutting anything, and says so in ``rebuilt_indexes`` for the Log to log.
+    ``dense`` (log format 2): recovery also cuts at a batch that does not start right
+    after the one before it (the first at the segment's base offset).
 
     Who may call: a writer (``writable=True``) belongs to the one broker process that
     owns the partition, used by one thread at a time. A reader (``writable=False``,
@@ -105,11 +128,15 @@ class LogSegment:
         create: bool = False,
         index_interval_bytes: int = 4096,
         index_bytes: int = 10 * 1024 * 1024,
+        dense: bool = False,
     ) -> None:
         self.directory = directory
         self.base_offset = base_offset
         self.writable = writable
+        self.dense = dense
         self.index_interval_bytes = index_interval_bytes
+        #: (path, reason) when open() rebuilt the indexes from the log, for the Log to log.
+        self.rebuilt_indexes: tuple[str, str] | None = None
         self.log_path = segment_path(directory, base_offset, LOG_SUFFIX)
         flags = os.O_CLOEXEC | (os.O_RDWR if writable else os.O_RDONLY)
         if create:
@@ -156,7 +183,13 @@ class LogSegment:
 
     @classmethod
     def create(
-        cls, directory: str, base_offset: int, *, index_interval_bytes: int, index_bytes: int
+        cls,
+        directory: str,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        index_bytes: int,
+        dense: bool = False,
     ) -> LogSegment:
         """A new, empty writable segment (any stale files of that base offset are replaced)."""
         return cls(
@@ -166,6 +199,7 @@ class LogSegment:
             create=True,
             index_interval_bytes=index_interval_bytes,
             index_bytes=index_bytes,
+            dense=dense,
         )
 
     @classmethod
@@ -177,23 +211,42 @@ class LogSegment:
         index_interval_bytes: int,
         index_bytes: int,
         recover: bool,
+        dense: bool = False,
     ) -> tuple[LogSegment, int]:
         """Open an existing segment for writing; returns it and the bytes recovery cut off.
 
         ``recover`` walks the whole log with CRC checks and rebuilds the indexes;
-        otherwise the indexes are trusted after a cheap check (and rebuilt if it fails)
-        and only the batches after the last index entry are walked, without CRC.
+        otherwise the indexes are trusted after a cheap check (see the class docstring:
+        a missing or corrupt one is rebuilt from the log, ``rebuilt_indexes`` says which)
+        and only the batches after the last index entry are walked, without CRC. A log
+        that cannot be walked to its end to rebuild them is recovered (cut) instead.
         """
+        missing = [
+            suffix
+            for suffix in (INDEX_SUFFIX, TIME_INDEX_SUFFIX)
+            if not os.path.exists(segment_path(directory, base_offset, suffix))
+        ]
         segment = cls(
             directory,
             base_offset,
             writable=True,
             index_interval_bytes=index_interval_bytes,
             index_bytes=index_bytes,
+            dense=dense,
         )
         try:
-            if recover or not segment._load_from_indexes():
+            if recover:
                 return segment, segment.recover()
+            if missing and segment.size:
+                problem: tuple[str, str] | None = (missing[0], "missing")
+            else:
+                problem = segment._check_indexes()
+            if problem is None:
+                return segment, 0
+            if not segment.rebuild_indexes():
+                return segment, segment.recover()
+            suffix, reason = problem
+            segment.rebuilt_indexes = (segment_path(directory, base_offset, suffix), reason)
             return segment, 0
         except BaseException:
             segment.close()
@@ -204,20 +257,92 @@ class LogSegment:
         """A read-only view for another process; raises FileNotFoundError if deleted."""
         return cls(directory, base_offset, writable=False)
 
-    def _load_from_indexes(self) -> bool:
-        """Set the in-memory state from the indexes and the log's tail; False if inconsistent."""
-        if not self.offset_index.is_consistent(self.size):
-            return False
-        _, position = self.offset_index.lookup(2**63 - 1)
+    def _check_indexes(self) -> tuple[str, str] | None:
+        """Set the in-memory state from the indexes and the log's tail; (the suffix of the
+        index found wrong, why) when they do not fit the log, else None."""
+        index, times = self.offset_index, self.time_index
+        if index.cut_torn_entry:
+            return INDEX_SUFFIX, "torn last entry"
+        if times.cut_torn_entry:
+            return TIME_INDEX_SUFFIX, "torn last entry"
+        if not index.is_consistent(self.size):
+            return INDEX_SUFFIX, "entries out of order or past the log"
+        entries = index.entries
+        if self.size and (not len(entries) or int(entries["position"][0]) != 0):
+            return INDEX_SUFFIX, "no entry for the first batch"
+        for entry in (entries[:1], entries[-1:]):  # the first and last name their batches
+            if len(entry) and not self._names_batch(
+                int(entry["position"][0]), self.base_offset + int(entry["relative_offset"][0])
+            ):
+                return INDEX_SUFFIX, "an entry names no batch of its offset"
+        _, position = index.lookup(2**63 - 1)
         if not self._load_tail(position):
-            return False
-        times = self.time_index.entries
-        if len(times) and (
-            (np.diff(times["timestamp"]) <= 0).any()
-            or int(times["relative_offset"][-1]) + self.base_offset >= self.next_offset
+            return INDEX_SUFFIX, "the log after the last entry does not walk"
+        if self._tail_misses_entries(position):
+            return INDEX_SUFFIX, "entries missing after the last one"
+        entries = times.entries
+        if len(entries) and (
+            (np.diff(entries["timestamp"]) <= 0).any()
+            or (np.diff(entries["relative_offset"].astype(np.int64)) < 0).any()
+            or int(entries["relative_offset"][-1]) + self.base_offset >= self.next_offset
         ):
+            return TIME_INDEX_SUFFIX, "entries out of order or past the log"
+        # Every segment opened without recovery was sealed (rolled, or closed cleanly):
+        # its last time-index entry bounds every batch's timestamp.
+        if self.max_timestamp > times.last_timestamp:
+            return TIME_INDEX_SUFFIX, "entries missing after the last one"
+        self.max_timestamp = max(self.max_timestamp, times.last_timestamp)
+        return None
+
+    def _names_batch(self, position: int, base_offset: int) -> bool:
+        """Does a magic-2 batch of that base offset start at ``position`` of the log?"""
+        if self.size - position < BATCH_HEADER_LENGTH:
             return False
-        self.max_timestamp = max(self.max_timestamp, self.time_index.last_timestamp)
+        header = self._view(position, position + BATCH_HEADER_LENGTH)
+        return header[16] == 2 and read_batch_header(header).base_offset == base_offset
+
+    def _tail_misses_entries(self, position: int) -> bool:
+        """Would a batch after the last index entry (at ``position``) have an entry of its
+        own? Entries follow from the log's bytes (module docstring), so every batch after
+        the last entry starts in the same ``index.interval.bytes`` block as it."""
+        last = self._last_batch_position
+        if last <= position:
+            return False
+        interval = self.index_interval_bytes
+        return interval <= 0 or last // interval != position // interval
+
+    def rebuild_indexes(self) -> bool:
+        """Rebuild both indexes from the log, walking its batches (no CRC check, nothing
+        cut: a clean log is trusted; readers check the CRCs). False, with nothing
+        rebuilt, when the log does not walk to its end as batches with increasing
+        offsets (recovery must decide what to keep)."""
+        self._check_writable()
+        file_size, position = self.size, 0
+        walked = []
+        self._set_empty_state()
+        while position < file_size:
+            infos, scanned, _ = scan_batches(
+                self._view(position, file_size), False, _RECOVERY_SCAN_BATCHES
+            )
+            if not len(infos) or self._offsets_in_order(infos) < len(infos):
+                self._set_empty_state()
+                return False
+            walked.append((infos, position))
+            self._note_batches(infos, position)
+            position += scanned
+        self.offset_index.truncate_entries(0)
+        self.time_index.truncate_entries(0)
+        self._set_empty_state()
+        self.size = 0
+        for infos, _ in walked:  # self.size is where each walked chunk starts
+            placed = 0
+            while placed < len(infos):
+                n = self._place(None, infos, placed, _NO_LIMIT, _NO_LIMIT, _NO_LIMIT)
+                if not n:  # cannot happen without limits; never loop on it
+                    raise CorruptRecordError(f"unplaceable batch: path={self.log_path}")
+                placed += n
+        self.size = file_size
+        self.seal()
         return True
 
     def _load_tail(self, position: int) -> bool:
@@ -294,7 +419,9 @@ class LogSegment:
         return file_size - position
 
     def _offsets_in_order(self, infos: npt.NDArray[Any]) -> int:
-        """How many leading batches have increasing offsets within the segment's range."""
+        """How many leading batches (after the ones noted so far) have increasing offsets
+        within the segment's range; ``dense``: each starting right after the one before
+        it, the first at the segment's base offset."""
         if not len(infos):
             return 0
         base = infos["base_offset"]
@@ -302,7 +429,8 @@ class LogSegment:
         previous = np.empty_like(base)
         previous[0] = self.next_offset - 1
         previous[1:] = last[:-1]
-        bad = (base <= previous) | (last - self.base_offset > MAX_RELATIVE_OFFSET)
+        out_of_order = base != previous + 1 if self.dense else base <= previous
+        bad = out_of_order | (last - self.base_offset > MAX_RELATIVE_OFFSET)
         hits = np.flatnonzero(bad)
         return int(hits[0]) if len(hits) else len(infos)
 
@@ -440,7 +568,10 @@ class LogSegment:
         infos, _, _ = scan_batches(window, verify_crc=False)
         count = len(infos)
         if upper_offset is not None and count:
-            count = int(np.searchsorted(infos["last_offset"], upper_offset, "left"))
+            # Up to the last batch below upper_offset (not a binary search: a damaged base
+            # offset leaves the offsets unsorted, and must reach the reader's checks).
+            below = np.flatnonzero(infos["last_offset"] < upper_offset)
+            count = int(below[-1]) + 1 if len(below) else 0
         if count:
             length = int(infos["position"][count - 1]) + int(infos["length"][count - 1])
             last_offset = int(infos["last_offset"][count - 1])
@@ -490,14 +621,29 @@ class LogSegment:
             last_offset, _ = self.offset_index.lookup(2**63 - 1)
             if offset > last_offset + 1:
                 self.offset_index.refresh()
-        _, position = self.offset_index.lookup(offset)
+        entry_offset, position = self.offset_index.lookup(offset)
+        unchecked = position > 0  # the entry used: does its batch start there?
         window_length = max(4 * self.index_interval_bytes, 16384)
         while end - position >= BATCH_HEADER_LENGTH:
             infos, scanned, status = scan_batches(
                 self._view(position, min(end, position + window_length)), verify_crc=False
             )
+            if unchecked:
+                unchecked = False
+                if len(infos):
+                    first = int(infos["base_offset"][0])
+                elif status is ScanStatus.CORRUPT:
+                    first = -1  # no batch starts there
+                else:  # one batch larger than the window
+                    view = self._view(position, position + BATCH_HEADER_LENGTH)
+                    first = read_batch_header(view).base_offset
+                if first != entry_offset:
+                    # A damaged index entry (start rebuilds a missing or inconsistent
+                    # index; `engine verify` finds this one): walk from the segment start.
+                    position = 0
+                    continue
             if len(infos):
-                k = int(np.searchsorted(infos["last_offset"], offset, "left"))
+                k = _holding(infos, offset)
                 if k < len(infos):
                     return position + int(infos["position"][k])
                 position += scanned

@@ -46,6 +46,13 @@ void engine_batch_write_header(uint8_t *batch, size_t total_length, int64_t base
 
 /* ---- walking ----------------------------------------------------------- */
 
+/* Does the CRC32C of the batch at p (total bytes) match its crc field? */
+static inline int crc_matches(const uint8_t *p, uint64_t total) {
+    return get_be32(p + ENGINE_BATCH_CRC_OFFSET) ==
+           engine_crc32c(0, p + ENGINE_BATCH_ATTRIBUTES_OFFSET,
+                         total - ENGINE_BATCH_ATTRIBUTES_OFFSET);
+}
+
 /* Checks the header of the batch at p (avail bytes from p); sets *total. */
 static int check_batch(const uint8_t *p, uint64_t avail, int verify_crc, uint64_t *total) {
     if (avail < ENGINE_BATCH_HEADER_LENGTH) return ENGINE_BATCH_TRUNCATED;
@@ -58,14 +65,47 @@ static int check_batch(const uint8_t *p, uint64_t avail, int verify_crc, uint64_
     int32_t count = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
     int32_t last_delta = (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
     if (count < 0 || last_delta < 0 || count > batch_length) return ENGINE_BATCH_CORRUPT;
-    if (verify_crc) {
-        uint32_t want = get_be32(p + ENGINE_BATCH_CRC_OFFSET);
-        uint32_t got = engine_crc32c(0, p + ENGINE_BATCH_ATTRIBUTES_OFFSET,
-                                     t - ENGINE_BATCH_ATTRIBUTES_OFFSET);
-        if (want != got) return ENGINE_BATCH_CORRUPT;
-    }
+    if (verify_crc && !crc_matches(p, t)) return ENGINE_BATCH_CORRUPT;
     *total = t;
     return ENGINE_BATCH_OK;
+}
+
+int engine_batch_check(const uint8_t *buf, uint64_t length, int64_t expected_offset, int flags,
+                       engine_batch_check_t *out) {
+    uint64_t pos = 0;
+    int64_t expected = expected_offset;
+    int problem = ENGINE_BATCH_INTACT;
+    for (int first = 1; pos < length; first = 0) {
+        const uint8_t *p = buf + pos;
+        uint64_t total = 0;
+        int64_t base = length - pos >= 8 ? (int64_t)get_be64(p) : -1;
+        int64_t last = -1;
+        if (check_batch(p, length - pos, 0, &total) != ENGINE_BATCH_OK) {
+            problem = ENGINE_BATCH_BAD_SHAPE;
+        } else {
+            /* wrapping, not overflowing, when a damaged base offset is near INT64_MAX */
+            last = (int64_t)((uint64_t)base + get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET));
+            int in_order;
+            if (first) /* holds the offset asked for (or, with gaps allowed, comes after it) */
+                in_order = last >= expected && (!(flags & ENGINE_CHECK_DENSE) || base <= expected);
+            else
+                in_order = (flags & ENGINE_CHECK_DENSE) ? base == expected : base >= expected;
+            if ((flags & ENGINE_CHECK_CRC) && !crc_matches(p, total))
+                problem = ENGINE_BATCH_BAD_CRC;
+            else if (!in_order)
+                problem = ENGINE_BATCH_BAD_OFFSETS;
+        }
+        if (problem != ENGINE_BATCH_INTACT) {
+            out->position = pos;
+            out->expected_offset = expected;
+            out->base_offset = base;
+            out->last_offset = last;
+            return problem;
+        }
+        expected = (int64_t)((uint64_t)last + 1);
+        pos += total;
+    }
+    return ENGINE_BATCH_INTACT;
 }
 
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
@@ -195,10 +235,11 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
     return code == ENGINE_BATCH_TRUNCATED && pos < length ? ENGINE_BATCH_TRUNCATED : code;
 }
 
-int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
-                        int32_t value_size, uint8_t *out, int32_t max_records,
-                        int32_t *copied, int64_t *next_offset, int *complete,
-                        int64_t *bad_offset) {
+/* engine_batch_values without the CRC check. */
+static int copy_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
+                       int32_t value_size, uint8_t *out, int32_t max_records,
+                       int32_t *copied, int64_t *next_offset, int *complete,
+                       int64_t *bad_offset) {
     uint64_t total;
     *copied = 0;
     *complete = 0;
@@ -247,6 +288,23 @@ int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offse
     *next_offset = after;
     *complete = 1;
     return ENGINE_BATCH_OK;
+}
+
+int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
+                        int32_t value_size, uint8_t *out, int32_t max_records,
+                        int32_t *copied, int64_t *next_offset, int *complete,
+                        int64_t *bad_offset, int verify_crc) {
+    int code = copy_values(batch, length, min_offset, value_size, out, max_records, copied,
+                           next_offset, complete, bad_offset);
+    /* The CRC after the copy, over a batch the copy has just brought into the cache (one
+     * pass over memory, not two): what was copied counts only if it matches. */
+    if (verify_crc && (code == ENGINE_BATCH_OK || code == ENGINE_BATCH_VALUE_SIZE) &&
+        !crc_matches(batch, length)) {
+        *copied = 0;
+        *complete = 0;
+        return ENGINE_BATCH_CORRUPT;
+    }
+    return code;
 }
 
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,

@@ -224,11 +224,49 @@ enum engine_batch_code {
  * A control batch gives none. *copied: how many; *next_offset: the offset after
  * the last record copied, or after the batch when *complete (every record at or
  * above min_offset copied). VALUE_SIZE: a record's value (at *bad_offset) is
- * not value_size bytes; the ones before it were copied (*copied, *next_offset). */
+ * not value_size bytes; the ones before it were copied (*copied, *next_offset).
+ * verify_crc: 1 checks the batch's CRC32C first (CORRUPT, nothing copied). */
 int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
                         int32_t value_size, uint8_t *out, int32_t max_records,
                         int32_t *copied, int64_t *next_offset, int *complete,
-                        int64_t *bad_offset);
+                        int64_t *bad_offset, int verify_crc);
+
+/* ---- checking what a reader is about to deliver ------------------------
+ *
+ * A chunk of batches read from a ring or a segment, before a consumer decodes
+ * it: each batch whole (magic 2, a possible length, inside the chunk), its
+ * CRC32C matching (ENGINE_CHECK_CRC), and its offsets in sequence. The CRC
+ * covers attributes..end only, not base_offset: a damaged base offset shows
+ * only as offsets out of sequence. The first batch must hold the offset asked
+ * for, or (without ENGINE_CHECK_DENSE) come after it; each later batch must
+ * start right after the one before it (ENGINE_CHECK_DENSE: a log that fills
+ * every skipped offset with an empty batch, log.py format 2), or at least
+ * after it (a ring, where a reaped frame's offsets are skipped).
+ */
+#define ENGINE_CHECK_CRC 1
+#define ENGINE_CHECK_DENSE 2
+
+/* What engine_batch_check found; the codes are mirrored by engine/record_batch.py
+ * (BatchProblem), and a test holds the two together. */
+enum engine_batch_problem {
+    ENGINE_BATCH_INTACT = 0,
+    ENGINE_BATCH_BAD_SHAPE = 1,   /* not a whole magic-2 batch (magic, length, cut short) */
+    ENGINE_BATCH_BAD_CRC = 2,     /* the CRC32C does not match */
+    ENGINE_BATCH_BAD_OFFSETS = 3, /* offsets out of sequence */
+};
+
+typedef struct engine_batch_check {
+    uint64_t position;       /* of the first bad batch: whole good batches end here */
+    int64_t expected_offset; /* the offset that batch had to hold (the first) or start at */
+    int64_t base_offset;     /* its base offset as stored; -1 when not 8 bytes are there */
+    int64_t last_offset;     /* its last offset as stored; -1 when no whole header */
+} engine_batch_check_t;
+
+/* Checks the batches of buf (a chunk a reader is about to deliver, asked for at
+ * expected_offset) as described above; returns INTACT, or the first problem
+ * with *out describing the batch it was found in. */
+int engine_batch_check(const uint8_t *buf, uint64_t length, int64_t expected_offset, int flags,
+                       engine_batch_check_t *out);
 
 /* Walks whole batches from buf[0]; fills up to max_batches infos; *scanned is
  * the byte length of the intact prefix. verify_crc: 1 checks every CRC.

@@ -159,7 +159,8 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns);
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns,
+                                int verify_crc);
 int64_t engine_ring_claim_for_test(void *region, uint32_t frame_length, int stamp);
 uint32_t engine_crc32c(uint32_t crc, const void *data, size_t length);
 int32_t engine_murmur2(const void *data, int32_t length);
@@ -177,6 +178,18 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
                         int32_t *count, uint64_t *consumed, int64_t *end_offset);
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
                                  int32_t count, int32_t value_size, uint8_t *out);
+
+#define ENGINE_CHECK_CRC ...
+#define ENGINE_CHECK_DENSE ...
+enum engine_batch_problem {
+    ENGINE_BATCH_INTACT = 0, ENGINE_BATCH_BAD_SHAPE = 1, ENGINE_BATCH_BAD_CRC = 2,
+    ENGINE_BATCH_BAD_OFFSETS = 3,
+};
+typedef struct engine_batch_check {
+    uint64_t position; int64_t expected_offset; int64_t base_offset; int64_t last_offset;
+} engine_batch_check_t;
+int engine_batch_check(const uint8_t *buf, uint64_t length, int64_t expected_offset, int flags,
+                       engine_batch_check_t *out);
 """
 
 ffi = FFI()

@@ -632,12 +632,14 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
 
 int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
                             int32_t value_size, char *out, int32_t max_records,
-                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset) {
+                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset,
+                            int verify_crc) {
     struct engine_ring_header *h = header_of(region);
     uint64_t capacity = h->capacity, max_frame = h->max_frame_length;
     uint64_t first = cursor->position, c = first;
     int64_t offset = *next_offset, cursor_offset = cursor->offset;
-    int32_t n = 0;
+    int64_t expected = offset; /* a batch's offsets never go below it (see ring.h) */
+    int32_t n = 0, frames = 0;
     int code = ENGINE_RING_OK, corrupt = 0, moved = 0;
     *copied = 0;
     if (value_size < 1 || max_records < 1) return ENGINE_RING_BAD_ARGUMENT;
@@ -650,13 +652,21 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
             corrupt = 1; /* unless overwritten: checked below */
             break;
         }
-        if (max_offset >= 0 && get_base_offset(f) >= max_offset) break;
+        const uint8_t *batch = (const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+        int64_t base = get_base_offset(f);
+        if (max_offset >= 0 && base >= max_offset) break;
+        int64_t last = (int64_t)((uint64_t)base +
+                                 get_be32(batch + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET));
+        if (last < expected || (frames && base < expected)) {
+            corrupt = 1; /* offsets going back: a damaged base offset */
+            break;
+        }
         int32_t got = 0, complete = 0;
         int64_t after = offset;
-        int bc = engine_batch_values((const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH,
-                                     length - ENGINE_FRAME_HEADER_LENGTH, offset, value_size,
-                                     (uint8_t *)out + (size_t)n * (size_t)value_size,
-                                     max_records - n, &got, &after, &complete, bad_offset);
+        int bc = engine_batch_values(batch, length - ENGINE_FRAME_HEADER_LENGTH, offset,
+                                     value_size, (uint8_t *)out + (size_t)n * (size_t)value_size,
+                                     max_records - n, &got, &after, &complete, bad_offset,
+                                     verify_crc);
         if (bc == ENGINE_BATCH_VALUE_SIZE) {
             /* Deliver the records before it; the next read starts at it and says so. */
             n += got;
@@ -673,7 +683,9 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
         if (after != offset) moved = 1;
         offset = after;
         if (!complete) break;
-        cursor_offset = get_base_offset(f) + f->offset_count;
+        cursor_offset = base + f->offset_count;
+        expected = (int64_t)((uint64_t)last + 1);
+        frames++;
         c += align8(length);
         moved = 1;
     }
@@ -695,14 +707,15 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
 int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
                                      int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                      int32_t *touched, int32_t count, int32_t first,
-                                     int32_t value_size, char *out, int32_t max_records) {
+                                     int32_t value_size, char *out, int32_t max_records,
+                                     int verify_crc) {
     int32_t n = 0, t = 0;
     for (int32_t k = 0; k < count && n < max_records; k++) {
         int32_t i = (first + k) % count;
         int64_t bad_offset;
         codes[i] = engine_ring_read_values(regions[i], cursors[i], -1, value_size,
                                            out + (size_t)n * (size_t)value_size, max_records - n,
-                                           &copied[i], &next_offsets[i], &bad_offset);
+                                           &copied[i], &next_offsets[i], &bad_offset, verify_crc);
         if (codes[i] == ENGINE_RING_EMPTY && engine_ring_sealed(regions[i]))
             codes[i] = ENGINE_RING_SEALED;
         if (codes[i] != ENGINE_RING_EMPTY) touched[t++] = i;
@@ -1048,10 +1061,12 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns) {
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns,
+                                int verify_crc) {
     if (count < 1 || first < 0 || first >= count) return 0;
     int32_t t = engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied,
-                                             touched, count, first, value_size, out, max_records);
+                                             touched, count, first, value_size, out, max_records,
+                                             verify_crc);
     /* None touched: every ring was visited (nothing was copied) and is EMPTY. */
     if (t != 0 || timeout_ns <= 0 || count > ENGINE_WAIT_ANY_MAX) return t;
     engine_cursor_t at[ENGINE_WAIT_ANY_MAX];
@@ -1064,7 +1079,7 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
     *spin_ns = now_ns() - start <= max_spin_ns ? max_spin_ns : spin / 2;
     /* Read again whatever ended the wait: data, a wake (a sealed ring), the timeout. */
     return engine_ring_read_values_many(regions, cursors, next_offsets, codes, copied, touched,
-                                        count, first, value_size, out, max_records);
+                                        count, first, value_size, out, max_records, verify_crc);
 }
 
 /* ---- replication ----------------------------------------------------- */

@@ -428,13 +428,18 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
  * cursor moves past every batch delivered completely; *next_offset becomes the
  * offset after the last record delivered. One copy, from the ring to out, and
  * validated as engine_ring_read is: OVERWRITTEN means out holds nothing usable.
- * OK when the cursor or *next_offset moved (*copied may be 0: markers only);
- * else EMPTY, OVERWRITTEN, CORRUPT, or VALUE_SIZE when the first record to
- * deliver has a value of another size (*bad_offset: its offset); records
- * before such a one are delivered first, with OK. */
+ * verify_crc 1: each batch's CRC32C is checked before its values are copied.
+ * A batch that fails it, or whose offsets go back (its last offset below the
+ * offset the reader stands at, or a later batch starting below the end of the
+ * one before it), is CORRUPT and nothing of it is delivered. OK when the cursor
+ * or *next_offset moved (*copied may be 0: markers only); else EMPTY,
+ * OVERWRITTEN, CORRUPT, or VALUE_SIZE when the first record to deliver has a
+ * value of another size (*bad_offset: its offset); records before a CORRUPT
+ * batch or such a value are delivered first, with OK. */
 int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
                             int32_t value_size, char *out, int32_t max_records,
-                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset);
+                            int32_t *copied, int64_t *next_offset, int64_t *bad_offset,
+                            int verify_crc);
 
 /* engine_ring_read_values over several rings in one call (a consumer's poll of
  * its partitions), ring first first and on around, each ring's values after
@@ -447,7 +452,8 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
 int32_t engine_ring_read_values_many(void **regions, engine_cursor_t **cursors,
                                      int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                      int32_t *touched, int32_t count, int32_t first,
-                                     int32_t value_size, char *out, int32_t max_records);
+                                     int32_t value_size, char *out, int32_t max_records,
+                                     int verify_crc);
 
 /* Wait until the frame at the cursor is readable or timeout_ns passes,
  * reaping torn claims on the way. timeout_ns 0: do not wait. respect_hw 1:
@@ -487,7 +493,8 @@ int32_t engine_ring_poll_values(void **regions, engine_cursor_t **cursors,
                                 int64_t *next_offsets, int32_t *codes, int32_t *copied,
                                 int32_t *touched, int32_t count, int32_t first,
                                 int32_t value_size, char *out, int32_t max_records,
-                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns);
+                                int64_t timeout_ns, int64_t max_spin_ns, int64_t *spin_ns,
+                                int verify_crc);
 
 /* Place a cursor at the frame holding offset, searching from the drain
  * cursor: BELOW when the offset is older than the drain cursor. */

@@ -13,9 +13,14 @@ from engine.errors import CorruptRecordError
 from engine.record import Record, RecordDecoder, decode_headers
 from engine.record_batch import (
     BATCH_HEADER_LENGTH,
+    BatchCheck,
+    BatchProblem,
     ScanStatus,
+    check_chunk,
     decode_record_infos,
+    empty_batches_before,
     encode_batch,
+    encode_empty_batch,
     read_batch_header,
     scan_batches,
 )
@@ -212,3 +217,79 @@ def test_the_decoder_says_where_the_batches_it_walked_end() -> None:
     assert [r.offset for r in records] == [10, 11] and decoder.end_offset == 12
     records, used = decoder.decode(data, "t", 0, 13, 100)  # only the marker is left
     assert records == [] and (used, decoder.end_offset) == (len(data), 14)
+
+
+# ---- what a reader checks before it delivers (check_chunk) ----------------------------
+
+
+def _chunk(*bases_and_counts: tuple[int, int]) -> bytes:
+    return b"".join(
+        encode_batch(base, [(None, b"v%d" % (base + i), [], 1_000 + i) for i in range(count)])
+        for base, count in bases_and_counts
+    )
+
+
+def test_batch_problem_codes_are_the_headers() -> None:
+    from engine._native import lib
+
+    assert {p.name: p.value for p in BatchProblem} == {
+        "SHAPE": lib.ENGINE_BATCH_BAD_SHAPE,
+        "CRC": lib.ENGINE_BATCH_BAD_CRC,
+        "OFFSETS": lib.ENGINE_BATCH_BAD_OFFSETS,
+    }
+    assert (lib.ENGINE_BATCH_INTACT, lib.ENGINE_BATCH_BAD_SHAPE, lib.ENGINE_BATCH_BAD_CRC,
+            lib.ENGINE_BATCH_BAD_OFFSETS) == (0, 1, 2, 3)  # fmt: skip
+
+
+def test_check_chunk_finds_the_first_bad_batch_and_says_where() -> None:
+    chunk = _chunk((10, 2), (12, 1), (13, 3))
+    infos, _, _ = scan_batches(chunk)
+    second, third = int(infos["position"][1]), int(infos["position"][2])
+    assert check_chunk(chunk, 10, dense=True) is None
+    assert check_chunk(chunk, 11, dense=True) is None  # inside the first batch
+    damaged = bytearray(chunk)
+    damaged[third - 3] ^= 0x40  # a byte of the second batch's record
+    assert check_chunk(bytes(damaged), 10) == BatchCheck(BatchProblem.CRC, second, 12, 12, 12)
+    assert check_chunk(bytes(damaged), 10, crc=False) is None
+    damaged = bytearray(chunk)
+    struct.pack_into(">q", damaged, third, 99)  # the third's base offset (no CRC covers it)
+    assert check_chunk(bytes(damaged), 10, dense=True) == BatchCheck(
+        BatchProblem.OFFSETS, third, 13, 99, 101
+    )
+    assert check_chunk(bytes(damaged), 10, dense=False) is None  # a gap, in a ring
+    struct.pack_into(">q", damaged, third, 11)  # back below the one before it
+    assert check_chunk(bytes(damaged), 10, dense=False).problem is BatchProblem.OFFSETS
+    assert check_chunk(chunk[:-1], 10) == BatchCheck(BatchProblem.SHAPE, third, 13, 13, -1)
+    damaged = bytearray(chunk)
+    damaged[second + 16] = 1  # magic
+    assert check_chunk(bytes(damaged), 10).problem is BatchProblem.SHAPE
+
+
+def test_check_chunk_wants_the_offset_asked_for_in_the_first_batch() -> None:
+    chunk = _chunk((10, 2), (12, 1))
+    bad = check_chunk(chunk, 9, dense=True)  # 9 is in no batch: skipped in a dense log
+    assert bad is not None and (bad.problem, bad.position, bad.expected_offset) == (
+        BatchProblem.OFFSETS, 0, 9
+    )
+    assert check_chunk(chunk, 9, dense=False) is None  # a gap before it, in a ring
+    assert check_chunk(chunk, 12, dense=False).problem is BatchProblem.OFFSETS  # behind
+    assert check_chunk(b"", 5) is None
+
+
+def test_an_empty_batch_covers_offsets_with_no_record() -> None:
+    empty = encode_empty_batch(7, 3, leader_epoch=4, timestamp=1_234)
+    assert len(empty) == BATCH_HEADER_LENGTH
+    infos, scanned, status = scan_batches(empty)  # CRC checked
+    assert status is ScanStatus.OK and scanned == len(empty)
+    assert infos[["base_offset", "last_offset", "records_count", "max_timestamp"]].tolist() == [
+        (7, 9, 0, 1_234)
+    ]
+    assert decode_record_infos(empty).tolist() == []
+    assert check_chunk(empty + _chunk((10, 1)), 8, dense=True) is None
+    follows = _chunk((20, 1))
+    assert empty_batches_before(follows, 0, 20) == []
+    assert empty_batches_before(follows, 0, 10) == [
+        encode_empty_batch(10, 10, leader_epoch=0, timestamp=1_000)
+    ]
+    with pytest.raises(ValueError, match="offset_count=0"):
+        encode_empty_batch(7, 0, leader_epoch=0, timestamp=0)

@@ -229,3 +229,137 @@ def test_reader_segment_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(PermissionError):
         reader.truncate_to(0)
     reader.close()
+
+
+# ---- indexes found missing or damaged at open (issue 17, item 9) ------------------------
+
+
+def _closed_segment(directory: Path) -> tuple[bytes, bytes, bytes]:
+    """A segment of 300 batches, sealed and closed as a clean stop leaves it: the bytes
+    of its .log, .index and .timeindex."""
+    segment = _new(directory)
+    _append(segment, _batches(0, 300))
+    segment.on_roll()
+    segment.close()
+    return tuple(  # type: ignore[return-value]
+        Path(segment_path(str(directory), 0, suffix)).read_bytes()
+        for suffix in (".log", ".index", ".timeindex")
+    )
+
+
+def _reopen(directory: Path) -> LogSegment:
+    segment, cut = LogSegment.open(
+        str(directory), 0, index_interval_bytes=INTERVAL, index_bytes=1 << 20, recover=False
+    )
+    assert cut == 0
+    return segment
+
+
+def _reads_by_offset(segment: LogSegment) -> None:
+    for offset in (0, 77, 150, 299):
+        infos, _, _ = scan_batches(segment.read(offset, 1))
+        assert int(infos["base_offset"][0]) == offset
+
+
+@pytest.mark.parametrize(
+    ("suffix", "damage", "reason"),
+    [
+        (".index", "delete", "missing"),
+        (".timeindex", "delete", "missing"),
+        (".index", "truncate", "entries missing after the last one"),
+        (".timeindex", "truncate", "entries missing after the last one"),
+        (".index", "tear", "torn last entry"),
+        (".index", "garble", "entries out of order or past the log"),
+        (".index", "first", "no entry for the first batch"),
+        (".index", "last", "an entry names no batch of its offset"),
+        (".timeindex", "garble", "entries out of order or past the log"),
+    ],
+)
+def test_open_rebuilds_a_missing_or_damaged_index_from_the_log(
+    tmp_path: Path, suffix: str, damage: str, reason: str
+) -> None:
+    log, index, times = _closed_segment(tmp_path)
+    path = Path(segment_path(str(tmp_path), 0, suffix))
+    raw = path.read_bytes()
+    item = 8 if suffix == ".index" else 12
+    assert len(raw) // item > 10
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2 // item * item])
+    elif damage == "tear":
+        path.write_bytes(raw[:-3])
+    elif damage == "garble":
+        middle = len(raw) // 2 // item * item
+        path.write_bytes(raw[:middle] + b"\xff" * item + raw[middle + item :])
+    elif damage == "first":
+        path.write_bytes(raw[item:])
+    else:  # the last entry points one byte into its batch
+        entry = np.frombuffer(raw, OFFSET_INDEX_DTYPE).copy()
+        entry["position"][-1] += 1
+        path.write_bytes(entry.tobytes())
+    segment = _reopen(tmp_path)
+    try:
+        assert segment.rebuilt_indexes == (str(path), reason)
+        assert Path(segment_path(str(tmp_path), 0, ".index")).read_bytes() == index
+        assert Path(segment_path(str(tmp_path), 0, ".timeindex")).read_bytes() == times
+        assert Path(segment_path(str(tmp_path), 0, ".log")).read_bytes() == log
+        assert segment.next_offset == 300
+        _reads_by_offset(segment)
+    finally:
+        segment.close()
+
+
+def test_intact_indexes_are_trusted_at_open(tmp_path: Path) -> None:
+    _closed_segment(tmp_path)
+    segment = _reopen(tmp_path)
+    assert segment.rebuilt_indexes is None
+    segment.close()
+
+
+def test_a_damaged_entry_in_the_middle_does_not_break_reads(tmp_path: Path) -> None:
+    """An entry still in order but pointing into a batch passes the checks at open (they
+    read two entries' batches, not every one: a clean start does not read every page of
+    every log); a read that uses it walks from the segment's start instead, and
+    `engine verify` reports it (test_integrity)."""
+    _closed_segment(tmp_path)
+    path = Path(segment_path(str(tmp_path), 0, ".index"))
+    entries = np.frombuffer(path.read_bytes(), OFFSET_INDEX_DTYPE).copy()
+    middle = len(entries) // 2
+    entries["position"][middle] += 1
+    path.write_bytes(entries.tobytes())
+    segment = _reopen(tmp_path)
+    try:
+        assert segment.rebuilt_indexes is None
+        target = int(entries["relative_offset"][middle])
+        for offset in (target, target + 1, target + 3):
+            infos, _, _ = scan_batches(segment.read(offset, 1))
+            assert int(infos["base_offset"][0]) == offset
+    finally:
+        segment.close()
+    reader = LogSegment.open_reader(str(tmp_path), 0)
+    try:
+        infos, _, _ = scan_batches(reader.read(target, 1))
+        assert int(infos["base_offset"][0]) == target
+    finally:
+        reader.close()
+
+
+def test_a_log_that_does_not_walk_is_recovered_not_indexed(tmp_path: Path) -> None:
+    """Rebuilding needs the batches' boundaries: a damaged length leaves only recovery,
+    which cuts the log there (as before)."""
+    log, _, _ = _closed_segment(tmp_path)
+    Path(segment_path(str(tmp_path), 0, ".index")).unlink()
+    infos, _, _ = scan_batches(log)
+    at = int(infos["position"][200])
+    damaged = bytearray(log)
+    damaged[at + 16] = 7  # the magic
+    Path(segment_path(str(tmp_path), 0, ".log")).write_bytes(bytes(damaged))
+    segment, cut = LogSegment.open(
+        str(tmp_path), 0, index_interval_bytes=INTERVAL, index_bytes=1 << 20, recover=False
+    )
+    try:
+        assert cut == len(log) - at and segment.next_offset == 200
+        assert segment.rebuilt_indexes is None
+    finally:
+        segment.close()
