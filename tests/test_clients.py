@@ -35,7 +35,7 @@ from engine import (
     UnknownTopicError,
 )
 from engine import consumer as consumer_module
-from engine.ring import murmur2
+from engine.ring import Ring, murmur2
 
 SPAWN = mp.get_context("spawn")
 
@@ -717,12 +717,38 @@ def test_keyed_numpy_batch_resends_a_partition_whose_ring_was_sealed(
     keys = np.array([b"sensor-%03d" % (i % 41) for i in range(n)], dtype="S16")
     raw = [keys[i : i + 1].tobytes() for i in range(n)]
     expected = [(murmur2(k) & 0x7FFFFFFF) % 3 for k in raw]
+    counts = [expected.count(q) for q in range(3)]
     with Producer(shared_daemon.data_dir) as p:
-        ring = p._cluster.topic(topic).rings[1]
-        epoch = ring.status().leader_epoch
-        ring.set_leader(epoch, sealed=True)
-        threading.Timer(0.3, ring.set_leader, (epoch, False)).start()
-        result = p.send_batch(topic, values, keys=keys, offsets=True)
+        rings = p._cluster.topic(topic).rings
+        epoch = rings[1].status().leader_epoch
+        sealed = Ring.open(rings[1].name, populate=False)
+        last = Ring.open(rings[2].name, populate=False)
+        sealed.set_leader(epoch, sealed=True)
+        unsealed = threading.Event()
+        seen_sealed: list[int] = []  # partition 1's tail when the ring is unsealed
+
+        def unseal_once_past_partition_1() -> None:
+            # The C call appends partition by partition: once partition 2 holds all its
+            # records, partition 1 was refused as sealed and waits in the general path.
+            try:
+                wait_for(lambda: last.status().tail_offset >= counts[2], timeout=30,
+                         what="the batch's records of partition 2")  # fmt: skip
+                seen_sealed.append(sealed.status().tail_offset)
+            finally:
+                sealed.set_leader(epoch, sealed=False)
+                unsealed.set()
+
+        unsealer = threading.Thread(target=unseal_once_past_partition_1)
+        unsealer.start()
+        try:
+            result = p.send_batch(topic, values, keys=keys, offsets=True)
+        finally:
+            unsealer.join(60)
+            if not unsealed.is_set():  # never leave the shared daemon's ring sealed
+                sealed.set_leader(epoch, sealed=False)
+            sealed.close()
+            last.close()
+        assert seen_sealed == [0], "partition 2 was not appended while partition 1 was sealed"
         assert list(result.partitions) == expected
     got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, q) for q in range(3)], n)
     assert sorted(int(np.frombuffer(r.value[:4], "<u4")[0]) for r in got) == list(range(n))
