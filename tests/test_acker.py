@@ -1,56 +1,83 @@
 """The acks="all" acker's lanes (engine.acker): records sent one at a time are decided by
 moving one offset per partition, and each future reads its fate from its lane.
 
-A fake ring stands in for a leader's: its high watermark, sealing and in-sync replica
-count are set by the test, so that every outcome (committed, a leader change, too few
-in-sync replicas, the delivery timeout) is pinned exactly, with threads sending at once.
+The acker reads a real leader ring (engine.ring, in /dev/shm): records are appended to
+it, and the test plays the broker's part on the same ring (its high watermark, sealing
+and in-sync replica count), so that every outcome (committed, a leader change, too few
+in-sync replicas, the delivery timeout) is pinned exactly, with threads sending at once,
+and the acker sleeps and wakes on the ring's futex as it does against a broker.
 """
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from engine._native import ffi
 from engine_harness import wait_for
 
 from engine.acker import Acker, Lane
 from engine.errors import EngineTimeoutError, NotEnoughReplicasError, NotLeaderError
+from engine.ring import Ring, producer_fields, unlink
 
 
-@dataclass
-class _Status:
-    tail_offset: int
+class Leader:
+    """A leader's ring and the broker's hand on it: appends go into the ring; the test
+    sets what the ISR holds (the high watermark), seals it, and sets the ISR size."""
+
+    def __init__(self, base_offset: int = 0) -> None:
+        self.name = f"/engine-test-acker-{uuid.uuid4().hex[:12]}"
+        self.ring = Ring.create(self.name, 1 << 18, base_offset=base_offset)
+        self.ring.set_high_watermark(base_offset)  # replicated: nothing committed yet
+        self.ring.set_isr_count(3)
+        self.fields = producer_fields()
+        self.lock = threading.Lock()  # one thread at a time on a Ring object
+
+    @property
+    def tail(self) -> int:
+        with self.lock:
+            return self.ring.status().tail_offset
+
+    def append(self) -> int:
+        with self.lock:
+            return self.ring.append(self.fields, b"r", timestamp_ms=7)
+
+    def set(
+        self, hw: int | None = None, sealed: bool = False, isr_count: int | None = None
+    ) -> None:
+        with self.lock:
+            if isr_count is not None:
+                self.ring.set_isr_count(isr_count)
+            if hw is not None:
+                self.ring.set_high_watermark(hw)
+            if sealed:
+                self.ring.set_leader(self.ring.status().leader_epoch, sealed=True)
+
+    def hw_waiters(self) -> int:
+        """Threads asleep on the ring's high-watermark futex (header offset 900, ring.h)."""
+        with self.lock:
+            return int.from_bytes(ffi.buffer(self.ring._ptr(), 904)[900:904], "little")
+
+    def drain(self) -> None:
+        """What the broker's drain does for the ring's space: all published is drained."""
+        with self.lock:
+            cursor = self.ring.drain_cursor()
+            self.ring.advance(cursor)
+            self.ring.drain_to(cursor)
+
+    def close(self) -> None:
+        self.ring.close()
+        unlink(self.name)
 
 
-class FakeRing:
-    """What the acker reads of a leader's ring: ``commit_state`` and the hw wait."""
-
-    def __init__(self, tail: int = 0) -> None:
-        self.tail = tail
-        self.hw = 0
-        self.sealed = False
-        self.isr_count = 3
-        self.changed = threading.Condition()
-
-    def status(self) -> _Status:
-        return _Status(self.tail)
-
-    def commit_state(self) -> tuple[int, bool, int]:
-        return self.hw, self.sealed, self.isr_count
-
-    def wait_high_watermark(self, offset: int, timeout_s: float) -> int:
-        with self.changed:
-            self.changed.wait_for(lambda: self.hw > offset or self.sealed, timeout_s)
-        return 0
-
-    def set(self, **state: Any) -> None:
-        with self.changed:
-            for name, value in state.items():
-                setattr(self, name, value)
-            self.changed.notify_all()
+@pytest.fixture
+def leader(request: pytest.FixtureRequest) -> Iterator[Leader]:
+    ring = Leader(base_offset=getattr(request, "param", 0))
+    yield ring
+    ring.close()
 
 
 @pytest.fixture
@@ -60,21 +87,21 @@ def acker() -> Iterator[Acker]:
     a.close()
 
 
-def send(lane: Lane, ring: FakeRing, n: int) -> list[Any]:
-    """Append n records to the fake ring and add them to the lane."""
-    futures = []
-    for _ in range(n):
-        futures.append(lane.add(ring.tail, ts=7))
-        ring.tail += 1
-    return futures
+def send(lane: Lane, leader: Leader, n: int) -> list[Any]:
+    """Append n records to the leader's ring and add them to the lane."""
+    return [lane.add(leader.append(), ts=7) for _ in range(n)]
 
 
-def test_records_are_committed_as_the_high_watermark_passes_them(acker: Acker) -> None:
-    ring = FakeRing(tail=100)
-    lane = Lane(acker, "t", 2, ring, min_insync=2)  # type: ignore[arg-type]
+@pytest.mark.parametrize("leader", [100], indirect=True)  # the ring starts at offset 100
+def test_records_are_committed_as_the_high_watermark_passes_them(
+    acker: Acker, leader: Leader
+) -> None:
+    ring = leader
+    lane = Lane(acker, "t", 2, ring.ring, min_insync=2)
     futures = send(lane, ring, 10)
     seen: list[int] = []
     futures[9].add_callback(lambda md: seen.append(md.offset))
+    wait_for(lambda: ring.hw_waiters() == 1, what="the acker asleep on the ring's hw futex")
     ring.set(hw=105)
     meta = futures[4].get(timeout=10)
     assert (meta.topic, meta.partition, meta.offset, meta.timestamp) == ("t", 2, 104, 7)
@@ -92,9 +119,11 @@ def test_records_are_committed_as_the_high_watermark_passes_them(acker: Acker) -
     assert acker.lanes == set()  # nothing left to decide: no longer watched
 
 
-def test_a_leader_change_fails_only_what_the_isr_did_not_hold(acker: Acker) -> None:
-    ring = FakeRing()
-    lane = Lane(acker, "t", 0, ring, min_insync=2)  # type: ignore[arg-type]
+def test_a_leader_change_fails_only_what_the_isr_did_not_hold(
+    acker: Acker, leader: Leader
+) -> None:
+    ring = leader
+    lane = Lane(acker, "t", 0, ring.ring, min_insync=2)
     futures = send(lane, ring, 6)
     errors: list[BaseException] = []
     futures[5].add_errback(errors.append)
@@ -108,9 +137,11 @@ def test_a_leader_change_fails_only_what_the_isr_did_not_hold(acker: Acker) -> N
              what="the errback")  # fmt: skip
 
 
-def test_too_few_in_sync_replicas_after_the_append_fails_what_is_pending(acker: Acker) -> None:
-    ring = FakeRing()
-    lane = Lane(acker, "t", 0, ring, min_insync=2)  # type: ignore[arg-type]
+def test_too_few_in_sync_replicas_after_the_append_fails_what_is_pending(
+    acker: Acker, leader: Leader
+) -> None:
+    ring = leader
+    lane = Lane(acker, "t", 0, ring.ring, min_insync=2)
     first = send(lane, ring, 3)
     ring.set(hw=3)
     acker.flush(timeout=10)
@@ -121,11 +152,11 @@ def test_too_few_in_sync_replicas_after_the_append_fails_what_is_pending(acker: 
     assert all(f.succeeded() for f in first) and not any(f.succeeded() for f in second)
 
 
-def test_records_not_committed_within_the_delivery_timeout_fail() -> None:
+def test_records_not_committed_within_the_delivery_timeout_fail(leader: Leader) -> None:
     acker = Acker(delivery_timeout_s=0.2)
     try:
-        ring = FakeRing()
-        lane = Lane(acker, "t", 0, ring, min_insync=2)  # type: ignore[arg-type]
+        ring = leader
+        lane = Lane(acker, "t", 0, ring.ring, min_insync=2)
         old = send(lane, ring, 3)
         ring.set(hw=1)
         with pytest.raises(EngineTimeoutError, match="not committed by the ISR within"):
@@ -139,28 +170,33 @@ def test_records_not_committed_within_the_delivery_timeout_fail() -> None:
         acker.close()
 
 
-def test_threads_sending_at_once_each_get_every_future_decided(acker: Acker) -> None:
-    """Four threads add to one lane in any order (as the producer's threads do): no
-    record is left pending, and flush waits for the last one."""
-    ring = FakeRing()
-    lane = Lane(acker, "t", 0, ring, min_insync=1)  # type: ignore[arg-type]
-    lock = threading.Lock()  # the ring's append: offsets in order of appending
+def test_threads_sending_at_once_each_get_every_future_decided(
+    acker: Acker, leader: Leader
+) -> None:
+    """Four threads append to the ring and add to one lane in any order (as the
+    producer's threads do): no record is left pending, and flush waits for the last one."""
+    ring = leader
+    lane = Lane(acker, "t", 0, ring.ring, min_insync=1)
     futures: list[Any] = []
 
     def sender() -> None:
-        for _ in range(5_000):
-            with lock:
-                offset = ring.tail
-                ring.tail += 1
-            futures.append(lane.add(offset, ts=0))  # added in any order
+        own = Ring.open(ring.name)  # a thread's own mapping, as a producer thread has
+        fields = producer_fields()
+        try:
+            for _ in range(5_000):
+                offset = own.append(fields, b"r", timestamp_ms=0)
+                futures.append(lane.add(offset, ts=0))  # added in any order
+        finally:
+            own.close()
 
     threads = [threading.Thread(target=sender) for _ in range(4)]
     for t in threads:
         t.start()
     committer_stop = threading.Event()
 
-    def committer() -> None:  # the ISR catching up meanwhile
+    def committer() -> None:  # the broker draining and the ISR catching up meanwhile
         while not committer_stop.is_set():
+            ring.drain()
             ring.set(hw=ring.tail)
             committer_stop.wait(0.001)
 
