@@ -35,6 +35,7 @@ from engine import (
     UnknownTopicError,
 )
 from engine import consumer as consumer_module
+from engine.datadir import DataDir
 from engine.ring import Ring, murmur2
 
 SPAWN = mp.get_context("spawn")
@@ -833,5 +834,66 @@ def test_a_consumer_of_many_partitions_reads_those_that_have_records(
                     q: [b"%d-%d-%d" % (round_, q, i) for i in range(3)] for q in used
                 }
                 assert len(got) == 3 * len(used)
+    finally:
+        admin.delete_topic(name)
+
+
+def test_a_producer_killed_mid_append_is_reaped_while_the_broker_drains(
+    shared_daemon: Daemon, admin: Admin, tmp_path: Path
+) -> None:
+    """A producer process is SIGKILLed while it holds a claim in the leader's ring (frozen
+    and seen mid-append first), with the broker draining that ring: the claim is reaped,
+    every record acknowledged to it is in the log, later appends flow, and the records
+    after the reaped gap are read."""
+    import os
+    import signal
+
+    name = f"k-{uuid.uuid4().hex[:8]}"
+    value_bytes = 128 * 1024  # a long copy inside the claim
+    described = admin.create_topic(
+        name, partitions=1, config={"ring.bytes": 1 << 20, "max.message.bytes": 256 * 1024}
+    )
+    leader_ring = DataDir.resolve(shared_daemon.data_dir).ring_name(
+        described.topic_id, 0, described.partitions[0].leader
+    )
+    acked_path = tmp_path / "acked.txt"
+    try:
+        with Ring.open(leader_ring, populate=False) as ring:
+            child = SPAWN.Process(target=client_procs.produce_until_killed,
+                                  args=(str(shared_daemon.data_dir), name, value_bytes,
+                                        str(acked_path)))  # fmt: skip
+            with started([child]):
+                wait_for(lambda: acked_path.exists() and acked_path.stat().st_size > 0,
+                         timeout=30, what="the producer's first records")  # fmt: skip
+                assert child.pid is not None
+                reaped_before = ring.status().reaped_frames
+                deadline = time.monotonic() + 30
+                while True:  # freeze it until it is seen between claim and publish
+                    assert time.monotonic() < deadline, "never caught mid-append"
+                    os.kill(child.pid, signal.SIGSTOP)
+                    published = ring.drain_cursor()
+                    ring.advance(published)
+                    if published.position < ring.status().tail_position:
+                        break  # a claim not published: the frozen producer holds it
+                    os.kill(child.pid, signal.SIGCONT)
+                    time.sleep(0.001)
+                child.kill()
+                child.join(30)
+                assert child.exitcode == -signal.SIGKILL
+            wait_for(lambda: ring.status().reaped_frames > reaped_before, timeout=30,
+                     what="the killed producer's claim to be reaped")  # fmt: skip
+        acked = [tuple(map(int, line.split())) for line in acked_path.read_text().splitlines()]
+        with Producer(shared_daemon.data_dir, acks=1) as p:
+            after = [p.send(name, b"after-%d" % i, partition=0).get(timeout=30).offset
+                     for i in range(100)]  # fmt: skip
+        got = consume_all(shared_daemon.data_dir, [TopicPartition(name, 0)],
+                          len(acked) + len(after))  # fmt: skip
+        by_offset = {r.offset: r.value for r in got}
+        lost = [(seq, offset) for seq, offset in acked
+                if by_offset.get(offset, b"")[:4] != struct.pack("<I", seq)]  # fmt: skip
+        assert lost == [], f"{len(lost)} acknowledged records lost"
+        assert [by_offset.get(o) for o in after] == [b"after-%d" % i for i in range(100)]
+        # The reaped claim's offset is the one gap below the later records.
+        assert len(set(range(after[0])) - set(by_offset)) == 1
     finally:
         admin.delete_topic(name)

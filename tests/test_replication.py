@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import random
 import signal
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import client_procs
 import pytest
-from engine_harness import Daemon, running_daemon, wait_for
+from engine_harness import Daemon, join_ok, running_daemon, started, wait_for
 
 from engine import (
     Admin,
@@ -25,6 +27,8 @@ from engine import (
 )
 from engine.datadir import pid_alive
 from engine.log import LogReader
+
+SPAWN = mp.get_context("spawn")
 
 
 @pytest.fixture
@@ -81,6 +85,46 @@ def test_acks_all_reaches_every_replica_byte_for_byte(cluster: Daemon) -> None:
                  what=f"broker {broker}'s log to hold 2000 records")
         logs[broker] = replica_log(cluster, broker, "r3", 2000)
     assert logs[1] == logs[2] == logs[3]
+
+
+def test_acks_all_producers_in_several_processes_each_record_once_in_order(
+    cluster: Daemon, tmp_path: Path
+) -> None:
+    """3 processes send acks="all" at once to one replicated topic (keyed: each producer's
+    records to one partition): every acknowledged record is in the log once, at the
+    offset its future gave, each producer's in the order sent."""
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("mp-all", partitions=2, replication=3,
+                           config={"min.insync.replicas": 2})  # fmt: skip
+    producers, count = 3, 2000
+    outs = [tmp_path / f"acked-{p}.txt" for p in range(producers)]
+    procs = [
+        SPAWN.Process(target=client_procs.produce_acks_all,
+                      args=(str(cluster.data_dir), "mp-all", p, count, str(outs[p])))
+        for p in range(producers)
+    ]  # fmt: skip
+    with started(procs):
+        join_ok(procs, 120)
+    acked = {
+        (p, int(seq)): (int(partition), int(offset))
+        for p, out in enumerate(outs)
+        for seq, partition, offset in (line.split() for line in out.read_text().splitlines())
+    }
+    assert len(acked) == producers * count
+    with Consumer(data_dir=cluster.data_dir, auto_offset_reset="earliest") as c:
+        tps = [TopicPartition("mp-all", q) for q in (0, 1)]
+        c.assign(tps)
+        got: list = []
+        wait_for(lambda: got.extend(c.poll(timeout=0.2, max_records=100_000))
+                 or len(got) >= len(acked), timeout=60,
+                 what="every acknowledged record")  # fmt: skip
+        assert not c.poll(timeout=0.5)
+    stored = [(struct.unpack("<II", r.value), (r.partition, r.offset)) for r in got]
+    assert len(stored) == len({record for record, _ in stored}), "a record is stored twice"
+    assert dict(stored) == acked
+    for p in range(producers):
+        mine = [(where, seq) for (q, seq), where in stored if q == p]
+        assert [seq for _, seq in sorted(mine)] == list(range(count)), f"producer {p}'s order"
 
 
 def test_below_min_insync_replicas_the_send_fails_and_nothing_is_acknowledged(

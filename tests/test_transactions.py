@@ -3,6 +3,7 @@ consume-transform-produce pipeline SIGKILLed at random points."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import random
 import signal
@@ -16,8 +17,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import client_procs
 import pytest
-from engine_harness import Daemon, running_daemon, wait_for
+from engine_harness import Daemon, join_ok, running_daemon, started, wait_for
 
 from engine import Admin, Consumer, Producer, TopicPartition
 from engine import transaction as txn
@@ -30,6 +32,7 @@ from engine.errors import (
 )
 from engine.ring import Ring
 
+SPAWN = mp.get_context("spawn")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -189,6 +192,43 @@ def test_offsets_sent_to_a_transaction_count_only_when_it_commits(
         p.commit_transaction()
         with Consumer(data_dir=data_dir, group_id=group) as c:
             assert c.committed(tp) == 9
+
+
+def test_transactional_producers_in_several_processes_interleave_all_or_nothing(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    """3 processes, each with its own transactional id, run transactions on one partition
+    at once, each transaction's records interleaved with the others' (a barrier mid-way),
+    in every round one of them aborting while the others commit: read_committed delivers
+    exactly the committed transactions, whole, each producer's in order; the log shows
+    the transactions interleaved."""
+    producers, rounds = 3, 6
+    barrier = SPAWN.Barrier(producers)
+    procs = [
+        SPAWN.Process(target=client_procs.transact,
+                      args=(str(shared_daemon.data_dir), tx_topic, p, rounds, barrier))
+        for p in range(producers)
+    ]  # fmt: skip
+    with started(procs):
+        join_ok(procs, 120)
+
+    def parsed(records: list) -> list[tuple[int, int, int]]:
+        return [tuple(int(x) for x in r.value.split(b":")) for r in records if r.partition == 0]
+
+    committed = parsed(read_all(shared_daemon.data_dir, tx_topic, 2, "read_committed"))
+    for p in range(producers):
+        assert [(r, k) for q, r, k in committed if q == p] == [
+            (r, k) for r in range(rounds) if (r + p) % 3 != 2 for k in range(10)
+        ], f"producer {p}: committed transactions whole and in order, aborted ones absent"
+    log = parsed(read_all(shared_daemon.data_dir, tx_topic, 2, "read_uncommitted"))
+    assert len(log) == producers * rounds * 10
+    for r in range(rounds):  # within each round some transaction spans another's records
+        spans = {p: [i for i, (q, rr, _) in enumerate(log) if (q, rr) == (p, r)]
+                 for p in range(producers)}  # fmt: skip
+        assert any(
+            any(spans[p][0] < i < spans[p][-1] for o in spans if o != p for i in spans[o])
+            for p in spans
+        ), f"round {r}: the transactions did not interleave"
 
 
 def test_a_transaction_left_open_is_aborted_after_its_timeout(
