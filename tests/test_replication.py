@@ -224,13 +224,18 @@ def test_a_hung_leader_is_replaced_and_rejoins_as_a_follower(cluster: Daemon) ->
     assert logs[1] == logs[2] == logs[3]
 
 
-def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[str, Any]:
-    """Stream numbered records while brokers are SIGKILLed one after another; read it all.
+def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int,
+           roles: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Stream numbered records while brokers are SIGKILLed one after another (at random,
+    or by ``roles``: "leader" or "follower" of the partition, one per round); read it all.
 
     Supervision is paused (the daemon SIGSTOPped) while a broker is dead, so that the
     controller fails its partitions over before the daemon restarts it."""
     stop = threading.Event()
     acked: list[tuple[int, int]] = []  # (key, seq) of acknowledged records
+    acked_at: list[float] = []  # when each was acknowledged (time.monotonic)
+    # (when, victim, the partition's leader then, when leadership had moved off the victim)
+    kills: list[tuple[float, int, int, float]] = []
     seen: dict[int, bytes] = {}  # what a concurrent consumer read, by offset
     errors: list[BaseException] = []
 
@@ -243,6 +248,7 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
                     key = seq % 4
                     try:
                         p.send(topic, struct.pack("<II", key, seq), key=b"k%d" % key).get()
+                        acked_at.append(time.monotonic())
                         acked.append((key, seq))
                     except EngineError:
                         pass  # not acknowledged: never sent again under this number
@@ -266,16 +272,23 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
     rng = random.Random(7)
     daemon_pid = cluster.runtime()["pid"]
     try:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             time.sleep(1.0)
             victim = rng.choice([1, 2, 3])
+            if roles is not None:
+                with Admin(cluster.data_dir) as admin:
+                    leader = admin.describe_topic(topic).partitions[0].leader
+                victim = leader if roles[round_] == "leader" else 1 + leader % 3
             pid = cluster.runtime()["processes"][f"broker-{victim}"]
             os.kill(daemon_pid, signal.SIGSTOP)
             try:
-                os.kill(pid, signal.SIGKILL)
                 with Admin(cluster.data_dir) as admin:
+                    leader = admin.describe_topic(topic).partitions[0].leader
+                    killed_at = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
                     wait_for(lambda v=victim: admin.describe_topic(topic).partitions[0].leader != v,
                              timeout=30, what="the controller to move leadership")
+                    kills.append((killed_at, victim, leader, time.monotonic()))
             finally:
                 os.kill(daemon_pid, signal.SIGCONT)
             with Admin(cluster.data_dir) as admin:
@@ -291,7 +304,8 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
     with Admin(cluster.data_dir) as admin:
         end = admin.describe_topic(topic).partitions[0].high_watermark
     records = consume(cluster.data_dir, topic, end - (records[0].offset if records else 0))
-    return {"acked": acked, "seen": seen, "records": records}
+    return {"acked": acked, "acked_at": acked_at, "kills": kills, "seen": seen,
+            "records": records}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -317,16 +331,42 @@ def test_chaos_acks_all_every_acknowledged_record_exactly_once(cluster: Daemon) 
 
 
 @pytest.mark.slow
-def test_chaos_acks_1_reports_what_it_loses(cluster: Daemon) -> None:
-    """Not an assertion on loss: acks=1 may lose acknowledged records; measure how many."""
+def test_chaos_acks_1_loses_only_what_a_killed_leader_held_alone(cluster: Daemon) -> None:
+    """acks=1 may lose acknowledged records, but only as the README says: records the
+    leader had when it was killed and replaced before a follower copied them. So every
+    lost record was acknowledged by a leader that was then killed, within
+    replica.lag.time.max.ms (how far an in-sync follower may be behind) before its kill
+    or before leadership moved off it; nothing a consumer read is lost; the log holds no
+    record twice and keeps each key's order. How many were lost is printed."""
+    lag_s = 2.0
     with Admin(cluster.data_dir) as admin:
         admin.create_topic("chaos1", partitions=1, replication=3,
-                           config={"min.insync.replicas": 2, "replica.lag.time.max.ms": 2000})
-    out = _chaos(cluster, "chaos1", 1, rounds=2)
-    pairs = {struct.unpack("<II", r.value) for r in out["records"]}
-    lost = [pair for pair in out["acked"] if pair not in pairs]
-    print(f"acks=1 under broker kills: {len(out['acked'])} acknowledged, {len(lost)} lost")
-    assert len(out["acked"]) > 100
+                           config={"min.insync.replicas": 2,
+                                   "replica.lag.time.max.ms": int(lag_s * 1000)})  # fmt: skip
+    out = _chaos(cluster, "chaos1", 1, rounds=2, roles=["follower", "leader"])
+    records, acked, seen = out["records"], out["acked"], out["seen"]
+    final = {r.offset: r.value for r in records}
+    pairs = [struct.unpack("<II", r.value) for r in records]
+    assert [r.offset for r in records] == sorted(final)
+    assert len(pairs) == len(set(pairs)), "a record was appended twice"
+    for key in range(4):
+        mine = [seq for k, seq in pairs if k == key]
+        assert mine == sorted(mine)
+    truncated = [o for o, v in seen.items() if final.get(o) != v]
+    assert not truncated, f"consumers read {len(truncated)} records later lost"
+    stored = set(pairs)
+    lost = [(pair, at) for pair, at in zip(acked, out["acked_at"], strict=True)
+            if pair not in stored]  # fmt: skip
+    windows = [(killed_at - lag_s - 1.0, moved_at)  # 1 s of slack for the test's own timing
+               for killed_at, victim, leader, moved_at in out["kills"] if victim == leader]
+    unexplained = [pair for pair, at in lost if not any(a <= at <= b for a, b in windows)]
+    print(f"acks=1 under broker kills {[(v, ld) for _, v, ld, _ in out['kills']]} "
+          f"(victim, leader): {len(acked)} acknowledged, {len(lost)} lost")
+    assert [v == ld for _, v, ld, _ in out["kills"]] == [False, True]
+    assert not unexplained, (
+        f"{len(unexplained)} acknowledged records lost outside a killed leader's last "
+        f"moments, first {unexplained[:5]}"
+    )
 
 
 def test_acks_all_batches_are_committed_when_get_returns(cluster: Daemon) -> None:
