@@ -1,5 +1,9 @@
 """The suite's workloads as pytest-benchmark cases: ``pytest bench/ --benchmark-only``.
 
+Without ``--benchmark-only`` (the test suite: ``scripts/test``, CI) every case runs once
+on a small amount of work, as a check that each transport delivers every record of
+every workload; the timing is not looked at then.
+
 Every transport runs every workload of ``python bench/suite.py --quick`` with the same
 number of records, so that pytest-benchmark's times compare transports on equal work.
 As in the suite, one session (bench.transports.harness.Session) holds a case's producer
@@ -37,14 +41,18 @@ TIMEOUT_S = 120.0
 _run_ids = itertools.count(1_000_000)
 
 
-def records_per_producer(workload: Workload) -> int:
-    """The same amount of work for every transport."""
+#: The test suite's check: this share of the benchmark's work, one round.
+CHECK_SHARE = 0.05
+
+
+def records_per_producer(workload: Workload, share: float = 1.0) -> int:
+    """The same amount of work for every transport (``share`` of it for a check)."""
     if workload.rate is not None:
-        total = int(workload.rate * LATENCY_SECONDS)
+        total = int(workload.rate * LATENCY_SECONDS * share)
     elif workload.batch == 1:
-        total = PER_RECORD_RECORDS
+        total = int(PER_RECORD_RECORDS * share)
     else:
-        total = BATCHED_BYTES // workload.record_size
+        total = int(BATCHED_BYTES * share) // workload.record_size
     per_producer = total // workload.producers
     return max(per_producer // workload.batch, 1) * workload.batch
 
@@ -52,11 +60,17 @@ def records_per_producer(workload: Workload) -> int:
 @pytest.mark.parametrize("bench_transport", list(TRANSPORTS), indirect=True)
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[w.key for w in WORKLOADS])
 def test_peer(
-    benchmark: Any, bench_transport: Transport, workload: Workload, bench_context: BaseContext
+    benchmark: Any,
+    bench_transport: Transport,
+    workload: Workload,
+    bench_context: BaseContext,
+    request: pytest.FixtureRequest,
 ) -> None:
     if workload.kind == "latency" and not bench_transport.supports_latency:
         pytest.skip(f"{bench_transport.name}: no end-to-end latency")
-    per_producer = records_per_producer(workload)
+    measuring = bool(request.config.getoption("benchmark_only"))
+    rounds = ROUNDS if measuring else 1
+    per_producer = records_per_producer(workload, 1.0 if measuring else CHECK_SHARE)
     results: list[RunResult] = []
     with Session(bench_transport, workload.spec(per_producer, next(_run_ids)), bench_context) as s:
 
@@ -68,7 +82,8 @@ def test_peer(
         except Unsupported as error:
             pytest.skip(f"{bench_transport.name}: {error}")
         results.clear()
-        benchmark.pedantic(once, rounds=ROUNDS, iterations=1)
+        benchmark.pedantic(once, rounds=rounds, iterations=1)
+    assert len(results) == rounds
     assert all(r.records == workload.producers * per_producer for r in results)
     benchmark.extra_info["transport"] = bench_transport.name
     benchmark.extra_info["records_per_run"] = workload.producers * per_producer

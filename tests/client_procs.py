@@ -56,3 +56,54 @@ def create_topics(
                 out.put(("created", name))  # type: ignore[attr-defined]
             except ConfigError as e:
                 out.put(("refused", str(e)))  # type: ignore[attr-defined]
+
+
+def produce_acks_all(data_dir: str, topic: str, producer: int, count: int, out_path: str) -> None:
+    """acks="all" records (producer, seq) keyed by producer; once all are acknowledged,
+    writes "seq partition offset" of each to ``out_path``. A failed future fails it."""
+    with Producer(data_dir, acks="all", delivery_timeout_ms=60_000) as p:
+        key = b"p%d" % producer
+        futures = [
+            p.send(topic, struct.pack("<II", producer, seq), key=key) for seq in range(count)
+        ]
+        p.flush(60)
+        lines = [f"{seq} {f.get(0).partition} {f.get(0).offset}\n" for seq, f in enumerate(futures)]
+    with open(out_path, "w") as out:
+        out.writelines(lines)
+
+
+def produce_until_killed(data_dir: str, topic: str, value_bytes: int, acked_path: str) -> None:
+    """acks=1 records of ``value_bytes`` (seq first) to partition 0, one after another,
+    until killed; "seq offset" of each acknowledged one is written as soon as it is."""
+    import os
+
+    body = b"v" * (value_bytes - 4)
+    fd = os.open(acked_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with Producer(data_dir, acks=1) as p:
+        seq = 0
+        while True:
+            offset = p.send(topic, struct.pack("<I", seq) + body, partition=0).get().offset
+            os.write(fd, b"%d %d\n" % (seq, offset))
+            seq += 1
+
+
+def transact(
+    data_dir: str, topic: str, producer: int, rounds: int, barrier: object
+) -> None:
+    """Transactions of 10 records "producer:round:k" to partition 0 under transactional id
+    "mp-<topic>-<producer>"; those of rounds with (round + producer) % 3 == 2 aborted (in
+    each round some producers commit while another aborts). Each transaction sends 5 records, waits
+    at ``barrier`` for the other producers to have sent their first 5, then the rest: the
+    transactions of the processes interleave in the log."""
+    with Producer(data_dir, transactional_id=f"mp-{topic}-{producer}") as p:
+        p.init_transactions()
+        for r in range(rounds):
+            p.begin_transaction()
+            for k in range(10):
+                if k == 5:
+                    barrier.wait(60)  # type: ignore[attr-defined]
+                p.send(topic, b"%d:%d:%d" % (producer, r, k), partition=0)
+            if (r + producer) % 3 == 2:
+                p.abort_transaction()
+            else:
+                p.commit_transaction()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -90,6 +92,36 @@ def running_daemon(
     finally:
         d.stop()
         d.kill_everything()
+
+
+def listening_sockets(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) of every TCP socket process ``pid`` has open in the LISTEN
+    state, IPv4 and IPv6 (``::`` or ``0.0.0.0`` for a socket bound to every address):
+    the sockets of its network namespace (/proc/<pid>/net/tcp, tcp6) whose inode is one
+    of its file descriptors."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    out = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            next(f)  # the column names
+            for line in f:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state != "0A" or inode not in inodes:  # 0A: TCP_LISTEN
+                    continue
+                host_hex, port_hex = local.split(":")
+                # The kernel prints the address as 32-bit words in host order.
+                raw = b"".join(
+                    struct.pack("<I", int(host_hex[i : i + 8], 16))
+                    for i in range(0, len(host_hex), 8)
+                )
+                out.add((socket.inet_ntop(family, raw), int(port_hex, 16)))
+    return out
 
 
 def wait_for(

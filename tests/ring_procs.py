@@ -101,3 +101,31 @@ def use_inherited(ring: Ring, out: Any) -> None:
     else:
         out.put("used")
     ring.close()  # must not unmap the parent's view
+
+
+def read_every_record(name: str, total: int, ready: Any, out: Any) -> None:
+    """Read the ring from its start until ``total`` records came, waiting on it as a
+    consumer does; put (offset, key, value) of each, in the order read, on ``out``."""
+    from engine.record import RecordDecoder
+    from engine.ring import OK, Cursor
+
+    ring = Ring.open(name)
+    cursor, decoder, buf = Cursor(), RecordDecoder(), bytearray(1 << 20)
+    got: list[tuple[int, bytes | None, bytes | None]] = []
+    ready.set()
+    deadline = time.monotonic() + 60
+    while len(got) < total and time.monotonic() < deadline:
+        code, n = ring.read(cursor, buf)
+        if code != OK:
+            ring.wait(cursor, 0.05)
+            continue
+        data, pos = bytes(buf[:n]), 0
+        while pos < n:
+            next_offset = got[-1][0] + 1 if got else 0
+            records, used = decoder.decode(data[pos:], "t", 0, next_offset, 1 << 30)
+            got += [(r.offset, r.key, r.value) for r in records]
+            if used == 0:
+                break
+            pos += used
+    ring.close()
+    out.put(got)

@@ -254,3 +254,28 @@ def test_what_did_not_run_is_one_line_per_transport_and_reason() -> None:
         "- **posix-mq**, 16384 B batched: unsupported: record larger than a message",
         "- **memcopy**, 20k records/s: unsupported: no end-to-end latency",
     ]
+
+
+def test_the_redis_peer_moves_to_another_port_when_its_port_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its port is picked by binding and closing it: when another process binds it first,
+    redis-server exits and the transport starts it again on another port."""
+    import socket
+
+    from bench.transports import redis_streams
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real = redis_streams._free_port
+        monkeypatch.setattr(redis_streams, "_free_port", lambda: next(picks, None) or real())
+        transport = redis_streams.RedisStreams()
+        try:
+            transport.open(tmp_path)
+            assert transport.port != taken
+            assert transport.admin.ping()
+        finally:
+            transport.close()

@@ -35,7 +35,8 @@ from engine import (
     UnknownTopicError,
 )
 from engine import consumer as consumer_module
-from engine.ring import murmur2
+from engine.datadir import DataDir
+from engine.ring import Ring, murmur2
 
 SPAWN = mp.get_context("spawn")
 
@@ -717,12 +718,38 @@ def test_keyed_numpy_batch_resends_a_partition_whose_ring_was_sealed(
     keys = np.array([b"sensor-%03d" % (i % 41) for i in range(n)], dtype="S16")
     raw = [keys[i : i + 1].tobytes() for i in range(n)]
     expected = [(murmur2(k) & 0x7FFFFFFF) % 3 for k in raw]
+    counts = [expected.count(q) for q in range(3)]
     with Producer(shared_daemon.data_dir, acks=1) as p:
-        ring = p._metadata.route(topic).view.rings[1]
-        epoch = ring.status().leader_epoch
-        ring.set_leader(epoch, sealed=True)
-        threading.Timer(0.3, ring.set_leader, (epoch, False)).start()
-        result = p.send_batch(topic, values, keys=keys, offsets=True)
+        rings = p._metadata.route(topic).view.rings
+        epoch = rings[1].status().leader_epoch
+        sealed = Ring.open(rings[1].name, populate=False)
+        last = Ring.open(rings[2].name, populate=False)
+        sealed.set_leader(epoch, sealed=True)
+        unsealed = threading.Event()
+        seen_sealed: list[int] = []  # partition 1's tail when the ring is unsealed
+
+        def unseal_once_past_partition_1() -> None:
+            # The C call appends partition by partition: once partition 2 holds all its
+            # records, partition 1 was refused as sealed and waits in the general path.
+            try:
+                wait_for(lambda: last.status().tail_offset >= counts[2], timeout=30,
+                         what="the batch's records of partition 2")  # fmt: skip
+                seen_sealed.append(sealed.status().tail_offset)
+            finally:
+                sealed.set_leader(epoch, sealed=False)
+                unsealed.set()
+
+        unsealer = threading.Thread(target=unseal_once_past_partition_1)
+        unsealer.start()
+        try:
+            result = p.send_batch(topic, values, keys=keys, offsets=True)
+        finally:
+            unsealer.join(60)
+            if not unsealed.is_set():  # never leave the shared daemon's ring sealed
+                sealed.set_leader(epoch, sealed=False)
+            sealed.close()
+            last.close()
+        assert seen_sealed == [0], "partition 2 was not appended while partition 1 was sealed"
         assert list(result.partitions) == expected
     got = consume_all(shared_daemon.data_dir, [TopicPartition(topic, q) for q in range(3)], n)
     assert sorted(int(np.frombuffer(r.value[:4], "<u4")[0]) for r in got) == list(range(n))
@@ -807,5 +834,66 @@ def test_a_consumer_of_many_partitions_reads_those_that_have_records(
                     q: [b"%d-%d-%d" % (round_, q, i) for i in range(3)] for q in used
                 }
                 assert len(got) == 3 * len(used)
+    finally:
+        admin.delete_topic(name)
+
+
+def test_a_producer_killed_mid_append_is_reaped_while_the_broker_drains(
+    shared_daemon: Daemon, admin: Admin, tmp_path: Path
+) -> None:
+    """A producer process is SIGKILLed while it holds a claim in the leader's ring (frozen
+    and seen mid-append first), with the broker draining that ring: the claim is reaped,
+    every record acknowledged to it is in the log, later appends flow, and the records
+    after the reaped gap are read."""
+    import os
+    import signal
+
+    name = f"k-{uuid.uuid4().hex[:8]}"
+    value_bytes = 128 * 1024  # a long copy inside the claim
+    described = admin.create_topic(
+        name, partitions=1, config={"ring.bytes": 1 << 20, "max.message.bytes": 256 * 1024}
+    )
+    leader_ring = DataDir.resolve(shared_daemon.data_dir).ring_name(
+        described.topic_id, 0, described.partitions[0].leader
+    )
+    acked_path = tmp_path / "acked.txt"
+    try:
+        with Ring.open(leader_ring, populate=False) as ring:
+            child = SPAWN.Process(target=client_procs.produce_until_killed,
+                                  args=(str(shared_daemon.data_dir), name, value_bytes,
+                                        str(acked_path)))  # fmt: skip
+            with started([child]):
+                wait_for(lambda: acked_path.exists() and acked_path.stat().st_size > 0,
+                         timeout=30, what="the producer's first records")  # fmt: skip
+                assert child.pid is not None
+                reaped_before = ring.status().reaped_frames
+                deadline = time.monotonic() + 30
+                while True:  # freeze it until it is seen between claim and publish
+                    assert time.monotonic() < deadline, "never caught mid-append"
+                    os.kill(child.pid, signal.SIGSTOP)
+                    published = ring.drain_cursor()
+                    ring.advance(published)
+                    if published.position < ring.status().tail_position:
+                        break  # a claim not published: the frozen producer holds it
+                    os.kill(child.pid, signal.SIGCONT)
+                    time.sleep(0.001)
+                child.kill()
+                child.join(30)
+                assert child.exitcode == -signal.SIGKILL
+            wait_for(lambda: ring.status().reaped_frames > reaped_before, timeout=30,
+                     what="the killed producer's claim to be reaped")  # fmt: skip
+        acked = [tuple(map(int, line.split())) for line in acked_path.read_text().splitlines()]
+        with Producer(shared_daemon.data_dir, acks=1) as p:
+            after = [p.send(name, b"after-%d" % i, partition=0).get(timeout=30).offset
+                     for i in range(100)]  # fmt: skip
+        got = consume_all(shared_daemon.data_dir, [TopicPartition(name, 0)],
+                          len(acked) + len(after))  # fmt: skip
+        by_offset = {r.offset: r.value for r in got}
+        lost = [(seq, offset) for seq, offset in acked
+                if by_offset.get(offset, b"")[:4] != struct.pack("<I", seq)]  # fmt: skip
+        assert lost == [], f"{len(lost)} acknowledged records lost"
+        assert [by_offset.get(o) for o in after] == [b"after-%d" % i for i in range(100)]
+        # The reaped claim's offset is the one gap below the later records.
+        assert len(set(range(after[0])) - set(by_offset)) == 1
     finally:
         admin.delete_topic(name)

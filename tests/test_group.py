@@ -150,12 +150,24 @@ def test_members_beyond_partition_count_idle_then_take_over(
 def test_eager_strategies_spread_every_partition_once(
     shared_daemon: Daemon, topic: str, strategy: str
 ) -> None:
+    """Two members, three partitions: ordered by member id, range gives the first member
+    the block [0, 1] and the second [2]; roundrobin deals [0, 2] and [1]."""
+    group = f"s-{strategy}-{uuid.uuid4().hex[:6]}"
     members = [
-        member(shared_daemon, topic, f"s-{strategy}", partition_assignment_strategy=strategy)
+        member(shared_daemon, topic, group, partition_assignment_strategy=strategy)
         for _ in range(2)
     ]
     try:
-        settle(members, 3)
+        settle(members, 3, idle=0)
+        report = json.loads(shared_daemon.cli("groups", "describe", group, "--json").stdout)
+        layout = [
+            sorted(p for t, p in report["members"][mid]["assignment"] if t == topic)
+            for mid in sorted(report["members"])
+        ]
+        assert layout == {"range": [[0, 1], [2]], "roundrobin": [[0, 2], [1]]}[strategy]
+        assert sorted(sorted(tp.partition for tp in c.assignment()) for c in members) == sorted(
+            layout
+        )
     finally:
         for c in members:
             c.close()
@@ -194,8 +206,8 @@ def test_committed_offsets_resume_a_group_and_survive_a_daemon_restart(daemon: D
     c = member(daemon, "orders", "durable", max_poll_records=10)
     try:
         got = settle([c], 3)
-        while len(got) < 30:
-            got += c.poll(timeout=0.5, max_records=30 - len(got))
+        wait_for(lambda: got.extend(c.poll(timeout=0.5, max_records=30 - len(got)))
+                 or len(got) >= 30, what="30 records")  # fmt: skip
         positions = {tp: c.position(tp) for tp in tps("orders")}
         c.commit()
         assert sum(positions.values()) == 30
@@ -303,8 +315,8 @@ def test_groups_cli_list_describe_and_reset_offsets(shared_daemon: Daemon, topic
     c = member(shared_daemon, topic, group)
     try:
         settle([c], 3)
-        while sum(c.position(tp) for tp in tps(topic)) < 9:
-            c.poll(timeout=0.5)
+        wait_for(lambda: (c.poll(timeout=0.5), sum(c.position(tp) for tp in tps(topic)))[1] >= 9,
+                 what="the member to read all nine records")  # fmt: skip
         c.commit({TopicPartition(topic, 0): 1})
         assert group in shared_daemon.cli("groups", "list").stdout.decode().split()
         text = shared_daemon.cli("groups", "describe", group).stdout.decode()

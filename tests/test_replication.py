@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import random
 import signal
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import client_procs
 import pytest
-from engine_harness import Daemon, running_daemon, wait_for
+from engine_harness import Daemon, join_ok, running_daemon, started, wait_for
 
 from engine import (
     Admin,
@@ -26,6 +28,8 @@ from engine import (
 )
 from engine.datadir import pid_alive
 from engine.log import LogReader
+
+SPAWN = mp.get_context("spawn")
 
 
 @pytest.fixture
@@ -82,6 +86,46 @@ def test_acks_all_reaches_every_replica_byte_for_byte(cluster: Daemon) -> None:
                  what=f"broker {broker}'s log to hold 2000 records")
         logs[broker] = replica_log(cluster, broker, "r3", 2000)
     assert logs[1] == logs[2] == logs[3]
+
+
+def test_acks_all_producers_in_several_processes_each_record_once_in_order(
+    cluster: Daemon, tmp_path: Path
+) -> None:
+    """3 processes send acks="all" at once to one replicated topic (keyed: each producer's
+    records to one partition): every acknowledged record is in the log once, at the
+    offset its future gave, each producer's in the order sent."""
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("mp-all", partitions=2, replication=3,
+                           config={"min.insync.replicas": 2})  # fmt: skip
+    producers, count = 3, 2000
+    outs = [tmp_path / f"acked-{p}.txt" for p in range(producers)]
+    procs = [
+        SPAWN.Process(target=client_procs.produce_acks_all,
+                      args=(str(cluster.data_dir), "mp-all", p, count, str(outs[p])))
+        for p in range(producers)
+    ]  # fmt: skip
+    with started(procs):
+        join_ok(procs, 120)
+    acked = {
+        (p, int(seq)): (int(partition), int(offset))
+        for p, out in enumerate(outs)
+        for seq, partition, offset in (line.split() for line in out.read_text().splitlines())
+    }
+    assert len(acked) == producers * count
+    with Consumer(data_dir=cluster.data_dir, auto_offset_reset="earliest") as c:
+        tps = [TopicPartition("mp-all", q) for q in (0, 1)]
+        c.assign(tps)
+        got: list = []
+        wait_for(lambda: got.extend(c.poll(timeout=0.2, max_records=100_000))
+                 or len(got) >= len(acked), timeout=60,
+                 what="every acknowledged record")  # fmt: skip
+        assert not c.poll(timeout=0.5)
+    stored = [(struct.unpack("<II", r.value), (r.partition, r.offset)) for r in got]
+    assert len(stored) == len({record for record, _ in stored}), "a record is stored twice"
+    assert dict(stored) == acked
+    for p in range(producers):
+        mine = [(where, seq) for (q, seq), where in stored if q == p]
+        assert [seq for _, seq in sorted(mine)] == list(range(count)), f"producer {p}'s order"
 
 
 def test_below_min_insync_replicas_a_send_is_never_acknowledged(
@@ -187,13 +231,18 @@ def test_a_hung_leader_is_replaced_and_rejoins_as_a_follower(cluster: Daemon) ->
     assert logs[1] == logs[2] == logs[3]
 
 
-def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[str, Any]:
-    """Stream numbered records while brokers are SIGKILLed one after another; read it all.
+def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int,
+           roles: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Stream numbered records while brokers are SIGKILLed one after another (at random,
+    or by ``roles``: "leader" or "follower" of the partition, one per round); read it all.
 
     Supervision is paused (the daemon SIGSTOPped) while a broker is dead, so that the
     controller fails its partitions over before the daemon restarts it."""
     stop = threading.Event()
     acked: list[tuple[int, int]] = []  # (key, seq) of acknowledged records
+    acked_at: list[float] = []  # when each was acknowledged (time.monotonic)
+    # (when, victim, the partition's leader then, when leadership had moved off the victim)
+    kills: list[tuple[float, int, int, float]] = []
     seen: dict[int, bytes] = {}  # what a concurrent consumer read, by offset
     errors: list[BaseException] = []
 
@@ -206,6 +255,7 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
                     key = seq % 4
                     try:
                         p.send(topic, struct.pack("<II", key, seq), key=b"k%d" % key).get()
+                        acked_at.append(time.monotonic())
                         acked.append((key, seq))
                     except EngineError:
                         pass  # not acknowledged: never sent again under this number
@@ -229,16 +279,23 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
     rng = random.Random(7)
     daemon_pid = cluster.runtime()["pid"]
     try:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             time.sleep(1.0)
             victim = rng.choice([1, 2, 3])
+            if roles is not None:
+                with Admin(cluster.data_dir) as admin:
+                    leader = admin.describe_topic(topic).partitions[0].leader
+                victim = leader if roles[round_] == "leader" else 1 + leader % 3
             pid = cluster.runtime()["processes"][f"broker-{victim}"]
             os.kill(daemon_pid, signal.SIGSTOP)
             try:
-                os.kill(pid, signal.SIGKILL)
                 with Admin(cluster.data_dir) as admin:
+                    leader = admin.describe_topic(topic).partitions[0].leader
+                    killed_at = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
                     wait_for(lambda v=victim: admin.describe_topic(topic).partitions[0].leader != v,
                              timeout=30, what="the controller to move leadership")
+                    kills.append((killed_at, victim, leader, time.monotonic()))
             finally:
                 os.kill(daemon_pid, signal.SIGCONT)
             with Admin(cluster.data_dir) as admin:
@@ -254,7 +311,8 @@ def _chaos(cluster: Daemon, topic: str, acks: int | str, rounds: int) -> dict[st
     with Admin(cluster.data_dir) as admin:
         end = admin.describe_topic(topic).partitions[0].high_watermark
     records = consume(cluster.data_dir, topic, end - (records[0].offset if records else 0))
-    return {"acked": acked, "seen": seen, "records": records}
+    return {"acked": acked, "acked_at": acked_at, "kills": kills, "seen": seen,
+            "records": records}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -280,16 +338,42 @@ def test_chaos_acks_all_every_acknowledged_record_exactly_once(cluster: Daemon) 
 
 
 @pytest.mark.slow
-def test_chaos_acks_1_reports_what_it_loses(cluster: Daemon) -> None:
-    """Not an assertion on loss: acks=1 may lose acknowledged records; measure how many."""
+def test_chaos_acks_1_loses_only_what_a_killed_leader_held_alone(cluster: Daemon) -> None:
+    """acks=1 may lose acknowledged records, but only as the README says: records the
+    leader had when it was killed and replaced before a follower copied them. So every
+    lost record was acknowledged by a leader that was then killed, within
+    replica.lag.time.max.ms (how far an in-sync follower may be behind) before its kill
+    or before leadership moved off it; nothing a consumer read is lost; the log holds no
+    record twice and keeps each key's order. How many were lost is printed."""
+    lag_s = 2.0
     with Admin(cluster.data_dir) as admin:
         admin.create_topic("chaos1", partitions=1, replication=3,
-                           config={"min.insync.replicas": 2, "replica.lag.time.max.ms": 2000})
-    out = _chaos(cluster, "chaos1", 1, rounds=2)
-    pairs = {struct.unpack("<II", r.value) for r in out["records"]}
-    lost = [pair for pair in out["acked"] if pair not in pairs]
-    print(f"acks=1 under broker kills: {len(out['acked'])} acknowledged, {len(lost)} lost")
-    assert len(out["acked"]) > 100
+                           config={"min.insync.replicas": 2,
+                                   "replica.lag.time.max.ms": int(lag_s * 1000)})  # fmt: skip
+    out = _chaos(cluster, "chaos1", 1, rounds=2, roles=["follower", "leader"])
+    records, acked, seen = out["records"], out["acked"], out["seen"]
+    final = {r.offset: r.value for r in records}
+    pairs = [struct.unpack("<II", r.value) for r in records]
+    assert [r.offset for r in records] == sorted(final)
+    assert len(pairs) == len(set(pairs)), "a record was appended twice"
+    for key in range(4):
+        mine = [seq for k, seq in pairs if k == key]
+        assert mine == sorted(mine)
+    truncated = [o for o, v in seen.items() if final.get(o) != v]
+    assert not truncated, f"consumers read {len(truncated)} records later lost"
+    stored = set(pairs)
+    lost = [(pair, at) for pair, at in zip(acked, out["acked_at"], strict=True)
+            if pair not in stored]  # fmt: skip
+    windows = [(killed_at - lag_s - 1.0, moved_at)  # 1 s of slack for the test's own timing
+               for killed_at, victim, leader, moved_at in out["kills"] if victim == leader]
+    unexplained = [pair for pair, at in lost if not any(a <= at <= b for a, b in windows)]
+    print(f"acks=1 under broker kills {[(v, ld) for _, v, ld, _ in out['kills']]} "
+          f"(victim, leader): {len(acked)} acknowledged, {len(lost)} lost")
+    assert [v == ld for _, v, ld, _ in out["kills"]] == [False, True]
+    assert not unexplained, (
+        f"{len(unexplained)} acknowledged records lost outside a killed leader's last "
+        f"moments, first {unexplained[:5]}"
+    )
 
 
 def test_acks_all_batches_are_committed_when_get_returns(cluster: Daemon) -> None:

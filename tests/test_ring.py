@@ -640,3 +640,39 @@ def test_ready_many_names_the_rings_a_read_has_something_for(ring_name: str) -> 
         for ring, name in zip(rings, names, strict=True):
             ring.close()
             unlink(name)
+
+
+def test_reader_processes_on_one_ring_each_see_every_record_in_order(ring_name: str) -> None:
+    """3 reader processes read the ring at once while 4 producer processes append to it:
+    each reader sees every record once, at dense offsets, each producer's in its order."""
+    ring = Ring.create(ring_name, 1 << 20)  # holds every record: nothing drains here
+    producers, count, readers = 4, 1500, 3
+    total = producers * count
+    out = SPAWN.Queue()
+    ready = [SPAWN.Event() for _ in range(readers)]
+    reading = [
+        SPAWN.Process(target=ring_procs.read_every_record, args=(ring_name, total, r, out))
+        for r in ready
+    ]
+    producing = [
+        SPAWN.Process(target=ring_procs.produce, args=(ring_name, p, count, 1))
+        for p in range(producers)
+    ]
+    with started(reading):
+        assert all(r.wait(60) for r in ready), "a reader did not start"
+        with started(producing):  # the readers are waiting on the ring meanwhile
+            join_ok(producing, 60)
+        seen = [out.get(timeout=60) for _ in reading]
+        join_ok(reading, 10)
+    assert ring.status().tail_offset == total
+    for got in seen:
+        assert [offset for offset, _, _ in got] == list(range(total))
+        per_producer: dict[int, list[int]] = {}
+        for _, key, value in got:
+            assert value is not None
+            producer, seq = struct.unpack_from("<II", value)
+            assert key == b"p%d" % producer
+            per_producer.setdefault(producer, []).append(seq)
+        assert per_producer == {p: list(range(count)) for p in range(producers)}
+    assert seen[0] == seen[1] == seen[2]
+    ring.close()

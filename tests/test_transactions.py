@@ -3,6 +3,7 @@ consume-transform-produce pipeline SIGKILLed at random points."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import random
 import signal
@@ -16,19 +17,22 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import client_procs
 import pytest
-from engine_harness import Daemon, running_daemon, wait_for
+from engine_harness import Daemon, join_ok, running_daemon, started, wait_for
 
 from engine import Admin, Consumer, Producer, TopicPartition
 from engine import transaction as txn
-from engine.datadir import pid_alive
+from engine.datadir import DataDir, pid_alive
 from engine.errors import (
     ConfigError,
     InvalidTxnStateError,
     ProducerFencedError,
     TransactionAbortedError,
 )
+from engine.ring import Ring
 
+SPAWN = mp.get_context("spawn")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -192,6 +196,43 @@ def test_offsets_sent_to_a_transaction_count_only_when_it_commits(
             assert c.committed(tp) == 9
 
 
+def test_transactional_producers_in_several_processes_interleave_all_or_nothing(
+    shared_daemon: Daemon, tx_topic: str
+) -> None:
+    """3 processes, each with its own transactional id, run transactions on one partition
+    at once, each transaction's records interleaved with the others' (a barrier mid-way),
+    in every round one of them aborting while the others commit: read_committed delivers
+    exactly the committed transactions, whole, each producer's in order; the log shows
+    the transactions interleaved."""
+    producers, rounds = 3, 6
+    barrier = SPAWN.Barrier(producers)
+    procs = [
+        SPAWN.Process(target=client_procs.transact,
+                      args=(str(shared_daemon.data_dir), tx_topic, p, rounds, barrier))
+        for p in range(producers)
+    ]  # fmt: skip
+    with started(procs):
+        join_ok(procs, 120)
+
+    def parsed(records: list) -> list[tuple[int, int, int]]:
+        return [tuple(int(x) for x in r.value.split(b":")) for r in records if r.partition == 0]
+
+    committed = parsed(read_all(shared_daemon.data_dir, tx_topic, 2, "read_committed"))
+    for p in range(producers):
+        assert [(r, k) for q, r, k in committed if q == p] == [
+            (r, k) for r in range(rounds) if (r + p) % 3 != 2 for k in range(10)
+        ], f"producer {p}: committed transactions whole and in order, aborted ones absent"
+    log = parsed(read_all(shared_daemon.data_dir, tx_topic, 2, "read_uncommitted"))
+    assert len(log) == producers * rounds * 10
+    for r in range(rounds):  # within each round some transaction spans another's records
+        spans = {p: [i for i, (q, rr, _) in enumerate(log) if (q, rr) == (p, r)]
+                 for p in range(producers)}  # fmt: skip
+        assert any(
+            any(spans[p][0] < i < spans[p][-1] for o in spans if o != p for i in spans[o])
+            for p in spans
+        ), f"round {r}: the transactions did not interleave"
+
+
 def test_a_transaction_left_open_is_aborted_after_its_timeout(
     shared_daemon: Daemon, tx_topic: str
 ) -> None:
@@ -226,19 +267,33 @@ def test_a_transaction_left_open_is_aborted_after_its_timeout(
     assert values == [b"after", b"again"]
 
 
+def log_ends(data_dir: Path, topic_id: str, brokers: list[int]) -> dict[int, int]:
+    """Each broker's log end offset of partition 0 as its ring publishes it (a leader's
+    tail: what producers appended; a follower's: what it copied)."""
+    names = DataDir.resolve(data_dir)
+    ends = {}
+    for broker in brokers:
+        with Ring.open(names.ring_name(topic_id, 0, broker), populate=False) as ring:
+            ends[broker] = ring.status().tail_offset
+    return ends
+
+
 def test_an_idempotent_producer_writes_each_record_once_across_a_leader_failover(
     tmp_path: Path,
 ) -> None:
-    """Records sent asynchronously while the leader is SIGKILLed, some of them copied by
-    no follower: the producer finds out which ones the new leader holds and appends
-    only the others; every future succeeds and the log holds every record once, in
-    order, without the caller retrying."""
+    """Records sent asynchronously while the leader is SIGKILLed, some of them held by
+    the leader alone: the followers are frozen until the leader's ring holds records
+    beyond every follower's log, then the leader dies and the followers go on. The
+    producer finds out which ones the new leader holds and appends only the others;
+    every future succeeds and the log holds every record once, in order, without the
+    caller retrying."""
     with running_daemon(tmp_path / "engine", brokers=3) as cluster:
         with Admin(cluster.data_dir) as admin:
-            admin.create_topic(
+            described = admin.create_topic(
                 "idem", partitions=1, replication=3, config={"min.insync.replicas": 2}
             )
-            leader = admin.describe_topic("idem").partitions[0].leader
+            leader, topic_id = described.partitions[0].leader, described.topic_id
+        followers = [b for b in (1, 2, 3) if b != leader]
         total = 6000
         futures = []
         with Producer(cluster.data_dir, enable_idempotence=True, delivery_timeout_ms=60_000) as p:
@@ -258,29 +313,29 @@ def test_an_idempotent_producer_writes_each_record_once_across_a_leader_failover
                 assert sent.wait(60)
                 daemon_pid = cluster.runtime()["pid"]
                 pid = cluster.runtime()["processes"][f"broker-{leader}"]
-                followers = [
-                    cluster.runtime()["processes"][f"broker-{b}"] for b in (1, 2, 3) if b != leader
-                ]
+                frozen = [cluster.runtime()["processes"][f"broker-{b}"] for b in followers]
                 os.kill(daemon_pid, signal.SIGSTOP)  # no restart before the failover
                 try:
-                    # The followers stop copying for a moment (well within their
-                    # sessions): what the leader takes meanwhile, no other replica has.
-                    for f in followers:
+                    for f in frozen:  # well within their sessions
                         os.kill(f, signal.SIGSTOP)
-                    time.sleep(0.3)
+                    # The followers copy nothing now: wait until the leader's ring holds
+                    # records beyond what either of them has.
+                    ends = wait_for(
+                        lambda: (lambda e: e if e[leader] >= max(e[b] for b in followers) + 100
+                                 else None)(log_ends(cluster.data_dir, topic_id, [1, 2, 3])),
+                        timeout=30, what="the leader to take records no follower has",
+                    )  # fmt: skip
+                    sent_before_kill = len(futures)
                     os.kill(pid, signal.SIGKILL)
-                    for f in followers:
-                        os.kill(f, signal.SIGCONT)
                     wait_for(lambda: not pid_alive(pid), what="the leader to die")
+                    for f in frozen:
+                        os.kill(f, signal.SIGCONT)
                     with Admin(cluster.data_dir) as admin:
-                        wait_for(
-                            lambda: (
-                                admin.describe_topic("idem").partitions[0].leader
-                                not in (leader, None)
-                            ),
-                            timeout=30,
-                            what="a new leader",
-                        )
+                        new_leader = wait_for(
+                            lambda: (lambda q: q if q not in (leader, None, -1) else None)(
+                                admin.describe_topic("idem").partitions[0].leader),
+                            timeout=30, what="a new leader",
+                        )  # fmt: skip
                 finally:
                     os.kill(daemon_pid, signal.SIGCONT)
             finally:
@@ -288,68 +343,143 @@ def test_an_idempotent_producer_writes_each_record_once_across_a_leader_failover
             p.flush(120)
             offsets = [f.get(0).offset for f in futures]
         records = read_all(cluster.data_dir, "idem", 1, "read_uncommitted")
+    # What was arranged did happen: when the leader died its log held records the new
+    # leader's did not, and the producer was still sending.
+    assert ends[new_leader] < ends[leader], ends
+    assert sent_before_kill < total
     values = [struct.unpack("<I", r.value)[0] for r in records]
     assert len(values) == len(set(values)), "a record was written twice"
     assert values == list(range(total)), "a record is missing or out of order"
     assert offsets == [r.offset for r in records]
 
 
+class Pipeline:
+    """examples/exactly_once.py from ``source`` to ``sink`` under one transactional id and
+    one group: its input, fed as the test goes, and what the test sees of its progress
+    (the group's committed offsets, the transaction's state in the coordinator)."""
+
+    def __init__(self, daemon: Daemon, admin: Admin, suffix: str) -> None:
+        self.daemon = daemon
+        self.source, self.sink = f"in-{suffix}", f"out-{suffix}"
+        self.group, self.tid = f"pipe-{suffix}", f"tx-{suffix}"
+        self.zk = admin._cluster.zk
+        self.fed = 0
+        self.tps = [TopicPartition(self.source, p) for p in range(3)]
+        self.args = [
+            sys.executable, str(EXAMPLES / "exactly_once.py"), self.source, self.sink,
+            "--group", self.group, "--transactional-id", self.tid,
+            "--data-dir", str(daemon.data_dir),
+        ]  # fmt: skip
+        self._offsets = Consumer(data_dir=daemon.data_dir, group_id=self.group)
+
+    def feed(self, count: int) -> None:
+        with Producer(self.daemon.data_dir) as p:
+            for i in range(self.fed, self.fed + count):
+                p.send(self.source, b"%d" % i, key=b"k%d" % (i % 11))
+        self.fed += count
+
+    def processed(self) -> int:
+        """Input records whose transaction committed (the group's committed offsets)."""
+        return sum(self._offsets.committed(tp) or 0 for tp in self.tps)
+
+    def state(self) -> txn.TxnState | None:
+        loaded = txn.load(self.zk, self.tid)
+        return None if loaded is None else loaded[0]
+
+    def start(self, idle_s: float) -> subprocess.Popen[bytes]:
+        """A new instance, returned once it has fenced the one before (the epoch moved)."""
+        before = self.state()
+        proc = subprocess.Popen(
+            [*self.args, "--idle", str(idle_s)], env=self.daemon.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: (lambda now: now is not None and (before is None or (
+                    now.producer_id, now.epoch) != (before.producer_id, before.epoch)))(
+                    self.state()),
+                timeout=60, what="the pipeline to initialise",
+            )  # fmt: skip
+        except BaseException:
+            proc.kill()
+            proc.wait(30)
+            raise
+        return proc
+
+    def kill_in_open_transaction(self, proc: subprocess.Popen[bytes]) -> txn.TxnState:
+        """SIGKILL ``proc`` while its transaction is open: freeze it, read the state, and
+        kill it if Ongoing with partitions added; else let it run a moment and look again
+        (feeding it more input when it has caught up). Returns the state it died in."""
+        rng = random.Random(proc.pid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            os.kill(proc.pid, signal.SIGSTOP)
+            state = self.state()
+            if state is not None and state.state == txn.ONGOING and state.partitions:
+                proc.kill()  # frozen: it dies in the state just read
+                proc.wait(30)
+                return state
+            os.kill(proc.pid, signal.SIGCONT)
+            if self.processed() >= self.fed:
+                self.feed(200)
+            time.sleep(rng.uniform(0.0005, 0.005))
+        raise AssertionError(f"{self.tid} had no open transaction within 60 s")
+
+    def close(self) -> None:
+        self._offsets.close()
+
+
 @pytest.mark.slow
 def test_a_pipeline_killed_at_random_points_outputs_each_record_exactly_once(
     shared_daemon: Daemon, admin: Admin
 ) -> None:
-    """examples/exactly_once.py, SIGKILLed at random moments and restarted many times:
-    the output topic, read_committed, holds each input record transformed exactly once."""
-    suffix = uuid.uuid4().hex[:8]
-    source, sink, group = f"in-{suffix}", f"out-{suffix}", f"pipe-{suffix}"
-    admin.create_topic(source, partitions=3)
-    admin.create_topic(sink, partitions=3)
-    total = 20_000  # about 7 s of work: every kill lands mid-stream
+    """examples/exactly_once.py, SIGKILLed 8 times at random points of its work, each
+    time inside an open transaction, and restarted: the output topic, read_committed,
+    holds each input record transformed exactly once."""
+    pipe = Pipeline(shared_daemon, admin, uuid.uuid4().hex[:8])
+    admin.create_topic(pipe.source, partitions=3)
+    admin.create_topic(pipe.sink, partitions=3)
+    rng = random.Random(int(os.environ.get("ENGINE_TEST_SEED", "5")))
     try:
-        with Producer(shared_daemon.data_dir) as p:
-            for i in range(total):
-                p.send(source, b"%d" % i, key=b"k%d" % (i % 11))
-        args = [
-            sys.executable,
-            str(EXAMPLES / "exactly_once.py"),
-            source,
-            sink,
-            "--group",
-            group,
-            "--transactional-id",
-            f"tx-{suffix}",
-            "--data-dir",
-            str(shared_daemon.data_dir),
-        ]
-        rng = random.Random(int(os.environ.get("ENGINE_TEST_SEED", "5")))
-        kills = 0
+        hits = []  # the state each kill hit, and that state read again after the kill
         for _ in range(8):
-            proc = subprocess.Popen(
-                [*args, "--idle", "30"],
-                env=shared_daemon.env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            pipe.feed(2_000)
+            proc = pipe.start(idle_s=30)
             try:
-                time.sleep(rng.uniform(1.0, 3.0))  # a random point of its work
+                # A random point of its work: part of what is left is processed.
+                start, left = pipe.processed(), pipe.fed - pipe.processed()
+                target = start + int(rng.uniform(0.05, 0.5) * left)
+                wait_for(lambda t=target: pipe.processed() >= t, timeout=60,
+                         what=f"the pipeline to process up to {target}")  # fmt: skip
+                killed_in = pipe.kill_in_open_transaction(proc)
             finally:
                 proc.kill()
                 proc.wait(30)
-            kills += 1
+            hits.append((killed_in, pipe.state()))
+        # Every kill hit a transaction with partitions added and nothing decided; the
+        # state stayed there until the next instance fenced it.
+        assert all(
+            before.state == txn.ONGOING and before.partitions and after == before
+            for before, after in hits
+        ), hits
         final = subprocess.run(
-            [*args, "--idle", "4"], env=shared_daemon.env, capture_output=True, timeout=300
+            [*pipe.args, "--idle", "4"], env=shared_daemon.env, capture_output=True, timeout=300
         )
         assert final.returncode == 0, final.stderr.decode()[-2000:]
-        out = read_all(shared_daemon.data_dir, sink, 3, "read_committed")
+        out = read_all(shared_daemon.data_dir, pipe.sink, 3, "read_committed")
         counts = Counter(r.value for r in out)
-        expected = {b"processed:%d" % i for i in range(total)}
+        expected = {b"processed:%d" % i for i in range(pipe.fed)}
         assert set(counts) == expected, f"missing {len(expected - set(counts))} records"
         assert max(counts.values()) == 1, "a record was output twice"
-        raw = read_all(shared_daemon.data_dir, sink, 3, "read_uncommitted")
-        print(f"{kills} kills: {len(raw) - len(out)} aborted records never seen by read_committed")
+        raw = read_all(shared_daemon.data_dir, pipe.sink, 3, "read_uncommitted")
+        aborted = len(raw) - len(out)
+        print(f"{len(hits)} kills in open transactions: {aborted} aborted records never seen "
+              f"by read_committed, {pipe.fed} input records")  # fmt: skip
+        assert aborted > 0, "no killed transaction had appended a record"
     finally:
-        admin.delete_topic(source)
-        admin.delete_topic(sink)
+        pipe.close()
+        admin.delete_topic(pipe.source)
+        admin.delete_topic(pipe.sink)
 
 
 def test_a_transaction_over_a_deleted_topic_does_not_wedge_its_id(

@@ -443,8 +443,6 @@ def test_read_committed_reads_segments_after_the_ring_wrapped(
 
 
 def test_read_committed_with_a_transactional_producer(shared_daemon: Daemon, topic: str) -> None:
-    if not hasattr(Producer, "begin_transaction"):
-        pytest.skip("Producer(transactional_id=...) is not available yet")
     tp = TopicPartition(topic, 0)
     with Producer(shared_daemon.data_dir, transactional_id="rc-e2e", acks="all") as p:
         p.init_transactions()

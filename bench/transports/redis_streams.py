@@ -39,6 +39,7 @@ PIPELINE_BATCHES = 8
 #: Entries per XREAD.
 READ_COUNT = 1000
 START_TIMEOUT_S = 10.0
+BIND_ATTEMPTS = 5
 
 
 def _free_port() -> int:
@@ -126,9 +127,20 @@ class RedisStreams(Transport):
         )
 
     def open(self, workdir: Path) -> None:
-        self.port = _free_port()
         directory = workdir / self.name
         directory.mkdir()
+        # The port is picked by binding and closing it: another process may bind it
+        # before redis-server does, which then exits; it gets another port then.
+        for attempt in range(BIND_ATTEMPTS):
+            self.port = _free_port()
+            try:
+                self._start(directory)
+                return
+            except RuntimeError as error:
+                if "Address already in use" not in str(error) or attempt == BIND_ATTEMPTS - 1:
+                    raise
+
+    def _start(self, directory: Path) -> None:
         command = [
             "redis-server",
             "--port", str(self.port),
@@ -141,18 +153,17 @@ class RedisStreams(Transport):
             "--daemonize", "no",
         ]  # fmt: skip
         self.server = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-        self.admin = _client(self.port)
+        # Ready when its log says so, not when something answers on the port: whoever
+        # holds the port when this one fails to bind it may answer, or never.
+        log = directory / "redis.log"
         deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                self.admin.ping()
-                break
-            except Exception as error:  # noqa: BLE001 - retried until the deadline
-                if self.server.poll() is not None or time.monotonic() > deadline:
-                    log = directory / "redis.log"
-                    tail = log.read_text()[-2000:] if log.exists() else ""
-                    raise RuntimeError(f"redis-server did not start: {error}\n{tail}") from None
-                time.sleep(0.02)
+        while "Ready to accept connections" not in (log.read_text() if log.exists() else ""):
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server did not start:\n{tail}")
+            time.sleep(0.02)
+        self.admin = _client(self.port)
+        self.admin.ping()
 
     def close(self) -> None:
         admin = getattr(self, "admin", None)

@@ -3,8 +3,8 @@ session, a fresh one per test where a test kills or restarts it, and kazoo clien
 
 Every test that takes ``server``/``fresh_server``/``zk`` runs twice: against our
 coordinator and against Debian's ZooKeeper (skipped, with the reason, when it is not
-installed; in CI, CI=true, failed instead). Processes are always stopped, even when a
-test fails.
+installed; in CI, CI=true, that fails the run). Processes are always stopped, even when
+a test fails.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ logging.getLogger("kazoo").setLevel(logging.ERROR)
 )
 def kind(request: pytest.FixtureRequest) -> str:
     if request.param == "zookeeper":
-        require_zookeeper()  # a skip, or in CI (CI=true) a failure
+        require_zookeeper()  # skipped with the reason; in CI (CI=true) a failure
     value: str = request.param
     return value
 

@@ -5,6 +5,7 @@ is lost. A hypothesis test fuzzes the frame decoder, pure and live."""
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import struct
 import time
@@ -182,9 +183,34 @@ def test_live_server_survives_garbage(fuzz_target: EngineCoordinator, handshake:
 
 
 def test_fuzzed_server_still_has_its_data(fuzz_target: EngineCoordinator) -> None:
-    client = new_client(fuzz_target.hosts)
+    """Data written and a session opened before a round of garbage connections (raw,
+    and after a handshake) are all still there after it, in the same server process."""
+    before = new_client(fuzz_target.hosts)
     try:
-        client.ensure_path("/fuzz-survivor")
-        assert client.exists("/fuzz-survivor") is not None
+        before.create("/fuzz-survivor", b"written before the garbage", makepath=True)
+        before.create("/fuzz-survivor/child", b"c")
+        session = before.client_id
+        assert fuzz_target.proc is not None
+        pid = fuzz_target.proc.pid
+        rng = random.Random(17)
+        for i in range(100):
+            garbage = rng.randbytes(rng.randrange(1, 200))
+            if i % 2:
+                sock = _connected_socket(fuzz_target.port)
+                garbage = jute.frame(garbage) if i % 4 == 1 else garbage
+            else:
+                sock = socket.create_connection(("127.0.0.1", fuzz_target.port), timeout=5)
+            with contextlib.suppress(OSError):  # the server may already have closed it
+                sock.sendall(garbage)
+            sock.close()
+        assert fuzz_target.proc.poll() is None and fuzz_target.proc.pid == pid
+        assert before.client_id == session and before.connected
+        assert before.get("/fuzz-survivor")[0] == b"written before the garbage"
+        assert before.get_children("/fuzz-survivor") == ["child"]
+        after = new_client(fuzz_target.hosts)
+        try:
+            assert after.get("/fuzz-survivor/child")[0] == b"c"
+        finally:
+            stop_client(after)
     finally:
-        stop_client(client)
+        stop_client(before)

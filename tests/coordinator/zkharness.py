@@ -31,15 +31,18 @@ def zookeeper_installed() -> bool:
 
 
 def require_zookeeper() -> None:
-    """Skip the calling test when Debian's ZooKeeper is not installed, saying so; in CI
-    (CI=true) fail it instead: there the real-ZooKeeper half must run, not be skipped."""
+    """For a test that runs against Debian's ZooKeeper: without it the test is skipped
+    with the reason, except in CI (CI=true), where the missing server fails the run."""
     if zookeeper_installed():
         return
-    import pytest  # here: bench/bench_coordinator.py uses this module without pytest
+    import pytest
 
-    reason = f"Debian's zookeeper package is not installed ({ZOOKEEPER_JAR}, java)"
+    reason = (
+        f"Debian's zookeeper package is not installed ({ZOOKEEPER_JAR} and java): "
+        "scripts/servers installs it"
+    )
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI=true, where the real-ZooKeeper tests must run")
+        pytest.fail(f"{reason}; CI runs every real-ZooKeeper test", pytrace=False)
     pytest.skip(reason)
 
 
@@ -133,12 +136,18 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.kind} exited early:\n{self.log_text()[-3000:]}")
             try:
-                # ZooKeeper answers ruok before it serves sessions; srvr says when it does
-                return "Mode:" in four_letter_word(self.port, b"srvr", 1.0)
+                return self._serving()
             except OSError:
                 return False
 
         wait_until(ready, timeout, f"{self.kind} to serve", 0.05)
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.kind} exited early:\n{self.log_text()[-3000:]}")
+
+    def _serving(self) -> bool:
+        # ZooKeeper answers ruok before it serves sessions; srvr says when it does
+        return "Mode:" in four_letter_word(self.port, b"srvr", 1.0)
 
 
 class EngineCoordinator(ServerProcess):
@@ -177,17 +186,40 @@ class EngineCoordinator(ServerProcess):
 
 
 class RealZooKeeper(ServerProcess):
-    """Debian's ZooKeeper 3.8 standalone, with TTL nodes enabled and every 4lw allowed."""
+    """Debian's ZooKeeper 3.8 standalone, with TTL nodes enabled and every 4lw allowed.
+
+    ZooKeeper cannot be told to pick its own port, so the harness picks a free one; should
+    another process bind it first, ZooKeeper fails to bind and exits, and the harness
+    tries again with another port (a restart keeps its port: clients expect the address).
+    It counts as serving only once the server on the port reports this one's data dir."""
 
     kind = "zookeeper"
+    bind_attempts = 5
 
     def __init__(self, workdir: Path, tick_ms: int = 200) -> None:
         super().__init__(workdir)
         self.tick_ms = tick_ms
-        self.port = free_port()
+        self._log_start = 0  # where this launch's lines begin in the log
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        restart = self.port != 0
+        for attempt in range(self.bind_attempts):
+            if not restart:
+                self.port = free_port()
+            self._launch()
+            try:
+                self._wait_ready()
+                return
+            except AssertionError:
+                lost_the_port = "Address already in use" in self.log_text()[self._log_start :]
+                self.kill()
+                if not lost_the_port or attempt == self.bind_attempts - 1:
+                    raise
+                if restart:
+                    time.sleep(0.5)  # the same port again, once its holder lets it go
+
+    def _launch(self) -> None:
         config = self.workdir / "zoo.cfg"
         config.write_text(
             f"tickTime={self.tick_ms}\ndataDir={self.data_dir}\nclientPort={self.port}\n"
@@ -196,6 +228,7 @@ class RealZooKeeper(ServerProcess):
         jars = ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-simple.jar",
                 "netty-all.jar", "metrics-core.jar", "commons-cli.jar", "snappy-java.jar"]
         classpath = ":".join(str(ZOOKEEPER_JARS / jar) for jar in jars)
+        self._log_start = len(self.log_text())
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
@@ -205,7 +238,11 @@ class RealZooKeeper(ServerProcess):
                  "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
                  str(config)],
                 stdout=log, stderr=log, cwd=str(self.workdir))
-        self._wait_ready()
+
+    def _serving(self) -> bool:
+        # Another server may answer on the port while this one fails to bind it.
+        return super()._serving() and str(self.data_dir) in four_letter_word(
+            self.port, b"conf", 1.0)
 
 
 def make_server(kind: str, workdir: Path | None = None, tick_ms: int = 200) -> ServerProcess:
