@@ -17,6 +17,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── DaemonAlreadyRunningError            a second daemon on the same data dir
     ├── DataDirError (OSError)               the data dir cannot be created or written
     ├── AuthorizationError (PermissionError) the data dir or its znodes are another user's
+    ├── CoordinatorUnavailableError          the coordinator connection or session was lost
     ├── EngineTimeoutError (TimeoutError)    a bounded wait ran out
     │   └── BufferFullError                  the ring stayed full for max_block_ms
     ├── CorruptRecordError                   a frame or batch failed its CRC / shape / offset checks
@@ -96,6 +97,12 @@ class AuthorizationError(EngineError, PermissionError):
     """The caller may not use the data dir or the engine's znodes: the data dir belongs to
     another user (its secret cannot be read), or the coordinator's tree is locked with
     another secret than the data dir's."""
+
+
+class CoordinatorUnavailableError(EngineError):
+    """The connection to the coordinator was lost during a request, or its session
+    expired (the daemon is down or restarting): the request may or may not have taken
+    effect. The client reconnects by itself; the call may be made again."""
 
 
 class EngineTimeoutError(EngineError, TimeoutError):

@@ -62,6 +62,7 @@ from engine.datadir import DataDir
 from engine.errors import (
     CommitFailedError,
     ConfigError,
+    CoordinatorUnavailableError,
     GroupNotEmptyError,
     UnknownGroupError,
     UnknownTopicError,
@@ -315,7 +316,16 @@ class GroupMember:
         return tx
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        _raise_for_results(self.group, self._commit_tx(offsets).commit())
+        """Commit, again after a lost connection (setting the same offsets twice is
+        harmless) until the request's deadline (metadata.deadline, 30 s by default); a
+        member dropped meanwhile gets CommitFailedError."""
+        while True:
+            try:
+                _raise_for_results(self.group, self._commit_tx(offsets).commit())
+                return
+            except CoordinatorUnavailableError:
+                if not md.wait_connected(self.zk):
+                    raise
 
     def commit_async(
         self,

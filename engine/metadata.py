@@ -35,7 +35,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, NoAuthError, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
 from kazoo.handlers.threading import (
     _STOP,
     AsyncResult,
@@ -53,8 +61,11 @@ from engine.config import (
 )
 from engine.datadir import DataDir
 from engine.errors import (
+    ClosedError,
     ConfigError,
+    CoordinatorUnavailableError,
     DaemonNotRunningError,
+    EngineError,
     EngineTimeoutError,
     TopicExistsError,
     UnknownTopicError,
@@ -418,7 +429,44 @@ class _AsyncResult(AsyncResult):  # type: ignore[misc]
             with stored._condition, contextlib.suppress(Exception):
                 if stored._exception is exc:  # (one that cannot be copied keeps the cycle)
                     stored._exception = copy.copy(exc)
+            if isinstance(exc, EngineError):
+                raise
+            if isinstance(exc, ConnectionClosedError):
+                raise _ClientClosed("the client's coordinator session is closed") from None
+            if isinstance(exc, SessionExpiredError):
+                raise _SessionExpired(
+                    "the coordinator session expired during a request (the daemon was "
+                    "down or restarting); it may or may not have taken effect"
+                ) from None
+            if isinstance(exc, ConnectionLoss):
+                raise _ConnectionLost(
+                    "the connection to the coordinator was lost during a request (the "
+                    "daemon is down or restarting); it may or may not have taken effect"
+                ) from None
             raise
+
+
+class _ConnectionLost(CoordinatorUnavailableError, ConnectionLoss):  # type: ignore[misc]
+    """ConnectionLoss, as an EngineError (code that retries kazoo's errors still does)."""
+
+
+class _SessionExpired(CoordinatorUnavailableError, SessionExpiredError):  # type: ignore[misc]
+    """SessionExpiredError, as an EngineError."""
+
+
+class _ClientClosed(ClosedError, ConnectionClosedError):  # type: ignore[misc]
+    """ConnectionClosedError (the client was closed), as an EngineError."""
+
+
+def wait_connected(client: KazooClient) -> bool:
+    """Wait until ``client`` is connected again, within this thread's deadline (or
+    REQUEST_TIMEOUT_S); whether it is."""
+    bound = _deadline.at if _deadline.at is not None else time.monotonic() + REQUEST_TIMEOUT_S
+    while not client.connected:
+        if time.monotonic() >= bound:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 EXIT_WAIT_S = 2.0

@@ -219,8 +219,12 @@ class Replica:
         last_pass: float | None = None  # None: the ring was empty since (rate unknown)
         idle_polls = 0
         full_waits = 0
+        # A leader drains what the ISR holds (below its high watermark); a follower all
+        # it copied (its ring's high watermark is kept low for the readers: see
+        # FollowerReplica).
+        limit, respect_hw = (-1, True) if self.role == "leader" else (NO_LIMIT, False)
         while True:
-            code, n = self.ring.read(cursor, buf)
+            code, n = self.ring.read(cursor, buf, limit)
             if code == OK:
                 idle_polls = 0
                 self.log.append(view[:n])
@@ -258,14 +262,14 @@ class Replica:
                 status = self.ring.status()
                 if status.tail_position <= cursor.position:
                     return
-                uncommitted = 0 <= status.high_watermark <= cursor.offset
+                uncommitted = respect_hw and 0 <= status.high_watermark <= cursor.offset
                 waited = time.monotonic() - (self._stop_deadline - STOP_GRACE_S)
                 if uncommitted and waited > STOP_COMMIT_WAIT_S:
                     return  # what is left never reached the ISR: not acknowledged
                 if time.monotonic() > self._stop_deadline:
                     log.error("stopping %s-%d with unpublished claims", self.topic, self.partition)
                     return
-                self.ring.wait(cursor, 0.05)
+                self.ring.wait(cursor, 0.05, respect_hw)
                 continue
             now = time.monotonic()
             self.log.maybe_flush()
@@ -279,7 +283,7 @@ class Replica:
             if idle_polls < IDLE_POLLS:
                 time.sleep(POLL_SLEEP_S)
             else:
-                self.ring.wait(cursor, HOUSEKEEPING_S)
+                self.ring.wait(cursor, HOUSEKEEPING_S, respect_hw)
 
     def _wake(self) -> None:
         """Wake whatever this replica's threads wait on: its ring and its peers' rings."""
@@ -500,7 +504,13 @@ class FollowerReplica(Replica):
         self.leader_ring_name = leader_ring
         self.leader_directory = leader_directory
         super().__init__(topic, partition, directory, ring_name, config, leader_epoch)
-        self.ring.set_high_watermark(-1)
+        # Consumers never read a follower's ring, but one may still map this ring from
+        # when it led (a daemon restarted under it), before it sees the seal: what it
+        # may read is bounded by the high watermark, which must then say only what was
+        # committed. A ring it led keeps the one it had (the ISR held that much); a new
+        # ring gets the log start (nothing). The drain ignores it (see _drain_loop).
+        if self.ring.status().high_watermark < 0:
+            self.ring.set_high_watermark(self.log.log_start_offset)
         self._add_thread("fetch", self._fetch_loop)
 
     def _prepare_log(self) -> None:

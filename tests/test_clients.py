@@ -473,6 +473,7 @@ def test_public_names_are_exported() -> None:
             "CommitFailedError",
             "ConfigError",
             "Consumer",
+            "CoordinatorUnavailableError",
             "CorruptRecordError",
             "DaemonAlreadyRunningError",
             "DaemonNotRunningError",

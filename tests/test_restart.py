@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -148,3 +149,43 @@ def test_a_broker_that_comes_back_to_an_offline_partition_keeps_its_undrained_ri
         c.assign([TopicPartition("offline", 0)])
         got = drain(c, 500)
     assert sorted(int(v) for v in got) == list(range(500))
+
+
+def test_a_group_commit_cut_off_by_a_coordinator_kill_is_made_again_not_a_kazoo_error(
+    daemon: Daemon,
+) -> None:
+    """A commit whose request is on its way when the coordinator is killed gets
+    ConnectionLoss from kazoo; the member commits again once the daemon has restarted
+    the coordinator (the same offsets: harmless) instead of raising a kazoo exception
+    the application does not know (the soak saw it)."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("cut", partitions=1)
+    with Producer(daemon.data_dir) as p:
+        for i in range(10):
+            p.send("cut", b"%d" % i)
+        p.flush()
+    tp = TopicPartition("cut", 0)
+    with Consumer("cut", data_dir=daemon.data_dir, group_id="g", enable_auto_commit=False,
+                  auto_offset_reset="earliest") as c:
+        assert len(drain(c, 10)) == 10
+        coordinator = int(daemon.runtime()["processes"]["coordinator"])
+        os.kill(coordinator, signal.SIGSTOP)
+        outcome: list[BaseException | None] = []
+        committer = threading.Thread(target=lambda: outcome.append(_commit(c)))
+        committer.start()
+        try:
+            zk = c._group.zk  # type: ignore[union-attr]
+            wait_for(lambda: len(zk._pending) > 0, what="the commit on its way")
+        finally:
+            os.kill(coordinator, signal.SIGKILL)  # the daemon starts another one
+        committer.join(60)
+        assert outcome == [None], outcome
+        assert c.committed(tp) == 10
+
+
+def _commit(c: Consumer) -> BaseException | None:
+    try:
+        c.commit()
+    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        return exc
+    return None
