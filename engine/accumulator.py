@@ -133,6 +133,7 @@ class ProducerBatch:
     tp: TopicPartition
     created: float
     cond: threading.Condition
+    serial: int = 0  # the order batches were made in: a partition's go in this order
     bulk: Bulk | None = None
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
@@ -215,14 +216,26 @@ class ProducerBatch:
 
 
 class _Partition:
-    """One partition's batches: queued (the head goes first) and in flight."""
+    """One partition's batches: queued (the head goes first) and in flight, each in the
+    order they were made (``serial``), whatever was sent again."""
 
-    __slots__ = ("in_flight", "muted_until", "queued")
+    __slots__ = ("in_flight", "muted_until", "queued", "recovering")
 
     def __init__(self) -> None:
         self.queued: collections.deque[ProducerBatch] = collections.deque()
         self.in_flight: collections.deque[ProducerBatch] = collections.deque()
         self.muted_until = 0.0  # backing off after a retriable error until then
+        #: Its leader moved with batches in flight: nothing is sent until the sender
+        #: has found out what the new leader holds and queued the rest again.
+        self.recovering = False
+
+    def put_back(self, batches: Iterable[ProducerBatch]) -> None:
+        """Queue ``batches`` again where their serials say, closed."""
+        for batch in batches:
+            batch.state = BatchState.CLOSED
+        self.queued = collections.deque(
+            sorted([*self.queued, *batches], key=lambda b: b.serial)
+        )
 
 
 class RecordAccumulator:
@@ -255,6 +268,7 @@ class RecordAccumulator:
         self._batches = 0  # not yet done
         #: Every batch not yet done: queued, in flight, or in the sender's hands.
         self._live: set[ProducerBatch] = set()
+        self._serial = 0  # the next batch's: the order batches were made in
         self._flushing = 0  # flushes in progress: every batch may go at once
         self._closed = False
         self._broken: BaseException | None = None
@@ -299,7 +313,8 @@ class RecordAccumulator:
             ):
                 if batch is not None and batch.state is BatchState.OPEN:
                     batch.state = BatchState.CLOSED
-                batch = ProducerBatch(tp, _monotonic(), self.cond)
+                batch = ProducerBatch(tp, _monotonic(), self.cond, serial=self._serial)
+                self._serial += 1
                 queued.append(batch)
                 self._live.add(batch)
                 self._batches += 1
@@ -335,7 +350,11 @@ class RecordAccumulator:
                 part = self._partitions[tp] = _Partition()
             if part.queued and part.queued[-1].state is BatchState.OPEN:
                 part.queued[-1].state = BatchState.CLOSED
-            batch = ProducerBatch(tp, _monotonic(), self.cond, bulk=bulk, count=count, size=size)
+            batch = ProducerBatch(
+                tp, _monotonic(), self.cond, serial=self._serial, bulk=bulk, count=count,
+                size=size,
+            )  # fmt: skip
+            self._serial += 1
             batch.state = BatchState.CLOSED
             part.queued.append(batch)
             self._live.add(batch)
@@ -423,6 +442,10 @@ class RecordAccumulator:
             queued = part.queued
             if not queued:
                 continue
+            if part.recovering:
+                if part.in_flight:
+                    continue
+                part.recovering = False  # what waited on the old leader is decided
             if part.muted_until > now:
                 wake = min(wake, part.muted_until)
                 continue
@@ -443,30 +466,40 @@ class RecordAccumulator:
                 taken += 1
         return out, wake
 
-    def requeue(self, batch: ProducerBatch, backoff_s: float) -> None:
-        """Put a batch that could not be appended (or must be appended again) back at the
-        head of its queue; its partition backs off for ``backoff_s``. (A batch decided
-        meanwhile, failed by close() or a fencing, stays decided.)"""
+    def requeue(self, batches: Iterable[ProducerBatch], backoff_s: float = 0.0) -> None:
+        """Put batches that could not be appended (or were not tried: a batch before them
+        could not) back in their queues, in the order they were made; their partitions
+        back off for ``backoff_s``. (A batch decided meanwhile, failed by close() or a
+        fencing, stays decided.)"""
         with self.cond:
-            if batch.done:
-                return
-            part = self._partitions[batch.tp]
-            batch.state = BatchState.CLOSED
-            part.queued.appendleft(batch)
-            part.muted_until = max(part.muted_until, _monotonic() + backoff_s)
+            until = _monotonic() + backoff_s
+            for tp, group in _by_tp(b for b in batches if not b.done).items():
+                part = self._partitions[tp]
+                part.put_back(group)
+                part.muted_until = max(part.muted_until, until)
 
-    def requeue_in_flight_from(self, tp: TopicPartition, first: ProducerBatch) -> None:
-        """``first`` and every in-flight batch of ``tp`` after it go back to the head of
-        the queue, in order (a leader change: they are appended again from where each
-        one stands)."""
+    def recovering(self, tp: TopicPartition) -> None:
+        """``tp``'s leader moved with batches in flight: send nothing of it meanwhile."""
+        with self.cond:
+            self._partitions[tp].recovering = True
+
+    def recovered(self, tp: TopicPartition, first: ProducerBatch | None) -> None:
+        """The recovery of ``tp`` is done: ``first`` (None: none) and every in-flight batch
+        after it go back to the queue, in order, to be appended again from where each
+        one stands; the rest stay in flight on the new leader."""
         with self.cond:
             part = self._partitions[tp]
-            flights = list(part.in_flight)
-            at = flights.index(first)
-            part.in_flight = collections.deque(flights[:at])
-            for batch in reversed(flights[at:]):
-                batch.state = BatchState.CLOSED
-                part.queued.appendleft(batch)
+            if first is not None:
+                flights = list(part.in_flight)
+                at = flights.index(first)
+                part.in_flight = collections.deque(flights[:at])
+                part.put_back(flights[at:])
+            part.recovering = False
+            self.cond.notify_all()
+
+    def is_recovering(self, tp: TopicPartition) -> bool:
+        part = self._partitions.get(tp)
+        return part is not None and part.recovering
 
     def in_flight(self, batch: ProducerBatch) -> None:
         """``batch`` is appended and waits for the ISR (unless it was decided meanwhile)."""
@@ -559,6 +592,13 @@ class RecordAccumulator:
     def empty(self) -> bool:
         """No batch waits or is in flight. Lock held."""
         return self._batches == 0
+
+
+def _by_tp(batches: Iterable[ProducerBatch]) -> dict[TopicPartition, list[ProducerBatch]]:
+    out: dict[TopicPartition, list[ProducerBatch]] = {}
+    for batch in batches:
+        out.setdefault(batch.tp, []).append(batch)
+    return out
 
 
 def _expired(batch: ProducerBatch, delivery_timeout_s: float) -> EngineError:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.accumulator import ProducerBatch, RecordAccumulator
+from engine.accumulator import BatchState, ProducerBatch, RecordAccumulator
 from engine.errors import (
     BufferFullError,
     ClosedError,
@@ -137,8 +137,20 @@ class Sender(threading.Thread):
                     batches, wake = acc.sendable(_monotonic())
                     flights = acc.flights_held()
             calls = acc.expire(_monotonic())
+            # A partition's batches go in order: after one that was not appended (sent
+            # again later) or whose partition must first recover, the later ones wait.
+            held: list[ProducerBatch] = []
+            stopped: set[TopicPartition] = set()
             for batch in batches:
+                if batch.tp in stopped:
+                    held.append(batch)
+                    continue
                 calls += self._send(batch)
+                appended = batch.done or batch.state is BatchState.IN_FLIGHT
+                if not appended or acc.is_recovering(batch.tp):
+                    stopped.add(batch.tp)
+            if held:
+                acc.requeue(held)
             progressed, flight_calls = self._settle()
             calls += flight_calls
             self._run_callbacks(calls)
@@ -218,11 +230,15 @@ class Sender(threading.Thread):
         if code == SEALED:
             if batch.appended and self.acks_all:
                 # Part of it is in the old leader: the flight recovery finds out how much
-                # the new one holds.
+                # the new one holds, before anything else of the partition is sent.
                 batch.last_error = NotLeaderError(f"the leader moved during the append: {name}")
                 self.accumulator.in_flight(batch)
+                self.accumulator.recovering(tp)
                 self._recover_at[tp] = 0.0
                 return []
+            if self.acks_all and any(f for t, f in self.accumulator.flights() if t == tp):
+                # Earlier batches wait on the old leader: they are placed first.
+                self.accumulator.recovering(tp)
             self.metadata.invalidate(tp.topic, route)
             return self._retry(batch, NotLeaderError(
                 f"the leader's ring was sealed (the leader moved): {name}"
@@ -258,7 +274,7 @@ class Sender(threading.Thread):
     ) -> list[Callback]:
         if error is not None:
             batch.last_error = error
-        self.accumulator.requeue(batch, self.backoff_s if backoff else 0.0)
+        self.accumulator.requeue([batch], self.backoff_s if backoff else 0.0)
         return []
 
     def _fail(self, batch: ProducerBatch, error: BaseException) -> list[Callback]:
@@ -294,6 +310,7 @@ class Sender(threading.Thread):
             if not left:
                 continue
             if sealed:
+                self.accumulator.recovering(tp)  # nothing of it is sent meanwhile
                 if self._recover_at.get(tp, 0.0) <= now:
                     progressed |= self._recover(tp, left, calls)
             elif isr_count < min_insync:
@@ -325,6 +342,7 @@ class Sender(threading.Thread):
             self.metadata.forget(tp.topic)
             for batch in batches:
                 calls += self._fail(batch, exc)
+            self.accumulator.recovered(tp, None)
             return True
         except EngineError as exc:
             for batch in batches:
@@ -348,8 +366,7 @@ class Sender(threading.Thread):
         keep = 0
         while keep < len(batches) and held[keep : keep + 1] == [batches[keep].count]:
             keep += 1
-        if keep < len(batches):
-            self.accumulator.requeue_in_flight_from(tp, batches[keep])
+        self.accumulator.recovered(tp, batches[keep] if keep < len(batches) else None)
         return True
 
     def _held_by(

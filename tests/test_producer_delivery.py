@@ -210,3 +210,43 @@ def test_acks_all_waits_out_too_small_an_isr_within_the_delivery_timeout(
                 assert "min.insync.replicas=2" in str(expired.value)
             finally:
                 os.kill(pid, signal.SIGCONT)
+
+
+def test_a_batch_that_fits_never_overtakes_an_earlier_one_that_did_not(daemon: Daemon) -> None:
+    """The leader frozen, its ring almost full: a big batch does not fit and is sent again
+    and again; a small batch sent after it would fit. It must wait for the big one (it
+    did not: the sender appended every batch it had taken, and a partition's order broke
+    whenever an earlier batch had to be sent again; the soak saw it)."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("order", partitions=1, config={
+            "ring.bytes": 1 << 16, "max.message.bytes": 16384,
+        })  # fmt: skip
+        leader = admin.describe_topic("order").partitions[0].leader
+    pid = broker_pid(daemon, leader)
+    with Producer(daemon.data_dir, delivery_timeout_ms=60_000) as p:
+        ring = p._metadata.route("order").view.rings[0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            def free() -> int:
+                s = ring.status()
+                return s.capacity - (s.tail_position - s.drain_position)
+
+            while free() > 9000:  # fill it, 1 KiB records at a time, all delivered
+                p.send_batch("order", [b"f" * 1000]).get(timeout=10)
+            big = p.send_batch("order", [b"B" * 1000] * 9)  # ~9.3 KB: does not fit
+            batch = big.futures[0][4]
+            wait_for(lambda: batch.attempts >= 1, what="the big batch tried")
+            small = p.send_batch("order", [b"s"])  # ~100 bytes: would fit
+            wait_for(lambda: batch.attempts >= 5, what="the big batch tried again")
+            assert not small.futures[0].is_done()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        big.get(timeout=30)
+        small.get(timeout=30)
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("order", 0)])
+        got: list = []
+        wait_for(lambda: got.extend(c.poll(timeout=0.2)) or (got and got[-1].value == b"s")
+                 or len(got) > 1000, what="the small record")  # fmt: skip
+    tail = [r.value[:1] for r in got if r.value[:1] != b"f"]
+    assert tail == [b"B"] * 9 + [b"s"]
