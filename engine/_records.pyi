@@ -1,13 +1,45 @@
-# A poll's Record objects in one call (native/records.c).
-from collections.abc import Callable
+# The Record a consumer receives, made in C over its chunk (native/records.c).
+from collections.abc import Callable, Iterator
 from typing import Any
 
+class Record:
+    """A record as a consumer receives it (also the 7-tuple of its fields)."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __hash__(self) -> int: ...
+    def _asdict(self) -> dict[str, Any]: ...
+
 def build(
-    record_type: type,
-    data: Any,
+    data: bytes,
     infos_address: int,
     count: int,
     topic: str,
     partition: int,
     decode_headers: Callable[[bytes, int], Any],
-) -> list[Any]: ...
+) -> list[Record]: ...

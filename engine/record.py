@@ -58,16 +58,10 @@ class RecordMetadata(NamedTuple):
     timestamp: int
 
 
-class Record(NamedTuple):
-    """A record as a consumer receives it."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
+#: A record as a consumer receives it: topic, partition, offset, timestamp, key, value,
+#: headers; also the 7-tuple of them. A C type (native/records.c) over the chunk the
+#: record came from: key, value and headers are made when first read.
+Record = _records.Record
 
 
 BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -205,8 +199,10 @@ class RecordDecoder:
         """Records of data[start:] at or above ``min_offset`` (at most max_records), and
         the position in data after the last batch fully used."""
         n = self._decode(data, start, topic, partition, min_offset, max_records)
+        if type(data) is not bytes:  # the records hold it: an immutable copy
+            data = bytes(data)
         out: list[Record] = _records.build(
-            Record, data, self._infos_address, n, topic, partition, decode_headers
+            data, self._infos_address, n, topic, partition, decode_headers
         )
         return out, int(self._consumed[0])
 

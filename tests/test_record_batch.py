@@ -179,6 +179,7 @@ def test_the_consumer_decoder_makes_the_records_that_were_encoded(
         for i, (key, value, headers, ts) in enumerate(records)
     ][skip:]
     assert got == expected and all(type(r) is Record for r in got)
+    assert [tuple(r) for r in got] == [tuple(r) for r in expected]
     assert used == 2 + len(batch)
     assert len({id(r.headers) for r in got}) == len(got)  # each record its own list
 
@@ -189,12 +190,12 @@ def test_the_record_builder_refuses_rows_outside_the_chunk() -> None:
     assert decoder._decode(batch, 0, "t", 0, 0, 10) == 1
     address = decoder._infos_address
     with pytest.raises(ValueError, match="record field outside the chunk"):
-        _records.build(Record, batch[:-3], address, 1, "t", 0, decode_headers)
-    with pytest.raises(TypeError, match="tuple subtype"):
-        _records.build(dict, batch, address, 1, "t", 0, decode_headers)
+        _records.build(batch[:-3], address, 1, "t", 0, decode_headers)
+    with pytest.raises(TypeError, match="data: bytes"):
+        _records.build(bytearray(batch), address, 1, "t", 0, decode_headers)
     with pytest.raises(ValueError, match="bad rows: count=-1"):
-        _records.build(Record, batch, address, -1, "t", 0, decode_headers)
-    assert _records.build(Record, batch, address, 1, "t", 0, decode_headers) == [
+        _records.build(batch, address, -1, "t", 0, decode_headers)
+    assert _records.build(batch, address, 1, "t", 0, decode_headers) == [
         Record("t", 0, 0, 1, b"key", b"value", [])
     ]
 
@@ -293,3 +294,36 @@ def test_an_empty_batch_covers_offsets_with_no_record() -> None:
     ]
     with pytest.raises(ValueError, match="offset_count=0"):
         encode_empty_batch(7, 0, leader_epoch=0, timestamp=0)
+
+
+def test_a_record_is_its_seven_fields_made_on_first_read_and_then_lets_its_chunk_go() -> None:
+    """The consumer's Record (C, engine._records): offset and timestamp are there at
+    once; key, value and headers are made on the first read of any of them, after which
+    the record no longer holds the chunk (a record kept after reading it does not keep
+    fetch_max_bytes alive). It is also the 7-tuple of its fields."""
+    import pickle
+    import sys
+
+    chunk = encode_batch(10, [(b"k%d" % i, b"v%d" % i, [("h", b"x")] if i == 1 else [], 5)
+                              for i in range(3)])  # fmt: skip
+    decoder = RecordDecoder()
+    before = sys.getrefcount(chunk)
+    got, _ = decoder.decode(chunk, "t", 2, 0, 100)
+    assert sys.getrefcount(chunk) == before + 3  # each holds the chunk, nothing copied
+    assert [r.offset for r in got] == [10, 11, 12] and got[0].timestamp == 5
+    assert sys.getrefcount(chunk) == before + 3  # numbers are not fields to make
+    assert got[1].value == b"v1" and got[1].headers == [("h", b"x")]
+    assert sys.getrefcount(chunk) == before + 2  # read: it let the chunk go
+    r = got[1]
+    assert tuple(r) == ("t", 2, 11, 5, b"k1", b"v1", [("h", b"x")])
+    assert r == ("t", 2, 11, 5, b"k1", b"v1", [("h", b"x")]) and r != got[0]
+    assert (r[0], r[-1], r[4:6], len(r)) == ("t", [("h", b"x")], (b"k1", b"v1"), 7)
+    topic, partition, offset, timestamp, key, value, headers = got[2]
+    assert (key, value, headers) == (b"k2", b"v2", [])
+    assert pickle.loads(pickle.dumps(r)) == r
+    assert r._asdict()["value"] == b"v1"
+    assert "offset=11" in repr(r) and "value=b'v1'" in repr(r)
+    with pytest.raises(TypeError, match="unhashable"):  # headers are a list, as before
+        hash(r)
+    del got, r, topic, partition, offset, timestamp, key, value, headers
+    assert sys.getrefcount(chunk) == before
