@@ -425,6 +425,47 @@ class Log:
             self.flush(now_ms)
         return self._active.next_offset
 
+    def append_checked(
+        self, data: Any, infos: npt.NDArray[Any], *, now_ms: int | None = None
+    ) -> int:
+        """Append batches a caller has checked (shape and CRC: engine_ring_peek did) where
+        they lie: ``data`` (a cffi pointer, a ring's data area) holds each at its info's
+        position, not necessarily back to back. Written into the segment from there, no
+        copy on the way (a broker's drain: see Replica). Otherwise as :meth:`append`."""
+        active = self._active
+        if not len(infos):
+            return active.next_offset
+        largest, records = _check_offsets(infos, active.next_offset)
+        if largest > self.config.max_message_bytes:
+            raise RecordTooLargeError(
+                f"batch larger than max.message.bytes: length={largest} "
+                f"max.message.bytes={self.config.max_message_bytes}"
+            )
+        if self.dense and _has_gaps(infos, active.next_offset):
+            # Offsets skipped (a reaped claim): rare; the empty batches that cover them
+            # need one buffer with everything, so copy once and append that.
+            whole = b"".join(
+                bytes(ffi.buffer(data + int(i["position"]), int(i["length"]))) for i in infos
+            )
+            return self.append(whole, now_ms=now_ms)
+        start, count = 0, len(infos)
+        while start < count:
+            placed = self._active.append(
+                data,
+                infos,
+                start,
+                segment_bytes=self.config.segment_bytes,
+                segment_ms=self.config.segment_ms,
+            )
+            if not placed:
+                self._roll(int(infos["base_offset"][start]))
+                continue
+            start += placed
+        self._unflushed_records += records
+        if self._unflushed_records >= self.config.flush_messages:
+            self.flush(now_ms)
+        return self._active.next_offset
+
     def roll(self) -> None:
         """Start a new active segment at ``log_end_offset`` (nothing when the active one is
         empty): ``engine verify --repair`` rolls where the replica it copies from rolled."""
@@ -684,6 +725,13 @@ def _check_offsets(infos: npt.NDArray[Any], log_end_offset: int) -> tuple[int, i
             f"append rejected, a batch spans more than 2**31 offsets: batch={i}"
         )
     return int(order.largest_length), int(order.records)
+
+
+def _has_gaps(infos: npt.NDArray[Any], log_end_offset: int) -> bool:
+    """Whether the batches (increasing from ``log_end_offset``) skip offsets."""
+    if int(infos["base_offset"][0]) != log_end_offset:
+        return True
+    return bool(np.any(infos["base_offset"][1:] != infos["last_offset"][:-1] + 1))
 
 
 def _fill_gaps(

@@ -35,11 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.errors import EngineError, RingPermissionError
 from engine.log import Log, LogConfig, LogReader
-from engine.record_batch import scan_batches
+from engine.record_batch import BATCH_INFO_DTYPE, scan_batches
 from engine.ring import (
-    EMPTY,
     FRAME_HEADER_LENGTH,
     FULL,
     NO_LIMIT,
@@ -57,7 +58,8 @@ from engine.ring import (
 
 log = logging.getLogger("engine.replica")
 
-DRAIN_CHUNK = 1 << 20
+DRAIN_CHUNK = 1 << 20  # bytes of batches a drain pass takes at most
+DRAIN_BATCHES = 4096  # batches a drain pass takes at most
 HOUSEKEEPING_S = 1.0
 # Kafka's log.retention.check.interval.ms (default 5 min); ours is shorter, and the
 # environment can set it (tests do).
@@ -210,8 +212,10 @@ class Replica:
         return ring
 
     def _drain_loop(self) -> None:
-        buf = bytearray(DRAIN_CHUNK)
-        view = memoryview(buf)
+        # Batches are written from the ring into the segment where they lie (peek, then
+        # Log.append_checked): no copy on the way.
+        infos = np.empty(DRAIN_BATCHES, dtype=BATCH_INFO_DTYPE)
+        data = self.ring.data
         cursor = self.ring.drain_cursor()
         quarter = self.ring.status().capacity / 4
         longest = min(MAX_POLL_SLEEP_S, max(POLL_SLEEP_S, self.log.config.flush_ms / 1000))
@@ -224,10 +228,12 @@ class Replica:
         # FollowerReplica).
         limit, respect_hw = (-1, True) if self.role == "leader" else (NO_LIMIT, False)
         while True:
-            code, n = self.ring.read(cursor, buf, limit)
-            if code == OK:
+            count = self.ring.peek(cursor, limit, DRAIN_CHUNK, infos)
+            if count:
                 idle_polls = 0
-                self.log.append(view[:n])
+                batches = infos[:count]
+                n = int(batches["length"].sum())
+                self.log.append_checked(data, batches)
                 self.ring.drain_to(cursor)
                 self.log.maybe_flush()
                 now = time.monotonic()
@@ -236,7 +242,7 @@ class Replica:
                     rate = n / max(now - last_pass, 1e-6)
                     sleep = min(longest, max(POLL_SLEEP_S, quarter / rate))
                 last_pass = now
-                if n < len(buf) // 2 and not self._stop.is_set():
+                if n < DRAIN_CHUNK // 2 and count < DRAIN_BATCHES and not self._stop.is_set():
                     # Caught up with the producers: let the next chunk gather instead
                     # of chasing them a batch at a time (each pass costs about the same
                     # work, big or small), unless a producer found the ring full
@@ -247,13 +253,6 @@ class Replica:
                         self.ring.wait_full(now_full_waits, sleep)
                     full_waits = now_full_waits
                 continue
-            if code == OUT_TOO_SMALL:
-                buf = bytearray(max(n, 2 * len(buf)))
-                view = memoryview(buf)
-                continue
-            if code == OVERWRITTEN:
-                raise RuntimeError(f"drain cursor was overwritten: ring={self.ring_name}")
-            assert code == EMPTY
             last_pass = None
             if self._stop.is_set():
                 # Sealed: no new claims. Claims already made publish within

@@ -500,6 +500,29 @@ class Ring:
         raise_for(code, f"read ring {self.name} at {cursor}")
         raise AssertionError("unreachable")
 
+    def peek(self, cursor: Cursor, max_offset: int, max_bytes: int, infos: Any) -> int:
+        """The drain's read, in place: describe the published batches at the cursor in
+        ``infos`` (a numpy array of engine_batch_info_t rows; positions count from
+        :attr:`data`), each checked (shape and CRC), up to ``max_offset`` (-1: the high
+        watermark), ``max_bytes`` (at least one batch) and ``len(infos)`` batches, and
+        move the cursor past them; returns how many (0: none yet). Raises
+        CorruptRecordError when the next frame fails its checks. Only the owner of the
+        drain cursor may peek: its batches stay until it moves the drain cursor."""
+        code = lib.engine_ring_peek(
+            self._ptr(), cursor._c, max_offset, max_bytes,
+            ffi.from_buffer("engine_batch_info_t[]", infos), len(infos), _out.count,
+        )  # fmt: skip
+        if code == EMPTY:
+            return 0
+        if code != OK:
+            raise_for(code, f"drain ring {self.name} at {cursor}")
+        return int(_out.count[0])
+
+    @property
+    def data(self) -> Any:
+        """A pointer (cffi) to the ring's data area, which :meth:`peek` positions index."""
+        return ffi.cast("uint8_t *", self._ptr()) + HEADER_LENGTH
+
     def wait(
         self, cursor: Cursor, timeout_s: float, respect_hw: bool = True, spin_s: float = 0.0
     ) -> bool:

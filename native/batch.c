@@ -108,6 +108,24 @@ int engine_batch_check(const uint8_t *buf, uint64_t length, int64_t expected_off
     return ENGINE_BATCH_INTACT;
 }
 
+int engine_batch_info(const uint8_t *p, uint64_t avail, int verify_crc, uint64_t position,
+                      engine_batch_info_t *info) {
+    uint64_t total;
+    int code = check_batch(p, avail, verify_crc, &total);
+    if (code != ENGINE_BATCH_OK) return code;
+    info->position = position;
+    info->base_offset = (int64_t)get_be64(p);
+    info->last_offset =
+        info->base_offset + (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+    info->max_timestamp = (int64_t)get_be64(p + ENGINE_BATCH_MAX_TIMESTAMP_OFFSET);
+    info->length = (int32_t)total;
+    info->records_count = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
+    info->attributes = (int16_t)get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET);
+    info->reserved0 = 0;
+    info->reserved1 = 0;
+    return ENGINE_BATCH_OK;
+}
+
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned) {
@@ -115,22 +133,9 @@ int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
     int32_t n = 0;
     int code = ENGINE_BATCH_OK;
     while (pos < length && n < max_batches) {
-        uint64_t total;
-        code = check_batch(buf + pos, length - pos, verify_crc, &total);
+        code = engine_batch_info(buf + pos, length - pos, verify_crc, pos, &infos[n]);
         if (code != ENGINE_BATCH_OK) break;
-        const uint8_t *p = buf + pos;
-        engine_batch_info_t *info = &infos[n++];
-        info->position = pos;
-        info->base_offset = (int64_t)get_be64(p);
-        info->last_offset =
-            info->base_offset + (int32_t)get_be32(p + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
-        info->max_timestamp = (int64_t)get_be64(p + ENGINE_BATCH_MAX_TIMESTAMP_OFFSET);
-        info->length = (int32_t)total;
-        info->records_count = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
-        info->attributes = (int16_t)get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET);
-        info->reserved0 = 0;
-        info->reserved1 = 0;
-        pos += total;
+        pos += (uint64_t)infos[n++].length;
     }
     *count = n;
     *scanned = pos;

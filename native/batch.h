@@ -272,6 +272,11 @@ int engine_batch_check(const uint8_t *buf, uint64_t length, int64_t expected_off
  * the byte length of the intact prefix. verify_crc: 1 checks every CRC.
  * Returns ENGINE_BATCH_OK when the buffer ends exactly at a batch boundary,
  * else the reason the walk stopped. *count is the number of infos filled. */
+/* Checks the batch at p (avail bytes there; its CRC too when verify_crc) and
+ * describes it in *info, at ``position``: ENGINE_BATCH_OK, TRUNCATED or CORRUPT. */
+int engine_batch_info(const uint8_t *p, uint64_t avail, int verify_crc, uint64_t position,
+                      engine_batch_info_t *info);
+
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned);

@@ -61,6 +61,8 @@ int32_t engine_segment_plan(const engine_batch_info_t *infos, int32_t count,
                             engine_segment_state_t *state,
                             uint8_t *offset_entries, uint8_t *time_entries,
                             int32_t max_entries, int32_t *offset_count, int32_t *time_count);
+int engine_batches_write(int fd, const uint8_t *base, const engine_batch_info_t *infos,
+                         int32_t count, int64_t file_offset);
 
 typedef struct engine_cursor { uint64_t position; int64_t offset; } engine_cursor_t;
 
@@ -173,6 +175,9 @@ void engine_scatter_by_partition(const char *values, int32_t value_stride, const
 int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
                       engine_batch_info_t *infos, int32_t max_batches,
                       int32_t *count, uint64_t *scanned);
+int engine_ring_peek(void *region, engine_cursor_t *cursor, int64_t max_offset,
+                     uint64_t max_bytes, engine_batch_info_t *infos, int32_t max_batches,
+                     int32_t *out_count);
 int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed, int64_t *end_offset);

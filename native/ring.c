@@ -585,6 +585,48 @@ static struct engine_frame_header *next_published(void *region, uint64_t capacit
     }
 }
 
+int engine_ring_peek(void *region, engine_cursor_t *cursor, int64_t max_offset,
+                     uint64_t max_bytes, engine_batch_info_t *infos, int32_t max_batches,
+                     int32_t *out_count) {
+    struct engine_ring_header *h = header_of(region);
+    uint64_t capacity = h->capacity, max_frame = h->max_frame_length;
+    const uint8_t *data = (const uint8_t *)region + ENGINE_RING_HEADER_LENGTH;
+    uint64_t c = cursor->position, bytes = 0;
+    int64_t next_offset = cursor->offset;
+    int32_t n = 0;
+    int corrupt = 0;
+    if (max_offset < 0) max_offset = engine_load_acquire_i64(&h->high_watermark);
+    struct engine_frame_header *f;
+    while (n < max_batches && (f = next_published(region, capacity, &c, &corrupt)) != NULL) {
+        uint32_t length = f->frame_length;
+        if (length < ENGINE_FRAME_HEADER_LENGTH + ENGINE_BATCH_HEADER_LENGTH ||
+            length > max_frame || length > capacity - (c & (capacity - 1))) {
+            corrupt = 1;
+            break;
+        }
+        int64_t base = get_base_offset(f);
+        if (max_offset >= 0 && base >= max_offset) break;
+        uint64_t batch_length = length - ENGINE_FRAME_HEADER_LENGTH;
+        if (n && bytes + batch_length > max_bytes) break;
+        const uint8_t *batch = (const uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+        if (engine_batch_info(batch, batch_length, 1, (uint64_t)(batch - data), &infos[n]) !=
+                ENGINE_BATCH_OK ||
+            (uint64_t)infos[n].length != batch_length) {
+            corrupt = 1;
+            break;
+        }
+        n++;
+        bytes += batch_length;
+        next_offset = base + f->offset_count;
+        c += align8(length);
+    }
+    *out_count = n;
+    if (!n) return corrupt ? ENGINE_RING_CORRUPT : ENGINE_RING_EMPTY;
+    cursor->position = c;
+    cursor->offset = next_offset;
+    return ENGINE_RING_OK;
+}
+
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
     struct engine_ring_header *h = header_of(region);

@@ -421,6 +421,18 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 
+/* The drain's read: the published batches at the cursor, in place, up to
+ * max_offset (-1: the high watermark), max_bytes (at least one batch) and
+ * max_batches, each checked (shape and CRC) and described in infos, positions
+ * counting from the start of the data area (header excluded; a frame never wraps).
+ * Moves the cursor past them. OK with *out_count batches, EMPTY, or CORRUPT (a
+ * frame or batch that fails its checks is next). Only the owner of the drain
+ * cursor may peek: the frames it is handed cannot be overwritten before it moves
+ * the drain cursor past them (engine_ring_drain_to). */
+int engine_ring_peek(void *region, engine_cursor_t *cursor, int64_t max_offset,
+                     uint64_t max_bytes, engine_batch_info_t *infos, int32_t max_batches,
+                     int32_t *out_count);
+
 /* Consumers of fixed-size values: decode the published batches at the cursor
  * (stopping before a base offset >= max_offset, -1: the high watermark) in
  * place, copying the value of each record at or above *next_offset into out,

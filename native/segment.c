@@ -2,6 +2,9 @@
  * segment.c - the append plan of a log segment (rules and entry layouts in
  * segment.h). Pure arithmetic over scanned batch infos: no I/O, no state kept.
  */
+#include <errno.h>
+#include <sys/uio.h>
+
 #include "segment.h"
 
 int engine_batch_check_order(const engine_batch_info_t *infos, int32_t count,
@@ -51,14 +54,13 @@ int32_t engine_segment_plan(const engine_batch_info_t *infos, int32_t count,
     *offset_count = 0;
     *time_count = 0;
     if (count < 1 || max_entries < 1) return 0;
-    int64_t start = (int64_t)infos[0].position;
     int64_t first_size = state->size;
     int64_t rolling = first_size ? state->rolling_timestamp : infos[0].max_timestamp;
     int64_t room = state->index_room < max_entries ? state->index_room : max_entries;
     int32_t placed = 0;
     for (int32_t i = 0; i < count; i++) {
         const engine_batch_info_t *b = &infos[i];
-        int64_t position = first_size + ((int64_t)b->position - start);
+        int64_t position = state->size; /* batches go back to back, wherever they lie */
         int need = indexed(position, state->last_batch_position, limits->index_interval_bytes);
         int fits = position + b->length <= limits->segment_bytes &&
                    b->last_offset - state->base_offset <= ENGINE_SEGMENT_MAX_RELATIVE_OFFSET &&
@@ -99,4 +101,42 @@ int32_t engine_segment_plan(const engine_batch_info_t *infos, int32_t count,
     }
     state->index_room -= *offset_count;
     return placed;
+}
+
+/* iovecs per pwritev: well below IOV_MAX (1024 on Linux). */
+#define WRITE_IOVECS 256
+
+int engine_batches_write(int fd, const uint8_t *base, const engine_batch_info_t *infos,
+                         int32_t count, int64_t file_offset) {
+    struct iovec iov[WRITE_IOVECS];
+    int32_t i = 0;
+    uint64_t skip = 0; /* bytes of infos[i] written already */
+    while (i < count) {
+        int k = 0;
+        for (int32_t j = i; j < count && k < WRITE_IOVECS; j++, k++) {
+            uint64_t from = j == i ? skip : 0;
+            iov[k].iov_base = (void *)(base + infos[j].position + from);
+            iov[k].iov_len = (size_t)infos[j].length - from;
+        }
+        ssize_t written = pwritev(fd, iov, k, (off_t)file_offset);
+        if (written < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (written == 0) return -EIO;
+        file_offset += written;
+        uint64_t w = (uint64_t)written;
+        while (w) {
+            uint64_t left = (uint64_t)infos[i].length - skip;
+            if (w >= left) {
+                w -= left;
+                i++;
+                skip = 0;
+            } else {
+                skip += w;
+                w = 0;
+            }
+        }
+    }
+    return 0;
 }

@@ -80,8 +80,8 @@ enum engine_batch_order_code {
 int engine_batch_check_order(const engine_batch_info_t *infos, int32_t count,
                              int64_t next_offset, engine_batch_order_t *order);
 
-/* Plans the leading batches of infos (checked, positions in one chunk, the
- * first at chunk position infos[0].position) that go into the segment: returns
+/* Plans the leading batches of infos (checked; where they lie does not matter: in
+ * the file they go back to back, from state->size on) that go into the segment: returns
  * how many (0: roll first), writes their index entries to offset_entries and
  * time_entries (room for max_entries each; a full buffer ends the plan early),
  * counts them in *offset_count and *time_count, and advances *state. */
@@ -90,5 +90,11 @@ int32_t engine_segment_plan(const engine_batch_info_t *infos, int32_t count,
                             engine_segment_state_t *state,
                             uint8_t *offset_entries, uint8_t *time_entries,
                             int32_t max_entries, int32_t *offset_count, int32_t *time_count);
+
+/* Write batches infos[0..count) of base (their positions index base; they need
+ * not lie back to back there) to fd at file_offset, one after the other, with as few
+ * pwritev calls as there are WRITE_IOVECS batches: no copy. 0, or -errno. */
+int engine_batches_write(int fd, const uint8_t *base, const engine_batch_info_t *infos,
+                         int32_t count, int64_t file_offset);
 
 #endif

@@ -555,3 +555,36 @@ def _check_recovery(
         assert log.read(end, 1) == batch(end)
     finally:
         log.close()
+
+
+def test_a_drain_writes_the_batches_from_the_ring_where_they_lie(tmp_path: Path) -> None:
+    """The broker's drain: Ring.peek describes the ring's published batches in place
+    (checked), Log.append_checked writes them from there into the segment, back to back
+    (frame headers between them in the ring, none in the file): the log holds exactly
+    the bytes a copying read of the ring gives, across more batches than one pwritev
+    takes, and its index finds every offset."""
+    import uuid
+
+    from engine.record_batch import BATCH_INFO_DTYPE
+    from engine.ring import NO_LIMIT, Cursor, Ring, producer_fields, unlink
+
+    name = f"/engine-test-drain-{uuid.uuid4().hex[:8]}"
+    ring = Ring.create(name, 1 << 20)
+    try:
+        for i in range(600):
+            ring.append(producer_fields(), b"v%d" % i, key=b"k" * (i % 7))
+        copied = bytearray(1 << 20)
+        code, n = ring.read(Cursor(), copied, NO_LIMIT)
+        infos = np.empty(1000, dtype=BATCH_INFO_DTYPE)
+        cursor = ring.drain_cursor()
+        count = ring.peek(cursor, NO_LIMIT, 1 << 20, infos)
+        assert (code, count, cursor.offset) == (0, 600, 600)
+        with Log.open(tmp_path / "p", {"index.interval.bytes": 256}) as log:
+            assert log.append_checked(ring.data, infos[:count]) == 600
+            assert log.read(0, 1 << 20) == bytes(copied[:n])
+            for offset in (0, 1, 299, 599):
+                assert int(scan_batches(log.read(offset, 1), True)[0]["base_offset"][0]) == offset
+        assert ring.peek(cursor, NO_LIMIT, 1 << 20, infos) == 0  # nothing more published
+    finally:
+        ring.close()
+        unlink(name)

@@ -10,9 +10,10 @@ and fsynced, and a workload's runs would then be timed against the disk (about
 every record into. (What a sustained rate beyond the page cache gets is in the
 README: the disk's.) Producers use ``Producer.send`` per record and ``send_batch``
 with the numpy batch (keyed by device id, so records land where Kafka would put
-them); consumers split the partitions between them and read with
-``Consumer.poll_values``, which hands back numpy arrays of the fixed-size records
-instead of one Python object per record.
+them); consumers split the partitions between them and read with ``Consumer.poll``,
+as an application does, taking each Record's value. The ``-numpy`` rows read with
+``Consumer.poll_values`` instead, the special path for fixed-size records that hands
+back numpy arrays of them, no Python object per record.
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ class EngineProducer(Producer):
         self.producer.send_batch(self.topic, values, keys=keys)
 
     def push(self) -> None:
-        # acks=0 may buffer a record (its ring was busy); 1 and "all" appended it in
-        # send(). Waiting for the ISR here would make a paced acks="all" run one
-        # replication round trip per record instead of measuring its latency.
-        if self.producer.acks == 0:
-            self.producer.flush()
+        # acks 0 and 1 appended the record in send(); acks="all" hands it to the
+        # producer's sender at once when its partition has nothing waiting for the ISR
+        # (else it joins the next batch). Waiting for the ISR here would make a paced
+        # acks="all" run one replication round trip per record instead of measuring its
+        # latency.
+        return
 
     def flush(self) -> None:
         self.producer.flush()
@@ -60,6 +62,18 @@ class EngineProducer(Producer):
 
 
 class EngineConsumer(Consumer):
+    """Reads as an application does: Consumer.poll(), each Record's value."""
+
+    def __init__(self, consumer: Any, spec: RunSpec) -> None:
+        self.consumer = consumer
+
+    def poll(self, timeout_s: float) -> list[Any]:
+        return [r.value for r in self.consumer.poll(timeout=timeout_s, max_records=65536)]
+
+
+class EngineValuesConsumer(EngineConsumer):
+    """The special path for fixed-size records: Consumer.poll_values, numpy arrays."""
+
     def __init__(self, consumer: Any, spec: RunSpec) -> None:
         self.consumer = consumer
         self.size = spec.record_size
@@ -111,6 +125,8 @@ class _Engine(Transport):
 
     acks: ClassVar[int | str] = 1
     replication: ClassVar[int] = 1
+    #: How consumers read (EngineConsumer: poll(); EngineValuesConsumer: poll_values()).
+    reader: ClassVar[type[EngineConsumer]] = EngineConsumer
     order = 1
     parent_only = ("_admin",)
 
@@ -187,13 +203,13 @@ class _Engine(Transport):
             [TopicPartition(self.topic, p) for p in range(spec.partitions)
              if p % spec.consumers == index]
         )
-        return EngineConsumer(c, spec)
+        return self.reader(c, spec)
 
 
 @register
 class EngineAcks0(_Engine):
     name = "engine-acks0"
-    description = "engine, acks=0: buffered in the producer, appended by a background thread"
+    description = "engine, acks=0: appended into the leader's ring, waited for by nobody; poll()"
     acks = 0
     order = 0
 
@@ -201,7 +217,7 @@ class EngineAcks0(_Engine):
 @register
 class EngineAcks1(_Engine):
     name = "engine-acks1"
-    description = "engine, acks=1: appended into the leader's shared-memory ring"
+    description = "engine, acks=1: appended into the leader's shared-memory ring; read by poll()"
     acks = 1
     order = 1
 
@@ -209,7 +225,29 @@ class EngineAcks1(_Engine):
 @register
 class EngineAcksAll(_Engine):
     name = "engine-acks-all-r3"
-    description = "engine, acks='all', replication 3, min.insync.replicas 2"
+    description = (
+        "engine, acks='all' (idempotent, the default), replication 3, min.insync.replicas 2; "
+        "read by poll()"
+    )
     acks = "all"
     replication = 3
     order = 2
+
+
+@register
+class EngineAcks1Numpy(_Engine):
+    name = "engine-acks1-numpy"
+    description = "engine, acks=1, read by poll_values() (numpy arrays: fixed-size records only)"
+    acks = 1
+    reader = EngineValuesConsumer
+    order = 3
+
+
+@register
+class EngineAcksAllNumpy(_Engine):
+    name = "engine-acks-all-r3-numpy"
+    description = "engine, acks='all', replication 3, read by poll_values() (numpy arrays)"
+    acks = "all"
+    replication = 3
+    reader = EngineValuesConsumer
+    order = 4
