@@ -40,11 +40,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from engine._send import BatchBuilder
 from engine.errors import BufferFullError, ClosedError, EngineError, EngineTimeoutError
 from engine.record import TopicPartition
 from engine.ring import Ring
@@ -118,42 +119,80 @@ def _packed(lengths: Any, k: int) -> int:
     return int(head[head > 0].sum())
 
 
-@dataclass(eq=False)
 class ProducerBatch:
     """The records of one partition that are appended together, and their fate.
 
-    Records sent one by one are kept as lists (keys, values, encoded headers, header
-    counts, timestamps); a bulk batch (``bulk``) keeps the caller's arrays. ``offsets``
-    receives each record's offset when it is appended; ``appended`` counts the records
-    appended to the current leader (a batch cut by a leader change part way is sent
-    again from there). ``sequence`` is its first record's sequence number (idempotent
-    producers; -1 until first appended). Guarded by the accumulator's lock.
+    Records sent one by one are encoded as they come into a BatchBuilder (C,
+    native/send.c: Kafka's record format in the producer's memory; the C send path
+    adds to it directly); a bulk batch (``bulk``) keeps the caller's arrays.
+    ``offsets`` receives each record's offset when it is appended; ``appended`` counts
+    the records appended to the current leader (a batch cut by a leader change part
+    way is sent again from there). ``sequence`` is its first record's sequence number
+    (idempotent producers; -1 until first appended). ``accounted``: the bytes it counts
+    for in buffer_memory once closed. Guarded by the accumulator's lock.
     """
 
-    tp: TopicPartition
-    created: float
-    cond: threading.Condition
-    serial: int = 0  # the order batches were made in: a partition's go in this order
-    bulk: Bulk | None = None
-    keys: list[bytes | None] = field(default_factory=list)
-    values: list[bytes | None] = field(default_factory=list)
-    headers: list[bytes] = field(default_factory=list)
-    header_counts: list[int] = field(default_factory=list)
-    timestamps: list[int] = field(default_factory=list)
-    count: int = 0
-    size: int = 0
-    has_headers: bool = False
-    state: BatchState = BatchState.OPEN
-    offsets: Any = None
-    appended: int = 0
-    sequence: int = -1
-    ring: Ring | None = None
-    error: BaseException | None = None
-    #: The last retriable error (NotLeader, NotEnoughReplicas, a full ring): what the
-    #: batch fails with if it runs out of time while retrying.
-    last_error: BaseException | None = None
-    attempts: int = 0
-    callbacks: list[tuple[int, bool, Callable[[Any], object]]] = field(default_factory=list)
+    __slots__ = (
+        "_count",
+        "_size",
+        "accounted",
+        "appended",
+        "attempts",
+        "builder",
+        "bulk",
+        "callbacks",
+        "cond",
+        "created",
+        "error",
+        "last_error",
+        "offsets",
+        "ring",
+        "sequence",
+        "serial",
+        "state",
+        "tp",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        tp: TopicPartition,
+        created: float,
+        cond: threading.Condition,
+        serial: int = 0,
+        bulk: Bulk | None = None,
+        count: int = 0,
+        size: int = 0,
+        limit: int = 1,
+    ) -> None:
+        self.tp = tp
+        self.created = created
+        self.cond = cond
+        self.serial = serial  # the order batches were made in: a partition's go in this order
+        self.bulk = bulk
+        self.builder: BatchBuilder | None = None if bulk is not None else BatchBuilder(limit)
+        self._count = count
+        self._size = size
+        self.state = BatchState.OPEN if bulk is None else BatchState.CLOSED
+        self.offsets: Any = None
+        self.appended = 0
+        self.sequence = -1
+        self.ring: Ring | None = None
+        self.error: BaseException | None = None
+        #: The last retriable error (NotLeader, NotEnoughReplicas, a full ring): what the
+        #: batch fails with if it runs out of time while retrying.
+        self.last_error: BaseException | None = None
+        self.attempts = 0
+        self.accounted = 0
+        self.callbacks: list[tuple[int, bool, Callable[[Any], object]]] = []
+
+    @property
+    def count(self) -> int:
+        return self._count if self.builder is None else self.builder.count
+
+    @property
+    def size(self) -> int:
+        """Bytes of its records (as encoded, or as the caller's arrays hold them)."""
+        return self._size if self.builder is None else self.builder.size
 
     @property
     def done(self) -> bool:
@@ -168,19 +207,11 @@ class ProducerBatch:
         return int(self.offsets[: self.appended].max()) if self.appended else -1
 
     def add(
-        self, key: bytes | None, value: bytes | None, hbytes: bytes, hcount: int, ts: int, size: int
+        self, key: bytes | None, value: bytes | None, hbytes: bytes, hcount: int, ts: int
     ) -> int:
-        """Add one record; returns its index in the batch."""
-        self.keys.append(key)
-        self.values.append(value)
-        self.headers.append(hbytes)
-        self.header_counts.append(hcount)
-        self.timestamps.append(ts)
-        if hcount:
-            self.has_headers = True
-        self.size += size
-        self.count += 1
-        return self.count - 1
+        """Add one record: its index in the batch, or -1 when it does not fit."""
+        assert self.builder is not None
+        return self.builder.add(key, value, hbytes if hcount else None, hcount, ts)
 
     def offset_of(self, index: int) -> int:
         """The offset of record ``index`` (-1 before it is appended)."""
@@ -214,15 +245,22 @@ class ProducerBatch:
             self.callbacks.append((index, errback, fn))
             return True
 
+    def __repr__(self) -> str:
+        return (
+            f"ProducerBatch({self.tp.topic}-{self.tp.partition}, records={self.count}, "
+            f"state={self.state.value}, appended={self.appended}, attempts={self.attempts})"
+        )
+
 
 class _Partition:
     """One partition's batches: queued (the head goes first) and in flight, each in the
     order they were made (``serial``), whatever was sent again."""
 
-    __slots__ = ("in_flight", "muted_until", "queued", "recovering")
+    __slots__ = ("in_flight", "muted_until", "open", "queued", "recovering")
 
     def __init__(self) -> None:
         self.queued: collections.deque[ProducerBatch] = collections.deque()
+        self.open: ProducerBatch | None = None  # the queue's last batch, while it takes records
         self.in_flight: collections.deque[ProducerBatch] = collections.deque()
         self.muted_until = 0.0  # backing off after a retriable error until then
         #: Its leader moved with batches in flight: nothing is sent until the sender
@@ -256,7 +294,10 @@ class RecordAccumulator:
         when records start (True) or stop (False) waiting here: a producer's direct path
         must not overtake them."""
         self.waits_for_isr = waits_for_isr
-        self.cond = threading.Condition(threading.Lock())
+        #: Guards everything here; the C send path tries it (never waits) before it adds
+        #: a record to an open batch.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.batch_size = batch_size
         self.linger_s = linger_ms / 1000
         self.buffer_memory = buffer_memory
@@ -269,6 +310,9 @@ class RecordAccumulator:
         #: Every batch not yet done: queued, in flight, or in the sender's hands.
         self._live: set[ProducerBatch] = set()
         self._serial = 0  # the next batch's: the order batches were made in
+        #: topic -> per partition (builder, batch) of its open batch, or None: what the C
+        #: send path adds records through (opens_for).
+        self._opens: dict[str, list[Any]] = {}
         self._flushing = 0  # flushes in progress: every batch may go at once
         self._closed = False
         self._broken: BaseException | None = None
@@ -292,10 +336,13 @@ class RecordAccumulator:
         hcount: int,
         ts: int,
         max_block_s: float,
+        max_batch_bytes: int,
     ) -> tuple[ProducerBatch, int]:
         """Add one record to ``tp``'s open batch (a new one when it is full): its batch
-        and index. Waits up to ``max_block_s`` while the buffer is full, then raises
-        BufferFullError; ClosedError after close()."""
+        and index. A new batch holds up to batch_size bytes of records, and never more
+        than ``max_batch_bytes`` (what the topic's max.message.bytes leaves for records:
+        a batch is appended as one). Waits up to ``max_block_s`` while the buffer is
+        full, then raises BufferFullError; ClosedError after close()."""
         size = RECORD_OVERHEAD + len(hbytes)
         size += (len(key) if key else 0) + (len(value) if value else 0)
         with self.cond:
@@ -306,27 +353,67 @@ class RecordAccumulator:
             part = self._partitions.get(tp)
             if part is None:
                 part = self._partitions[tp] = _Partition()
-            queued = part.queued
-            batch = queued[-1] if queued else None
-            if batch is None or batch.state is not BatchState.OPEN or (
-                batch.size + size > self.batch_size and batch.count
-            ):
-                if batch is not None and batch.state is BatchState.OPEN:
-                    batch.state = BatchState.CLOSED
-                batch = ProducerBatch(tp, _monotonic(), self.cond, serial=self._serial)
-                self._serial += 1
-                queued.append(batch)
-                self._live.add(batch)
-                self._batches += 1
-                if self._batches == 1 and self._on_queued is not None:
-                    self._on_queued(True)
-            index = batch.add(key, value, hbytes, hcount, ts, size)
-            self._bytes += size
+            batch = part.open
+            index = -1 if batch is None else batch.add(key, value, hbytes, hcount, ts)
+            if batch is None or index < 0:
+                if batch is not None:
+                    self._close(batch, part)
+                batch = self._open(tp, part, min(self.batch_size, max_batch_bytes))
+                index = batch.add(key, value, hbytes, hcount, ts)
             if (self.sender_waiting or self.sender_ring is not None) and (
-                not part.in_flight or batch.size >= self.batch_size or len(queued) > 1
+                not part.in_flight or batch.size >= self.batch_size or len(part.queued) > 1
             ):
                 self._wake_sender()
             return batch, index
+
+    def opens_for(self, topic: str, partitions: int) -> list[Any]:
+        """The list the C send path adds records through (native/send.c): entry p is
+        (builder, batch) of partition p's open batch, or None. Kept here, under the lock."""
+        with self.cond:
+            opens = self._opens.get(topic)
+            if opens is None:
+                opens = self._opens[topic] = []
+            if len(opens) < partitions:
+                opens.extend([None] * (partitions - len(opens)))
+                for p in range(partitions):
+                    part = self._partitions.get(TopicPartition(topic, p))
+                    if part is not None and part.open is not None:
+                        opens[p] = (part.open.builder, part.open)
+            return opens
+
+    def _open(self, tp: TopicPartition, part: _Partition, limit: int) -> ProducerBatch:
+        """A new open batch (of up to ``limit`` bytes of records, or one record) at the
+        tail of ``tp``'s queue. Lock held."""
+        batch = ProducerBatch(tp, _monotonic(), self.cond, serial=self._serial,
+                              limit=max(limit, 1))  # fmt: skip
+        self._serial += 1
+        part.queued.append(batch)
+        part.open = batch
+        opens = self._opens.get(tp.topic)
+        if opens is not None and tp.partition < len(opens):
+            opens[tp.partition] = (batch.builder, batch)
+        self._live.add(batch)
+        self._batches += 1
+        if self._batches == 1 and self._on_queued is not None:
+            self._on_queued(True)
+        return batch
+
+    def _close(self, batch: ProducerBatch, part: _Partition | None = None) -> None:
+        """``batch`` takes no more records; it counts in buffer_memory from now on.
+        Lock held."""
+        if batch.state is not BatchState.OPEN:
+            return
+        batch.state = BatchState.CLOSED
+        if batch.builder is not None:
+            batch.builder.seal()
+        part = part or self._partitions.get(batch.tp)
+        if part is not None and part.open is batch:
+            part.open = None
+            opens = self._opens.get(batch.tp.topic)
+            if opens is not None and batch.tp.partition < len(opens):
+                opens[batch.tp.partition] = None
+        batch.accounted = batch.size
+        self._bytes += batch.accounted
 
     def _wake_sender(self) -> None:
         """A batch may go now: wake the sender wherever it waits. Lock held."""
@@ -348,16 +435,16 @@ class RecordAccumulator:
             part = self._partitions.get(tp)
             if part is None:
                 part = self._partitions[tp] = _Partition()
-            if part.queued and part.queued[-1].state is BatchState.OPEN:
-                part.queued[-1].state = BatchState.CLOSED
+            if part.open is not None:
+                self._close(part.open, part)
             batch = ProducerBatch(
                 tp, _monotonic(), self.cond, serial=self._serial, bulk=bulk, count=count,
                 size=size,
             )  # fmt: skip
             self._serial += 1
-            batch.state = BatchState.CLOSED
             part.queued.append(batch)
             self._live.add(batch)
+            batch.accounted = size
             self._bytes += size
             self._batches += 1
             if self._batches == 1 and self._on_queued is not None:
@@ -461,7 +548,7 @@ class RecordAccumulator:
                         wake = min(wake, due)
                         break
                 queued.popleft()
-                head.state = BatchState.CLOSED
+                self._close(head, part)
                 out.append(head)
                 taken += 1
         return out, wake
@@ -532,6 +619,7 @@ class RecordAccumulator:
     ) -> list[tuple[Callable[[Any], object], Any]]:
         if batch.done:
             return []
+        self._close(batch)
         part = self._partitions.get(batch.tp)
         if part is not None and batch.state is BatchState.IN_FLIGHT:
             with contextlib.suppress(ValueError):
@@ -541,7 +629,7 @@ class RecordAccumulator:
         batch.state = BatchState.FAILED if error is not None else BatchState.SUCCEEDED
         batch.error = error
         self._live.discard(batch)
-        self._bytes -= batch.size
+        self._bytes -= batch.accounted
         self._batches -= 1
         if error is not None:
             self._failures.append((batch.count, error))

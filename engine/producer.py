@@ -77,8 +77,14 @@ _append = lib.engine_ring_append
 _append_value = lib.engine_ring_append_value
 _time_ns = time.time_ns
 _MAX_TIMESTAMP = (1 << 63) - 1
+#: What a batch adds to its records within max.message.bytes: its 61-byte header.
+BATCH_OVERHEAD = 61
 
-_send_module.init(int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_ring_send"))), RecordFuture)
+_send_module.init(
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_ring_send"))),
+    int(ffi.cast("uintptr_t", ffi.addressof(lib, "engine_route_pick"))),
+    RecordFuture,
+)
 
 
 class BatchResult:
@@ -174,13 +180,22 @@ class Producer:
         self._sender = Sender(config, self._accumulator, self._metadata, self._identity)
         self._sender.start()
         self._fast: Any = None
-        if self._direct and type(self).send is Producer.send:
-            # send() parsed and appended in C, no Python frame per record: the instance
-            # attribute shadows the method, which the C object calls for everything the
-            # C path does not take (see native/send.c).
+        if type(self).send is Producer.send and (self._direct or not config.transactional):
+            # send() parsed in C, no Python frame per record: the instance attribute
+            # shadows the method, which the C object calls for everything the C path does
+            # not take (see native/send.c). acks 0 and 1 append there; acks="all" adds the
+            # record to its partition's open batch (a transactional producer's sends go
+            # through Python: each partition joins the transaction first).
             self._metadata.fast_enabled = True
-            self._fast = _send_module.Sender(self._metadata.fast, _general_send(self))
+            if self._direct:
+                self._fast = _send_module.Sender(self._metadata.fast, _general_send(self))
+            else:
+                self._metadata.opens_for = self._accumulator.opens_for
+                self._fast = _send_module.Sender(
+                    self._metadata.fast, _general_send(self), self._accumulator.lock
+                )
             self.__dict__["send"] = self._fast
+            os.register_at_fork(after_in_child=_forget_fast(self))
 
     # -- options as attributes (kafka-python's habit) -------------------------------
 
@@ -263,7 +278,9 @@ class Producer:
                     )
                 raise_for(-result, f"send to topic={topic!r} partition={partition}")
             self._metadata.invalidate(topic, route)  # its leader moved: the sender looks
-        batch, index = self._accumulator.append(tp, key, value, hbytes, hcount, ts, self._block_s)
+        batch, index = self._accumulator.append(
+            tp, key, value, hbytes, hcount, ts, self._block_s, route.max_bytes - BATCH_OVERHEAD
+        )
         return pending(batch, index, ts)
 
     def _append_direct(
@@ -535,6 +552,22 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _forget_fast(producer: Producer) -> Any:
+    """In a forked child, the C send path of ``producer`` stands aside (the child gets
+    ClosedError from the Python method, as for every other call)."""
+    import weakref
+
+    ref = weakref.ref(producer)
+
+    def forget() -> None:
+        p = ref()
+        if p is not None:
+            p._metadata.fast.clear()
+            p._metadata.fast_enabled = False
+
+    return forget
 
 
 def _general_send(producer: Producer) -> Any:

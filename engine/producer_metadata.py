@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from engine._native import ffi
@@ -73,8 +74,11 @@ class ProducerMetadata:
         self._stale: set[str] = set()  # topics whose route a sealed ring proved stale
         #: topic -> (the address of its engine_route_t, the Route): what the C send path
         #: (engine._send) may append through; kept by the producer for acks 0 and 1.
-        self.fast: dict[str, tuple[int, Route]] = {}
+        self.fast: dict[str, tuple[Any, ...]] = {}
         self.fast_enabled = False
+        #: A producer that batches in C: (topic, partitions) -> the accumulator's list of
+        #: open batches by partition, the third item of its ``fast`` entries.
+        self.opens_for: Callable[[str, int], list[Any]] | None = None
 
     def route(self, topic: str, wait_s: float | None = None) -> Route:
         """The topic's route, as last known (looked up on first use, waiting up to
@@ -115,7 +119,11 @@ class ProducerMetadata:
         route = Route(view, self.fields, self.batch_size)
         self._routes[view.name] = route
         if self.fast_enabled:
-            self.fast[view.name] = (route.address, route)
+            if self.opens_for is None:
+                self.fast[view.name] = (route.address, route)
+            else:
+                opens = self.opens_for(view.name, route.count)
+                self.fast[view.name] = (route.address, route, opens)
         return route
 
     def invalidate(self, topic: str, route: Route | None = None) -> None:

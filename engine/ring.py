@@ -444,6 +444,19 @@ class Ring:
         )
         return int(code), int(_out.count[0])
 
+    def append_encoded(self, fields: Any, builder: Any, timeout_ms: int) -> int:
+        """Append the records of a BatchBuilder (engine._send) as one batch behind a
+        header written here: its base offset (the records' offsets follow), or minus a
+        ring code."""
+        if builder.count < 1:
+            return -BAD_ARGUMENT
+        return int(
+            lib.engine_ring_append_encoded(
+                self._ptr(), fields, ffi.from_buffer(builder), builder.size, builder.count,
+                builder.base_timestamp, builder.max_timestamp, timeout_ms * 1_000_000,
+            )
+        )  # fmt: skip
+
     def append_batch(
         self,
         fields: Any,

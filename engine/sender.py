@@ -403,32 +403,21 @@ class Sender(threading.Thread):
 def _append(ring: Ring, batch: ProducerBatch, k: int, fields: Any) -> tuple[int, int]:
     """Append the records of ``batch`` from the k-th on; (ring code, how many landed).
     Their offsets go to ``batch.offsets[k:]``."""
-    out = batch.offsets[k:]
     bulk = batch.bulk
     if bulk is not None:
         part = bulk.tail(k)
         return ring.append_records(
             fields, part.values, part.value_lengths, part.value_stride, part.keys,
             part.key_lengths, part.key_stride, timestamp_ms=part.timestamp_ms,
-            timeout_ms=APPEND_WAIT_MS, offsets=out,
+            timeout_ms=APPEND_WAIT_MS, offsets=batch.offsets[k:],
         )  # fmt: skip
-    values, keys = batch.values[k:], batch.keys[k:]
-    value_lengths = [-1 if v is None else len(v) for v in values]
-    key_blob = key_lengths = None
-    if any(key is not None for key in keys):
-        key_lengths = [-1 if key is None else len(key) for key in keys]
-        key_blob = b"".join(key for key in keys if key)
-    headers = header_lengths = header_counts = None
-    if batch.has_headers:
-        encoded = batch.headers[k:]
-        headers = b"".join(encoded)
-        header_lengths = [len(h) for h in encoded]
-        header_counts = batch.header_counts[k:]
-    return ring.append_records(
-        fields, b"".join(v for v in values if v), value_lengths, 0, key_blob, key_lengths, 0,
-        headers, header_lengths, header_counts, timestamps_ms=batch.timestamps[k:],
-        timeout_ms=APPEND_WAIT_MS, offsets=out,
-    )  # fmt: skip
+    assert batch.builder is not None
+    builder = batch.builder if k == 0 else batch.builder.tail(k)
+    base = ring.append_encoded(fields, builder, APPEND_WAIT_MS)  # one frame: all or none
+    if base < 0:
+        return -base, 0
+    batch.offsets[k:] = np.arange(base, base + builder.count, dtype=np.int64)
+    return OK, builder.count
 
 
 __all__ = ["Sender"]

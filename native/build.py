@@ -110,6 +110,12 @@ typedef struct engine_route {
 } engine_route_t;
 int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
                          int32_t key_length, const char *value, int32_t value_length);
+int32_t engine_route_pick(engine_route_t *route, int32_t partition, const char *key,
+                          int32_t key_length, int32_t value_length);
+int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t *fields,
+                                   const uint8_t *records, uint64_t length, int32_t count,
+                                   int64_t base_timestamp, int64_t max_timestamp,
+                                   int64_t timeout_ns);
 int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32_t count,
                               const char *keys, int32_t key_stride,
                               const char *values, int32_t value_stride,

@@ -360,8 +360,8 @@ int64_t engine_ring_append_value(void *region, const engine_producer_fields_t *f
                               NULL, 0, 0, fields->timeout_ns);
 }
 
-int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
-                         int32_t key_length, const char *value, int32_t value_length) {
+int32_t engine_route_pick(engine_route_t *route, int32_t partition, const char *key,
+                          int32_t key_length, int32_t value_length) {
     if ((int64_t)(key_length > 0 ? key_length : 0) + (value_length > 0 ? value_length : 0) >
         route->max_record_bytes)
         return -ENGINE_RING_TOO_LARGE;
@@ -388,11 +388,44 @@ int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *k
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t now_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     route->last_partition = p;
-    route->last_timestamp_ms = now_ms;
-    return engine_ring_append(route->regions[p], route->fields, now_ms, key, key_length, value,
-                              value_length, NULL, 0, 0, 0);
+    route->last_timestamp_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return p;
+}
+
+int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
+                         int32_t key_length, const char *value, int32_t value_length) {
+    int32_t p = engine_route_pick(route, partition, key, key_length, value_length);
+    if (p < 0) return p;
+    return engine_ring_append(route->regions[p], route->fields, route->last_timestamp_ms, key,
+                              key_length, value, value_length, NULL, 0, 0, 0);
+}
+
+int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t *fields,
+                                   const uint8_t *records, uint64_t length, int32_t count,
+                                   int64_t base_timestamp, int64_t max_timestamp,
+                                   int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    engine_producer_fields_t pf;
+    int code = check_fields(h, fields, &pf);
+    if (code != ENGINE_RING_OK) return -code;
+    if (count < 1 || !length) return -ENGINE_RING_BAD_ARGUMENT;
+    size_t batch_length = ENGINE_BATCH_HEADER_LENGTH + length;
+    size_t frame_length = ENGINE_FRAME_HEADER_LENGTH + batch_length;
+    if (frame_length > h->max_frame_length) return -ENGINE_RING_TOO_LARGE;
+    struct engine_frame_header *f;
+    uint64_t position;
+    int64_t offset, deadline = 0;
+    code = claim(region, (uint32_t)frame_length, (uint32_t)count, timeout_ns, &deadline, 0, &f,
+                 &position, &offset);
+    if (code != ENGINE_RING_OK) return -code;
+    if (fenced_after_claim(region, &pf, f, position)) return -ENGINE_RING_PRODUCER_FENCED;
+    uint8_t *batch = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+    memcpy(batch + ENGINE_BATCH_HEADER_LENGTH, records, length);
+    engine_batch_write_header(batch, batch_length, offset, count, base_timestamp, max_timestamp,
+                              &pf);
+    code = publish(region, f, position);
+    return code == ENGINE_RING_OK ? offset : -code;
 }
 
 /* Records appended in partition order (engine_route_append_keyed) are gathered

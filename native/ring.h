@@ -374,6 +374,23 @@ typedef struct engine_route {
 int64_t engine_ring_send(engine_route_t *route, int32_t partition, const char *key,
                          int32_t key_length, const char *value, int32_t value_length);
 
+/* Where engine_ring_send would put a record, without appending it: its partition
+ * (sticky state moved as a send moves it), or minus a ring code (TOO_LARGE,
+ * BAD_ARGUMENT: no such partition); route->last_partition and last_timestamp_ms
+ * (the wall clock, ms: the record's timestamp) are set. */
+int32_t engine_route_pick(engine_route_t *route, int32_t partition, const char *key,
+                          int32_t key_length, int32_t value_length);
+
+/* Append one batch of count records already encoded (Kafka's record format, offset
+ * deltas 0.., timestamp deltas from base_timestamp; a producer's accumulator made
+ * them) behind a header written here (offsets from the claim, the producer fields,
+ * the CRC). Waits up to timeout_ns for space. Returns its base offset, or minus a
+ * ring code. */
+int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t *fields,
+                                   const uint8_t *records, uint64_t length, int32_t count,
+                                   int64_t base_timestamp, int64_t max_timestamp,
+                                   int64_t timeout_ns);
+
 /* Append count records in as few batches as max_frame_length allows.
  * values: value_lengths == NULL means every value is value_stride bytes,
  * back to back (a numpy array of fixed-size records); else values are packed

@@ -250,3 +250,39 @@ def test_a_batch_that_fits_never_overtakes_an_earlier_one_that_did_not(daemon: D
                  or len(got) > 1000, what="the small record")  # fmt: skip
     tail = [r.value[:1] for r in got if r.value[:1] != b"f"]
     assert tail == [b"B"] * 9 + [b"s"]
+
+
+def test_threads_sending_through_the_c_path_and_python_keep_each_ones_order(
+    shared_daemon: Daemon, admin: Admin
+) -> None:
+    """The default producer adds records of bytes to their partition's open batch in C and
+    anything else (here: records with headers) in Python, from several threads at once:
+    every record lands once, and each thread's records of a partition in its order."""
+    import uuid
+
+    name = f"mixed-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(name, partitions=2)
+    threads, per_thread = 4, 5000
+    with Producer(shared_daemon.data_dir, batch_size=2048) as p:
+
+        def send(t: int) -> None:
+            for i in range(per_thread):
+                value = b"%d:%d" % (t, i)
+                if i % 7 == 0:
+                    p.send(name, value, key=b"t%d" % t, headers=[("i", b"%d" % i)])
+                else:
+                    p.send(name, value, key=b"t%d" % t)
+
+        workers = [threading.Thread(target=send, args=(t,)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        p.flush(timeout=60)
+    got = consume(shared_daemon.data_dir, name, 2, threads * per_thread)
+    seen: dict[int, list[int]] = {}
+    for r in got:
+        t, i = (int(x) for x in r.value.split(b":"))
+        seen.setdefault(t, []).append(i)
+    assert seen == {t: list(range(per_thread)) for t in range(threads)}
+    admin.delete_topic(name)
