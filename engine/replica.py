@@ -18,7 +18,9 @@ only writer of the log; only the hosting broker process calls a replica.
 Crash behaviour: after a kill -9 of the broker the ring stays in shared memory
 with everything producers published; the next broker reopens it, recovers the
 log (cutting a torn tail) and resumes draining from the log's end, so records
-the ring still holds are not lost. A ring that is not the engine user's own with
+the ring still holds are not lost. A follower resumes its ring only when the ring
+holds nothing beyond its log (else it makes it anew and fetches again: see
+Replica.keeps_undrained_tail). A ring that is not the engine user's own with
 mode 0600 is never resumed: it is removed and made anew (see engine.ring). A
 graceful stop seals the ring (producers get NotLeaderError and look the leader up
 again), drains it, flushes and unlinks it.
@@ -98,6 +100,13 @@ class Replica:
     """
 
     role = "replica"
+    #: Whether a ring resumed after a restart keeps what it holds beyond the log (not
+    #: yet drained). A leader's does: its records (the ISR's own copies of the
+    #: committed ones among them) go nowhere else. A follower's does not: its tail may
+    #: have been written when it led, in an epoch whose leader lost it (never committed,
+    #: not the new leader's), and the leader would count it as held; the follower makes
+    #: its ring anew at its (truncated) log end and fetches the rest again.
+    keeps_undrained_tail = True
 
     def __init__(
         self,
@@ -179,7 +188,16 @@ class Replica:
             ring = None
         if ring is not None:
             status = ring.status()
-            if status.drain_offset <= end and status.capacity == capacity:
+            beyond = status.tail_offset > end and not self.keeps_undrained_tail
+            if beyond:
+                log.warning(
+                    "ring %s holds offsets %d-%d beyond the log, which the leader may not "
+                    "hold: recreating it (the fetch copies what the leader has)",
+                    self.ring_name,
+                    end,
+                    status.tail_offset - 1,
+                )
+            elif status.drain_offset <= end and status.capacity == capacity:
                 cursor = ring.seek(end)
                 if cursor is not None:
                     ring.drain_to(cursor)
@@ -191,13 +209,15 @@ class Replica:
                         status.tail_offset,
                     )
                     return ring
-            log.warning(
-                "ring %s does not match the log (drain offset %d, log end %d): recreating",
-                self.ring_name,
-                status.drain_offset,
-                end,
-            )
-            # Producers that still map the old ring must not append into an orphan.
+            if not beyond:
+                log.warning(
+                    "ring %s does not match the log (drain offset %d, log end %d): recreating",
+                    self.ring_name,
+                    status.drain_offset,
+                    end,
+                )
+            # Producers that still map the old ring must not append into an orphan;
+            # consumers that map it see the seal and look the leader up again.
             ring.set_leader(status.leader_epoch, sealed=True)
             ring.close()
         ring = Ring.create(
@@ -488,6 +508,7 @@ class FollowerReplica(Replica):
     """A follower: copies the leader's batches into its own ring, sealed against producers."""
 
     role = "follower"
+    keeps_undrained_tail = False
 
     def __init__(
         self,

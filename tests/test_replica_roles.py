@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,20 +38,23 @@ def readable(name: str) -> list[int]:
         return [o for i in infos for o in range(int(i["base_offset"]), int(i["last_offset"]) + 1)]
 
 
-def test_a_leader_ring_resumed_by_a_follower_shows_readers_only_what_was_committed(
+def test_a_leader_ring_resumed_by_a_follower_keeps_nothing_the_new_leader_lacks(
     tmp_path: Path, ring_name: str
 ) -> None:
     """A broker led the partition, the whole daemon was killed with records in its ring
     above the high watermark (the followers did not hold them), and it comes back as a
-    follower of another leader. A consumer still mapping that ring (it did not see the
-    seal yet) reads only what the ISR held: the rest is cut from this log as soon as it
-    follows, and reading it was reading records that then vanish (the soak found it)."""
-    leader = LeaderReplica("t", 0, tmp_path / "leader", ring_name, CONFIG, 0, broker_id=1,
+    follower of another leader, which took other records at those offsets. A consumer
+    still mapping that ring (it did not see the seal yet) reads only what the ISR held;
+    the follower keeps none of that tail: it makes its ring anew at its log end and
+    copies the leader's records there. (It resumed the ring, tail and all: the leader
+    counted the tail as held, the ISR took the follower back, and consumers read records
+    that then vanished, at offsets that then held others. The soak found it.)"""
+    leader = LeaderReplica("t", 0, tmp_path / "old", ring_name, CONFIG, 0, broker_id=1,
                            followers={2: "/engine-test-roles-none"}, isr=(1, 2))  # fmt: skip
     leader.start()
     fields = producer_fields()
     for i in range(10):
-        leader.ring.append(fields, b"%d" % i)
+        leader.ring.append(fields, b"old %d" % i)
     leader.ring.set_high_watermark(4)  # what the ISR held when the daemon died
     leader.ring.set_leader(0, sealed=True)  # a SIGKILL: no stop, the ring stays as it is
     leader._stop.set()
@@ -59,15 +63,57 @@ def test_a_leader_ring_resumed_by_a_follower_shows_readers_only_what_was_committ
     for thread in leader._threads:
         thread.join(10)
     leader.log.close()
-    follower = FollowerReplica("t", 0, tmp_path / "leader", ring_name, CONFIG, 1,
-                               leader_ring="/engine-test-roles-absent")  # fmt: skip
+    mapped = Ring.open(ring_name, populate=False)  # a consumer's mapping from before
+    new_name = f"{ring_name}-new"
+    new = Ring.create(new_name, 1 << 20)  # the new leader: the committed four, then others
+    buf = bytearray(1 << 20)
+    code, n = mapped.read(Cursor(), buf)
+    assert code == OK
+    new.append_raw(bytes(buf[:n]))
+    for i in range(4, 12):
+        new.append(fields, b"new %d" % i)
+    follower = FollowerReplica("t", 0, tmp_path / "old", ring_name, CONFIG, 1,
+                               leader_ring=new_name)  # fmt: skip
     try:
-        assert readable(ring_name) == [0, 1, 2, 3]
-        with Ring.open(ring_name, populate=False) as ring:  # the follower still holds all
-            code, _ = ring.read(Cursor(), bytearray(1 << 20), NO_LIMIT)
-            assert code == OK and ring.status().tail_offset == 10
+        assert mapped.sealed and readable_of(mapped) == [(i, b"old %d" % i) for i in range(4)]
+        assert follower.log.log_end_offset == 4
+        follower.start()
+        deadline = time.monotonic() + 10
+        while follower.ring.status().tail_offset < 12:
+            assert time.monotonic() < deadline, "the follower did not copy the leader's records"
+            time.sleep(0.01)
+        with Ring.open(ring_name, populate=False) as ring:
+            assert ring.status().tail_offset == 12
+            held = all_of(ring)  # from its log end on: 0-3 are in its log
+        assert held == all_of(new)[4:] == [(i, b"new %d" % i) for i in range(4, 12)]
     finally:
         follower.stop()
+        mapped.close()
+        new.close()
+        unlink(new_name)
+
+
+def readable_of(ring: Ring) -> list[tuple[int, bytes]]:
+    """(offset, value) of what a consumer mapping ``ring`` reads (to the high watermark)."""
+    return _records(ring, None)
+
+
+def all_of(ring: Ring) -> list[tuple[int, bytes]]:
+    """(offset, value) of every record ``ring`` holds."""
+    return _records(ring, NO_LIMIT)
+
+
+def _records(ring: Ring, max_offset: int | None) -> list[tuple[int, bytes]]:
+    from engine.record_batch import decode_record_infos
+
+    buf = bytearray(1 << 20)
+    code, n = ring.read(Cursor(), buf) if max_offset is None else ring.read(
+        Cursor(), buf, max_offset)
+    if code != OK:
+        return []
+    infos = decode_record_infos(bytes(buf[:n]))
+    return [(int(r["offset"]), bytes(buf[int(r["value_position"]):][: int(r["value_length"])]))
+            for r in infos]  # fmt: skip
 
 
 def test_a_new_follower_ring_shows_readers_nothing(tmp_path: Path, ring_name: str) -> None:
