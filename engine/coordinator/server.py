@@ -298,7 +298,7 @@ class Coordinator:
         self.waiting: set[Connection] = set()
         self._on_fatal = on_fatal
         self.log = TxnLog(data_dir, self.tree.zxid, self._durable, self._log_failed,
-                          snapshot_every)
+                          snapshot_every, since_snapshot=recovered.replayed)
         self.packets_received = 0
         self.packets_sent = 0
         self._latency = [0, 0, 0, 0]  # count, total ms, min, max (requests only)

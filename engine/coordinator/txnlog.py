@@ -382,12 +382,15 @@ class TxnLog:
 
     def __init__(self, directory: str, last_zxid: int,
                  on_durable: Callable[[int], None], on_error: Callable[[BaseException], None],
-                 snapshot_every: int = 10000) -> None:
+                 snapshot_every: int = 10000, since_snapshot: int = 0) -> None:
         self.directory = directory
         self.durable_zxid = last_zxid
         self.appended_zxid = last_zxid
         self.snapshot_every = snapshot_every
-        self.since_snapshot = 0
+        # Transactions in the logs since the last snapshot, those recovery replayed
+        # included: a server restarted more often than every snapshot_every
+        # transactions still snapshots (else every restart replays a longer log).
+        self.since_snapshot = since_snapshot
         self._on_durable = on_durable
         self._on_error = on_error
         self._items: list[bytes | _SnapshotMark] = []

@@ -166,6 +166,35 @@ def test_snapshots_bound_the_log_and_recover(engine_server: EngineCoordinator) -
         stop_client(client)
 
 
+def test_a_server_restarted_before_each_snapshot_is_due_still_takes_one(
+    engine_server: EngineCoordinator,
+) -> None:
+    """Fewer transactions than snapshot_every (50) between restarts, many restarts: the
+    transactions replayed at each start count toward the next snapshot, so one is taken
+    and a restart replays a bounded log (it counted from 0 at each start: no snapshot
+    ever, and the soak's coordinator replayed a log that grew with every kill)."""
+    for round_ in range(5):
+        client = new_client(engine_server.hosts)
+        try:
+            client.ensure_path("/rounds")
+            for i in range(20):
+                client.create(f"/rounds/r{round_}-{i:02d}", b"")
+        finally:
+            stop_client(client)
+        engine_server.kill()
+        engine_server.start()
+    names = sorted(os.listdir(engine_server.data_dir))
+    assert [n for n in names if n.startswith("snapshot.")], names
+    replayed = [int(line.split("replayed=")[1].split()[0])
+                for line in engine_server.log_text().splitlines() if "replayed=" in line]
+    assert len(replayed) == 6 and max(replayed) < 50 + 2 * 25, replayed
+    client = new_client(engine_server.hosts)
+    try:
+        assert len(client.get_children("/rounds")) == 100
+    finally:
+        stop_client(client)
+
+
 def test_torn_log_tail_is_dropped(engine_server: EngineCoordinator) -> None:
     client = new_client(engine_server.hosts)
     try:
