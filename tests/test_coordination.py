@@ -190,6 +190,12 @@ def test_release_of_an_expired_lease_says_so(shared_daemon: Daemon) -> None:
         with lease:  # a new lease, released at the end of the block
             assert lease.is_held
         assert lease.holder() is None
+        with lease:  # a loss reported in the block is not reported again at its end
+            wait_for(lambda: lease.holder() is None, timeout=5, what="the lease to end")
+            with pytest.raises(LeaseExpiredError):
+                lease.renew()
+        with pytest.raises(LeaseExpiredError, match="before its release"), lease:
+            wait_for(lambda: lease.holder() is None, timeout=5, what="the lease to end")
 
 
 # -- Election -------------------------------------------------------------------------------

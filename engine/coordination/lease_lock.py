@@ -199,6 +199,8 @@ class LeaseLock(Recipe):
         return self
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if self._node is None:  # released in the block, or its loss reported there
+            return
         try:
             self.release()
         except LeaseExpiredError:

@@ -220,6 +220,8 @@ class Lock(Recipe):
         return self
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
+        if self._node is None:  # released in the block, or its loss reported there
+            return
         try:
             self.release()
         except LockLostError:
