@@ -9,11 +9,13 @@ standard input. The test SIGKILLs it, or closes its standard input to end it.
                                  the release call began)
     lease DATA_DIR NAME ID TTL   acquire, "acquired"; "renew" -> "renewed"/"expired"
     election DATA_DIR NAME ID    campaign; "won" / "lost" as they happen
-    register DATA_DIR SERVICE ID register with {"pid"}, "registered"
+    register DATA_DIR SERVICE ID register with {"pid"} (the registry not referred to),
+                                 "registered"
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -63,8 +65,9 @@ def main(argv: list[str]) -> None:
         for _ in commands():
             pass
     elif role == "register":
-        registry = ServiceRegistry(name, data_dir)
-        registry.register({"pid": os.getpid()}, instance_id=ident)
+        # Nothing refers to the registry: its session keeps it while it has an instance.
+        ServiceRegistry(name, data_dir).register({"pid": os.getpid()}, instance_id=ident)
+        gc.collect()
         say("registered")
         for _ in commands():
             pass

@@ -9,6 +9,7 @@ session timeout the coordinator granted plus 0.5 s.
 from __future__ import annotations
 
 import contextlib
+import gc
 import queue
 import threading
 import time
@@ -353,6 +354,24 @@ def test_a_killed_instance_leaves_the_registry_within_its_session_timeout(
         assert changes.get(timeout=10)[1].joined == [mine]
         registry.unregister(mine)
         assert changes.get(timeout=10)[1].left == [mine]
+
+
+def test_an_object_that_holds_something_lives_as_long_as_it_does(shared_daemon: Daemon) -> None:
+    dd, name, seen = shared_daemon.data_dir, unique("pinned"), []
+    ConfigStore(name, dd).watch("k", lambda value, version: seen.append(value))
+    assert Lock(name, dd, "nobody refers to me").acquire(timeout=5)
+    gc.collect()
+    with ConfigStore(name, dd) as writer, contextlib.closing(Lock(name, dd)) as other:
+        writer.set("k", 1)
+        wait_for(lambda: seen[-1:] == [1], what="the watch of a store nobody refers to")
+        assert other.holder() == "nobody refers to me"
+        for held in list(other._session.pinned):  # let them go: close() unpins
+            if held is not writer:
+                held.close()  # type: ignore[attr-defined]
+        assert other.holder() is None
+        writer.set("k", 2)
+        time.sleep(0.3)
+        assert seen[-1] == 1
 
 
 # -- the tree, the ACL, the CLI -------------------------------------------------------------

@@ -68,12 +68,15 @@ def decode_value(data: bytes, path: str) -> Any:
 class ConfigWatch:
     """What ConfigStore.watch returns: cancel() stops the callbacks."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, on_cancel: Callable[[ConfigWatch], Any]) -> None:
         self.key = key
         self.cancelled = False
+        self._on_cancel = on_cancel
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._on_cancel(self)
 
 
 class ConfigStore(Recipe):
@@ -209,7 +212,7 @@ class ConfigStore(Recipe):
         """Call ``callback(value, version)`` now and after each change of the key
         ((None, None) while it does not exist), until cancel() or close()."""
         path = self._key_path(key)
-        handle = ConfigWatch(key)
+        handle = ConfigWatch(key, self._forget)
 
         def changed(data: bytes | None, stat: Any) -> bool | None:
             if handle.cancelled:
@@ -225,14 +228,22 @@ class ConfigStore(Recipe):
 
         with self._watches_lock:
             self._watches.append(handle)
+            self._pin()
         DataWatch(self.zk, path, changed)
         return handle
 
+    def _forget(self, handle: ConfigWatch) -> None:
+        with self._watches_lock:
+            if handle in self._watches:
+                self._watches.remove(handle)
+            if not self._watches:
+                self._unpin()
+
     def _let_go(self) -> None:
         with self._watches_lock:
-            for handle in self._watches:
-                handle.cancel()
-            self._watches.clear()
+            watches = list(self._watches)
+        for handle in watches:
+            handle.cancel()
 
     def __enter__(self) -> ConfigStore:
         return self

@@ -110,6 +110,7 @@ class LeaseLock(Recipe):
                         f"the lease is held by this object already: lease={self.name!r}"
                     )
                 self._node = None  # run out by our clock: a new lease, or its error
+                self._unpin()
             self.zk  # noqa: B018  # ClosedError after close
             deadline = None if timeout is None else time.monotonic() + timeout
             bound = (
@@ -124,6 +125,7 @@ class LeaseLock(Recipe):
                     nodes = self._contenders.ordered()
                     if nodes and nodes[0] == node:
                         self._node, self._ends_at = node, sent + self.ttl_s
+                        self._pin()
                         return True
                     self._contenders.leave(node)  # not first: step out, wait outside
                     if not nodes:
@@ -156,6 +158,7 @@ class LeaseLock(Recipe):
                 )
             except NoNodeError:
                 self._node = None
+                self._unpin()
                 raise self._expired("renew") from None
             self._ends_at = sent + self.ttl_s
 
@@ -165,6 +168,7 @@ class LeaseLock(Recipe):
         with self._mutex:
             node = self._held_node("release")
             self._node = None
+            self._unpin()
             if not self._contenders.leave(node):
                 raise self._expired("release")
 

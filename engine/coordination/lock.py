@@ -125,6 +125,7 @@ class Lock(Recipe):
                         if before is None:
                             self._node, self._lost = node, False
                             self._session_id = session_id_of(zk)
+                            self._pin()
                             return True
                         left = None if deadline is None else deadline - time.monotonic()
                         if left is not None and left <= 0:
@@ -149,6 +150,7 @@ class Lock(Recipe):
             if node is None:
                 raise LockStateError(f"the lock is not held by this object: lock={self.name!r}")
             self._node = self._session_id = None
+            self._unpin()
             deleted = self._contenders.leave(node)
             lost = self._lost or not deleted or session_id_of(self.zk) != session_id
             self._lost = False

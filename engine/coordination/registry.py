@@ -53,11 +53,14 @@ class ServiceChange:
 class ServiceWatch:
     """What ServiceRegistry.watch returns: cancel() stops the callbacks."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_cancel: Callable[[ServiceWatch], Any]) -> None:
         self.cancelled = False
+        self._on_cancel = on_cancel
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self._on_cancel(self)
 
 
 def _data_of(zk: KazooClient, path: str, ids: list[str]) -> dict[str, Any]:
@@ -120,12 +123,14 @@ class ServiceRegistry(Recipe):
             ) from None
         with self._mine_lock:
             self._mine[instance_id] = payload
+            self._pin()
         return instance_id
 
     def unregister(self, instance_id: str) -> None:
         """Remove an instance this object registered (nothing when it is gone)."""
         with self._mine_lock:
             self._mine.pop(instance_id, None)
+            self._unpin_if_idle()
         with contextlib.suppress(NoNodeError):
             self.zk.delete(f"{self.path}/{paths.validate_name(instance_id, 'instance id')}")
 
@@ -141,7 +146,7 @@ class ServiceRegistry(Recipe):
     def watch(self, callback: Callable[[ServiceChange], Any]) -> ServiceWatch:
         """Call ``callback(change)`` now, with every live instance as joined, and at
         each join and leave after, until cancel() or close()."""
-        handle = ServiceWatch()
+        handle = ServiceWatch(self._forget)
         live: dict[str, Any] = {}
         first = [True]
         path = self.path
@@ -167,9 +172,22 @@ class ServiceRegistry(Recipe):
             return None
 
         zk.ensure_path(path)
-        self._watches.append(handle)
+        with self._mine_lock:
+            self._watches.append(handle)
+            self._pin()
         ChildrenWatch(zk, path, changed)
         return handle
+
+    def _forget(self, handle: ServiceWatch) -> None:
+        with self._mine_lock:
+            if handle in self._watches:
+                self._watches.remove(handle)
+            self._unpin_if_idle()
+
+    def _unpin_if_idle(self) -> None:
+        """(with _mine_lock) Unpinned once it has no instance and no watch left."""
+        if not self._mine and not self._watches:
+            self._unpin()
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.LOST:
@@ -198,9 +216,10 @@ class ServiceRegistry(Recipe):
                             self.service, instance_id, exc_info=True)  # fmt: skip
 
     def _let_go(self) -> None:
-        for handle in self._watches:
+        with self._mine_lock:
+            watches = list(self._watches)
+        for handle in watches:
             handle.cancel()
-        self._watches.clear()
         with self._mine_lock:
             mine = list(self._mine)
         for instance_id in mine:

@@ -9,6 +9,12 @@ every znode it creates) when the first object is made and closed when the last o
 closed or collected. ``with Lock("jobs"):`` in a loop so opens one session, not one per
 pass, as long as one coordination object stays alive in between.
 
+An object that holds something in the coordinator (a lock, a lease, a registration, a
+watch) is kept alive by its session until it lets go of it (release, unregister,
+cancel, close), so ``ServiceRegistry("api").register(data)`` keeps the instance
+registered although nothing refers to the registry. An election is kept alive by its
+campaign thread while it campaigns.
+
 Threads: objects may be used from any thread. kazoo's connection thread calls the
 session's state listener, which hands the state (CONNECTED, SUSPENDED, LOST) to each
 live object's listener; those only set flags and events. Watch callbacks run on
@@ -53,6 +59,7 @@ class Session:
         self.key = (os.getpid(), str(data_dir.root), session_timeout_s)
         self.client: KazooClient = md.connect(data_dir, session_timeout_s=session_timeout_s)
         self.refs = 0
+        self.pinned: set[object] = set()  # objects that hold something (Recipe._pin)
         self._listeners: list[weakref.WeakMethod[StateListener]] = []
         self._listeners_lock = threading.Lock()
         self.client.add_listener(self._on_state)
@@ -149,7 +156,16 @@ class Recipe:
                 self._let_go()
         finally:
             self._closed = True
+            self._unpin()
             self._release()
 
     def _let_go(self) -> None:
         """What close() gives up besides the session; subclasses extend it."""
+
+    def _pin(self) -> None:
+        """Keep this object alive while it holds something in the coordinator."""
+        self._session.pinned.add(self)
+
+    def _unpin(self) -> None:
+        """It holds nothing any more: a reference from the user's code is all it has."""
+        self._session.pinned.discard(self)
