@@ -6,9 +6,10 @@ the others wait their turn. The example then SIGKILLs the leader, as a crash wou
 few times, and measures each failover: from the kill to the first tick of the next
 leader. A killed candidate is replaced by a new process, so there are always three.
 
-The failover is the coordinator's session timeout (the dead leader's session has to
-expire before its candidacy goes) plus a tick of the coordinator: about 4.0-4.2 s on the
-built-in coordinator today, whose sessions last 4 s.
+The failover is about the coordinator's session timeout: the dead leader's session has
+to expire before its candidacy goes, a timeout after the leader was last heard from
+(its client pings every third of the timeout), checked every tick (200 ms). On the
+built-in coordinator today, whose sessions last 4 s: 3.4-4.1 s.
 
     engine start
     python examples/leader_election.py [--candidates 3] [--kills 3] [--data-dir DIR]

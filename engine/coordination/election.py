@@ -9,9 +9,10 @@
 
 Candidates queue as a Lock's contenders do (ephemeral sequential nodes under
 ``/engine/coordination/elections/<name>``): the first leads, each other watches the
-one just before it. When the leader's process dies its session ends after its timeout
-(4 s on the built-in coordinator today) and the coordinator deletes its node; the next
-candidate leads at once after that: measured 4.0-4.2 s from the SIGKILL.
+one just before it. When the leader's process dies the coordinator ends its session a
+session timeout after it last heard from it (4 s on the built-in coordinator today;
+kazoo pings every third of that while idle) and deletes its node; the next candidate
+leads at once after that: 3.4-4.1 s after a SIGKILL here (README, Coordination).
 
 Leadership is only as sure as the connection: when it is lost (SUSPENDED), the leader
 cannot tell whether its session still lives, so it counts itself as no longer leading
