@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any
 
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import KazooException, NoNodeError
 
 from engine import metadata as md
 from engine.coordination import paths
@@ -41,7 +41,7 @@ from engine.coordination.contenders import Contenders
 from engine.coordination.lock import check_timeout, default_identifier
 from engine.coordination.requests import MAX_TTL_MS
 from engine.coordination.session import SESSION_TIMEOUT_S, Recipe
-from engine.errors import ConfigError, LeaseExpiredError, LockStateError
+from engine.errors import ConfigError, EngineError, LeaseExpiredError, LockStateError
 
 log = logging.getLogger("engine.coordination")
 
@@ -109,8 +109,10 @@ class LeaseLock(Recipe):
                     raise LockStateError(
                         f"the lease is held by this object already: lease={self.name!r}"
                     )
-                self._node = None  # run out by our clock: a new lease, or its error
+                old, self._node = self._node, None  # run out by our clock: a new one
                 self._unpin()
+                with contextlib.suppress(EngineError, KazooException):
+                    self._contenders.leave(old)  # its name is ours alone: safe to delete
             self.zk  # noqa: B018  # ClosedError after close
             deadline = None if timeout is None else time.monotonic() + timeout
             bound = (
@@ -122,16 +124,28 @@ class LeaseLock(Recipe):
                 while True:
                     sent = time.monotonic()
                     node = self._contenders.join(self.identifier.encode(), self._ttl_ms)
-                    nodes = self._contenders.ordered()
+                    try:
+                        nodes = self._contenders.ordered()
+                    except BaseException:
+                        self._step_out(node)
+                        raise
                     if nodes and nodes[0] == node:
                         self._node, self._ends_at = node, sent + self.ttl_s
                         self._pin()
                         return True
-                    self._contenders.leave(node)  # not first: step out, wait outside
-                    if not nodes:
-                        continue
-                    if not self._wait_gone(nodes[0], deadline):
+                    self._step_out(node)  # not first: wait outside
+                    if nodes and not self._wait_gone(nodes[0], deadline):
                         return False
+
+    def _step_out(self, node: str) -> None:
+        """Delete a contender's node that does not hold the lease. One that cannot be
+        deleted now (the coordinator away) ends by its TTL; until then, should it be the
+        first, it holds the lease for nobody."""
+        try:
+            self._contenders.leave(node)
+        except (EngineError, KazooException):
+            log.warning("could not step out of lease %r: node=%s ends in ttl_s=%g",
+                        self.name, node, self.ttl_s)  # fmt: skip
 
     def _wait_gone(self, node: str, deadline: float | None) -> bool:
         """Wait until ``node`` is gone; False when ``deadline`` came first. The watch

@@ -102,7 +102,9 @@ class Lock(Recipe):
         with self._mutex:
             if self._node is not None and not self._lost:
                 raise LockStateError(f"the lock is held by this object already: lock={self.name!r}")
-            self._node = None  # a lock lost with its session is gone with it
+            if self._node is not None:  # lost with its session: gone with it
+                self._node = None
+                self._unpin()
             zk = self.zk
             self._leave_orphans()
             deadline = None if timeout is None else time.monotonic() + timeout
