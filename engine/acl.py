@@ -44,6 +44,7 @@ from kazoo.exceptions import NoAuthError, NodeExistsError, NoNodeError
 from kazoo.security import ACL
 
 from engine import metadata as md
+from engine.coordination import paths as coordination
 from engine.datadir import DataDir
 from engine.errors import AuthorizationError
 from engine.offset_store import CONSUMERS
@@ -65,6 +66,7 @@ PATHS = (
     CONSUMERS,
     TRANSACTIONS,
     PRODUCER_ID_BLOCK,
+    *coordination.PATHS,  # /engine/coordination/...: the recipes' (engine.coordination)
 )
 
 #: The persistent engine nodes directly under the root: each keeps a guard child.

@@ -33,7 +33,17 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── UnknownGroupError                    the consumer group does not exist
     ├── ClosedError                          the object was used after close()
     ├── RingPermissionError (PermissionError) a ring owned by another user or open to others
-    └── NativeError                          the C hot path reported an unexpected code
+    ├── NativeError                          the C hot path reported an unexpected code
+    └── CoordinationError                    a coordination recipe (engine.coordination) failed
+        ├── InvalidNameError (ValueError)    a lock, election, service, config path or key name
+        ├── NotJsonError (TypeError)         a config value or instance data JSON cannot hold
+        ├── LockStateError (RuntimeError)    a lock call out of order (release of a lock not held)
+        ├── LockLostError                    a held lock is gone: its session expired
+        │   └── LeaseExpiredError            a lease ran out before its renew (maybe another's now)
+        ├── VersionConflictError             compare-and-set found another version than expected
+        ├── InstanceExistsError              a service instance id that is registered already
+        ├── ZnodeNotFoundError (LookupError) `engine coord` on a path that does not exist
+        └── TtlNodesDisabledError            the ZooKeeper in use refuses TTL nodes
 """
 
 from __future__ import annotations
@@ -191,3 +201,63 @@ class RingPermissionError(EngineError, PermissionError):
 
 class NativeError(EngineError):
     """The C hot path returned a code the Python side did not expect."""
+
+
+class CoordinationError(EngineError):
+    """A coordination recipe (engine.coordination: locks, elections, the config store,
+    the service registry) or an ``engine coord`` command could not do what was asked."""
+
+
+class InvalidNameError(CoordinationError, ValueError):
+    """A lock, election or service name, a config path or key, or a znode path is
+    empty, too long, or uses characters outside what the recipe allows."""
+
+
+class NotJsonError(CoordinationError, TypeError):
+    """A config value or a service instance's data is not something JSON can hold
+    (only dict, list, str, int, float, bool and None; no NaN or infinity)."""
+
+
+class LockStateError(CoordinationError, RuntimeError):
+    """A lock call out of order: acquire of a lock this object already holds, renew or
+    release of one it does not hold."""
+
+
+class LockLostError(CoordinationError):
+    """The lock this object held is gone: its coordinator session expired (the daemon
+    was away longer than the session timeout), so another may hold it now. Stop the
+    work the lock guarded."""
+
+
+class LeaseExpiredError(LockLostError):
+    """The lease ran out before renew() or release() (no renew within ``ttl_s``): the
+    coordinator deleted the lease's znode, and another may hold the lock now. The lease
+    is not taken back; acquire() again."""
+
+
+class VersionConflictError(CoordinationError):
+    """compare_and_set found another version than the one given (a concurrent writer
+    came first, or the key is absent, or present when it should not be). ``key``,
+    ``expected`` and ``actual`` (None: absent) say which."""
+
+    def __init__(
+        self, message: str, *, key: str, expected: int | None, actual: int | None
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class InstanceExistsError(CoordinationError):
+    """ServiceRegistry.register with an instance id that a live instance has."""
+
+
+class ZnodeNotFoundError(CoordinationError, LookupError):
+    """An ``engine coord`` command named a znode that does not exist."""
+
+
+class TtlNodesDisabledError(CoordinationError):
+    """The coordinator refused a TTL znode: a real ZooKeeper started without
+    ``zookeeper.extendedTypesEnabled=true`` (TTL nodes are off by default there). The
+    built-in coordinator always accepts them."""

@@ -191,14 +191,16 @@ class RealZooKeeper(ServerProcess):
     ZooKeeper cannot be told to pick its own port, so the harness picks a free one; should
     another process bind it first, ZooKeeper fails to bind and exits, and the harness
     tries again with another port (a restart keeps its port: clients expect the address).
-    It counts as serving only once the server on the port reports this one's data dir."""
+    It counts as serving only once the server on the port reports this one's data dir.
+    ``extended_types=False`` starts it as ZooKeeper's default does, without TTL nodes."""
 
     kind = "zookeeper"
     bind_attempts = 5
 
-    def __init__(self, workdir: Path, tick_ms: int = 200) -> None:
+    def __init__(self, workdir: Path, tick_ms: int = 200, extended_types: bool = True) -> None:
         super().__init__(workdir)
         self.tick_ms = tick_ms
+        self.extended_types = extended_types
         self._log_start = 0  # where this launch's lines begin in the log
 
     def start(self) -> None:
@@ -232,7 +234,7 @@ class RealZooKeeper(ServerProcess):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 ["java", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                 "-Dzookeeper.extendedTypesEnabled=true",
+                 f"-Dzookeeper.extendedTypesEnabled={str(self.extended_types).lower()}",
                  "-Dznode.container.checkIntervalMs=100",
                  "-Dzookeeper.admin.enableServer=false",
                  "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
