@@ -76,11 +76,17 @@ class Admin:
         The topic is made whole or not at all: a config, a partition count or a budget
         that would be refused raises before anything is written, and when a partition
         has no ready leader within ``timeout`` (a broker cannot start its replica), the
-        topic is deleted again before the error is raised."""
-        assignment = md.create_topic(self._cluster.zk, name, partitions, replication, config)
+        topic is deleted again before the error is raised. ``timeout`` bounds the
+        coordinator's requests too: a coordinator that does not answer fails the call
+        within it (CoordinatorTimeoutError, an EngineTimeoutError, or
+        CoordinatorUnavailableError)."""
+        started = time.monotonic()
+        with md.deadline(timeout, f"creating topic {name!r}"):
+            assignment = md.create_topic(self._cluster.zk, name, partitions, replication, config)
         self._cluster.forget(name)
+        left = max(timeout - (time.monotonic() - started), 0.0)
         try:
-            self._cluster.refresh(name, wait_s=timeout)  # waits for leaders and rings
+            self._cluster.refresh(name, wait_s=left)  # waits for leaders and rings
         except EngineError as exc:
             undone = (
                 "it was deleted again"

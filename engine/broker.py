@@ -88,7 +88,7 @@ class Broker:
         self._stopping = threading.Event()
         self._session_lost = threading.Event()
         self._signalled = False  # set by on_signal, which must take no lock
-        self.zk = md.connect(data_dir, hosts=hosts)
+        self.zk = md.connect(data_dir, hosts=hosts, external=hosts is not None)
         self.zk.add_listener(self._on_state)
         self.controller = Controller(self.zk, broker_id, self.poke, self._seal_ring)
         self.txn_timeouts = txn.TimeoutAborter(data_dir.root, lambda: self.controller.active)

@@ -194,7 +194,12 @@ class Daemon:
             self._coordinator_started(coordinator)
         self._write_runtime(ready=False)
         self._secure_tree()
-        zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
+        zk = md.connect(
+            self.data_dir,
+            hosts=self.hosts,
+            timeout_s=START_TIMEOUT_S,
+            external=self.external_coordinator is not None,
+        )
         try:
             config = dict(self.cluster_config)
             config.setdefault(shm.BUDGET_KEY, shm.default_budget())
@@ -237,7 +242,12 @@ class Daemon:
     def _secure_tree(self) -> None:
         """The engine's ACL on all of its znodes and its paths made, before any broker
         starts (engine/acl.py)."""
-        zk = md.connect(self.data_dir, hosts=self.hosts, timeout_s=START_TIMEOUT_S)
+        zk = md.connect(
+            self.data_dir,
+            hosts=self.hosts,
+            timeout_s=START_TIMEOUT_S,
+            external=self.external_coordinator is not None,
+        )
         try:
             acl.secure_tree(zk, self.data_dir)
         finally:

@@ -111,8 +111,10 @@ class AuthorizationError(EngineError, PermissionError):
 
 class CoordinatorUnavailableError(EngineError):
     """The connection to the coordinator was lost during a request, or its session
-    expired (the daemon is down or restarting): the request may or may not have taken
-    effect. The client reconnects by itself; the call may be made again."""
+    expired (the daemon is down or restarting, or the ZooKeeper ensemble given to
+    `engine start --coordinator` is down or has no quorum): the request may or may not
+    have taken effect. The client reconnects by itself; the call may be made again.
+    Also raised by a client made while that ensemble cannot be reached."""
 
 
 class EngineTimeoutError(EngineError, TimeoutError):

@@ -421,8 +421,8 @@ class _AsyncResult(AsyncResult):  # type: ignore[misc]
             if bound is None or time.monotonic() < bound:
                 raise  # the caller's own timeout
             raise CoordinatorTimeoutError(
-                f"the engine's coordinator did not answer in time (the daemon is down or "
-                f"restarting): during={what}"
+                f"the engine's coordinator did not answer in time ({self._why()}): "
+                f"during={what}"
             ) from None
         except Exception as exc:
             stored: Any = self  # kazoo is untyped
@@ -435,15 +435,19 @@ class _AsyncResult(AsyncResult):  # type: ignore[misc]
                 raise _ClientClosed("the client's coordinator session is closed") from None
             if isinstance(exc, SessionExpiredError):
                 raise _SessionExpired(
-                    "the coordinator session expired during a request (the daemon was "
-                    "down or restarting); it may or may not have taken effect"
+                    f"the coordinator session expired during a request ({self._why()}); "
+                    "it may or may not have taken effect"
                 ) from None
             if isinstance(exc, ConnectionLoss):
                 raise _ConnectionLost(
-                    "the connection to the coordinator was lost during a request (the "
-                    "daemon is down or restarting); it may or may not have taken effect"
+                    f"the connection to the coordinator was lost during a request "
+                    f"({self._why()}); it may or may not have taken effect"
                 ) from None
             raise
+
+    def _why(self) -> str:
+        handler: _Handler = self._handler
+        return handler.unavailable
 
 
 class _ConnectionLost(CoordinatorUnavailableError, ConnectionLoss):  # type: ignore[misc]
@@ -479,6 +483,11 @@ class _Handler(SequentialThreadingHandler):  # type: ignore[misc]
     is gone never returns, so a program that ended without closing its clients after the
     daemon stopped never exited. At exit the workers (daemon threads) get EXIT_WAIT_S."""
 
+    def __init__(self, unavailable: str) -> None:
+        super().__init__()
+        #: Why the coordinator may not answer, as the errors of its requests say it.
+        self.unavailable = unavailable
+
     def async_result(self) -> _AsyncResult:
         return _AsyncResult(self)
 
@@ -510,20 +519,34 @@ def connect(
     hosts: str | None = None,
     session_timeout_s: float = SESSION_TIMEOUT_S,
     max_retry_delay_s: float = 1.0,
+    external: bool = False,
 ) -> KazooClient:
     """A started kazoo client for the daemon of ``data_dir``, authenticated with the data
     dir's secret; every znode it creates gets the engine's ACL. AuthorizationError when
     the caller cannot read the secret (the data dir is another user's). Without explicit
     ``hosts`` it follows the daemon: while disconnected it looks up the coordinator's
-    address in the data dir again (a daemon started anew may listen elsewhere)."""
+    address in the data dir again (a daemon started anew may listen elsewhere).
+
+    ``external``: ``hosts`` is a ZooKeeper ensemble of the user's (`engine start
+    --coordinator`); without explicit ``hosts`` the daemon's runtime file says. The
+    errors of a coordinator that does not answer then name the ensemble, not the daemon:
+    CoordinatorUnavailableError when it cannot be reached within ``timeout_s``."""
     follow = hosts is None
-    hosts = hosts or data_dir.coordinator_hosts()
+    if hosts is None:
+        runtime = data_dir.read_runtime()
+        hosts = str(runtime["coordinator"])
+        external = bool(runtime.get("external_coordinator"))
+    unavailable = (
+        f"the ZooKeeper ensemble at {hosts} is down or has no quorum"
+        if external
+        else "the daemon is down or restarting"
+    )
     secret = data_dir.read_secret()
     client = KazooClient(
         hosts=hosts,
         auth_data=[("digest", f"{ENGINE_USER}:{secret}")],
         default_acl=engine_acl(secret),
-        handler=_Handler(),
+        handler=_Handler(unavailable),
         timeout=session_timeout_s,
         logger=logging.getLogger("engine.kazoo"),
         connection_retry={"max_tries": -1, "delay": 0.05, "max_delay": max_retry_delay_s},
@@ -533,6 +556,11 @@ def connect(
     except KazooTimeoutError:
         client.stop()
         client.close()
+        if external:
+            raise CoordinatorUnavailableError(
+                f"cannot reach the engine's coordinator within {timeout_s:.0f} s: "
+                f"{unavailable}: data_dir={data_dir.root}"
+            ) from None
         raise DaemonNotRunningError(
             f"cannot reach the engine's coordinator at {hosts} for data_dir={data_dir.root}: "
             f"start it with `{data_dir.start_command()}`"

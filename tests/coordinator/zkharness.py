@@ -1,5 +1,6 @@
-"""Test harness: start our coordinator or Debian's ZooKeeper as a real OS process, wait on
-conditions with deadlines, and talk raw jute to a server when kazoo has no API for an op.
+"""Test harness: start our coordinator, Debian's ZooKeeper or a 3-server ensemble of it as
+real OS processes, wait on conditions with deadlines, and talk raw jute to a server when
+kazoo has no API for an op.
 
 Used by conftest.py and by bench/bench_coordinator.py.
 """
@@ -245,6 +246,125 @@ class RealZooKeeper(ServerProcess):
         # Another server may answer on the port while this one fails to bind it.
         return super()._serving() and str(self.data_dir) in four_letter_word(
             self.port, b"conf", 1.0)
+
+
+class RealZooKeeperEnsemble:
+    """Three of Debian's ZooKeeper 3.8 servers in a quorum on 127.0.0.1, run by
+    scripts/zk-ensemble in ``workdir`` (tickTime 2000: sessions of 4-40 s). A test kills
+    single servers (SIGKILL, as a crash would), starts them again, and stops them all in
+    its finally.
+
+    The script derives all nine ports (client, quorum, election) from one base port; the
+    harness picks a base below the kernel's ephemeral range whose nine ports are free,
+    and should another process take one first, tries another base."""
+
+    script = ROOT / "scripts" / "zk-ensemble"
+    servers = (1, 2, 3)
+    attempts = 5
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.base_port = 0
+
+    @property
+    def hosts(self) -> str:
+        return ",".join(f"127.0.0.1:{self.client_port(sid)}" for sid in self.servers)
+
+    def client_port(self, sid: int) -> int:
+        return self.base_port + sid - 1
+
+    def _run(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.script), *args, "--dir", str(self.workdir)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> None:
+        """Start the three servers and wait for their quorum (the script's deadline)."""
+        import random
+
+        for attempt in range(self.attempts):
+            self.base_port = random.randrange(10_000, 30_000)
+            ports = [self.base_port + offset + i for offset in (0, 707, 1707) for i in range(3)]
+            if not all(_port_free(port) for port in ports):
+                continue
+            proc = self._run("start", "--base-port", str(self.base_port))
+            if proc.returncode == 0:
+                assert proc.stdout.strip() == self.hosts, proc.stdout
+                return
+            self.stop()
+            lost_a_port = "in use" in proc.stderr
+            if not lost_a_port or attempt == self.attempts - 1:
+                raise AssertionError(f"zk-ensemble start failed:\n{proc.stderr[-4000:]}")
+            shutil.rmtree(self.workdir)
+        raise AssertionError("no free base port for the ensemble")
+
+    def restart(self, sid: int | None = None) -> None:
+        """Start the servers that are down (or only ``sid``) and wait until they serve,
+        in a quorum."""
+        proc = self._run("start", *(["--server", str(sid)] if sid is not None else []))
+        if proc.returncode != 0:
+            raise AssertionError(f"zk-ensemble start failed:\n{proc.stderr[-4000:]}")
+
+    def stop(self) -> None:
+        """Stop every server (SIGTERM, then SIGKILL); a no-op when none runs."""
+        if self.workdir.exists():
+            self._run("stop")
+
+    def pid(self, sid: int) -> int | None:
+        """The server's pid while it runs (not a zombie), else None."""
+        try:
+            pid = int((self.workdir / f"zk{sid}" / "pid").read_text())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return None
+        return None if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X") else pid
+
+    def kill(self, sid: int) -> None:
+        """SIGKILL server ``sid`` and wait until it is gone."""
+        pid = self.pid(sid)
+        assert pid is not None, f"server {sid} is not running"
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: self.pid(sid) is None, 10, f"server {sid} to die", 0.01)
+
+    def mode(self, sid: int) -> str:
+        """leader, follower, down, or not serving (up without a quorum)."""
+        if self.pid(sid) is None:
+            return "down"
+        try:
+            reply = four_letter_word(self.client_port(sid), b"srvr", 1.0)
+        except OSError:
+            return "not serving"
+        for line in reply.splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return "not serving"
+
+    def modes(self) -> dict[int, str]:
+        return {sid: self.mode(sid) for sid in self.servers}
+
+    def leader(self) -> int | None:
+        return next((sid for sid, m in self.modes().items() if m == "leader"), None)
+
+    def serves(self) -> bool:
+        """A leader and a majority of the servers leading or following."""
+        modes = self.modes().values()
+        serving = [m for m in modes if m in ("leader", "follower")]
+        return "leader" in serving and len(serving) > len(self.servers) // 2
+
+    def log_text(self, sid: int) -> str:
+        try:
+            return (self.workdir / f"zk{sid}" / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def make_server(kind: str, workdir: Path | None = None, tick_ms: int = 200) -> ServerProcess:
