@@ -810,7 +810,7 @@ class Coordinator:
             return (f"clientPort=0\ndataDir={self.data_dir}\ntickTime={self.tick_ms}\n"
                     f"minSessionTimeout={self.sessions.min_timeout_ms}\n"
                     f"maxSessionTimeout={self.sessions.max_timeout_ms}\n")
-        data_size = sum(len(p) + len(n.data) for p, n in self.tree.nodes.items())
+        data_size = sum(len(p) + len(n.data or b"") for p, n in self.tree.nodes.items())
         lines = [
             ("zk_version", SERVER_VERSION),
             ("zk_server_state", "standalone"),

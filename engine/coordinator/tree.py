@@ -12,6 +12,9 @@ what makes the transaction log (txnlog.py) a complete description of the state.
 Node kinds live in ``ephemeral_owner``, as in ZooKeeper: 0 for a persistent node, the
 session id for an ephemeral one, ``CONTAINER_OWNER`` for a container and
 ``TTL_OWNER_BASE | ttl_ms`` for a TTL node.
+
+As in ZooKeeper, a node's data may be null (a create or setData whose buffer had length
+-1), which reads back as null, apart from empty data.
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ def is_ephemeral(owner: int) -> bool:
 class Node:
     """One znode: its data, ACL, stat fields and the names of its children.
 
-    ``children`` is a dict used as an insertion-ordered set (values are None).
+    ``data`` is None for null data (length 0 in the Stat). ``children`` is a dict used
+    as an insertion-ordered set (values are None).
     """
 
-    data: bytes
+    data: bytes | None
     acl: tuple[Acl, ...]
     czxid: int
     mzxid: int
@@ -80,7 +84,7 @@ class Node:
             self.aversion,
             # clients see the owner of ephemerals only: 0 for containers and TTL nodes
             self.ephemeral_owner if self.ephemeral_owner > 0 else 0,
-            len(self.data),
+            len(self.data) if self.data is not None else 0,
             len(self.children),
             self.pzxid,
         )
@@ -108,7 +112,7 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class CreateTxn:
     path: str
-    data: bytes
+    data: bytes | None
     acl: tuple[Acl, ...]
     ephemeral_owner: int
 
@@ -121,7 +125,7 @@ class DeleteTxn:
 @dataclass(frozen=True, slots=True)
 class SetDataTxn:
     path: str
-    data: bytes
+    data: bytes | None
     version: int
 
 
@@ -375,7 +379,7 @@ class DataTree:
     def prepare_create(
         self,
         path: str,
-        data: bytes,
+        data: bytes | None,
         acl: Iterable[Acl],
         ephemeral_owner: int,
         sequential: bool,
@@ -414,7 +418,7 @@ class DataTree:
         return DeleteTxn(path)
 
     def prepare_set_data(
-        self, path: str, data: bytes, version: int, identities: Iterable[Identity]
+        self, path: str, data: bytes | None, version: int, identities: Iterable[Identity]
     ) -> SetDataTxn:
         validate_path(path)
         node = self.get(path)

@@ -1,6 +1,8 @@
 """Durability: the append-only transaction log, snapshots, and recovery after a crash.
 
-On-disk format, version 1. Every file lives directly in the data dir, mode 0600::
+On-disk format: log files of version 2, snapshots of version 2 (each file says its
+version; older versions are still read, see below). Every file lives directly in the data
+dir, mode 0600::
 
     coordinator.lock             flock()ed by the running coordinator (one per data dir)
     log.<start zxid, 16 hex>     transactions with zxid >= start, in zxid order
@@ -9,7 +11,7 @@ On-disk format, version 1. Every file lives directly in the data dir, mode 0600:
 A log file::
 
     +--------+---------+------------------+
-    | "EZKL" | u32 = 1 | i64 start zxid   |   file header, 16 bytes
+    | "EZKL" | u32 = 2 | i64 start zxid   |   file header, 16 bytes
     +--------+---------+------------------+
     | u32 length | u32 crc32(payload) | payload (length bytes) |   one record per txn
     ...
@@ -25,15 +27,21 @@ A log file::
               6 createSession i64 session id, i32 timeout ms, buffer password
               7 closeSession  i64 session id
               8 multi         i32 count, then count txns
+    data    = a buffer whose length -1 means null data (kept apart from empty data)
 
 A snapshot file::
 
-    "EZKS", u32 = 1, i64 zxid,
+    "EZKS", u32 = 2, i64 zxid,
     i32 session count, (i64 id, buffer password, i32 timeout ms) per session,
     i32 node count, per node in pre-order from "/" (a parent before its children, children
     in their listing order): path, data, acl, i64 czxid, i64 mzxid, i64 ctime, i64 mtime,
     i32 version, i32 cversion, i32 aversion, i64 ephemeral owner, i64 pzxid,
     u32 crc32 of everything before it.
+    (data as in the log)
+
+Older versions, still read (new files are always written in the versions above)::
+
+    log 1, snapshot 1   the same layouts; no null data (a data length of -1 never occurs)
 
 Writing: records are appended to an in-memory batch; once per event loop iteration the
 batch is written and the file fdatasync()ed, and only then does the server send the
@@ -91,7 +99,10 @@ from engine.errors import DaemonAlreadyRunningError
 
 log = logging.getLogger("engine.coordinator.txnlog")
 
-FORMAT_VERSION = 1
+LOG_VERSION = 2
+SNAPSHOT_VERSION = 2
+READABLE_LOG_VERSIONS = frozenset({1, 2})
+READABLE_SNAPSHOT_VERSIONS = frozenset({1, 2})
 LOG_MAGIC = b"EZKL"
 SNAPSHOT_MAGIC = b"EZKS"
 _FILE_HEADER = struct.Struct("!4sIq")
@@ -127,15 +138,22 @@ def encode_txn(txn: Txn) -> bytes:
     return b"\x08" + encode_int(len(txn.txns)) + b"".join(encode_txn(t) for t in txn.txns)
 
 
-def decode_txn(reader: Reader) -> Txn:
+def _read_data(reader: Reader, version: int) -> bytes | None:
+    """A znode's data: null stays null from version 2 on, of logs and snapshots alike
+    (version 1 had none)."""
+    data = reader.read_buffer()
+    return b"" if data is None and version < 2 else data
+
+
+def decode_txn(reader: Reader, version: int = LOG_VERSION) -> Txn:
     kind = reader.read_byte()
     if kind == 1:
-        return CreateTxn(reader.read_path(), reader.read_buffer() or b"",
+        return CreateTxn(reader.read_path(), _read_data(reader, version),
                          tuple(reader.read_acls()), reader.read_long())
     if kind == 2:
         return DeleteTxn(reader.read_path())
     if kind == 3:
-        return SetDataTxn(reader.read_path(), reader.read_buffer() or b"", reader.read_int())
+        return SetDataTxn(reader.read_path(), _read_data(reader, version), reader.read_int())
     if kind == 4:
         return SetACLTxn(reader.read_path(), tuple(reader.read_acls()), reader.read_int())
     if kind == 5:
@@ -148,7 +166,7 @@ def decode_txn(reader: Reader) -> Txn:
         count = reader.read_int()
         if count < 0:
             raise JuteError(f"bad multi count: count={count}")
-        return MultiTxn(tuple(decode_txn(reader) for _ in range(count)))
+        return MultiTxn(tuple(decode_txn(reader, version) for _ in range(count)))
     raise JuteError(f"unknown txn kind: kind={kind}")
 
 
@@ -167,8 +185,9 @@ class LogRecord:
 def read_records(data: bytes) -> tuple[list[LogRecord], int]:
     """Decode a log file's records; return them and the length of the valid prefix."""
     magic, version, _start = _FILE_HEADER.unpack_from(data, 0)
-    if magic != LOG_MAGIC or version != FORMAT_VERSION:
-        raise JuteError(f"not a version {FORMAT_VERSION} log file: magic={magic!r}")
+    if magic != LOG_MAGIC or version not in READABLE_LOG_VERSIONS:
+        raise JuteError(f"not a log file of a known version: magic={magic!r} "
+                        f"version={version}")
     records = []
     pos = _FILE_HEADER.size
     while pos + _RECORD_HEADER.size <= len(data):
@@ -180,7 +199,7 @@ def read_records(data: bytes) -> tuple[list[LogRecord], int]:
         try:
             zxid, time_ms = _RECORD_PREFIX.unpack_from(payload, 0)
             reader = Reader(payload, _RECORD_PREFIX.size)
-            txn = decode_txn(reader)
+            txn = decode_txn(reader, version)
         except (JuteError, struct.error):
             break
         records.append(LogRecord(zxid, time_ms, txn))
@@ -189,7 +208,7 @@ def read_records(data: bytes) -> tuple[list[LogRecord], int]:
 
 
 def encode_snapshot(tree: DataTree, sessions: dict[int, tuple[bytes, int]]) -> bytes:
-    parts = [_FILE_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, tree.zxid)]
+    parts = [_FILE_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, tree.zxid)]
     parts.append(encode_int(len(sessions)))
     for session_id, (passwd, timeout_ms) in sorted(sessions.items()):
         parts.append(encode_long(session_id) + encode_buffer(passwd) + encode_int(timeout_ms))
@@ -223,8 +242,9 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
     if zlib.crc32(body) != crc:
         raise JuteError("snapshot crc mismatch")
     magic, version, zxid = _FILE_HEADER.unpack_from(body, 0)
-    if magic != SNAPSHOT_MAGIC or version != FORMAT_VERSION:
-        raise JuteError(f"not a version {FORMAT_VERSION} snapshot: magic={magic!r}")
+    if magic != SNAPSHOT_MAGIC or version not in READABLE_SNAPSHOT_VERSIONS:
+        raise JuteError(f"not a snapshot of a known version: magic={magic!r} "
+                        f"version={version}")
     reader = Reader(body, _FILE_HEADER.size)
     sessions = {}
     for _ in range(reader.read_int()):
@@ -237,7 +257,7 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
     tree.timed.clear()
     for _ in range(reader.read_int()):
         path = reader.read_path()
-        data_bytes = reader.read_buffer() or b""
+        data_bytes = _read_data(reader, version)
         acl = tuple(reader.read_acls())
         fields = _SNAPSHOT_NODE.unpack_from(body, reader.skip(_SNAPSHOT_NODE.size))
         node = Node(data_bytes, acl, *fields)
@@ -408,7 +428,7 @@ class TxnLog:
     def _open_log(self, start_zxid: int) -> int:
         path = os.path.join(self.directory, f"log.{start_zxid:016x}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        header = _FILE_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, start_zxid)
+        header = _FILE_HEADER.pack(LOG_MAGIC, LOG_VERSION, start_zxid)
         self._allocated = 0
         self._preallocate(fd, len(header))
         os.pwrite(fd, header, 0)

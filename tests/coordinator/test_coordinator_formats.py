@@ -17,6 +17,7 @@ from engine.coordinator.jute import OPEN_ACL_UNSAFE, Acl, OpCode
 from engine.coordinator.tree import (
     CloseSessionTxn,
     CreateSessionTxn,
+    CreateTxn,
     DataTree,
     MultiTxn,
     Txn,
@@ -31,7 +32,7 @@ from engine.coordinator.txnlog import (
 
 _names = st.sampled_from(["a", "b", "c", "dd"])
 _paths = st.lists(_names, min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
-_data = st.binary(max_size=20)
+_data = st.none() | st.binary(max_size=20)  # None: null data
 
 
 def _records_equal(op: int, record: jute.Record) -> None:
@@ -42,7 +43,8 @@ def _records_equal(op: int, record: jute.Record) -> None:
 
 
 @given(_paths, _data, st.integers(-1, 10), st.booleans())
-def test_request_records_round_trip(path: str, data: bytes, version: int, watch: bool) -> None:
+def test_request_records_round_trip(path: str, data: bytes | None, version: int,
+                                    watch: bool) -> None:
     acl = (Acl(31, "world", "anyone"), Acl(1, "digest", "u:h"))
     _records_equal(OpCode.CREATE, jute.CreateRequest(path, data, acl, 3))
     _records_equal(OpCode.CREATE_TTL, jute.CreateRequest(path, data, acl, 5, 1000))
@@ -72,10 +74,49 @@ def test_log_file_header_and_record_layout(tmp_path: Path) -> None:
     assert length == len(payload) and crc == zlib.crc32(payload)
     assert payload[:16] == struct.pack("!qq", 5, 1234)
     assert payload[16:] == b"\x07" + struct.pack("!q", 99)
-    header = b"EZKL" + struct.pack("!Iq", 1, 5)
+    header = b"EZKL" + struct.pack("!Iq", 2, 5)
     records, valid = read_records(header + record + bytes(64))
     assert [r.txn for r in records] == [CloseSessionTxn(99)]
     assert valid == len(header) + len(record)
+
+
+def test_null_data_is_a_buffer_of_length_minus_one_in_log_and_snapshot() -> None:
+    null = CreateTxn("/n", None, OPEN_ACL_UNSAFE, 0)
+    empty = CreateTxn("/n", b"", OPEN_ACL_UNSAFE, 0)
+    path = b"\x00\x00\x00\x02/n"
+    assert encode_record(1, 0, null)[8 + 16 :].startswith(b"\x01" + path + struct.pack("!i", -1))
+    assert encode_record(1, 0, empty)[8 + 16 :].startswith(b"\x01" + path + struct.pack("!i", 0))
+    tree = DataTree()
+    tree.apply(null, 1, 0)
+    snapshot = encode_snapshot(tree, {})
+    assert snapshot[:8] == b"EZKS" + struct.pack("!I", 2)
+    assert path + struct.pack("!i", -1) in snapshot
+    assert decode_snapshot(snapshot)[0].nodes["/n"].data is None
+
+
+def _as_version_1(data: bytes, snapshot: bool) -> bytes:
+    """The same file marked version 1 (whose layouts are those of version 2)."""
+    body = data[:4] + struct.pack("!I", 1) + data[8 : -4 if snapshot else None]
+    return body + struct.pack("!I", zlib.crc32(body)) if snapshot else body
+
+
+def test_files_of_version_1_are_still_read() -> None:
+    tree, log = DataTree(), b""
+    ids = [("world", "anyone")]
+    for zxid, (path, data, sequential) in enumerate(
+            [("/a", b"", False), ("/a/b-", b"data", True), ("/a/b-", b"", True)], 1):
+        txn = tree.prepare_create(path, data, OPEN_ACL_UNSAFE, 0, sequential, ids)
+        tree.apply(txn, zxid, 1000 + zxid)
+        log += encode_record(zxid, 1000 + zxid, txn)
+    records, _ = read_records(_as_version_1(b"EZKL" + struct.pack("!Iq", 2, 1) + log, False))
+    replayed = DataTree()
+    for record in records:
+        replayed.apply(record.txn, record.zxid, record.time_ms)
+    assert _snapshot_of(replayed) == _snapshot_of(tree)
+    loaded, sessions = decode_snapshot(_as_version_1(encode_snapshot(tree, {7: (b"p", 4000)}),
+                                                     True))
+    assert _snapshot_of(loaded) == _snapshot_of(tree)
+    assert sessions == {7: (b"p", 4000)}
 
 
 def _snapshot_of(tree: DataTree) -> dict[str, tuple[object, ...]]:
@@ -91,7 +132,7 @@ _ops = st.lists(st.tuples(st.sampled_from(["create", "eph", "seq", "set", "delet
 @settings(max_examples=150, deadline=None)
 @given(_ops)
 def test_replaying_the_log_and_loading_a_snapshot_rebuild_the_same_tree(
-        ops: list[tuple[str, str, bytes]]) -> None:
+        ops: list[tuple[str, str, bytes | None]]) -> None:
     tree = DataTree()
     log: list[bytes] = []
     sessions: dict[int, tuple[bytes, int]] = {}
@@ -130,7 +171,7 @@ def test_replaying_the_log_and_loading_a_snapshot_rebuild_the_same_tree(
                 commit(MultiTxn((first, second)))
         except KeeperError:
             pass
-    header = b"EZKL" + struct.pack("!Iq", 1, 1)
+    header = b"EZKL" + struct.pack("!Iq", 2, 1)
     records, _ = read_records(header + b"".join(log))
     replayed = DataTree()
     for record in records:

@@ -20,7 +20,14 @@ from kazoo.exceptions import (
 )
 from zkharness import RawClient, ServerProcess, wait_until
 
-from engine.coordinator.jute import OPEN_ACL_UNSAFE, CreateFlag, CreateRequest, OpCode
+from engine.coordinator.jute import (
+    OPEN_ACL_UNSAFE,
+    CreateFlag,
+    CreateRequest,
+    MultiRequest,
+    OpCode,
+    SetDataRequest,
+)
 
 
 def test_create_get_set_delete_round_trip(zk: KazooClient) -> None:
@@ -67,6 +74,32 @@ def test_errors_map_to_kazoo_exceptions(zk: KazooClient) -> None:
     zk.create("/eph", b"", ephemeral=True)
     with pytest.raises(NoChildrenForEphemeralsError):
         zk.create("/eph/child", b"")
+
+
+def test_null_data_reads_back_as_null_apart_from_empty_data(
+        server: ServerProcess, chroot: str, zk: KazooClient) -> None:
+    """kazoo's value=None sends a buffer of length -1: ZooKeeper keeps it null, which
+    kazoo reads as None, while b"" stays b"" (kazoo's test_create_null_data and
+    test_set_null_data). In a multi too (kazoo's transactions refuse None: raw jute)."""
+    zk.create("/null", None)
+    zk.create("/empty", b"")
+    data, stat = zk.get("/null")
+    assert data is None and stat.dataLength == 0
+    assert zk.get("/empty") == (b"", zk.exists("/empty"))
+    zk.set("/empty", None)
+    zk.set("/null", b"")
+    assert zk.get("/empty")[0] is None
+    assert zk.get("/null")[0] == b""
+    raw = RawClient(server.port)
+    try:
+        err, _, _ = raw.call(OpCode.MULTI, MultiRequest((
+            (OpCode.CREATE, CreateRequest(f"{chroot}/multi-null", None, OPEN_ACL_UNSAFE, 0)),
+            (OpCode.CREATE, CreateRequest(f"{chroot}/multi-empty", b"", OPEN_ACL_UNSAFE, 0)),
+            (OpCode.SET_DATA, SetDataRequest(f"{chroot}/null", None, -1)))))
+        assert err == 0
+    finally:
+        raw.close()
+    assert [zk.get(p)[0] for p in ("/multi-null", "/multi-empty", "/null")] == [None, b"", None]
 
 
 def test_versions_guard_set_and_delete(zk: KazooClient) -> None:
