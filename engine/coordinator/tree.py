@@ -14,7 +14,11 @@ session id for an ephemeral one, ``CONTAINER_OWNER`` for a container and
 ``TTL_OWNER_BASE | ttl_ms`` for a TTL node.
 
 As in ZooKeeper, a node's data may be null (a create or setData whose buffer had length
--1), which reads back as null, apart from empty data.
+-1), which reads back as null, apart from empty data; and a node keeps in ``cversion`` the
+count of its children's creations, which is the sequential suffix of its next child, while
+its Stat reports ``2 * cversion - children``: the count of creations and deletions
+(ZooKeeper's DataNode.copyStat). So after creating a sequential child, creating another
+child and deleting that one, the next sequential child is numbered 2 and the Stat says 3.
 """
 
 from __future__ import annotations
@@ -56,8 +60,11 @@ def is_ephemeral(owner: int) -> bool:
 class Node:
     """One znode: its data, ACL, stat fields and the names of its children.
 
-    ``data`` is None for null data (length 0 in the Stat). ``children`` is a dict used
-    as an insertion-ordered set (values are None).
+    ``data`` is None for null data (length 0 in the Stat). ``cversion`` counts the
+    creations of children only: deletes leave it alone (the Stat derives the reported
+    cversion from it; a tree read from files of format 1 or 2 counts the deletes made
+    then as well, see txnlog.py). ``children`` is a dict used as an insertion-ordered set
+    (values are None).
     """
 
     data: bytes | None
@@ -80,7 +87,7 @@ class Node:
             self.ctime,
             self.mtime,
             self.version,
-            self.cversion,
+            2 * self.cversion - len(self.children),
             self.aversion,
             # clients see the owner of ephemerals only: 0 for containers and TTL nodes
             self.ephemeral_owner if self.ephemeral_owner > 0 else 0,
@@ -308,7 +315,8 @@ class DataTree:
         self.timed: set[str] = set()
         self.zxid = 0
         open_acl = (Acl(int(Perm.ALL), "world", "anyone"),)
-        self._put("/", Node(b"", open_acl, 0, 0, 0, 0, cversion=-1))  # as ZooKeeper's
+        # as ZooKeeper's: no creation counted, so "/" reports cversion -1, "/zookeeper" -2
+        self._put("/", Node(b"", open_acl, 0, 0, 0, 0))
         for path in ("/zookeeper", "/zookeeper/quota", "/zookeeper/config"):
             self._put(path, Node(b"", open_acl, 0, 0, 0, 0))
             self.nodes[parent_of(path)].children[name_of(path)] = None
@@ -508,7 +516,6 @@ class DataTree:
         node = self._remove(path)
         parent = self.nodes[parent_path]
         del parent.children[name_of(path)]
-        parent.cversion += 1
         parent.pzxid = zxid
         events.append((EventType.NODE_DELETED, path, node.acl))
         events.append((EventType.NODE_CHILDREN_CHANGED, parent_path, parent.acl))

@@ -1,8 +1,7 @@
 """Durability: the append-only transaction log, snapshots, and recovery after a crash.
 
-On-disk format: log files of version 2, snapshots of version 2 (each file says its
-version; older versions are still read, see below). Every file lives directly in the data
-dir, mode 0600::
+On-disk format, version 3 (each file says its version; files of versions 1 and 2 are
+still read, see below). Every file lives directly in the data dir, mode 0600::
 
     coordinator.lock             flock()ed by the running coordinator (one per data dir)
     log.<start zxid, 16 hex>     transactions with zxid >= start, in zxid order
@@ -11,7 +10,7 @@ dir, mode 0600::
 A log file::
 
     +--------+---------+------------------+
-    | "EZKL" | u32 = 2 | i64 start zxid   |   file header, 16 bytes
+    | "EZKL" | u32 = 3 | i64 start zxid   |   file header, 16 bytes
     +--------+---------+------------------+
     | u32 length | u32 crc32(payload) | payload (length bytes) |   one record per txn
     ...
@@ -31,17 +30,24 @@ A log file::
 
 A snapshot file::
 
-    "EZKS", u32 = 2, i64 zxid,
+    "EZKS", u32 = 3, i64 zxid,
     i32 session count, (i64 id, buffer password, i32 timeout ms) per session,
     i32 node count, per node in pre-order from "/" (a parent before its children, children
     in their listing order): path, data, acl, i64 czxid, i64 mzxid, i64 ctime, i64 mtime,
     i32 version, i32 cversion, i32 aversion, i64 ephemeral owner, i64 pzxid,
     u32 crc32 of everything before it.
-    (data as in the log)
+    (data as in the log; cversion counts the creations of the node's children, as
+    tree.Node keeps it)
 
-Older versions, still read (new files are always written in the versions above)::
+Older versions, the same layouts, still read (new files are always version 3)::
 
-    log 1, snapshot 1   the same layouts; no null data (a data length of -1 never occurs)
+    1       no null data: a data length of -1 never occurs
+    1, 2    written while a delete, too, advanced its parent's cversion: a snapshot's
+            cversion counts creations and deletions of children (for "/" one less: it
+            began at -1), and a log's deletes advance their parent's cversion when
+            replayed. So a node's count goes on from where those versions left it (it
+            never falls back, and sequential children keep growing numbers, never one
+            that was handed out already); only new deletes stop advancing it.
 
 Writing: records are appended to an in-memory batch; once per event loop iteration the
 batch is written and the file fdatasync()ed, and only then does the server send the
@@ -73,6 +79,7 @@ from dataclasses import dataclass
 from engine.coordinator.errors import JuteError
 from engine.coordinator.jute import (
     Acl,
+    EventType,
     Reader,
     encode_acls,
     encode_buffer,
@@ -99,10 +106,8 @@ from engine.errors import DaemonAlreadyRunningError
 
 log = logging.getLogger("engine.coordinator.txnlog")
 
-LOG_VERSION = 2
-SNAPSHOT_VERSION = 2
-READABLE_LOG_VERSIONS = frozenset({1, 2})
-READABLE_SNAPSHOT_VERSIONS = frozenset({1, 2})
+FORMAT_VERSION = 3
+READABLE_VERSIONS = frozenset({1, 2, 3})
 LOG_MAGIC = b"EZKL"
 SNAPSHOT_MAGIC = b"EZKS"
 _FILE_HEADER = struct.Struct("!4sIq")
@@ -145,7 +150,7 @@ def _read_data(reader: Reader, version: int) -> bytes | None:
     return b"" if data is None and version < 2 else data
 
 
-def decode_txn(reader: Reader, version: int = LOG_VERSION) -> Txn:
+def decode_txn(reader: Reader, version: int = FORMAT_VERSION) -> Txn:
     kind = reader.read_byte()
     if kind == 1:
         return CreateTxn(reader.read_path(), _read_data(reader, version),
@@ -177,15 +182,36 @@ def encode_record(zxid: int, time_ms: int, txn: Txn) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
+    """One logged transaction and the format version of the file it was read from."""
+
     zxid: int
     time_ms: int
     txn: Txn
+    version: int = FORMAT_VERSION
+
+
+def replay(tree: DataTree, record: LogRecord) -> None:
+    """Apply a logged transaction to the tree, by the rules of its file's version: in
+    versions 1 and 2 a delete advanced its parent's cversion too."""
+    _replay(tree, record.txn, record.zxid, record.time_ms, record.version)
+
+
+def _replay(tree: DataTree, txn: Txn, zxid: int, time_ms: int, version: int) -> None:
+    if version >= 3:
+        tree.apply(txn, zxid, time_ms)
+    elif isinstance(txn, MultiTxn):  # one part at a time: each delete's parent as it was
+        for part in txn.txns:
+            _replay(tree, part, zxid, time_ms, version)
+    else:
+        for event_type, path, _acl in tree.apply(txn, zxid, time_ms):
+            if event_type == EventType.NODE_DELETED:
+                tree.nodes[parent_of(path)].cversion += 1
 
 
 def read_records(data: bytes) -> tuple[list[LogRecord], int]:
     """Decode a log file's records; return them and the length of the valid prefix."""
     magic, version, _start = _FILE_HEADER.unpack_from(data, 0)
-    if magic != LOG_MAGIC or version not in READABLE_LOG_VERSIONS:
+    if magic != LOG_MAGIC or version not in READABLE_VERSIONS:
         raise JuteError(f"not a log file of a known version: magic={magic!r} "
                         f"version={version}")
     records = []
@@ -202,13 +228,13 @@ def read_records(data: bytes) -> tuple[list[LogRecord], int]:
             txn = decode_txn(reader, version)
         except (JuteError, struct.error):
             break
-        records.append(LogRecord(zxid, time_ms, txn))
+        records.append(LogRecord(zxid, time_ms, txn, version))
         pos = start + length
     return records, pos
 
 
 def encode_snapshot(tree: DataTree, sessions: dict[int, tuple[bytes, int]]) -> bytes:
-    parts = [_FILE_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, tree.zxid)]
+    parts = [_FILE_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, tree.zxid)]
     parts.append(encode_int(len(sessions)))
     for session_id, (passwd, timeout_ms) in sorted(sessions.items()):
         parts.append(encode_long(session_id) + encode_buffer(passwd) + encode_int(timeout_ms))
@@ -242,7 +268,7 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
     if zlib.crc32(body) != crc:
         raise JuteError("snapshot crc mismatch")
     magic, version, zxid = _FILE_HEADER.unpack_from(body, 0)
-    if magic != SNAPSHOT_MAGIC or version not in READABLE_SNAPSHOT_VERSIONS:
+    if magic != SNAPSHOT_MAGIC or version not in READABLE_VERSIONS:
         raise JuteError(f"not a snapshot of a known version: magic={magic!r} "
                         f"version={version}")
     reader = Reader(body, _FILE_HEADER.size)
@@ -264,6 +290,8 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
         tree._put(path, node)
         if path != "/":
             tree.nodes[parent_of(path)].children[name_of(path)] = None
+    if version < 3:
+        tree.nodes["/"].cversion += 1  # versions 1 and 2 began it at -1
     tree.zxid = zxid
     return tree, sessions
 
@@ -356,7 +384,7 @@ def recover(directory: str) -> Recovered:
                 log.error("gap in log: expected=%d found=%d path=%s",
                           tree.zxid + 1, record.zxid, path)
                 break
-            tree.apply(record.txn, record.zxid, record.time_ms)
+            replay(tree, record)
             apply_to_sessions(sessions, record.txn)
             replayed += 1
     return Recovered(tree, sessions, replayed, snapshot_zxid)
@@ -428,7 +456,7 @@ class TxnLog:
     def _open_log(self, start_zxid: int) -> int:
         path = os.path.join(self.directory, f"log.{start_zxid:016x}")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-        header = _FILE_HEADER.pack(LOG_MAGIC, LOG_VERSION, start_zxid)
+        header = _FILE_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, start_zxid)
         self._allocated = 0
         self._preallocate(fd, len(header))
         os.pwrite(fd, header, 0)
