@@ -307,10 +307,13 @@ def test_serve_runs_in_process_and_stops_on_request(tmp_path: Path) -> None:
     assert stat.S_IMODE(port_file.stat().st_mode) == 0o600
 
 
-def test_main_rejects_a_bad_tick(tmp_path: Path) -> None:
+def test_main_rejects_a_bad_tick_or_session_timeout_range(tmp_path: Path) -> None:
     from engine.coordinator import main
 
     assert main(["--data-dir", str(tmp_path), "--tick-ms", "0"]) == 2
+    assert main(["--data-dir", str(tmp_path), "--min-session-timeout-ms", "5000",
+                 "--max-session-timeout-ms", "1000"]) == 2
+    assert main(["--data-dir", str(tmp_path), "--max-session-timeout-ms", "300"]) == 2
 
 
 def test_log_grows_past_its_preallocation_and_recovers(
