@@ -22,6 +22,7 @@ from engine.datadir import DataDir
 
 if TYPE_CHECKING:
     from engine.consumer import Consumer
+    from engine.coordinator.session import SessionLimits
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -79,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--coordinator",
         default=None,
         help="use this ZooKeeper ensemble (HOST:PORT,...) instead of starting one",
+    )
+    p.add_argument(
+        "--tick-ms",
+        type=int,
+        default=None,
+        help="the built-in coordinator's tick: sessions are checked for expiry once a "
+        "tick (default 200)",
+    )
+    p.add_argument(
+        "--min-session-timeout-ms",
+        type=int,
+        default=None,
+        help="the shortest session timeout the built-in coordinator grants (default 2 ticks)",
+    )
+    p.add_argument(
+        "--max-session-timeout-ms",
+        type=int,
+        default=None,
+        help="the longest session timeout the built-in coordinator grants (default 20 "
+        "ticks or 40000, whichever is longer)",
     )
 
     p.add_argument(
@@ -299,19 +320,38 @@ def cmd_start(args: argparse.Namespace) -> int:
         from engine import shm
 
         cluster[shm.BUDGET_KEY] = shm.check_budget(shm.parse_size(args.shm_budget))
+    limits = _session_limits(args)
     if args.foreground:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
-        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster).run()
+        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster, limits).run()
     t0 = time.monotonic()
-    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster)
+    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster, limits)
     print(
         f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
         f"{info['coordinator']}, brokers {info['brokers']} (logs in {dd.log_dir})"
     )
     return 0
+
+
+def _session_limits(args: argparse.Namespace) -> SessionLimits | None:
+    """The built-in coordinator's tick and session timeout range given to `engine start`
+    (None when none was); ConfigError when they do not fit, or come with --coordinator."""
+    from engine.coordinator.session import SessionLimits
+    from engine.errors import ConfigError
+
+    given = (args.tick_ms, args.min_session_timeout_ms, args.max_session_timeout_ms)
+    if all(value is None for value in given):
+        return None
+    if args.coordinator is not None:
+        raise ConfigError(
+            "--tick-ms and --min/--max-session-timeout-ms set the built-in coordinator; "
+            "an external ZooKeeper has tickTime, minSessionTimeout and maxSessionTimeout "
+            f"in its zoo.cfg: coordinator={args.coordinator}"
+        )
+    return SessionLimits.of(*given)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

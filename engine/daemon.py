@@ -33,6 +33,7 @@ from kazoo.exceptions import NoNodeError
 
 from engine import acl, shm, stale_rings
 from engine import metadata as md
+from engine.coordinator.session import SessionLimits
 from engine.datadir import (
     DataDir,
     data_dir_errors,
@@ -115,11 +116,15 @@ class Daemon:
         brokers: int,
         coordinator: str | None,
         cluster_config: dict[str, Any] | None = None,
+        session_limits: SessionLimits | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.broker_count = brokers
         self.external_coordinator = coordinator
         self.cluster_config = cluster_config or {}
+        # The built-in coordinator's tick and session timeout range (engine start's
+        # --tick-ms, --min/--max-session-timeout-ms); an external one has its own.
+        self.session_limits = session_limits or SessionLimits()
         self.children: list[Child] = []
         self.hosts = coordinator or ""
         self._stop_requested = False  # set by _on_signal
@@ -186,6 +191,7 @@ class Daemon:
                     "--data-dir", str(dd.coordinator_dir),
                     "--port", str(previous or 0), "--port-fallback",
                     "--port-file", str(port_file),
+                    *self.session_limits.argv(),
                 ],
                 dd.log_dir / "coordinator.log",
             )  # fmt: skip
@@ -455,6 +461,7 @@ def start_background(
     brokers: int,
     coordinator: str | None,
     cluster_config: dict[str, Any] | None = None,
+    session_limits: SessionLimits | None = None,
 ) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
     probe = Daemon(data_dir, brokers, coordinator)
@@ -486,6 +493,8 @@ def start_background(
         argv += ["--num-partitions", str(config["num.partitions"])]
     if shm.BUDGET_KEY in config:
         argv += ["--shm-budget", str(config[shm.BUDGET_KEY])]
+    if session_limits is not None:
+        argv += session_limits.argv()  # the same option names as engine start's
     try:
         proc = subprocess.Popen(
             argv,

@@ -90,7 +90,14 @@ GUARD = "#guard"
 # daemon also writes its shared-memory budget there at every start (engine.shm).
 CLUSTER_DEFAULTS: dict[str, Any] = {"auto.create.topics.enable": False, "num.partitions": 1}
 
-SESSION_TIMEOUT_S = 6.0
+#: The coordinator session timeout the engine's own processes ask for (brokers, the daemon,
+#: admin and producer clients; a consumer group member asks for its session_timeout_ms).
+#: Short, so that a broker that dies or freezes loses its registration, its controller
+#: role and its ISR places within 4 s: failure detection, chosen apart from what the
+#: coordinator allows others (its negotiated range, 0.4-40 s by default, README). 4 s is
+#: within that range, and is ZooKeeper's default minimum (2 x tickTime 2000), so an
+#: external ZooKeeper with default settings grants it too.
+SESSION_TIMEOUT_S = 4.0
 
 #: The digest user the engine's processes and clients authenticate as; the password
 #: is the data dir's secret (DataDir.read_secret).

@@ -54,8 +54,8 @@ def test_the_isr_shrinks_and_heals_after_a_transactional_id_was_initialised_agai
         sender.start()
         os.kill(pid, signal.SIGSTOP)
         try:
-            # Within the follower's coordinator session (4 s at most: the built-in
-            # coordinator's cap), well past replica.lag.time.max.ms: the leader's write.
+            # Within the follower's coordinator session (4 s: the brokers' own timeout,
+            # md.SESSION_TIMEOUT_S), well past replica.lag.time.max.ms: the leader's write.
             wait_for(lambda: len(isr(admin, "healing")) == 2, timeout=3,
                      what="the leader to drop the frozen follower from the ISR")
         finally:

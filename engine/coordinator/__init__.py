@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from engine.errors import DaemonAlreadyRunningError
+from engine.errors import ConfigError, DaemonAlreadyRunningError
 
 __all__ = ["main"]
 
@@ -30,8 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-fallback", action="store_true",
                         help="if --port is taken, listen on a free one instead of failing")
     parser.add_argument("--port-file", help="write the bound port here once listening")
-    parser.add_argument("--tick-ms", type=int, default=200,
-                        help="tick; session timeouts are clamped to [2, 20] ticks")
+    parser.add_argument("--tick-ms", type=int, default=None,
+                        help="how often expired sessions are looked for (default 200)")
+    parser.add_argument("--min-session-timeout-ms", type=int, default=None,
+                        help="the shortest session timeout granted (default 2 ticks)")
+    parser.add_argument("--max-session-timeout-ms", type=int, default=None,
+                        help="the longest session timeout granted (default 20 ticks or "
+                        "40000, whichever is longer)")
     parser.add_argument("--snapshot-every", type=int, default=10000,
                         help="transactions between snapshots")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr")
@@ -41,20 +46,27 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run until SIGTERM/SIGINT, return the exit code."""
     from engine.coordinator.server import serve
+    from engine.coordinator.session import SessionLimits
 
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.tick_ms <= 0 or args.snapshot_every <= 0:
-        logging.getLogger("engine.coordinator").error(
-            "tick and snapshot interval must be positive: tick_ms=%d snapshot_every=%d",
-            args.tick_ms, args.snapshot_every)
+    logger = logging.getLogger("engine.coordinator")
+    if args.snapshot_every <= 0:
+        logger.error("the snapshot interval must be positive: snapshot_every=%d",
+                     args.snapshot_every)
+        return 2
+    try:
+        limits = SessionLimits.of(args.tick_ms, args.min_session_timeout_ms,
+                                  args.max_session_timeout_ms)
+    except ConfigError as exc:
+        logger.error("%s", exc)
         return 2
     try:
         return asyncio.run(serve(args.data_dir, args.host, args.port, args.port_file,
-                                 args.tick_ms, args.snapshot_every,
+                                 limits, args.snapshot_every,
                                  port_fallback=args.port_fallback))
     except DaemonAlreadyRunningError as exc:
-        logging.getLogger("engine.coordinator").error("%s", exc)
+        logger.error("%s", exc)
         return 1

@@ -439,7 +439,7 @@ class ConnectResponse:
 @dataclass(frozen=True, slots=True)
 class CreateRequest:
     path: str
-    data: bytes
+    data: bytes | None  # None: null data (a buffer of length -1), kept apart from b""
     acl: tuple[Acl, ...]
     flags: int
     ttl: int = -1
@@ -447,7 +447,7 @@ class CreateRequest:
     @classmethod
     def decode(cls, reader: Reader, with_ttl: bool) -> CreateRequest:
         path = reader.read_path()
-        data = reader.read_buffer() or b""
+        data = reader.read_buffer()
         acl = tuple(reader.read_acls())
         flags = reader.read_int()
         ttl = reader.read_long() if with_ttl else -1
@@ -505,12 +505,12 @@ class WatchRequest:
 @dataclass(frozen=True, slots=True)
 class SetDataRequest:
     path: str
-    data: bytes
+    data: bytes | None  # None: null data, as in CreateRequest
     version: int
 
     @classmethod
     def decode(cls, reader: Reader) -> SetDataRequest:
-        return cls(reader.read_path(), reader.read_buffer() or b"", reader.read_int())
+        return cls(reader.read_path(), reader.read_buffer(), reader.read_int())
 
     def encode(self) -> bytes:
         return encode_ustring(self.path) + encode_buffer(self.data) + encode_int(self.version)

@@ -54,7 +54,7 @@ from engine.coordinator.jute import (
 )
 from engine.coordinator.jute import AddWatchRequest as AddWatchReq
 from engine.coordinator.jute import Err as E
-from engine.coordinator.session import Session, SessionTracker
+from engine.coordinator.session import Session, SessionLimits, SessionTracker
 from engine.coordinator.tree import (
     CONTAINER_OWNER,
     MAX_TTL_MS,
@@ -127,7 +127,7 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         loop = asyncio.get_running_loop()
-        timeout = self.coordinator.sessions.max_timeout_ms / 1000.0
+        timeout = self.coordinator.limits.max_timeout_ms / 1000.0
         self._handshake_timer = loop.call_later(timeout, self._handshake_expired)
         self.coordinator.connections.add(self)
 
@@ -277,16 +277,17 @@ class Coordinator:
     barrier. On a crash, the state is rebuilt by :func:`recover` from the data dir.
     """
 
-    def __init__(self, data_dir: str, tick_ms: int = 200, snapshot_every: int = 10000,
+    def __init__(self, data_dir: str, limits: SessionLimits | None = None,
+                 snapshot_every: int = 10000,
                  on_fatal: Callable[[BaseException], None] | None = None) -> None:
         os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
         self.data_dir = data_dir
-        self.tick_ms = tick_ms
+        self.limits = limits or SessionLimits()
         self.lock = DataDirLock(data_dir)
         started = time.monotonic()
         recovered = recover(data_dir)
         self.tree: DataTree = recovered.tree
-        self.sessions = SessionTracker(tick_ms)
+        self.sessions = SessionTracker()
         for session_id, (passwd, timeout_ms) in recovered.sessions.items():
             self.sessions.add(session_id, passwd, timeout_ms)
         log.info("recovered: zxid=%#x snapshot=%#x replayed=%d nodes=%d sessions=%d ms=%d",
@@ -373,7 +374,7 @@ class Coordinator:
             return
         if request.session_id == 0:
             session_id, passwd = self.sessions.new_id()
-            timeout = self.sessions.negotiate(request.timeout_ms)
+            timeout = self.limits.negotiate(request.timeout_ms)
             zxid, _ = self._commit(CreateSessionTxn(session_id, timeout, passwd))
             session = self.sessions.sessions[session_id]
             log.info("session created: session=%#x timeout_ms=%d peer=%s",
@@ -807,10 +808,11 @@ class Coordinator:
         if word == "envi":
             return f"Environment:\nzookeeper.version={SERVER_VERSION}, built on engine\n"
         if word == "conf":
-            return (f"clientPort=0\ndataDir={self.data_dir}\ntickTime={self.tick_ms}\n"
-                    f"minSessionTimeout={self.sessions.min_timeout_ms}\n"
-                    f"maxSessionTimeout={self.sessions.max_timeout_ms}\n")
-        data_size = sum(len(p) + len(n.data) for p, n in self.tree.nodes.items())
+            return (f"clientPort=0\ndataDir={self.data_dir}\n"
+                    f"tickTime={self.limits.tick_ms}\n"
+                    f"minSessionTimeout={self.limits.min_timeout_ms}\n"
+                    f"maxSessionTimeout={self.limits.max_timeout_ms}\n")
+        data_size = sum(len(p) + len(n.data or b"") for p, n in self.tree.nodes.items())
         lines = [
             ("zk_version", SERVER_VERSION),
             ("zk_server_state", "standalone"),
@@ -848,7 +850,7 @@ class Server:
 
     @classmethod
     async def start(cls, data_dir: str, host: str = "127.0.0.1", port: int = 0,
-                    tick_ms: int = 200, snapshot_every: int = 10000,
+                    limits: SessionLimits | None = None, snapshot_every: int = 10000,
                     port_fallback: bool = False) -> Server:
         """Listen on ``host:port``; with ``port_fallback``, on a free port when ``port`` is
         taken (the daemon keeps its coordinator's port across restarts where it can)."""
@@ -858,7 +860,7 @@ class Server:
             if holder and not holder[0].fatal.done():
                 holder[0].fatal.set_result(exc)
 
-        coordinator = Coordinator(data_dir, tick_ms, snapshot_every, on_fatal=fatal)
+        coordinator = Coordinator(data_dir, limits, snapshot_every, on_fatal=fatal)
         loop = asyncio.get_running_loop()
         try:
             tcp = await loop.create_server(lambda: Connection(coordinator), host, port,
@@ -872,12 +874,14 @@ class Server:
         actual = tcp.sockets[0].getsockname()[1]
         server = cls(coordinator, tcp, actual)
         holder.append(server)
-        log.info("listening: host=%s port=%d data_dir=%s tick_ms=%d",
-                 host, actual, data_dir, tick_ms)
+        limits = coordinator.limits
+        log.info("listening: host=%s port=%d data_dir=%s tick_ms=%d "
+                 "min_session_timeout_ms=%d max_session_timeout_ms=%d", host, actual, data_dir,
+                 limits.tick_ms, limits.min_timeout_ms, limits.max_timeout_ms)
         return server
 
     async def _tick_loop(self) -> None:
-        interval = self.coordinator.tick_ms / 1000.0
+        interval = self.coordinator.limits.tick_ms / 1000.0
         while True:
             await asyncio.sleep(interval)
             try:
@@ -904,7 +908,7 @@ def write_port_file(path: str, port: int) -> None:
 
 
 async def serve(data_dir: str, host: str = "127.0.0.1", port: int = 0,
-                port_file: str | None = None, tick_ms: int = 200,
+                port_file: str | None = None, limits: SessionLimits | None = None,
                 snapshot_every: int = 10000, stop: asyncio.Event | None = None,
                 port_fallback: bool = False) -> int:
     """Run a coordinator until ``stop`` is set or SIGTERM/SIGINT; return an exit code."""
@@ -913,7 +917,7 @@ async def serve(data_dir: str, host: str = "127.0.0.1", port: int = 0,
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
-    server = await Server.start(data_dir, host, port, tick_ms, snapshot_every, port_fallback)
+    server = await Server.start(data_dir, host, port, limits, snapshot_every, port_fallback)
     if port_file:
         write_port_file(port_file, server.port)
     stopper: asyncio.Future[Any] = loop.create_task(stop.wait())

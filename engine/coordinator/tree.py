@@ -12,6 +12,13 @@ what makes the transaction log (txnlog.py) a complete description of the state.
 Node kinds live in ``ephemeral_owner``, as in ZooKeeper: 0 for a persistent node, the
 session id for an ephemeral one, ``CONTAINER_OWNER`` for a container and
 ``TTL_OWNER_BASE | ttl_ms`` for a TTL node.
+
+As in ZooKeeper, a node's data may be null (a create or setData whose buffer had length
+-1), which reads back as null, apart from empty data; and a node keeps in ``cversion`` the
+count of its children's creations, which is the sequential suffix of its next child, while
+its Stat reports ``2 * cversion - children``: the count of creations and deletions
+(ZooKeeper's DataNode.copyStat). So after creating a sequential child, creating another
+child and deleting that one, the next sequential child is numbered 2 and the Stat says 3.
 """
 
 from __future__ import annotations
@@ -53,10 +60,14 @@ def is_ephemeral(owner: int) -> bool:
 class Node:
     """One znode: its data, ACL, stat fields and the names of its children.
 
-    ``children`` is a dict used as an insertion-ordered set (values are None).
+    ``data`` is None for null data (length 0 in the Stat). ``cversion`` counts the
+    creations of children only: deletes leave it alone (the Stat derives the reported
+    cversion from it; a tree read from files of format 1 or 2 counts the deletes made
+    then as well, see txnlog.py). ``children`` is a dict used as an insertion-ordered set
+    (values are None).
     """
 
-    data: bytes
+    data: bytes | None
     acl: tuple[Acl, ...]
     czxid: int
     mzxid: int
@@ -76,11 +87,11 @@ class Node:
             self.ctime,
             self.mtime,
             self.version,
-            self.cversion,
+            2 * self.cversion - len(self.children),
             self.aversion,
             # clients see the owner of ephemerals only: 0 for containers and TTL nodes
             self.ephemeral_owner if self.ephemeral_owner > 0 else 0,
-            len(self.data),
+            len(self.data) if self.data is not None else 0,
             len(self.children),
             self.pzxid,
         )
@@ -108,7 +119,7 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class CreateTxn:
     path: str
-    data: bytes
+    data: bytes | None
     acl: tuple[Acl, ...]
     ephemeral_owner: int
 
@@ -121,7 +132,7 @@ class DeleteTxn:
 @dataclass(frozen=True, slots=True)
 class SetDataTxn:
     path: str
-    data: bytes
+    data: bytes | None
     version: int
 
 
@@ -304,7 +315,8 @@ class DataTree:
         self.timed: set[str] = set()
         self.zxid = 0
         open_acl = (Acl(int(Perm.ALL), "world", "anyone"),)
-        self._put("/", Node(b"", open_acl, 0, 0, 0, 0, cversion=-1))  # as ZooKeeper's
+        # as ZooKeeper's: no creation counted, so "/" reports cversion -1, "/zookeeper" -2
+        self._put("/", Node(b"", open_acl, 0, 0, 0, 0))
         for path in ("/zookeeper", "/zookeeper/quota", "/zookeeper/config"):
             self._put(path, Node(b"", open_acl, 0, 0, 0, 0))
             self.nodes[parent_of(path)].children[name_of(path)] = None
@@ -375,7 +387,7 @@ class DataTree:
     def prepare_create(
         self,
         path: str,
-        data: bytes,
+        data: bytes | None,
         acl: Iterable[Acl],
         ephemeral_owner: int,
         sequential: bool,
@@ -414,7 +426,7 @@ class DataTree:
         return DeleteTxn(path)
 
     def prepare_set_data(
-        self, path: str, data: bytes, version: int, identities: Iterable[Identity]
+        self, path: str, data: bytes | None, version: int, identities: Iterable[Identity]
     ) -> SetDataTxn:
         validate_path(path)
         node = self.get(path)
@@ -504,7 +516,6 @@ class DataTree:
         node = self._remove(path)
         parent = self.nodes[parent_path]
         del parent.children[name_of(path)]
-        parent.cversion += 1
         parent.pzxid = zxid
         events.append((EventType.NODE_DELETED, path, node.acl))
         events.append((EventType.NODE_CHILDREN_CHANGED, parent_path, parent.acl))

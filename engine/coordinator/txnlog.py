@@ -1,6 +1,7 @@
 """Durability: the append-only transaction log, snapshots, and recovery after a crash.
 
-On-disk format, version 1. Every file lives directly in the data dir, mode 0600::
+On-disk format, version 3 (each file says its version; files of versions 1 and 2 are
+still read, see below). Every file lives directly in the data dir, mode 0600::
 
     coordinator.lock             flock()ed by the running coordinator (one per data dir)
     log.<start zxid, 16 hex>     transactions with zxid >= start, in zxid order
@@ -9,7 +10,7 @@ On-disk format, version 1. Every file lives directly in the data dir, mode 0600:
 A log file::
 
     +--------+---------+------------------+
-    | "EZKL" | u32 = 1 | i64 start zxid   |   file header, 16 bytes
+    | "EZKL" | u32 = 3 | i64 start zxid   |   file header, 16 bytes
     +--------+---------+------------------+
     | u32 length | u32 crc32(payload) | payload (length bytes) |   one record per txn
     ...
@@ -25,15 +26,28 @@ A log file::
               6 createSession i64 session id, i32 timeout ms, buffer password
               7 closeSession  i64 session id
               8 multi         i32 count, then count txns
+    data    = a buffer whose length -1 means null data (kept apart from empty data)
 
 A snapshot file::
 
-    "EZKS", u32 = 1, i64 zxid,
+    "EZKS", u32 = 3, i64 zxid,
     i32 session count, (i64 id, buffer password, i32 timeout ms) per session,
     i32 node count, per node in pre-order from "/" (a parent before its children, children
     in their listing order): path, data, acl, i64 czxid, i64 mzxid, i64 ctime, i64 mtime,
     i32 version, i32 cversion, i32 aversion, i64 ephemeral owner, i64 pzxid,
     u32 crc32 of everything before it.
+    (data as in the log; cversion counts the creations of the node's children, as
+    tree.Node keeps it)
+
+Older versions, the same layouts, still read (new files are always version 3)::
+
+    1       no null data: a data length of -1 never occurs
+    1, 2    written while a delete, too, advanced its parent's cversion: a snapshot's
+            cversion counts creations and deletions of children (for "/" one less: it
+            began at -1), and a log's deletes advance their parent's cversion when
+            replayed. So a node's count goes on from where those versions left it (it
+            never falls back, and sequential children keep growing numbers, never one
+            that was handed out already); only new deletes stop advancing it.
 
 Writing: records are appended to an in-memory batch; once per event loop iteration the
 batch is written and the file fdatasync()ed, and only then does the server send the
@@ -65,6 +79,7 @@ from dataclasses import dataclass
 from engine.coordinator.errors import JuteError
 from engine.coordinator.jute import (
     Acl,
+    EventType,
     Reader,
     encode_acls,
     encode_buffer,
@@ -91,7 +106,8 @@ from engine.errors import DaemonAlreadyRunningError
 
 log = logging.getLogger("engine.coordinator.txnlog")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
+READABLE_VERSIONS = frozenset({1, 2, 3})
 LOG_MAGIC = b"EZKL"
 SNAPSHOT_MAGIC = b"EZKS"
 _FILE_HEADER = struct.Struct("!4sIq")
@@ -127,15 +143,22 @@ def encode_txn(txn: Txn) -> bytes:
     return b"\x08" + encode_int(len(txn.txns)) + b"".join(encode_txn(t) for t in txn.txns)
 
 
-def decode_txn(reader: Reader) -> Txn:
+def _read_data(reader: Reader, version: int) -> bytes | None:
+    """A znode's data: null stays null from version 2 on, of logs and snapshots alike
+    (version 1 had none)."""
+    data = reader.read_buffer()
+    return b"" if data is None and version < 2 else data
+
+
+def decode_txn(reader: Reader, version: int = FORMAT_VERSION) -> Txn:
     kind = reader.read_byte()
     if kind == 1:
-        return CreateTxn(reader.read_path(), reader.read_buffer() or b"",
+        return CreateTxn(reader.read_path(), _read_data(reader, version),
                          tuple(reader.read_acls()), reader.read_long())
     if kind == 2:
         return DeleteTxn(reader.read_path())
     if kind == 3:
-        return SetDataTxn(reader.read_path(), reader.read_buffer() or b"", reader.read_int())
+        return SetDataTxn(reader.read_path(), _read_data(reader, version), reader.read_int())
     if kind == 4:
         return SetACLTxn(reader.read_path(), tuple(reader.read_acls()), reader.read_int())
     if kind == 5:
@@ -148,7 +171,7 @@ def decode_txn(reader: Reader) -> Txn:
         count = reader.read_int()
         if count < 0:
             raise JuteError(f"bad multi count: count={count}")
-        return MultiTxn(tuple(decode_txn(reader) for _ in range(count)))
+        return MultiTxn(tuple(decode_txn(reader, version) for _ in range(count)))
     raise JuteError(f"unknown txn kind: kind={kind}")
 
 
@@ -159,16 +182,38 @@ def encode_record(zxid: int, time_ms: int, txn: Txn) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
+    """One logged transaction and the format version of the file it was read from."""
+
     zxid: int
     time_ms: int
     txn: Txn
+    version: int = FORMAT_VERSION
+
+
+def replay(tree: DataTree, record: LogRecord) -> None:
+    """Apply a logged transaction to the tree, by the rules of its file's version: in
+    versions 1 and 2 a delete advanced its parent's cversion too."""
+    _replay(tree, record.txn, record.zxid, record.time_ms, record.version)
+
+
+def _replay(tree: DataTree, txn: Txn, zxid: int, time_ms: int, version: int) -> None:
+    if version >= 3:
+        tree.apply(txn, zxid, time_ms)
+    elif isinstance(txn, MultiTxn):  # one part at a time: each delete's parent as it was
+        for part in txn.txns:
+            _replay(tree, part, zxid, time_ms, version)
+    else:
+        for event_type, path, _acl in tree.apply(txn, zxid, time_ms):
+            if event_type == EventType.NODE_DELETED:
+                tree.nodes[parent_of(path)].cversion += 1
 
 
 def read_records(data: bytes) -> tuple[list[LogRecord], int]:
     """Decode a log file's records; return them and the length of the valid prefix."""
     magic, version, _start = _FILE_HEADER.unpack_from(data, 0)
-    if magic != LOG_MAGIC or version != FORMAT_VERSION:
-        raise JuteError(f"not a version {FORMAT_VERSION} log file: magic={magic!r}")
+    if magic != LOG_MAGIC or version not in READABLE_VERSIONS:
+        raise JuteError(f"not a log file of a known version: magic={magic!r} "
+                        f"version={version}")
     records = []
     pos = _FILE_HEADER.size
     while pos + _RECORD_HEADER.size <= len(data):
@@ -180,10 +225,10 @@ def read_records(data: bytes) -> tuple[list[LogRecord], int]:
         try:
             zxid, time_ms = _RECORD_PREFIX.unpack_from(payload, 0)
             reader = Reader(payload, _RECORD_PREFIX.size)
-            txn = decode_txn(reader)
+            txn = decode_txn(reader, version)
         except (JuteError, struct.error):
             break
-        records.append(LogRecord(zxid, time_ms, txn))
+        records.append(LogRecord(zxid, time_ms, txn, version))
         pos = start + length
     return records, pos
 
@@ -223,8 +268,9 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
     if zlib.crc32(body) != crc:
         raise JuteError("snapshot crc mismatch")
     magic, version, zxid = _FILE_HEADER.unpack_from(body, 0)
-    if magic != SNAPSHOT_MAGIC or version != FORMAT_VERSION:
-        raise JuteError(f"not a version {FORMAT_VERSION} snapshot: magic={magic!r}")
+    if magic != SNAPSHOT_MAGIC or version not in READABLE_VERSIONS:
+        raise JuteError(f"not a snapshot of a known version: magic={magic!r} "
+                        f"version={version}")
     reader = Reader(body, _FILE_HEADER.size)
     sessions = {}
     for _ in range(reader.read_int()):
@@ -237,13 +283,15 @@ def decode_snapshot(data: bytes) -> tuple[DataTree, dict[int, tuple[bytes, int]]
     tree.timed.clear()
     for _ in range(reader.read_int()):
         path = reader.read_path()
-        data_bytes = reader.read_buffer() or b""
+        data_bytes = _read_data(reader, version)
         acl = tuple(reader.read_acls())
         fields = _SNAPSHOT_NODE.unpack_from(body, reader.skip(_SNAPSHOT_NODE.size))
         node = Node(data_bytes, acl, *fields)
         tree._put(path, node)
         if path != "/":
             tree.nodes[parent_of(path)].children[name_of(path)] = None
+    if version < 3:
+        tree.nodes["/"].cversion += 1  # versions 1 and 2 began it at -1
     tree.zxid = zxid
     return tree, sessions
 
@@ -336,7 +384,7 @@ def recover(directory: str) -> Recovered:
                 log.error("gap in log: expected=%d found=%d path=%s",
                           tree.zxid + 1, record.zxid, path)
                 break
-            tree.apply(record.txn, record.zxid, record.time_ms)
+            replay(tree, record)
             apply_to_sessions(sessions, record.txn)
             replayed += 1
     return Recovered(tree, sessions, replayed, snapshot_zxid)

@@ -166,6 +166,44 @@ def test_snapshots_bound_the_log_and_recover(engine_server: EngineCoordinator) -
         stop_client(client)
 
 
+def test_null_data_stays_null_through_the_log_and_a_snapshot(
+    engine_server: EngineCoordinator,
+) -> None:
+    """Null and empty data, created and set, survive a restart that replays the log, then
+    one that loads a snapshot (snapshot_every is 50)."""
+    expected = {"/c-null": None, "/c-empty": b"", "/s-null": None, "/s-empty": b""}
+
+    def check() -> None:
+        client = new_client(engine_server.hosts)
+        try:
+            assert {path: client.get(path)[0] for path in expected} == expected
+        finally:
+            stop_client(client)
+
+    client = new_client(engine_server.hosts)
+    try:
+        client.create("/c-null", None)
+        client.create("/c-empty", b"")
+        client.create("/s-null", b"x")
+        client.create("/s-empty", b"x")
+        client.set("/s-null", None)
+        client.set("/s-empty", b"")
+    finally:
+        stop_client(client)
+    engine_server.restart()
+    assert not [n for n in os.listdir(engine_server.data_dir) if n.startswith("snapshot.")]
+    check()
+    client = new_client(engine_server.hosts)
+    try:
+        for i in range(60):
+            client.create(f"/filler-{i}", b"")
+    finally:
+        stop_client(client)
+    assert [n for n in os.listdir(engine_server.data_dir) if n.startswith("snapshot.")]
+    engine_server.restart()
+    check()
+
+
 def test_a_server_restarted_before_each_snapshot_is_due_still_takes_one(
     engine_server: EngineCoordinator,
 ) -> None:
@@ -269,10 +307,13 @@ def test_serve_runs_in_process_and_stops_on_request(tmp_path: Path) -> None:
     assert stat.S_IMODE(port_file.stat().st_mode) == 0o600
 
 
-def test_main_rejects_a_bad_tick(tmp_path: Path) -> None:
+def test_main_rejects_a_bad_tick_or_session_timeout_range(tmp_path: Path) -> None:
     from engine.coordinator import main
 
     assert main(["--data-dir", str(tmp_path), "--tick-ms", "0"]) == 2
+    assert main(["--data-dir", str(tmp_path), "--min-session-timeout-ms", "5000",
+                 "--max-session-timeout-ms", "1000"]) == 2
+    assert main(["--data-dir", str(tmp_path), "--max-session-timeout-ms", "300"]) == 2
 
 
 def test_log_grows_past_its_preallocation_and_recovers(

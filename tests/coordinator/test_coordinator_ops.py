@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from conftest import new_client, stop_client
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadArgumentsError,
@@ -18,9 +20,16 @@ from kazoo.exceptions import (
     RolledBackError,
     RuntimeInconsistency,
 )
-from zkharness import RawClient, ServerProcess, wait_until
+from zkharness import RawClient, ServerProcess, make_server, require_zookeeper, wait_until
 
-from engine.coordinator.jute import OPEN_ACL_UNSAFE, CreateFlag, CreateRequest, OpCode
+from engine.coordinator.jute import (
+    OPEN_ACL_UNSAFE,
+    CreateFlag,
+    CreateRequest,
+    MultiRequest,
+    OpCode,
+    SetDataRequest,
+)
 
 
 def test_create_get_set_delete_round_trip(zk: KazooClient) -> None:
@@ -69,6 +78,32 @@ def test_errors_map_to_kazoo_exceptions(zk: KazooClient) -> None:
         zk.create("/eph/child", b"")
 
 
+def test_null_data_reads_back_as_null_apart_from_empty_data(
+        server: ServerProcess, chroot: str, zk: KazooClient) -> None:
+    """kazoo's value=None sends a buffer of length -1: ZooKeeper keeps it null, which
+    kazoo reads as None, while b"" stays b"" (kazoo's test_create_null_data and
+    test_set_null_data). In a multi too (kazoo's transactions refuse None: raw jute)."""
+    zk.create("/null", None)
+    zk.create("/empty", b"")
+    data, stat = zk.get("/null")
+    assert data is None and stat.dataLength == 0
+    assert zk.get("/empty") == (b"", zk.exists("/empty"))
+    zk.set("/empty", None)
+    zk.set("/null", b"")
+    assert zk.get("/empty")[0] is None
+    assert zk.get("/null")[0] == b""
+    raw = RawClient(server.port)
+    try:
+        err, _, _ = raw.call(OpCode.MULTI, MultiRequest((
+            (OpCode.CREATE, CreateRequest(f"{chroot}/multi-null", None, OPEN_ACL_UNSAFE, 0)),
+            (OpCode.CREATE, CreateRequest(f"{chroot}/multi-empty", b"", OPEN_ACL_UNSAFE, 0)),
+            (OpCode.SET_DATA, SetDataRequest(f"{chroot}/null", None, -1)))))
+        assert err == 0
+    finally:
+        raw.close()
+    assert [zk.get(p)[0] for p in ("/multi-null", "/multi-empty", "/null")] == [None, b"", None]
+
+
 def test_versions_guard_set_and_delete(zk: KazooClient) -> None:
     zk.create("/v", b"0")
     stat = zk.set("/v", b"1", version=0)
@@ -107,6 +142,63 @@ def test_sequential_nodes_count_per_parent(zk: KazooClient) -> None:
     zk.create("/q/other", b"")
     assert zk.create("/q/item-", b"", sequence=True) == "/q/item-0000000003"
     assert zk.exists(second).ephemeralOwner == zk.client_id[0]
+
+
+def test_sequence_suffix_counts_creations_not_deletions(zk: KazooClient) -> None:
+    """The suffix is the parent's count of child creations; the Stat's cversion counts
+    deletions too (ZooKeeper reports 2 x creations - children)."""
+    zk.create("/p")
+    assert zk.create("/p/a-", sequence=True) == "/p/a-0000000000"
+    zk.create("/p/plain")
+    zk.delete("/p/plain")
+    assert zk.exists("/p").cversion == 3
+    assert zk.create("/p/b-", sequence=True) == "/p/b-0000000002"
+    assert zk.exists("/p").cversion == 4
+
+
+def _sequence_story(hosts: str) -> list[object]:
+    """What a client sees of sequential names and cversions along creates and deletes: at
+    the root, in a multi, and when a closed session's ephemerals go."""
+    client, other = new_client(hosts), new_client(hosts)
+    try:
+        seen: list[object] = [client.exists(p).cversion for p in ("/", "/zookeeper")]
+        seen.append(client.create("/top-", sequence=True))
+        client.create("/p")
+        seen.append(client.create("/p/a-", sequence=True))
+        client.create("/p/plain")
+        client.delete("/p/plain")
+        seen.append(client.create("/p/b-", sequence=True))
+        tx = client.transaction()
+        tx.create("/p/m-", sequence=True)
+        tx.delete("/p/a-0000000000")
+        tx.create("/p/m-", sequence=True)
+        seen.append(tx.commit())
+        seen.append(other.create("/p/e-", ephemeral=True, sequence=True))
+        other.stop()
+        seen.append(client.create("/p/c-", sequence=True))
+        seen += [(s.cversion, s.numChildren) for s in map(client.exists, ("/", "/p"))]
+        seen.append(sorted(client.get_children("/p")))
+    finally:
+        stop_client(other)
+        stop_client(client)
+    return seen
+
+
+@pytest.mark.zookeeper
+def test_sequence_numbers_and_cversions_are_zookeepers(tmp_path: Path) -> None:
+    """The same operations on a fresh built-in coordinator and a fresh Debian ZooKeeper
+    give the same sequential names and cversions."""
+    require_zookeeper()
+    seen = {}
+    for kind in ("engine", "zookeeper"):
+        server = make_server(kind, tmp_path / kind)
+        try:
+            server.start()
+            seen[kind] = _sequence_story(server.hosts)
+        finally:
+            server.stop()
+    assert seen["engine"] == seen["zookeeper"]
+    assert seen["engine"][:4] == [-1, -2, "/top-0000000000", "/p/a-0000000000"]
 
 
 def test_ephemeral_node_vanishes_when_session_closes(

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import pytest
 from kazoo.client import KazooClient
 from kazoo.protocol.connection import _CONNECTION_DROP
 from kazoo.protocol.states import KazooState
-from zkharness import RawClient, ServerProcess, wait_until
+from zkharness import (
+    RawClient,
+    ServerProcess,
+    kazoo_session_timeout_ms,
+    make_server,
+    wait_until,
+)
 
 from engine.coordinator.jute import OPEN_ACL_UNSAFE, CreateFlag, CreateRequest, OpCode
+from engine.coordinator.session import SessionLimits
+from engine.errors import ConfigError
 
 
 def test_timeout_is_clamped_to_two_and_twenty_ticks(server: ServerProcess) -> None:
@@ -24,6 +34,45 @@ def test_timeout_is_clamped_to_two_and_twenty_ticks(server: ServerProcess) -> No
     finally:
         low.close()
         high.close()
+
+
+def test_limits_default_to_a_200_ms_tick_and_sessions_of_two_ticks_to_40_s() -> None:
+    assert SessionLimits.of() == SessionLimits(200, 400, 40_000) == SessionLimits()
+    assert SessionLimits.of(tick_ms=2000) == SessionLimits(2000, 4000, 40_000)  # ZooKeeper's
+    assert SessionLimits.of(tick_ms=5000) == SessionLimits(5000, 10_000, 100_000)  # 20 ticks
+    assert SessionLimits.of(100, 300, 20_000) == SessionLimits(100, 300, 20_000)
+    limits = SessionLimits()
+    assert [limits.negotiate(ms) for ms in (10, 15_000, 100_000)] == [400, 15_000, 40_000]
+    with pytest.raises(ConfigError, match="tick_ms=0"):
+        SessionLimits.of(tick_ms=0)
+    with pytest.raises(ConfigError, match="min_session_timeout_ms=400 max_session_timeout_ms=300"):
+        SessionLimits.of(max_timeout_ms=300)
+
+
+@pytest.fixture
+def wide_range_server(kind: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own with the built-in coordinator's default range: a 200 ms
+    tick, sessions of 2 ticks to 40 s."""
+    proc = make_server(kind, tmp_path / kind, tick_ms=200, max_session_timeout_ms=40_000)
+    try:
+        proc.start()
+        yield proc
+    finally:
+        proc.kill()
+
+
+def test_kazoo_timeouts_are_negotiated_into_the_configured_range(
+        wide_range_server: ServerProcess) -> None:
+    hosts = wide_range_server.hosts
+    assert kazoo_session_timeout_ms(hosts, 15) == 15_000
+    assert kazoo_session_timeout_ms(hosts, 100) == 40_000
+    # kazoo waits for the answer to its connect request no longer than the timeout it
+    # asks for, and 10 ms may be less than the fsync of the session's creation: raw jute
+    raw = RawClient(wide_range_server.port, timeout_ms=10)
+    try:
+        assert raw.connect_response.timeout_ms == 400
+    finally:
+        raw.close()
 
 
 def test_silent_session_expires_deleting_ephemerals_and_firing_watches(

@@ -8,6 +8,8 @@ Used by conftest.py and by bench/bench_coordinator.py.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import os
 import shutil
 import signal
@@ -80,13 +82,20 @@ def four_letter_word(port: int, word: bytes, timeout: float = 5.0) -> str:
 
 
 class ServerProcess:
-    """A coordinator-compatible server in its own OS process and its own data dir."""
+    """A coordinator-compatible server in its own OS process and its own data dir.
+
+    Both kinds get the same tick and session timeout range: by default ZooKeeper's, 2 and
+    20 ticks (the built-in coordinator's own default maximum is longer)."""
 
     kind = "?"
-    tick_ms = 200
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tick_ms: int = 200,
+                 min_session_timeout_ms: int | None = None,
+                 max_session_timeout_ms: int | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        self.tick_ms = tick_ms
+        self.min_session_timeout_ms = min_session_timeout_ms or 2 * tick_ms
+        self.max_session_timeout_ms = max_session_timeout_ms or 20 * tick_ms
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.log_path = workdir / "server.log"
@@ -156,9 +165,10 @@ class EngineCoordinator(ServerProcess):
 
     kind = "engine"
 
-    def __init__(self, workdir: Path, tick_ms: int = 200, snapshot_every: int = 10000) -> None:
-        super().__init__(workdir)
-        self.tick_ms = tick_ms
+    def __init__(self, workdir: Path, tick_ms: int = 200, snapshot_every: int = 10000,
+                 min_session_timeout_ms: int | None = None,
+                 max_session_timeout_ms: int | None = None) -> None:
+        super().__init__(workdir, tick_ms, min_session_timeout_ms, max_session_timeout_ms)
         self.snapshot_every = snapshot_every
         self.port_file = workdir / "port"
         self.fixed_port = 0
@@ -171,7 +181,10 @@ class EngineCoordinator(ServerProcess):
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.coordinator", "--data-dir", str(self.data_dir),
                  "--port", str(self.fixed_port), "--port-file", str(self.port_file),
-                 "--tick-ms", str(self.tick_ms), "--snapshot-every", str(self.snapshot_every)],
+                 "--tick-ms", str(self.tick_ms),
+                 "--min-session-timeout-ms", str(self.min_session_timeout_ms),
+                 "--max-session-timeout-ms", str(self.max_session_timeout_ms),
+                 "--snapshot-every", str(self.snapshot_every)],
                 stdout=log, stderr=log, env=env, cwd=str(self.workdir))
 
         def port_written() -> bool:
@@ -198,9 +211,11 @@ class RealZooKeeper(ServerProcess):
     kind = "zookeeper"
     bind_attempts = 5
 
-    def __init__(self, workdir: Path, tick_ms: int = 200, extended_types: bool = True) -> None:
-        super().__init__(workdir)
-        self.tick_ms = tick_ms
+    def __init__(self, workdir: Path, tick_ms: int = 200,
+                 min_session_timeout_ms: int | None = None,
+                 max_session_timeout_ms: int | None = None,
+                 extended_types: bool = True) -> None:
+        super().__init__(workdir, tick_ms, min_session_timeout_ms, max_session_timeout_ms)
         self.extended_types = extended_types
         self._log_start = 0  # where this launch's lines begin in the log
 
@@ -226,6 +241,8 @@ class RealZooKeeper(ServerProcess):
         config = self.workdir / "zoo.cfg"
         config.write_text(
             f"tickTime={self.tick_ms}\ndataDir={self.data_dir}\nclientPort={self.port}\n"
+            f"minSessionTimeout={self.min_session_timeout_ms}\n"
+            f"maxSessionTimeout={self.max_session_timeout_ms}\n"
             "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
             "4lw.commands.whitelist=*\nmaxClientCnxns=0\n")
         jars = ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar", "slf4j-simple.jar",
@@ -367,11 +384,49 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def make_server(kind: str, workdir: Path | None = None, tick_ms: int = 200) -> ServerProcess:
+def make_server(kind: str, workdir: Path | None = None, tick_ms: int = 200,
+                min_session_timeout_ms: int | None = None,
+                max_session_timeout_ms: int | None = None) -> ServerProcess:
     workdir = workdir or Path(tempfile.mkdtemp(prefix=f"coord-{kind}-"))
+    limits = (min_session_timeout_ms, max_session_timeout_ms)
     if kind == "engine":
-        return EngineCoordinator(workdir, tick_ms)
-    return RealZooKeeper(workdir, tick_ms)
+        return EngineCoordinator(workdir, tick_ms, 10000, *limits)
+    return RealZooKeeper(workdir, tick_ms, *limits)
+
+
+class _SessionCreated(logging.Handler):
+    """Keeps the negotiated timeouts kazoo logs, at its BLATHER level, on each connect."""
+
+    def __init__(self) -> None:
+        super().__init__(level=1)
+        self.timeouts: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Session created"):
+            self.timeouts.append(int(record.args[2]))  # type: ignore[index]
+
+
+def kazoo_session_timeout_ms(hosts: str, timeout_s: float) -> int:
+    """The session timeout the server grants a kazoo client that asks for ``timeout_s``
+    (kazoo keeps it nowhere but in that log line)."""
+    from kazoo.client import KazooClient
+
+    logger = logging.getLogger(f"zkharness.kazoo.{next(_loggers)}")
+    logger.setLevel(1)
+    logger.propagate = False
+    handler = _SessionCreated()
+    logger.addHandler(handler)
+    client = KazooClient(hosts=hosts, timeout=timeout_s, logger=logger)
+    try:
+        client.start(timeout=15)
+        client.stop()
+    finally:
+        client.close()
+        logger.removeHandler(handler)
+    return handler.timeouts[0]
+
+
+_loggers = itertools.count()
 
 
 # ---------------------------------------------------------------------------- raw jute
