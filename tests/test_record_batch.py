@@ -327,3 +327,27 @@ def test_a_record_is_its_seven_fields_made_on_first_read_and_then_lets_its_chunk
         hash(r)
     del got, r, topic, partition, offset, timestamp, key, value, headers
     assert sys.getrefcount(chunk) == before
+
+
+def test_reading_values_makes_nothing_the_cyclic_gc_tracks() -> None:
+    """A record without headers makes its empty headers list only when headers is read:
+    a list is tracked by the cyclic GC, and one per record read made collections of the
+    young generation (and of the older ones its survivors reach) a fifth of a poll.
+    Each record still gets a list of its own."""
+    import gc
+
+    chunk = encode_batch(0, [(b"k", b"v%d" % i, [], 5) for i in range(1000)])
+    got, _ = RecordDecoder().decode(chunk, "t", 0, 0, 1000)
+    gc.disable()
+    try:
+        tracked_before = gc.get_count()[0]
+        values = [r.value for r in got]
+        made = gc.get_count()[0] - tracked_before
+    finally:
+        gc.enable()
+    assert values[999] == b"v999" and made < 10
+    first, second = got[0].headers, got[1].headers
+    assert first == [] and second == [] and first is not second
+    first.append(("h", b"x"))
+    assert got[0].headers == [("h", b"x")] and got[1].headers == []
+    assert tuple(got[2]) == ("t", 0, 2, 5, b"k", b"v2", [])
