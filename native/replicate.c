@@ -12,8 +12,9 @@
  * its timeout passes. Python used to run a pass per append, at tens of
  * microseconds each, in every follower and leader thread.
  *
- * Batching under load: when a pass finds more already waiting, the loop sleeps
- * before the next one (pause_ns, growing while the stream goes on: next_pause),
+ * Batching under load: when a pass finds more already waiting and the stream is
+ * dense (pause_after), the loop sleeps before the next one (pause_ns, growing while
+ * the stream goes on: next_pause),
  * so that what arrives meanwhile is copied (or committed) together and the
  * producers pay no futex wake per append (nobody is waiting on the ring). An
  * idle ring is waited on, so the first record after a quiet spell is copied at
@@ -51,6 +52,20 @@ static int64_t next_pause(int64_t pause, int64_t pause_ns) {
     return pause < pause_ns * PAUSE_GROWTH ? 2 * pause : pause;
 }
 
+/* The pause before the next pass, given the records the stream brought since the
+ * previous pass began, elapsed_ns ago: next_pause while it is dense enough that
+ * pause_ns gathers GATHER_RECORDS of them (here 80,000 records/s), none below that.
+ * Pausing on any activity kept the pause at its longest under any steady stream
+ * (each pause let the next record in, so the next pass found more): acks="all" at
+ * 20,000 records/s waited up to 1.6 ms per hop, a p99 of 3.1 ms end to end. A
+ * sparse stream is copied as it comes, a wake per record; a dense one in passes. */
+#define GATHER_RECORDS 8
+static int64_t pause_after(int64_t pause, int64_t pause_ns, int64_t records,
+                           int64_t elapsed_ns) {
+    if (records * pause_ns < GATHER_RECORDS * elapsed_ns) return 0;
+    return next_pause(pause, pause_ns);
+}
+
 /* Gathering, for a follower woken by a dense stream of small appends. With one
  * record per append, a follower that copies each record as it comes costs each
  * record a wake of both followers' loops (and, through their appends, of the
@@ -69,6 +84,7 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
                           int64_t append_timeout_ns, const volatile uint32_t *stop,
                           uint64_t *needed_length) {
     int64_t deadline = mono_ns() + timeout_ns, pause = 0;
+    int64_t pass_from = mono_ns(), pass_offset = cursor->offset;
     for (;;) {
         if (stopping(stop)) return ENGINE_RING_TIMEOUT;
         uint64_t length = 0;
@@ -76,12 +92,15 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
         if (code == ENGINE_RING_OK) {
             code = engine_ring_append_raw(follower, buf, length, append_timeout_ns);
             if (code != ENGINE_RING_OK) return code;
-            if (mono_ns() >= deadline) return ENGINE_RING_TIMEOUT;
+            int64_t now = mono_ns();
+            if (now >= deadline) return ENGINE_RING_TIMEOUT;
             /* Not backlogged, yet more is there already: let it gather. */
-            if (length < buf_length / 2 && engine_ring_wait(leader, cursor, 0, 0, 0) == ENGINE_RING_OK) {
-                pause = next_pause(pause, pause_ns);
+            pause = pause_after(pause, pause_ns, cursor->offset - pass_offset, now - pass_from);
+            pass_from = now;
+            pass_offset = cursor->offset;
+            if (length < buf_length / 2 && pause > 0 &&
+                engine_ring_wait(leader, cursor, 0, 0, 0) == ENGINE_RING_OK)
                 pause_for(pause);
-            }
             continue;
         }
         if (code == ENGINE_RING_OUT_TOO_SMALL) {
@@ -97,6 +116,8 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
         if (engine_ring_wait(leader, cursor, left, 0, 0) == ENGINE_RING_OK &&
             mono_ns() - waited_from < pause_ns)
             pause_for(pause_ns / GATHER_FRACTION);
+        pass_from = mono_ns();
+        pass_offset = cursor->offset;
     }
 }
 
@@ -120,6 +141,7 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
     engine_cursor_t marks[ENGINE_REPLICA_MAX_FOLLOWERS + 1];
     int64_t start = mono_ns(), deadline = start + timeout_ns, pause = 0;
     int64_t previous_end = -1; /* the leader's log end at the previous pass */
+    int64_t pass_from = start, pass_end = published->offset; /* for pause_after */
     for (;;) {
         if (stopping(stop)) return ENGINE_RING_TIMEOUT;
         engine_ring_advance(leader, published);
@@ -159,11 +181,16 @@ int engine_replica_track(void *leader, engine_cursor_t *published, void **follow
         int64_t left = deadline - mono_ns();
         if (left <= 0) return ENGINE_RING_TIMEOUT;
         if (engine_ring_wait_any(rings, marks, waited, 0, 0, 0) >= 0) {
-            pause = next_pause(pause, pause_ns); /* more is coming: gather it */
+            /* More is coming: gather it, if the stream is dense enough to be worth it. */
+            pause = pause_after(pause, pause_ns, leader_end - pass_end, now - pass_from);
+            pass_from = now;
+            pass_end = leader_end;
             pause_for(pause < left ? pause : left);
             continue;
         }
         pause = 0;
         engine_ring_wait_any(rings, marks, waited, left, 0, 0);
+        pass_from = mono_ns();
+        pass_end = leader_end;
     }
 }
