@@ -187,6 +187,7 @@ def watch(zk: KazooClient, path: str, children: bool = False) -> Iterator[str]:
         except (NoNodeError, NoAuthError) as exc:
             raise _errors(path, exc) from None
     else:
+        seen: list[bool] = []
 
         def data_changed(data: bytes | None, stat: Any) -> None:
             if stat is None:
@@ -195,7 +196,6 @@ def watch(zk: KazooClient, path: str, children: bool = False) -> Iterator[str]:
                 lines.put(f"{path} version {stat.version}: {show_data(data)}")
             seen.append(True)
 
-        seen: list[bool] = []
         DataWatch(zk, path, data_changed)
     while True:
         yield lines.get()
