@@ -302,6 +302,10 @@ class Coordinator:
         self.packets_received = 0
         self.packets_sent = 0
         self._latency = [0, 0, 0, 0]  # count, total ms, min, max (requests only)
+        #: Per request type (op code): [requests, seconds spent handling them]; `mntr`
+        #: shows them as engine_request_count_<op> and engine_request_seconds_<op> (the
+        #: daemon's metrics read them there).
+        self.requests_by_op: dict[int, list[float]] = {}
 
     # -- durability ----------------------------------------------------------------------
 
@@ -469,6 +473,11 @@ class Coordinator:
         if op == OpCode.CLOSE_SESSION or (op == OpCode.AUTH and err):
             conn.close_after_output()
         self._note_latency(started)
+        by_op = self.requests_by_op.get(op)
+        if by_op is None:
+            by_op = self.requests_by_op[op] = [0, 0.0]
+        by_op[0] += 1
+        by_op[1] += time.monotonic() - started
 
     def _reply(self, conn: Connection, xid: int, err: int, body: bytes) -> None:
         zxid = self.tree.zxid
@@ -829,6 +838,10 @@ class Coordinator:
             ("zk_last_zxid", f"{self.tree.zxid:#x}"),
             ("zk_durable_zxid", f"{self.log.durable_zxid:#x}"),
         ]
+        for op, (requests, seconds) in sorted(self.requests_by_op.items()):
+            name = OpCode(op).name.lower() if op in OpCode._value2member_map_ else str(op)
+            lines.append((f"engine_request_count_{name}", int(requests)))
+            lines.append((f"engine_request_seconds_{name}", f"{seconds:.6f}"))
         return "".join(f"{key}\t{value}\n" for key, value in lines)
 
 
