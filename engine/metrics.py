@@ -65,8 +65,10 @@ from engine.ring import Ring, RingStatus
 
 log = logging.getLogger("engine.metrics")
 
-#: A scrape gives the coordinator this long (its requests, the mntr connection).
+#: A scrape gives the coordinator this long for its tree's reads, and MNTR_TIMEOUT_S for
+#: the mntr that follows: a scrape while it does not answer takes about 2 s.
 COORDINATOR_TIMEOUT_S = 2.0
+MNTR_TIMEOUT_S = 1.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -150,7 +152,8 @@ class EngineCollector(Collector):
             yield from self._partition_metrics(tree)
             yield from self._group_metrics(tree)
         yield from self._broker_metrics(tree)
-        yield from self._coordinator_metrics()
+        if tree is not None:  # else its mntr would only make the scrape wait longer
+            yield from self._coordinator_metrics()
         yield from self._process_metrics()
 
     def close_client(self) -> None:
@@ -414,8 +417,8 @@ class EngineCollector(Collector):
         for host_port in hosts.split(","):
             host, _, port = host_port.strip().rpartition(":")
             try:
-                with socket.create_connection((host, int(port)), COORDINATOR_TIMEOUT_S) as sock:
-                    sock.settimeout(COORDINATOR_TIMEOUT_S)
+                with socket.create_connection((host, int(port)), MNTR_TIMEOUT_S) as sock:
+                    sock.settimeout(MNTR_TIMEOUT_S)
                     sock.sendall(b"mntr")
                     chunks = []
                     while chunk := sock.recv(65536):

@@ -259,3 +259,31 @@ def test_the_grafana_dashboard_reads_only_metrics_the_endpoint_serves(
             _, _, name, kind = line.split()
             served |= {name} | ({f"{name}_count", f"{name}_sum"} if kind == "summary" else set())
     assert used and used <= served, sorted(used - served)
+
+
+def test_a_scrape_answers_while_the_coordinator_is_frozen_and_recovers_after(
+    daemon: Daemon,
+) -> None:
+    url = metrics_url(daemon)
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("frozen", partitions=1)
+    assert value(scrape(url), "engine_partition_log_end_offset", topic="frozen", partition=0) == 0
+    pid = daemon.runtime()["processes"]["coordinator"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        s = scrape(url)  # answers (within urlopen's 10 s), without the tree's metrics
+        assert value(s, "engine_coordinator_up") == 0
+        assert value(s, "engine_partition_log_end_offset", topic="frozen", partition=0) is None
+        assert value(s, "engine_process_resident_memory_bytes", process="broker-1") > 0
+        assert value(s, "engine_broker_replicas", broker=1) is not None  # its stats file
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(
+        lambda: (
+            value(scrape(url), "engine_coordinator_up") == 1
+            and value(scrape(url), "engine_partition_log_end_offset", topic="frozen", partition=0)
+            == 0
+        ),
+        timeout=30,
+        what="the tree's metrics back after the coordinator resumed",
+    )
