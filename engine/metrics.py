@@ -50,7 +50,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    SummaryMetricFamily,
+    HistogramMetricFamily,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -394,18 +394,26 @@ class EngineCollector(Collector):
                 g = GaugeMetricFamily(name, doc)
                 g.add_metric([], _number(stats[key]))
                 yield g
-        requests = SummaryMetricFamily(
+        requests = HistogramMetricFamily(
             "engine_coordinator_request_seconds",
             "Requests handled by the coordinator, by type, and the time spent handling them "
             "(the wait for the transaction log's fsync not included).",
             labels=["op"],
         )
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        prefix = "engine_request_bucket_"
+        for key, value in stats.items():
+            if key.startswith(prefix):
+                op, _, bound = key[len(prefix) :].rpartition("_")
+                buckets.setdefault(op, []).append((float(bound), _number(value)))
         prefix = "engine_request_count_"
         for key, value in sorted(stats.items()):
             if key.startswith(prefix):
                 op = key[len(prefix) :]
+                count = _number(value)
+                below = [(str(b), n) for b, n in sorted(buckets.get(op, []))]
                 seconds = _number(stats.get(f"engine_request_seconds_{op}", "0"))
-                requests.add_metric([op], int(_number(value)), seconds)
+                requests.add_metric([op], [*below, ("+Inf", count)], seconds)
         yield requests
 
     def _mntr(self) -> dict[str, str]:

@@ -151,6 +151,13 @@ def test_broker_coordinator_and_process_metrics_count_the_work_done(
     assert value(s, "engine_coordinator_watches") >= 1
     assert value(s, "engine_coordinator_request_seconds_count", op="get_data") > 0
     assert value(s, "engine_coordinator_request_seconds_sum", op="get_data") > 0
+    count = value(s, "engine_coordinator_request_seconds_count", op="get_data")
+    assert value(s, "engine_coordinator_request_seconds_bucket", op="get_data", le="+Inf") == count
+    within = [
+        value(s, "engine_coordinator_request_seconds_bucket", op="get_data", le=le)
+        for le in ("0.0001", "0.001", "0.01", "1.0")
+    ]
+    assert within == sorted(within) and 0 < within[-1] <= count  # cumulative
     processes = shared_daemon.runtime()["processes"]
     for name in ("daemon", "coordinator", "broker-1", "broker-2"):
         assert name == "daemon" or name in processes
@@ -257,7 +264,8 @@ def test_the_grafana_dashboard_reads_only_metrics_the_endpoint_serves(
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
-            served |= {name} | ({f"{name}_count", f"{name}_sum"} if kind == "summary" else set())
+            parts = {"summary": ("_count", "_sum"), "histogram": ("_bucket", "_count", "_sum")}
+            served |= {name} | {name + suffix for suffix in parts.get(kind, ())}
     assert used and used <= served, sorted(used - served)
 
 
