@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -49,8 +49,10 @@ from engine.errors import (
     EngineTimeoutError,
     UnknownTopicError,
 )
-from engine.metrics import EngineCollector, MetricsServer
 from engine.ring import Ring
+
+if TYPE_CHECKING:
+    from engine.metrics import MetricsServer
 
 log = logging.getLogger("engine.daemon")
 
@@ -252,6 +254,8 @@ class Daemon:
 
     def _start_metrics(self) -> None:
         """Serve the Prometheus metrics on 127.0.0.1 (engine.metrics)."""
+        from engine.metrics import EngineCollector, MetricsServer  # the daemon's only
+
         port_file = self.data_dir.run_dir / "metrics.port"
         collector = EngineCollector(
             self.data_dir,
