@@ -14,7 +14,9 @@ threads, see engine.replica.Replica); a replica stopped since the last write lea
 the counts it had then to the broker's total, so the total never goes back.
 
 The file is replaced by a rename (readers never see half of it), mode 0600, not
-fsynced: it says nothing that must survive a crash. Who calls: the broker's main
+fsynced: it says nothing that must survive a crash. Its cost is mostly the threads' CPU
+times, one /proc read per thread: 5.6 ms a second for 300 threads (100 replicas) on
+the 2-core VM. Who calls: the broker's main
 thread starts and stops the writer; the writer runs in its own daemon thread.
 """
 
