@@ -38,6 +38,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from engine import metadata as md
 from engine import stale_rings
 from engine import transaction as txn
+from engine.broker_stats import BrokerStats, stats_path
 from engine.config import validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
@@ -92,6 +93,9 @@ class Broker:
         self.zk.add_listener(self._on_state)
         self.controller = Controller(self.zk, broker_id, self.poke, self._seal_ring)
         self.txn_timeouts = txn.TimeoutAborter(data_dir.root, lambda: self.controller.active)
+        self.stats = BrokerStats(
+            stats_path(data_dir.run_dir, broker_id), lambda: list(self.replicas.values())
+        )
 
     def poke(self, *_: Any) -> None:
         self._wake.set()
@@ -175,6 +179,7 @@ class Broker:
         first = True
         self._wake.set()  # the first pass runs at once: election, then replicas
         self.txn_timeouts.start()
+        self.stats.start()
         while not self._stopping.is_set():
             self._wait_for_work()
             if self._stopping.is_set():
@@ -430,6 +435,7 @@ class Broker:
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)
         self.txn_timeouts.stop()
+        self.stats.stop()
         for key in list(self.replicas):
             self.replicas.pop(key).stop()
         try:

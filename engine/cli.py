@@ -119,12 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
         "default: half of /dev/shm, at most a quarter of the memory)",
     )
 
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (default: the last run's port "
+        "if free, else any; `engine status --json` says where)",
+    )
+
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
 
     p = sub.add_parser("status", help="brokers, topics, partitions, offsets")
     _add_data_dir(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "top", help="a live view: rates, lag, ISR, ring fill (from the metrics; q quits)"
+    )
+    _add_data_dir(p)
+    p.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between refreshes (default 1)"
+    )
 
     p = sub.add_parser("topics", help="create, list, describe, delete topics")
     tsub = p.add_subparsers(dest="topics_command", metavar="ACTION")
@@ -326,9 +343,13 @@ def cmd_start(args: argparse.Namespace) -> int:
             level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
-        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster, limits).run()
+        return daemon.Daemon(
+            dd, args.brokers, args.coordinator, cluster, limits, metrics_port=args.metrics_port
+        ).run()
     t0 = time.monotonic()
-    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster, limits)
+    info = daemon.start_background(
+        dd, args.brokers, args.coordinator, cluster, limits, metrics_port=args.metrics_port
+    )
     print(
         f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
         f"{info['coordinator']}, brokers {info['brokers']} (logs in {dd.log_dir})"
@@ -403,6 +424,7 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
             "daemon_pid": info["pid"],
             "coordinator": info["coordinator"],
             "processes": info.get("processes", {}),
+            "metrics": info.get("metrics"),
             "controller": md.controller_id(zk),
             "brokers": {str(k): v for k, v in sorted(md.live_brokers(zk).items())},
             "shm": {"budget_bytes": md.shm_budget(zk), "used_bytes": md.shm_used(zk)},
@@ -420,6 +442,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"data dir     {report['data_dir']}")
     print(f"daemon       pid {report['daemon_pid']}")
     print(f"coordinator  {report['coordinator']}")
+    print(f"metrics      {report['metrics']}")
     print(f"controller   broker {report['controller']}")
     budget, used = report["shm"]["budget_bytes"], report["shm"]["used_bytes"]
     print(f"shared mem   {format_size(used)} of a {format_size(budget)} budget (partition rings)")
@@ -437,6 +460,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"hw {p['high_watermark']}"
             )
     return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from engine import top
+
+    if not args.interval > 0:
+        print(f"engine: --interval must be above 0: interval={args.interval}", file=sys.stderr)
+        return 2
+    return top.run(DataDir.resolve(args.data_dir), interval=args.interval)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -760,6 +792,7 @@ _COMMANDS = {
     "start": cmd_start,
     "stop": cmd_stop,
     "status": cmd_status,
+    "top": cmd_top,
     "topics": cmd_topics,
     "produce": cmd_produce,
     "consume": cmd_consume,

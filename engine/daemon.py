@@ -4,8 +4,9 @@
 dir) and returns once every broker is registered; ``--foreground`` runs it in
 the calling terminal. It holds an exclusive lock on ``engine.lock`` for its
 whole life, so a second daemon on the same data dir is refused. It writes
-``engine.json`` (its pid, the coordinator's address, the broker ids), through
-which clients find it, and pid files under ``run/``.
+``engine.json`` (its pid, the coordinator's address, the broker ids, the metrics
+URL), through which clients find it, and pid files under ``run/``. It serves the
+Prometheus metrics on 127.0.0.1 (engine.metrics) from a thread of its own.
 
 Supervision: a child that exits while the daemon runs is restarted after a
 short backoff (the coordinator on the same port, so clients' addresses stay
@@ -26,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -42,6 +43,7 @@ from engine.datadir import (
     write_private_file,
 )
 from engine.errors import (
+    ConfigError,
     DaemonAlreadyRunningError,
     DaemonNotRunningError,
     EngineError,
@@ -49,6 +51,9 @@ from engine.errors import (
     UnknownTopicError,
 )
 from engine.ring import Ring
+
+if TYPE_CHECKING:
+    from engine.metrics import MetricsServer
 
 log = logging.getLogger("engine.daemon")
 
@@ -117,9 +122,14 @@ class Daemon:
         coordinator: str | None,
         cluster_config: dict[str, Any] | None = None,
         session_limits: SessionLimits | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.broker_count = brokers
+        #: The metrics' port: None takes the last run's where it is free (a Prometheus
+        #: configured for it keeps finding it), else any; 0 any.
+        self.metrics_port = metrics_port
+        self.metrics: MetricsServer | None = None
         self.external_coordinator = coordinator
         self.cluster_config = cluster_config or {}
         # The built-in coordinator's tick and session timeout range (engine start's
@@ -163,11 +173,14 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
+            self._start_metrics()
             self._start_children()
             self._write_runtime(ready=True)
             log.info("engine ready: coordinator %s, %d brokers", self.hosts, self.broker_count)
             self._supervise()
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self._stop_children()
             with contextlib.suppress(FileNotFoundError):
                 dd.runtime_file.unlink()
@@ -244,6 +257,30 @@ class Daemon:
         finally:
             zk.stop()
             zk.close()
+
+    def _start_metrics(self) -> None:
+        """Serve the Prometheus metrics on 127.0.0.1 (engine.metrics)."""
+        from engine.metrics import EngineCollector, MetricsServer  # the daemon's only
+
+        port_file = self.data_dir.run_dir / "metrics.port"
+        collector = EngineCollector(
+            self.data_dir,
+            processes=lambda: {"daemon": os.getpid()}
+            | {c.name: c.proc.pid for c in self.children if c.proc is not None},
+            brokers=lambda: list(range(1, self.broker_count + 1)),
+        )
+        port = self.metrics_port if self.metrics_port is not None else _read_port(port_file)
+        try:
+            self.metrics = MetricsServer(collector, port or 0)
+        except OSError as exc:
+            if self.metrics_port:  # asked for that port: say why it cannot be had
+                raise ConfigError(
+                    f"cannot serve metrics on that port: port={self.metrics_port} "
+                    f"reason={exc.strerror or exc}"
+                ) from None
+            self.metrics = MetricsServer(collector, 0)  # the last run's port is taken
+        write_private_file(port_file, f"{self.metrics.port}\n".encode())
+        log.info("metrics at %s", self.metrics.url)
 
     def _secure_tree(self) -> None:
         """The engine's ACL on all of its znodes and its paths made, before any broker
@@ -352,6 +389,7 @@ class Daemon:
             "external_coordinator": self.external_coordinator is not None,
             "brokers": list(range(1, self.broker_count + 1)),
             "processes": {c.name: c.proc.pid for c in self.children if c.proc is not None},
+            "metrics": self.metrics.url if self.metrics is not None else None,
             "started_at": time.time(),
         }
         write_private_file(self.data_dir.runtime_file, md.encode(info))
@@ -462,6 +500,7 @@ def start_background(
     coordinator: str | None,
     cluster_config: dict[str, Any] | None = None,
     session_limits: SessionLimits | None = None,
+    metrics_port: int | None = None,
 ) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
     probe = Daemon(data_dir, brokers, coordinator)
@@ -495,6 +534,8 @@ def start_background(
         argv += ["--shm-budget", str(config[shm.BUDGET_KEY])]
     if session_limits is not None:
         argv += session_limits.argv()  # the same option names as engine start's
+    if metrics_port is not None:
+        argv += ["--metrics-port", str(metrics_port)]
     try:
         proc = subprocess.Popen(
             argv,

@@ -90,6 +90,7 @@ IDLE_POLLS = 20  # 100 ms of sleep-polling before the drain blocks on the ring
 REPLICA_PAUSE_S = 0.0001
 FOLLOW_TIMEOUT_S = 0.1  # a follower's fetch looks at its stop flag at least this often
 FOLLOW_APPEND_TIMEOUT_S = 1.0  # a full follower ring: seek again after this long
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time, per second
 LEADER = -1  # a follower's key for its leader's ring among its peers (a leader keys by broker)
 
 
@@ -139,6 +140,13 @@ class Replica:
         self._peers_lock = threading.Lock()
         self._stop_deadline = 0.0
         self._error: BaseException | None = None
+        #: For the metrics (engine.broker_stats reads them): the drain's passes that
+        #: moved batches and their wall time, and the returns of the C replication loop
+        #: (a leader's high-watermark tracking, a follower's fetch). Each is written by
+        #: one thread only.
+        self.drain_passes = 0
+        self.drain_seconds = 0.0
+        self.replication_passes = 0
         self._threads: list[threading.Thread] = []
         self._add_thread("drain", self._drain_loop)
 
@@ -250,6 +258,7 @@ class Replica:
         while True:
             count = self.ring.peek(cursor, limit, DRAIN_CHUNK, infos)
             if count:
+                started = time.monotonic()
                 idle_polls = 0
                 batches = infos[:count]
                 n = int(batches["length"].sum())
@@ -257,6 +266,8 @@ class Replica:
                 self.ring.drain_to(cursor)
                 self.log.maybe_flush()
                 now = time.monotonic()
+                self.drain_passes += 1
+                self.drain_seconds += now - started
                 sleep = POLL_SLEEP_S  # after an empty ring: the rate is yet to be seen
                 if last_pass is not None:  # bytes/s since the previous pass
                     rate = n / max(now - last_pass, 1e-6)
@@ -323,6 +334,25 @@ class Replica:
     @property
     def failed(self) -> BaseException | None:
         return self._error
+
+    def thread_cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each kind of this replica's threads used so far ("drain",
+        "replicate", "fetch"), from /proc (by thread id: safe for a thread that ended
+        meanwhile, which counts nothing)."""
+        out: dict[str, float] = {}
+        for thread in self._threads:
+            kind = thread.name.split("-", 1)[0]
+            if thread.native_id is None:
+                continue  # not started
+            try:
+                with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            # utime and stime: fields 14 and 15 of proc(5), the 12th and 13th after ")".
+            used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            out[kind] = out.get(kind, 0.0) + used
+        return out
 
     def status(self) -> dict[str, Any]:
         s = self.ring.status()
@@ -438,6 +468,7 @@ class LeaderReplica(Replica):
                 self.leader_epoch, ends, caught_up_ns,
                 timeout, REPLICA_PAUSE_S, self._interrupt,
             )  # fmt: skip
+            self.replication_passes += 1
             now, now_ns = time.monotonic(), time.monotonic_ns()
             for i, b in enumerate(brokers):
                 if ends[i] >= 0 and ends[i] != seen[b][0]:
@@ -624,6 +655,7 @@ class FollowerReplica(Replica):
                     leader, cursor, self.ring, buf, FOLLOW_TIMEOUT_S, REPLICA_PAUSE_S,
                     FOLLOW_APPEND_TIMEOUT_S, self._interrupt,
                 )  # fmt: skip
+                self.replication_passes += 1
                 if code == OUT_TOO_SMALL:
                     buf = bytearray(max(needed, 2 * len(buf)))
                 elif code in (OVERWRITTEN, FULL):

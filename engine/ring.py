@@ -157,6 +157,10 @@ class RingStatus:
     isr_count: int
     reaped_frames: int
     full_waits: int
+    #: Offsets and frame bytes consumers read from this ring (the metrics' "out";
+    #: followers' copies and reads of the segment files are not counted).
+    read_offsets: int = 0
+    read_bytes: int = 0
 
     @property
     def readable_end(self) -> int:
@@ -649,6 +653,8 @@ class Ring:
             isr_count=int(s.isr_count),
             reaped_frames=int(s.reaped_frames),
             full_waits=int(s.full_waits),
+            read_offsets=int(s.read_offsets),
+            read_bytes=int(s.read_bytes),
         )
 
 

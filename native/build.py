@@ -73,6 +73,7 @@ typedef struct engine_ring_status {
     uint32_t isr_count; uint32_t reserved;
     uint64_t reaped_frames; uint64_t full_waits;
     uint32_t publish_waiters; uint32_t space_waiters;
+    uint64_t read_offsets; uint64_t read_bytes;
 } engine_ring_status_t;
 
 #define ENGINE_RING_VERSION ...

@@ -1,7 +1,7 @@
 /* Replication's two hot loops (engine/replica.py runs them and decides the rest).
  *
  * - A follower's fetch: copy the leader's published batches into the follower's
- *   own ring, byte for byte (engine_ring_read, then engine_ring_append_raw).
+ *   own ring, byte for byte (engine_ring_read_replica, then engine_ring_append_raw).
  * - A leader's high-watermark loop: set the leader's high watermark to the least
  *   log end offset of the leader and its in-sync followers, whose log ends are
  *   their rings' tail offsets.
@@ -88,7 +88,8 @@ int engine_replica_follow(void *leader, engine_cursor_t *cursor, void *follower,
     for (;;) {
         if (stopping(stop)) return ENGINE_RING_TIMEOUT;
         uint64_t length = 0;
-        int code = engine_ring_read(leader, cursor, buf, buf_length, &length, INT64_MAX);
+        int code = engine_ring_read_replica(leader, cursor, buf, buf_length, &length,
+                                            INT64_MAX);
         if (code == ENGINE_RING_OK) {
             code = engine_ring_append_raw(follower, buf, length, append_timeout_ns);
             if (code != ENGINE_RING_OK) return code;

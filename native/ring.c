@@ -660,8 +660,8 @@ int engine_ring_peek(void *region, engine_cursor_t *cursor, int64_t max_offset,
     return ENGINE_RING_OK;
 }
 
-int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
-                     uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
+int engine_ring_read_replica(void *region, engine_cursor_t *cursor, char *out,
+                             uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
     struct engine_ring_header *h = header_of(region);
     uint64_t capacity = h->capacity, max_frame = h->max_frame_length;
     uint64_t first = cursor->position, c = first;
@@ -703,6 +703,23 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
     cursor->position = c;
     if (copied) cursor->offset = next_offset;
     return copied ? ENGINE_RING_OK : ENGINE_RING_EMPTY;
+}
+
+/* Adds one read to the ring's "out" counters (metrics; see ring.h). */
+static void count_read(struct engine_ring_header *h, int64_t offsets, uint64_t bytes) {
+    engine_fetch_add_u64(&h->read_offsets, (uint64_t)offsets); /* relaxed: counts only */
+    engine_fetch_add_u64(&h->read_bytes, bytes);
+}
+
+int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
+                     uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
+    uint64_t first = cursor->position;
+    int64_t first_offset = cursor->offset;
+    int code = engine_ring_read_replica(region, cursor, out, out_capacity, out_length,
+                                        max_offset);
+    if (code == ENGINE_RING_OK)
+        count_read(header_of(region), cursor->offset - first_offset, cursor->position - first);
+    return code;
 }
 
 int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_offset,
@@ -772,6 +789,7 @@ int engine_ring_read_values(void *region, engine_cursor_t *cursor, int64_t max_o
     if (code == ENGINE_RING_VALUE_SIZE) return code;
     if (corrupt && !moved) return ENGINE_RING_CORRUPT;
     if (!moved) return ENGINE_RING_EMPTY;
+    count_read(h, offset - *next_offset, c - first);
     cursor->position = c;
     cursor->offset = cursor_offset;
     *copied = n;
@@ -1332,4 +1350,6 @@ void engine_ring_status(void *region, engine_ring_status_t *out) {
     out->full_waits = engine_load_relaxed_u64(&h->full_waits);
     out->publish_waiters = engine_load_relaxed_u32(&h->publish_waiters);
     out->space_waiters = engine_load_relaxed_u32(&h->space_waiters);
+    out->read_offsets = engine_load_relaxed_u64(&h->read_offsets);
+    out->read_bytes = engine_load_relaxed_u64(&h->read_bytes);
 }

@@ -75,8 +75,19 @@
  * +---------------------------------------------------------------+ 1024
  * | producer fencing table: 64 slots of 16 bytes (below)          |
  * +---------------------------------------------------------------+ 2048
+ * | read_offsets (uint64): offsets consumers read from the ring   |
+ * +---------------------------------------------------------------+ 2056
+ * | read_bytes (uint64): frame bytes consumers read (positions)   |
+ * +---------------------------------------------------------------+ 2064
  * | reserved                                                      |
  * +---------------------------------------------------------------+ 4096
+ *
+ * read_offsets and read_bytes (in the reserved area of earlier rings, which
+ * was zero) are the partition's "records and bytes out" for the metrics:
+ * engine_ring_read and engine_ring_read_values add what each call delivered,
+ * once per call, relaxed. A follower's copy (engine_ring_read_replica) is not
+ * counted, as Kafka's BytesOut leaves out replication; neither are reads of
+ * the segment files.
  *
  * Producer fencing slot (transactional producers; version 2):
  * +---------------------------------------------------------------+  0
@@ -230,7 +241,10 @@ struct engine_ring_header {
         int32_t epoch;
         uint32_t reserved;
     } producers[ENGINE_RING_PRODUCER_SLOTS];
-    uint8_t pad7[ENGINE_RING_HEADER_LENGTH - 2048];
+
+    uint64_t read_offsets;
+    uint64_t read_bytes;
+    uint8_t pad7[ENGINE_RING_HEADER_LENGTH - 2064];
 };
 
 _Static_assert(offsetof(struct engine_ring_header, version) == 0, "version");
@@ -262,6 +276,8 @@ _Static_assert(offsetof(struct engine_ring_header, hw_seq) == 896, "hw_seq");
 _Static_assert(offsetof(struct engine_ring_header, hw_waiters) == 900, "hw_waiters");
 _Static_assert(offsetof(struct engine_ring_header, producers) == 1024, "producers");
 _Static_assert(sizeof(struct engine_producer_slot) == 16, "producer slot");
+_Static_assert(offsetof(struct engine_ring_header, read_offsets) == 2048, "read_offsets");
+_Static_assert(offsetof(struct engine_ring_header, read_bytes) == 2056, "read_bytes");
 _Static_assert(sizeof(struct engine_ring_header) == ENGINE_RING_HEADER_LENGTH, "header size");
 
 struct engine_frame_header {
@@ -323,6 +339,8 @@ typedef struct engine_ring_status {
     uint64_t full_waits;
     uint32_t publish_waiters;
     uint32_t space_waiters;
+    uint64_t read_offsets;      /* offsets consumers read from the ring (metrics) */
+    uint64_t read_bytes;        /* frame bytes they read: positions passed */
 } engine_ring_status_t;
 
 /* Setup (not hot): format a zeroed region; check a mapped region. */
@@ -437,6 +455,10 @@ int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32
  * Advances the cursor past what was copied. OK when something was copied. */
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+/* engine_ring_read for a follower copying its leader: not counted in read_offsets
+ * and read_bytes. */
+int engine_ring_read_replica(void *region, engine_cursor_t *cursor, char *out,
+                             uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
 
 /* The drain's read: the published batches at the cursor, in place, up to
  * max_offset (-1: the high watermark), max_bytes (at least one batch) and

@@ -97,6 +97,26 @@ def test_header_bytes_match_the_diagram(ring_name: str) -> None:
     ring.close()
 
 
+def test_reads_count_offsets_and_frame_bytes_out_in_the_header(ring_name: str) -> None:
+    """read_offsets (2048) and read_bytes (2056): what consumers read, for the metrics."""
+    ring = Ring.create(ring_name, 1 << 16, base_offset=10)
+    try:
+        for value in (b"a", b"bb", b"ccc"):
+            ring.append(producer_fields(), value)
+        cursor = ring.seek(10)
+        assert cursor is not None
+        code, _ = ring.read(cursor, bytearray(4096))
+        assert code == OK
+        raw = bytes(ffi.buffer(ring._ptr(), 4096))
+        tail = ring.status().tail_position
+        assert struct.unpack_from("<QQ", raw, 2048) == (3, tail)
+        assert (ring.status().read_offsets, ring.status().read_bytes) == (3, tail)
+        assert ring.read(cursor, bytearray(4096))[0] == EMPTY  # nothing more: nothing counted
+        assert ring.status().read_offsets == 3
+    finally:
+        ring.close()
+
+
 def test_a_ring_of_another_version_is_refused_with_both_versions(ring_name: str) -> None:
     ring = Ring.create(ring_name, 1 << 16)
     try:

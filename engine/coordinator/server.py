@@ -17,6 +17,7 @@ has been fsynced, everything behind it is written out. Hence:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import errno
 import logging
@@ -266,6 +267,29 @@ class Connection(asyncio.Protocol):
 
 Handler = Callable[["Coordinator", Connection, Session, int, Record], bytes]
 
+#: The upper bounds (seconds) of the request-time histogram `mntr` shows per request
+#: type as engine_request_bucket_<op>_<bound>: requests that took at most that long.
+LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                     0.25, 1.0)
+
+
+class OpStats:
+    """One request type's requests, the seconds spent handling them (the reply queued;
+    the wait for the transaction log's fsync not included), and how many fell in each
+    of LATENCY_BUCKETS_S (the last count: above them all). The event loop's only."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)
+
+    def add(self, elapsed: float) -> None:
+        self.count += 1
+        self.seconds += elapsed
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1
+
 
 class Coordinator:
     """The state machine: tree, sessions, watches and the transaction log, and the
@@ -303,6 +327,9 @@ class Coordinator:
         self.packets_received = 0
         self.packets_sent = 0
         self._latency = [0, 0, 0, 0]  # count, total ms, min, max (requests only)
+        #: Per request type (op code): requests, the time spent handling them, and how
+        #: many took how long; `mntr` shows them (the daemon's metrics read them there).
+        self.requests_by_op: dict[int, OpStats] = {}
 
     # -- durability ----------------------------------------------------------------------
 
@@ -470,6 +497,10 @@ class Coordinator:
         if op == OpCode.CLOSE_SESSION or (op == OpCode.AUTH and err):
             conn.close_after_output()
         self._note_latency(started)
+        by_op = self.requests_by_op.get(op)
+        if by_op is None:
+            by_op = self.requests_by_op[op] = OpStats()
+        by_op.add(time.monotonic() - started)
 
     def _reply(self, conn: Connection, xid: int, err: int, body: bytes) -> None:
         zxid = self.tree.zxid
@@ -831,6 +862,14 @@ class Coordinator:
             ("zk_last_zxid", f"{self.tree.zxid:#x}"),
             ("zk_durable_zxid", f"{self.log.durable_zxid:#x}"),
         ]
+        for op, stats in sorted(self.requests_by_op.items()):
+            name = OpCode(op).name.lower() if op in OpCode._value2member_map_ else str(op)
+            lines.append((f"engine_request_count_{name}", stats.count))
+            lines.append((f"engine_request_seconds_{name}", f"{stats.seconds:.6f}"))
+            below = 0
+            for bound, n in zip(LATENCY_BUCKETS_S, stats.buckets, strict=False):
+                below += n
+                lines.append((f"engine_request_bucket_{name}_{bound}", below))
         return "".join(f"{key}\t{value}\n" for key, value in lines)
 
 
