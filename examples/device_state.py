@@ -29,6 +29,9 @@ TOPIC_CONFIG = {
     "segment.bytes": 16384,
     "min.cleanable.dirty.ratio": 0.1,
     "delete.retention.ms": 3_600_000,
+    # A small ring (a reading is a few dozen bytes): 1 MiB, batches up to 64 KiB.
+    "ring.bytes": 1 << 20,
+    "max.message.bytes": 1 << 16,
 }
 
 

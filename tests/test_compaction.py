@@ -534,7 +534,7 @@ def test_device_state_table_survives_compaction_a_restart_and_a_leader_kill(
         "segment.bytes": 4096,
         "min.cleanable.dirty.ratio": 0.05,
         "ring.bytes": 1 << 16,  # the ring moves on: early offsets are read from segments
-        "max.message.bytes": 16384,
+        "max.message.bytes": 1 << 14,
         "min.insync.replicas": 1,
     }
     devices = device_state.device_ids(40)
@@ -607,3 +607,8 @@ def test_device_state_table_survives_compaction_a_restart_and_a_leader_kill(
     finally:
         daemon.stop()
         daemon.kill_everything()
+
+
+def test_the_device_state_example_rebuilds_the_table(daemon: Daemon) -> None:
+    args = ["--data-dir", str(daemon.data_dir), "--devices", "30", "--rounds", "10"]
+    assert device_state.main(args) == 0
