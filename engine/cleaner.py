@@ -29,10 +29,10 @@ not in a sealed segment (open, or decided in the active segment only), or the ba
 offset of the first segment with a record younger than ``min.compaction.lag.ms``.
 
 When: :meth:`LogCleaner.clean` cleans when the dirty share of the cleanable bytes
-(those after where the last clean ended; all of them after a restart, as that point
-is kept in memory) is at least ``min.cleanable.dirty.ratio``, when the first dirty
-segment is older than ``max.compaction.lag.ms``, or when a tombstone or marker that
-the last clean kept comes due. A replica of a compacted topic asks from its cleaner
+(those after where the last clean ended, kept in ``cleaner-checkpoint``) is at least
+``min.cleanable.dirty.ratio``, when the first dirty segment is older than
+``max.compaction.lag.ms``, or when a tombstone or marker that the last clean kept
+comes due. A replica of a compacted topic asks from its cleaner
 thread every ``BACKOFF_S`` (engine/replica.py; Kafka's ``log.cleaner.backoff.ms``).
 
 How: a first pass over the sealed segments' batch headers decides every transaction;
@@ -53,6 +53,7 @@ clean, while the log's drain thread goes on appending to the active segment.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -64,7 +65,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.datadir import fsync_directory
+from engine.datadir import fsync_directory, write_private_file
 from engine.errors import CorruptRecordError
 from engine.log import Log
 from engine.record_batch import (
@@ -86,6 +87,10 @@ __all__ = ["BACKOFF_S", "CleanResult", "LogCleaner"]
 #: How often a replica of a compacted topic asks its cleaner to clean (Kafka's
 #: log.cleaner.backoff.ms is 15 s; the environment can set it, tests do).
 BACKOFF_S = float(os.environ.get("ENGINE_CLEANER_BACKOFF_MS", "15000")) / 1000
+#: Where the last clean ended, in the partition directory. JSON, version 1:
+#: {"version": 1, "clean_offset": offset, "next_due_ms": ms or null}.
+CHECKPOINT_FILE = "cleaner-checkpoint"
+CHECKPOINT_VERSION = 1
 #: Bytes of batches read from a segment at a time.
 CHUNK_BYTES = 1 << 20
 _NO_LIMIT = 2**63 - 1
@@ -189,6 +194,10 @@ class _Output:
         self.log = log
         self.staging = staging
         self.bases: list[int] = []
+        #: Each written segment's mtime (ms), once finished.
+        self.modified_ms: list[int] = []
+        #: The written segments holding a tombstone or marker kept until it is due.
+        self.holding_due: set[int] = set()
         self.size = 0
         self._segment: LogSegment | None = None
         self._modified_ms = 0
@@ -212,10 +221,12 @@ class _Output:
         self.bases.append(base_offset)
         self._modified_ms = self._input_modified_ms
 
-    def write(self, pieces: list[bytes]) -> None:
-        """Append whole batches, the next offsets after those written before."""
+    def write(self, pieces: list[bytes], holds_due: bool = False) -> None:
+        """Append whole batches, the next offsets after those written before;
+        ``holds_due``: one of them is a tombstone or marker kept until it is due."""
         if not pieces:
             return
+        first = max(len(self.bases) - 1, 0)
         data = b"".join(pieces)
         infos, _, _ = scan_batches(data, verify_crc=False)
         segment_bytes = self.log.config.segment_bytes
@@ -231,12 +242,15 @@ class _Output:
                 continue
             start += placed
         self.size += len(data)
+        if holds_due:
+            self.holding_due.update(range(first, len(self.bases)))
 
     def finish(self) -> None:
         """Seal, date and fsync the current cleaned segment."""
         segment, self._segment = self._segment, None
         if segment is None:
             return
+        self.modified_ms.append(self._modified_ms)
         try:
             segment.seal()
             modified_ns = self._modified_ms * 1_000_000
@@ -250,6 +264,20 @@ class _Output:
             self._segment.close()
             self._segment = None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _read_checkpoint(directory: str) -> tuple[int, int | None]:
+    """(clean_offset, next_due_ms) from ``cleaner-checkpoint``; (-1, None), everything
+    dirty, when it is missing or unreadable (it is only ever a hint)."""
+    try:
+        with open(os.path.join(directory, CHECKPOINT_FILE), "rb") as f:
+            data = json.loads(f.read())
+        if data["version"] != CHECKPOINT_VERSION:
+            return -1, None
+        due = data["next_due_ms"]
+        return int(data["clean_offset"]), None if due is None else int(due)
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1, None
 
 
 class _Stopped(Exception):
@@ -290,14 +318,28 @@ class LogCleaner:
     """Cleans one log now and then (module docstring).
 
     Holds the log, where its last clean ended (``clean_offset``: below it the
-    cleanable segments were cleaned; in memory only) and when a tombstone or marker
-    that clean kept comes due. Used by one thread at a time.
+    cleanable segments were cleaned) and when a tombstone or marker that clean kept
+    comes due (``next_due_ms``), both also in the log's ``cleaner-checkpoint`` (format
+    at CHECKPOINT_FILE), read when it is made: a restart does not clean again what was
+    clean. Used by one thread at a time.
     """
 
     def __init__(self, log: Log) -> None:
         self.log = log
-        self.clean_offset = -1
-        self.next_due_ms: int | None = None
+        self.clean_offset, self.next_due_ms = _read_checkpoint(log.directory)
+        # A log cut since (a follower's divergent tail, a repair) is dirty from its end.
+        self.clean_offset = min(self.clean_offset, log.log_end_offset)
+
+    def _checkpoint(self, clean_offset: int, next_due_ms: int | None) -> None:
+        self.clean_offset, self.next_due_ms = clean_offset, next_due_ms
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "clean_offset": clean_offset,
+            "next_due_ms": next_due_ms,
+        }
+        write_private_file(
+            os.path.join(self.log.directory, CHECKPOINT_FILE), json.dumps(data).encode() + b"\n"
+        )
 
     def dirty_ratio(self) -> float:
         """The share of the sealed segments' bytes written since the last clean."""
@@ -432,7 +474,7 @@ class LogCleaner:
                     removed += gone
                     if kept_due:
                         due = expiry if due is None else min(due, expiry)
-                    output.write(pieces)
+                    output.write(pieces, kept_due)
             output.write(hole.take())
             output.finish()
             end_offset = cleanable[-1].next_offset
@@ -440,7 +482,7 @@ class LogCleaner:
             before = sum(segment.size for segment in cleanable)
             if not removed and len(output.bases) >= len(cleanable):
                 output.abandon()  # nothing would change
-                self.clean_offset, self.next_due_ms = end_offset, due
+                self._checkpoint(end_offset, due)
                 return None
             fsync_directory(staging)
             log.upgrade_format()
@@ -449,7 +491,9 @@ class LogCleaner:
             output.abandon()
             raise
         log.replace_segments(replaced, output.bases)
-        self.clean_offset, self.next_due_ms = end_offset, due
+        # What the next clean sees: the written segments' mtimes.
+        dues = [output.modified_ms[i] + config.delete_retention_ms for i in output.holding_due]
+        self._checkpoint(end_offset, min(dues) if dues else None)
         result = CleanResult(replaced, output.bases, end_offset, before, output.size, removed)
         logger.info(
             "cleaned %s up to offset %d: %d segments into %d, %d -> %d bytes, %d records removed",

@@ -10,6 +10,7 @@ A partition directory holds::
     00000000000000004711.log ...
     cleaning/                         a clean's output until it replaces segments
                                       (compacted topics: segment_swap.py)
+    cleaner-checkpoint                JSON: where the last clean ended (cleaner.py)
 
 ``log.meta`` names the on-disk formats: the ``.log`` files hold Kafka RecordBatch
 magic 2 (native/batch.h); the index formats are drawn in offset_index.py and

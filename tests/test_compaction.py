@@ -240,6 +240,28 @@ def test_tombstones_stay_for_delete_retention_ms_then_go(log: Log) -> None:
     assert (1, b"kept", b"2") in rows
 
 
+def test_a_restart_remembers_where_the_last_clean_ended_and_what_comes_due(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "p"
+    with Log.open(directory, COMPACT) as log:
+        log.append(record(0, b"gone", None))
+        fill(log, 200, keys=3, start=1)
+        cleaner = LogCleaner(log)
+        assert cleaner.clean(NOW) is not None
+        clean_offset, due = cleaner.clean_offset, cleaner.next_due_ms
+        assert clean_offset > 0 and due is not None
+    with Log.open(directory, COMPACT) as log:
+        cleaner = LogCleaner(log)
+        assert (cleaner.clean_offset, cleaner.next_due_ms) == (clean_offset, due)
+        assert cleaner.dirty_ratio() == 0.0  # nothing to clean again
+        assert cleaner.clean(due + 1) is not None  # the tombstone came due meanwhile
+        _, rows = read_log(directory)
+        assert all(key != b"gone" for _, key, _ in rows)
+        log.truncate_to(150)  # a follower's divergent tail: dirty again from its new end
+        assert LogCleaner(log).clean_offset == log.log_end_offset <= 150
+
+
 # ---- transactions --------------------------------------------------------------
 
 
