@@ -24,9 +24,10 @@ so the log stays dense (engine/log.py) and every reader's offset checks hold. A 
 at a removed offset starts at the next record kept.
 
 Cleanable segments: the sealed segments (never the active one) that end before the
-first uncleanable offset, which is the first offset of a transaction whose marker is
-not in a sealed segment (open, or decided in the active segment only), or the base
-offset of the first segment with a record younger than ``min.compaction.lag.ms``.
+first uncleanable offset, which is the replica's high watermark (above it a record may
+yet be cut), the first offset of a transaction whose marker is not in a sealed segment
+(open, or decided in the active segment only), or the base offset of the first segment
+with a record younger than ``min.compaction.lag.ms``.
 
 When: :meth:`LogCleaner.clean` cleans when the dirty share of the cleanable bytes
 (those after where the last clean ended, kept in ``cleaner-checkpoint``) is at least
@@ -367,10 +368,14 @@ class LogCleaner:
         *,
         force: bool = False,
         should_stop: Callable[[], bool] = lambda: False,
+        committed_offset: int = _NO_LIMIT,
     ) -> CleanResult | None:
         """Clean the log if it is due (``force``: whatever the dirty ratio); the result,
         or None when nothing was cleaned (not due, nothing cleanable, nothing to remove,
-        or ``should_stop`` said so between two chunks).
+        or ``should_stop`` said so between two chunks). Only segments that end at or
+        below ``committed_offset`` (the replica's high watermark) are cleaned: a record
+        above it may yet be cut from this replica, and must not have removed an older
+        record of its key (Kafka likewise cleans below the last stable offset only).
 
         CorruptRecordError when a batch to clean fails its CRC (nothing is changed).
         """
@@ -384,12 +389,12 @@ class LogCleaner:
             if not force and not self._wanted(now_ms):
                 return None
             try:
-                return self._clean(now_ms, should_stop)
+                return self._clean(now_ms, should_stop, committed_offset)
             except _Stopped:
                 return None
 
     def _cleanable(
-        self, now_ms: int, should_stop: Callable[[], bool]
+        self, now_ms: int, should_stop: Callable[[], bool], committed_offset: int
     ) -> tuple[list[LogSegment], _Transactions]:
         """The cleanable segments and the first pass's transactions."""
         sealed = self.log.sealed_segments
@@ -409,7 +414,7 @@ class LogCleaner:
                         fields.producer_epoch,
                         kind,
                     )
-        limit = self.log.log_end_offset
+        limit = min(self.log.log_end_offset, committed_offset)
         first_open = txns.first_open
         if first_open is not None:
             limit = min(limit, first_open)
@@ -446,10 +451,12 @@ class LogCleaner:
                     keys[data[position : position + length]] = offset
         return keys
 
-    def _clean(self, now_ms: int, should_stop: Callable[[], bool]) -> CleanResult | None:
+    def _clean(
+        self, now_ms: int, should_stop: Callable[[], bool], committed_offset: int
+    ) -> CleanResult | None:
         log = self.log
         config = log.config
-        cleanable, txns = self._cleanable(now_ms, should_stop)
+        cleanable, txns = self._cleanable(now_ms, should_stop, committed_offset)
         if not cleanable:
             return None
         keys = self._key_map(cleanable, txns.aborted, should_stop)

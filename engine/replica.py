@@ -322,13 +322,26 @@ class Replica:
         while not self._stop.wait(delay):
             delay = cleaner.BACKOFF_S
             try:
-                log_cleaner.clean(should_stop=self._stop.is_set)
+                committed = self._committed_offset()
+                log_cleaner.clean(should_stop=self._stop.is_set, committed_offset=committed)
             except (EngineError, OSError) as exc:
                 log.error(
                     "cleaning %s-%d failed: %s (trying again in %.0f s)",
                     self.topic, self.partition, exc, CLEAN_RETRY_S,
                 )  # fmt: skip
                 delay = CLEAN_RETRY_S
+
+    def _committed_offset(self) -> int:
+        """Below this offset this replica's log holds only records the ISR committed (the
+        cleaner cleans nothing above it). A leader's own high watermark (its log, when
+        it has no followers); a follower's leader's, while it reads the leader's ring."""
+        if self.role == "leader":
+            high_watermark = self.ring.status().high_watermark
+            return self.log.log_end_offset if high_watermark < 0 else high_watermark
+        with self._peers_lock:
+            leader = self._peers.get(LEADER)
+            high_watermark = leader.status().high_watermark if leader is not None else -1
+        return max(high_watermark, 0)
 
     def _wake(self) -> None:
         """Wake whatever this replica's threads wait on: its ring and its peers' rings."""

@@ -220,6 +220,19 @@ def test_a_clean_waits_for_the_dirty_ratio_and_min_compaction_lag(tmp_path: Path
         assert LogCleaner(log).clean(NOW + 61_000, force=True) is not None
 
 
+def test_nothing_above_the_committed_offset_is_cleaned(log: Log) -> None:
+    """A record above the high watermark may yet be cut from this replica: it must not
+    have removed the older record of its key meanwhile."""
+    fill(log, 200, keys=3)
+    assert LogCleaner(log).clean(NOW, force=True, committed_offset=10) is None
+    _, rows = read_log(Path(log.directory))
+    assert len(rows) == 200
+    result = LogCleaner(log).clean(NOW, force=True, committed_offset=100)
+    assert result is not None and result.end_offset <= 100
+    _, rows = read_log(Path(log.directory))
+    assert [o for o, _, _ in rows if o >= result.end_offset] == list(range(result.end_offset, 200))
+
+
 def test_tombstones_stay_for_delete_retention_ms_then_go(log: Log) -> None:
     log.append(record(0, b"gone", b"1"))
     log.append(record(1, b"kept", b"2"))
