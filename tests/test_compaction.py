@@ -647,3 +647,91 @@ def test_device_state_table_survives_compaction_a_restart_and_a_leader_kill(
 def test_the_device_state_example_rebuilds_the_table(daemon: Daemon) -> None:
     args = ["--data-dir", str(daemon.data_dir), "--devices", "30", "--rounds", "10"]
     assert device_state.main(args) == 0
+
+
+def test_transactions_on_a_compacted_topic_open_kept_aborted_gone(tmp_path: Path) -> None:
+    """A transactional producer commits and aborts overwrites of the same keys: the
+    brokers' cleaner removes the aborted records and the older committed ones, keeps
+    an open transaction's records and everything after them, and read_committed sees
+    each key's last committed value."""
+    daemon = Daemon(tmp_path / "engine", brokers=1)
+    daemon.env["ENGINE_CLEANER_BACKOFF_MS"] = "200"
+    topic = "tx-compacted"
+    config = {**COMPACT, "segment.bytes": 2048, "ring.bytes": 1 << 16, "max.message.bytes": 4096}
+    try:
+        daemon.start()
+        with Admin(daemon.data_dir) as admin:
+            created = admin.create_topic(topic, partitions=1, config=config)
+        broker = created.partitions[0].replicas[0]
+        with (
+            Producer(daemon.data_dir, transactional_id="tx-compacted") as p,
+            Producer(daemon.data_dir) as plain,
+        ):
+            p.init_transactions()
+            for r in range(10):
+                p.begin_transaction()
+                for k in range(10):
+                    p.send(topic, b"c%d" % r, key=b"k%d" % k, partition=0)
+                p.commit_transaction()
+                p.begin_transaction()
+                for k in range(10):
+                    p.send(topic, b"aborted", key=b"k%d" % k, partition=0)
+                p.abort_transaction()
+            for i in range(300):
+                plain.send(topic, b"f%d" % i, key=b"f%d" % (i % 5), partition=0).get()
+            p.begin_transaction()
+            opened = p.send(topic, b"open", key=b"k0", partition=0).get().offset
+            for i in range(300, 500):
+                plain.send(topic, b"f%d" % i, key=b"f%d" % (i % 5), partition=0).get()
+
+            def cleaned_below_the_open_transaction() -> bool:
+                rows = replica_rows(daemon.data_dir, broker, topic)
+                if rows is None:
+                    return False
+                values = [v for _, _, v in rows]
+                after = [o for o, _, v in rows if o > opened and v.startswith(b"f")]
+                return (
+                    b"aborted" not in values
+                    and values.count(b"c9") == 10
+                    and b"c8" not in values
+                    and b"open" in values
+                    and len(after) == 200  # nothing after the open transaction cleaned
+                )
+
+            wait_for(cleaned_below_the_open_transaction, timeout=60, what="a clean")
+            # read_committed reads up to the open transaction, and not its record
+            latest = read_table(daemon.data_dir, topic, "read_committed", until=opened)
+            assert {k: v for k, v in latest.items() if k.startswith(b"k")} == {
+                b"k%d" % k: b"c9" for k in range(10)
+            }
+            p.commit_transaction()
+        latest = read_table(daemon.data_dir, topic, "read_committed")
+        assert latest[b"k0"] == b"open" and latest[b"k1"] == b"c9"
+        assert b"aborted" not in read_table(daemon.data_dir, topic, "read_uncommitted").values()
+    except BaseException:
+        daemon.print_logs()
+        raise
+    finally:
+        daemon.stop()
+        daemon.kill_everything()
+
+
+def read_table(
+    data_dir: Path, topic: str, isolation: str, until: int | None = None
+) -> dict[bytes, bytes]:
+    """The latest value per key a consumer of that isolation reads from the beginning up
+    to offset ``until`` (default: the partition's end)."""
+    tp = TopicPartition(topic, 0)
+    with Consumer(data_dir=data_dir, isolation_level=isolation) as consumer:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp] if until is None else until
+        out: dict[bytes, bytes] = {}
+
+        def caught_up() -> bool:
+            for r in consumer.poll(timeout=0.1, max_records=10_000):
+                out[r.key] = r.value
+            return consumer.position(tp) >= end
+
+        wait_for(caught_up, timeout=30, what=f"{isolation} reads up to offset {end}")
+        return out
