@@ -48,6 +48,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,9 @@ __all__ = [
     "verify",
     "verify_replica",
 ]
+
+#: How long a replica whose cleaner is swapping segments is checked again.
+SWAP_RETRY_S = 2.0
 
 #: Batches one scan of a segment walks at most (bounds the info array).
 _SCAN_BATCHES = 1 << 16
@@ -174,7 +178,21 @@ def verify(data_dir: DataDir, topic: str | None = None) -> list[Replica]:
 
 
 def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> Replica:
-    """Check one replica's log: its batches and its indexes (module docstring)."""
+    """Check one replica's log: its batches and its indexes (module docstring).
+
+    A log whose cleaner swaps segments meanwhile (``cleaning/`` there: for a moment a
+    cleaned segment and one it replaces are both listed) is checked again, up to
+    SWAP_RETRY_S; a swap a crash left half done stays reported, beside its note."""
+    deadline = time.monotonic() + SWAP_RETRY_S
+    while True:
+        replica = _verify_replica(topic, partition, broker, directory)
+        swapping = any(note.file == CLEANING_DIR for note in replica.notes)
+        if not replica.problems or not swapping or time.monotonic() > deadline:
+            return replica
+        time.sleep(0.05)
+
+
+def _verify_replica(topic: str, partition: int, broker: int, directory: Path) -> Replica:
     try:
         topic_id = (directory / "topic.id").read_text().strip()
     except OSError:
@@ -192,9 +210,7 @@ def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> 
         problem("log.meta", -1, -1, f"unreadable: {exc}", True)
         return replica
     _, clean = read_recovery_point(str(directory))
-    if (directory / CLEANING_DIR).is_dir():
-        what = "a clean in progress, or cut short (its broker finishes or drops it at start)"
-        replica.notes.append(Problem(topic, partition, broker, CLEANING_DIR, -1, -1, what, False))
+    cleaning = (directory / CLEANING_DIR).is_dir()
     bases = list_segment_bases(str(directory))
     end: int | None = None  # where the previous segment's offsets end (None: unknown)
     for i, base in enumerate(bases):
@@ -220,6 +236,9 @@ def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> 
             replica.log_start_offset = base
         end = walk.end_offset
         replica.log_end_offset = walk.end_offset if walk.end_offset is not None else -1
+    if cleaning or (directory / CLEANING_DIR).is_dir():
+        what = "a clean in progress, or cut short (its broker finishes or drops it at start)"
+        replica.notes.append(Problem(topic, partition, broker, CLEANING_DIR, -1, -1, what, False))
     return replica
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from engine_harness import Daemon, wait_for
 
-from engine import Admin, ConfigError, Consumer, EngineError, Producer, TopicPartition
+from engine import Admin, ConfigError, Consumer, EngineError, Producer, TopicPartition, verify
 from engine import segment_swap as swap
 from engine.cleaner import LogCleaner
 from engine.config import validate_topic_config
@@ -477,6 +477,9 @@ def test_a_crash_at_any_step_of_the_swap_leaves_a_readable_log(
     monkeypatch.undo()
     assert crashed == (crash_after < 1000)
     abandon(log)
+    monkeypatch.setattr(verify, "SWAP_RETRY_S", 0.1)
+    found = verify_replica("t", 0, 0, directory)  # what engine verify says of it meanwhile
+    assert any(note.file == swap.CLEANING_DIR for note in found.notes) == crashed
     with Log.open(directory, COMPACT) as reopened:
         assert not (directory / swap.CLEANING_DIR).exists()
         _, after = read_log(directory)
@@ -607,6 +610,8 @@ def test_device_state_table_survives_compaction_a_restart_and_a_leader_kill(
 
             wait_for(compacted, timeout=60, what=f"broker {broker}'s replica compacted")
         assert device_state.rebuild_table(data_dir, topic) == expected
+        live = daemon.cli("verify", "--data-dir", str(daemon.data_dir), check=False)
+        assert live.returncode == 0, live.stdout.decode() + live.stderr.decode()  # cleaners run
         # Offset 0 (sensor-0000's first reading) was removed: a seek there, and a
         # search by time from the start, land on the first record kept.
         tp = TopicPartition(topic, 0)
