@@ -14,13 +14,13 @@ from typing import Any
 
 from engine._native import lib
 from engine.errors import ConfigError, InvalidTopicError
-from engine.log import LogConfig
+from engine.log import CLEANUP_POLICIES, LogConfig
 
 MAX_TOPIC_NAME_LENGTH = 249
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 # Defaults of the engine (Kafka's where Kafka has one; commented where they differ).
-TOPIC_DEFAULTS: dict[str, int | str] = {
+TOPIC_DEFAULTS: dict[str, int | float | str] = {
     "retention.ms": 7 * 24 * 3600 * 1000,
     "retention.bytes": -1,
     "segment.bytes": 1 << 30,
@@ -37,7 +37,12 @@ TOPIC_DEFAULTS: dict[str, int | str] = {
     # A broker setting in Kafka; per topic here. A follower further behind than this
     # leaves the ISR.
     "replica.lag.time.max.ms": 30_000,
+    # "delete", "compact" or "compact,delete" (engine/cleaner.py compacts).
     "cleanup.policy": "delete",
+    "min.cleanable.dirty.ratio": 0.5,
+    "delete.retention.ms": 24 * 3600 * 1000,
+    "min.compaction.lag.ms": 0,
+    "max.compaction.lag.ms": (1 << 63) - 1,
     # Engine-specific: the size of each partition's shared-memory ring, bytes.
     "ring.bytes": 16 << 20,
 }
@@ -63,7 +68,9 @@ MIN_MAX_MESSAGE_BYTES = 128
 #: and 16 bytes of one record.
 RING_MIN_MESSAGE_BYTES = BATCH_HEADER_BYTES + 16
 
-_STRING_CHOICES: dict[str, tuple[str, ...]] = {"cleanup.policy": ("delete",)}
+_STRING_CHOICES: dict[str, tuple[str, ...]] = {"cleanup.policy": CLEANUP_POLICIES}
+#: Keys whose values are fractions in [0, 1] (Kafka's doubles).
+_RATIO_KEYS = {"min.cleanable.dirty.ratio"}
 _BOOLEAN_KEYS = {"unclean.leader.election.enable"}
 _MINIMUMS: dict[str, int] = {
     "retention.ms": -1,
@@ -71,6 +78,7 @@ _MINIMUMS: dict[str, int] = {
     "segment.bytes": 14,
     "segment.ms": 1,
     "index.interval.bytes": 0,
+    "max.compaction.lag.ms": 1,
     "flush.messages": 1,
     "flush.ms": 0,
     "min.insync.replicas": 1,
@@ -98,24 +106,30 @@ def validate_topic_name(name: object) -> str:
 
 def validate_topic_config(
     config: Mapping[str, Any] | None, *, existing: bool = False
-) -> dict[str, int | str]:
+) -> dict[str, int | float | str]:
     """Check a user's topic config; returns the full config with defaults filled in.
 
     ``existing``: the config of a topic made already, read back from the coordinator
     (perhaps made by an older version, with wider limits): only what the ring and the
     log themselves need is checked, so that such a topic still opens. A new topic's
     config also keeps within MAX_RING_BYTES and MIN_MAX_MESSAGE_BYTES."""
-    out: dict[str, int | str] = dict(TOPIC_DEFAULTS)
+    out: dict[str, int | float | str] = dict(TOPIC_DEFAULTS)
     for key, value in (config or {}).items():
         if key not in TOPIC_DEFAULTS:
             raise ConfigError(f"unknown topic config: key={key!r}")
         if key in _STRING_CHOICES:
+            # Kafka's cleanup.policy is a list: "delete,compact" is "compact,delete".
+            if key == "cleanup.policy" and isinstance(value, str):
+                value = ",".join(sorted(part.strip() for part in value.split(",")))
             if value not in _STRING_CHOICES[key]:
                 raise ConfigError(
                     f"topic config must be one of {_STRING_CHOICES[key]}: key={key!r} "
                     f"value={value!r}"
                 )
             out[key] = value
+            continue
+        if key in _RATIO_KEYS:
+            out[key] = _ratio(key, value)
             continue
         if key in _BOOLEAN_KEYS and isinstance(value, (bool, str)):
             if isinstance(value, str) and value.lower() not in ("true", "false"):
@@ -163,6 +177,21 @@ def validate_topic_config(
         )
     LogConfig.from_mapping(out)  # the log's own ranges (segment.bytes, ...)
     return out
+
+
+def _ratio(key: str, value: object) -> float:
+    """A fraction in [0, 1] (an int, a float, or a string of one); ConfigError if not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"topic config must be a number in [0, 1]: key={key!r} value={value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(
+            f"topic config must be a number in [0, 1]: key={key!r} value={value!r}"
+        ) from None
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"topic config must be a number in [0, 1]: key={key!r} value={value!r}")
+    return number
 
 
 def parse_config_pairs(pairs: list[str]) -> dict[str, str]:

@@ -8,6 +8,9 @@ A partition directory holds::
     00000000000000000000.index
     00000000000000000000.timeindex
     00000000000000004711.log ...
+    cleaning/                         a clean's output until it replaces segments
+                                      (compacted topics: segment_swap.py)
+    cleaner-checkpoint                JSON: where the last clean ended (cleaner.py)
 
 ``log.meta`` names the on-disk formats: the ``.log`` files hold Kafka RecordBatch
 magic 2 (native/batch.h); the index formats are drawn in offset_index.py and
@@ -24,6 +27,14 @@ CRC covers, then shows as offsets out of sequence: readers (the consumer, recove
 ``engine verify``) refuse it instead of skipping records or delivering them under a
 wrong offset. Format 1 logs (older) may hold gaps: they are read and appended to as
 they are, with offsets only checked to increase.
+
+Format 3 is format 2 as a compacted topic's cleaner (engine/cleaner.py) leaves it: a
+batch may hold fewer records than offsets (its records keep their offsets, Kafka's
+batch after compaction: record_batch.filter_batch), and the ``cleaning/`` directory
+may hold a committed swap, which :meth:`Log.open` finishes (segment_swap.py) before it
+reads the segments. Code that reads only formats 1 and 2 refuses it, so it never opens
+a log half swapped. New logs are written as format 3; the cleaner makes a format-2 log
+format 3 (rewriting ``log.meta``) before its first swap, and leaves format-1 logs alone.
 
 Durability (``flush.messages``, ``flush.ms``): by default the log never fsyncs on the
 write path, as Kafka does: a batch written to a segment is in the page cache, so it
@@ -47,6 +58,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,7 +67,7 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from engine import flusher
+from engine import flusher, segment_swap
 from engine._native import ffi, lib
 from engine.datadir import fsync_directory, write_private_file
 from engine.errors import (
@@ -81,6 +93,7 @@ from engine.segment import (
 )
 
 __all__ = [
+    "CLEANUP_POLICIES",
     "DENSE_FORMAT",
     "LOG_FORMAT_VERSION",
     "Log",
@@ -91,16 +104,21 @@ __all__ = [
     "read_recovery_point",
 ]
 
-#: Version of the partition directory's layout and of the index formats (2: dense).
-LOG_FORMAT_VERSION = 2
+#: Version of the partition directory's layout and of the index formats (2: dense,
+#: 3: dense, compacted batches and the cleaner's swap).
+LOG_FORMAT_VERSION = 3
 #: The format versions this code reads; logs from DENSE_FORMAT on are dense.
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (1, 2, 3)
 DENSE_FORMAT = 2
+#: The first format the cleaner may write (module docstring).
+COMPACTED_FORMAT = 3
 META_FILE = "log.meta"
 RECOVERY_POINT_FILE = "recovery-point"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _NEVER = 2**63 - 1
+#: cleanup.policy values: delete old segments, compact them (engine/cleaner.py), or both.
+CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
 
 logger = logging.getLogger("engine.log")
 
@@ -131,6 +149,16 @@ class LogConfig:
     """flush.ms: fsync when the oldest unflushed record is this old (default: never)."""
     max_message_bytes: int = 1024 * 1024
     """max.message.bytes: the largest batch an append accepts."""
+    cleanup_policy: str = "delete"
+    """cleanup.policy: "delete" (retention), "compact" (the cleaner) or "compact,delete"."""
+    min_cleanable_dirty_ratio: float = 0.5
+    """min.cleanable.dirty.ratio: clean once this share of the cleanable bytes is dirty."""
+    delete_retention_ms: int = 24 * 3600 * 1000
+    """delete.retention.ms: keep tombstones and transaction markers this long once cleaned."""
+    min_compaction_lag_ms: int = 0
+    """min.compaction.lag.ms: a segment with a record this young is not cleaned yet."""
+    max_compaction_lag_ms: int = _NEVER
+    """max.compaction.lag.ms: clean, whatever the dirty ratio, a dirty segment this old."""
 
     #: Kafka key -> (field, smallest value, largest value).
     KEYS: ClassVar[dict[str, tuple[str, int, int]]] = {
@@ -143,6 +171,9 @@ class LogConfig:
         "flush.messages": ("flush_messages", 1, _NEVER),
         "flush.ms": ("flush_ms", 0, _NEVER),
         "max.message.bytes": ("max_message_bytes", 0, 2**31 - 1),
+        "delete.retention.ms": ("delete_retention_ms", 0, _NEVER),
+        "min.compaction.lag.ms": ("min_compaction_lag_ms", 0, _NEVER),
+        "max.compaction.lag.ms": ("max_compaction_lag_ms", 1, _NEVER),
     }
 
     @classmethod
@@ -151,7 +182,18 @@ class LogConfig:
 
         Raises ConfigError naming the key and value when a value is not an int in range.
         """
-        values: dict[str, int] = {}
+        values: dict[str, Any] = {}
+        if mapping is not None and "cleanup.policy" in mapping:
+            values["cleanup_policy"] = _cleanup_policy(mapping["cleanup.policy"])
+        if mapping is not None and "min.cleanable.dirty.ratio" in mapping:
+            ratio = mapping["min.cleanable.dirty.ratio"]
+            number = isinstance(ratio, (int, float)) and not isinstance(ratio, bool)
+            if not number or not 0 <= ratio <= 1:
+                raise ConfigError(
+                    "topic config must be a number in [0, 1]: "
+                    f"key='min.cleanable.dirty.ratio' value={ratio!r}"
+                )
+            values["min_cleanable_dirty_ratio"] = float(ratio)
         for key, (field, low, high) in cls.KEYS.items():
             if mapping is None or key not in mapping:
                 continue
@@ -165,9 +207,37 @@ class LogConfig:
             values[field] = value
         return cls(**values)
 
-    def to_mapping(self) -> dict[str, int]:
+    def to_mapping(self) -> dict[str, int | float | str]:
         """The settings under their Kafka names."""
-        return {key: getattr(self, field) for key, (field, _, _) in self.KEYS.items()}
+        out: dict[str, int | float | str] = {
+            key: getattr(self, field) for key, (field, _, _) in self.KEYS.items()
+        }
+        out["cleanup.policy"] = self.cleanup_policy
+        out["min.cleanable.dirty.ratio"] = self.min_cleanable_dirty_ratio
+        return out
+
+    @property
+    def compact(self) -> bool:
+        """cleanup.policy has "compact": the cleaner keeps the last record of each key."""
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def delete(self) -> bool:
+        """cleanup.policy has "delete": retention.ms and retention.bytes delete segments."""
+        return "delete" in self.cleanup_policy.split(",")
+
+
+def _cleanup_policy(value: object) -> str:
+    """cleanup.policy in its one spelling ("delete,compact" is "compact,delete");
+    ConfigError naming the value when it is none of CLEANUP_POLICIES."""
+    policy = value
+    if isinstance(value, str):
+        policy = ",".join(sorted(part.strip() for part in value.split(",")))
+    if policy not in CLEANUP_POLICIES:
+        raise ConfigError(
+            f"topic config must be one of {CLEANUP_POLICIES}: key='cleanup.policy' value={value!r}"
+        )
+    return str(policy)
 
 
 def _now_ms() -> int:
@@ -210,6 +280,8 @@ def _meta_bytes() -> bytes:
         "offset_index": "u32 relative_offset, u32 position (big-endian)",
         "time_index": "i64 timestamp, u32 relative_offset (big-endian)",
         "offsets": "dense: skipped offsets are covered by batches of record count 0",
+        "compaction": "a batch may hold fewer records than offsets; cleaning/swap finishes "
+        "an interrupted swap of cleaned segments",
     }
     return json.dumps(meta, indent=1).encode() + b"\n"
 
@@ -235,7 +307,12 @@ class Log:
 
     Who may call: the one broker process that owns this replica, one thread at a time
     (the drain thread, or callers that serialize on a lock). Other processes read the
-    files through :class:`LogReader`.
+    files through :class:`LogReader`. The exception is the cleaner (engine/cleaner.py):
+    on its own thread it holds ``cleaning_lock`` for a whole clean, reads the sealed
+    segments and swaps cleaned ones in (:meth:`replace_segments`), while the drain goes
+    on appending to the active segment and rolling (which only add at the end of the
+    segment list); retention skips its turn while the lock is held, and truncation and
+    close wait for it.
     """
 
     def __init__(
@@ -255,6 +332,8 @@ class Log:
         self._flushes = flusher.LogFlushes(functools.partial(_write_recovery_point, directory))
         #: The base offset of the newest segment whose directory entry is fsynced.
         self._entry_synced = self._bases[-1]
+        #: Held by the cleaner through a clean (class docstring).
+        self.cleaning_lock = threading.Lock()
 
     # ---- opening -----------------------------------------------------------
 
@@ -284,6 +363,8 @@ class Log:
                 raise CorruptRecordError(f"segments without log.meta: directory={directory}")
             write_private_file(meta_path, _meta_bytes())
         dense = read_log_format(directory) >= DENSE_FORMAT
+        if segment_swap.recover(directory):
+            logger.warning("finished a cleaner swap a crash interrupted: directory=%s", directory)
         _remove_strays(directory)
         recovery_point, clean = read_recovery_point(directory)
         if recover_from is not None:
@@ -369,6 +450,63 @@ class Log:
     @property
     def segment_base_offsets(self) -> list[int]:
         return list(self._bases)
+
+    @property
+    def sealed_segments(self) -> list[LogSegment]:
+        """Every segment but the active one, oldest first (the cleaner reads them)."""
+        self._active  # noqa: B018 - raises ClosedError after close
+        return self._segments[:-1]
+
+    # ---- compaction --------------------------------------------------------
+
+    @property
+    def format_version(self) -> int:
+        """The format version ``log.meta`` names (module docstring)."""
+        return read_log_format(self.directory)
+
+    def upgrade_format(self) -> None:
+        """Make a format-2 log format 3 (the cleaner, before its first swap)."""
+        if self.format_version < COMPACTED_FORMAT:
+            if not self.dense:
+                raise CorruptRecordError(f"a format-1 log is never compacted: {self.directory}")
+            write_private_file(os.path.join(self.directory, META_FILE), _meta_bytes())
+
+    def replace_segments(self, replaced: list[int], cleaned: list[int]) -> None:
+        """Swap in the cleaned segments the cleaner committed (segment_swap.commit) for
+        the sealed segments ``replaced``; the caller holds ``cleaning_lock``.
+
+        The replaced segments' files go in the background, as retention's."""
+        i = self._bases.index(replaced[0])
+        j = i + len(replaced)
+        if self._bases[i:j] != replaced or j >= len(self._bases):
+            raise CorruptRecordError(
+                f"cleaned segments replace segments the log no longer has: replaced={replaced} "
+                f"segments={self._bases}"
+            )
+        for segment in self._segments[i:j]:
+            segment.close()
+        retired = segment_swap.complete(self.directory, replaced, cleaned)
+        opened: list[LogSegment] = []
+        try:
+            for base in cleaned:
+                segment, _ = LogSegment.open(
+                    self.directory,
+                    base,
+                    recover=False,
+                    index_interval_bytes=self.config.index_interval_bytes,
+                    index_bytes=self.config.segment_index_bytes,
+                    dense=self.dense,
+                )
+                opened.append(segment)
+        except BaseException:
+            for segment in opened:
+                segment.close()
+            raise
+        # One slice assignment each: the drain thread only appends at the end meanwhile.
+        self._segments[i:j] = opened
+        self._bases[i:j] = cleaned
+        if retired:
+            flusher.submit(flusher.Removal(retired, self.directory))
 
     @property
     def _active(self) -> LogSegment:
@@ -602,10 +740,19 @@ class Log:
         """Delete old segments by ``retention.ms`` and ``retention.bytes``; returns how many.
 
         Oldest first; never the active segment. ``log_start_offset`` advances to the
-        base offset of the oldest remaining segment.
+        base offset of the oldest remaining segment. Nothing unless ``cleanup.policy``
+        has "delete"; nothing while the cleaner swaps segments (the next check does it).
         """
         now_ms = _now_ms() if now_ms is None else now_ms
         self._active  # noqa: B018 - raises ClosedError after close
+        if not self.config.delete or not self.cleaning_lock.acquire(blocking=False):
+            return 0
+        try:
+            return self._apply_retention(now_ms)
+        finally:
+            self.cleaning_lock.release()
+
+    def _apply_retention(self, now_ms: int) -> int:
         deleted = 0
         if self.config.retention_ms >= 0:
             while len(self._segments) > 1 and (
@@ -638,6 +785,10 @@ class Log:
         active = self._active
         if offset >= active.next_offset:
             return
+        with self.cleaning_lock:
+            self._truncate_to(offset)
+
+    def _truncate_to(self, offset: int) -> None:
         self._cancel_rolled({base for base in self._bases if base >= offset})
         if offset <= self.log_start_offset:
             self._cancel_rolled()
@@ -674,6 +825,10 @@ class Log:
         """
         if self._closed:
             return
+        with self.cleaning_lock:
+            self._close(flush)
+
+    def _close(self, flush: bool) -> None:
         try:
             if flush:
                 active = self._active
@@ -796,9 +951,9 @@ class LogReader:
     broker's drain offset): batches at or past it may be half written and are never
     returned. New segments are found by listing the directory again; a segment deleted
     by retention underneath the reader turns into OffsetOutOfRangeError naming the new
-    log start offset. Reads use ``pread``, so a file cut by the broker (recovery,
-    truncate_to) cannot fault the reader; what a read returns during such a cut is
-    unspecified.
+    log start offset; one the cleaner replaced (segment_swap.py) is opened again. Reads
+    use ``pread``, so a file cut by the broker (recovery, truncate_to) cannot fault the
+    reader; what a read returns during such a cut is unspecified.
 
     Who may call: any process; one thread at a time per object. Never writes.
     """
@@ -875,7 +1030,12 @@ class LogReader:
                         return b""
                     base = successor
             except FileNotFoundError:
-                self._list()  # retention deleted a segment: look again
+                # Retention deleted a segment, or the cleaner replaced it (a new file of
+                # the same name): look again, with that file opened anew.
+                stale = self._segments.pop(base, None)
+                if stale is not None:
+                    stale.close()
+                self._list()
         raise OffsetOutOfRangeError(f"segments keep vanishing: offset={offset}")
 
     def _segment(self, base_offset: int) -> LogSegment:

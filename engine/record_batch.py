@@ -13,7 +13,9 @@ what a reader checks before it delivers a chunk (shape, CRC32C, offsets in seque
 
 :func:`encode_empty_batch` makes the batch a dense log (log.py, format 2) writes over
 offsets that hold no record: Kafka's batch of record count 0, the kind compaction
-leaves behind.
+leaves behind. :func:`filter_batch` is what compaction (engine/cleaner.py) makes of a
+batch that keeps some of its records: Kafka's batch whose records skip offsets (each
+record keeps its offset delta), over the same offsets as before.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "empty_batches_before",
     "encode_batch",
     "encode_empty_batch",
+    "filter_batch",
     "read_batch_header",
     "scan_batches",
 ]
@@ -313,6 +316,30 @@ def empty_batches_before(buf: Any, position: int, base_offset: int) -> list[byte
         )
         base_offset += count
     return out
+
+
+def filter_batch(batch: Any, spans: Sequence[tuple[int, int]], max_timestamp: int) -> bytes:
+    """The whole uncompressed batch ``batch`` keeping only the records at ``spans``
+    (their byte ranges in it, in order; at least one).
+
+    The records are copied as they are (offset and timestamp deltas included), so each
+    keeps its offset and timestamp. The header keeps its base offset, last offset delta
+    (the batch covers the same offsets), base timestamp, partition leader epoch,
+    attributes and producer fields; its length, records count, ``max_timestamp`` and
+    CRC32C are made anew. As Kafka's cleaner writes a batch it keeps part of.
+    """
+    if not spans:
+        raise ValueError("a filtered batch keeps at least one record: spans=[]")
+    view = memoryview(batch).cast("B") if not isinstance(batch, bytes) else batch
+    body = b"".join(bytes(view[start:end]) for start, end in spans)
+    header = bytearray(view[:BATCH_HEADER_LENGTH])
+    struct.pack_into(">i", header, 8, BATCH_HEADER_LENGTH + len(body) - _LENGTH_OVERHEAD)
+    struct.pack_into(">q", header, 35, max_timestamp)
+    struct.pack_into(">i", header, 57, len(spans))
+    crc = lib.engine_crc32c(0, bytes(header[_CRC_START:]), BATCH_HEADER_LENGTH - _CRC_START)
+    crc = lib.engine_crc32c(crc, body, len(body))
+    struct.pack_into(">I", header, 17, crc)
+    return bytes(header) + body
 
 
 class BatchHeader(NamedTuple):

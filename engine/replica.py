@@ -39,9 +39,16 @@ from typing import Any
 
 import numpy as np
 
+from engine import cleaner
 from engine.errors import EngineError, RingPermissionError
 from engine.log import Log, LogConfig, LogReader
-from engine.record_batch import BATCH_INFO_DTYPE, scan_batches
+from engine.record_batch import (
+    BATCH_HEADER_LENGTH,
+    BATCH_INFO_DTYPE,
+    encode_empty_batch,
+    read_batch_header,
+    scan_batches,
+)
 from engine.ring import (
     FRAME_HEADER_LENGTH,
     FULL,
@@ -91,6 +98,7 @@ REPLICA_PAUSE_S = 0.0001
 FOLLOW_TIMEOUT_S = 0.1  # a follower's fetch looks at its stop flag at least this often
 FOLLOW_APPEND_TIMEOUT_S = 1.0  # a full follower ring: seek again after this long
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc's unit of CPU time, per second
+CLEAN_RETRY_S = 60.0  # after a failed clean (a corrupt batch), ask again this much later
 LEADER = -1  # a follower's key for its leader's ring among its peers (a leader keys by broker)
 
 
@@ -149,6 +157,8 @@ class Replica:
         self.replication_passes = 0
         self._threads: list[threading.Thread] = []
         self._add_thread("drain", self._drain_loop)
+        if self.log.config.compact:
+            self._add_thread("cleaner", self._clean_loop)
 
     def _prepare_log(self) -> None:
         """Hook run after the log is open and before the ring: followers truncate here."""
@@ -314,6 +324,35 @@ class Replica:
                 time.sleep(POLL_SLEEP_S)
             else:
                 self.ring.wait(cursor, HOUSEKEEPING_S, respect_hw)
+
+    def _clean_loop(self) -> None:
+        """A compacted topic's replica cleans its own log (engine/cleaner.py) every
+        cleaner.BACKOFF_S, on this thread: the drain goes on meanwhile."""
+        log_cleaner = cleaner.LogCleaner(self.log)
+        delay = cleaner.BACKOFF_S
+        while not self._stop.wait(delay):
+            delay = cleaner.BACKOFF_S
+            try:
+                committed = self._committed_offset()
+                log_cleaner.clean(should_stop=self._stop.is_set, committed_offset=committed)
+            except (EngineError, OSError) as exc:
+                log.error(
+                    "cleaning %s-%d failed: %s (trying again in %.0f s)",
+                    self.topic, self.partition, exc, CLEAN_RETRY_S,
+                )  # fmt: skip
+                delay = CLEAN_RETRY_S
+
+    def _committed_offset(self) -> int:
+        """Below this offset this replica's log holds only records the ISR committed (the
+        cleaner cleans nothing above it). A leader's own high watermark (its log, when
+        it has no followers); a follower's leader's, while it reads the leader's ring."""
+        if self.role == "leader":
+            high_watermark = self.ring.status().high_watermark
+            return self.log.log_end_offset if high_watermark < 0 else high_watermark
+        with self._peers_lock:
+            leader = self._peers.get(LEADER)
+            high_watermark = leader.status().high_watermark if leader is not None else -1
+        return max(high_watermark, 0)
 
     def _wake(self) -> None:
         """Wake whatever this replica's threads wait on: its ring and its peers' rings."""
@@ -586,7 +625,7 @@ class FollowerReplica(Replica):
                 base = int(info["base_offset"][0])
                 ours = bytes(mine[: int(info["length"][0])])
                 theirs = self._leader_batch(base, leader_ring, leader_reader)
-                if theirs is None or theirs[: len(ours)] == ours:
+                if theirs is None or _same_batch(ours, theirs, self.log.config.compact):
                     break  # the leader has it (or cannot tell us): keep it
                 end = base
             if end < self.log.log_end_offset:
@@ -647,7 +686,7 @@ class FollowerReplica(Replica):
                             continue
                         data = reader.read(mine, FETCH_CHUNK, leader.status().drain_offset)
                         if data:
-                            self.ring.append_raw(data)
+                            self.ring.append_raw(_starting_at(data, mine))
                         else:
                             self._stop.wait(0.01)
                         continue
@@ -668,3 +707,42 @@ class FollowerReplica(Replica):
             self._set_peer(LEADER, None)
             if reader is not None:
                 reader.close()
+
+
+def _same_batch(ours: bytes, theirs: bytes, compacted: bool) -> bool:
+    """Whether the leader's batch ``theirs`` (and what follows it) is the batch ``ours``:
+    the same bytes; in a compacted topic, whose replicas clean their logs each on its
+    own, the same offsets and partition leader epoch (one leader wrote both: a batch of
+    a divergent tail was written in another epoch). A false "not the same" only costs
+    a fetch of what is cut."""
+    if theirs[: len(ours)] == ours:
+        return True
+    if not compacted or min(len(ours), len(theirs)) < BATCH_HEADER_LENGTH:
+        return False
+    # base_offset @0, partition_leader_epoch @12, last_offset_delta @23 (native/batch.h).
+    fields = (slice(0, 8), slice(12, 16), slice(23, 27))
+    return all(ours[f] == theirs[f] for f in fields)
+
+
+def _starting_at(data: bytes, offset: int) -> bytes:
+    """``data``, whole batches a leader's segments gave for a read at ``offset``, made to
+    start there. In a compacted log an empty batch may cover offsets on both sides of
+    ``offset``: the cleaner merges runs of emptied batches, which this replica may hold
+    only the first of (its log end is always a batch boundary of the leader's writes,
+    and batches that keep records keep their boundaries). That batch is cut to start at
+    ``offset``: a batch of no record over the rest of its offsets."""
+    header = read_batch_header(data)
+    if header.base_offset >= offset or header.last_offset < offset:
+        return data  # (the ring refuses the latter, as it must)
+    records_count = int.from_bytes(data[57:61], "big", signed=True)
+    control = data[22] & 0x20  # attributes @21 (int16): the control bit is in its low byte
+    if records_count or control:
+        return data
+    leader_epoch = int.from_bytes(data[12:16], "big", signed=True)
+    cut = encode_empty_batch(
+        offset,
+        header.last_offset - offset + 1,
+        leader_epoch=leader_epoch,
+        timestamp=header.max_timestamp,
+    )
+    return cut + data[header.length :]

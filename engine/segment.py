@@ -661,6 +661,12 @@ class LogSegment:
             position += header.length
         return None
 
+    @property
+    def modified_ms(self) -> int:
+        """When the log file was last written (its mtime, ms): the cleaner's clock for
+        ``delete.retention.ms``, which it carries over to the segments it writes."""
+        return os.fstat(self.fd).st_mtime_ns // 1_000_000
+
     # ---- data access -------------------------------------------------------
 
     def _readable_length(self) -> int:

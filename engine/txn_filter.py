@@ -34,7 +34,15 @@ from collections import deque
 
 from engine.errors import CorruptRecordError
 
-__all__ = ["ABORT", "COMMIT", "CONTROL", "MARKER_KEY", "TRANSACTIONAL", "ReadCommitted"]
+__all__ = [
+    "ABORT",
+    "COMMIT",
+    "CONTROL",
+    "MARKER_KEY",
+    "TRANSACTIONAL",
+    "ReadCommitted",
+    "marker_type",
+]
 
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
@@ -192,6 +200,12 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             return (z >> 1) ^ -(z & 1), pos
         shift += 7
     raise CorruptRecordError(f"bad varint in a control record: position={pos}")
+
+
+def marker_type(batch: bytes, position: int, end: int) -> int:
+    """ABORT or COMMIT for the transaction marker at ``batch[position:end]`` (a whole
+    control batch); another number (-1: no key) for another kind of control batch."""
+    return _control_type(batch, position + _RECORDS_START, end)
 
 
 def _control_type(buf: bytes, pos: int, end: int) -> int:

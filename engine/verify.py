@@ -5,8 +5,9 @@ What is checked, for every replica's log (``broker-<id>/<topic>-<partition>/``) 
 every partition, or of one topic, reading the files only:
 
 - every batch of every segment: a whole magic-2 batch, its CRC32C, and its offsets in
-  sequence. In a dense log (log.py, format 2) each batch starts right after the one
-  before it and a segment's first batch at the segment's base offset, so a damaged
+  sequence. In a dense log (log.py, formats 2 and 3) each batch starts right after the
+  one before it (a compacted batch still covers all its offsets, its records fewer:
+  engine/cleaner.py) and a segment's first batch at the segment's base offset, so a damaged
   base offset (which no CRC covers) is found; in a format-1 log offsets must only
   increase. A segment that does not walk to its end (a damaged length or magic) is
   checked up to there; the bytes after are reported unchecked. The torn tail of a log
@@ -18,7 +19,8 @@ every partition, or of one topic, reading the files only:
   one of a running log) the last bounds them all.
 
 Each problem is one :class:`Problem` (one line of ``engine verify``). A missing index
-file is a note, not a problem: the broker rebuilds it from its log at its next start.
+file is a note, not a problem: the broker rebuilds it from its log at its next start;
+so is a cleaner's ``cleaning/`` directory (segment_swap.py).
 It can run while the daemon runs (a segment deleted meanwhile by retention is skipped).
 
 Repair (:func:`repair`, ``engine verify --repair``) needs the daemon stopped: it holds
@@ -46,6 +48,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +71,7 @@ from engine.log import (
 from engine.offset_index import OFFSET_INDEX_DTYPE
 from engine.record_batch import BatchProblem, ScanStatus, check_chunk, scan_batches
 from engine.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, segment_path
+from engine.segment_swap import CLEANING_DIR
 from engine.time_index import TIME_INDEX_DTYPE
 
 __all__ = [
@@ -79,6 +83,9 @@ __all__ = [
     "verify",
     "verify_replica",
 ]
+
+#: How long a replica whose cleaner is swapping segments is checked again.
+SWAP_RETRY_S = 2.0
 
 #: Batches one scan of a segment walks at most (bounds the info array).
 _SCAN_BATCHES = 1 << 16
@@ -171,7 +178,21 @@ def verify(data_dir: DataDir, topic: str | None = None) -> list[Replica]:
 
 
 def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> Replica:
-    """Check one replica's log: its batches and its indexes (module docstring)."""
+    """Check one replica's log: its batches and its indexes (module docstring).
+
+    A log whose cleaner swaps segments meanwhile (``cleaning/`` there: for a moment a
+    cleaned segment and one it replaces are both listed) is checked again, up to
+    SWAP_RETRY_S; a swap a crash left half done stays reported, beside its note."""
+    deadline = time.monotonic() + SWAP_RETRY_S
+    while True:
+        replica = _verify_replica(topic, partition, broker, directory)
+        swapping = any(note.file == CLEANING_DIR for note in replica.notes)
+        if not replica.problems or not swapping or time.monotonic() > deadline:
+            return replica
+        time.sleep(0.05)
+
+
+def _verify_replica(topic: str, partition: int, broker: int, directory: Path) -> Replica:
     try:
         topic_id = (directory / "topic.id").read_text().strip()
     except OSError:
@@ -189,6 +210,7 @@ def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> 
         problem("log.meta", -1, -1, f"unreadable: {exc}", True)
         return replica
     _, clean = read_recovery_point(str(directory))
+    cleaning = (directory / CLEANING_DIR).is_dir()
     bases = list_segment_bases(str(directory))
     end: int | None = None  # where the previous segment's offsets end (None: unknown)
     for i, base in enumerate(bases):
@@ -214,6 +236,9 @@ def verify_replica(topic: str, partition: int, broker: int, directory: Path) -> 
             replica.log_start_offset = base
         end = walk.end_offset
         replica.log_end_offset = walk.end_offset if walk.end_offset is not None else -1
+    if cleaning or (directory / CLEANING_DIR).is_dir():
+        what = "a clean in progress, or cut short (its broker finishes or drops it at start)"
+        replica.notes.append(Problem(topic, partition, broker, CLEANING_DIR, -1, -1, what, False))
     return replica
 
 

@@ -372,7 +372,7 @@ def test_reopen_continues_at_log_end_offset_with_modes_0700_and_0600(tmp_path: P
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     for name in os.listdir(directory):
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
-    assert json.loads((directory / "log.meta").read_text())["format_version"] == 2
+    assert json.loads((directory / "log.meta").read_text())["format_version"] == 3
     with Log.open(directory, SMALL) as log:
         assert log.log_end_offset == 40 and read_all(log) == data
         log.append(batch(40))
