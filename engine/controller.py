@@ -38,6 +38,7 @@ from kazoo.exceptions import (
 )
 
 from engine import metadata as md
+from engine.errors import UnknownTopicError
 from engine.offset_store import CONSUMERS, list_groups
 
 log = logging.getLogger("engine.controller")
@@ -141,13 +142,53 @@ class Controller:
         for topic in self.zk.get_children(md.BROKER_TOPICS, watch=self.poke):
             self._create_missing_states(topic, live)
             self._fail_over(topic, live)
+        self._elect_preferred(live)
+
+    def _elect_preferred(self, live: set[int]) -> None:
+        """Carry out a preferred-leader election request (Admin.perform_leader_election):
+        each partition named whose first assigned replica is live, in the ISR and not the
+        leader gets it as leader, the leader epoch bumped, and the old leader's ring is
+        sealed (its producers look the new leader up; it follows from now on). Then the
+        request goes. A partition whose preferred replica is not in the ISR keeps its
+        leader, as in Kafka."""
+        try:
+            data, _ = self.zk.get(md.PREFERRED_ELECTION, watch=self.poke)
+        except NoNodeError:
+            self.zk.exists(md.PREFERRED_ELECTION, watch=self.poke)
+            return
+        done = True
+        for item in (md.decode(data) or {}).get("partitions", []):
+            topic, partition = str(item["topic"]), int(item["partition"])
+            try:
+                assignment = md.read_topic(self.zk, topic).assignment
+                sdata, stat = self.zk.get(md.state_path(topic, partition))
+            except (UnknownTopicError, NoNodeError):
+                continue
+            state = md.PartitionState.from_json(md.decode(sdata))
+            preferred = assignment.replicas.get(partition, (-1,))[0]
+            if state.leader == preferred or preferred not in state.isr or preferred not in live:
+                continue
+            new = dataclasses.replace(
+                state, leader=preferred, leader_epoch=state.leader_epoch + 1,
+                controller_epoch=self.epoch,
+            )  # fmt: skip
+            if not self._write(md.state_path(topic, partition), stat.version, new):
+                done = False  # changed meanwhile: the next pass looks again
+            else:
+                log.info("%s-%d: preferred leader %d -> %d, epoch %d", topic, partition,
+                         state.leader, preferred, new.leader_epoch)  # fmt: skip
+                if self.seal is not None and state.leader >= 0:
+                    self.seal(assignment.topic_id, partition, state.leader, new.leader_epoch)
+        if done:
+            with contextlib.suppress(NoNodeError):
+                self.zk.delete(md.PREFERRED_ELECTION)
 
     def _create_missing_states(self, topic: str, live: set[int]) -> None:
         """Give each partition of ``topic`` that has none its first state. The lookups,
         then the creations, go out together: one round trip (and one coordinator fsync)
         for all partitions instead of one per partition."""
         try:
-            data, _ = self.zk.get(md.topic_path(topic))
+            data, _ = self.zk.get(md.topic_path(topic), watch=self.poke)  # partitions added
         except NoNodeError:
             return
         assignment = md.TopicAssignment.from_json(topic, md.decode(data))

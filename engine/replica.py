@@ -121,6 +121,10 @@ class Replica:
         self.partition = partition
         self.ring_name = ring_name
         self.leader_epoch = leader_epoch
+        self.config = dict(config)
+        #: Records before this offset are to be deleted (Admin.delete_records): the
+        #: drain thread moves the log start offset up to it, as far as its log reaches.
+        self.log_start_wanted = 0
         self.log = Log.open(directory, LogConfig.from_mapping(config))
         try:
             self._prepare_log()
@@ -248,6 +252,9 @@ class Replica:
         # FollowerReplica).
         limit, respect_hw = (-1, True) if self.role == "leader" else (NO_LIMIT, False)
         while True:
+            wanted = self.log_start_wanted
+            if wanted > self.log.log_start_offset and self.log.log_end_offset >= wanted:
+                self.log.delete_records_before(wanted)  # once the log holds that far
             count = self.ring.peek(cursor, limit, DRAIN_CHUNK, infos)
             if count:
                 idle_polls = 0
@@ -303,6 +310,25 @@ class Replica:
                 time.sleep(POLL_SLEEP_S)
             else:
                 self.ring.wait(cursor, HOUSEKEEPING_S, respect_hw)
+
+    def adopt_config(self, config: dict[str, Any]) -> None:
+        """The topic's config was altered (the broker's thread): the log takes its new
+        settings (retention, segment rolls, flushes, index interval) from its next append
+        or retention check on the drain thread, which reads ``log.config`` afresh each
+        time. ring.bytes and max.message.bytes never change here (engine.config
+        FIXED_AT_CREATION: an alter refuses them)."""
+        if config == self.config:
+            return
+        self.config = dict(config)
+        self.log.config = LogConfig.from_mapping(config)
+        self._wake()
+
+    def delete_records_before(self, offset: int) -> None:
+        """Ask the drain thread to delete the records before ``offset`` (the broker's
+        thread): Log.delete_records_before, at its next pass."""
+        if offset > self.log_start_wanted:
+            self.log_start_wanted = offset
+            self._wake()
 
     def _wake(self) -> None:
         """Wake whatever this replica's threads wait on: its ring and its peers' rings."""
@@ -409,7 +435,6 @@ class LeaderReplica(Replica):
         seen: dict[int, tuple[int, float]] = {}  # follower -> (log end, since)
         ends = [-1] * len(brokers)
         caught_up_ns = [time.monotonic_ns()] * len(brokers)  # the lag clocks start now
-        lag_max_ns = int(self.lag_max_s * 1e9)
         refused: dict[int, float] = {}  # follower -> when adding it to the ISR was refused
         while not self._stop.is_set():
             self._interrupt.clear()  # before reading the ISR: adopt_isr sets it after
@@ -444,6 +469,7 @@ class LeaderReplica(Replica):
                     seen[b] = (ends[i], now)
             # Kafka's rule: an ISR member stays while it caught up with the leader within
             # replica.lag.time.max.ms; a follower outside rejoins once it caught up.
+            lag_max_ns = int(self.lag_max_s * 1e9)  # an altered config takes effect here
             wanted = {self.broker_id} | {
                 b
                 for i, b in enumerate(brokers)
@@ -465,6 +491,12 @@ class LeaderReplica(Replica):
                     refused.update((b, now) for b in wanted - isr)
         for b in brokers:
             self._set_peer(b, None)
+
+    def adopt_config(self, config: dict[str, Any]) -> None:
+        """The log's settings (Replica.adopt_config) and replica.lag.time.max.ms, which
+        the replicate loop reads at each pass."""
+        self.lag_max_s = int(config.get("replica.lag.time.max.ms", 30_000)) / 1000
+        super().adopt_config(config)
 
     def adopt_isr(self, isr: tuple[int, ...]) -> None:
         """The coordinator's ISR changed underneath (the controller dropped a dead broker)."""
