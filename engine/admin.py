@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -330,6 +330,52 @@ class Admin:
                     f"the controller did not carry out the request in time: path={path}"
                 )
             time.sleep(0.01)
+
+    def alter_partition_reassignments(
+        self, reassignments: Mapping[TopicPartition, Sequence[int]], timeout: float = 60.0
+    ) -> dict[TopicPartition, tuple[int, ...]]:
+        """Move each partition's replicas to the brokers given (the first one its
+        preferred leader) while it is written and read, as Kafka's reassignment does: the
+        new replicas are added and copy the log, and once all of them are in the ISR the
+        old ones are dropped (their data with them) and leadership moves to a new one if
+        the leader was among the old. The partition's leader starts again with the new
+        followers at the beginning, and again at the end if it moves: producers and
+        consumers look it up again and go on (acks="all" loses nothing). The added rings
+        must fit in the shared-memory budget (ConfigError, nothing written). Returns,
+        once every move is complete and the leaders are ready, each partition's replicas.
+
+        A new replica copies the leader's log from its start; a leader whose log start
+        moved past what its ring and segments hold (none here) is Kafka's
+        truncate-fully case, which this does not do."""
+        deadline = time.monotonic() + timeout
+        by_topic: dict[str, dict[int, tuple[int, ...]]] = {}
+        for tp, brokers in reassignments.items():
+            topic, partition = TopicPartition(*tp)
+            by_topic.setdefault(topic, {})[partition] = tuple(brokers)
+        zk = self._cluster.zk
+        for topic, targets in by_topic.items():
+            with md.deadline(timeout, f"reassigning partitions of topic {topic!r}"):
+                md.reassign_partitions(zk, topic, targets)
+        out: dict[TopicPartition, tuple[int, ...]] = {}
+        for topic, targets in by_topic.items():
+            while True:
+                meta = md.read_topic(zk, topic)
+                moving = set(meta.assignment.adding) | set(meta.assignment.removing)
+                if not moving & set(targets):
+                    break
+                if time.monotonic() > deadline:
+                    states = {p: meta.states.get(p) for p in sorted(moving & set(targets))}
+                    raise EngineTimeoutError(
+                        f"the reassignment of topic {topic!r} did not complete within "
+                        f"{timeout:.0f} s (it goes on): partitions {sorted(states)} have ISR "
+                        f"{[list(s.isr) if s else [] for s in states.values()]}"
+                    )
+                time.sleep(0.05)
+            self._cluster.forget(topic)
+            self._cluster.refresh(topic, wait_s=max(deadline - time.monotonic(), 0.0))
+            for partition in targets:
+                out[TopicPartition(topic, partition)] = meta.assignment.replicas[partition]
+        return out
 
     def list_topics(self) -> list[str]:
         return md.list_topics(self._cluster.zk)

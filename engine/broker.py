@@ -239,8 +239,10 @@ class Broker:
                     replica.adopt_isr(wanted[key][1].isr)
                 replica.adopt_config(validate_topic_config(wanted[key][0].config, existing=True))
                 continue
-            # A topic being deleted drops its log unflushed (no fsync of what goes).
-            topic_gone = (key[0], key[2]) not in existing or key[0] in deleting
+            # A topic being deleted drops its log unflushed (no fsync of what goes), and
+            # so does a replica moved to other brokers (a reassignment).
+            moved = self.data_dir.ring_name(key[2], key[1], self.broker_id) not in assigned
+            topic_gone = (key[0], key[2]) not in existing or key[0] in deleting or moved
             log.info(
                 "stopping %s of %s-%d%s",
                 replica.role,

@@ -152,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--topic", default=None, help="only this topic (default: every topic)")
     c.add_argument("--partition", type=int, default=None, help="only this partition")
     c = tsub.add_parser(
+        "reassign",
+        help="move a partition's replicas to other brokers while it is written and read",
+    )
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--partition", type=int, required=True)
+    c.add_argument(
+        "--replicas", required=True, metavar="ID,ID,...",
+        help="the broker ids of its new replicas, the preferred leader first",
+    )
+    c = tsub.add_parser(
         "alter",
         help="set (--config) or delete (--delete-config) topic configs; the others stay",
         description="Applies to the running brokers at once. ring.bytes and "
@@ -512,6 +523,20 @@ def cmd_topics(args: argparse.Namespace) -> int:
             leaders = admin.perform_leader_election("preferred", tps)
             for tp, leader in sorted(leaders.items()):
                 print(f"{tp.topic}-{tp.partition}: leader {leader}")
+        elif args.topics_command == "reassign":
+            from engine.errors import ConfigError
+            from engine.record import TopicPartition
+
+            try:
+                brokers = [int(b) for b in args.replicas.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"--replicas must be broker ids separated by commas: {args.replicas!r}"
+                ) from None
+            tp = TopicPartition(args.topic, args.partition)
+            replicas = admin.alter_partition_reassignments({tp: brokers})[tp]
+            leader = admin.describe_topic(args.topic).partitions[args.partition].leader
+            print(f"{tp.topic}-{tp.partition}: replicas {list(replicas)}, leader {leader}")
         elif args.topics_command == "alter":
             if not args.config and not args.delete_config:
                 from engine.errors import ConfigError

@@ -27,12 +27,13 @@ import atexit
 import base64
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ from engine.errors import (
     DaemonNotRunningError,
     EngineError,
     EngineTimeoutError,
+    PartitionOutOfRangeError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -166,27 +168,39 @@ class PartitionState:
 
 @dataclass(frozen=True)
 class TopicAssignment:
-    """A topic's id and replica assignment (the /brokers/topics/<t> znode)."""
+    """A topic's id and replica assignment (the /brokers/topics/<t> znode). While a
+    partition's replicas move (reassign_partitions), ``replicas`` holds the new ones
+    first, then the old ones that go; ``adding`` and ``removing`` say which."""
 
     name: str
     topic_id: str
     replicas: dict[int, tuple[int, ...]]
+    adding: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    removing: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        def listed(replicas: dict[int, tuple[int, ...]]) -> dict[str, list[int]]:
+            return {str(p): list(r) for p, r in sorted(replicas.items())}
+
         return {
             "version": 3,
             "topic_id": self.topic_id,
-            "partitions": {str(p): list(r) for p, r in sorted(self.replicas.items())},
-            "adding_replicas": {},
-            "removing_replicas": {},
+            "partitions": listed(self.replicas),
+            "adding_replicas": listed(self.adding),
+            "removing_replicas": listed(self.removing),
         }
 
     @classmethod
     def from_json(cls, name: str, obj: dict[str, Any]) -> TopicAssignment:
+        def read(key: str) -> dict[int, tuple[int, ...]]:
+            return {int(p): tuple(int(b) for b in r) for p, r in (obj.get(key) or {}).items()}
+
         return cls(
             name=name,
             topic_id=str(obj["topic_id"]),
-            replicas={int(p): tuple(int(b) for b in r) for p, r in obj["partitions"].items()},
+            replicas=read("partitions"),
+            adding=read("adding_replicas"),
+            removing=read("removing_replicas"),
         )
 
     @property
@@ -822,7 +836,7 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
         placed = assign_replicas(brokers, added, replication)
         replicas = dict(assignment.replicas)
         replicas.update({current + p: r for p, r in placed.items()})
-        grown = TopicAssignment(name, assignment.topic_id, replicas)
+        grown = dataclasses.replace(assignment, replicas=replicas)
         tx = client.transaction()
         tx.set_data(TOPIC_CREATIONS, b"", version=creations.version)
         tx.set_data(topic_path(name), encode(grown.to_json()), version=tstat.version)
@@ -902,3 +916,92 @@ def cluster_id(client: KazooClient) -> str:
         return made
     except NodeExistsError:
         return cluster_id(client)
+
+
+def reassign_partitions(
+    client: KazooClient, name: str, targets: Mapping[int, Sequence[int]]
+) -> TopicAssignment:
+    """Start moving partitions' replicas to ``targets`` (broker ids, the first the
+    preferred leader): Kafka's reassignment. The partition's replica set becomes the
+    targets and then the old replicas not among them (``adding`` and ``removing`` say
+    which), and its leader epoch is bumped in the same transaction, so that its leader
+    starts again with the new followers. The controller completes the move once every
+    added replica is in the ISR (Controller._complete_reassignments). The added rings
+    must fit in the shared-memory budget (ConfigError, nothing written)."""
+    validate_topic_name(name)
+    client.ensure_path(TOPIC_CREATIONS)
+    while True:
+        _, creations = client.get(TOPIC_CREATIONS)
+        try:
+            tdata, tstat = client.get(topic_path(name))
+            cdata, _ = client.get(config_path(name))
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        assignment = TopicAssignment.from_json(name, decode(tdata))
+        live = set(live_brokers(client))
+        replicas = dict(assignment.replicas)
+        adding = dict(assignment.adding)
+        removing = dict(assignment.removing)
+        states = {}
+        added_rings = 0
+        for partition, target in targets.items():
+            target = tuple(int(b) for b in target)
+            if partition not in replicas:
+                raise PartitionOutOfRangeError(
+                    f"partition out of range: topic={name!r} partition={partition!r} "
+                    f"partitions={assignment.partition_count}"
+                )
+            if not target or len(set(target)) != len(target):
+                raise ConfigError(
+                    f"replicas must be distinct broker ids, at least one: "
+                    f"topic={name!r} partition={partition} replicas={list(target)}"
+                )
+            dead = sorted(set(target) - live)
+            if dead:
+                raise ConfigError(
+                    f"replicas must be live brokers: topic={name!r} partition={partition} "
+                    f"not_live={dead}"
+                )
+            if partition in adding or partition in removing:
+                raise ConfigError(
+                    f"a reassignment of this partition is under way: topic={name!r} "
+                    f"partition={partition}"
+                )
+            old = replicas[partition]
+            if set(old) == set(target):
+                replicas[partition] = target
+                continue
+            new_ones = tuple(b for b in target if b not in old)
+            replicas[partition] = target + tuple(b for b in old if b not in target)
+            if new_ones:
+                adding[partition] = new_ones
+            removing[partition] = tuple(b for b in old if b not in target)
+            added_rings += len(new_ones)
+            sdata, sstat = client.get(state_path(name, partition))
+            state = PartitionState.from_json(decode(sdata))
+            states[partition] = (
+                dataclasses.replace(state, leader_epoch=state.leader_epoch + 1), sstat.version
+            )
+        stored = (decode(cdata) or {}).get("config", {})
+        ring = int(stored.get("ring.bytes", TOPIC_DEFAULTS["ring.bytes"]))
+        ask = added_rings * shm.ring_footprint(ring)
+        budget, used = shm_budget(client), shm_used(client)
+        if used + ask > budget:
+            raise ConfigError(
+                "the added replicas would take the daemon's rings past its shared-memory "
+                f"budget: topic={name!r} budget={budget} used={used} asked={ask}"
+            )
+        moved = dataclasses.replace(assignment, replicas=replicas, adding=adding,
+                                    removing=removing)  # fmt: skip
+        tx = client.transaction()
+        tx.set_data(TOPIC_CREATIONS, b"", version=creations.version)
+        tx.set_data(topic_path(name), encode(moved.to_json()), version=tstat.version)
+        for partition, (state, version) in states.items():
+            tx.set_data(state_path(name, partition), encode(state.to_json()), version=version)
+        results = tx.commit()
+        if any(isinstance(r, BadVersionError) for r in results):
+            continue
+        for r in results:
+            if isinstance(r, Exception) and type(r).__name__ != "RolledBackError":
+                raise r
+        return moved

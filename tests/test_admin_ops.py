@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import admin_procs
 import group_procs
 import pytest
-from engine_harness import Daemon, running_daemon, started, wait_for
+from engine_harness import Daemon, join_ok, running_daemon, started, wait_for
 
 from engine import (
     Admin,
@@ -502,3 +503,80 @@ def test_offsets_for_times_gives_offset_and_timestamp_of_partitions_not_assigned
         assert found[TopicPartition(topic, 2)] is None  # an empty partition
         assert c.offsets_for_times({tp: 6_000_000}) == {tp: None}
         assert c.assignment() == set()
+
+
+# -- move a partition's replicas ------------------------------------------------------
+
+
+def test_a_partition_moves_to_other_brokers_while_written_and_read_losing_nothing(
+    tmp_path: Path,
+) -> None:
+    """Replicas (a, b) move to (c, b) on a 3-broker daemon, the leader a among those that
+    go, while a producer process sends acks='all' records one after another and a
+    consumer reads them: every acknowledged record is read once, at the offset its ack
+    named, in order; a's copy is removed; the CLI moves it back."""
+    with (
+        running_daemon(tmp_path / "engine", brokers=3) as daemon,
+        Admin(daemon.data_dir) as admin,
+    ):
+        admin.create_topic("moving", partitions=1, replication=2, config=SMALL)
+        tp = TopicPartition("moving", 0)
+        old = admin.describe_topic("moving").partitions[0]
+        a, b = old.replicas
+        assert old.leader == a
+        c = ({1, 2, 3} - {a, b}).pop()
+        acked_path, stop_path = tmp_path / "acked.txt", tmp_path / "stop"
+        producer = SPAWN.Process(
+            target=admin_procs.produce_paced,
+            args=(str(daemon.data_dir), "moving", str(acked_path), str(stop_path)),
+        )
+
+        def acked() -> list[tuple[int, int]]:
+            if not acked_path.exists():
+                return []
+            return [tuple(map(int, line.split())) for line in acked_path.read_text().split("\n")
+                    if line]  # type: ignore[misc]  # fmt: skip
+
+        read: list[tuple[int, int]] = []  # (seq, offset)
+        done = threading.Event()
+
+        def consume() -> None:
+            with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as consumer:
+                consumer.assign([tp])
+                while not done.is_set():
+                    read.extend((int(r.value), r.offset) for r in consumer.poll(timeout=0.1))
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        try:
+            with started([producer]):
+                wait_for(lambda: len(acked()) > 200, what="records before the move")
+
+                moved = admin.alter_partition_reassignments({tp: [c, b]})
+
+                assert moved == {tp: (c, b)}
+                now = len(acked())
+                wait_for(lambda: len(acked()) > now + 200, what="records after the move")
+                stop_path.touch()
+                join_ok([producer], timeout=60)
+            everything = acked()
+            wait_for(lambda: len(read) >= len(everything), what="the consumer to read them all")
+        finally:
+            done.set()
+            reader.join()
+        assert [seq for seq, _ in everything] == list(range(len(everything)))
+        assert read[: len(everything)] == everything  # each once, where its ack said
+        state = admin.describe_topic("moving").partitions[0]
+        assert state.replicas == (c, b) and state.leader in (c, b)
+        assert sorted(state.isr) == sorted((b, c))
+        assert state.leader_epoch > old.leader_epoch
+        gone = admin._cluster.data_dir.partition_dir(a, "moving", 0)
+        wait_for(lambda: not gone.exists(), what="the old replica's data to go")
+
+        out = daemon.cli("topics", "reassign", "moving", "--partition", "0", "--replicas",
+                         f"{a},{c}")  # fmt: skip
+        assert out.stdout.decode().startswith(f"moving-0: replicas [{a}, {c}], leader ")
+        assert admin.describe_topic("moving").partitions[0].replicas == (a, c)
+        refused = daemon.cli("topics", "reassign", "moving", "--partition", "0", "--replicas",
+                             "1,9", check=False)  # fmt: skip
+        one_line_error(refused, "replicas must be live brokers", "not_live=[9]")
