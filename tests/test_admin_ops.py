@@ -21,7 +21,9 @@ from engine import (
     Admin,
     ConfigError,
     Consumer,
+    EngineTimeoutError,
     GroupNotEmptyError,
+    NotEnoughReplicasError,
     OffsetAndTimestamp,
     OffsetOutOfRangeError,
     Producer,
@@ -96,6 +98,37 @@ def test_altered_retention_applies_to_the_running_replicas(
         what="retention.bytes to move every replica's log start",
     )
     assert all(0 < s < 400 for s in starts)
+
+
+def test_an_altered_min_insync_replicas_applies_to_a_running_producer(daemon: Daemon) -> None:
+    """Producers enforce min.insync.replicas: one made before the alter takes it too."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("isr", partitions=1, replication=2, config=SMALL)
+        state = admin.describe_topic("isr").partitions[0]
+        follower = next(b for b in state.replicas if b != state.leader)
+        pid = daemon.runtime()["processes"][f"broker-{follower}"]
+        with Producer(daemon.data_dir, acks="all", delivery_timeout_ms=2000) as p:
+            p.send("isr", b"before").get(10)
+            os.kill(pid, signal.SIGSTOP)  # its session ends: it leaves the ISR
+            try:
+                wait_for(lambda: admin.describe_topic("isr").partitions[0].isr == (state.leader,),
+                         timeout=20, what="the frozen follower to leave the ISR")  # fmt: skip
+                p.send("isr", b"alone").get(10)  # min.insync.replicas=1: acknowledged
+
+                admin.incremental_alter_configs("isr", {"min.insync.replicas": 2})
+
+                def refused() -> bool:
+                    try:
+                        p.send("isr", b"refused").get(10)
+                    except (NotEnoughReplicasError, EngineTimeoutError) as exc:
+                        # Retried until delivery_timeout_ms, then it fails naming why.
+                        assert "min.insync.replicas=2" in str(exc)
+                        return True
+                    return False
+
+                wait_for(refused, timeout=20, what="the producer to refuse with one in sync")
+            finally:
+                os.kill(pid, signal.SIGCONT)
 
 
 def test_deleting_a_config_returns_it_to_its_default(admin: Admin, small_topic: str) -> None:
