@@ -343,10 +343,8 @@ class Admin:
         consumers look it up again and go on (acks="all" loses nothing). The added rings
         must fit in the shared-memory budget (ConfigError, nothing written). Returns,
         once every move is complete and the leaders are ready, each partition's replicas.
-
-        A new replica copies the leader's log from its start; a leader whose log start
-        moved past what its ring and segments hold (none here) is Kafka's
-        truncate-fully case, which this does not do."""
+        A new replica copies the leader's log from the leader's log start
+        (FollowerReplica._prepare_log)."""
         deadline = time.monotonic() + timeout
         by_topic: dict[str, dict[int, tuple[int, ...]]] = {}
         for tp, brokers in reassignments.items():

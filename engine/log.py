@@ -665,24 +665,7 @@ class Log:
             return
         self._cancel_rolled({base for base in self._bases if base >= offset})
         if offset <= self.log_start_offset:
-            if self._deleted_before > offset:
-                _write_log_start(self.directory, offset)
-                self._deleted_before = offset
-            self._cancel_rolled()
-            for segment in self._segments:
-                segment.delete()
-            self._segments.clear()
-            self._bases.clear()
-            self._segments.append(
-                LogSegment.create(
-                    self.directory,
-                    offset,
-                    index_interval_bytes=self.config.index_interval_bytes,
-                    index_bytes=self.config.segment_index_bytes,
-                    dense=self.dense,
-                )
-            )
-            self._bases.append(offset)
+            self._start_empty_at(offset)
         else:
             while len(self._segments) > 1 and self._bases[-1] >= offset:
                 self._segments.pop().delete()
@@ -691,6 +674,37 @@ class Log:
         fsync_directory(self.directory)
         self._entry_synced = self._bases[-1]
         self.flush()
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Empty the log and restart it at ``offset``, which may lie past its end (Kafka's
+        name): a follower whose log ends below its leader's log start, which can never
+        fetch the offsets in between, starts again at the leader's log start."""
+        self._active  # noqa: B018 - raises ClosedError after close
+        self._start_empty_at(offset)
+        fsync_directory(self.directory)
+        self._entry_synced = self._bases[-1]
+        self.flush()
+
+    def _start_empty_at(self, offset: int) -> None:
+        """Delete every segment and make an empty one at ``offset``."""
+        if self._deleted_before > offset:
+            _write_log_start(self.directory, offset)
+            self._deleted_before = offset
+        self._cancel_rolled()
+        for segment in self._segments:
+            segment.delete()
+        self._segments.clear()
+        self._bases.clear()
+        self._segments.append(
+            LogSegment.create(
+                self.directory,
+                offset,
+                index_interval_bytes=self.config.index_interval_bytes,
+                index_bytes=self.config.segment_index_bytes,
+                dense=self.dense,
+            )
+        )
+        self._bases.append(offset)
 
     # ---- lifecycle ---------------------------------------------------------
 

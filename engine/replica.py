@@ -599,6 +599,23 @@ class FollowerReplica(Replica):
                     end,
                 )
                 self.log.truncate_to(end)
+            leader_start = leader_reader.log_start_offset if leader_reader is not None else -1
+            if leader_start > self.log.log_end_offset and leader_ring is not None:
+                # What lies between is gone from the leader (retention, deleted records):
+                # Kafka's truncate-fully. The log starts again at the first batch the
+                # leader still holds (it may begin below the leader's log start, which
+                # this log takes too once it holds that far: delete_records_before).
+                assert leader_reader is not None
+                first = leader_reader.read(leader_start, 1, leader_ring.status().drain_offset)
+                infos = scan_batches(first, verify_crc=False)[0]
+                base = int(infos["base_offset"][0]) if len(infos) else leader_start
+                log.warning(
+                    "%s-%d: the log ends at %d, below the leader's log start %d: starting "
+                    "it anew at %d", self.topic, self.partition, self.log.log_end_offset,
+                    leader_start, base,
+                )  # fmt: skip
+                self.log.truncate_fully_and_start_at(base)
+                self.log_start_wanted = max(self.log_start_wanted, leader_start)
         finally:
             if leader_reader is not None:
                 leader_reader.close()
@@ -646,7 +663,10 @@ class FollowerReplica(Replica):
                         if reader is None:
                             self._stop.wait(0.05)
                             continue
-                        data = reader.read(mine, FETCH_CHUNK, leader.status().drain_offset)
+                        # From this log's start (a restart at the leader's first batch
+                        # may begin below the leader's log start: _prepare_log).
+                        at = max(mine, self.log_start_wanted)
+                        data = reader.read(at, FETCH_CHUNK, leader.status().drain_offset)
                         if data:
                             self.ring.append_raw(data)
                         else:

@@ -613,3 +613,30 @@ def test_a_partition_moves_to_other_brokers_while_written_and_read_losing_nothin
         refused = daemon.cli("topics", "reassign", "moving", "--partition", "0", "--replicas",
                              "1,9", check=False)  # fmt: skip
         one_line_error(refused, "replicas must be live brokers", "not_live=[9]")
+
+
+def test_a_new_replica_starts_its_log_at_the_leaders_log_start(tmp_path: Path) -> None:
+    """A partition whose records before 1000 were deleted (and whose ring moved past 0)
+    gets a replica on a third broker: it cannot fetch offset 0, so it starts its log at
+    1000, as Kafka's truncate-fully does, catches up and joins the ISR."""
+    with (
+        running_daemon(tmp_path / "engine", brokers=3) as daemon,
+        Admin(daemon.data_dir) as admin,
+    ):
+        admin.create_topic("trimmed", partitions=1, config={**SMALL, "segment.bytes": 4096})
+        tp = TopicPartition("trimmed", 0)
+        with Producer(daemon.data_dir, acks="all") as p:
+            for i in range(1500):
+                p.send("trimmed", b"%05d" % i + b"v" * 100, partition=0)
+        assert admin.delete_records({tp: 1000}) == {tp: 1000}
+        (a,) = admin.describe_topic("trimmed").partitions[0].replicas
+        c = min({1, 2, 3} - {a})
+
+        assert admin.alter_partition_reassignments({tp: [a, c]}, timeout=20) == {tp: (a, c)}
+
+        state = admin.describe_topic("trimmed").partitions[0]
+        assert sorted(state.isr) == sorted((a, c))
+        with LogReader(admin._cluster.data_dir.partition_dir(c, "trimmed", 0)) as reader:
+            assert reader.log_start_offset == 1000
+            first = reader.read(1000, 1, 1500)  # the batch holding 1000
+        assert b"01000" in first
