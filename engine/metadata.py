@@ -989,7 +989,10 @@ def reassign_partitions(
         if used + ask > budget:
             raise ConfigError(
                 "the added replicas would take the daemon's rings past its shared-memory "
-                f"budget: topic={name!r} budget={budget} used={used} asked={ask}"
+                f"budget (`engine start --shm-budget`): topic={name!r} budget={budget} "
+                f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
+                f"asked={ask} ({shm.format_size(ask)}: replicas={added_rings} x "
+                f"(ring.bytes={ring} + {RING_HEADER_BYTES}))"
             )
         moved = dataclasses.replace(assignment, replicas=replicas, adding=adding,
                                     removing=removing)  # fmt: skip

@@ -279,6 +279,14 @@ def test_add_partitions_refuses_fewer_and_past_the_budget_writing_nothing(
         )
         assert len(admin.describe_topic("few").partitions) == 4
         assert md.shm_used(admin._cluster.zk) == 4 * footprint
+        # A reassignment that adds a replica adds a ring: refused too, nothing written.
+        (only,) = admin.describe_topic("few").partitions[0].replicas
+        with pytest.raises(ConfigError, match=f"budget={4 * footprint} "):
+            admin.alter_partition_reassignments(
+                {TopicPartition("few", 0): [only, 3 - only]}, timeout=5
+            )
+        assert admin.describe_topic("few").partitions[0].replicas == (only,)
+        assert md.shm_used(admin._cluster.zk) == 4 * footprint
 
 
 # -- delete records ---------------------------------------------------------------------
