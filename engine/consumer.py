@@ -105,6 +105,10 @@ MAX_UNDECIDED_BYTES = 64 << 20
 #: which have anything (Consumer._worth_reading).
 READY_CHECK_MIN = 8
 
+#: How often poll() looks whether records before a partition's position were deleted
+#: (Admin.delete_records) while it reads them out of the leader's ring.
+LOG_START_CHECK_S = 1.0
+
 #: on_assign / on_revoke: called with the partitions this consumer takes or gives up.
 RebalanceCallback = Callable[[set[TopicPartition]], None]
 #: commit_async's callback: (the offsets, None) or (the offsets, the error).
@@ -264,6 +268,7 @@ class Consumer:
         self._group: GroupMember | None = None
         self._committed: dict[TopicPartition, int] = {}  # what this consumer last committed
         self._next_auto_commit = time.monotonic() + self.auto_commit_interval_s
+        self._next_start_check = time.monotonic() + LOG_START_CHECK_S
         if topics:
             self.subscribe(list(topics))
 
@@ -627,6 +632,22 @@ class Consumer:
             self._reset(f)
         return f.offset
 
+    def _check_log_starts(self) -> None:
+        """A position below its partition's log start (records deleted before it while
+        it reads them out of the leader's ring) is out of range, as Kafka's next fetch
+        would find it: the next read resets it by auto_offset_reset."""
+        for tp in self._order:
+            f = self._fetches[tp]
+            if f.offset < 0 or f.out_of_range:
+                continue
+            try:
+                start = f.reader.log_start_offset
+            except (OSError, EngineError):
+                continue  # the leader moved: the next read looks it up again
+            if f.offset < start:
+                f.out_of_range = True
+                self._direct = None
+
     def _reset(self, f: _Fetch) -> None:
         if self.auto_offset_reset == "none":
             raise OffsetOutOfRangeError(
@@ -675,7 +696,11 @@ class Consumer:
         self, timeout: float, max_records: int | None, value_size: int | None
     ) -> list[Any]:
         limit = max_records or self.max_poll_records
-        deadline = time.monotonic() + timeout
+        start_s = time.monotonic()
+        deadline = start_s + timeout
+        if start_s >= self._next_start_check:
+            self._next_start_check = start_s + LOG_START_CHECK_S
+            self._check_log_starts()
         if self.enable_auto_commit and self._group is not None:
             # Kafka's at-least-once default: what the previous poll returned is processed.
             now = time.monotonic()

@@ -30,6 +30,7 @@ from engine import (
     TopicPartition,
     UnknownGroupError,
 )
+from engine import consumer as consumer_module
 from engine import metadata as md
 from engine.datadir import DataDir
 from engine.log import LogReader
@@ -369,6 +370,35 @@ def test_delete_records_from_the_command_line(shared_daemon: Daemon, admin: Admi
         )
         one_line_error(refused, "past the high watermark", "offset=99", "high_watermark=15")
         assert [q.log_start_offset for q in admin.describe_topic(topic).partitions] == [15, 15]
+    finally:
+        admin.delete_topic(topic)
+
+
+def test_a_consumer_reading_below_a_new_log_start_resets_as_kafka_does(
+    shared_daemon: Daemon, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records read out of the leader's ring: a consumer at offset 10 when the records
+    before 50 are deleted goes on at 50 (auto_offset_reset='earliest'), not at 10. (It
+    looks once a second; here at every poll.)"""
+    monkeypatch.setattr(consumer_module, "LOG_START_CHECK_S", 0.0, raising=False)
+    topic = f"lagging-{uuid.uuid4().hex[:8]}"
+    admin.create_topic(topic, partitions=1, config=SMALL)
+    tp = TopicPartition(topic, 0)
+    try:
+        with Producer(shared_daemon.data_dir, acks="all") as p:
+            for i in range(100):
+                p.send(topic, b"%d" % i, partition=0)
+        with Consumer(data_dir=shared_daemon.data_dir, auto_offset_reset="earliest") as c:
+            c.assign([tp])
+            first: list = []
+            wait_for(lambda: first.extend(c.poll(timeout=0.2, max_records=10 - len(first)))
+                     or len(first) == 10, what="the first 10 records")  # fmt: skip
+            assert c.position(tp) == 10
+
+            admin.delete_records({tp: 50})
+
+            nxt = wait_for(lambda: c.poll(timeout=0.2, max_records=1), what="the next record")
+            assert nxt[0].offset == 50 and nxt[0].value == b"50"
     finally:
         admin.delete_topic(topic)
 
