@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # the imports below run lazily, on first use of a name (PEP 5
         ZnodeNotFoundError,
     )
     from engine.producer import BatchResult, Producer, RecordFuture
-    from engine.record import Record, RecordMetadata, TopicPartition
+    from engine.record import OffsetAndTimestamp, Record, RecordMetadata, TopicPartition
 
 __version__ = "0.1.0"
 
@@ -106,6 +106,7 @@ _EXPORTS: dict[str, str] = {
     "NotEnoughReplicasError": "engine.errors",
     "NotJsonError": "engine.errors",
     "NotLeaderError": "engine.errors",
+    "OffsetAndTimestamp": "engine.record",
     "OffsetOutOfRangeError": "engine.errors",
     "PartitionDescription": "engine.admin",
     "PartitionOutOfRangeError": "engine.errors",
@@ -179,6 +180,7 @@ __all__ = [
     "NotEnoughReplicasError",
     "NotJsonError",
     "NotLeaderError",
+    "OffsetAndTimestamp",
     "OffsetOutOfRangeError",
     "PartitionDescription",
     "PartitionOutOfRangeError",

@@ -1,9 +1,13 @@
-"""Admin: create, delete, list and describe topics (kafka-python's KafkaAdminClient habits).
+"""Admin: topics, their configs, partitions and records, groups, leaders, the cluster
+(kafka-python's KafkaAdminClient names and habits).
 
 Topic requests are znode writes in the coordinator's tree (see engine.metadata);
 the controller turns them into partition state and the leaders create their
 rings. ``create_topic`` and ``delete_topic`` return once the change took effect; a
-topic whose creation fails half-way is deleted again.
+topic whose creation fails half-way is deleted again. The day-to-day operations
+(``incremental_alter_configs``, ``create_partitions``, ``delete_records``,
+``perform_leader_election``, ``delete_consumer_groups``) likewise write what they
+ask for and return once the brokers or the controller carried it out.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +25,15 @@ from engine import metadata as md
 from engine.cluster import ClusterView
 from engine.config import validate_topic_config, validate_topic_name
 from engine.errors import (
+    ConfigError,
     EngineError,
     EngineTimeoutError,
+    OffsetOutOfRangeError,
+    PartitionOutOfRangeError,
     UnknownTopicError,
 )
 from engine.log import LogReader
+from engine.record import TopicPartition
 from engine.ring import Ring, seal_ring
 
 #: How long a failed create_topic waits for the controller to delete what it wrote.
@@ -146,6 +155,226 @@ class Admin:
             time.sleep(0.01)
         return True
 
+    def incremental_alter_configs(
+        self,
+        topic: str,
+        configs: Mapping[str, Any] | None = None,
+        delete: Iterable[str] = (),
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        """Set ``configs`` and delete the keys in ``delete`` (back to their defaults) of a
+        topic's config, leaving its other keys: Kafka's IncrementalAlterConfigs. The new
+        config is validated whole, as create_topic validates; ring.bytes and
+        max.message.bytes cannot change (engine.config.FIXED_AT_CREATION). Every other
+        key applies to the running brokers at once: the next retention check, segment
+        roll, flush, ISR check or failover obeys it, and producers look the topic up
+        again (min.insync.replicas). Returns the topic's whole config."""
+        with md.deadline(timeout, f"altering the config of topic {topic!r}"):
+            return dict(md.alter_topic_config(self._cluster.zk, topic, configs, delete))
+
+    def create_partitions(
+        self, topic_partitions: Mapping[str, int], timeout: float = 30.0
+    ) -> dict[str, TopicDescription]:
+        """Grow each topic to the partition count given for it (kafka-python's
+        ``create_partitions``, with the new total count; ``NewPartitions`` objects with a
+        ``total_count`` are taken too), waiting until every new partition's leader is
+        ready. The new partitions get replicas, leaders and rings as a new topic's do,
+        within the shared-memory budget (ConfigError before anything is written).
+
+        Producers look the topic up afresh and send to the new partitions too: a key's
+        partition is its hash modulo the partition count, so records with a key may go
+        to another partition than before (as in Kafka). Consumer groups subscribed to the
+        topic rebalance over the new partitions within about a second."""
+        started = time.monotonic()
+        out: dict[str, TopicDescription] = {}
+        for name, count in topic_partitions.items():
+            total = getattr(count, "total_count", count)
+            with md.deadline(timeout, f"adding partitions to topic {name!r}"):
+                md.create_partitions(self._cluster.zk, name, total)
+            self._cluster.forget(name)
+            left = max(timeout - (time.monotonic() - started), 0.0)
+            self._cluster.refresh(name, wait_s=left)  # waits for the new leaders and rings
+            out[name] = self.describe_topic(name)
+        return out
+
+    def delete_records(
+        self, records_to_delete: Mapping[TopicPartition, int], timeout: float = 30.0
+    ) -> dict[TopicPartition, int]:
+        """Delete each partition's records before the offset given for it (-1: its high
+        watermark), as Kafka's DeleteRecords does: the log start offset of every replica
+        moves up to it, durably, and the segments that hold only offsets below it are
+        removed. Reads below it then find the offset out of range (a consumer resets by
+        its auto_offset_reset). Returns once every in-sync replica has moved, with each
+        partition's new log start offset (Kafka's low watermark).
+
+        OffsetOutOfRangeError for an offset past the high watermark (records not yet
+        acknowledged cannot be deleted); the records of earlier partitions in the mapping
+        are deleted already."""
+        started = time.monotonic()
+        wanted: dict[str, dict[int, int]] = {}
+        for tp, offset in records_to_delete.items():
+            topic, partition = TopicPartition(*tp)
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
+                raise ConfigError(f"offset must be an int >= -1: {topic}-{partition} "
+                                  f"offset={offset!r}")  # fmt: skip
+            wanted.setdefault(topic, {})[partition] = offset
+        out: dict[TopicPartition, int] = {}
+        zk = self._cluster.zk
+        for topic, offsets in wanted.items():
+            desc = self.describe_topic(topic)
+            for partition, offset in list(offsets.items()):
+                if not (isinstance(partition, int) and 0 <= partition < len(desc.partitions)):
+                    raise PartitionOutOfRangeError(
+                        f"partition out of range: topic={topic!r} partition={partition!r} "
+                        f"partitions={len(desc.partitions)}"
+                    )
+                hw = desc.partitions[partition].high_watermark
+                if offset == -1:
+                    offsets[partition] = offset = max(hw, 0)
+                if offset > hw:
+                    raise OffsetOutOfRangeError(
+                        f"cannot delete records past the high watermark: topic={topic!r} "
+                        f"partition={partition} offset={offset} high_watermark={hw}"
+                    )
+            with md.deadline(timeout, f"deleting records of topic {topic!r}"):
+                md.raise_log_starts(zk, topic, offsets)
+            for partition, offset in offsets.items():
+                left = timeout - (time.monotonic() - started)
+                out[TopicPartition(topic, partition)] = self._wait_log_start(
+                    topic, partition, offset, left
+                )
+        return out
+
+    def _wait_log_start(self, topic: str, partition: int, offset: int, timeout: float) -> int:
+        """Wait until every in-sync replica's log starts at ``offset`` or later; the
+        leader's log start offset."""
+        deadline = time.monotonic() + timeout
+        while True:
+            desc = self.describe_topic(topic).partitions[partition]
+            starts = {}
+            for broker in desc.isr:
+                directory = self._cluster.data_dir.partition_dir(broker, topic, partition)
+                try:
+                    with LogReader(directory) as reader:
+                        starts[broker] = reader.log_start_offset
+                except (OSError, EngineError):
+                    starts[broker] = -1
+            if starts and min(starts.values()) >= offset and desc.leader in starts:
+                return starts[desc.leader]
+            if time.monotonic() > deadline:
+                raise EngineTimeoutError(
+                    f"records of {topic}-{partition} before offset {offset} were not deleted "
+                    f"on every in-sync replica within {timeout:.0f} s: log starts {starts}"
+                )
+            time.sleep(0.02)
+
+    def perform_leader_election(
+        self,
+        election_type: str = "preferred",
+        topic_partitions: Iterable[TopicPartition] | None = None,
+        timeout: float = 30.0,
+    ) -> dict[TopicPartition, int | None]:
+        """Move each partition's leadership to its preferred replica (the first of its
+        assignment) where that replica is live, in the ISR and not the leader already
+        (kafka-python's name; only ``election_type="preferred"``). Every partition of
+        every topic without ``topic_partitions``. The controller carries it out: the old
+        leader's producers look the new one up and go on, the old leader follows.
+        Returns, once the new leaders are ready, each partition's leader (None: none)."""
+        if election_type != "preferred":
+            raise ConfigError(
+                f"only preferred leader elections are supported: election_type={election_type!r}"
+            )
+        zk = self._cluster.zk
+        deadline = time.monotonic() + timeout
+        if topic_partitions is None:
+            chosen = [
+                TopicPartition(t, p)
+                for t in self.list_topics()
+                for p in range(len(self.describe_topic(t).partitions))
+            ]
+        else:
+            chosen = [TopicPartition(*tp) for tp in topic_partitions]
+            for topic in {tp.topic for tp in chosen}:
+                count = len(self.describe_topic(topic).partitions)
+                for tp in chosen:
+                    if tp.topic == topic and not 0 <= tp.partition < count:
+                        raise PartitionOutOfRangeError(
+                            f"partition out of range: topic={topic!r} "
+                            f"partition={tp.partition!r} partitions={count}"
+                        )
+        request = md.encode(
+            {"version": 1, "partitions": [{"topic": t, "partition": p} for t, p in chosen]}
+        )
+        with md.deadline(timeout, "a preferred-leader election"):
+            zk.ensure_path("/admin")
+            while True:
+                try:
+                    zk.create(md.PREFERRED_ELECTION, request)
+                    break
+                except NodeExistsError:  # another election is under way: after it
+                    self._wait_gone(md.PREFERRED_ELECTION, deadline)
+            self._wait_gone(md.PREFERRED_ELECTION, deadline)
+        out: dict[TopicPartition, int | None] = {}
+        for topic in sorted({tp.topic for tp in chosen}):
+            self._cluster.forget(topic)
+            view = self._cluster.refresh(topic, wait_s=max(deadline - time.monotonic(), 0.0))
+            for tp in chosen:
+                if tp.topic == topic:
+                    out[tp] = view.leader(tp.partition)
+        return out
+
+    def _wait_gone(self, path: str, deadline: float) -> None:
+        while self._cluster.zk.exists(path):
+            if time.monotonic() > deadline:
+                raise EngineTimeoutError(
+                    f"the controller did not carry out the request in time: path={path}"
+                )
+            time.sleep(0.01)
+
+    def alter_partition_reassignments(
+        self, reassignments: Mapping[TopicPartition, Sequence[int]], timeout: float = 60.0
+    ) -> dict[TopicPartition, tuple[int, ...]]:
+        """Move each partition's replicas to the brokers given (the first one its
+        preferred leader) while it is written and read, as Kafka's reassignment does: the
+        new replicas are added and copy the log, and once all of them are in the ISR the
+        old ones are dropped (their data with them) and leadership moves to a new one if
+        the leader was among the old. The partition's leader starts again with the new
+        followers at the beginning, and again at the end if it moves: producers and
+        consumers look it up again and go on (acks="all" loses nothing). The added rings
+        must fit in the shared-memory budget (ConfigError, nothing written). Returns,
+        once every move is complete and the leaders are ready, each partition's replicas.
+        A new replica copies the leader's log from the leader's log start
+        (FollowerReplica._prepare_log)."""
+        deadline = time.monotonic() + timeout
+        by_topic: dict[str, dict[int, tuple[int, ...]]] = {}
+        for tp, brokers in reassignments.items():
+            topic, partition = TopicPartition(*tp)
+            by_topic.setdefault(topic, {})[partition] = tuple(brokers)
+        zk = self._cluster.zk
+        for topic, targets in by_topic.items():
+            with md.deadline(timeout, f"reassigning partitions of topic {topic!r}"):
+                md.reassign_partitions(zk, topic, targets)
+        out: dict[TopicPartition, tuple[int, ...]] = {}
+        for topic, targets in by_topic.items():
+            while True:
+                meta = md.read_topic(zk, topic)
+                moving = set(meta.assignment.adding) | set(meta.assignment.removing)
+                if not moving & set(targets):
+                    break
+                if time.monotonic() > deadline:
+                    states = {p: meta.states.get(p) for p in sorted(moving & set(targets))}
+                    raise EngineTimeoutError(
+                        f"the reassignment of topic {topic!r} did not complete within "
+                        f"{timeout:.0f} s (it goes on): partitions {sorted(states)} have ISR "
+                        f"{[list(s.isr) if s else [] for s in states.values()]}"
+                    )
+                time.sleep(0.05)
+            self._cluster.forget(topic)
+            self._cluster.refresh(topic, wait_s=max(deadline - time.monotonic(), 0.0))
+            for partition in targets:
+                out[TopicPartition(topic, partition)] = meta.assignment.replicas[partition]
+        return out
+
     def list_topics(self) -> list[str]:
         return md.list_topics(self._cluster.zk)
 
@@ -193,12 +422,43 @@ class Admin:
         return TopicDescription(name, meta.assignment.topic_id, parts, dict(config))
 
     def describe_cluster(self) -> dict[str, Any]:
+        """kafka-python's keys: ``cluster_id``, ``controller_id`` (None while there is
+        none) and ``brokers``, one dict per live broker (``node_id``, ``host``, ``port``:
+        -1, the brokers listen on no socket; ``rack``: None). Also ``coordinator`` (its
+        address), ``controller`` (= controller_id) and ``registrations`` (each broker's
+        registration by id: pid, log dir)."""
         zk = self._cluster.zk
+        live = md.live_brokers(zk)
+        controller = md.controller_id(zk)
         return {
+            "cluster_id": md.cluster_id(zk),
+            "controller_id": controller,
+            "brokers": [
+                {
+                    "node_id": broker,
+                    "host": info.get("host", "127.0.0.1"),
+                    "port": info.get("port", -1),
+                    "rack": None,
+                }
+                for broker, info in sorted(live.items())
+            ],
             "coordinator": self._cluster.data_dir.coordinator_hosts(),
-            "controller": md.controller_id(zk),
-            "brokers": md.live_brokers(zk),
+            "controller": controller,
+            "registrations": live,
         }
+
+    def delete_consumer_groups(self, group_ids: Iterable[str]) -> list[str]:
+        """Delete each group and its committed offsets (kafka-python's name). Refused
+        with GroupNotEmptyError while a group has live members (Kafka's NON_EMPTY_GROUP),
+        UnknownGroupError for a group that does not exist; the groups before it in
+        ``group_ids`` are deleted already. Returns the groups deleted."""
+        from engine.group import delete_group
+
+        done = []
+        for group in group_ids:
+            delete_group(self, group)
+            done.append(group)
+        return done
 
     def close(self) -> None:
         self._cluster.close()

@@ -212,12 +212,15 @@ class Broker:
         # states before its node, and its deletion request last of all.
         deleting = md.topics_being_deleted(self.zk)
         assigned: set[str] = set()
+        log_starts: dict[str, dict[int, int]] = {}  # Admin.delete_records
         for topic in names:
             try:
-                meta = md.read_topic(self.zk, topic)
+                meta = md.read_topic(self.zk, topic, watch=self.poke)  # configs, partitions
             except UnknownTopicError:  # deleted while we read it
                 continue
             existing.add((topic, meta.assignment.topic_id))
+            if any(self.broker_id in r for r in meta.assignment.replicas.values()):
+                log_starts[topic] = md.read_log_starts(self.zk, topic, watch=self.poke)
             for p, replicas in meta.assignment.replicas.items():
                 if self.broker_id not in replicas:
                     continue
@@ -239,9 +242,12 @@ class Broker:
             if key in wanted and self._role_matches(replica, wanted[key][1]):
                 if isinstance(replica, LeaderReplica):
                     replica.adopt_isr(wanted[key][1].isr)
+                replica.adopt_config(validate_topic_config(wanted[key][0].config, existing=True))
                 continue
-            # A topic being deleted drops its log unflushed (no fsync of what goes).
-            topic_gone = (key[0], key[2]) not in existing or key[0] in deleting
+            # A topic being deleted drops its log unflushed (no fsync of what goes), and
+            # so does a replica moved to other brokers (a reassignment).
+            moved = self.data_dir.ring_name(key[2], key[1], self.broker_id) not in assigned
+            topic_gone = (key[0], key[2]) not in existing or key[0] in deleting or moved
             log.info(
                 "stopping %s of %s-%d%s",
                 replica.role,
@@ -267,6 +273,10 @@ class Broker:
             if failure is not None:
                 del self.start_failures[key]
                 log.info("started %s-%d after %d failed attempts", *key[:2], failure.attempts)
+        for key, replica in self.replicas.items():
+            start = log_starts.get(key[0], {}).get(key[1], 0)
+            if start:
+                replica.delete_records_before(start)
 
     def _start_failed(self, key: ReplicaKey, exc: Exception) -> None:
         """Note a replica that did not start and when to try it again. A reason is

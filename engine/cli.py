@@ -161,6 +161,55 @@ def build_parser() -> argparse.ArgumentParser:
     c = tsub.add_parser("delete", help="delete a topic and its data")
     _add_data_dir(c)
     c.add_argument("topic")
+    c = tsub.add_parser(
+        "add-partitions",
+        help="add partitions to a topic, up to --count in all",
+        description="New records with a key may go to another partition than before (the "
+        "key's hash modulo the partition count), as in Kafka.",
+    )
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--count", type=int, required=True, help="the topic's partitions in all")
+    c = tsub.add_parser(
+        "delete-records",
+        help="delete a topic's records before an offset (moves the log start offset)",
+    )
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument(
+        "--offset", type=int, required=True, help="delete the records before it (-1: all "
+        "records up to the high watermark)",
+    )
+    c.add_argument("--partition", type=int, default=None, help="only this partition")
+    c = tsub.add_parser(
+        "elect-leaders",
+        help="move leadership back to each partition's preferred replica (the first of "
+        "its replicas) where it is in the ISR",
+    )
+    _add_data_dir(c)
+    c.add_argument("--topic", default=None, help="only this topic (default: every topic)")
+    c.add_argument("--partition", type=int, default=None, help="only this partition")
+    c = tsub.add_parser(
+        "reassign",
+        help="move a partition's replicas to other brokers while it is written and read",
+    )
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--partition", type=int, required=True)
+    c.add_argument(
+        "--replicas", required=True, metavar="ID,ID,...",
+        help="the broker ids of its new replicas, the preferred leader first",
+    )
+    c = tsub.add_parser(
+        "alter",
+        help="set (--config) or delete (--delete-config) topic configs; the others stay",
+        description="Applies to the running brokers at once. ring.bytes and "
+        "max.message.bytes are fixed when the topic is created.",
+    )
+    _add_data_dir(c)
+    c.add_argument("topic")
+    c.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--delete-config", action="append", default=[], metavar="KEY")
 
     p = sub.add_parser("produce", help="send each line of standard input as a record")
     _add_data_dir(p)
@@ -191,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume as a member of this consumer group; its offsets are committed on exit",
     )
 
-    p = sub.add_parser("groups", help="list, describe consumer groups; reset their offsets")
+    p = sub.add_parser(
+        "groups", help="list, describe, delete consumer groups; reset their offsets"
+    )
     gsub = p.add_subparsers(dest="groups_command", metavar="ACTION")
     _needs_action(p, "groups_command", gsub)
     c = gsub.add_parser("list", help="list consumer groups")
@@ -202,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(c)
     c.add_argument("group")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = gsub.add_parser(
+        "delete", help="delete a group without members and its committed offsets"
+    )
+    _add_data_dir(c)
+    c.add_argument("group")
     c = gsub.add_parser(
         "reset-offsets",
         help="show, and with --execute set, a group's committed offsets (only without "
@@ -509,6 +565,63 @@ def cmd_topics(args: argparse.Namespace) -> int:
         elif args.topics_command == "delete":
             admin.delete_topic(args.topic)
             print(f"deleted topic {args.topic}")
+        elif args.topics_command == "add-partitions":
+            before = len(admin.describe_topic(args.topic).partitions)
+            d = admin.create_partitions({args.topic: args.count})[args.topic]
+            print(f"topic {d.name}: {before} -> {len(d.partitions)} partitions")
+        elif args.topics_command == "delete-records":
+            from engine.record import TopicPartition
+
+            if args.partition is None:
+                count = len(admin.describe_topic(args.topic).partitions)
+                chosen = range(count)
+            else:
+                chosen = range(args.partition, args.partition + 1)
+            starts = admin.delete_records(
+                {TopicPartition(args.topic, p): args.offset for p in chosen}
+            )
+            for tp, start in sorted(starts.items()):
+                print(f"{tp.topic}-{tp.partition}: log start offset {start}")
+        elif args.topics_command == "elect-leaders":
+            from engine.record import TopicPartition
+
+            tps: list[TopicPartition] | None = None
+            if args.topic is not None:
+                count = len(admin.describe_topic(args.topic).partitions)
+                only = range(count)
+                if args.partition is not None:
+                    only = range(args.partition, args.partition + 1)
+                tps = [TopicPartition(args.topic, p) for p in only]
+            leaders = admin.perform_leader_election("preferred", tps)
+            for tp, leader in sorted(leaders.items()):
+                print(f"{tp.topic}-{tp.partition}: leader {leader}")
+        elif args.topics_command == "reassign":
+            from engine.errors import ConfigError
+            from engine.record import TopicPartition
+
+            try:
+                brokers = [int(b) for b in args.replicas.split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"--replicas must be broker ids separated by commas: {args.replicas!r}"
+                ) from None
+            tp = TopicPartition(args.topic, args.partition)
+            replicas = admin.alter_partition_reassignments({tp: brokers})[tp]
+            leader = admin.describe_topic(args.topic).partitions[args.partition].leader
+            print(f"{tp.topic}-{tp.partition}: replicas {list(replicas)}, leader {leader}")
+        elif args.topics_command == "alter":
+            if not args.config and not args.delete_config:
+                from engine.errors import ConfigError
+
+                raise ConfigError(
+                    "nothing to alter: give --config KEY=VALUE or --delete-config KEY"
+                )
+            config = admin.incremental_alter_configs(
+                args.topic, parse_config_pairs(args.config), args.delete_config
+            )
+            changed = sorted({*parse_config_pairs(args.config), *args.delete_config})
+            shown = " ".join(f"{k}={config[k]}" for k in changed)
+            print(f"altered topic {args.topic}: {shown}")
     return 0
 
 
@@ -639,6 +752,9 @@ def cmd_groups(args: argparse.Namespace) -> int:
                     f"  {p.topic:<20} {p.partition:>9} {committed:>10} {p.log_end_offset:>10} "
                     f"{lag:>8}  {p.owner or '-'}"
                 )
+        elif args.groups_command == "delete":
+            admin.delete_consumer_groups([args.group])
+            print(f"deleted group {args.group}")
         elif args.groups_command == "reset-offsets":
             to = "earliest" if args.to_earliest else "latest" if args.to_latest else "offset"
             plan = grp.plan_reset_offsets(admin, args.group, args.topic, to, args.to_offset)

@@ -12,10 +12,12 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.protocol.states import EventType, WatchedEvent
 
 from engine import metadata as md
 from engine.config import validate_topic_config, validate_topic_name
@@ -66,12 +68,15 @@ class ClusterView:
         data_dir: str | os.PathLike[str] | None,
         populate_rings: bool = True,
         lookup_timeout_s: float = 10.0,
+        on_topic_change: Callable[[str], None] | None = None,
     ) -> None:
         """``populate_rings=False``: map rings without faulting their pages in (a client
         that reads only their headers: the Admin). ``lookup_timeout_s``: how long a topic
         lookup waits, by default, for its leaders and for the coordinator (a producer's
-        max_block_ms)."""
+        max_block_ms). ``on_topic_change(topic)``: called (on a kazoo thread) when a topic
+        looked up since changed its partitions or its config."""
         self.data_dir = DataDir.resolve(data_dir)
+        self._on_topic_change = on_topic_change
         self.lookup_timeout_s = lookup_timeout_s
         self._populate = populate_rings
         self._zk: KazooClient | None = md.connect(self.data_dir)
@@ -111,7 +116,8 @@ class ClusterView:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                meta = md.read_topic(self.zk, name)
+                watch = self._topic_changed if self._on_topic_change is not None else None
+                meta = md.read_topic(self.zk, name, watch=watch)
             except UnknownTopicError:
                 if not self._auto_create(name):
                     raise
@@ -168,6 +174,11 @@ class ClusterView:
         view = TopicView(meta, validate_topic_config(meta.config, existing=True), rings)
         self.topics[name] = view
         return view
+
+    def _topic_changed(self, event: WatchedEvent) -> None:
+        """A watch of a topic's node or config node fired (a kazoo thread)."""
+        if event.type == EventType.CHANGED and self._on_topic_change is not None:
+            self._on_topic_change(event.path.rsplit("/", 1)[1])
 
     def _auto_create(self, name: str) -> bool:
         """Create the topic if the cluster allows auto-creation; False if it does not."""

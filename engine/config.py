@@ -68,6 +68,11 @@ MIN_MAX_MESSAGE_BYTES = 128
 #: and 16 bytes of one record.
 RING_MIN_MESSAGE_BYTES = BATCH_HEADER_BYTES + 16
 
+#: Topic configs an existing topic cannot change (alter refuses them): each partition's
+#: ring is made with them (its capacity, its largest frame), and every producer, consumer
+#: and follower maps that ring. Every other key applies to running replicas at once.
+FIXED_AT_CREATION: tuple[str, ...] = ("ring.bytes", "max.message.bytes")
+
 _STRING_CHOICES: dict[str, tuple[str, ...]] = {"cleanup.policy": CLEANUP_POLICIES}
 #: Keys whose values are fractions in [0, 1] (Kafka's doubles).
 _RATIO_KEYS = {"min.cleanable.dirty.ratio"}

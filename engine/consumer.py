@@ -77,7 +77,7 @@ from engine.errors import (
 )
 from engine.group import GroupMember
 from engine.log import LogReader
-from engine.record import Record, RecordDecoder, TopicPartition, as_offset
+from engine.record import OffsetAndTimestamp, Record, RecordDecoder, TopicPartition, as_offset
 from engine.record_batch import BatchCheck, check_chunk, decode_record_infos, scan_batches
 from engine.ring import (
     EMPTY,
@@ -104,6 +104,10 @@ MAX_UNDECIDED_BYTES = 64 << 20
 #: poll(): from this many partitions read in their rings on, one C call first looks at
 #: which have anything (Consumer._worth_reading).
 READY_CHECK_MIN = 8
+
+#: How often poll() looks whether records before a partition's position were deleted
+#: (Admin.delete_records) while it reads them out of the leader's ring.
+LOG_START_CHECK_S = 1.0
 
 #: on_assign / on_revoke: called with the partitions this consumer takes or gives up.
 RebalanceCallback = Callable[[set[TopicPartition]], None]
@@ -236,7 +240,8 @@ class Consumer:
         self.client_id = client_id or f"consumer-{os.getpid()}"
         self._cluster = ClusterView(data_dir)
         self._fetches: dict[TopicPartition, _Fetch] = {}
-        self._order: list[TopicPartition] = []
+        self._order: list[TopicPartition] = []  # the assigned partitions not paused
+        self._paused: set[TopicPartition] = set()
         self._next = 0
         self._buf = bytearray(max(fetch_max_bytes, 1 << 16))
         # poll_values' output: rows of value_size bytes, handed out or copied from.
@@ -263,6 +268,7 @@ class Consumer:
         self._group: GroupMember | None = None
         self._committed: dict[TopicPartition, int] = {}  # what this consumer last committed
         self._next_auto_commit = time.monotonic() + self.auto_commit_interval_s
+        self._next_start_check = time.monotonic() + LOG_START_CHECK_S
         if topics:
             self.subscribe(list(topics))
 
@@ -324,7 +330,7 @@ class Consumer:
                 continue
             new[tp] = self._open(tp, current)
         self._fetches = new
-        self._order = list(new)
+        self._reorder()
 
     def _open(self, tp: TopicPartition, current: set[str]) -> _Fetch:
         """A fetch for ``tp``. ``current``: the topics whose cached view is current (some
@@ -338,6 +344,8 @@ class Consumer:
             else:
                 view = self._cluster.topic(tp.topic)
             if not (isinstance(tp.partition, int) and 0 <= tp.partition < view.partition_count):
+                if not attempt:
+                    continue  # the cached view may predate partitions added since: look up
                 raise PartitionOutOfRangeError(
                     f"partition out of range: topic={tp.topic!r} partition={tp.partition!r} "
                     f"partitions={view.partition_count}"
@@ -368,12 +376,40 @@ class Consumer:
         self._check_open()
         self._leave_group()
         self._fetches.clear()
-        self._order, self._next = [], 0
+        self._reorder()
+        self._next = 0
         self._committed.clear()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer fetches now (in a group: those it owns)."""
         return set(self._fetches)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        """Stop returning records of these assigned partitions from poll() until
+        :meth:`resume`; positions stay, and a group member stays in its group (it keeps
+        polling). A partition that leaves the assignment (a rebalance) is no longer
+        paused when it comes back. ConfigError for a partition not assigned."""
+        self._check_open()
+        for tp in partitions:
+            self._paused.add(self._fetch(tp).tp)
+        self._reorder()
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        """Return records of these partitions from poll() again."""
+        self._check_open()
+        for tp in partitions:
+            self._paused.discard(self._fetch(tp).tp)
+        self._reorder()
+
+    def paused(self) -> set[TopicPartition]:
+        """The partitions paused with :meth:`pause` (and still assigned)."""
+        return set(self._paused)
+
+    def _reorder(self) -> None:
+        """The partitions poll() reads, in assignment order: those assigned, not paused."""
+        self._paused &= set(self._fetches)
+        self._order = [tp for tp in self._fetches if tp not in self._paused]
+        self._direct = None
 
     # -- the group -----------------------------------------------------------
 
@@ -394,7 +430,7 @@ class Consumer:
             lost = g.drop_all()
             for tp in lost:
                 self._fetches.pop(tp, None)
-            self._order = list(self._fetches)
+            self._reorder()
             self._callback(self.on_revoke, lost)
             g.join(g.topics)
         if not g.needs_sync():
@@ -418,7 +454,7 @@ class Consumer:
             if committed is not None:
                 self._committed[tp] = committed
                 self._seek(f, committed)
-        self._order = list(self._fetches)
+        self._reorder()
         if acquired:
             self._callback(self.on_assign, acquired)
 
@@ -541,16 +577,27 @@ class Consumer:
 
     def offsets_for_times(
         self, timestamps: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, tuple[int, int] | None]:
-        """For each partition, ``(offset, timestamp)`` of its first record whose timestamp
-        is >= the given one (ms), or None when there is none. Does not move positions."""
+    ) -> dict[TopicPartition, OffsetAndTimestamp | None]:
+        """For each partition, the offset and timestamp (an OffsetAndTimestamp, as in
+        kafka-python) of its first record whose timestamp is >= the given one (ms), or
+        None when there is none. Partitions need not be assigned to this consumer. Does
+        not move positions."""
         self._check_open()
-        out: dict[TopicPartition, tuple[int, int] | None] = {}
+        out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
         for tp, ts in timestamps.items():
             tp = TopicPartition(*tp)
             if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
                 raise ConfigError(f"timestamp must be a non-negative int (ms): {tp} ts={ts!r}")
-            out[tp] = self._offset_for_time(self._fetch(tp), ts)
+            f = self._fetches.get(tp)
+            if f is not None:
+                found = self._offset_for_time(f, ts)
+            else:
+                f = self._open(tp, set())  # looked up afresh, read once, let go
+                try:
+                    found = self._offset_for_time(f, ts)
+                finally:
+                    f.reader.close()
+            out[tp] = None if found is None else OffsetAndTimestamp(*found)
         return out
 
     def _offset_for_time(self, f: _Fetch, ts: int) -> tuple[int, int] | None:
@@ -584,6 +631,22 @@ class Consumer:
         if f.offset < 0:
             self._reset(f)
         return f.offset
+
+    def _check_log_starts(self) -> None:
+        """A position below its partition's log start (records deleted before it while
+        it reads them out of the leader's ring) is out of range, as Kafka's next fetch
+        would find it: the next read resets it by auto_offset_reset."""
+        for tp in self._order:
+            f = self._fetches[tp]
+            if f.offset < 0 or f.out_of_range:
+                continue
+            try:
+                start = f.reader.log_start_offset
+            except (OSError, EngineError):
+                continue  # the leader moved: the next read looks it up again
+            if f.offset < start:
+                f.out_of_range = True
+                self._direct = None
 
     def _reset(self, f: _Fetch) -> None:
         if self.auto_offset_reset == "none":
@@ -633,7 +696,11 @@ class Consumer:
         self, timeout: float, max_records: int | None, value_size: int | None
     ) -> list[Any]:
         limit = max_records or self.max_poll_records
-        deadline = time.monotonic() + timeout
+        start_s = time.monotonic()
+        deadline = start_s + timeout
+        if start_s >= self._next_start_check:
+            self._next_start_check = start_s + LOG_START_CHECK_S
+            self._check_log_starts()
         if self.enable_auto_commit and self._group is not None:
             # Kafka's at-least-once default: what the previous poll returned is processed.
             now = time.monotonic()
@@ -693,7 +760,7 @@ class Consumer:
                     got += n_values
                     if failed:
                         got += self._poll_chunks(failed, limit - got, value_size, out)
-            if got or (n == 0 and self._group is None):
+            if got or (not self._fetches and self._group is None):
                 return out
             if ready is not None:
                 ready = None  # the woken partition had nothing after all: a full pass
@@ -743,7 +810,7 @@ class Consumer:
 
     def _wait(self, left: float) -> TopicPartition | None:
         """Wait until a partition is readable; it, or None (timed out, or look at all)."""
-        active = [f for f in self._fetches.values() if not f.stalled]
+        active = [f for f in map(self._fetches.__getitem__, self._order) if not f.stalled]
         if not active:
             # An idle group member (look at the group again soon), or only stalled fetches.
             time.sleep(min(left, 0.05))

@@ -38,6 +38,7 @@ from kazoo.exceptions import (
 )
 
 from engine import metadata as md
+from engine.errors import UnknownTopicError
 from engine.offset_store import CONSUMERS, list_groups
 
 log = logging.getLogger("engine.controller")
@@ -141,13 +142,54 @@ class Controller:
         for topic in self.zk.get_children(md.BROKER_TOPICS, watch=self.poke):
             self._create_missing_states(topic, live)
             self._fail_over(topic, live)
+            self._complete_reassignments(topic, live)
+        self._elect_preferred(live)
+
+    def _elect_preferred(self, live: set[int]) -> None:
+        """Carry out a preferred-leader election request (Admin.perform_leader_election):
+        each partition named whose first assigned replica is live, in the ISR and not the
+        leader gets it as leader, the leader epoch bumped, and the old leader's ring is
+        sealed (its producers look the new leader up; it follows from now on). Then the
+        request goes. A partition whose preferred replica is not in the ISR keeps its
+        leader, as in Kafka."""
+        try:
+            data, _ = self.zk.get(md.PREFERRED_ELECTION, watch=self.poke)
+        except NoNodeError:
+            self.zk.exists(md.PREFERRED_ELECTION, watch=self.poke)
+            return
+        done = True
+        for item in (md.decode(data) or {}).get("partitions", []):
+            topic, partition = str(item["topic"]), int(item["partition"])
+            try:
+                assignment = md.read_topic(self.zk, topic).assignment
+                sdata, stat = self.zk.get(md.state_path(topic, partition))
+            except (UnknownTopicError, NoNodeError):
+                continue
+            state = md.PartitionState.from_json(md.decode(sdata))
+            preferred = assignment.replicas.get(partition, (-1,))[0]
+            if state.leader == preferred or preferred not in state.isr or preferred not in live:
+                continue
+            new = dataclasses.replace(
+                state, leader=preferred, leader_epoch=state.leader_epoch + 1,
+                controller_epoch=self.epoch,
+            )  # fmt: skip
+            if not self._write(md.state_path(topic, partition), stat.version, new):
+                done = False  # changed meanwhile: the next pass looks again
+            else:
+                log.info("%s-%d: preferred leader %d -> %d, epoch %d", topic, partition,
+                         state.leader, preferred, new.leader_epoch)  # fmt: skip
+                if self.seal is not None and state.leader >= 0:
+                    self.seal(assignment.topic_id, partition, state.leader, new.leader_epoch)
+        if done:
+            with contextlib.suppress(NoNodeError):
+                self.zk.delete(md.PREFERRED_ELECTION)
 
     def _create_missing_states(self, topic: str, live: set[int]) -> None:
         """Give each partition of ``topic`` that has none its first state. The lookups,
         then the creations, go out together: one round trip (and one coordinator fsync)
         for all partitions instead of one per partition."""
         try:
-            data, _ = self.zk.get(md.topic_path(topic))
+            data, _ = self.zk.get(md.topic_path(topic), watch=self.poke)  # partitions added
         except NoNodeError:
             return
         assignment = md.TopicAssignment.from_json(topic, md.decode(data))
@@ -220,6 +262,63 @@ class Controller:
                 )
                 if self.seal is not None and state.leader >= 0:
                     self.seal(meta.assignment.topic_id, partition, state.leader, new.leader_epoch)
+
+    def _complete_reassignments(self, topic: str, live: set[int]) -> None:
+        """Finish each reassignment of ``topic`` (md.reassign_partitions) whose added
+        replicas are all in the ISR: the replicas become the new ones only, the ISR loses
+        the old ones, a leader among the old ones hands over to the first new replica in
+        the ISR (its ring sealed), the leader epoch is bumped; topic and state in one
+        transaction. The partition's state is watched meanwhile: its ISR grows by the
+        leader's writes, which must wake this controller."""
+        try:
+            data, tstat = self.zk.get(md.topic_path(topic))
+        except NoNodeError:
+            return
+        assignment = md.TopicAssignment.from_json(topic, md.decode(data))
+        moving = sorted(set(assignment.adding) | set(assignment.removing))
+        if not moving:
+            return
+        replicas, adding = dict(assignment.replicas), dict(assignment.adding)
+        removing = dict(assignment.removing)
+        done = []
+        for partition in moving:
+            path = md.state_path(topic, partition)
+            try:
+                sdata, sstat = self.zk.get(path, watch=self.poke)
+            except NoNodeError:
+                continue
+            state = md.PartitionState.from_json(md.decode(sdata))
+            if not set(adding.get(partition, ())) <= set(state.isr):
+                continue  # the new replicas are still catching up
+            target = tuple(b for b in replicas[partition] if b not in removing.get(partition, ()))
+            isr = tuple(b for b in state.isr if b in target)
+            leader = state.leader
+            if leader not in target:
+                leader = next((b for b in target if b in isr and b in live), -1)
+            if leader < 0 or not isr:
+                continue
+            new = md.PartitionState(leader, state.leader_epoch + 1, isr, self.epoch)
+            replicas[partition] = target
+            adding.pop(partition, None)
+            removing.pop(partition, None)
+            done.append((partition, path, sstat.version, new, state.leader))
+        if not done:
+            return
+        moved = dataclasses.replace(
+            assignment, replicas=replicas, adding=adding, removing=removing
+        )
+        tx = self.zk.transaction()
+        tx.set_data(md.topic_path(topic), md.encode(moved.to_json()), version=tstat.version)
+        for _, path, version, new, _ in done:
+            tx.set_data(path, md.encode(new.to_json()), version=version)
+        if any(isinstance(r, Exception) for r in tx.commit()):
+            self.poke()  # something changed meanwhile: look again
+            return
+        for partition, _, _, new, old_leader in done:
+            log.info("%s-%d: replicas now %s, leader %d, epoch %d", topic, partition,
+                     list(replicas[partition]), new.leader, new.leader_epoch)  # fmt: skip
+            if self.seal is not None and old_leader >= 0 and old_leader != new.leader:
+                self.seal(assignment.topic_id, partition, old_leader, new.leader_epoch)
 
     def _write(self, path: str, version: int, state: md.PartitionState) -> bool:
         try:

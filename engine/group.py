@@ -51,6 +51,7 @@ from kazoo.exceptions import (
     KazooException,
     NodeExistsError,
     NoNodeError,
+    NotEmptyError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
@@ -634,3 +635,28 @@ def reset_offsets(
             log.warning("group %s: %s", group, clamp_message(row))
     write_reset(admin, group, plan)
     return {TopicPartition(r.topic, r.partition): r.new_offset for r in plan}
+
+
+def delete_group(admin: Admin, group: str) -> None:
+    """Delete a group without members and its committed offsets (Admin.delete_consumer_groups).
+
+    The member check and the deletion are two steps: a consumer that joins in between
+    makes the deletion fail with GroupNotEmptyError (its member node keeps the group
+    node), or, joining just after, starts without committed offsets."""
+    store.validate_group_id(group)
+    zk = admin._cluster.zk
+    if not zk.exists(store.group_path(group)):
+        raise UnknownGroupError(f"unknown consumer group: group={group!r}")
+    members = read_members(zk, group)
+    if members:
+        raise GroupNotEmptyError(
+            f"group {group!r} has {len(members)} live member(s) {sorted(members)}: a group "
+            "is deleted only without members (stop them first)"
+        )
+    try:
+        zk.delete(store.group_path(group), recursive=True)
+    except NotEmptyError:
+        raise GroupNotEmptyError(
+            f"a member joined group {group!r} while it was being deleted: it was not deleted "
+            "(its committed offsets may be gone)"
+        ) from None

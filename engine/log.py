@@ -4,6 +4,8 @@ A partition directory holds::
 
     log.meta                          format versions (JSON), written once at creation
     recovery-point                    JSON {"recovery_point": offset, "clean": bool}
+    log-start-offset                  JSON {"log_start_offset": offset}, once records were
+                                      deleted before an offset (Log.delete_records_before)
     00000000000000000000.log          segments, named by base offset (segment.py)
     00000000000000000000.index
     00000000000000000000.timeindex
@@ -101,6 +103,7 @@ __all__ = [
     "LogReader",
     "list_segment_bases",
     "read_log_format",
+    "read_log_start",
     "read_recovery_point",
 ]
 
@@ -114,6 +117,7 @@ DENSE_FORMAT = 2
 COMPACTED_FORMAT = 3
 META_FILE = "log.meta"
 RECOVERY_POINT_FILE = "recovery-point"
+LOG_START_FILE = "log-start-offset"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 _NEVER = 2**63 - 1
@@ -291,7 +295,9 @@ class Log:
 
     Holds the segments (the last is the active one, the only one appended to), the
     configuration, and the flush state. ``log_start_offset`` is the first segment's base
-    offset; ``log_end_offset`` is one past the last offset appended.
+    offset, or the offset records were deleted before (:meth:`delete_records_before`,
+    kept in LOG_START_FILE) when that is later; ``log_end_offset`` is one past the last
+    offset appended.
 
     Invariants: segments are ordered by base offset and their offsets do not overlap;
     all files hold only whole batches with increasing offsets (``dense``, format 2: each
@@ -334,6 +340,9 @@ class Log:
         self._entry_synced = self._bases[-1]
         #: Held by the cleaner through a clean (class docstring).
         self.cleaning_lock = threading.Lock()
+        #: Records before this offset are deleted (read as out of range), even where
+        #: a segment still holds them (the first segment, or the active one).
+        self._deleted_before = min(read_log_start(directory), self.log_end_offset)
 
     # ---- opening -----------------------------------------------------------
 
@@ -433,8 +442,9 @@ class Log:
 
     @property
     def log_start_offset(self) -> int:
-        """The first offset the log can still hold (the oldest segment's base offset)."""
-        return self._segments[0].base_offset
+        """The first offset the log can still hold: the oldest segment's base offset, or
+        the offset records were deleted before when that is later."""
+        return max(self._segments[0].base_offset, self._deleted_before)
 
     @property
     def log_end_offset(self) -> int:
@@ -768,6 +778,21 @@ class Log:
                 deleted += 1
         return deleted
 
+    def delete_records_before(self, offset: int) -> int:
+        """Kafka's DeleteRecords: move the log start offset up to ``offset`` (at most the
+        log end offset), durably (LOG_START_FILE, written before anything is removed),
+        and delete the segments that hold only offsets below it (never the active one).
+        Reads below it raise OffsetOutOfRangeError from now on. Returns the log start
+        offset."""
+        self._active  # noqa: B018 - raises ClosedError after close
+        offset = min(offset, self.log_end_offset)
+        if offset > self.log_start_offset:
+            _write_log_start(self.directory, offset)
+            self._deleted_before = offset
+            while len(self._segments) > 1 and self._bases[1] <= offset:
+                self._delete_oldest()
+        return self.log_start_offset
+
     def _delete_oldest(self) -> None:
         """Retention: the oldest segment leaves the log now, its files go in the
         background (engine/flusher.py: removing them can wait for their writeback)."""
@@ -791,21 +816,7 @@ class Log:
     def _truncate_to(self, offset: int) -> None:
         self._cancel_rolled({base for base in self._bases if base >= offset})
         if offset <= self.log_start_offset:
-            self._cancel_rolled()
-            for segment in self._segments:
-                segment.delete()
-            self._segments.clear()
-            self._bases.clear()
-            self._segments.append(
-                LogSegment.create(
-                    self.directory,
-                    offset,
-                    index_interval_bytes=self.config.index_interval_bytes,
-                    index_bytes=self.config.segment_index_bytes,
-                    dense=self.dense,
-                )
-            )
-            self._bases.append(offset)
+            self._start_empty_at(offset)
         else:
             while len(self._segments) > 1 and self._bases[-1] >= offset:
                 self._segments.pop().delete()
@@ -814,6 +825,37 @@ class Log:
         fsync_directory(self.directory)
         self._entry_synced = self._bases[-1]
         self.flush()
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Empty the log and restart it at ``offset``, which may lie past its end (Kafka's
+        name): a follower whose log ends below its leader's log start, which can never
+        fetch the offsets in between, starts again at the leader's log start."""
+        self._active  # noqa: B018 - raises ClosedError after close
+        self._start_empty_at(offset)
+        fsync_directory(self.directory)
+        self._entry_synced = self._bases[-1]
+        self.flush()
+
+    def _start_empty_at(self, offset: int) -> None:
+        """Delete every segment and make an empty one at ``offset``."""
+        if self._deleted_before > offset:
+            _write_log_start(self.directory, offset)
+            self._deleted_before = offset
+        self._cancel_rolled()
+        for segment in self._segments:
+            segment.delete()
+        self._segments.clear()
+        self._bases.clear()
+        self._segments.append(
+            LogSegment.create(
+                self.directory,
+                offset,
+                index_interval_bytes=self.config.index_interval_bytes,
+                index_bytes=self.config.segment_index_bytes,
+                dense=self.dense,
+            )
+        )
+        self._bases.append(offset)
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -851,7 +893,7 @@ class Log:
 
     def __repr__(self) -> str:
         return (
-            f"Log(directory={self.directory!r}, log_start_offset={self._bases[0]}, "
+            f"Log(directory={self.directory!r}, log_start_offset={self.log_start_offset}, "
             f"segments={len(self._segments)}, closed={self._closed})"
         )
 
@@ -938,6 +980,20 @@ def read_recovery_point(directory: str) -> tuple[int, bool]:
         return 0, False
 
 
+def read_log_start(directory: str) -> int:
+    """The offset records were deleted before (LOG_START_FILE); 0 when none were."""
+    try:
+        with open(os.path.join(directory, LOG_START_FILE), "rb") as f:
+            return int(json.loads(f.read())["log_start_offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _write_log_start(directory: str, offset: int) -> None:
+    data = json.dumps({"log_start_offset": offset}).encode() + b"\n"
+    write_private_file(os.path.join(directory, LOG_START_FILE), data)
+
+
 def _write_recovery_point(directory: str, offset: int, clean: bool = False) -> None:
     data = json.dumps({"recovery_point": offset, "clean": clean}).encode() + b"\n"
     write_private_file(os.path.join(directory, RECOVERY_POINT_FILE), data)
@@ -966,9 +1022,11 @@ class LogReader:
         self._bases: list[int] = []
         self._segments: dict[int, LogSegment] = {}
         self._closed = False
+        self._deleted_before = 0  # as of the last listing (Log.delete_records_before)
         self._list()
 
     def _list(self) -> None:
+        self._deleted_before = read_log_start(self.directory)
         self._bases = list_segment_bases(self.directory)
         for base in list(self._segments):
             if base not in self._bases:
@@ -976,10 +1034,14 @@ class LogReader:
 
     @property
     def log_start_offset(self) -> int:
-        """The oldest segment's base offset, as of a fresh listing (-1 when none)."""
+        """The oldest segment's base offset, or the offset records were deleted before
+        when that is later, as of a fresh listing (-1 when there is no segment)."""
         self._check_open()
         self._list()
-        return self._bases[0] if self._bases else -1
+        return self._start()
+
+    def _start(self) -> int:
+        return max(self._bases[0], self._deleted_before) if self._bases else -1
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1001,12 +1063,12 @@ class LogReader:
         if offset == upper_offset:
             return b""
         for _attempt in range(100):
-            if not self._bases or offset < self._bases[0]:
+            if not self._bases or offset < self._start():
                 self._list()
-            if not self._bases or offset < self._bases[0]:
+            if not self._bases or offset < self._start():
                 raise OffsetOutOfRangeError(
                     f"offset out of range: offset={offset} "
-                    f"log_start_offset={self._bases[0] if self._bases else -1} "
+                    f"log_start_offset={self._start()} "
                     f"directory={self.directory}"
                 )
             base = self._bases[bisect.bisect_right(self._bases, offset) - 1]

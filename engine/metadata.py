@@ -7,6 +7,7 @@
     /brokers/topics/<topic>                        {"version":3,"topic_id","partitions":{"0":[1,2]}}
     /brokers/topics/<topic>/partitions/<p>/state   {"version":1,"leader","leader_epoch","isr",...}
     /admin/delete_topics/<topic>                   a deletion request for the controller
+    /admin/preferred_replica_election              a preferred-leader election request
     /admin/topic_creations                         its version counts topic creations
     /config/brokers/<default>                      {"version":1,"config":{cluster defaults}}
     /<each persistent top-level node>/#guard       keeps it from being deleted by others
@@ -23,14 +24,16 @@ that act on the tree are the broker and the controller.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +57,7 @@ from kazoo.security import ACL, make_digest_acl
 
 from engine import shm
 from engine.config import (
+    FIXED_AT_CREATION,
     RING_HEADER_BYTES,
     TOPIC_DEFAULTS,
     validate_topic_config,
@@ -67,6 +71,7 @@ from engine.errors import (
     DaemonNotRunningError,
     EngineError,
     EngineTimeoutError,
+    PartitionOutOfRangeError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -77,6 +82,9 @@ CONFIG_TOPICS = "/config/topics"
 CONTROLLER = "/controller"
 CONTROLLER_EPOCH = "/controller_epoch"
 DELETE_TOPICS = "/admin/delete_topics"
+#: A preferred-leader election request for the controller (Kafka's path and form):
+#: {"version":1,"partitions":[{"topic":t,"partition":p},...]}.
+PREFERRED_ELECTION = "/admin/preferred_replica_election"
 # Every topic creation's transaction sets this node, checking the version it read, so
 # that creators are serialised (see create_topic).
 TOPIC_CREATIONS = "/admin/topic_creations"
@@ -167,27 +175,39 @@ class PartitionState:
 
 @dataclass(frozen=True)
 class TopicAssignment:
-    """A topic's id and replica assignment (the /brokers/topics/<t> znode)."""
+    """A topic's id and replica assignment (the /brokers/topics/<t> znode). While a
+    partition's replicas move (reassign_partitions), ``replicas`` holds the new ones
+    first, then the old ones that go; ``adding`` and ``removing`` say which."""
 
     name: str
     topic_id: str
     replicas: dict[int, tuple[int, ...]]
+    adding: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    removing: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        def listed(replicas: dict[int, tuple[int, ...]]) -> dict[str, list[int]]:
+            return {str(p): list(r) for p, r in sorted(replicas.items())}
+
         return {
             "version": 3,
             "topic_id": self.topic_id,
-            "partitions": {str(p): list(r) for p, r in sorted(self.replicas.items())},
-            "adding_replicas": {},
-            "removing_replicas": {},
+            "partitions": listed(self.replicas),
+            "adding_replicas": listed(self.adding),
+            "removing_replicas": listed(self.removing),
         }
 
     @classmethod
     def from_json(cls, name: str, obj: dict[str, Any]) -> TopicAssignment:
+        def read(key: str) -> dict[int, tuple[int, ...]]:
+            return {int(p): tuple(int(b) for b in r) for p, r in (obj.get(key) or {}).items()}
+
         return cls(
             name=name,
             topic_id=str(obj["topic_id"]),
-            replicas={int(p): tuple(int(b) for b in r) for p, r in obj["partitions"].items()},
+            replicas=read("partitions"),
+            adding=read("adding_replicas"),
+            removing=read("removing_replicas"),
         )
 
     @property
@@ -621,15 +641,17 @@ class _DaemonFollower:
             client._stopped.wait(FOLLOW_EVERY_S)
 
 
-def read_topic(client: KazooClient, topic: str) -> TopicMetadata:
-    """The topic's assignment, config and partition states; UnknownTopicError if none."""
+def read_topic(client: KazooClient, topic: str, watch: Any = None) -> TopicMetadata:
+    """The topic's assignment, config and partition states; UnknownTopicError if none.
+    ``watch``: set on the topic's node and its config node (a change to either fires it:
+    partitions added, configs altered)."""
     try:
-        data, _ = client.get(topic_path(topic))
+        data, _ = client.get(topic_path(topic), watch=watch)
     except NoNodeError:
         raise UnknownTopicError(f"unknown topic: topic={topic!r}") from None
     assignment = TopicAssignment.from_json(topic, decode(data))
     try:
-        cdata, _ = client.get(config_path(topic))
+        cdata, _ = client.get(config_path(topic), watch=watch)
         config = dict(decode(cdata).get("config", {}))
     except NoNodeError:
         config = {}
@@ -702,3 +724,294 @@ def _children(client: KazooClient, path: str) -> list[str]:
         return list(client.get_children(path))
     except NoNodeError:
         return []
+
+
+def alter_topic_config(
+    client: KazooClient,
+    name: str,
+    set_config: Mapping[str, Any] | None = None,
+    delete: Iterable[str] = (),
+) -> dict[str, int | float | str]:
+    """Set some keys of a topic's config and delete others (back to their defaults),
+    leaving the rest: Kafka's incremental alter. The result is validated whole, as
+    create_topic validates a new topic's; keys of FIXED_AT_CREATION that would change
+    are refused (ConfigError, nothing written). Written with the version read, again
+    on a race. Returns the topic's whole config as it now stands.
+
+    The brokers watch the config node and apply the change to their running replicas
+    (engine.replica.Replica.adopt_config); the controller reads
+    unclean.leader.election.enable at each failover; producers look the topic up again
+    (engine.producer_metadata) and so take min.insync.replicas."""
+    validate_topic_name(name)
+    updates = dict(set_config or {})
+    removals = list(delete)
+    for key in [*updates, *removals]:
+        if key not in TOPIC_DEFAULTS:
+            raise ConfigError(f"unknown topic config: key={key!r}")
+    both = sorted(set(updates) & set(removals))
+    if both:
+        raise ConfigError(f"topic config both set and deleted: key={both[0]!r}")
+    while True:
+        try:
+            tdata, _ = client.get(topic_path(name))
+            cdata, cstat = client.get(config_path(name))
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        if client.exists(f"{DELETE_TOPICS}/{name}"):
+            raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
+        stored = dict((decode(cdata) or {}).get("config", {}))
+        current = validate_topic_config(stored, existing=True)
+        wanted = {k: v for k, v in stored.items() if k not in removals}
+        wanted.update(updates)
+        full = validate_topic_config(wanted)
+        for key in FIXED_AT_CREATION:
+            if full[key] != current[key]:
+                raise ConfigError(
+                    f"topic config cannot change on an existing topic (each partition's "
+                    f"ring was made with it; create a new topic instead): key={key!r} "
+                    f"value={full[key]!r} current={current[key]!r}"
+                )
+        assignment = TopicAssignment.from_json(name, decode(tdata))
+        replication = min((len(r) for r in assignment.replicas.values()), default=1)
+        min_isr = int(full["min.insync.replicas"])
+        if min_isr > replication:
+            raise ConfigError(
+                f"min.insync.replicas cannot exceed the replication factor: "
+                f"min.insync.replicas={min_isr} replication={replication}"
+            )
+        payload = encode({"version": 1, "config": {k: full[k] for k in wanted}})
+        try:
+            client.set(config_path(name), payload, version=cstat.version)
+        except BadVersionError:
+            continue  # altered meanwhile: apply ours to what is there now
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        return full
+
+
+def create_partitions(client: KazooClient, name: str, total_count: int) -> TopicAssignment:
+    """Add partitions to a topic, up to ``total_count`` in all (Kafka's CreatePartitions:
+    the count only grows). Each new partition gets as many replicas as the topic's first
+    one, placed round-robin over the live brokers (assign_replicas); the controller gives
+    it its state and the leaders make its rings, as for a new topic.
+
+    The new rings must fit in the shared-memory budget with every other topic's (else
+    ConfigError, nothing written). The topic node's new assignment is written in one
+    transaction that also sets TOPIC_CREATIONS at the version read before the budget was
+    judged, so that creations and additions together never pass the budget; a lost race
+    reads the tree again."""
+    validate_topic_name(name)
+    if not isinstance(total_count, int) or isinstance(total_count, bool):
+        raise ConfigError(f"partition count must be an int: total_count={total_count!r}")
+    client.ensure_path(TOPIC_CREATIONS)
+    while True:
+        _, creations = client.get(TOPIC_CREATIONS)
+        try:
+            tdata, tstat = client.get(topic_path(name))
+            cdata, _ = client.get(config_path(name))
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        if client.exists(f"{DELETE_TOPICS}/{name}"):
+            raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
+        assignment = TopicAssignment.from_json(name, decode(tdata))
+        current = assignment.partition_count
+        if total_count <= current:
+            raise ConfigError(
+                f"partitions can only be added: the topic has {current}, asked for "
+                f"{total_count} in all: topic={name!r} total_count={total_count}"
+            )
+        replication = len(assignment.replicas[0])
+        brokers = sorted(live_brokers(client))
+        if len(brokers) < replication:
+            raise ConfigError(
+                f"fewer live brokers than the topic's replication factor: topic={name!r} "
+                f"replication={replication} live_brokers={len(brokers)}"
+            )
+        stored = (decode(cdata) or {}).get("config", {})
+        ring = int(stored.get("ring.bytes", TOPIC_DEFAULTS["ring.bytes"]))
+        added = total_count - current
+        ask = added * replication * shm.ring_footprint(ring)
+        budget, used = shm_budget(client), shm_used(client)
+        if used + ask > budget:
+            raise ConfigError(
+                "partitions would take the daemon's rings past its shared-memory budget "
+                f"(`engine start --shm-budget`): topic={name!r} budget={budget} "
+                f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
+                f"asked={ask} ({shm.format_size(ask)}: partitions={added} x "
+                f"replication={replication} x (ring.bytes={ring} + {RING_HEADER_BYTES}))"
+            )
+        placed = assign_replicas(brokers, added, replication)
+        replicas = dict(assignment.replicas)
+        replicas.update({current + p: r for p, r in placed.items()})
+        grown = dataclasses.replace(assignment, replicas=replicas)
+        tx = client.transaction()
+        tx.set_data(TOPIC_CREATIONS, b"", version=creations.version)
+        tx.set_data(topic_path(name), encode(grown.to_json()), version=tstat.version)
+        results = tx.commit()
+        if any(isinstance(r, BadVersionError) for r in results):
+            continue  # a creation or another addition committed since: judge again
+        for r in results:
+            if isinstance(r, NoNodeError):
+                raise UnknownTopicError(f"unknown topic: topic={name!r}")
+            if isinstance(r, Exception) and type(r).__name__ != "RolledBackError":
+                raise r
+        return grown
+
+
+def log_starts_path(topic: str) -> str:
+    """The node holding, per partition, the offset its records are deleted before
+    (Admin.delete_records): {"version":1,"partitions":{"0":offset}}; goes with the topic."""
+    return f"{BROKER_TOPICS}/{topic}/log_start_offsets"
+
+
+def read_log_starts(client: KazooClient, topic: str, watch: Any = None) -> dict[int, int]:
+    """Per partition, the offset records are to be deleted before (none: not there).
+    ``watch`` fires when the node is made or changed."""
+    path = log_starts_path(topic)
+    try:
+        data, _ = client.get(path, watch=watch)
+    except NoNodeError:
+        if client.exists(path, watch=watch) is None:
+            return {}
+        return read_log_starts(client, topic, watch)  # made in between
+    return {int(p): int(o) for p, o in (decode(data) or {}).get("partitions", {}).items()}
+
+
+def raise_log_starts(client: KazooClient, topic: str, offsets: Mapping[int, int]) -> None:
+    """Move partitions' wanted log start offsets up (never down) to ``offsets``; every
+    replica's broker then deletes the records before them (Replica.delete_records_before)."""
+    path = log_starts_path(topic)
+    while True:
+        try:
+            data, stat = client.get(path)
+            version: int | None = stat.version
+            current = {int(p): int(o) for p, o in decode(data).get("partitions", {}).items()}
+        except NoNodeError:
+            version, current = None, {}
+        merged = dict(current)
+        for partition, offset in offsets.items():
+            merged[partition] = max(offset, merged.get(partition, 0))
+        payload = encode({"version": 1, "partitions": {str(p): o for p, o in merged.items()}})
+        try:
+            if version is None:
+                client.create(path, payload)
+            else:
+                client.set(path, payload, version=version)
+            return
+        except (BadVersionError, NodeExistsError):
+            continue  # raised meanwhile: merge again
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={topic!r}") from None
+
+
+#: The cluster's id (Kafka keeps it at /cluster/id; here under /config, an engine path
+#: already): {"version":"1","id":"<22 characters, url-safe base64 of a UUID>"}.
+CLUSTER_ID = "/config/cluster_id"
+
+
+def cluster_id(client: KazooClient) -> str:
+    """The cluster's id, made by the first caller (Kafka's form: a UUID in url-safe
+    base64 without padding); the same for everyone after."""
+    try:
+        data, _ = client.get(CLUSTER_ID)
+        return str(decode(data)["id"])
+    except NoNodeError:
+        pass
+    made = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    try:
+        client.create(CLUSTER_ID, encode({"version": "1", "id": made}), makepath=True)
+        return made
+    except NodeExistsError:
+        return cluster_id(client)
+
+
+def reassign_partitions(
+    client: KazooClient, name: str, targets: Mapping[int, Sequence[int]]
+) -> TopicAssignment:
+    """Start moving partitions' replicas to ``targets`` (broker ids, the first the
+    preferred leader): Kafka's reassignment. The partition's replica set becomes the
+    targets and then the old replicas not among them (``adding`` and ``removing`` say
+    which), and its leader epoch is bumped in the same transaction, so that its leader
+    starts again with the new followers. The controller completes the move once every
+    added replica is in the ISR (Controller._complete_reassignments). The added rings
+    must fit in the shared-memory budget (ConfigError, nothing written)."""
+    validate_topic_name(name)
+    client.ensure_path(TOPIC_CREATIONS)
+    while True:
+        _, creations = client.get(TOPIC_CREATIONS)
+        try:
+            tdata, tstat = client.get(topic_path(name))
+            cdata, _ = client.get(config_path(name))
+        except NoNodeError:
+            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        assignment = TopicAssignment.from_json(name, decode(tdata))
+        live = set(live_brokers(client))
+        replicas = dict(assignment.replicas)
+        adding = dict(assignment.adding)
+        removing = dict(assignment.removing)
+        states = {}
+        added_rings = 0
+        for partition, target in targets.items():
+            target = tuple(int(b) for b in target)
+            if partition not in replicas:
+                raise PartitionOutOfRangeError(
+                    f"partition out of range: topic={name!r} partition={partition!r} "
+                    f"partitions={assignment.partition_count}"
+                )
+            if not target or len(set(target)) != len(target):
+                raise ConfigError(
+                    f"replicas must be distinct broker ids, at least one: "
+                    f"topic={name!r} partition={partition} replicas={list(target)}"
+                )
+            dead = sorted(set(target) - live)
+            if dead:
+                raise ConfigError(
+                    f"replicas must be live brokers: topic={name!r} partition={partition} "
+                    f"not_live={dead}"
+                )
+            if partition in adding or partition in removing:
+                raise ConfigError(
+                    f"a reassignment of this partition is under way: topic={name!r} "
+                    f"partition={partition}"
+                )
+            old = replicas[partition]
+            if set(old) == set(target):
+                replicas[partition] = target
+                continue
+            new_ones = tuple(b for b in target if b not in old)
+            replicas[partition] = target + tuple(b for b in old if b not in target)
+            if new_ones:
+                adding[partition] = new_ones
+            removing[partition] = tuple(b for b in old if b not in target)
+            added_rings += len(new_ones)
+            sdata, sstat = client.get(state_path(name, partition))
+            state = PartitionState.from_json(decode(sdata))
+            states[partition] = (
+                dataclasses.replace(state, leader_epoch=state.leader_epoch + 1), sstat.version
+            )
+        stored = (decode(cdata) or {}).get("config", {})
+        ring = int(stored.get("ring.bytes", TOPIC_DEFAULTS["ring.bytes"]))
+        ask = added_rings * shm.ring_footprint(ring)
+        budget, used = shm_budget(client), shm_used(client)
+        if used + ask > budget:
+            raise ConfigError(
+                "the added replicas would take the daemon's rings past its shared-memory "
+                f"budget (`engine start --shm-budget`): topic={name!r} budget={budget} "
+                f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
+                f"asked={ask} ({shm.format_size(ask)}: replicas={added_rings} x "
+                f"(ring.bytes={ring} + {RING_HEADER_BYTES}))"
+            )
+        moved = dataclasses.replace(assignment, replicas=replicas, adding=adding,
+                                    removing=removing)  # fmt: skip
+        tx = client.transaction()
+        tx.set_data(TOPIC_CREATIONS, b"", version=creations.version)
+        tx.set_data(topic_path(name), encode(moved.to_json()), version=tstat.version)
+        for partition, (state, version) in states.items():
+            tx.set_data(state_path(name, partition), encode(state.to_json()), version=version)
+        results = tx.commit()
+        if any(isinstance(r, BadVersionError) for r in results):
+            continue
+        for r in results:
+            if isinstance(r, Exception) and type(r).__name__ != "RolledBackError":
+                raise r
+        return moved

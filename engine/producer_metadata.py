@@ -66,7 +66,11 @@ class ProducerMetadata:
     def __init__(
         self, data_dir: str | os.PathLike[str] | None, max_block_ms: int, batch_size: int
     ) -> None:
-        self.cluster = ClusterView(data_dir, lookup_timeout_s=max_block_ms / 1000)
+        # A topic whose partitions or config changed is looked up afresh at its next
+        # send: new partitions take records, an altered min.insync.replicas applies.
+        self.cluster = ClusterView(
+            data_dir, lookup_timeout_s=max_block_ms / 1000, on_topic_change=self.forget
+        )
         self.batch_size = batch_size
         self.fields = producer_fields(timeout_ms=max_block_ms)
         self.lock = threading.RLock()

@@ -29,6 +29,14 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
+class OffsetAndTimestamp(NamedTuple):
+    """An offset and the timestamp (ms) of its record: what Consumer.offsets_for_times
+    finds (kafka-python's OffsetAndTimestamp)."""
+
+    offset: int
+    timestamp: int
+
+
 #: Offsets are int64, as in Kafka.
 MAX_OFFSET = (1 << 63) - 1
 

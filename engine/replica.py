@@ -130,6 +130,10 @@ class Replica:
         self.partition = partition
         self.ring_name = ring_name
         self.leader_epoch = leader_epoch
+        self.config = dict(config)
+        #: Records before this offset are to be deleted (Admin.delete_records): the
+        #: drain thread moves the log start offset up to it, as far as its log reaches.
+        self.log_start_wanted = 0
         self.log = Log.open(directory, LogConfig.from_mapping(config))
         try:
             self._prepare_log()
@@ -266,6 +270,9 @@ class Replica:
         # FollowerReplica).
         limit, respect_hw = (-1, True) if self.role == "leader" else (NO_LIMIT, False)
         while True:
+            wanted = self.log_start_wanted
+            if wanted > self.log.log_start_offset and self.log.log_end_offset >= wanted:
+                self.log.delete_records_before(wanted)  # once the log holds that far
             count = self.ring.peek(cursor, limit, DRAIN_CHUNK, infos)
             if count:
                 started = time.monotonic()
@@ -353,6 +360,25 @@ class Replica:
             leader = self._peers.get(LEADER)
             high_watermark = leader.status().high_watermark if leader is not None else -1
         return max(high_watermark, 0)
+
+    def adopt_config(self, config: dict[str, Any]) -> None:
+        """The topic's config was altered (the broker's thread): the log takes its new
+        settings (retention, segment rolls, flushes, index interval) from its next append
+        or retention check on the drain thread, which reads ``log.config`` afresh each
+        time. ring.bytes and max.message.bytes never change here (engine.config
+        FIXED_AT_CREATION: an alter refuses them)."""
+        if config == self.config:
+            return
+        self.config = dict(config)
+        self.log.config = LogConfig.from_mapping(config)
+        self._wake()
+
+    def delete_records_before(self, offset: int) -> None:
+        """Ask the drain thread to delete the records before ``offset`` (the broker's
+        thread): Log.delete_records_before, at its next pass."""
+        if offset > self.log_start_wanted:
+            self.log_start_wanted = offset
+            self._wake()
 
     def _wake(self) -> None:
         """Wake whatever this replica's threads wait on: its ring and its peers' rings."""
@@ -478,7 +504,6 @@ class LeaderReplica(Replica):
         seen: dict[int, tuple[int, float]] = {}  # follower -> (log end, since)
         ends = [-1] * len(brokers)
         caught_up_ns = [time.monotonic_ns()] * len(brokers)  # the lag clocks start now
-        lag_max_ns = int(self.lag_max_s * 1e9)
         refused: dict[int, float] = {}  # follower -> when adding it to the ISR was refused
         while not self._stop.is_set():
             self._interrupt.clear()  # before reading the ISR: adopt_isr sets it after
@@ -514,6 +539,7 @@ class LeaderReplica(Replica):
                     seen[b] = (ends[i], now)
             # Kafka's rule: an ISR member stays while it caught up with the leader within
             # replica.lag.time.max.ms; a follower outside rejoins once it caught up.
+            lag_max_ns = int(self.lag_max_s * 1e9)  # an altered config takes effect here
             wanted = {self.broker_id} | {
                 b
                 for i, b in enumerate(brokers)
@@ -535,6 +561,12 @@ class LeaderReplica(Replica):
                     refused.update((b, now) for b in wanted - isr)
         for b in brokers:
             self._set_peer(b, None)
+
+    def adopt_config(self, config: dict[str, Any]) -> None:
+        """The log's settings (Replica.adopt_config) and replica.lag.time.max.ms, which
+        the replicate loop reads at each pass."""
+        self.lag_max_s = int(config.get("replica.lag.time.max.ms", 30_000)) / 1000
+        super().adopt_config(config)
 
     def adopt_isr(self, isr: tuple[int, ...]) -> None:
         """The coordinator's ISR changed underneath (the controller dropped a dead broker)."""
@@ -637,6 +669,23 @@ class FollowerReplica(Replica):
                     end,
                 )
                 self.log.truncate_to(end)
+            leader_start = leader_reader.log_start_offset if leader_reader is not None else -1
+            if leader_start > self.log.log_end_offset and leader_ring is not None:
+                # What lies between is gone from the leader (retention, deleted records):
+                # Kafka's truncate-fully. The log starts again at the first batch the
+                # leader still holds (it may begin below the leader's log start, which
+                # this log takes too once it holds that far: delete_records_before).
+                assert leader_reader is not None
+                first = leader_reader.read(leader_start, 1, leader_ring.status().drain_offset)
+                infos = scan_batches(first, verify_crc=False)[0]
+                base = int(infos["base_offset"][0]) if len(infos) else leader_start
+                log.warning(
+                    "%s-%d: the log ends at %d, below the leader's log start %d: starting "
+                    "it anew at %d", self.topic, self.partition, self.log.log_end_offset,
+                    leader_start, base,
+                )  # fmt: skip
+                self.log.truncate_fully_and_start_at(base)
+                self.log_start_wanted = max(self.log_start_wanted, leader_start)
         finally:
             if leader_reader is not None:
                 leader_reader.close()
@@ -684,7 +733,10 @@ class FollowerReplica(Replica):
                         if reader is None:
                             self._stop.wait(0.05)
                             continue
-                        data = reader.read(mine, FETCH_CHUNK, leader.status().drain_offset)
+                        # From this log's start (a restart at the leader's first batch
+                        # may begin below the leader's log start: _prepare_log).
+                        at = max(mine, self.log_start_wanted)
+                        data = reader.read(at, FETCH_CHUNK, leader.status().drain_offset)
                         if data:
                             self.ring.append_raw(_starting_at(data, mine))
                         else:

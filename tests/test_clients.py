@@ -497,6 +497,7 @@ def test_public_names_are_exported() -> None:
             "NotEnoughReplicasError",
             "NotJsonError",
             "NotLeaderError",
+            "OffsetAndTimestamp",
             "OffsetOutOfRangeError",
             "PartitionDescription",
             "PartitionOutOfRangeError",
