@@ -339,6 +339,8 @@ class Replica:
         delay = cleaner.BACKOFF_S
         while not self._stop.wait(delay):
             delay = cleaner.BACKOFF_S
+            if not self.log.config.compact:
+                continue  # altered back to delete only
             try:
                 committed = self._committed_offset()
                 log_cleaner.clean(should_stop=self._stop.is_set, committed_offset=committed)
@@ -371,6 +373,11 @@ class Replica:
             return
         self.config = dict(config)
         self.log.config = LogConfig.from_mapping(config)
+        if self.log.config.compact and not self._stop.is_set() and not any(
+            thread.name.startswith("cleaner-") for thread in self._threads
+        ):  # altered to compact: this replica's cleaner starts now
+            self._add_thread("cleaner", self._clean_loop)
+            self._threads[-1].start()
         self._wake()
 
     def delete_records_before(self, offset: int) -> None:

@@ -752,3 +752,38 @@ def read_table(
 
         wait_for(caught_up, timeout=30, what=f"{isolation} reads up to offset {end}")
         return out
+
+
+def test_a_topic_altered_to_compact_is_cleaned_by_its_running_replicas(tmp_path: Path) -> None:
+    """incremental_alter_configs to cleanup.policy=compact on a running topic: its
+    replicas start their cleaners then, not only at their next start."""
+    daemon = Daemon(tmp_path / "engine", brokers=1)
+    daemon.env["ENGINE_CLEANER_BACKOFF_MS"] = "200"
+    topic = "altered"
+    try:
+        daemon.start()
+        with Admin(daemon.data_dir) as admin:
+            admin.create_topic(topic, partitions=1, config={
+                "segment.bytes": 4096, "min.cleanable.dirty.ratio": 0.05,
+                "ring.bytes": 1 << 16, "max.message.bytes": 1 << 14})  # fmt: skip
+        with Producer(daemon.data_dir, acks=1) as producer:
+            for round_ in range(30):
+                for device in range(10):
+                    producer.send(topic, b"reading-%d" % round_, key=b"device-%d" % device)
+        wait_for(lambda: (rows := replica_rows(daemon.data_dir, 1, topic)) is not None
+                 and len(rows) == 300, what="every record drained")  # fmt: skip
+        with Admin(daemon.data_dir) as admin:
+            admin.incremental_alter_configs(topic, {"cleanup.policy": "compact"})
+
+        def compacted() -> bool:
+            rows = replica_rows(daemon.data_dir, 1, topic)
+            return rows is not None and 0 < len(rows) < 100
+
+        wait_for(compacted, timeout=60, what="the replica compacted after the alter")
+        rows = replica_rows(daemon.data_dir, 1, topic)
+        assert rows is not None
+        latest = {key: value for _, key, value in rows}
+        assert latest == {b"device-%d" % d: b"reading-29" for d in range(10)}
+    finally:
+        daemon.stop()
+        daemon.kill_everything()
