@@ -1029,7 +1029,13 @@ class Consumer:
                 f.offset = upper
             else:
                 f.txn.skip_to(upper)
-        return self._checked(f, data, start, dense=f.reader.dense)
+            return self._checked(f, data, start, dense=f.reader.dense)
+        checked = self._checked(f, data, start, dense=f.reader.dense)
+        if checked:  # records and bytes out (metrics), as a read of the ring counts them
+            infos, _, _ = scan_batches(checked, verify_crc=False)
+            if len(infos):
+                f.ring.count_read(int(infos["last_offset"][-1]) + 1 - start, len(checked))
+        return checked
 
     def _checked(self, f: _Fetch, data: bytes, expected: int, dense: bool) -> bytes:
         """``data``, whole batches read at offset ``expected``, up to its first batch that

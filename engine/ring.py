@@ -637,6 +637,11 @@ class Ring:
         lib.engine_ring_status(self._ptr(), s)
         return int(s.high_watermark), bool(s.sealed), int(s.isr_count)
 
+    def count_read(self, offsets: int, nbytes: int) -> None:
+        """Add a consumer's read of the partition's segment files to the ring's "out"
+        counters (metrics: records and bytes out)."""
+        lib.engine_ring_count_read(self._ptr(), offsets, nbytes)
+
     def status(self) -> RingStatus:
         s = _out.status
         lib.engine_ring_status(self._ptr(), s)

@@ -133,6 +133,7 @@ int engine_ring_append_batch(void *region, const engine_producer_fields_t *field
                              int32_t *out_appended);
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+void engine_ring_count_read(void *region, int64_t offsets, uint64_t bytes);
 int engine_ring_wait(void *region, const engine_cursor_t *cursor, int64_t timeout_ns,
                      int respect_hw, int64_t spin_ns);
 int32_t engine_ring_ready_many(void **regions, engine_cursor_t **cursors, int32_t count,

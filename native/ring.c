@@ -711,6 +711,10 @@ static void count_read(struct engine_ring_header *h, int64_t offsets, uint64_t b
     engine_fetch_add_u64(&h->read_bytes, bytes);
 }
 
+void engine_ring_count_read(void *region, int64_t offsets, uint64_t bytes) {
+    if (offsets > 0) count_read(header_of(region), offsets, bytes);
+}
+
 int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
                      uint64_t out_capacity, uint64_t *out_length, int64_t max_offset) {
     uint64_t first = cursor->position;

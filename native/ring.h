@@ -86,8 +86,8 @@
  * was zero) are the partition's "records and bytes out" for the metrics:
  * engine_ring_read and engine_ring_read_values add what each call delivered,
  * once per call, relaxed. A follower's copy (engine_ring_read_replica) is not
- * counted, as Kafka's BytesOut leaves out replication; neither are reads of
- * the segment files.
+ * counted, as Kafka's BytesOut leaves out replication. A consumer that reads
+ * the segment files adds what it read there (engine_ring_count_read).
  *
  * Producer fencing slot (transactional producers; version 2):
  * +---------------------------------------------------------------+  0
@@ -459,6 +459,9 @@ int engine_ring_read(void *region, engine_cursor_t *cursor, char *out,
  * and read_bytes. */
 int engine_ring_read_replica(void *region, engine_cursor_t *cursor, char *out,
                              uint64_t out_capacity, uint64_t *out_length, int64_t max_offset);
+/* Adds a read of the partition's segment files (offsets and bytes delivered) to
+ * read_offsets and read_bytes. */
+void engine_ring_count_read(void *region, int64_t offsets, uint64_t bytes);
 
 /* The drain's read: the published batches at the cursor, in place, up to
  * max_offset (-1: the high watermark), max_bytes (at least one batch) and

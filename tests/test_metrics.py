@@ -64,8 +64,8 @@ def test_partition_and_group_metrics_match_what_was_produced_consumed_and_commit
     with Consumer(
         data_dir=shared_daemon.data_dir, group_id=group, enable_auto_commit=False
     ) as consumer:
-        # Tailing: placed before the records come, it reads them from the ring (what
-        # the "out" counters count; a read of the segment files is not counted).
+        # Tailing: placed before the records come, it reads them from the ring (a read
+        # of the segment files counts too: the test after this one).
         consumer.assign([tp])
         consumer.seek(tp, 0)
         assert consumer.poll(timeout=0.1) == []
@@ -295,3 +295,31 @@ def test_a_scrape_answers_while_the_coordinator_is_frozen_and_recovers_after(
         timeout=30,
         what="the tree's metrics back after the coordinator resumed",
     )
+
+
+def test_records_read_from_the_segment_files_count_as_out(shared_daemon: Daemon) -> None:
+    """A consumer that catches up from the segment files (its records gone from the
+    ring's window) counts there too: records out are every record a consumer read."""
+    topic = f"out-{uuid.uuid4().hex[:8]}"
+    with Admin(shared_daemon.data_dir) as admin:
+        admin.create_topic(topic, partitions=1,
+                           config={"ring.bytes": 1 << 16, "max.message.bytes": 1 << 14})
+    with Producer(shared_daemon.data_dir, acks=1) as p:
+        for i in range(200):  # 200 KiB through a 64 KiB ring
+            p.send(topic, b"%04d" % i + b"x" * 1020, partition=0)
+        p.flush(timeout=10)
+    url = metrics_url(shared_daemon)
+    part = {"topic": topic, "partition": 0}
+    wait_for(lambda: value(scrape(url), "engine_partition_log_end_offset", **part) == 200,
+             what="the 200 records drained")  # fmt: skip
+    tp = TopicPartition(topic, 0)
+    with Consumer(data_dir=shared_daemon.data_dir) as consumer:
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        got: list[int] = []
+        wait_for(lambda: got.extend(r.offset for r in consumer.poll(timeout=0.1))
+                 or len(got) >= 200, what="the 200 records read back")  # fmt: skip
+    assert got == list(range(200))
+    s = scrape(url)
+    assert value(s, "engine_partition_records_out_total", **part) == 200
+    assert value(s, "engine_partition_bytes_out_total", **part) >= 200 * 1024
