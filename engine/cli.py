@@ -98,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
         "default: half of /dev/shm, at most a quarter of the memory)",
     )
 
+    p.add_argument(
+        "--kafka-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="broker N serves Kafka's protocol on 127.0.0.1:BASE+N-1 (default: any free port)",
+    )
+    p.add_argument(
+        "--kafka-auth",
+        choices=["sasl", "none"],
+        default="sasl",
+        help="Kafka clients authenticate with SASL (SCRAM-SHA-256 or PLAIN, the credential in "
+        "engine status --json; the default), or not at all (none)",
+    )
+
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
 
@@ -299,14 +314,20 @@ def cmd_start(args: argparse.Namespace) -> int:
         from engine import shm
 
         cluster[shm.BUDGET_KEY] = shm.check_budget(shm.parse_size(args.shm_budget))
+    from engine.kafka.sasl import KafkaAuth
+
+    if args.kafka_port is not None and not 0 < args.kafka_port < 65536:
+        print(f"engine: --kafka-port must be a port number: {args.kafka_port}", file=sys.stderr)
+        return 2
+    kafka = {"kafka_port": args.kafka_port, "kafka_auth": KafkaAuth(args.kafka_auth)}
     if args.foreground:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s daemon %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
-        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster).run()
+        return daemon.Daemon(dd, args.brokers, args.coordinator, cluster, **kafka).run()
     t0 = time.monotonic()
-    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster)
+    info = daemon.start_background(dd, args.brokers, args.coordinator, cluster, **kafka)
     print(
         f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
         f"{info['coordinator']}, brokers {info['brokers']} (logs in {dd.log_dir})"
@@ -367,7 +388,30 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
             "brokers": {str(k): v for k, v in sorted(md.live_brokers(zk).items())},
             "shm": {"budget_bytes": md.shm_budget(zk), "used_bytes": md.shm_used(zk)},
             "topics": topics,
+            "kafka": kafka_connection(dd, md.live_brokers(zk)),
         }
+
+
+def kafka_connection(dd: DataDir, brokers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """How a Kafka client connects (the brokers' registered endpoints, and the data dir's
+    credential when they authenticate with SASL): engine status's "kafka" object."""
+    from engine.kafka.sasl import MECHANISMS, read_credential
+
+    protocol, servers = None, []
+    for _, registration in sorted(brokers.items()):
+        for endpoint in registration.get("endpoints") or ():
+            name, _, address = str(endpoint).partition("://")
+            protocol = protocol or name
+            servers.append(address)
+    out: dict[str, Any] = {"bootstrap_servers": ",".join(servers), "security_protocol": protocol}
+    if protocol == "SASL_PLAINTEXT":
+        credential = read_credential(dd)
+        out |= {
+            "sasl_mechanism": MECHANISMS[0],
+            "sasl_username": credential.username,
+            "sasl_password": credential.password,
+        }
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -381,6 +425,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"daemon       pid {report['daemon_pid']}")
     print(f"coordinator  {report['coordinator']}")
     print(f"controller   broker {report['controller']}")
+    kafka = report["kafka"]
+    print(f"kafka        {kafka['bootstrap_servers']} ({kafka['security_protocol']}; the "
+          "credential: engine status --json)")  # fmt: skip
     budget, used = report["shm"]["budget_bytes"], report["shm"]["used_bytes"]
     print(f"shared mem   {format_size(used)} of a {format_size(budget)} budget (partition rings)")
     for bid, b in report["brokers"].items():

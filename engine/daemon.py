@@ -47,6 +47,7 @@ from engine.errors import (
     EngineTimeoutError,
     UnknownTopicError,
 )
+from engine.kafka.sasl import KafkaAuth, ensure_credential
 from engine.ring import Ring
 
 log = logging.getLogger("engine.daemon")
@@ -115,9 +116,15 @@ class Daemon:
         brokers: int,
         coordinator: str | None,
         cluster_config: dict[str, Any] | None = None,
+        kafka_port: int | None = None,
+        kafka_auth: KafkaAuth = KafkaAuth.SASL,
     ) -> None:
+        """``kafka_port``: broker N's Kafka listener takes port kafka_port + N - 1 (None:
+        any free port, the same across its restarts where it can)."""
         self.data_dir = data_dir
         self.broker_count = brokers
+        self.kafka_port = kafka_port
+        self.kafka_auth = kafka_auth
         self.external_coordinator = coordinator
         self.cluster_config = cluster_config or {}
         self.children: list[Child] = []
@@ -154,6 +161,7 @@ class Daemon:
             for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
                 make_private_dir(d)
             dd.ensure_secret()
+            ensure_credential(dd)  # the Kafka clients' (engine.kafka.sasl)
             write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -227,7 +235,9 @@ class Daemon:
                 )  # fmt: skip
             for broker_id in sorted(wanted):
                 argv = [py, "-m", "engine.broker", "--data-dir", str(dd.root)]
-                argv += ["--id", str(broker_id)]
+                argv += ["--id", str(broker_id), "--kafka-auth", self.kafka_auth.value]
+                if self.kafka_port is not None:
+                    argv += ["--kafka-port", str(self.kafka_port + broker_id - 1)]
                 if self.external_coordinator is not None:
                     argv += ["--coordinator", self.hosts]  # else: the data dir says where
                 child = Child(f"broker-{broker_id}", argv, dd.log_dir / f"broker-{broker_id}.log")
@@ -455,6 +465,8 @@ def start_background(
     brokers: int,
     coordinator: str | None,
     cluster_config: dict[str, Any] | None = None,
+    kafka_port: int | None = None,
+    kafka_auth: KafkaAuth = KafkaAuth.SASL,
 ) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
     probe = Daemon(data_dir, brokers, coordinator)
@@ -486,6 +498,9 @@ def start_background(
         argv += ["--num-partitions", str(config["num.partitions"])]
     if shm.BUDGET_KEY in config:
         argv += ["--shm-budget", str(config[shm.BUDGET_KEY])]
+    argv += ["--kafka-auth", kafka_auth.value]
+    if kafka_port is not None:
+        argv += ["--kafka-port", str(kafka_port)]
     try:
         proc = subprocess.Popen(
             argv,
