@@ -542,3 +542,31 @@ def test_compressed_batches_are_stored_as_they_came_and_read_back(
 
     infos = wait_for(drained, what="the drain of every batch into the log")
     assert {int(a) & 0x07 for a in infos["attributes"]} == {codec_id}
+
+
+def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon: Daemon) -> None:
+    topic = new_topic(open_daemon, partitions=1)
+    conn = Raw(leader_address(open_daemon, topic, 0))
+    try:
+        for ts in (1_000, 2_000, 3_000):  # offsets 0-1, 2-3, 4-5
+            batch = encode_batch(0, [(None, b"a", [], ts), (None, b"b", [], ts + 10)])
+            assert produce_raw(conn, topic, 0, batch)["error_code"] == 0
+
+        def offset_for(timestamp: int) -> tuple[int, int, int]:
+            answer = conn.request(schemas.LIST_OFFSETS, 6, {
+                "replica_id": -1, "isolation_level": 0,
+                "topics": [{"name": topic, "partitions": [
+                    {"partition_index": 0, "current_leader_epoch": -1, "timestamp": timestamp},
+                ]}],
+            })  # fmt: skip
+            assert answer is not None
+            p = answer["topics"][0]["partitions"][0]
+            return p["error_code"], p["offset"], p["timestamp"]
+
+        assert offset_for(-2) == (0, 0, -1)
+        assert offset_for(-1) == (0, 6, -1)
+        assert offset_for(1_500) == (0, 2, 2_000)
+        assert offset_for(2_005) == (0, 3, 2_010)
+        assert offset_for(9_000) == (0, -1, -1)
+    finally:
+        conn.close()
