@@ -28,6 +28,7 @@ from engine_harness import Daemon, listening_sockets, running_daemon, wait_for
 from engine import Admin, Consumer, Producer, TopicPartition
 from engine import metadata as md
 from engine.datadir import DataDir
+from engine.errors import CorruptRecordError
 from engine.kafka import codec, schemas
 from engine.kafka.error_codes import ErrorCode
 from engine.record_batch import encode_batch, scan_batches
@@ -542,6 +543,11 @@ def test_compressed_batches_are_stored_as_they_came_and_read_back(
 
     infos = wait_for(drained, what="the drain of every batch into the log")
     assert {int(a) & 0x07 for a in infos["attributes"]} == {codec_id}
+    # The engine's Consumer does not decompress yet: it says so, delivering nothing.
+    with Consumer(data_dir=open_daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(topic, 0)])
+        with pytest.raises(CorruptRecordError, match=f"a {compression}-compressed record batch"):
+            c.poll(timeout=5)
 
 
 def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon: Daemon) -> None:
