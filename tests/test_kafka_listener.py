@@ -576,3 +576,42 @@ def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon
         assert offset_for(9_000) == (0, -1, -1)
     finally:
         conn.close()
+
+
+def test_an_idempotent_retry_after_a_broker_restart_is_not_written_again(tmp_path: Path) -> None:
+    """The producer state of a new leadership comes from the log's tail: a retry of a batch
+    written before the restart is answered with its first offset (Kafka rebuilds it
+    from its snapshots)."""
+    with running_daemon(tmp_path / "e", brokers=1, start_args=["--kafka-auth", "none"]) as d:
+        topic = new_topic(d, partitions=1)
+        conn = Raw(leader_address(d, topic, 0))
+        try:
+            ident = conn.request(
+                schemas.INIT_PRODUCER_ID, 4,
+                {"transactional_id": None, "transaction_timeout_ms": 60_000},
+            )  # fmt: skip
+            assert ident is not None
+            pid, epoch = ident["producer_id"], ident["producer_epoch"]
+            batches = [
+                encode_batch(0, [(None, b"s%d" % (s + i), [], 1_700_000_000_000) for i in range(2)],
+                             producer_id=pid, producer_epoch=epoch, base_sequence=s)
+                for s in (0, 2, 4)
+            ]  # fmt: skip
+            assert [produce_raw(conn, topic, 0, b)["base_offset"] for b in batches] == [0, 2, 4]
+        finally:
+            conn.close()
+        d.stop()
+        d.start()
+        conn = Raw(leader_address(d, topic, 0))
+        try:
+            retry = produce_raw(conn, topic, 0, batches[2])
+            assert (retry["error_code"], retry["base_offset"]) == (0, 4)
+            older = produce_raw(conn, topic, 0, batches[1])
+            assert (older["error_code"], older["base_offset"]) == (0, 2)
+            follow = encode_batch(0, [(None, b"s6", [], 1_700_000_000_000)], producer_id=pid,
+                                  producer_epoch=epoch, base_sequence=6)  # fmt: skip
+            assert produce_raw(conn, topic, 0, follow)["base_offset"] == 6
+        finally:
+            conn.close()
+        got = consume_engine(d, topic, 1, 7)
+        assert [(r.offset, r.value) for r in got] == [(i, b"s%d" % i) for i in range(7)]

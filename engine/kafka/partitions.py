@@ -17,8 +17,10 @@ idempotent producer's batch (producer id >= 0) is checked against what this lead
 saw of that producer, as Kafka's ProducerStateManager does: the same epoch must go on
 in sequence (last sequence + 1) or repeat one of the last five batches (a retry: the
 answer is the offset the batch took the first time, nothing is written again); a new
-epoch starts at sequence 0; an older epoch is refused. A producer this leadership has
-not seen yet (a new leader after a failover, a restarted broker) is taken at whatever
+epoch starts at sequence 0; an older epoch is refused. A new leadership (a leader after
+a failover, a restarted broker) first reads what the last RECOVERY_OFFSETS offsets of
+its log hold of those producers, so a retry of a batch written under the old leader is
+still answered with its offset; a producer not found there is taken at whatever
 sequence it sends, as Kafka takes one whose state it lost.
 
 Reading (:meth:`PartitionHandle.read`): whole batches from the offset asked, out of the
@@ -54,6 +56,7 @@ from engine.ring import (
     EMPTY,
     FENCED,
     FULL,
+    NO_LIMIT,
     NOT_ENOUGH_REPLICAS,
     OK,
     OUT_TOO_SMALL,
@@ -85,6 +88,10 @@ CONTROL = 0x20
 _MAGIC_POSITION = 16
 #: Kafka keeps this many batches per producer to answer retries (ProducerStateEntry).
 RETRY_BATCHES = 5
+#: How far back a new leadership reads its log for idempotent producers' last batches:
+#: more than any client has in flight (5 requests of 1 MB of small records each).
+RECOVERY_OFFSETS = 1_000_000
+LOAD_CHUNK = 4 << 20
 _SEQUENCE_MASK = 0x7FFFFFFF
 
 
@@ -139,6 +146,16 @@ class _PartitionProducers:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.producers: dict[int, _ProducerEntry] = {}
+        self.loaded = False  # read from the log's tail (PartitionHandle._load_producers)
+
+    def saw(self, pid: int, epoch: int, first: int, last: int, base: int, end: int) -> None:
+        """A batch of producer ``pid`` landed at offsets base..end."""
+        entry = self.producers.get(pid)
+        if entry is None or entry.epoch != epoch:
+            if entry is not None and epoch < entry.epoch:
+                return
+            entry = self.producers[pid] = _ProducerEntry(epoch)
+        entry.batches.append((first, last, base, end))
 
 
 class ProducerStates:
@@ -250,6 +267,8 @@ class PartitionHandle:
         else:
             partition = states.of(self.leadership)
             with partition.lock:
+                if not partition.loaded:
+                    self._load_producers(partition)
                 done = self._append_idempotent(records, acks, timeout_ms, partition, producer)
         if done.error is not ErrorCode.NONE or acks != -1:
             return done
@@ -289,10 +308,55 @@ class PartitionHandle:
                 )
         done = self._append(records, acks, timeout_ms)
         if done.error is ErrorCode.NONE:
-            if entry is None or entry.epoch != epoch:
-                entry = partition.producers[pid] = _ProducerEntry(epoch)
-            entry.batches.append((first, last, done.base_offset, done.last_offset))
+            partition.saw(pid, epoch, first, last, done.base_offset, done.last_offset)
         return done
+
+    def _load_producers(self, partition: _PartitionProducers) -> None:
+        """What this partition's log holds of idempotent producers, from its last
+        RECOVERY_OFFSETS offsets to its end (committed or not): a new leader, or a
+        restarted broker, then answers a client's retry of a batch written before (under
+        the old leader, or before the restart) with the offset it took, as Kafka's
+        ProducerStateManager does from its snapshots."""
+        partition.loaded = True
+        end = self.ring.status().tail_offset
+        offset = max(self.reader.log_start_offset, end - RECOVERY_OFFSETS, 0)
+        buf = bytearray(LOAD_CHUNK)
+        cursor: Cursor | None = None
+        while offset < end:
+            data = b""
+            if offset >= self.ring.status().drain_offset:
+                if cursor is None or cursor.offset != offset:
+                    cursor = self.ring.seek(offset)
+                if cursor is not None:
+                    code, n = self.ring.read(cursor, buf, NO_LIMIT)
+                    if code == OUT_TOO_SMALL:
+                        buf = bytearray(n)
+                        continue
+                    if code == OK:
+                        data = bytes(memoryview(buf)[:n])
+            drain_offset = self.ring.status().drain_offset
+            if not data and offset < drain_offset:  # drained, or the ring moved on
+                cursor = None
+                try:
+                    data = self.reader.read(offset, LOAD_CHUNK, drain_offset)
+                except OffsetOutOfRangeError:
+                    break
+            if not data:
+                break
+            infos, _, _ = scan_batches(data, verify_crc=False)
+            for info in infos:
+                at = int(info["position"])
+                producer = read_producer_fields(data, at)
+                count = int(info["records_count"])
+                if producer.producer_id < 0 or count < 1 or int(info["last_offset"]) < offset:
+                    continue
+                first = producer.base_sequence
+                partition.saw(producer.producer_id, producer.producer_epoch, first,
+                              (first + count - 1) & _SEQUENCE_MASK, int(info["base_offset"]),
+                              int(info["last_offset"]))  # fmt: skip
+            if not len(infos):
+                break
+            offset = int(infos["last_offset"][-1]) + 1
 
     def _append(self, records: memoryview, acks: int, timeout_ms: int) -> Append:
         fields = producer_fields(
