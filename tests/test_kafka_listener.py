@@ -10,7 +10,9 @@ own Producer and Consumer.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -615,3 +617,47 @@ def test_an_idempotent_retry_after_a_broker_restart_is_not_written_again(tmp_pat
             conn.close()
         got = consume_engine(d, topic, 1, 7)
         assert [(r.offset, r.value) for r in got] == [(i, b"s%d" % i) for i in range(7)]
+
+
+def test_an_idempotent_confluent_producer_loses_and_duplicates_nothing_across_a_leader_kill(
+    tmp_path: Path,
+) -> None:
+    """acks=all, idempotent, replication 3 with min.insync.replicas 2: the leader broker is
+    SIGKILLed while records flow; every record the client says was delivered is in the
+    log exactly once."""
+    with running_daemon(tmp_path / "e", brokers=3, start_args=["--kafka-auth", "none"]) as d:
+        topic = f"k-{uuid.uuid4().hex[:8]}"
+        with Admin(d.data_dir) as admin:
+            admin.create_topic(topic, partitions=1, replication=3,
+                               config=SMALL_RING | {"min.insync.replicas": 2})  # fmt: skip
+            leader = admin.describe_topic(topic).partitions[0].leader
+        producer = confluent_kafka.Producer({
+            "bootstrap.servers": kafka_settings(d)["bootstrap_servers"], "acks": "all",
+            "enable.idempotence": True, "batch.size": BATCH_BYTES, "linger.ms": 5,
+            "message.timeout.ms": 60_000,
+        })  # fmt: skip
+        delivered: list[bytes] = []
+        failed: list = []
+
+        def report(err: Any, msg: Any) -> None:
+            (failed if err is not None else delivered).append(err or msg.value())
+
+        sent = 0
+        killed = False
+        while sent < 20_000:
+            producer.produce(topic, b"r%d" % sent, on_delivery=report)
+            sent += 1
+            producer.poll(0)
+            if sent % 100 == 0:
+                producer.poll(0.005)  # about 20k records/s
+            if not killed and len(delivered) >= 5_000:
+                pid = int(d.runtime()["processes"][f"broker-{leader}"])
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+        assert producer.flush(90) == 0
+        assert killed and failed == []
+        got = consume_engine(d, topic, 1, len(delivered))
+        values = [r.value for r in got]
+        assert len(values) == len(set(values)), "a record was written twice"
+        assert set(delivered) <= set(values)
+        assert len(delivered) == sent
