@@ -12,7 +12,7 @@ through the broker's own session.
   epoch, replicas and ISR; a partition whose leader has no endpoint is
   LEADER_NOT_AVAILABLE. The cluster id is ``engine-<data dir namespace>``.
 - Produce: each partition's one batch through PartitionHandle.append; acks=0 gets no
-  response.
+  response (the listener closes the connection when it failed).
 - Fetch: full fetches only (the session id is always 0, so clients never send
   incremental ones); each partition from its fetch offset up to partition_max_bytes,
   the whole response up to max_bytes (the first batch always, as KIP-74); with nothing
@@ -234,7 +234,7 @@ class Handlers:
 
     def produce(
         self, handles: PartitionHandles, version: int, request: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any]:
         acks, timeout_ms = request["acks"], request["timeout_ms"]
         responses = []
         for topic in request["topic_data"]:
@@ -268,9 +268,16 @@ class Handlers:
                     )
                 answers.append(answer)
             responses.append({"name": name, "partition_responses": answers})
-        if acks == 0:
-            return None
         return {"responses": responses}
+
+    @staticmethod
+    def failed(produced: dict[str, Any]) -> bool:
+        """Whether a Produce response carries an error (acks=0: the connection closes)."""
+        return any(
+            p["error_code"] != ErrorCode.NONE
+            for t in produced["responses"]
+            for p in t["partition_responses"]
+        )
 
     # -- Fetch -----------------------------------------------------------------
 

@@ -7,13 +7,16 @@ max_wait_ms, an acks=all Produce) holds up only its own connection.
 
 Framing: every request and response is a 4-byte big-endian size, then that many bytes:
 a request header and body (engine.kafka.codec), or a response header and body. A frame
-larger than MAX_FRAME_BYTES (Kafka's socket.request.max.bytes), or one that does not
-decode, closes the connection, as Kafka closes it. An API the listener does not serve,
-or a version of it outside the versions ApiVersions lists, is answered (never a dropped
-connection): ApiVersions with its v0 error response (UNSUPPORTED_VERSION and the APIs
-served), any other with the correlation id and UNSUPPORTED_VERSION as the first field of
-the body, which is where every Kafka response that has a top-level error code starts
-(the others' clients never ask at versions they were not offered).
+larger than MAX_FRAME_BYTES (Kafka's socket.request.max.bytes; before authentication
+MAX_UNAUTHENTICATED_FRAME_BYTES, Kafka's sasl.server.max.receive.size), or one that
+does not decode, closes the connection, as Kafka closes it. So does a failed acks=0
+Produce (it has no response): the client notices and looks up the leader again. An
+API the listener does not serve, or a version of it outside the versions ApiVersions
+lists, is answered (never a dropped connection): ApiVersions with its v0 error
+response (UNSUPPORTED_VERSION and the APIs served), any other with the correlation id
+and UNSUPPORTED_VERSION as the first field of the body, which is where every Kafka
+response that has a top-level error code starts (the others' clients never ask at
+versions they were not offered).
 
 Authentication (engine.kafka.sasl), per connection, as Kafka's SASL_PLAINTEXT listener
 does it::
@@ -71,6 +74,8 @@ log = logging.getLogger("engine.kafka")
 HOST = "127.0.0.1"
 #: Kafka's socket.request.max.bytes default: a larger frame closes the connection.
 MAX_FRAME_BYTES = 100 * 1024 * 1024
+#: Kafka's sasl.server.max.receive.size: what a client may send before it authenticated.
+MAX_UNAUTHENTICATED_FRAME_BYTES = 512 * 1024
 ACCEPT_POLL_S = 0.5
 _SIZE = struct.Struct(">i")
 _ERROR_ONLY = struct.Struct(">h")
@@ -259,8 +264,16 @@ class _Connection(threading.Thread):
         if head is None:
             return None
         (size,) = _SIZE.unpack(head)
-        if not 0 <= size <= MAX_FRAME_BYTES:
-            raise KafkaProtocolError(f"request size out of range: size={size}")
+        largest = (
+            MAX_FRAME_BYTES
+            if self.state is AuthState.AUTHENTICATED
+            else MAX_UNAUTHENTICATED_FRAME_BYTES
+        )
+        if not 0 <= size <= largest:
+            raise KafkaProtocolError(
+                f"request size out of range: size={size} largest={largest} "
+                f"authenticated={self.state is AuthState.AUTHENTICATED}"
+            )
         return self._read_exactly(size)
 
     def _send(self, payload: bytes | bytearray) -> None:
@@ -306,7 +319,13 @@ class _Connection(threading.Thread):
     def _dispatch(self, api_key: int, version: int, request: dict[str, Any]) -> Any:
         h = self.listener.handlers
         if api_key == schemas.PRODUCE:
-            return h.produce(self.handles, version, request)
+            response = h.produce(self.handles, version, request)
+            if request["acks"] == 0:
+                if h.failed(response):
+                    log.info("closing Kafka connection %s: an acks=0 produce failed", self.peer)
+                    raise _Closed
+                return None
+            return response
         if api_key == schemas.FETCH:
             return h.fetch(self.handles, version, request)
         if api_key == schemas.LIST_OFFSETS:
