@@ -426,8 +426,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"coordinator  {report['coordinator']}")
     print(f"controller   broker {report['controller']}")
     kafka = report["kafka"]
-    print(f"kafka        {kafka['bootstrap_servers']} ({kafka['security_protocol']}; the "
-          "credential: engine status --json)")  # fmt: skip
+    sasl = "; its credential: engine status --json" if "sasl_password" in kafka else ""
+    print(f"kafka        {kafka['bootstrap_servers']} ({kafka['security_protocol']}{sasl})")
     budget, used = report["shm"]["budget_bytes"], report["shm"]["used_bytes"]
     print(f"shared mem   {format_size(used)} of a {format_size(budget)} budget (partition rings)")
     for bid, b in report["brokers"].items():
