@@ -716,3 +716,32 @@ def test_a_failed_acks_0_produce_closes_the_connection_and_a_good_one_does_not(
     finally:
         conn.close()
     assert [r.value for r in consume_engine(open_daemon, topic, 1, 1)] == [b"v"]
+
+
+def test_a_connection_unmaps_the_ring_of_a_deleted_topic(open_daemon: Daemon) -> None:
+    """A connection that read a topic since deleted closes its mapping of the topic's ring
+    at its next request after SWEEP_S (5 s), so the shared memory goes back."""
+    gone, kept = new_topic(open_daemon, partitions=1), new_topic(open_daemon, partitions=1)
+    with Admin(open_daemon.data_dir) as admin:
+        ring_id = admin.describe_topic(gone).topic_id[:16]
+    broker = int(open_daemon.runtime()["processes"]["broker-1"])
+
+    def mapped() -> bool:
+        with open(f"/proc/{broker}/maps") as f:
+            return f"-{ring_id}-0-1" in f.read()
+
+    conn = Raw(leader_address(open_daemon, gone, 0))
+    try:
+        batch = encode_batch(0, [(None, b"v", [], 1_700_000_000_000)])
+        assert produce_raw(conn, gone, 0, batch)["error_code"] == 0
+        assert mapped()
+        with Admin(open_daemon.data_dir) as admin:
+            admin.delete_topic(gone)
+
+        def unmapped_after_a_request() -> bool:
+            assert produce_raw(conn, kept, 0, batch)["error_code"] == 0
+            return not mapped()
+
+        wait_for(unmapped_after_a_request, timeout=20, interval=0.5, what="the ring's unmapping")
+    finally:
+        conn.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ RETRY_BATCHES = 5
 #: more than any client has in flight (5 requests of 1 MB of small records each).
 RECOVERY_OFFSETS = 1_000_000
 LOAD_CHUNK = 4 << 20
+#: How often a connection closes the handles of partitions no longer led here.
+SWEEP_S = 5.0
 _SEQUENCE_MASK = 0x7FFFFFFF
 
 
@@ -469,16 +472,28 @@ _APPEND_ERRORS: dict[int, tuple[ErrorCode, str]] = {
 
 class PartitionHandles:
     """One connection's handles, by partition, checked against the broker's current
-    leaderships at each use."""
+    leaderships at each use; at most every SWEEP_S the handles of partitions this broker
+    no longer leads are closed (a deleted topic's ring is unmapped, not kept as long as
+    the connection)."""
 
     def __init__(self, leaderships: Callable[[], Leaderships]) -> None:
         self._leaderships = leaderships
         self._handles: dict[tuple[str, int], PartitionHandle] = {}
+        self._swept = time.monotonic()
+
+    def _sweep(self, current: Leaderships) -> None:
+        self._swept = time.monotonic()
+        for key, handle in list(self._handles.items()):
+            if current.get(key) != handle.leadership or not handle.current:
+                self._handles.pop(key).close()
 
     def get(self, topic: str, partition: int) -> PartitionHandle | None:
         """The handle of a partition this broker leads now; None when it does not."""
         key = (topic, partition)
-        leadership = self._leaderships().get(key)
+        current = self._leaderships()
+        if time.monotonic() - self._swept > SWEEP_S:
+            self._sweep(current)
+        leadership = current.get(key)
         handle = self._handles.get(key)
         if handle is not None and (handle.leadership != leadership or not handle.current):
             self._handles.pop(key).close()
