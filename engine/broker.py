@@ -8,6 +8,8 @@ It registers the ephemeral ``/brokers/ids/<id>``, takes part in the controller
 election, and keeps the replicas it leads in line with the partition state
 znodes: a replica per partition it leads (ring + log + drain thread). All tree
 reads and writes happen on the main thread; kazoo's watch callbacks only poke it.
+It also serves Kafka's binary protocol on 127.0.0.1 (engine.kafka.listener, its own
+threads), and names that port in its registration as Kafka's brokers do.
 
 Crash behaviour: on kill -9 its ephemeral node vanishes when the session
 expires (or at once when the next broker with the same id finds the old pid
@@ -44,6 +46,10 @@ from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
 from engine.errors import EngineError, RingPermissionError, TransactionError, UnknownTopicError
+from engine.kafka import listener as kafka
+from engine.kafka.handlers import BrokerSide
+from engine.kafka.partitions import Leadership
+from engine.kafka.sasl import KafkaAuth, read_credential
 from engine.replica import FollowerReplica, LeaderReplica, Replica
 from engine.ring import seal_ring
 
@@ -74,9 +80,18 @@ class StartFailure:
 class Broker:
     """A broker's state: its coordinator session, its replicas, its controller role."""
 
-    def __init__(self, data_dir: DataDir, broker_id: int, hosts: str | None) -> None:
+    def __init__(
+        self,
+        data_dir: DataDir,
+        broker_id: int,
+        hosts: str | None,
+        kafka_port: int | None = None,
+        kafka_auth: KafkaAuth | None = KafkaAuth.SASL,
+    ) -> None:
         """``hosts``: an external ZooKeeper ensemble; None: the daemon's own coordinator,
-        found (and followed across its restarts) through the data dir."""
+        found (and followed across its restarts) through the data dir. ``kafka_port``:
+        the Kafka listener's port (None: the one of this broker's last run if free,
+        else any); ``kafka_auth`` None: no Kafka listener."""
         self.data_dir = data_dir
         self.broker_id = broker_id
         self.hosts = hosts
@@ -96,6 +111,13 @@ class Broker:
         self.stats = BrokerStats(
             stats_path(data_dir.run_dir, broker_id), lambda: list(self.replicas.values())
         )
+        self.kafka_port = kafka_port
+        self.kafka_auth = kafka_auth
+        self.kafka: kafka.KafkaListener | None = None
+        #: The partitions this broker leads, for the Kafka listener's threads: replaced
+        #: whole (never changed in place) after each reconcile pass.
+        self.leaderships: dict[tuple[str, int], Leadership] = {}
+        self._leadership: dict[ReplicaKey, Leadership] = {}
 
     def poke(self, *_: Any) -> None:
         self._wake.set()
@@ -135,9 +157,7 @@ class Broker:
         payload = md.encode(
             {
                 "version": 5,
-                "host": "127.0.0.1",
-                "port": -1,
-                "endpoints": [],
+                **kafka.registration(self.kafka),
                 "pid": os.getpid(),
                 "log_dir": str(self.data_dir.broker_dir(self.broker_id)),
                 "timestamp": str(int(time.time() * 1000)),
@@ -173,6 +193,7 @@ class Broker:
 
     def run(self) -> None:
         make_private_dir(self.data_dir.broker_dir(self.broker_id))
+        self._start_kafka()
         self.register()
         self.zk.ensure_path(md.BROKER_TOPICS)  # a ChildrenWatch on a missing node never fires
         self.zk.ChildrenWatch(md.BROKER_TOPICS, self.poke, send_event=False)
@@ -190,6 +211,7 @@ class Broker:
             try:
                 self.controller.act()
                 self.reconcile()
+                self._publish_leaderships()
             except Exception:  # keep serving; retry the pass shortly
                 log.exception("reconcile pass failed")
                 self._retry_soon()
@@ -394,7 +416,48 @@ class Broker:
                     "%s-%d fences only the newest 64 re-initialised producers", topic, partition
                 )
         replica.start()
+        if isinstance(replica, LeaderReplica):
+            self._leadership[key] = Leadership(
+                topic, partition, topic_id, epoch, ring_name, directory,
+                int(config["min.insync.replicas"]), int(config["max.message.bytes"]),
+            )  # fmt: skip
         return replica
+
+    def _publish_leaderships(self) -> None:
+        """Tell the Kafka listener's threads which partitions this broker leads now."""
+        self._leadership = {k: v for k, v in self._leadership.items() if k in self.replicas}
+        self.leaderships = {
+            key[:2]: leadership
+            for key, leadership in self._leadership.items()
+            if isinstance(self.replicas[key], LeaderReplica)
+        }
+
+    def _start_kafka(self) -> None:
+        """Open the Kafka listener (engine.kafka.listener), before the registration that
+        names its port."""
+        if self.kafka_auth is None:
+            return
+        port_file = self.data_dir.run_dir / f"kafka-{self.broker_id}.port"
+        if self.kafka_port is not None:
+            preferred = [self.kafka_port]
+        else:
+            previous = _read_port(port_file)
+            preferred = [previous, 0] if previous else [0]
+        try:
+            sock = kafka.bind(preferred)
+        except OSError as exc:
+            raise SystemExit(
+                f"broker {self.broker_id}: cannot listen for Kafka clients on 127.0.0.1:"
+                f"{preferred[0]}: {exc.strerror or exc}"
+            ) from None
+        credential = read_credential(self.data_dir) if self.kafka_auth is KafkaAuth.SASL else None
+        side = BrokerSide(
+            self.broker_id, self.data_dir, self.zk, self.kafka_auth.security_protocol,
+            lambda: self.leaderships,
+        )  # fmt: skip
+        self.kafka = kafka.KafkaListener(side, sock, self.kafka_auth, credential)
+        self.kafka.start()
+        write_private_file(port_file, f"{self.kafka.port}\n".encode())
 
     def _seal_ring(self, topic_id: str, partition: int, broker: int, epoch: int) -> None:
         """Seal a broker's ring of a partition (a deposed leader's, a deleted topic's):
@@ -444,6 +507,8 @@ class Broker:
 
     def shutdown(self) -> None:
         log.info("broker %d stopping", self.broker_id)
+        if self.kafka is not None:
+            self.kafka.stop()
         self.txn_timeouts.stop()
         self.stats.stop()
         for key in list(self.replicas):
@@ -454,6 +519,14 @@ class Broker:
         except Exception:
             log.exception("closing the coordinator session")
         log.info("broker %d stopped", self.broker_id)
+
+
+def _read_port(path: Path) -> int | None:
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
 
 
 def _claim_directory(directory: Path, topic_id: str) -> None:
@@ -480,6 +553,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="HOST:PORT[,HOST:PORT...] of an external ZooKeeper (default: the daemon's own)",
     )
+    parser.add_argument(
+        "--kafka-port", type=int, default=None, help="the Kafka listener's port (default: any)"
+    )
+    parser.add_argument(
+        "--kafka-auth",
+        choices=[a.value for a in KafkaAuth] + ["off"],
+        default=KafkaAuth.SASL.value,
+        help="how Kafka clients authenticate (off: no Kafka listener)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -487,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
-    broker = Broker(DataDir.resolve(args.data_dir), args.id, args.coordinator)
+    auth = None if args.kafka_auth == "off" else KafkaAuth(args.kafka_auth)
+    broker = Broker(
+        DataDir.resolve(args.data_dir), args.id, args.coordinator, args.kafka_port, auth
+    )
     signal.signal(signal.SIGTERM, broker.on_signal)
     signal.signal(signal.SIGINT, broker.on_signal)
     # Every thread's stack into the log, from C (without the GIL): the daemon asks for

@@ -127,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on 127.0.0.1:PORT (default: the last run's port "
         "if free, else any; `engine status --json` says where)",
     )
+    p.add_argument(
+        "--kafka-port",
+        type=int,
+        default=None,
+        metavar="BASE",
+        help="broker N serves Kafka's protocol on 127.0.0.1:BASE+N-1 (default: any free port)",
+    )
+    p.add_argument(
+        "--kafka-auth",
+        choices=["sasl", "none"],
+        default="sasl",
+        help="Kafka clients authenticate with SASL (SCRAM-SHA-256 or PLAIN, the credential in "
+        "engine status --json; the default), or not at all (none)",
+    )
 
     p = sub.add_parser("stop", help="stop the daemon gracefully (flushes every partition)")
     _add_data_dir(p)
@@ -393,6 +407,12 @@ def cmd_start(args: argparse.Namespace) -> int:
         from engine import shm
 
         cluster[shm.BUDGET_KEY] = shm.check_budget(shm.parse_size(args.shm_budget))
+    from engine.kafka.sasl import KafkaAuth
+
+    if args.kafka_port is not None and not 0 < args.kafka_port < 65536:
+        print(f"engine: --kafka-port must be a port number: {args.kafka_port}", file=sys.stderr)
+        return 2
+    kafka = {"kafka_port": args.kafka_port, "kafka_auth": KafkaAuth(args.kafka_auth)}
     limits = _session_limits(args)
     if args.foreground:
         logging.basicConfig(
@@ -400,11 +420,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         )
         logging.getLogger("engine.kazoo").setLevel(logging.WARNING)
         return daemon.Daemon(
-            dd, args.brokers, args.coordinator, cluster, limits, metrics_port=args.metrics_port
+            dd, args.brokers, args.coordinator, cluster, limits,
+            metrics_port=args.metrics_port, **kafka,
         ).run()
     t0 = time.monotonic()
     info = daemon.start_background(
-        dd, args.brokers, args.coordinator, cluster, limits, metrics_port=args.metrics_port
+        dd, args.brokers, args.coordinator, cluster, limits,
+        metrics_port=args.metrics_port, **kafka,
     )
     print(
         f"engine started in {time.monotonic() - t0:.2f} s: data dir {dd.root}, coordinator "
@@ -485,7 +507,30 @@ def status_report(data_dir: str | None) -> dict[str, Any]:
             "brokers": {str(k): v for k, v in sorted(md.live_brokers(zk).items())},
             "shm": {"budget_bytes": md.shm_budget(zk), "used_bytes": md.shm_used(zk)},
             "topics": topics,
+            "kafka": kafka_connection(dd, md.live_brokers(zk)),
         }
+
+
+def kafka_connection(dd: DataDir, brokers: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """How a Kafka client connects (the brokers' registered endpoints, and the data dir's
+    credential when they authenticate with SASL): engine status's "kafka" object."""
+    from engine.kafka.sasl import MECHANISMS, read_credential
+
+    protocol, servers = None, []
+    for _, registration in sorted(brokers.items()):
+        for endpoint in registration.get("endpoints") or ():
+            name, _, address = str(endpoint).partition("://")
+            protocol = protocol or name
+            servers.append(address)
+    out: dict[str, Any] = {"bootstrap_servers": ",".join(servers), "security_protocol": protocol}
+    if protocol == "SASL_PLAINTEXT":
+        credential = read_credential(dd)
+        out |= {
+            "sasl_mechanism": MECHANISMS[0],
+            "sasl_username": credential.username,
+            "sasl_password": credential.password,
+        }
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -500,6 +545,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"coordinator  {report['coordinator']}")
     print(f"metrics      {report['metrics']}")
     print(f"controller   broker {report['controller']}")
+    kafka = report["kafka"]
+    sasl = "; its credential: engine status --json" if "sasl_password" in kafka else ""
+    print(f"kafka        {kafka['bootstrap_servers']} ({kafka['security_protocol']}{sasl})")
     budget, used = report["shm"]["budget_bytes"], report["shm"]["used_bytes"]
     print(f"shared mem   {format_size(used)} of a {format_size(budget)} budget (partition rings)")
     for bid, b in report["brokers"].items():

@@ -50,6 +50,7 @@ from engine.errors import (
     EngineTimeoutError,
     UnknownTopicError,
 )
+from engine.kafka.sasl import KafkaAuth, ensure_credential
 from engine.ring import Ring
 
 if TYPE_CHECKING:
@@ -123,13 +124,19 @@ class Daemon:
         cluster_config: dict[str, Any] | None = None,
         session_limits: SessionLimits | None = None,
         metrics_port: int | None = None,
+        kafka_port: int | None = None,
+        kafka_auth: KafkaAuth = KafkaAuth.SASL,
     ) -> None:
+        """``kafka_port``: broker N's Kafka listener takes port kafka_port + N - 1 (None:
+        any free port, the same across its restarts where it can)."""
         self.data_dir = data_dir
         self.broker_count = brokers
         #: The metrics' port: None takes the last run's where it is free (a Prometheus
         #: configured for it keeps finding it), else any; 0 any.
         self.metrics_port = metrics_port
         self.metrics: MetricsServer | None = None
+        self.kafka_port = kafka_port
+        self.kafka_auth = kafka_auth
         self.external_coordinator = coordinator
         self.cluster_config = cluster_config or {}
         # The built-in coordinator's tick and session timeout range (engine start's
@@ -169,6 +176,7 @@ class Daemon:
             for d in (dd.log_dir, dd.run_dir, dd.coordinator_dir):
                 make_private_dir(d)
             dd.ensure_secret()
+            ensure_credential(dd)  # the Kafka clients' (engine.kafka.sasl)
             write_private_file(dd.run_dir / "daemon.pid", f"{os.getpid()}\n".encode())
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -246,7 +254,9 @@ class Daemon:
                 )  # fmt: skip
             for broker_id in sorted(wanted):
                 argv = [py, "-m", "engine.broker", "--data-dir", str(dd.root)]
-                argv += ["--id", str(broker_id)]
+                argv += ["--id", str(broker_id), "--kafka-auth", self.kafka_auth.value]
+                if self.kafka_port is not None:
+                    argv += ["--kafka-port", str(self.kafka_port + broker_id - 1)]
                 if self.external_coordinator is not None:
                     argv += ["--coordinator", self.hosts]  # else: the data dir says where
                 child = Child(f"broker-{broker_id}", argv, dd.log_dir / f"broker-{broker_id}.log")
@@ -501,6 +511,8 @@ def start_background(
     cluster_config: dict[str, Any] | None = None,
     session_limits: SessionLimits | None = None,
     metrics_port: int | None = None,
+    kafka_port: int | None = None,
+    kafka_auth: KafkaAuth = KafkaAuth.SASL,
 ) -> dict[str, Any]:
     """Spawn the daemon detached and wait until it is ready; returns its runtime info."""
     probe = Daemon(data_dir, brokers, coordinator)
@@ -536,6 +548,9 @@ def start_background(
         argv += session_limits.argv()  # the same option names as engine start's
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
+    argv += ["--kafka-auth", kafka_auth.value]
+    if kafka_port is not None:
+        argv += ["--kafka-port", str(kafka_port)]
     try:
         proc = subprocess.Popen(
             argv,

@@ -34,6 +34,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── ClosedError                          the object was used after close()
     ├── RingPermissionError (PermissionError) a ring owned by another user or open to others
     ├── NativeError                          the C hot path reported an unexpected code
+    ├── KafkaProtocolError                   a Kafka-protocol request that does not decode
     └── CoordinationError                    a coordination recipe (engine.coordination) failed
         ├── InvalidNameError (ValueError)    a lock, election, service, config path or key name
         ├── NotJsonError (TypeError)         a config value or instance data JSON cannot hold
@@ -203,6 +204,11 @@ class RingPermissionError(EngineError, PermissionError):
 
 class NativeError(EngineError):
     """The C hot path returned a code the Python side did not expect."""
+
+
+class KafkaProtocolError(EngineError):
+    """A request on the Kafka listener does not decode (engine.kafka.codec): the
+    connection it came on is closed, as Kafka closes it."""
 
 
 class CoordinationError(EngineError):

@@ -166,6 +166,10 @@ RECORD_INFO_DTYPE = np.dtype(
 assert RECORD_INFO_DTYPE.itemsize == ffi.sizeof("engine_record_info_t")
 
 
+#: Kafka's compression codecs by the low 3 bits of a batch's attributes.
+_CODECS = {1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
 class RecordDecoder:
     """Turns a buffer of whole batches into Records; one per consumer thread."""
 
@@ -195,6 +199,15 @@ class RecordDecoder:
         )  # fmt: skip
         n = int(self._count[0])
         if code == 2 and n == 0:
+            at = int(self._consumed[0])
+            codec = data[at + 22] & 0x07 if len(data) > at + 22 else 0  # attributes' low byte
+            if codec:
+                raise CorruptRecordError(
+                    f"a {_CODECS.get(codec, f'codec {codec}')}-compressed record batch (a Kafka "
+                    "client's, stored as it came): the engine's Consumer does not decompress "
+                    "yet; Kafka clients read it through the Kafka listener: "
+                    f"topic={topic} partition={partition} offset>={min_offset}"
+                )
             raise CorruptRecordError(
                 f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"
             )

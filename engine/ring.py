@@ -461,6 +461,16 @@ class Ring:
             )
         )  # fmt: skip
 
+    def append_client(self, fields: Any, batch: Any, timeout_ms: int) -> int:
+        """Append a Kafka client's batch as it came (engine_ring_append_client): its
+        base offset, or minus a ring code. ``batch`` is one whole magic-2 batch whose
+        CRC the caller checked."""
+        return int(
+            lib.engine_ring_append_client(
+                self._ptr(), fields, ffi.from_buffer(batch), len(batch), timeout_ms * 1_000_000
+            )
+        )
+
     def append_batch(
         self,
         fields: Any,

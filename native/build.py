@@ -117,6 +117,8 @@ int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t 
                                    const uint8_t *records, uint64_t length, int32_t count,
                                    int64_t base_timestamp, int64_t max_timestamp,
                                    int64_t timeout_ns);
+int64_t engine_ring_append_client(void *region, const engine_producer_fields_t *fields,
+                                  const uint8_t *batch, uint64_t length, int64_t timeout_ns);
 int engine_route_append_keyed(engine_route_t *route, int64_t timestamp_ms, int32_t count,
                               const char *keys, int32_t key_stride,
                               const char *values, int32_t value_stride,

@@ -428,6 +428,39 @@ int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t 
     return code == ENGINE_RING_OK ? offset : -code;
 }
 
+int64_t engine_ring_append_client(void *region, const engine_producer_fields_t *fields,
+                                  const uint8_t *batch, uint64_t length, int64_t timeout_ns) {
+    struct engine_ring_header *h = header_of(region);
+    engine_producer_fields_t pf;
+    int code = check_fields(h, fields, &pf);
+    if (code != ENGINE_RING_OK) return -code;
+    if (length < ENGINE_BATCH_HEADER_LENGTH ||
+        (uint64_t)get_be32(batch + ENGINE_BATCH_LENGTH_OFFSET) + ENGINE_BATCH_LENGTH_OVERHEAD !=
+            length)
+        return -ENGINE_RING_BAD_ARGUMENT;
+    int32_t last_delta = (int32_t)get_be32(batch + ENGINE_BATCH_LAST_OFFSET_DELTA_OFFSET);
+    if (last_delta < 0) return -ENGINE_RING_BAD_ARGUMENT;
+    size_t frame_length = ENGINE_FRAME_HEADER_LENGTH + length;
+    if (frame_length > h->max_frame_length) return -ENGINE_RING_TOO_LARGE;
+    /* The fencing table judges the batch's own producer. */
+    pf.producer_id = (int64_t)get_be64(batch + ENGINE_BATCH_PRODUCER_ID_OFFSET);
+    pf.producer_epoch = (int16_t)get_be16(batch + ENGINE_BATCH_PRODUCER_EPOCH_OFFSET);
+    struct engine_frame_header *f;
+    uint64_t position;
+    int64_t offset, deadline = 0;
+    code = claim(region, (uint32_t)frame_length, (uint32_t)last_delta + 1, timeout_ns, &deadline,
+                 0, &f, &position, &offset);
+    if (code != ENGINE_RING_OK) return -code;
+    if (fenced_after_claim(region, &pf, f, position)) return -ENGINE_RING_PRODUCER_FENCED;
+    uint8_t *out = (uint8_t *)f + ENGINE_FRAME_HEADER_LENGTH;
+    memcpy(out, batch, length);
+    /* Neither field is covered by the CRC (it starts at the attributes). */
+    put_be64(out + ENGINE_BATCH_BASE_OFFSET_OFFSET, (uint64_t)offset);
+    put_be32(out + ENGINE_BATCH_LEADER_EPOCH_OFFSET, (uint32_t)pf.leader_epoch);
+    code = publish(region, f, position);
+    return code == ENGINE_RING_OK ? offset : -code;
+}
+
 /* Records appended in partition order (engine_route_append_keyed) are gathered
  * from all over the caller's arrays, which the hardware prefetcher cannot follow:
  * the values this many records ahead are prefetched. */

@@ -409,6 +409,18 @@ int64_t engine_ring_append_encoded(void *region, const engine_producer_fields_t 
                                    int64_t base_timestamp, int64_t max_timestamp,
                                    int64_t timeout_ns);
 
+/* Append a Kafka client's batch (the listener's Produce) as it came, compressed or
+ * not: the claim gives its base offset (last_offset_delta + 1 offsets) and the ring
+ * its partition leader epoch, both written over the client's; the bytes the CRC
+ * covers (from the attributes on) are not touched, so its CRC stays valid. The
+ * caller has checked it (one whole magic-2 batch, its CRC). fields: the leader epoch
+ * expected (-1: any) and min_insync, as for every append; the producer id and epoch
+ * the fencing table judges are the batch's own. Waits up to timeout_ns for space.
+ * Returns the base offset, or minus a ring code (BAD_ARGUMENT: length is not the
+ * batch's own, or a negative last_offset_delta). */
+int64_t engine_ring_append_client(void *region, const engine_producer_fields_t *fields,
+                                  const uint8_t *batch, uint64_t length, int64_t timeout_ns);
+
 /* Append count records in as few batches as max_frame_length allows.
  * values: value_lengths == NULL means every value is value_stride bytes,
  * back to back (a numpy array of fixed-size records); else values are packed

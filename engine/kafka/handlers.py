@@ -1,0 +1,446 @@
+"""What the listener answers to each API: decoded request in, response fields out.
+
+One method per API (SaslHandshake and SaslAuthenticate live with the connection's
+state, in engine.kafka.listener). Requests and responses are the dicts of
+engine.kafka.codec; partitions are reached through the connection's
+engine.kafka.partitions handles; cluster metadata comes from the coordinator's tree
+through the broker's own session.
+
+- Metadata: the brokers that registered a Kafka endpoint of this listener's security
+  protocol, the topics (all, or those asked; an unknown one is created when the
+  cluster allows auto-creation and the request does), each partition's leader, leader
+  epoch, replicas and ISR; a partition whose leader has no endpoint is
+  LEADER_NOT_AVAILABLE. The cluster id is ``engine-<data dir namespace>``.
+- Produce: each partition's one batch through PartitionHandle.append; acks=0 gets no
+  response (the listener closes the connection when it failed).
+- Fetch: full fetches only (the session id is always 0, so clients never send
+  incremental ones); each partition from its fetch offset up to partition_max_bytes,
+  the whole response up to max_bytes (the first batch always, as KIP-74); with nothing
+  to send, the fetch waits on the rings for up to max_wait_ms.
+- ListOffsets: -1 the high watermark, -2 the log start, a timestamp the first record at
+  or after it (a walk over the batches from the log start).
+- FindCoordinator: COORDINATOR_NOT_AVAILABLE for every key (groups and transactions
+  are not served yet).
+- InitProducerId: a new producer id from the cluster's allocator (the engine's own
+  producers take theirs from the same), epoch 0; a known id with its epoch (KIP-360's
+  bump) gets the next epoch. Transactional ids are not served yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from engine import metadata as md
+from engine import transaction as txn
+from engine.config import validate_topic_name
+from engine.datadir import DataDir
+from engine.errors import EngineError, InvalidTopicError, TopicExistsError, UnknownTopicError
+from engine.kafka.error_codes import ErrorCode
+from engine.kafka.partitions import PartitionHandle, PartitionHandles, ProducerStates
+from engine.kafka.schemas import APIS
+from engine.record_batch import decode_record_infos, scan_batches
+from engine.ring import wait_any
+
+log = logging.getLogger("engine.kafka")
+
+LATEST = -1
+EARLIEST = -2
+#: How long a fetch waits on the rings at a time, so that a stopping listener is seen.
+FETCH_WAIT_SLICE_S = 0.5
+#: What a ListOffsets walk reads at a time.
+SCAN_CHUNK = 1 << 20
+MAX_EPOCH = 32767
+
+
+@dataclass(frozen=True)
+class BrokerSide:
+    """What the handlers need of the broker process they run in."""
+
+    broker_id: int
+    data_dir: DataDir
+    zk: KazooClient
+    security_protocol: str
+    #: The partitions this broker leads now (engine.kafka.partitions.Leaderships).
+    leaderships: Callable[[], Any]
+
+
+def endpoint_of(registration: dict[str, Any], listener: str) -> tuple[str, int] | None:
+    """(host, port) of the ``listener`` endpoint in a broker registration, if any."""
+    for item in registration.get("endpoints") or ():
+        name, sep, address = str(item).partition("://")
+        if sep and name == listener:
+            host, _, port = address.rpartition(":")
+            try:
+                return host, int(port)
+            except ValueError:
+                return None
+    return None
+
+
+class Handlers:
+    """The listener's answers (module docstring). Any connection thread may call."""
+
+    def __init__(self, broker: BrokerSide, stopping: Callable[[], bool]) -> None:
+        self.broker = broker
+        self.states = ProducerStates()
+        self._stopping = stopping
+        self.cluster_id = f"engine-{broker.data_dir.namespace}"
+
+    # -- ApiVersions -----------------------------------------------------------
+
+    @staticmethod
+    def api_versions(error: ErrorCode = ErrorCode.NONE) -> dict[str, Any]:
+        return {
+            "error_code": error,
+            "api_keys": [
+                {"api_key": api.key, "min_version": api.min_version, "max_version": api.max_version}
+                for api in sorted(APIS.values(), key=lambda a: a.key)
+            ],
+        }
+
+    # -- Metadata --------------------------------------------------------------
+
+    def brokers(self) -> list[dict[str, Any]]:
+        """The brokers with an endpoint of this listener's protocol, by id."""
+        out = []
+        for broker_id, registration in sorted(md.live_brokers(self.broker.zk).items()):
+            found = endpoint_of(registration, self.broker.security_protocol)
+            if found is not None:
+                out.append({"node_id": broker_id, "host": found[0], "port": found[1]})
+        return out
+
+    def metadata(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
+        zk = self.broker.zk
+        brokers = self.brokers()
+        live = {b["node_id"] for b in brokers}
+        asked = request["topics"]
+        names: list[str | None]
+        if asked is None or (version == 0 and not asked):
+            names = list(md.list_topics(zk))
+        else:
+            by_id: dict[bytes, str] | None = None
+            names = []
+            for t in asked:
+                if t["name"] is None:  # v10+: asked by topic id
+                    if by_id is None:
+                        by_id = self._topics_by_id()
+                    names.append(by_id.get(t["topic_id"]))
+                else:
+                    names.append(t["name"])
+        controller = md.controller_id(zk)
+        return {
+            "brokers": brokers,
+            "cluster_id": self.cluster_id,
+            "controller_id": controller if controller in live else -1,
+            "topics": [
+                self._topic_metadata(name, live, request["allow_auto_topic_creation"])
+                for name in names
+            ],
+        }
+
+    def _topics_by_id(self) -> dict[bytes, str]:
+        out = {}
+        for name in md.list_topics(self.broker.zk):
+            try:
+                out[bytes.fromhex(md.read_topic(self.broker.zk, name).assignment.topic_id)] = name
+            except (UnknownTopicError, ValueError):
+                continue
+        return out
+
+    def _topic_metadata(self, name: str | None, live: set[int], create: bool) -> dict[str, Any]:
+        zk = self.broker.zk
+        if name is None:
+            return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": None}
+        try:
+            validate_topic_name(name)
+            meta = md.read_topic(zk, name)
+            if name in md.topics_being_deleted(zk):
+                raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
+        except InvalidTopicError:
+            return {"error_code": ErrorCode.INVALID_TOPIC_EXCEPTION, "name": name}
+        except UnknownTopicError:
+            if create and self._auto_create(name):
+                return {"error_code": ErrorCode.LEADER_NOT_AVAILABLE, "name": name}
+            return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
+        partitions = []
+        for p, replicas in sorted(meta.assignment.replicas.items()):
+            state = meta.states.get(p)
+            entry: dict[str, Any] = {
+                "partition_index": p,
+                "replica_nodes": list(replicas),
+                "offline_replicas": [b for b in replicas if b not in live],
+            }
+            if state is None or state.leader not in live:
+                entry |= {
+                    "error_code": ErrorCode.LEADER_NOT_AVAILABLE,
+                    "leader_id": -1,
+                    "isr_nodes": list(state.isr) if state else [],
+                }
+            else:
+                entry |= {
+                    "leader_id": state.leader,
+                    "leader_epoch": state.leader_epoch,
+                    "isr_nodes": list(state.isr),
+                }
+            partitions.append(entry)
+        return {
+            "name": name,
+            "topic_id": bytes.fromhex(meta.assignment.topic_id),
+            "partitions": partitions,
+        }
+
+    def _auto_create(self, name: str) -> bool:
+        """Create the topic when the cluster allows auto-creation (Kafka's
+        auto.create.topics.enable); whether it did (or someone else just had)."""
+        defaults = md.read_cluster_config(self.broker.zk)
+        if not defaults.get("auto.create.topics.enable"):
+            return False
+        try:
+            md.create_topic(self.broker.zk, name, int(defaults["num.partitions"]), 1, None)
+            log.info("created topic %r for a Kafka client (auto.create.topics.enable)", name)
+        except TopicExistsError:
+            pass
+        except EngineError as exc:
+            log.warning("could not auto-create topic %r for a Kafka client: %s", name, exc)
+            return False
+        return True
+
+    def _missing(self, topic: str, partition: int) -> ErrorCode:
+        """The error for a partition this broker does not lead: unknown, or led elsewhere."""
+        try:
+            validate_topic_name(topic)
+            meta = md.read_topic(self.broker.zk, topic)
+        except (UnknownTopicError, InvalidTopicError):
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        if partition not in meta.assignment.replicas:
+            return ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER
+
+    @staticmethod
+    def _epoch_error(handle: PartitionHandle, asked: int) -> ErrorCode | None:
+        """A request's current_leader_epoch against this leadership's (-1: not asked)."""
+        ours = handle.leadership.leader_epoch
+        if asked < 0 or asked == ours:
+            return None
+        return ErrorCode.FENCED_LEADER_EPOCH if asked < ours else ErrorCode.UNKNOWN_LEADER_EPOCH
+
+    # -- Produce ---------------------------------------------------------------
+
+    def produce(
+        self, handles: PartitionHandles, version: int, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        acks, timeout_ms = request["acks"], request["timeout_ms"]
+        responses = []
+        for topic in request["topic_data"]:
+            name = topic["name"]
+            answers = []
+            for p in topic["partition_data"]:
+                index = p["index"]
+                answer: dict[str, Any] = {"index": index, "base_offset": -1}
+                if acks not in (0, 1, -1):
+                    answer["error_code"] = ErrorCode.INVALID_REQUIRED_ACKS
+                    answers.append(answer)
+                    continue
+                handle = handles.get(name, index)
+                if handle is None:
+                    answer["error_code"] = self._missing(name, index)
+                    answers.append(answer)
+                    continue
+                done = handle.append(p["records"], acks, timeout_ms, self.states)
+                answer |= {
+                    "error_code": done.error,
+                    "base_offset": done.base_offset,
+                    "error_message": done.message,
+                }
+                if done.error is not ErrorCode.NONE:
+                    log.debug(
+                        "produce to %s-%d refused: %s (%s)",
+                        name,
+                        index,
+                        done.error.name,
+                        done.message,
+                    )
+                answers.append(answer)
+            responses.append({"name": name, "partition_responses": answers})
+        return {"responses": responses}
+
+    @staticmethod
+    def failed(produced: dict[str, Any]) -> bool:
+        """Whether a Produce response carries an error (acks=0: the connection closes)."""
+        return any(
+            p["error_code"] != ErrorCode.NONE
+            for t in produced["responses"]
+            for p in t["partition_responses"]
+        )
+
+    # -- Fetch -----------------------------------------------------------------
+
+    def fetch(
+        self, handles: PartitionHandles, version: int, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + max(request["max_wait_ms"], 0) / 1000
+        while True:
+            responses, total, waits = self._fetch_once(handles, request)
+            left = deadline - time.monotonic()
+            if total or not waits or left <= 0 or self._stopping():
+                return {"session_id": 0, "responses": responses}
+            wait_any(waits, min(left, FETCH_WAIT_SLICE_S))
+
+    def _fetch_once(
+        self, handles: PartitionHandles, request: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], int, list[Any]]:
+        """One pass over the partitions asked: the responses, the bytes they carry, and
+        what to wait on when they carry none (empty when an error must go out now)."""
+        budget = request["max_bytes"]
+        total = 0
+        waits: list[Any] = []
+        failed = False
+        responses = []
+        for topic in request["topics"]:
+            name = topic["topic"]
+            answers = []
+            for p in topic["partitions"]:
+                index, offset = p["partition"], p["fetch_offset"]
+                answer: dict[str, Any] = {
+                    "partition_index": index,
+                    "high_watermark": -1,
+                    "records": b"",
+                }
+                answers.append(answer)
+                handle = handles.get(name, index)
+                error = self._missing(name, index) if handle is None else None
+                if handle is not None:
+                    error = self._epoch_error(handle, p["current_leader_epoch"])
+                if handle is None or error is not None:
+                    answer["error_code"] = error
+                    failed = True
+                    continue
+                room = (
+                    p["partition_max_bytes"]
+                    if not total
+                    else min(p["partition_max_bytes"], budget - total)
+                )
+                if room <= 0:  # the response is full: its offsets only
+                    start, high_watermark = handle.offsets()
+                    answer |= {
+                        "high_watermark": high_watermark,
+                        "last_stable_offset": high_watermark,
+                        "log_start_offset": start,
+                    }
+                    continue
+                got = handle.read(offset, room)
+                answer |= {
+                    "error_code": got.error,
+                    "high_watermark": got.high_watermark,
+                    "last_stable_offset": got.high_watermark,
+                    "log_start_offset": got.log_start_offset,
+                    "records": got.records,
+                }
+                if got.error is not ErrorCode.NONE:
+                    failed = True
+                    continue
+                total += len(got.records)
+                if not got.records:
+                    cursor = handle.wait_target(offset)
+                    if cursor is not None:
+                        waits.append((handle.ring, cursor))
+            responses.append({"topic": name, "partitions": answers})
+        return responses, total, [] if failed else waits
+
+    # -- ListOffsets -----------------------------------------------------------
+
+    def list_offsets(
+        self, handles: PartitionHandles, version: int, request: dict[str, Any]
+    ) -> dict[str, Any]:
+        topics = []
+        for topic in request["topics"]:
+            name = topic["name"]
+            answers = []
+            for p in topic["partitions"]:
+                index, asked = p["partition_index"], p["timestamp"]
+                answer: dict[str, Any] = {"partition_index": index}
+                answers.append(answer)
+                handle = handles.get(name, index)
+                error = self._missing(name, index) if handle is None else None
+                if handle is not None:
+                    error = self._epoch_error(handle, p["current_leader_epoch"])
+                if handle is None or error is not None:
+                    answer["error_code"] = error
+                    continue
+                answer["leader_epoch"] = handle.leadership.leader_epoch
+                start, high_watermark = handle.offsets()
+                if asked == LATEST:
+                    answer["offset"] = high_watermark
+                elif asked == EARLIEST:
+                    answer["offset"] = start
+                elif asked >= 0:
+                    found = self._offset_for_time(handle, start, asked)
+                    if found is not None:
+                        answer["offset"], answer["timestamp"] = found
+                else:
+                    answer["error_code"] = ErrorCode.INVALID_REQUEST
+            topics.append({"name": name, "partitions": answers})
+        return {"topics": topics}
+
+    @staticmethod
+    def _offset_for_time(handle: PartitionHandle, start: int, ts: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record at or after ``ts``: a walk over the
+        batches, skipping those whose max timestamp is older. In a compressed batch, whose
+        records the broker does not open, the batch's first offset and max timestamp."""
+        offset = start
+        while True:
+            got = handle.read(offset, SCAN_CHUNK)
+            if got.error is not ErrorCode.NONE or not got.records:
+                return None
+            infos, _, _ = scan_batches(got.records, verify_crc=False)
+            if not len(infos):
+                return None
+            for info in infos:
+                last = int(info["last_offset"])
+                if last < offset or int(info["max_timestamp"]) < ts:
+                    continue
+                if int(info["attributes"]) & 0x07:
+                    return max(int(info["base_offset"]), offset), int(info["max_timestamp"])
+                at = int(info["position"])
+                records = decode_record_infos(got.records[at : at + int(info["length"])], offset)
+                hits = records[records["timestamp"] >= ts] if len(records) else records
+                if len(hits):
+                    first = hits[0]
+                    return int(first["offset"]), int(first["timestamp"])
+            offset = int(infos["last_offset"][-1]) + 1
+
+    # -- FindCoordinator -------------------------------------------------------
+
+    @staticmethod
+    def find_coordinator(version: int, request: dict[str, Any]) -> dict[str, Any]:
+        """COORDINATOR_NOT_AVAILABLE for every key (engine.kafka.schemas.groups)."""
+        unavailable = {
+            "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE,
+            "error_message": "groups and transactions are not served on this listener yet",
+            "node_id": -1,
+            "host": "",
+            "port": -1,
+        }
+        if version < 4:
+            return unavailable
+        return {"coordinators": [unavailable | {"key": k} for k in request["coordinator_keys"]]}
+
+    # -- InitProducerId --------------------------------------------------------
+
+    def init_producer_id(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
+        if request["transactional_id"] is not None:
+            return {
+                "error_code": ErrorCode.INVALID_REQUEST,
+                "producer_id": -1,
+                "producer_epoch": -1,
+            }
+        producer_id, epoch = request["producer_id"], request["producer_epoch"]
+        if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
+            return {"producer_id": producer_id, "producer_epoch": epoch + 1}
+        return {"producer_id": txn.allocate_producer_id(self.broker.zk), "producer_epoch": 0}
