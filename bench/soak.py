@@ -720,7 +720,7 @@ class Soak:
         if dead:
             return f"{', '.join(sorted(dead))} to be restarted"
         cluster = admin.describe_cluster()
-        registered = {b: int(i.get("pid", 0)) for b, i in cluster["brokers"].items()}
+        registered = {b: int(i.get("pid", 0)) for b, i in cluster["registrations"].items()}
         unregistered = [
             b for b in range(1, BROKERS + 1) if registered.get(b) != processes.get(f"broker-{b}")
         ]

@@ -423,10 +423,10 @@ class Admin:
 
     def describe_cluster(self) -> dict[str, Any]:
         """kafka-python's keys: ``cluster_id``, ``controller_id`` (None while there is
-        none) and ``brokers``, one dict per live broker (``node_id``, ``host``, ``port``:
-        -1, the brokers listen on no socket; ``rack``: None). Also ``coordinator`` (its
-        address), ``controller`` (= controller_id) and ``registrations`` (each broker's
-        registration by id: pid, log dir)."""
+        none) and ``brokers``, one dict per live broker (``node_id``, ``host`` and
+        ``port`` of its Kafka listener, from its registration's endpoints; ``rack``:
+        None). Also ``coordinator`` (its address), ``controller`` (= controller_id) and
+        ``registrations`` (each broker's registration by id: pid, log dir)."""
         zk = self._cluster.zk
         live = md.live_brokers(zk)
         controller = md.controller_id(zk)
@@ -434,12 +434,7 @@ class Admin:
             "cluster_id": md.cluster_id(zk),
             "controller_id": controller,
             "brokers": [
-                {
-                    "node_id": broker,
-                    "host": info.get("host", "127.0.0.1"),
-                    "port": info.get("port", -1),
-                    "rack": None,
-                }
+                {"node_id": broker, **_kafka_address(info), "rack": None}
                 for broker, info in sorted(live.items())
             ],
             "coordinator": self._cluster.data_dir.coordinator_hosts(),
@@ -468,3 +463,16 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kafka_address(registration: dict[str, Any]) -> dict[str, Any]:
+    """``host`` and ``port`` of a broker's Kafka listener: its registration's first
+    endpoint (``SASL_PLAINTEXT://127.0.0.1:9092``; Kafka's host and port fields name a
+    PLAINTEXT listener only), else those fields (127.0.0.1 and -1 without a listener)."""
+    for endpoint in registration.get("endpoints") or ():
+        _, _, address = str(endpoint).partition("://")
+        host, _, port = address.rpartition(":")
+        if host and port.isdigit():
+            return {"host": host, "port": int(port)}
+    return {"host": registration.get("host") or "127.0.0.1",
+            "port": registration.get("port", -1)}  # fmt: skip

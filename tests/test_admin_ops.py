@@ -450,6 +450,7 @@ def test_describe_cluster_gives_kafka_pythons_keys_and_a_stable_cluster_id(
     described = admin.describe_cluster()
     assert [b["node_id"] for b in described["brokers"]] == [1, 2]
     assert all(b["host"] == "127.0.0.1" and b["rack"] is None for b in described["brokers"])
+    assert all(0 < b["port"] < 65536 for b in described["brokers"])  # its Kafka listener
     assert described["controller_id"] in (1, 2)
     assert described["controller_id"] == described["controller"]
     cluster_id = described["cluster_id"]

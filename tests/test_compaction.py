@@ -246,20 +246,21 @@ def test_nothing_above_the_committed_offset_is_cleaned(log: Log) -> None:
 
 
 def test_tombstones_stay_for_delete_retention_ms_then_go(log: Log) -> None:
+    now = int(time.time() * 1000)  # the segment's mtime is its clock: now, not at import
     log.append(record(0, b"gone", b"1"))
     log.append(record(1, b"kept", b"2"))
     log.append(record(2, b"gone", None))  # the tombstone
     fill(log, 100, keys=5, start=3)
     cleaner = LogCleaner(log)
-    assert cleaner.clean(NOW, force=True) is not None
+    assert cleaner.clean(now, force=True) is not None
     _, rows = read_log(Path(log.directory))
     assert (2, b"gone", None) in rows and (0, b"gone", b"1") not in rows
     assert (1, b"kept", b"2") in rows
     # It comes due delete.retention.ms after its segment was written (just now).
     assert cleaner.next_due_ms is not None
-    assert NOW + 60_000 <= cleaner.next_due_ms < NOW + 120_000
-    assert cleaner.clean(NOW + 59_000) is None  # not due, nothing dirty
-    assert cleaner.clean(NOW + 120_000) is not None  # due: no need to force
+    assert now + 60_000 <= cleaner.next_due_ms < now + 120_000
+    assert cleaner.clean(now + 59_000) is None  # not due, nothing dirty
+    assert cleaner.clean(now + 120_000) is not None  # due: no need to force
     _, rows = read_log(Path(log.directory))
     assert all(key != b"gone" for _, key, _ in rows)
     assert (1, b"kept", b"2") in rows
