@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -21,6 +22,15 @@ from engine import Producer
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ROWS, COLUMNS = 50, 160
+
+
+def _as_from_a_shell() -> None:
+    """In the child, before exec: the pty becomes its controlling terminal (Ctrl-C there
+    sends it SIGINT), and SIGINT is at its default as a shell leaves it. A child inherits
+    an ignored SIGINT, and Python then keeps ignoring it: some test before this one left
+    the test process ignoring it, and Ctrl-C then did nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 class Terminal:
@@ -39,8 +49,7 @@ class Terminal:
             stderr=slave,
             env=env,
             start_new_session=True,
-            # The pty becomes its controlling terminal: Ctrl-C there sends it SIGINT.
-            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+            preexec_fn=_as_from_a_shell,
         )
         os.close(slave)
         self.master = master
