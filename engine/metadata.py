@@ -789,6 +789,19 @@ def alter_topic_config(
         return full
 
 
+def _read_for_change(client: KazooClient, name: str) -> tuple[Any, bytes, Any, bytes]:
+    """What a change to a topic's partitions reads first: the Stat of TOPIC_CREATIONS
+    (whose version the change's transaction checks), the topic's assignment with its
+    Stat, and its config. UnknownTopicError when the topic is gone."""
+    _, creations = client.get(TOPIC_CREATIONS)
+    try:
+        tdata, tstat = client.get(topic_path(name))
+        cdata, _ = client.get(config_path(name))
+    except NoNodeError:
+        raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+    return creations, tdata, tstat, cdata
+
+
 def create_partitions(client: KazooClient, name: str, total_count: int) -> TopicAssignment:
     """Add partitions to a topic, up to ``total_count`` in all (Kafka's CreatePartitions:
     the count only grows). Each new partition gets as many replicas as the topic's first
@@ -805,12 +818,7 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
         raise ConfigError(f"partition count must be an int: total_count={total_count!r}")
     client.ensure_path(TOPIC_CREATIONS)
     while True:
-        _, creations = client.get(TOPIC_CREATIONS)
-        try:
-            tdata, tstat = client.get(topic_path(name))
-            cdata, _ = client.get(config_path(name))
-        except NoNodeError:
-            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        creations, tdata, tstat, cdata = _read_for_change(client, name)
         if client.exists(f"{DELETE_TOPICS}/{name}"):
             raise UnknownTopicError(f"topic is being deleted: topic={name!r}")
         assignment = TopicAssignment.from_json(name, decode(tdata))
@@ -938,12 +946,7 @@ def reassign_partitions(
     validate_topic_name(name)
     client.ensure_path(TOPIC_CREATIONS)
     while True:
-        _, creations = client.get(TOPIC_CREATIONS)
-        try:
-            tdata, tstat = client.get(topic_path(name))
-            cdata, _ = client.get(config_path(name))
-        except NoNodeError:
-            raise UnknownTopicError(f"unknown topic: topic={name!r}") from None
+        creations, tdata, tstat, cdata = _read_for_change(client, name)
         assignment = TopicAssignment.from_json(name, decode(tdata))
         live = set(live_brokers(client))
         replicas = dict(assignment.replicas)
