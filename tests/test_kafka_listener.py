@@ -489,6 +489,31 @@ def test_unsupported_versions_and_apis_are_answered_not_dropped(open_daemon: Dae
         conn.close()
 
 
+def test_find_coordinator_names_a_live_broker_for_groups_and_transactions(
+    open_daemon: Daemon,
+) -> None:
+    address = kafka_settings(open_daemon)["bootstrap_servers"]
+    host, _, port = address.rpartition(":")
+    conn = Raw(address)
+    try:
+        for key_type in (0, 1):  # a group, a transactional id
+            old = conn.request(schemas.FIND_COORDINATOR, 3, {"key": "g", "key_type": key_type})
+            assert old is not None and old["error_code"] == 0
+            assert (old["node_id"], old["host"], old["port"]) == (1, host, int(port))
+            batched = conn.request(
+                schemas.FIND_COORDINATOR, 4, {"key_type": key_type, "coordinator_keys": ["a", "b"]}
+            )
+            assert batched is not None
+            assert [(c["key"], c["error_code"], c["node_id"]) for c in batched["coordinators"]] == [
+                ("a", 0, 1),
+                ("b", 0, 1),
+            ]
+        unknown = conn.request(schemas.FIND_COORDINATOR, 3, {"key": "g", "key_type": 7})
+        assert unknown is not None and unknown["error_code"] == ErrorCode.INVALID_REQUEST
+    finally:
+        conn.close()
+
+
 def test_an_idempotent_retry_is_answered_with_its_first_offset_and_not_written_again(
     open_daemon: Daemon,
 ) -> None:

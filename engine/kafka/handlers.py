@@ -19,8 +19,8 @@ through the broker's own session.
   to send, the fetch waits on the rings for up to max_wait_ms.
 - ListOffsets: -1 the high watermark, -2 the log start, a timestamp the first record at
   or after it (a walk over the batches from the log start).
-- FindCoordinator: COORDINATOR_NOT_AVAILABLE for every key (groups and transactions
-  are not served yet).
+- FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
+  CRC-32 (groups: key type 0; transactional ids: key type 1).
 - InitProducerId: a new producer id from the cluster's allocator (the engine's own
   producers take theirs from the same), epoch 0; a known id with its epoch (KIP-360's
   bump) gets the next epoch. Transactional ids are not served yet.
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,9 @@ FETCH_WAIT_SLICE_S = 0.5
 #: What a ListOffsets walk reads at a time.
 SCAN_CHUNK = 1 << 20
 MAX_EPOCH = 32767
+#: FindCoordinator's key types.
+COORDINATOR_GROUP = 0
+COORDINATOR_TRANSACTION = 1
 
 
 @dataclass(frozen=True)
@@ -417,19 +421,42 @@ class Handlers:
 
     # -- FindCoordinator -------------------------------------------------------
 
-    @staticmethod
-    def find_coordinator(version: int, request: dict[str, Any]) -> dict[str, Any]:
-        """COORDINATOR_NOT_AVAILABLE for every key (engine.kafka.schemas.groups)."""
-        unavailable = {
-            "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE,
-            "error_message": "groups and transactions are not served on this listener yet",
-            "node_id": -1,
-            "host": "",
-            "port": -1,
-        }
+    def coordinator(self, key: str) -> dict[str, Any] | None:
+        """The broker that coordinates ``key`` (a group id or a transactional id): the
+        live brokers with an endpoint of this listener's protocol, in id order, picked by
+        the key's CRC-32, as Kafka picks the partition of its internal topics. None
+        without such a broker. The same on every broker while the live set holds; when a
+        broker comes or goes, clients asking again find the new one (NOT_COORDINATOR)."""
+        brokers = self.brokers()
+        if not brokers:
+            return None
+        return brokers[zlib.crc32(key.encode()) % len(brokers)]
+
+    def is_coordinator(self, key: str) -> bool:
+        found = self.coordinator(key)
+        return found is not None and found["node_id"] == self.broker.broker_id
+
+    def find_coordinator(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
+        """Each key's coordinator (:meth:`coordinator`); key type 0 is a group, 1 a
+        transactional id; any other type is INVALID_REQUEST."""
         if version < 4:
-            return unavailable
-        return {"coordinators": [unavailable | {"key": k} for k in request["coordinator_keys"]]}
+            return self._coordinator_of(request["key"], request["key_type"])
+        return {
+            "coordinators": [
+                {"key": k} | self._coordinator_of(k, request["key_type"])
+                for k in request["coordinator_keys"]
+            ]
+        }
+
+    def _coordinator_of(self, key: str, key_type: int) -> dict[str, Any]:
+        if key_type not in (COORDINATOR_GROUP, COORDINATOR_TRANSACTION):
+            return _no_coordinator(ErrorCode.INVALID_REQUEST, f"unknown key type {key_type}")
+        found = self.coordinator(key)
+        if found is None:
+            return _no_coordinator(
+                ErrorCode.COORDINATOR_NOT_AVAILABLE, "no live broker has this listener"
+            )
+        return {"error_code": ErrorCode.NONE, "error_message": None} | found
 
     # -- InitProducerId --------------------------------------------------------
 
@@ -444,3 +471,7 @@ class Handlers:
         if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
             return {"producer_id": producer_id, "producer_epoch": epoch + 1}
         return {"producer_id": txn.allocate_producer_id(self.broker.zk), "producer_epoch": 0}
+
+
+def _no_coordinator(error: ErrorCode, message: str) -> dict[str, Any]:
+    return {"error_code": error, "error_message": message, "node_id": -1, "host": "", "port": -1}

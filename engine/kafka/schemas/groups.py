@@ -1,9 +1,7 @@
 """FindCoordinator (FindCoordinatorRequest.json, FindCoordinatorResponse.json).
 
-Served so that clients know this listener is a broker of a Kafka version with group
-coordinators (librdkafka compresses with LZ4 only for brokers that list it), and
-answered COORDINATOR_NOT_AVAILABLE for every key: consumer groups and transactions
-through Kafka's protocol are not served yet."""
+Key type 0 is a group id, 1 a transactional id (v0 has no key type: a group); v4+
+asks for several keys at once (KIP-699)."""
 
 from __future__ import annotations
 
