@@ -9,6 +9,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── InvalidTopicError (ValueError)       a topic name breaks Kafka's naming rules
     ├── RecordTypeError (TypeError)          a value/key/header is not bytes-like
     ├── RecordTooLargeError (ValueError)     a record exceeds max.message.bytes
+    ├── InvalidRecordError (ValueError)      a record its topic cannot take (keyless, compacted)
     ├── UnknownTopicError                    the topic does not exist
     ├── TopicExistsError                     create_topic of an existing topic
     ├── PartitionOutOfRangeError (ValueError) partition number >= partition count
@@ -73,6 +74,11 @@ class RecordTypeError(EngineError, TypeError):
 
 class RecordTooLargeError(EngineError, ValueError):
     """A record (or batch) is larger than max.message.bytes; nothing was written."""
+
+
+class InvalidRecordError(EngineError, ValueError):
+    """A record its topic cannot take: a record without a key on a compacted topic
+    (Kafka's InvalidRecordException); nothing was written."""
 
 
 class UnknownTopicError(EngineError):

@@ -50,6 +50,7 @@ from engine.errors import (
     ClosedError,
     ConfigError,
     EngineError,
+    InvalidRecordError,
     PartitionOutOfRangeError,
     RecordTooLargeError,
     RecordTypeError,
@@ -246,6 +247,8 @@ class Producer:
             key = as_bytes("key", key)
         hbytes, hcount = encode_headers(headers) if headers else (b"", 0)
         route = self._metadata.route(topic)
+        if key is None and route.compacted:
+            raise _keyless(topic)
         vlen = -1 if value is None else len(value)
         klen = -1 if key is None else len(key)
         if max(vlen, 0) + max(klen, 0) + len(hbytes) > route.max_bytes - RECORD_OVERHEAD:
@@ -343,6 +346,8 @@ class Producer:
                 raise ConfigError(f"keys and values differ in length: keys={kcount} values={count}")
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else int(timestamp_ms)
         route = self._metadata.route(topic)
+        if keys is None and route.compacted and count:
+            raise _keyless(topic)
         largest = int(lengths.max()) if lengths is not None and count else stride
         if largest > route.max_bytes:
             raise RecordTooLargeError(
@@ -584,6 +589,13 @@ def _general_send(producer: Producer) -> Any:
         return Producer.send(p, *args, **kwargs)
 
     return send
+
+
+def _keyless(topic: str) -> InvalidRecordError:
+    return InvalidRecordError(
+        f"a record without a key cannot go to a compacted topic (cleanup.policy has "
+        f"'compact'); nothing was written: topic={topic!r}"
+    )
 
 
 # -- helpers for send_batch ----------------------------------------------------
