@@ -52,3 +52,4 @@ def topic(admin: Admin) -> Iterator[str]:
     yield name
     if name in admin.list_topics():
         admin.delete_topic(name)
+
