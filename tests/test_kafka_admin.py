@@ -10,10 +10,12 @@ One daemon with two brokers and SASL (the default) serves the module.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import uuid
 import warnings
 from collections.abc import Iterator
+from importlib import resources
 from typing import Any
 
 import confluent_kafka
@@ -40,7 +42,7 @@ from test_kafka_listener import (
 )
 
 from engine import Admin, Producer, TopicPartition
-from engine.kafka import schemas
+from engine.kafka import codec, schemas
 from engine.kafka.error_codes import ErrorCode
 from engine.kafka.leader_epochs import end_offset_for
 
@@ -404,6 +406,78 @@ def test_describe_cluster_lists_the_brokers_the_controller_and_the_cluster_id(
     assert found["cluster_id"] == described.cluster_id
     assert sorted(b["broker_id"] for b in found["brokers"]) == [1, 2]
     assert found["controller_id"] == described.controller.id
+    # Both clients fall back to Metadata where DescribeCluster is not served: ask it.
+    conn = raw(daemon)
+    try:
+        brokers = conn.request(schemas.DESCRIBE_CLUSTER, 1, {"endpoint_type": 1})
+        controllers = conn.request(schemas.DESCRIBE_CLUSTER, 1, {"endpoint_type": 2})
+    finally:
+        conn.close()
+    assert brokers is not None and brokers["error_code"] == ErrorCode.NONE
+    assert brokers["cluster_id"] == described.cluster_id
+    assert brokers["controller_id"] == described.controller.id
+    assert sorted(f"{b['host']}:{b['port']}" for b in brokers["brokers"]) == sorted(servers)
+    assert controllers is not None
+    assert controllers["error_code"] == ErrorCode.MISMATCHED_ENDPOINT_TYPE
+
+
+# -- the schemas against Kafka's message JSON ------------------------------------------
+
+ADMIN_APIS = (
+    schemas.CREATE_TOPICS, schemas.DELETE_TOPICS, schemas.CREATE_PARTITIONS,
+    schemas.DESCRIBE_CONFIGS, schemas.ALTER_CONFIGS, schemas.INCREMENTAL_ALTER_CONFIGS,
+    schemas.DELETE_RECORDS, schemas.DESCRIBE_CLUSTER, schemas.OFFSET_FOR_LEADER_EPOCH,
+)  # fmt: skip
+_SIMPLE = {t.value: t for t in codec.Type}
+
+
+def kafka_json(name: str) -> dict[str, Any]:
+    """apache/kafka's message JSON, as kafka-python ships it (its comments removed)."""
+    text = (resources.files("kafka.protocol.schemas") / "resources" / f"{name}.json").read_text()
+    parsed: dict[str, Any] = json.loads(re.sub(r"^\s*//.*$", "", text, flags=re.M))
+    return parsed
+
+
+def json_fields(fields: list[dict[str, Any]], version: int) -> list[tuple[Any, ...]]:
+    """(name, type, array, nullable, tag, children) of the fields present at ``version``."""
+    out = []
+    for f in fields:
+        if version not in codec.VersionRange.parse(f["versions"]):
+            continue
+        kind = f["type"].removeprefix("[]")
+        children = json_fields(f["fields"], version) if "fields" in f else None
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", f["name"]).lower()
+        nullable = version in codec.VersionRange.parse(f.get("nullableVersions", "none"))
+        out.append((name, _SIMPLE.get(kind), f["type"].startswith("[]"), nullable,
+                    f.get("tag"), children))  # fmt: skip
+    return out
+
+
+def our_fields(fields: tuple[codec.Field, ...], version: int) -> list[tuple[Any, ...]]:
+    out = []
+    for f in fields:
+        if version not in f.versions:
+            continue
+        struct = isinstance(f.type, tuple)
+        children = our_fields(f.type, version) if isinstance(f.type, tuple) else None
+        out.append((f.name, None if struct else f.type, f.array, version in f.nullable,
+                    f.tag, children))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("key", ADMIN_APIS)
+def test_admin_schemas_match_kafkas_message_json_at_every_version_served(key: int) -> None:
+    api = schemas.APIS[key]
+    for message in (api.request, api.response):
+        spec = kafka_json(message.name)
+        assert spec["apiKey"] == key
+        for version in range(api.min_version, api.max_version + 1):
+            assert message.is_flexible(version) == (
+                version in codec.VersionRange.parse(spec["flexibleVersions"])
+            )
+            assert our_fields(message.fields, version) == json_fields(spec["fields"], version), (
+                f"{message.name} v{version}"
+            )
 
 
 # -- OffsetForLeaderEpoch ---------------------------------------------------------------
