@@ -202,10 +202,16 @@ def test_kafka_python_creates_and_deletes_topics_gone_from_metadata_and_the_engi
     daemon: Daemon, kp_admin: Any
 ) -> None:
     name = fresh_name()
+    config = RING_CONFIG | {"unclean.leader.election.enable": "true"}
     created = kp_admin.create_topics(
-        {name: {"num_partitions": 2, "replication_factor": 1, "configs": RING_CONFIG}}
+        {name: {"num_partitions": 2, "replication_factor": 1, "configs": config}}
     )
     assert [(t["name"], t["error_code"]) for t in created["topics"]] == [(name, 0)]
+    # CreateTopics v5+ answers with the topic's configs, as DescribeConfigs does.
+    (answer,) = created["topics"]
+    assert (answer["num_partitions"], answer["replication_factor"]) == (2, 1)
+    assert answer["configs"]["unclean.leader.election.enable"]["value"] == "true"
+    assert answer["configs"]["ring.bytes"]["read_only"]
     with pytest.raises(kafka.errors.TopicAlreadyExistsError):
         kp_admin.create_topics({name: {"num_partitions": 2, "configs": RING_CONFIG}})
     assert name in kp_admin.list_topics()

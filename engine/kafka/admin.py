@@ -6,7 +6,9 @@ raise_log_starts, the controller's deletion requests), through the broker's own
 coordinator session, with the same checks and the same limits as ``engine topics`` and
 :class:`engine.Admin`; each answer waits, within the request's timeout, until the
 change took effect as Admin's calls do (leaders and rings ready, topics gone, records
-deleted on every in-sync replica).
+deleted on every in-sync replica), and says REQUEST_TIMED_OUT when it did not in time
+(the change goes on). With a timeout of 0 or less, CreateTopics, DeleteTopics and
+CreatePartitions answer as soon as the change is written, as Kafka does.
 
 - CreateTopics: ``num_partitions`` -1 takes the cluster's num.partitions,
   ``replication_factor`` -1 DEFAULT_REPLICATION_FACTOR (Kafka's
@@ -60,7 +62,12 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine import metadata as md
-from engine.config import FIXED_AT_CREATION, TOPIC_DEFAULTS, validate_topic_name
+from engine.config import (
+    FIXED_AT_CREATION,
+    TOPIC_DEFAULTS,
+    validate_topic_config,
+    validate_topic_name,
+)
 from engine.errors import (
     ConfigError,
     EngineError,
@@ -79,7 +86,7 @@ from engine.kafka.leader_epochs import batch_reader, end_offset_for
 from engine.kafka.partitions import PartitionHandles
 from engine.kafka.schemas.admin import RESOURCE_BROKER, RESOURCE_TOPIC
 from engine.log import LogReader
-from engine.ring import Ring
+from engine.ring import Ring, seal_ring
 
 log = logging.getLogger("engine.kafka")
 
@@ -106,7 +113,7 @@ OP_SET, OP_DELETE, OP_APPEND, OP_SUBTRACT = 0, 1, 2, 3
 def kafka_value(key: str, value: Any) -> str:
     """A topic config value as Kafka writes it."""
     if key in _BOOLEAN_KEYS:
-        return "true" if int(value) else "false"
+        return "true" if value is True or str(value).lower() in ("1", "true") else "false"
     return str(value)
 
 
@@ -229,6 +236,7 @@ class AdminHandlers:
 
     def create_topics(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + max(request["timeout_ms"], 0) / 1000
+        waits = request["timeout_ms"] > 0  # else Kafka answers once the change is written
         validate_only = request["validate_only"]
         names = [t["name"] for t in request["topics"]]
         results = []
@@ -249,7 +257,7 @@ class AdminHandlers:
                 log.info("CreateTopics %r refused: %s", name, result["error_message"])
             results.append(result)
         for result in results:
-            if result["error_code"] == ErrorCode.NONE and not validate_only:
+            if result["error_code"] == ErrorCode.NONE and not validate_only and waits:
                 name = result["name"]
                 if not self._wait(functools.partial(self._leaders_ready, name), deadline):
                     result["error_code"] = ErrorCode.REQUEST_TIMED_OUT
@@ -297,11 +305,12 @@ class AdminHandlers:
             )  # fmt: skip
         if not validate_only:
             log.info("created topic %r for a Kafka client", name)
+        full = validate_topic_config(config)
         return {
             "topic_id": bytes.fromhex(assignment.topic_id),
             "num_partitions": assignment.partition_count,
             "replication_factor": len(assignment.replicas[0]),
-            "configs": describe_topic_config(config),
+            "configs": describe_topic_config({k: full[k] for k in config}),
         }
 
     # -- DeleteTopics ----------------------------------------------------------------
@@ -350,8 +359,18 @@ class AdminHandlers:
             requested.append((result, assignment))
         for result, assignment in requested:
             name = assignment.name
+            if request["timeout_ms"] <= 0:
+                continue  # Kafka answers once the deletion is asked for
             gone = self._wait(functools.partial(self._deleted, name), deadline)
-            if not gone:
+            if gone:
+                # As Admin.delete_topic: a ring made since the controller sealed the
+                # topic's rings (a leader that started just then) is sealed too.
+                for partition, replicas in assignment.replicas.items():
+                    for broker in replicas:
+                        seal_ring(
+                            self.broker.data_dir.ring_name(assignment.topic_id, partition, broker)
+                        )
+            else:
                 result["error_code"] = ErrorCode.REQUEST_TIMED_OUT
                 result["error_message"] = (
                     f"topic {name!r} is being deleted; it was not gone within "
@@ -387,7 +406,7 @@ class AdminHandlers:
             except Exception as exc:  # noqa: BLE001 - error_of re-raises what it does not map
                 result["error_code"], result["error_message"] = error_of(exc)
                 continue
-            if not validate_only:
+            if not validate_only and request["timeout_ms"] > 0:
                 grown.append((result, name, range(before, topic["count"])))
         for result, name, added in grown:
             ready = self._wait(functools.partial(self._leaders_ready, name, added), deadline)
