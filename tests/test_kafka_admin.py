@@ -10,11 +10,12 @@ One daemon with two brokers and SASL (the default) serves the module.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -511,6 +512,17 @@ def test_end_offset_for_an_epoch_follows_kafkas_leader_epoch_cache() -> None:
     assert answer(2, start=12) == (2, 15)
 
 
+class Lines(logging.Handler):
+    """The messages of the log records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def test_offset_for_leader_epoch_answers_the_end_of_each_epoch_after_a_leader_change(
     daemon: Daemon,
 ) -> None:
@@ -520,13 +532,52 @@ def test_offset_for_leader_epoch_answers_the_end_of_each_epoch_after_a_leader_ch
         before = admin.describe_topic(name).partitions[0]
     produce_confluent(daemon, name, [(None, b"a%d" % i) for i in range(3)], acks="all")
     old_leader = leader_address(daemon, name, 0)
-    with Admin(daemon.data_dir) as admin:
-        other = next(b for b in before.replicas if b != before.leader)
-        admin.alter_partition_reassignments({tp: [other, before.leader]})
-        assert admin.perform_leader_election("preferred", [tp]) == {tp: other}
-        after = admin.describe_topic(name).partitions[0]
-    assert after.leader_epoch > before.leader_epoch
-    produce_confluent(daemon, name, [(None, b"b%d" % i) for i in range(2)], acks="all")
+    old = before.leader_epoch
+    # A confluent-kafka consumer reads on across the leader change: librdkafka checks its
+    # position against the new leader with OffsetForLeaderEpoch (its debug log says so).
+    lines = Lines()
+    rdkafka_log = logging.getLogger(f"rdkafka.{name}")
+    rdkafka_log.addHandler(lines)
+    rdkafka_log.setLevel(logging.DEBUG)
+    rdkafka_log.propagate = False
+    consumer = confluent_kafka.Consumer(
+        librdkafka_config(daemon, **{"group.id": "e", "enable.auto.commit": False,
+                                     "topic.metadata.refresh.interval.ms": 500,
+                                     "debug": "fetch", "logger": rdkafka_log})
+    )  # fmt: skip
+    try:
+        consumer.assign([confluent_kafka.TopicPartition(name, 0, confluent_kafka.OFFSET_BEGINNING)])
+        read: list[bytes] = []
+
+        def reads(n: int) -> Callable[[], bool]:
+            def more() -> bool:
+                for msg in consumer.consume(10, timeout=0.1):
+                    assert msg.error() is None, msg.error()
+                    read.append(msg.value())
+                return len(read) >= n
+
+            return more
+
+        wait_for(reads(3), timeout=30, what="the first epoch's records")
+        with Admin(daemon.data_dir) as admin:
+            other = next(b for b in before.replicas if b != before.leader)
+            admin.alter_partition_reassignments({tp: [other, before.leader]})
+            assert admin.perform_leader_election("preferred", [tp]) == {tp: other}
+            after = admin.describe_topic(name).partitions[0]
+        assert after.leader_epoch > before.leader_epoch
+        produce_confluent(daemon, name, [(None, b"b%d" % i) for i in range(2)], acks="all")
+        wait_for(reads(5), timeout=30, what="the second epoch's records")
+        validated = f"validation succeeded: broker end offset 3 (offset leader epoch {old})"
+
+        def checked() -> bool:
+            consumer.poll(0.05)  # serves the log callbacks
+            return any(validated in line for line in lines.lines)
+
+        wait_for(checked, timeout=30, what="librdkafka's OffsetForLeaderEpoch check")
+    finally:
+        consumer.close()
+        rdkafka_log.removeHandler(lines)
+    assert read == [b"a0", b"a1", b"a2", b"b0", b"b1"]
 
     def ask(address: str, version: int, epochs: list[tuple[int, int]]) -> list[dict[str, Any]]:
         conn = raw(daemon, address)
@@ -545,7 +596,7 @@ def test_offset_for_leader_epoch_answers_the_end_of_each_epoch_after_a_leader_ch
             for p in answer["topics"][0]["partitions"]
         ]
 
-    old, new = before.leader_epoch, after.leader_epoch
+    new = after.leader_epoch
     expected = [
         {"error_code": 0, "leader_epoch": old, "end_offset": 3},
         {"error_code": 0, "leader_epoch": new, "end_offset": 5},
