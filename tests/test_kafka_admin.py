@@ -171,6 +171,12 @@ def test_create_topics_refuses_with_kafkas_codes_and_one_clear_message(
     assert unknown.str() == "unknown topic config: key='flavour'"
     invalid = create_error(admin_client, NewTopic("no/slashes", 1, 1, config=RING_CONFIG))
     assert invalid.code() == confluent_kafka.KafkaError.TOPIC_EXCEPTION
+    # 1000 rings of 1 GiB: past any shared-memory budget (nothing is allocated).
+    huge = create_error(
+        admin_client, NewTopic(fresh_name(), 1000, 1, config={"ring.bytes": "1073741824"})
+    )
+    assert huge.code() == confluent_kafka.KafkaError.POLICY_VIOLATION
+    assert "shared-memory budget" in huge.str()
     # validate_only checks and writes nothing.
     checked = fresh_name()
     future = admin_client.create_topics(
