@@ -304,6 +304,8 @@ def test_incremental_alter_configs_sets_and_deletes_and_the_engine_sees_it(
     assert config["retention.ms"] == 120_000
     assert config["segment.ms"] == 7 * 24 * 3600 * 1000  # back to the default
     assert config["cleanup.policy"] == "compact,delete"
+    alter(ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SUBTRACT))
+    assert engine_config(daemon, name)["cleanup.policy"] == "compact"
     with pytest.raises(confluent_kafka.KafkaException) as caught:
         alter(ConfigEntry("retention.ms", "1", incremental_operation=AlterConfigOpType.APPEND))
     assert caught.value.args[0].code() == confluent_kafka.KafkaError.INVALID_CONFIG
@@ -314,6 +316,17 @@ def test_incremental_alter_configs_sets_and_deletes_and_the_engine_sees_it(
     assert "cannot change on an existing topic" in caught.value.args[0].str()
     assert "key='ring.bytes'" in caught.value.args[0].str()
     assert engine_config(daemon, name)["retention.ms"] == 120_000  # the refusals changed nothing
+    broker = ConfigResource(
+        ConfigResource.Type.BROKER,
+        "1",
+        incremental_configs=[
+            ConfigEntry("num.partitions", "3", incremental_operation=AlterConfigOpType.SET)
+        ],
+    )
+    with pytest.raises(confluent_kafka.KafkaException) as caught:
+        admin_client.incremental_alter_configs([broker])[broker].result(timeout=30)
+    assert caught.value.args[0].code() == confluent_kafka.KafkaError.INVALID_REQUEST
+    assert "set at `engine start`" in caught.value.args[0].str()
 
 
 def test_alter_configs_replaces_the_whole_config(daemon: Daemon, kp_admin: Any) -> None:
