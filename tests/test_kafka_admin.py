@@ -203,6 +203,11 @@ def test_create_topics_takes_defaults_and_an_explicit_assignment(
     assert [len(p.replicas) for p in first.partitions] == [1]
     assert [p.replicas for p in second.partitions] == [(2, 1), (1, 2)]
     assert [p.leader for p in second.partitions] == [2, 1]
+    nowhere = create_error(
+        admin_client, NewTopic(fresh_name(), 1, replica_assignment=[[3]], config=RING_CONFIG)
+    )
+    assert nowhere.code() == confluent_kafka.KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert "not_live=[3]" in nowhere.str()
 
 
 def test_kafka_python_creates_and_deletes_topics_gone_from_metadata_and_the_engine(
