@@ -226,6 +226,8 @@ def test_kafka_python_creates_and_deletes_topics_gone_from_metadata_and_the_engi
     assert answer["configs"]["ring.bytes"]["read_only"]
     with pytest.raises(kafka.errors.TopicAlreadyExistsError):
         kp_admin.create_topics({name: {"num_partitions": 2, "configs": RING_CONFIG}})
+    with pytest.raises(kafka.errors.InvalidPartitionsError, match="partitions=0"):
+        kp_admin.create_topics({fresh_name(): {"num_partitions": 0, "configs": RING_CONFIG}})
     assert name in kp_admin.list_topics()
     deleted = kp_admin.delete_topics([name])
     assert [(t["name"], t["error_code"]) for t in deleted["topics"]] == [(name, 0)]
