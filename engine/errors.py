@@ -6,6 +6,10 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
 
     EngineError
     ├── ConfigError (ValueError)             an option or topic config is invalid
+    │   ├── PartitionCountError              a partition count below 1 (or that adds none)
+    │   ├── ReplicationFactorError           more replicas than live brokers, or none
+    │   ├── ReplicaAssignmentError           an explicit replica assignment that cannot be
+    │   └── ShmBudgetError                   rings past the daemon's shared-memory budget
     ├── InvalidTopicError (ValueError)       a topic name breaks Kafka's naming rules
     ├── RecordTypeError (TypeError)          a value/key/header is not bytes-like
     ├── RecordTooLargeError (ValueError)     a record exceeds max.message.bytes
@@ -62,6 +66,24 @@ class EngineError(Exception):
 
 class ConfigError(EngineError, ValueError):
     """An option, a topic config key or its value is invalid."""
+
+
+class PartitionCountError(ConfigError):
+    """A new topic's partition count below 1, or a partition count that adds none."""
+
+
+class ReplicationFactorError(ConfigError):
+    """A replication factor below 1 or above the number of live brokers."""
+
+
+class ReplicaAssignmentError(ConfigError):
+    """An explicit replica assignment that names no broker, one twice, one not live, or
+    partitions not numbered 0..n-1 with as many replicas each."""
+
+
+class ShmBudgetError(ConfigError):
+    """Rings that would take the daemon past its shared-memory budget
+    (`engine start --shm-budget`); nothing was written."""
 
 
 class InvalidTopicError(EngineError, ValueError):

@@ -477,8 +477,9 @@ def test_unsupported_versions_and_apis_are_answered_not_dropped(open_daemon: Dae
         assert answer["error_code"] == ErrorCode.UNSUPPORTED_VERSION
         served = {a["api_key"]: (a["min_version"], a["max_version"]) for a in answer["api_keys"]}
         assert served[schemas.PRODUCE] == (3, 9) and served[schemas.FETCH] == (4, 12)
-        # An API not served (DescribeCluster, key 60): its correlation id and the error.
-        conn.send_frame(struct.pack(">hhih", 60, 0, 8, -1) + b"\x00\x00")
+        # An API not served (DescribeAcls, key 29): its correlation id and the error.
+        assert 29 not in schemas.APIS
+        conn.send_frame(struct.pack(">hhih", 29, 0, 8, -1) + b"\x00\x00")
         frame = conn.read_frame()
         assert frame is not None
         assert struct.unpack_from(">ih", frame) == (8, ErrorCode.UNSUPPORTED_VERSION)

@@ -48,8 +48,23 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED_VERSION = 35
     """An API or API version this listener does not serve (ApiVersions lists those it
     does)."""
+    TOPIC_ALREADY_EXISTS = 36
+    """CreateTopics: a topic of that name exists (or is being deleted)."""
+    INVALID_PARTITIONS = 37
+    """A partition count below 1, or CreatePartitions that would not add any."""
+    INVALID_REPLICATION_FACTOR = 38
+    """A replication factor below 1 or above the number of live brokers."""
+    INVALID_REPLICA_ASSIGNMENT = 39
+    """An explicit replica assignment that names no broker, a broker twice, a broker
+    that is not live, or partitions not numbered 0..n-1."""
+    INVALID_CONFIG = 40
+    """A config the topic cannot take: an unknown key, a value out of range (the
+    message names it)."""
     INVALID_REQUEST = 42
     """A request that decodes but makes no sense (several batches for one partition)."""
+    POLICY_VIOLATION = 44
+    """A topic or partitions that would take the daemon's rings past its shared-memory
+    budget (`engine start --shm-budget`)."""
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     """An idempotent producer's batch does not follow its last one in sequence."""
     INVALID_PRODUCER_EPOCH = 47
@@ -65,3 +80,7 @@ class ErrorCode(enum.IntEnum):
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
     and offset delta that disagree, not magic 2)."""
+    UNKNOWN_TOPIC_ID = 100
+    """DeleteTopics by topic id: no topic has that id."""
+    MISMATCHED_ENDPOINT_TYPE = 114
+    """DescribeCluster for controllers' endpoints, sent to a broker."""

@@ -234,6 +234,11 @@ class Handlers:
             return None
         return ErrorCode.FENCED_LEADER_EPOCH if asked < ours else ErrorCode.UNKNOWN_LEADER_EPOCH
 
+    #: Shared with the handlers of the other API modules (engine.kafka.admin).
+    missing = _missing
+    epoch_error = _epoch_error
+    topics_by_id = _topics_by_id
+
     # -- Produce ---------------------------------------------------------------
 
     def produce(

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from engine.errors import EngineError, KafkaProtocolError
 from engine.kafka import schemas
+from engine.kafka.admin import AdminHandlers
 from engine.kafka.codec import (
     decode,
     encode,
@@ -80,6 +81,16 @@ ACCEPT_POLL_S = 0.5
 _SIZE = struct.Struct(">i")
 _ERROR_ONLY = struct.Struct(">h")
 _PRE_AUTH = {schemas.API_VERSIONS, schemas.SASL_HANDSHAKE, schemas.SASL_AUTHENTICATE}
+#: The admin APIs that need no partition handles (engine.kafka.admin).
+_ADMIN = {
+    schemas.CREATE_TOPICS: AdminHandlers.create_topics,
+    schemas.DELETE_TOPICS: AdminHandlers.delete_topics,
+    schemas.CREATE_PARTITIONS: AdminHandlers.create_partitions,
+    schemas.DESCRIBE_CONFIGS: AdminHandlers.describe_configs,
+    schemas.ALTER_CONFIGS: AdminHandlers.alter_configs,
+    schemas.INCREMENTAL_ALTER_CONFIGS: AdminHandlers.incremental_alter_configs,
+    schemas.DESCRIBE_CLUSTER: AdminHandlers.describe_cluster,
+}
 
 
 class AuthState(enum.Enum):
@@ -141,6 +152,7 @@ class KafkaListener:
         self._scram = ScramKeys.derive(credential.password) if credential is not None else None
         self._stopping = threading.Event()
         self.handlers = Handlers(broker, self._stopping.is_set)
+        self.admin = AdminHandlers(self.handlers)
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept_loop, name="kafka-accept", daemon=True)
@@ -338,6 +350,12 @@ class _Connection(threading.Thread):
             return h.find_coordinator(version, request)
         if api_key == schemas.INIT_PRODUCER_ID:
             return h.init_producer_id(version, request)
+        if api_key in _ADMIN:
+            return _ADMIN[api_key](self.listener.admin, version, request)
+        if api_key == schemas.DELETE_RECORDS:
+            return self.listener.admin.delete_records(self.handles, version, request)
+        if api_key == schemas.OFFSET_FOR_LEADER_EPOCH:
+            return self.listener.admin.offset_for_leader_epoch(self.handles, version, request)
         if api_key == schemas.SASL_HANDSHAKE:
             return self._sasl_handshake(version, request)
         if api_key == schemas.SASL_AUTHENTICATE:
