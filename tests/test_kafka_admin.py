@@ -448,6 +448,8 @@ def test_describe_cluster_lists_the_brokers_the_controller_and_the_cluster_id(
         conn.close()
     assert brokers is not None and brokers["error_code"] == ErrorCode.NONE
     assert brokers["cluster_id"] == described.cluster_id
+    with Admin(daemon.data_dir) as engine_admin:  # one cluster id, whichever door
+        assert engine_admin.describe_cluster()["cluster_id"] == described.cluster_id
     assert brokers["controller_id"] == described.controller.id
     assert sorted(f"{b['host']}:{b['port']}" for b in brokers["brokers"]) == sorted(servers)
     assert controllers is not None

@@ -10,7 +10,7 @@ through the broker's own session.
   protocol, the topics (all, or those asked; an unknown one is created when the
   cluster allows auto-creation and the request does), each partition's leader, leader
   epoch, replicas and ISR; a partition whose leader has no endpoint is
-  LEADER_NOT_AVAILABLE. The cluster id is ``engine-<data dir namespace>``.
+  LEADER_NOT_AVAILABLE. The cluster id is the engine's (engine.metadata.cluster_id).
 - Produce: each partition's one batch through PartitionHandle.append; acks=0 gets no
   response (the listener closes the connection when it failed).
 - Fetch: full fetches only (the session id is always 0, so clients never send
@@ -28,6 +28,7 @@ through the broker's own session.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import zlib
@@ -94,7 +95,12 @@ class Handlers:
         self.broker = broker
         self.states = ProducerStates()
         self._stopping = stopping
-        self.cluster_id = f"engine-{broker.data_dir.namespace}"
+
+    @functools.cached_property
+    def cluster_id(self) -> str:
+        """The cluster's id, as the engine's Admin.describe_cluster gives it (Kafka's
+        form: a UUID in url-safe base64), read once."""
+        return md.cluster_id(self.broker.zk)
 
     # -- ApiVersions -----------------------------------------------------------
 
