@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from engine_harness import Daemon, running_daemon
+from kafka_harness import Kafka, require_kafka, running_kafka
 
 from engine import Admin
 
@@ -17,6 +18,16 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the tests that only create their own topics."""
     with running_daemon(tmp_path_factory.mktemp("engine-shared"), brokers=2) as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def real_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka]:
+    """One real Kafka broker (KRaft, scripts/kafka) for the whole session: the oracle the
+    Kafka listener's answers are compared with. Skipped with the reason where Java or
+    Kafka's jars cannot be had; in CI (CI=true) that fails."""
+    require_kafka()
+    with running_kafka(tmp_path_factory.mktemp("kafka-real"), nodes=1) as k:
+        yield k
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
