@@ -42,6 +42,8 @@ with warnings.catch_warnings():
     import kafka.errors
 
 SMALL_RING = {"ring.bytes": 1 << 20, "max.message.bytes": 500_000}
+#: An ApiVersions v3+ body Kafka accepts (a name and version of its pattern, KIP-511).
+SOFTWARE = {"client_software_name": "t", "client_software_version": "1"}
 #: librdkafka makes batches of up to this (its default, 1 MB, exceeds max.message.bytes).
 BATCH_BYTES = 256_000
 
@@ -442,7 +444,7 @@ def test_a_wrong_password_is_refused(sasl_daemon: Daemon) -> None:
 def test_before_authentication_only_api_versions_and_sasl_are_served(sasl_daemon: Daemon) -> None:
     conn = Raw(kafka_settings(sasl_daemon)["bootstrap_servers"])
     try:
-        versions = conn.request(schemas.API_VERSIONS, 3, {"client_software_name": "t"})
+        versions = conn.request(schemas.API_VERSIONS, 3, SOFTWARE)
         assert versions is not None and versions["error_code"] == 0
         conn.send_frame(struct.pack(">hhih", schemas.METADATA, 1, 99, -1) + struct.pack(">i", -1))
         assert conn.read_frame() is None  # closed, as Kafka closes it
@@ -484,7 +486,7 @@ def test_unsupported_versions_and_apis_are_answered_not_dropped(open_daemon: Dae
         assert frame is not None
         assert struct.unpack_from(">ih", frame) == (8, ErrorCode.UNSUPPORTED_VERSION)
         # The connection still serves.
-        versions = conn.request(schemas.API_VERSIONS, 3, {"client_software_name": "t"})
+        versions = conn.request(schemas.API_VERSIONS, 3, SOFTWARE)
         assert versions is not None and versions["error_code"] == 0
     finally:
         conn.close()
@@ -734,7 +736,7 @@ def test_a_failed_acks_0_produce_closes_the_connection_and_a_good_one_does_not(
     try:
         good = encode_batch(0, [(b"k", b"v", [], 1_700_000_000_000)])
         assert produce_raw(conn, topic, 0, good, acks=0) is None
-        versions = conn.request(schemas.API_VERSIONS, 3, {"client_software_name": "t"})
+        versions = conn.request(schemas.API_VERSIONS, 3, SOFTWARE)
         assert versions is not None and versions["error_code"] == 0
         bad = good[:-1] + bytes([good[-1] ^ 0xFF])
         assert produce_raw(conn, topic, 0, bad, acks=0) is None

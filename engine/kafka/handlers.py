@@ -6,6 +6,8 @@ engine.kafka.codec; partitions are reached through the connection's
 engine.kafka.partitions handles; cluster metadata comes from the coordinator's tree
 through the broker's own session.
 
+- ApiVersions: the APIs and versions served; v3+ with a client software name or
+  version outside Kafka's pattern is INVALID_REQUEST (KIP-511).
 - Metadata: the brokers that registered a Kafka endpoint of this listener's security
   protocol, the topics (all, or those asked; an unknown one is created when the
   cluster allows auto-creation and the request does), each partition's leader, leader
@@ -16,9 +18,11 @@ through the broker's own session.
 - Fetch: full fetches only (the session id is always 0, so clients never send
   incremental ones); each partition from its fetch offset up to partition_max_bytes,
   the whole response up to max_bytes (the first batch always, as KIP-74); with nothing
-  to send, the fetch waits on the rings for up to max_wait_ms.
-- ListOffsets: -1 the high watermark, -2 the log start, a timestamp the first record at
-  or after it (a walk over the batches from the log start).
+  to send, the fetch waits on the rings for up to max_wait_ms. A partition's error
+  answer carries no offsets (-1), as Kafka's.
+- ListOffsets: -1 the high watermark, -2 the log start, -3 (v7+) the record with the
+  largest timestamp, a timestamp the first record at or after it (both a walk over the
+  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
 - InitProducerId: a new producer id from the cluster's allocator (the engine's own
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -53,6 +58,10 @@ log = logging.getLogger("engine.kafka")
 
 LATEST = -1
 EARLIEST = -2
+#: What Kafka accepts as a client's software name and version (ApiVersions v3+, KIP-511).
+CLIENT_SOFTWARE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?")
+#: ListOffsets v7+ (KIP-734): the record with the largest timestamp.
+MAX_TIMESTAMP = -3
 #: How long a fetch waits on the rings at a time, so that a stopping listener is seen.
 FETCH_WAIT_SLICE_S = 0.5
 #: What a ListOffsets walk reads at a time.
@@ -105,7 +114,16 @@ class Handlers:
     # -- ApiVersions -----------------------------------------------------------
 
     @staticmethod
-    def api_versions(error: ErrorCode = ErrorCode.NONE) -> dict[str, Any]:
+    def api_versions(
+        error: ErrorCode = ErrorCode.NONE, request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The APIs served; INVALID_REQUEST without them when a v3+ ``request`` names its
+        client software in a form Kafka refuses (an empty version, a leading dash)."""
+        if request is not None and not all(
+            CLIENT_SOFTWARE.fullmatch(request[field])
+            for field in ("client_software_name", "client_software_version")
+        ):
+            return {"error_code": ErrorCode.INVALID_REQUEST, "api_keys": []}
         return {
             "error_code": error,
             "api_keys": [
@@ -350,6 +368,10 @@ class Handlers:
                     }
                     continue
                 got = handle.read(offset, room)
+                if got.error is not ErrorCode.NONE:  # Kafka's error answer: no offsets
+                    answer["error_code"] = got.error
+                    failed = True
+                    continue
                 answer |= {
                     "error_code": got.error,
                     "high_watermark": got.high_watermark,
@@ -357,9 +379,6 @@ class Handlers:
                     "log_start_offset": got.log_start_offset,
                     "records": got.records,
                 }
-                if got.error is not ErrorCode.NONE:
-                    failed = True
-                    continue
                 total += len(got.records)
                 if not got.records:
                     cursor = handle.wait_target(offset)
@@ -394,9 +413,15 @@ class Handlers:
                     answer["offset"] = high_watermark
                 elif asked == EARLIEST:
                     answer["offset"] = start
-                elif asked >= 0:
-                    found = self._offset_for_time(handle, start, asked)
-                    if found is not None:
+                elif asked >= 0 or (asked == MAX_TIMESTAMP and version >= 7):
+                    found = (
+                        self._offset_for_time(handle, start, asked)
+                        if asked >= 0
+                        else self._max_timestamp(handle, start)
+                    )
+                    if found is None:
+                        answer["leader_epoch"] = -1
+                    else:
                         answer["offset"], answer["timestamp"] = found
                 else:
                     answer["error_code"] = ErrorCode.INVALID_REQUEST
@@ -429,6 +454,40 @@ class Handlers:
                     first = hits[0]
                     return int(first["offset"]), int(first["timestamp"])
             offset = int(infos["last_offset"][-1]) + 1
+
+    @staticmethod
+    def _max_timestamp(handle: PartitionHandle, start: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp, as Kafka answers
+        MAX_TIMESTAMP: the first batch whose max timestamp is the largest, the first record
+        in it with that timestamp (of a compressed batch, its first offset). A walk over
+        every batch from the log start; None when the partition holds no record."""
+        best: tuple[int, bytes, int, int] | None = None  # timestamp, batch, attributes, base
+        offset = start
+        while True:
+            got = handle.read(offset, SCAN_CHUNK)
+            if got.error is not ErrorCode.NONE or not got.records:
+                break
+            infos, _, _ = scan_batches(got.records, verify_crc=False)
+            if not len(infos):
+                break
+            for info in infos:
+                if int(info["last_offset"]) < offset:
+                    continue
+                if best is None or int(info["max_timestamp"]) > best[0]:
+                    at = int(info["position"])
+                    batch = bytes(got.records[at : at + int(info["length"])])
+                    best = (int(info["max_timestamp"]), batch, int(info["attributes"]),
+                            int(info["base_offset"]))  # fmt: skip
+            offset = int(infos["last_offset"][-1]) + 1
+        if best is None:
+            return None
+        timestamp, batch, attributes, base = best
+        if not attributes & 0x07:
+            records = decode_record_infos(batch)
+            hits = records[records["timestamp"] == timestamp] if len(records) else records
+            if len(hits):
+                return int(hits[0]["offset"]), timestamp
+        return base, timestamp
 
     # -- FindCoordinator -------------------------------------------------------
 

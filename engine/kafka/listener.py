@@ -345,7 +345,7 @@ class _Connection(threading.Thread):
         if api_key == schemas.METADATA:
             return h.metadata(version, request)
         if api_key == schemas.API_VERSIONS:
-            return h.api_versions()
+            return h.api_versions(request=request if version >= 3 else None)
         if api_key == schemas.FIND_COORDINATOR:
             return h.find_coordinator(version, request)
         if api_key == schemas.INIT_PRODUCER_ID:
