@@ -3,9 +3,10 @@ DescribeConfigs, AlterConfigs, IncrementalAlterConfigs, DeleteRecords, DescribeC
 (CreateTopicsRequest.json ... DescribeClusterResponse.json) and OffsetForLeaderEpoch
 (OffsetForLeaderEpochRequest.json, OffsetForLeaderEpochResponse.json).
 
-Each is served at every version of its JSON that current clients send: librdkafka 2.x
-asks for the older ones (CreateTopics 4, DeleteTopics 1, DescribeConfigs 1, ...),
-kafka-python 3.x for the newest."""
+Each is served at the versions Kafka 4 serves (KIP-896 removed the oldest: CreateTopics
+0-1, DeleteTopics 0, DescribeConfigs 0, OffsetForLeaderEpoch 0-1), which current
+clients send: librdkafka 2.x asks for the older ones (CreateTopics 4, DeleteTopics 4,
+DescribeConfigs 1, ...), kafka-python 3.x for the newest."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ RESOURCE_BROKER = 4
 #: ClusterAuthorizedOperations: not asked for.
 AUTHORIZED_OPERATIONS_UNKNOWN = -(2**31)
 
-CREATE_TOPICS_REQUEST = message("CreateTopicsRequest", 19, "0-7", "5+", [
+CREATE_TOPICS_REQUEST = message("CreateTopicsRequest", 19, "2-7", "5+", [
     F("topics", [
         F("name", T.STRING),
         F("num_partitions", T.INT32),
@@ -38,7 +39,7 @@ CREATE_TOPICS_REQUEST = message("CreateTopicsRequest", 19, "0-7", "5+", [
     F("validate_only", T.BOOL, "1+"),
 ])  # fmt: skip
 
-CREATE_TOPICS_RESPONSE = message("CreateTopicsResponse", 19, "0-7", "5+", [
+CREATE_TOPICS_RESPONSE = message("CreateTopicsResponse", 19, "2-7", "5+", [
     F("throttle_time_ms", T.INT32, "2+"),
     F("topics", [
         F("name", T.STRING),
@@ -58,7 +59,7 @@ CREATE_TOPICS_RESPONSE = message("CreateTopicsResponse", 19, "0-7", "5+", [
     ]),
 ])  # fmt: skip
 
-DELETE_TOPICS_REQUEST = message("DeleteTopicsRequest", 20, "0-6", "4+", [
+DELETE_TOPICS_REQUEST = message("DeleteTopicsRequest", 20, "1-6", "4+", [
     F("topics", [
         F("name", T.STRING, "6+", nullable="6+"),
         F("topic_id", T.UUID, "6+"),
@@ -67,7 +68,7 @@ DELETE_TOPICS_REQUEST = message("DeleteTopicsRequest", 20, "0-6", "4+", [
     F("timeout_ms", T.INT32),
 ])  # fmt: skip
 
-DELETE_TOPICS_RESPONSE = message("DeleteTopicsResponse", 20, "0-6", "4+", [
+DELETE_TOPICS_RESPONSE = message("DeleteTopicsResponse", 20, "1-6", "4+", [
     F("throttle_time_ms", T.INT32, "1+"),
     F("responses", [
         F("name", T.STRING, nullable="6+"),
@@ -98,7 +99,7 @@ CREATE_PARTITIONS_RESPONSE = message("CreatePartitionsResponse", 37, "0-3", "2+"
     ]),
 ])  # fmt: skip
 
-DESCRIBE_CONFIGS_REQUEST = message("DescribeConfigsRequest", 32, "0-4", "4+", [
+DESCRIBE_CONFIGS_REQUEST = message("DescribeConfigsRequest", 32, "1-4", "4+", [
     F("resources", [
         F("resource_type", T.INT8),
         F("resource_name", T.STRING),
@@ -108,7 +109,7 @@ DESCRIBE_CONFIGS_REQUEST = message("DescribeConfigsRequest", 32, "0-4", "4+", [
     F("include_documentation", T.BOOL, "3+"),
 ])  # fmt: skip
 
-DESCRIBE_CONFIGS_RESPONSE = message("DescribeConfigsResponse", 32, "0-4", "4+", [
+DESCRIBE_CONFIGS_RESPONSE = message("DescribeConfigsResponse", 32, "1-4", "4+", [
     F("throttle_time_ms", T.INT32),
     F("results", [
         F("error_code", T.INT16),
@@ -223,7 +224,7 @@ DESCRIBE_CLUSTER_RESPONSE = message("DescribeClusterResponse", 60, "0-2", "0+", 
     F("cluster_authorized_operations", T.INT32, default=AUTHORIZED_OPERATIONS_UNKNOWN),
 ])  # fmt: skip
 
-OFFSET_FOR_LEADER_EPOCH_REQUEST = message("OffsetForLeaderEpochRequest", 23, "0-4", "4+", [
+OFFSET_FOR_LEADER_EPOCH_REQUEST = message("OffsetForLeaderEpochRequest", 23, "2-4", "4+", [
     F("replica_id", T.INT32, "3+", default=-2),
     F("topics", [
         F("topic", T.STRING),
@@ -235,7 +236,7 @@ OFFSET_FOR_LEADER_EPOCH_REQUEST = message("OffsetForLeaderEpochRequest", 23, "0-
     ]),
 ])  # fmt: skip
 
-OFFSET_FOR_LEADER_EPOCH_RESPONSE = message("OffsetForLeaderEpochResponse", 23, "0-4", "4+", [
+OFFSET_FOR_LEADER_EPOCH_RESPONSE = message("OffsetForLeaderEpochResponse", 23, "2-4", "4+", [
     F("throttle_time_ms", T.INT32, "2+"),
     F("topics", [
         F("topic", T.STRING),
