@@ -169,7 +169,7 @@ def compress(codec: Codec, data: bytes) -> bytes:
     raise ValueError(f"not a compression codec: codec={codec!r}")
 
 
-def _with_records(header: Any, attributes: int, records: Any) -> bytes:
+def _with_records(header: Any, attributes: int, records: Any) -> bytearray:
     """A batch of ``header`` (61 bytes) over ``records``, with ``attributes``, its length
     and its CRC32C made anew."""
     out = bytearray(header)
@@ -181,7 +181,7 @@ def _with_records(header: Any, attributes: int, records: Any) -> bytes:
     _ATTRIBUTES.pack_into(out, _CRC_START, attributes)
     crc = lib.engine_crc32c(0, ffi.from_buffer("uint8_t[]", out) + _CRC_START, total - _CRC_START)
     struct.pack_into(">I", out, 17, crc)
-    return bytes(out)
+    return out
 
 
 def plain_batch(batch: Any) -> bytes:
@@ -191,9 +191,14 @@ def plain_batch(batch: Any) -> bytes:
     the codec is unknown."""
     view = memoryview(batch).cast("B")
     (attributes,) = _ATTRIBUTES.unpack_from(view, _CRC_START)
-    bits = attributes & COMPRESSION_MASK
-    if not bits:
+    if not attributes & COMPRESSION_MASK:
         return bytes(view)
+    return bytes(_plain(view, attributes))
+
+
+def _plain(view: memoryview, attributes: int) -> bytearray:
+    """plain_batch of the compressed batch ``view``, whose attributes are given."""
+    bits = attributes & COMPRESSION_MASK
     try:
         codec = Codec(bits)
     except ValueError:
@@ -216,7 +221,7 @@ def compressed_batch(batch: Any, codec: Codec) -> bytes:
     if attributes & COMPRESSION_MASK:
         raise ValueError(f"the batch is compressed already: attributes={attributes:#x}")
     records = compress(codec, bytes(view[_HEADER_LENGTH:]))
-    return _with_records(view[:_HEADER_LENGTH], attributes | codec.value, records)
+    return bytes(_with_records(view[:_HEADER_LENGTH], attributes | codec.value, records))
 
 
 def first_compressed(data: Any) -> int:
@@ -269,7 +274,7 @@ def plain_chunk(data: bytes) -> tuple[bytes, CompressedBatchFailure | None]:
             pieces.append(batch)
         else:
             try:
-                pieces.append(plain_batch(batch))
+                pieces.append(_plain(batch, attributes))
             except ValueError as exc:
                 (base,) = struct.unpack_from(">q", view, at)
                 (delta,) = struct.unpack_from(">i", view, at + 23)  # last_offset_delta
