@@ -48,6 +48,7 @@ __all__ = [
     "COMPRESSION_MASK",
     "Codec",
     "CompressedBatchFailure",
+    "batch_of_records",
     "codec_name",
     "compress",
     "compressed_batch",
@@ -65,6 +66,10 @@ _HEADER_LENGTH = 61
 _LENGTH_OVERHEAD = 12  # batch_length counts the bytes after its own field
 _CRC_START = 21
 _ATTRIBUTES = struct.Struct(">h")
+# base_offset, batch_length, partition_leader_epoch, magic, crc, attributes,
+# last_offset_delta, base_timestamp, max_timestamp, producer_id, producer_epoch,
+# base_sequence, records_count (native/batch.h)
+_HEADER = struct.Struct(">qiibIhiqqqhii")
 #: The largest batch_length (an int32).
 _MAX_BATCH_LENGTH = 2**31 - 1
 
@@ -222,6 +227,35 @@ def compressed_batch(batch: Any, codec: Codec) -> bytes:
         raise ValueError(f"the batch is compressed already: attributes={attributes:#x}")
     records = compress(codec, bytes(view[_HEADER_LENGTH:]))
     return bytes(_with_records(view[:_HEADER_LENGTH], attributes | codec.value, records))
+
+
+def batch_of_records(
+    records: Any,
+    count: int,
+    base_timestamp: int,
+    max_timestamp: int,
+    codec: Codec,
+    *,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    attributes: int = 0,
+) -> bytes:
+    """One whole batch over ``count`` records already encoded (Kafka's record format:
+    offset deltas 0.., timestamp deltas from ``base_timestamp``), its records compressed
+    with ``codec`` unless that does not make them smaller (then plain, as librdkafka
+    does). Its base offset is 0 and its partition leader epoch -1: the ring's append of
+    a whole batch writes both (neither is under the CRC)."""
+    records = bytes(records)
+    if codec is not Codec.NONE:
+        packed = compress(codec, records)
+        if len(packed) < len(records):
+            records, attributes = packed, attributes | codec.value
+    header = _HEADER.pack(
+        0, 0, -1, 2, 0, attributes, count - 1, base_timestamp, max_timestamp, producer_id,
+        producer_epoch, base_sequence, count,
+    )  # fmt: skip
+    return bytes(_with_records(header, attributes, records))
 
 
 def first_compressed(data: Any) -> int:

@@ -26,7 +26,7 @@ from engine._native import lib
 from engine_harness import Daemon, running_daemon, wait_for
 from test_kafka_listener import Raw, kafka_settings, leader_address, produce_raw
 
-from engine import Admin, Consumer, TopicPartition
+from engine import Admin, Consumer, Producer, TopicPartition
 from engine.cleaner import LogCleaner
 from engine.cluster import ClusterView
 from engine.compression import Codec, compressed_batch, plain_batch
@@ -61,6 +61,17 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield d
 
 
+_BOOTSTRAP: dict[str, str] = {}
+
+
+def bootstrap(d: Daemon) -> str:
+    """The daemon's bootstrap servers (`engine status --json`, asked once: a process)."""
+    key = str(d.data_dir)
+    if key not in _BOOTSTRAP:
+        _BOOTSTRAP[key] = kafka_settings(d)["bootstrap_servers"]
+    return _BOOTSTRAP[key]
+
+
 def new_topic(d: Daemon, **config: Any) -> str:
     name = f"z-{uuid.uuid4().hex[:8]}"
     with Admin(d.data_dir) as admin:
@@ -79,7 +90,7 @@ def expected(client: str, index: int) -> tuple[bytes, bytes, list[tuple[str, byt
 
 def produce_confluent(d: Daemon, topic: str, codec: str) -> None:
     producer = confluent_kafka.Producer({
-        "bootstrap.servers": kafka_settings(d)["bootstrap_servers"],
+        "bootstrap.servers": bootstrap(d),
         "compression.type": codec, "linger.ms": 20, "batch.size": BATCH_BYTES,
     })  # fmt: skip
     for i in range(COUNT):
@@ -90,7 +101,7 @@ def produce_confluent(d: Daemon, topic: str, codec: str) -> None:
 
 def produce_kafka_python(d: Daemon, topic: str, codec: str) -> None:
     producer = kafka.KafkaProducer(
-        bootstrap_servers=kafka_settings(d)["bootstrap_servers"],
+        bootstrap_servers=bootstrap(d),
         compression_type=codec, linger_ms=20, batch_size=BATCH_BYTES,
     )  # fmt: skip
     try:
@@ -107,7 +118,7 @@ def produce_kafka_python(d: Daemon, topic: str, codec: str) -> None:
 def produce_aiokafka(d: Daemon, topic: str, codec: str) -> None:
     async def run() -> None:
         producer = aiokafka.AIOKafkaProducer(
-            bootstrap_servers=kafka_settings(d)["bootstrap_servers"],
+            bootstrap_servers=bootstrap(d),
             compression_type=codec, linger_ms=20, max_batch_size=BATCH_BYTES,
         )  # fmt: skip
         await producer.start()
@@ -139,6 +150,16 @@ def stored_batches(d: Daemon, topic: str) -> Any:
     directory = Path(DataDir.resolve(d.data_dir).partition_dir(1, topic, 0))
     stored = b"".join(p.read_bytes() for p in sorted(directory.glob("*.log")))
     return scan_batches(stored)[0]
+
+
+def drained_batches(d: Daemon, topic: str, count: int) -> Any:
+    """The batches of the partition's segments, once they hold ``count`` records."""
+
+    def drained() -> Any:
+        infos = stored_batches(d, topic)
+        return [infos] if int(infos["records_count"].sum()) == count else None
+
+    return wait_for(drained, what=f"the drain of {count} records")[0]
 
 
 def poll_records(c: Consumer, count: int) -> list:
@@ -199,13 +220,13 @@ def test_every_client_s_compressed_batches_are_read_from_the_ring_and_the_segmen
         assert [r.offset for r in got] == list(range(n))
         assert fields(itertools.islice(iterated, n)) == want
         assert poll_values(valued, n) == [w[1] for w in want]
-    # Every client compressed with the codec (a batch that does not shrink may go plain).
     ring = ring_of(daemon, topic)
     try:
         wait_for(lambda: ring.status().drain_offset == n, what="the drain")
         assert ring.seek(0) is None  # a new reader reads these from the segments
     finally:
         ring.close()
+    # Every client compressed with the codec (a batch that does not shrink may go plain).
     infos = stored_batches(daemon, topic)
     codecs = [int(a) & 0x07 for a in infos["attributes"]]
     assert codecs.count(Codec.named(codec).value) >= len(CLIENTS), codecs
@@ -267,16 +288,13 @@ def test_a_compressed_batch_that_does_not_decompress_is_named_and_nothing_else_i
 def test_offsets_for_times_find_the_record_inside_a_compressed_batch(daemon: Daemon) -> None:
     topic = new_topic(daemon)
     producer = confluent_kafka.Producer({
-        "bootstrap.servers": kafka_settings(daemon)["bootstrap_servers"],
+        "bootstrap.servers": bootstrap(daemon),
         "compression.type": "snappy", "linger.ms": 100,
     })  # fmt: skip
     for i in range(10):  # one batch: offsets 0-9, timestamps 1000 ms apart
         producer.produce(topic, value=b"v" * 50, timestamp=BASE_TS + 1000 * i, partition=0)
     assert producer.flush(30) == 0
-    infos = wait_for(
-        lambda: (b := stored_batches(daemon, topic)) is not None and len(b) and b,
-        what="the drain",
-    )  # fmt: skip
+    infos = drained_batches(daemon, topic, 10)
     assert [int(a) & 0x07 for a in infos["attributes"]] == [Codec.SNAPPY.value]
     tp = TopicPartition(topic, 0)
     with Consumer(data_dir=daemon.data_dir) as c:
@@ -328,3 +346,75 @@ def test_compaction_reads_compressed_batches_and_keeps_their_codec(tmp_path: Pat
     assert rows["offset"].tolist() == [3]
     position, length = int(rows["value_position"][0]), int(rows["value_length"][0])
     assert plain[position : position + length] == b"d@3"
+
+
+def consume_kafka_python(d: Daemon, topic: str, count: int) -> list:
+    consumer = kafka.KafkaConsumer(
+        bootstrap_servers=bootstrap(d), enable_auto_commit=False
+    )
+    try:
+        tp = kafka.TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        out: list = []
+        wait_for(
+            lambda: out.extend(r for rs in consumer.poll(200).values() for r in rs)
+            or len(out) >= count,
+            timeout=20, what=f"{count} records through kafka-python",
+        )  # fmt: skip
+        return [(r.key, r.value, [(k, bytes(v)) for k, v in r.headers], r.timestamp) for r in out]
+    finally:
+        consumer.close()
+
+
+def consume_confluent(d: Daemon, topic: str, count: int) -> list:
+    consumer = confluent_kafka.Consumer({
+        "bootstrap.servers": bootstrap(d), "group.id": "z",
+        "enable.auto.commit": False,
+    })  # fmt: skip
+    try:
+        start = confluent_kafka.OFFSET_BEGINNING
+        consumer.assign([confluent_kafka.TopicPartition(topic, 0, start)])
+        out: list = []
+
+        def more() -> bool:
+            for msg in consumer.consume(1000, timeout=0.2):
+                assert msg.error() is None, msg.error()
+                out.append(msg)
+            return len(out) >= count
+
+        wait_for(more, timeout=20, what=f"{count} records through confluent-kafka")
+        return [(m.key(), m.value(), m.headers() or [], m.timestamp()[1]) for m in out]
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_kafka_clients_read_the_engine_producer_s_compressed_batches(
+    daemon: Daemon, codec: str
+) -> None:
+    topic = new_topic(daemon)
+    want = [expected("engine", i) for i in range(COUNT)]
+    with Producer(daemon.data_dir, compression_type=codec, linger_ms=20) as p:  # acks="all"
+        futures = [
+            p.send(topic, value=v, key=k, headers=h, timestamp_ms=ts, partition=0)
+            for k, v, h, ts in want
+        ]
+        p.flush()
+        assert [f.get(timeout=10).offset for f in futures] == list(range(COUNT))
+        # send_batch's bulk path: fixed-size values, one timestamp
+        result = p.send_batch(topic, [w[1] for w in want], partition=0, timestamp_ms=BASE_TS)
+        result.futures[-1].get(timeout=10)
+    with Producer(daemon.data_dir, compression_type=codec, acks=1) as p:
+        p.send(topic, value=b"last" * 16, key=b"k", partition=0, timestamp_ms=BASE_TS)
+        p.flush()
+    want += [(None, w[1], [], BASE_TS) for w in want] + [(b"k", b"last" * 16, [], BASE_TS)]
+    n = len(want)
+    assert consume_confluent(daemon, topic, n) == want
+    assert consume_kafka_python(daemon, topic, n) == want
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition(topic, 0)])
+        assert fields(poll_records(c, n)) == want
+    infos = drained_batches(daemon, topic, n)
+    # Every batch compressed (one that would not shrink goes plain; none here).
+    assert {int(a) & 0x07 for a in infos["attributes"]} == {Codec.named(codec).value}
