@@ -10,9 +10,8 @@ same batch with its records decompressed, the compression bits cleared, and its 
 and CRC32C made anew, a batch the C decoder (native/batch.c) reads as any other. The C
 decoders refuse a compressed batch as corrupt, so none is ever misread as plain.
 
-The codecs, all through cramjam (Rust bindings to the reference implementations: zlib's
-deflate as flate2, snappy, lz4, zstd; the one library aiokafka and python-snappy are
-built on too):
+The codecs, all through cramjam (one well-kept extension with wheels for every platform
+and no system library; aiokafka and python-snappy 0.7 are built on it too):
 
 - gzip (1): one gzip stream (RFC 1952), as Java's GZIPOutputStream and librdkafka write.
 - snappy (2): raw snappy, as librdkafka writes it, or in the xerial framing that Java's
@@ -22,6 +21,10 @@ built on too):
 - lz4 (3): the LZ4 frame format. (Kafka 0.8's broken frame header checksum concerns
   message format 0 and 1 only; a magic-2 batch holds a correct frame.)
 - zstd (4): a zstd frame, with or without its content size.
+
+The other way, :func:`batch_of_records` makes a compressed batch of encoded records (the
+engine's Producer with ``compression_type``) and :func:`compressed_batch` compresses a
+plain batch (the cleaner, for what it keeps of a compressed one).
 
 :func:`plain_chunk` makes every compressed batch of a chunk of whole batches plain;
 :func:`first_compressed` tells in C, at the cost of a walk over the headers, whether a

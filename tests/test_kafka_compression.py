@@ -31,9 +31,10 @@ from engine.cleaner import LogCleaner
 from engine.cluster import ClusterView
 from engine.compression import Codec, compressed_batch, plain_batch
 from engine.datadir import DataDir
-from engine.errors import CorruptRecordError
+from engine.errors import ConfigError, CorruptRecordError
 from engine.kafka import schemas
 from engine.log import Log
+from engine.producer_config import ProducerConfig
 from engine.record_batch import decode_record_infos, encode_batch, scan_batches
 from engine.ring import Ring
 
@@ -418,3 +419,39 @@ def test_kafka_clients_read_the_engine_producer_s_compressed_batches(
     infos = drained_batches(daemon, topic, n)
     # Every batch compressed (one that would not shrink goes plain; none here).
     assert {int(a) & 0x07 for a in infos["attributes"]} == {Codec.named(codec).value}
+
+
+def test_read_committed_reads_the_engine_producer_s_compressed_transactions(
+    daemon: Daemon,
+) -> None:
+    topic = new_topic(daemon)
+    with Producer(
+        daemon.data_dir, transactional_id=f"t-{topic}", compression_type="lz4"
+    ) as p:
+        p.init_transactions()
+        for commit, values in ((True, [b"a", b"b"]), (False, [b"x"]), (True, [b"c"])):
+            p.begin_transaction()
+            for value in values:
+                p.send(topic, value=value * VALUE_SIZE, partition=0)
+            if commit:
+                p.commit_transaction()
+            else:
+                p.abort_transaction()
+    with Consumer(
+        data_dir=daemon.data_dir, auto_offset_reset="earliest", isolation_level="read_committed"
+    ) as c:
+        c.assign([TopicPartition(topic, 0)])
+        got = poll_records(c, 3)
+        assert [r.value for r in got] == [v * VALUE_SIZE for v in (b"a", b"b", b"c")]
+        assert c.poll(timeout=0.5) == []  # the aborted one never comes
+    infos = drained_batches(daemon, topic, 4 + 3)  # 4 records, 3 markers
+    data = [int(a) for a in infos["attributes"] if not int(a) & 0x20]  # markers aside
+    assert data and all(a & 0x07 == Codec.LZ4.value and a & 0x10 for a in data), data
+
+
+def test_compression_type_takes_kafka_s_names_only() -> None:
+    assert ProducerConfig.from_options().codec is Codec.NONE
+    assert ProducerConfig.from_options(compression_type="zstd").codec is Codec.ZSTD
+    assert ProducerConfig.from_options(compression_type=None).codec is Codec.NONE  # kafka-python
+    with pytest.raises(ConfigError, match=r"compression_type='brotli'"):
+        ProducerConfig.from_options(compression_type="brotli")
