@@ -18,8 +18,9 @@ and no system library; aiokafka and python-snappy 0.7 are built on it too):
   snappy-java and kafka-python write (a 16-byte header starting ``\\x82SNAPPY\\x00``,
   then blocks of a big-endian int32 length and raw snappy); both are read, xerial's is
   written (every Kafka client reads it).
-- lz4 (3): the LZ4 frame format. (Kafka 0.8's broken frame header checksum concerns
-  message format 0 and 1 only; a magic-2 batch holds a correct frame.)
+- lz4 (3): the LZ4 frame format, written with independent blocks as Kafka's Java client
+  writes it. (Kafka 0.8's broken frame header checksum concerns message format 0 and 1
+  only; a magic-2 batch holds a correct frame.)
 - zstd (4): a zstd frame, with or without its content size.
 
 The other way, :func:`batch_of_records` makes a compressed batch of encoded records (the
@@ -171,7 +172,11 @@ def compress(codec: Codec, data: bytes) -> bytes:
     if codec is Codec.SNAPPY:
         return _snappy_compress(data)
     if codec is Codec.LZ4:
-        return bytes(cramjam.lz4.compress(data))
+        # Independent blocks, as Kafka's Java client writes them: its reader decompresses
+        # each block alone, so a block linked to the one before it would not decompress.
+        lz4 = cramjam.lz4.Compressor(content_checksum=False, block_linked=False)
+        lz4.compress(data)
+        return bytes(lz4.finish())
     if codec is Codec.ZSTD:
         return bytes(cramjam.zstd.compress(data))
     raise ValueError(f"not a compression codec: codec={codec!r}")

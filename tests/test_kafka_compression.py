@@ -29,7 +29,7 @@ from test_kafka_listener import Raw, kafka_settings, leader_address, produce_raw
 from engine import Admin, Consumer, Producer, TopicPartition
 from engine.cleaner import LogCleaner
 from engine.cluster import ClusterView
-from engine.compression import Codec, compressed_batch, plain_batch
+from engine.compression import Codec, compress, compressed_batch, plain_batch
 from engine.datadir import DataDir
 from engine.errors import ConfigError, CorruptRecordError
 from engine.kafka import schemas
@@ -455,3 +455,10 @@ def test_compression_type_takes_kafka_s_names_only() -> None:
     assert ProducerConfig.from_options(compression_type=None).codec is Codec.NONE  # kafka-python
     with pytest.raises(ConfigError, match=r"compression_type='brotli'"):
         ProducerConfig.from_options(compression_type="brotli")
+
+
+def test_lz4_frames_are_written_with_independent_blocks_as_kafka_s_java_client_reads_them() -> None:
+    """Kafka's Java reader decompresses each block of a frame alone."""
+    frame = compress(Codec.LZ4, bytes(range(256)) * 1000)  # several 64 KiB blocks
+    assert frame[:4] == b"\x04\x22\x4d\x18"  # the LZ4 frame's magic number
+    assert frame[4] & 0x20, f"FLG={frame[4]:#010b}: blocks linked"  # block independence
