@@ -462,3 +462,12 @@ def test_lz4_frames_are_written_with_independent_blocks_as_kafka_s_java_client_r
     frame = compress(Codec.LZ4, bytes(range(256)) * 1000)  # several 64 KiB blocks
     assert frame[:4] == b"\x04\x22\x4d\x18"  # the LZ4 frame's magic number
     assert frame[4] & 0x20, f"FLG={frame[4]:#010b}: blocks linked"  # block independence
+
+
+def test_the_c_decoder_refuses_a_compressed_batch_rather_than_misread_it() -> None:
+    """Plain records under attributes that say gzip: read as records, they would be
+    another batch's contents taken for this one's."""
+    lying = bytearray(encode_batch(0, [(b"k", b"v", [], BASE_TS)]))
+    lying[22] |= Codec.GZIP.value
+    with pytest.raises(CorruptRecordError):
+        decode_record_infos(with_crc(lying))
