@@ -257,6 +257,7 @@ def test_a_compressed_batch_that_does_not_decompress_is_named_and_nothing_else_i
     # stored as it came (the broker does not open batches), refused by every reader.
     damaged = bytearray(good)
     damaged[61 + 4 :] = bytes(len(damaged) - 65)
+    struct.pack_into(">q", damaged, 35, BASE_TS + 100)  # its max timestamp
     conn = Raw(leader_address(daemon, topic, 0))
     try:
         for batch in (good, with_crc(damaged), good):  # offsets 0-2, 3-5, 6-8
@@ -284,6 +285,28 @@ def test_a_compressed_batch_that_does_not_decompress_is_named_and_nothing_else_i
         assert fields(poll_records(c, 3)) == records
         with pytest.raises(CorruptRecordError, match="codec=lz4"):
             c.poll(timeout=1)
+    # ListOffsets, whose answer has no room for the error, gives the batch's first offset
+    # and max timestamp (and the broker logs a warning); offsets_for_times raises.
+    assert list_offset(daemon, topic, BASE_TS + 50) == (0, 3, BASE_TS + 100)
+    with Consumer(data_dir=daemon.data_dir) as c, pytest.raises(CorruptRecordError):
+        c.offsets_for_times({tp: BASE_TS + 50})
+
+
+def list_offset(d: Daemon, topic: str, timestamp: int) -> tuple[int, int, int]:
+    """ListOffsets v6 for partition 0 of ``topic``: (error code, offset, timestamp)."""
+    conn = Raw(leader_address(d, topic, 0))
+    try:
+        answer = conn.request(schemas.LIST_OFFSETS, 6, {
+            "replica_id": -1, "isolation_level": 0,
+            "topics": [{"name": topic, "partitions": [
+                {"partition_index": 0, "current_leader_epoch": -1, "timestamp": timestamp},
+            ]}],
+        })  # fmt: skip
+    finally:
+        conn.close()
+    assert answer is not None
+    p = answer["topics"][0]["partitions"][0]
+    return p["error_code"], p["offset"], p["timestamp"]
 
 
 def test_offsets_for_times_find_the_record_inside_a_compressed_batch(daemon: Daemon) -> None:
@@ -301,19 +324,7 @@ def test_offsets_for_times_find_the_record_inside_a_compressed_batch(daemon: Dae
     with Consumer(data_dir=daemon.data_dir) as c:
         found = c.offsets_for_times({tp: BASE_TS + 4500})[tp]
         assert found is not None and tuple(found) == (5, BASE_TS + 5000)
-    conn = Raw(leader_address(daemon, topic, 0))
-    try:
-        answer = conn.request(schemas.LIST_OFFSETS, 6, {
-            "replica_id": -1, "isolation_level": 0,
-            "topics": [{"name": topic, "partitions": [
-                {"partition_index": 0, "current_leader_epoch": -1, "timestamp": BASE_TS + 2500},
-            ]}],
-        })  # fmt: skip
-    finally:
-        conn.close()
-    assert answer is not None
-    p = answer["topics"][0]["partitions"][0]
-    assert (p["error_code"], p["offset"], p["timestamp"]) == (0, 3, BASE_TS + 3000)
+    assert list_offset(daemon, topic, BASE_TS + 2500) == (0, 3, BASE_TS + 3000)
 
 
 def test_compaction_reads_compressed_batches_and_keeps_their_codec(tmp_path: Path) -> None:
