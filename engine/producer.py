@@ -45,6 +45,7 @@ import numpy as np
 import engine._send as _send_module
 from engine._native import ffi, lib
 from engine.accumulator import Bulk, ProducerBatch, RecordAccumulator
+from engine.compression import Codec
 from engine.errors import (
     BufferFullError,
     ClosedError,
@@ -147,7 +148,10 @@ class Producer:
         ``linger_ms``, ``batch_size``, ``buffer_memory``, ``max_block_ms`` (how long a
         send may block: for metadata, ring space, buffer space), ``delivery_timeout_ms``
         (how long a record may take to be delivered, retries included),
-        ``retry_backoff_ms``, ``max_in_flight_requests_per_connection``, ``client_id``.
+        ``retry_backoff_ms``, ``max_in_flight_requests_per_connection``, ``client_id``,
+        ``compression_type`` ("none", or "gzip", "snappy", "lz4", "zstd": the batches
+        are compressed as a Kafka client's are; every record then goes through the
+        sender, also with acks 0 and 1).
         """
         config = ProducerConfig.from_options(**options)
         self.config = config
@@ -157,7 +161,12 @@ class Producer:
         self._block_ns = config.max_block_ms * 1_000_000
         # acks 0 and 1 without idempotence append in the caller's thread when nothing
         # waits in the accumulator (a record must not overtake one that waits).
-        self._direct = config.acks != Acks.ALL and not config.enable_idempotence
+        # With compression_type, every record goes through the accumulator: the sender
+        # compresses whole batches.
+        self._direct = (
+            config.acks != Acks.ALL and not config.enable_idempotence
+            and config.codec is Codec.NONE
+        )  # fmt: skip
         self._metadata = ProducerMetadata(data_dir, config.max_block_ms, config.batch_size)
         try:
             self._identity = TransactionManager(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import transaction as txn
+from engine.compression import Codec
 from engine.errors import ConfigError
 
 
@@ -64,6 +65,8 @@ class ProducerConfig:
     retry_backoff_ms: int = 100
     max_in_flight_requests_per_connection: int = 5
     client_id: str = ""
+    #: Kafka's compression.type: none, gzip, snappy, lz4 or zstd (engine.compression).
+    compression_type: str = "none"
 
     @classmethod
     def from_options(cls, **options: Any) -> ProducerConfig:
@@ -132,9 +135,17 @@ class ProducerConfig:
         if client_id is not None and (not isinstance(client_id, str) or not client_id):
             raise ConfigError(f"client_id must be a non-empty str: client_id={client_id!r}")
         values["client_id"] = client_id or f"producer-{os.getpid()}"
+        if "compression_type" in options:
+            compression = options["compression_type"]
+            values["compression_type"] = Codec.named(compression if compression else "none").label
         values["transactional_id"] = tid
         return cls(**values)
 
     @property
     def transactional(self) -> bool:
         return self.transactional_id is not None
+
+    @property
+    def codec(self) -> Codec:
+        """The codec of ``compression_type``."""
+        return Codec.named(self.compression_type)

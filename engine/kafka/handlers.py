@@ -45,6 +45,7 @@ from kazoo.client import KazooClient
 
 from engine import metadata as md
 from engine import transaction as txn
+from engine.compression import COMPRESSION_MASK, codec_name, plain_batch
 from engine.config import validate_topic_name
 from engine.datadir import DataDir
 from engine.errors import EngineError, InvalidTopicError, TopicExistsError, UnknownTopicError
@@ -431,8 +432,9 @@ class Handlers:
     @staticmethod
     def _offset_for_time(handle: PartitionHandle, start: int, ts: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after ``ts``: a walk over the
-        batches, skipping those whose max timestamp is older. In a compressed batch, whose
-        records the broker does not open, the batch's first offset and max timestamp."""
+        batches, skipping those whose max timestamp is older; a compressed batch is made
+        plain to find its record (as Kafka's broker does). One that does not decompress
+        answers with its first offset and max timestamp, and a warning."""
         offset = start
         while True:
             got = handle.read(offset, SCAN_CHUNK)
@@ -445,10 +447,22 @@ class Handlers:
                 last = int(info["last_offset"])
                 if last < offset or int(info["max_timestamp"]) < ts:
                     continue
-                if int(info["attributes"]) & 0x07:
-                    return max(int(info["base_offset"]), offset), int(info["max_timestamp"])
                 at = int(info["position"])
-                records = decode_record_infos(got.records[at : at + int(info["length"])], offset)
+                batch = got.records[at : at + int(info["length"])]
+                if int(info["attributes"]) & COMPRESSION_MASK:
+                    try:
+                        batch = plain_batch(batch)
+                    except ValueError as exc:
+                        log.warning(
+                            "ListOffsets: a compressed batch does not decompress, answering "
+                            "its first offset: topic=%s partition=%d base_offset=%d "
+                            "codec=%s reason=%s",
+                            handle.leadership.topic, handle.leadership.partition,
+                            int(info["base_offset"]),
+                            codec_name(int(info["attributes"])), exc,
+                        )  # fmt: skip
+                        return max(int(info["base_offset"]), offset), int(info["max_timestamp"])
+                records = decode_record_infos(batch, offset)
                 hits = records[records["timestamp"] >= ts] if len(records) else records
                 if len(hits):
                     first = hits[0]
