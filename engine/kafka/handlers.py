@@ -372,14 +372,17 @@ class Handlers:
                     if not total
                     else min(p["partition_max_bytes"], budget - total)
                 )
-                stable = self._stable(handle) if committed else None
                 if room <= 0:  # the response is full: its offsets only
+                    stable = self._stable(handle) if committed else None
                     start, high_watermark = handle.offsets()
                     answer |= {
                         "high_watermark": high_watermark,
                         "last_stable_offset": high_watermark if stable is None else stable[1],
                         "log_start_offset": start,
                     }
+                    if committed and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                        failed = True
                     continue
                 got = handle.read(offset, room)
                 records = got.records
@@ -390,6 +393,11 @@ class Handlers:
                     "log_start_offset": got.log_start_offset,
                 }
                 if got.error is not ErrorCode.NONE:
+                    failed = True
+                    continue
+                stable = self._stable(handle, offset, records) if committed else None
+                if committed and stable is None:  # the log went (sealed, or retention)
+                    answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
                     failed = True
                     continue
                 if stable is not None:
@@ -410,11 +418,17 @@ class Handlers:
             responses.append({"topic": name, "partitions": answers})
         return responses, total, [] if failed else waits
 
-    def _stable(self, handle: PartitionHandle) -> tuple[TxnIndex, int] | None:
+    def _stable(
+        self, handle: PartitionHandle, offset: int = -1, fetched: bytes = b""
+    ) -> tuple[TxnIndex, int] | None:
         """The partition's transaction index, brought up to its high watermark, and its
-        last stable offset; None when the log could not be read."""
+        last stable offset; None when the log could not be read. ``fetched``: the
+        batches a Fetch just read from ``offset``, which the index takes first (a
+        consumer at the end of the log then costs the index no read of its own)."""
         index = self.txn_indexes.of(handle.leadership)
         with index.lock:
+            if fetched:
+                index.feed(offset, fetched)
             start, high_watermark = handle.offsets()
             if not index.update(handle.read_log, start, high_watermark):
                 return None
@@ -448,6 +462,8 @@ class Handlers:
                         if request["isolation_level"] == READ_COMMITTED
                         else None
                     )
+                    if request["isolation_level"] == READ_COMMITTED and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
                     answer["offset"] = high_watermark if stable is None else stable[1]
                 elif asked == EARLIEST:
                     answer["offset"] = start

@@ -222,6 +222,9 @@ class _Connection(threading.Thread):
         if self._txn_view is None:
             broker = self.listener.handlers.broker
             self._txn_view = ClusterView(broker.data_dir.root, zk=broker.zk)
+        for name, topic in list(self._txn_view.topics.items()):
+            if any(ring.sealed for ring in topic.rings.values()):
+                self._txn_view.forget(name)  # a deleted topic's (or an old leader's) rings go
         return self._txn_view
 
     def shut(self) -> None:

@@ -17,12 +17,14 @@ transactions that overlap them (marker at or after the fetch offset, first offse
 the end of what is returned), from which Kafka's clients drop the aborted batches as
 they do against Kafka.
 
-Cost: one 61-byte header unpack per batch, each batch read once more by whoever brings
-the index up to date (the next read_committed Fetch or ListOffsets after new batches
-committed). The first use in a leadership scans the whole log from its start (a full
-read of the partition: about 0.2 s per GB from the page cache); after that, only what
-is new. Memory: the open transactions (one per producer) and the aborted ones still
-in the log (three ints each); those below the log start are dropped.
+Cost: one 61-byte header unpack per batch. A read_committed Fetch hands the index the
+batches it read, so a consumer at the end of the log costs it nothing more; batches no
+Fetch read first (a consumer behind, the open transaction's, which a Fetch stops
+before) are read once more by whoever brings the index up to date. The first use in a
+leadership reads the whole log from its start once (that Fetch waits for it); after
+that, only what is new. Memory: the open transactions (one per producer) and the
+aborted ones still in the log (three ints each); those below the log start are
+dropped.
 
 Threads: one index per partition leadership, shared by the listener's connections
 (:class:`TxnIndexes`); :meth:`TxnIndex.update` and the reads take its lock.
@@ -84,6 +86,12 @@ class TxnIndex:
         if self.aborted and self.aborted[0][0] < log_start:
             del self.aborted[: bisect.bisect_left(self.aborted, (log_start, -1, -1))]
         return True
+
+    def feed(self, offset: int, data: bytes) -> None:
+        """Apply whole batches read from ``offset`` on (a Fetch's), when they continue
+        what the index holds: those below ``scanned`` are skipped."""
+        if 0 <= offset <= self.scanned:
+            self._apply(data)
 
     def _apply(self, data: bytes) -> None:
         pos, size = 0, len(data)
