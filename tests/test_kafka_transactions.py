@@ -34,7 +34,10 @@ from engine import Admin, Consumer, Producer, TopicPartition
 from engine import offset_store as store
 from engine.kafka import schemas
 from engine.kafka.error_codes import ErrorCode
+from engine.kafka.txn_index import TxnIndex
 from engine.record_batch import encode_batch
+from engine.transaction import MARKER_VALUE, marker_key
+from engine.txn_filter import ABORT, COMMIT
 
 with warnings.catch_warnings():
     # kafka-python 3.0 reads its schemas with importlib.resources.read_text (deprecated).
@@ -355,6 +358,41 @@ def test_confluent_kafka_reads_the_engine_producers_transactions_committed_only(
 
 
 # -- the protocol's answers ---------------------------------------------------------------
+
+
+def test_the_index_holds_the_lso_at_the_earliest_open_transaction_and_lists_aborted_ones() -> None:
+    ts = 1_700_000_000_000
+
+    def data(offset: int, producer_id: int) -> bytes:
+        transactional = 0x10 if producer_id >= 0 else 0
+        return encode_batch(offset, [(None, b"x", [], ts)], producer_id=producer_id,
+                            producer_epoch=0, attributes=transactional)  # fmt: skip
+
+    def marker(offset: int, producer_id: int, kind: int) -> bytes:
+        return encode_batch(offset, [(marker_key(kind), MARKER_VALUE, [], ts)],
+                            producer_id=producer_id, producer_epoch=0, attributes=0x30)  # fmt: skip
+
+    log = [
+        data(0, -1),
+        data(1, 7),  # 7's first transaction: aborted at 4
+        data(2, 8),  # 8's: committed at 6
+        data(3, 7),
+        marker(4, 7, ABORT),
+        data(5, 7),  # 7's second: still open
+        marker(6, 8, COMMIT),
+    ]
+    whole = b"".join(log)
+    index = TxnIndex()
+    assert index.update(lambda offset, n: b"".join(log[offset:3]), 0, 3)
+    assert index.last_stable_offset(3) == 1
+    index.feed(3, b"".join(log[3:]))  # a Fetch's batches, continuing the index
+    assert index.update(lambda offset, n: whole if offset < 7 else b"", 0, 7)
+    assert index.last_stable_offset(7) == 5
+    assert index.aborted_between(0, 5) == [{"producer_id": 7, "first_offset": 1}]
+    assert index.aborted_between(5, 7) == []
+    assert index.update(lambda offset, n: b"", 5, 7)  # retention passed the aborted one
+    assert index.aborted == [] and index.last_stable_offset(7) == 5
+
 
 
 def produce_txn(conn: Raw, transactional_id: str, topic: str, partition: int, batch: bytes) -> Any:
