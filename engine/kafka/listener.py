@@ -218,10 +218,11 @@ class _Connection(threading.Thread):
 
     def txn_view(self) -> ClusterView:
         """The rings this connection's transaction requests write markers to and fence
-        (mapped on first use, over the broker's coordinator session)."""
+        (mapped on first use without faulting their pages in: a marker touches a few,
+        over the broker's coordinator session)."""
         if self._txn_view is None:
             broker = self.listener.handlers.broker
-            self._txn_view = ClusterView(broker.data_dir.root, zk=broker.zk)
+            self._txn_view = ClusterView(broker.data_dir.root, populate_rings=False, zk=broker.zk)
         for name, topic in list(self._txn_view.topics.items()):
             if any(ring.sealed for ring in topic.rings.values()):
                 self._txn_view.forget(name)  # a deleted topic's (or an old leader's) rings go

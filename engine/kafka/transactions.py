@@ -35,7 +35,9 @@ CONCURRENT_TRANSACTIONS (retriable: another request moved the state on, or marke
 still being written), INVALID_TXN_STATE.
 
 The consumer group's generation is not checked by TxnOffsetCommit: no Kafka group
-coordinator runs here to know it.
+coordinator runs here to know it. A group id must name a znode (engine.offset_store:
+[a-zA-Z0-9._-]); another is INVALID_GROUP_ID, as a transactional id of other characters
+is INVALID_REQUEST (engine.transaction.validate_transactional_id).
 
 Threads: any connection thread; each passes its own ClusterView (the rings it maps for
 markers and fences), which shares the broker's coordinator session.
