@@ -108,7 +108,7 @@ class Handlers:
         self.broker = broker
         self.states = ProducerStates()
         self.transactions = TransactionCoordinator(broker.zk)
-        self.txn_indexes = TxnIndexes()
+        self.txn_indexes = TxnIndexes(broker.leaderships)
         self._stopping = stopping
         self.cluster_id = f"engine-{broker.data_dir.namespace}"
 

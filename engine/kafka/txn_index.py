@@ -35,10 +35,11 @@ from __future__ import annotations
 import bisect
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from engine.errors import CorruptRecordError
-from engine.kafka.partitions import Leadership
+from engine.kafka.partitions import SWEEP_S, Leadership, Leaderships
 from engine.txn_filter import ABORT, COMMIT, CONTROL, TRANSACTIONAL, marker_type
 
 __all__ = ["TxnIndex", "TxnIndexes"]
@@ -127,18 +128,30 @@ class TxnIndex:
 
 
 class TxnIndexes:
-    """The index of each partition leadership of one listener."""
+    """The index of each partition leadership of one listener; at most every SWEEP_S,
+    those of leaderships the broker no longer has (``leaderships()``) are dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, leaderships: Callable[[], Leaderships]) -> None:
+        self._leaderships = leaderships
         self._lock = threading.Lock()
         self._indexes: dict[tuple[str, int, int], TxnIndex] = {}
+        self._swept = time.monotonic()
 
     def of(self, leadership: Leadership) -> TxnIndex:
-        key = (leadership.ring_name, leadership.partition, leadership.leader_epoch)
+        key = _key(leadership)
         with self._lock:
+            if time.monotonic() - self._swept > SWEEP_S:
+                self._swept = time.monotonic()
+                live = {_key(current) for current in self._leaderships().values()}
+                for gone in [k for k in self._indexes if k not in live]:
+                    del self._indexes[gone]
             found = self._indexes.get(key)
             if found is None:
                 for old in [k for k in self._indexes if k[:2] == key[:2]]:
                     del self._indexes[old]  # an older leadership of the partition
                 found = self._indexes[key] = TxnIndex()
             return found
+
+
+def _key(leadership: Leadership) -> tuple[str, int, int]:
+    return leadership.ring_name, leadership.partition, leadership.leader_epoch
