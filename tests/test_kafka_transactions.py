@@ -184,8 +184,8 @@ def test_consume_transform_produce_commits_records_and_offsets_together(daemon2:
     # The first run commits chunks 0-2 (chunk 1 aborted once) and dies with chunk 3 open.
     transform(daemon2, transactional_id, group, src, dst, range(0, 3), {1}, leave_open=True)
     assert committed_offsets(daemon2, group) == {TopicPartition(src, 0): 30}
-    # The restart resumes after the last committed transaction (the open one is aborted
-    # by its init_transactions).
+    # The restart resumes after the last committed transaction (the open one is aborted,
+    # at the latest by the restart's init_transactions).
     resume = committed_offsets(daemon2, group)[TopicPartition(src, 0)] // 10
     transform(daemon2, transactional_id, group, src, dst, range(resume, 6), {4})
     assert committed_offsets(daemon2, group) == {TopicPartition(src, 0): 60}
