@@ -476,11 +476,44 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
 
         assert (latest(0), latest(1)) == (2, 1)  # the open transaction holds the LSO at 1
 
+        def offsets(group: str, epoch: int = epoch) -> Any:
+            got = conn.request(
+                schemas.TXN_OFFSET_COMMIT, 3,
+                {"transactional_id": transactional_id, "group_id": group, "producer_id": pid,
+                 "producer_epoch": epoch, "topics": [{"name": topic, "partitions": [
+                     {"partition_index": 0, "committed_offset": 1}]}]},
+            )  # fmt: skip
+            assert got is not None
+            return got["topics"][0]["partitions"][0]["error_code"]
+
+        def add_offsets(group: str) -> Any:
+            got = conn.request(
+                schemas.ADD_OFFSETS_TO_TXN, 3,
+                {"transactional_id": transactional_id, "producer_id": pid,
+                 "producer_epoch": epoch, "group_id": group},
+            )  # fmt: skip
+            assert got is not None
+            return got["error_code"]
+
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        assert offsets(group) == ErrorCode.INVALID_TXN_STATE  # before AddOffsetsToTxn
+        assert add_offsets("no spaces") == ErrorCode.INVALID_GROUP_ID
+        assert (add_offsets(group), offsets(group)) == (0, 0)
+        too_long = conn.request(
+            schemas.INIT_PRODUCER_ID, 4,
+            {"transactional_id": transactional_id, "transaction_timeout_ms": 3_600_000},
+        )  # fmt: skip
+        assert too_long is not None
+        assert too_long["error_code"] == ErrorCode.INVALID_TRANSACTION_TIMEOUT
+
         new_pid, new_epoch = init()  # fences the first instance and aborts its transaction
         assert (new_pid, new_epoch) == (pid, epoch + 1)
         assert (latest(0), latest(1)) == (3, 3)  # its ABORT marker at 2
         late = produce_txn(conn, transactional_id, topic, 0, batch(1))
         assert late["error_code"] == ErrorCode.INVALID_PRODUCER_EPOCH
+        assert offsets(group) == ErrorCode.INVALID_PRODUCER_EPOCH
+        # The aborted transaction's offsets were never committed.
+        assert committed_offset(daemon2, group, TopicPartition(topic, 0)) is None
         for version, code in (
             (1, ErrorCode.INVALID_PRODUCER_EPOCH),
             (3, ErrorCode.PRODUCER_FENCED),
