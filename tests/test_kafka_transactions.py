@@ -68,7 +68,7 @@ def read_all(
     d: Daemon, topic: str, partitions: int, expect: int, committed: bool = True
 ) -> list[bytes]:
     """The values of ``topic`` through an assign()ed confluent-kafka consumer, once it
-    holds ``expect`` and nothing more comes within 0.5 s."""
+    holds ``expect`` and nothing more comes within 0.3 s."""
     consumer = confluent_kafka.Consumer(
         librdkafka_config(
             d,
@@ -95,7 +95,7 @@ def read_all(
             return len(out) >= expect
 
         wait_for(more, timeout=30, what=f"{expect} records of {topic}")
-        for msg in consumer.consume(1000, timeout=0.5):
+        for msg in consumer.consume(1000, timeout=0.3):
             out.append(msg.value())
     finally:
         consumer.close()
@@ -542,3 +542,43 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
     finally:
         conn.close()
         other.close()
+
+
+def test_a_producer_whose_transaction_timed_out_goes_on_with_its_epoch_and_others_are_fenced(
+    daemon2: Daemon,
+) -> None:
+    topic, transactional_id = new_topic(daemon2, partitions=1), tid()
+    conn = Raw(leader_address(daemon2, topic, 0))
+    try:
+
+        def init(version: int, producer_id: int = -1, epoch: int = -1) -> Any:
+            got = conn.request(
+                schemas.INIT_PRODUCER_ID, version,
+                {"transactional_id": transactional_id, "transaction_timeout_ms": 1000,
+                 "producer_id": producer_id, "producer_epoch": epoch},
+            )  # fmt: skip
+            assert got is not None
+            return got["error_code"], got["producer_id"], got["producer_epoch"]
+
+        _, pid, epoch = init(4)
+
+        def add() -> Any:
+            got = conn.request(
+                schemas.ADD_PARTITIONS_TO_TXN, 3,
+                {"transactional_id": transactional_id, "producer_id": pid,
+                 "producer_epoch": epoch, "topics": [{"name": topic, "partitions": [0]}]},
+            )  # fmt: skip
+            assert got is not None
+            return got["results"][0]["results"][0]["error_code"]
+
+        assert add() == 0
+
+        def ended() -> bool:
+            return bool(add() == ErrorCode.PRODUCER_FENCED)  # the timeout bumped the epoch
+
+        wait_for(ended, timeout=20, what="the transaction timeout to abort the transaction")
+        assert init(4, pid, epoch - 1 if epoch else 99) == (ErrorCode.PRODUCER_FENCED, -1, -1)
+        assert init(3, pid, 99)[0] == ErrorCode.INVALID_PRODUCER_EPOCH
+        assert init(4, pid, epoch) == (0, pid, epoch + 2)  # KIP-360: it goes on
+    finally:
+        conn.close()

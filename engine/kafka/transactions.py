@@ -159,6 +159,7 @@ class TransactionCoordinator:
     def _init_refusal(
         self, tid: str, timeout_ms: int, producer_id: int, epoch: int
     ) -> ErrorCode | None:
+        """Why InitProducerId may not go on (None: it may)."""
         try:
             txn.validate_transactional_id(tid)
         except ConfigError as exc:
@@ -172,9 +173,9 @@ class TransactionCoordinator:
         if loaded is None:
             return None
         state = loaded[0]
-        timed_out = (state.last_abort or {}).get("epoch") if (
-            (state.last_abort or {}).get("reason") == "timeout"
-        ) else None  # fmt: skip
+        abort = state.last_abort or {}
+        # The epoch the transaction timeout took from this producer: it may go on.
+        timed_out = abort.get("epoch") if abort.get("reason") == "timeout" else None
         if state.producer_id == producer_id and epoch in (state.epoch, timed_out):
             return None
         return ErrorCode.PRODUCER_FENCED
