@@ -41,6 +41,8 @@ class ErrorCode(enum.IntEnum):
     """acks=all: written, but the ISR shrank below min.insync.replicas meanwhile."""
     INVALID_REQUIRED_ACKS = 21
     """acks other than 0, 1 or -1."""
+    INVALID_GROUP_ID = 24
+    """A group id the coordinator's tree cannot name (engine.offset_store)."""
     UNSUPPORTED_SASL_MECHANISM = 33
     """The SaslHandshake named a mechanism not enabled here (the response lists them)."""
     ILLEGAL_SASL_STATE = 34
@@ -70,7 +72,16 @@ class ErrorCode(enum.IntEnum):
     INVALID_PRODUCER_EPOCH = 47
     """An idempotent producer's batch carries an older epoch than the partition saw."""
     INVALID_TXN_STATE = 48
-    """A transactional batch: transactions are not served on this listener yet."""
+    """A transaction call out of order (EndTxn commit of an aborting transaction), or a
+    transactional batch to a partition not added to the transaction."""
+    INVALID_PRODUCER_ID_MAPPING = 49
+    """The producer id is not the transactional id's (it was never initialised)."""
+    INVALID_TRANSACTION_TIMEOUT = 50
+    """transaction_timeout_ms is not 1 ms to 15 min (Kafka's transaction.max.timeout.ms)."""
+    CONCURRENT_TRANSACTIONS = 51
+    """The transaction is being completed (its markers are being written): retry."""
+    OPERATION_NOT_ATTEMPTED = 55
+    """Another partition of the same request failed, so this one was not tried."""
     SASL_AUTHENTICATION_FAILED = 58
     """Wrong user name or password (or a malformed SASL token): the connection closes."""
     FENCED_LEADER_EPOCH = 74
@@ -80,6 +91,9 @@ class ErrorCode(enum.IntEnum):
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
     and offset delta that disagree, not magic 2)."""
+    PRODUCER_FENCED = 90
+    """A newer producer initialised the transactional id: this one must close (older
+    request versions get INVALID_PRODUCER_EPOCH)."""
     UNKNOWN_TOPIC_ID = 100
     """DeleteTopics by topic id: no topic has that id."""
     MISMATCHED_ENDPOINT_TYPE = 114

@@ -25,9 +25,15 @@ through the broker's own session.
   batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
-- InitProducerId: a new producer id from the cluster's allocator (the engine's own
-  producers take theirs from the same), epoch 0; a known id with its epoch (KIP-360's
-  bump) gets the next epoch. Transactional ids are not served yet.
+- InitProducerId without a transactional id: a new producer id from the cluster's
+  allocator (the engine's own producers take theirs from the same), epoch 0; a known id
+  with its epoch (KIP-360's bump) gets the next epoch. With a transactional id, and the
+  other transaction APIs: engine.kafka.transactions.
+- Transactional Produce: each (producer id, epoch) of the request checked once against
+  its transaction (engine.kafka.transactions.TransactionCoordinator.verify).
+- read_committed (Fetch and ListOffsets with isolation_level 1): nothing at or past the
+  last stable offset, and the aborted transactions of what is returned
+  (engine.kafka.txn_index).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -52,6 +59,8 @@ from engine.errors import EngineError, InvalidTopicError, TopicExistsError, Unkn
 from engine.kafka.error_codes import ErrorCode
 from engine.kafka.partitions import PartitionHandle, PartitionHandles, ProducerStates
 from engine.kafka.schemas import APIS
+from engine.kafka.transactions import TransactionCoordinator
+from engine.kafka.txn_index import TxnIndex, TxnIndexes
 from engine.record_batch import decode_record_infos, scan_batches
 from engine.ring import wait_any
 
@@ -71,6 +80,11 @@ MAX_EPOCH = 32767
 #: FindCoordinator's key types.
 COORDINATOR_GROUP = 0
 COORDINATOR_TRANSACTION = 1
+READ_COMMITTED = 1
+#: A batch header's attributes, producer id and epoch (record_batch.py has it all).
+_TXN_FIELDS = struct.Struct(">21xh20xqh")
+_BASE_AND_LENGTH = struct.Struct(">qi")
+_TRANSACTIONAL = 0x10
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,8 @@ class Handlers:
     def __init__(self, broker: BrokerSide, stopping: Callable[[], bool]) -> None:
         self.broker = broker
         self.states = ProducerStates()
+        self.transactions = TransactionCoordinator(broker.zk)
+        self.txn_indexes = TxnIndexes(broker.leaderships)
         self._stopping = stopping
 
     @functools.cached_property
@@ -270,6 +286,7 @@ class Handlers:
         self, handles: PartitionHandles, version: int, request: dict[str, Any]
     ) -> dict[str, Any]:
         acks, timeout_ms = request["acks"], request["timeout_ms"]
+        refused = self._verify_transactional(request)
         responses = []
         for topic in request["topic_data"]:
             name = topic["name"]
@@ -279,6 +296,10 @@ class Handlers:
                 answer: dict[str, Any] = {"index": index, "base_offset": -1}
                 if acks not in (0, 1, -1):
                     answer["error_code"] = ErrorCode.INVALID_REQUIRED_ACKS
+                    answers.append(answer)
+                    continue
+                if (name, index) in refused:
+                    answer["error_code"] = refused[name, index]
                     answers.append(answer)
                     continue
                 handle = handles.get(name, index)
@@ -303,6 +324,26 @@ class Handlers:
                 answers.append(answer)
             responses.append({"name": name, "partition_responses": answers})
         return {"responses": responses}
+
+    def _verify_transactional(self, request: dict[str, Any]) -> dict[tuple[str, int], ErrorCode]:
+        """The partitions whose transactional batch its transaction refuses, and why:
+        one check per (producer id, epoch) of the request."""
+        by_producer: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        for topic in request["topic_data"]:
+            for p in topic["partition_data"]:
+                records = p["records"]
+                if records is None or len(records) < _TXN_FIELDS.size:
+                    continue
+                attributes, producer_id, epoch = _TXN_FIELDS.unpack_from(records)
+                if attributes & _TRANSACTIONAL and producer_id >= 0:
+                    by_producer.setdefault((producer_id, epoch), []).append(
+                        (topic["name"], p["index"])
+                    )
+        refused: dict[tuple[str, int], ErrorCode] = {}
+        for (producer_id, epoch), tps in by_producer.items():
+            checked = self.transactions.verify(request["transactional_id"], producer_id, epoch, tps)
+            refused.update((tp, code) for tp, code in checked.items() if code is not ErrorCode.NONE)
+        return refused
 
     @staticmethod
     def failed(produced: dict[str, Any]) -> bool:
@@ -332,6 +373,7 @@ class Handlers:
         """One pass over the partitions asked: the responses, the bytes they carry, and
         what to wait on when they carry none (empty when an error must go out now)."""
         budget = request["max_bytes"]
+        committed = request["isolation_level"] == READ_COMMITTED
         total = 0
         waits: list[Any] = []
         failed = False
@@ -361,32 +403,67 @@ class Handlers:
                     else min(p["partition_max_bytes"], budget - total)
                 )
                 if room <= 0:  # the response is full: its offsets only
+                    stable = self._stable(handle) if committed else None
                     start, high_watermark = handle.offsets()
                     answer |= {
                         "high_watermark": high_watermark,
-                        "last_stable_offset": high_watermark,
+                        "last_stable_offset": high_watermark if stable is None else stable[1],
                         "log_start_offset": start,
                     }
+                    if committed and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                        failed = True
                     continue
                 got = handle.read(offset, room)
                 if got.error is not ErrorCode.NONE:  # Kafka's error answer: no offsets
                     answer["error_code"] = got.error
                     failed = True
                     continue
+                records = got.records
                 answer |= {
                     "error_code": got.error,
                     "high_watermark": got.high_watermark,
                     "last_stable_offset": got.high_watermark,
                     "log_start_offset": got.log_start_offset,
-                    "records": got.records,
                 }
-                total += len(got.records)
-                if not got.records:
-                    cursor = handle.wait_target(offset)
+                stable = self._stable(handle, offset, records) if committed else None
+                if committed and stable is None:  # the log went (sealed, or retention)
+                    answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                    failed = True
+                    continue
+                if stable is not None:
+                    index, lso = stable
+                    records = _below(records, lso)
+                    with index.lock:
+                        aborted = index.aborted_between(offset, lso) if records else []
+                    answer |= {"last_stable_offset": lso, "aborted_transactions": aborted}
+                answer["records"] = records
+                total += len(records)
+                if not records:
+                    # read_committed: what comes next is a marker that moves the high
+                    # watermark (waiting at the fetch offset would return at once).
+                    at = offset if stable is None else max(offset, got.high_watermark)
+                    cursor = handle.wait_target(at)
                     if cursor is not None:
                         waits.append((handle.ring, cursor))
             responses.append({"topic": name, "partitions": answers})
         return responses, total, [] if failed else waits
+
+    def _stable(
+        self, handle: PartitionHandle, offset: int = -1, fetched: bytes = b""
+    ) -> tuple[TxnIndex, int] | None:
+        """The partition's transaction index, brought up to its high watermark, and its
+        last stable offset; None when the log could not be read. ``fetched``: the
+        batches a Fetch just read from ``offset``, which the index takes first (a
+        consumer at the end of the log then costs the index no read of its own)."""
+        index = self.txn_indexes.of(handle.leadership)
+        with index.lock:
+            if fetched:
+                index.feed(offset, fetched)
+            start, high_watermark = handle.offsets()
+            if not index.update(handle.read_log, start, high_watermark):
+                return None
+            return index, index.last_stable_offset(high_watermark)
 
     # -- ListOffsets -----------------------------------------------------------
 
@@ -411,7 +488,14 @@ class Handlers:
                 answer["leader_epoch"] = handle.leadership.leader_epoch
                 start, high_watermark = handle.offsets()
                 if asked == LATEST:
-                    answer["offset"] = high_watermark
+                    stable = (
+                        self._stable(handle)
+                        if request["isolation_level"] == READ_COMMITTED
+                        else None
+                    )
+                    if request["isolation_level"] == READ_COMMITTED and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                    answer["offset"] = high_watermark if stable is None else stable[1]
                 elif asked == EARLIEST:
                     answer["offset"] = start
                 elif asked >= 0 or (asked == MAX_TIMESTAMP and version >= 7):
@@ -545,16 +629,23 @@ class Handlers:
     # -- InitProducerId --------------------------------------------------------
 
     def init_producer_id(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
-        if request["transactional_id"] is not None:
-            return {
-                "error_code": ErrorCode.INVALID_REQUEST,
-                "producer_id": -1,
-                "producer_epoch": -1,
-            }
+        """An idempotent producer's id (one with a transactional id goes to
+        TransactionCoordinator.init_producer_id)."""
         producer_id, epoch = request["producer_id"], request["producer_epoch"]
         if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
             return {"producer_id": producer_id, "producer_epoch": epoch + 1}
         return {"producer_id": txn.allocate_producer_id(self.broker.zk), "producer_epoch": 0}
+
+
+def _below(records: bytes, end: int) -> bytes:
+    """The whole batches of ``records`` that start below offset ``end``."""
+    pos, size = 0, len(records)
+    while pos + _BASE_AND_LENGTH.size <= size:
+        base, length = _BASE_AND_LENGTH.unpack_from(records, pos)
+        if base >= end:
+            return records[:pos]
+        pos += length + 12  # batch_length counts the bytes after its own field
+    return records
 
 
 def _no_coordinator(error: ErrorCode, message: str) -> dict[str, Any]:

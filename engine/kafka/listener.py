@@ -45,6 +45,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from engine.cluster import ClusterView
 from engine.errors import EngineError, KafkaProtocolError
 from engine.kafka import schemas
 from engine.kafka.admin import AdminHandlers
@@ -225,6 +226,19 @@ class _Connection(threading.Thread):
         )
         self.mechanism: Mechanism | None = None
         self._close_after = False  # a failed authentication: close once answered
+        self._txn_view: ClusterView | None = None
+
+    def txn_view(self) -> ClusterView:
+        """The rings this connection's transaction requests write markers to and fence
+        (mapped on first use without faulting their pages in: a marker touches a few,
+        over the broker's coordinator session)."""
+        if self._txn_view is None:
+            broker = self.listener.handlers.broker
+            self._txn_view = ClusterView(broker.data_dir.root, populate_rings=False, zk=broker.zk)
+        for name, topic in list(self._txn_view.topics.items()):
+            if any(ring.sealed for ring in topic.rings.values()):
+                self._txn_view.forget(name)  # a deleted topic's (or an old leader's) rings go
+        return self._txn_view
 
     def shut(self) -> None:
         with contextlib.suppress(OSError):
@@ -254,6 +268,8 @@ class _Connection(threading.Thread):
             log.exception("closing Kafka connection %s after an unexpected error", self.peer)
         finally:
             self.handles.close()
+            if self._txn_view is not None:
+                self._txn_view.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.listener._forget(self)
@@ -349,6 +365,8 @@ class _Connection(threading.Thread):
         if api_key == schemas.FIND_COORDINATOR:
             return h.find_coordinator(version, request)
         if api_key == schemas.INIT_PRODUCER_ID:
+            if request["transactional_id"] is not None:
+                return h.transactions.init_producer_id(self.txn_view(), version, request)
             return h.init_producer_id(version, request)
         if api_key in _ADMIN:
             return _ADMIN[api_key](self.listener.admin, version, request)
@@ -356,6 +374,14 @@ class _Connection(threading.Thread):
             return self.listener.admin.delete_records(self.handles, version, request)
         if api_key == schemas.OFFSET_FOR_LEADER_EPOCH:
             return self.listener.admin.offset_for_leader_epoch(self.handles, version, request)
+        if api_key == schemas.ADD_PARTITIONS_TO_TXN:
+            return h.transactions.add_partitions(self.txn_view(), version, request)
+        if api_key == schemas.ADD_OFFSETS_TO_TXN:
+            return h.transactions.add_offsets(self.txn_view(), version, request)
+        if api_key == schemas.END_TXN:
+            return h.transactions.end_txn(self.txn_view(), version, request)
+        if api_key == schemas.TXN_OFFSET_COMMIT:
+            return h.transactions.txn_offset_commit(version, request)
         if api_key == schemas.SASL_HANDSHAKE:
             return self._sasl_handshake(version, request)
         if api_key == schemas.SASL_AUTHENTICATE:
