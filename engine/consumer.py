@@ -301,7 +301,7 @@ class Consumer:
             )
         if self._fetches:
             raise ConfigError("subscribe() after assign(): a consumer uses one or the other")
-        self._group = GroupMember(
+        member = GroupMember(
             self._cluster.data_dir,
             self.group_id,
             self.client_id,
@@ -309,7 +309,12 @@ class Consumer:
             self.session_timeout_ms,
             self.max_poll_interval_ms,
         )
-        self._group.join(topics)
+        try:
+            member.join(topics)
+        except BaseException:
+            member.close()  # its session: a refused join leaves nothing behind
+            raise
+        self._group = member
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._check_open()

@@ -21,6 +21,8 @@ through the broker's own session.
   or after it (a walk over the batches from the log start).
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
+- JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+  DescribeGroups, ListGroups, DeleteGroups: engine.kafka.group_coordinator.
 - InitProducerId: a new producer id from the cluster's allocator (the engine's own
   producers take theirs from the same), epoch 0; a known id with its epoch (KIP-360's
   bump) gets the next epoch. Transactional ids are not served yet.
@@ -43,6 +45,7 @@ from engine.config import validate_topic_name
 from engine.datadir import DataDir
 from engine.errors import EngineError, InvalidTopicError, TopicExistsError, UnknownTopicError
 from engine.kafka.error_codes import ErrorCode
+from engine.kafka.group_coordinator import GroupCoordinator
 from engine.kafka.partitions import PartitionHandle, PartitionHandles, ProducerStates
 from engine.kafka.schemas import APIS
 from engine.record_batch import decode_record_infos, scan_batches
@@ -95,6 +98,10 @@ class Handlers:
         self.states = ProducerStates()
         self._stopping = stopping
         self.cluster_id = f"engine-{broker.data_dir.namespace}"
+        #: JoinGroup ... DeleteGroups, OffsetCommit, OffsetFetch.
+        self.groups = GroupCoordinator(
+            broker.zk, broker.broker_id, self.is_coordinator, stopping
+        )
 
     # -- ApiVersions -----------------------------------------------------------
 
