@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import random
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -26,7 +30,8 @@ import pytest
 from engine_harness import Daemon, running_daemon, wait_for
 from test_kafka_listener import Raw, kafka, kafka_settings
 
-from engine import Admin, Consumer, GroupProtocolError, Producer, TopicPartition
+from engine import Admin, Consumer, GroupNotEmptyError, GroupProtocolError, Producer, TopicPartition
+from engine.group import read_members
 from engine.kafka import schemas
 from engine.kafka.error_codes import ErrorCode
 from engine.kafka.group_coordinator import encode_subscription
@@ -219,17 +224,21 @@ def owned_once(members: list[Member], partitions: int) -> bool:
 # -- raw requests ---------------------------------------------------------------------------
 
 
-def coordinator_and_other(d: Daemon, group: str) -> tuple[Raw, Raw]:
-    """Raw connections to the group's coordinator and to the other broker."""
-    servers = bootstrap(d).split(",")
-    probe = Raw(servers[0])
+def coordinator_of(d: Daemon, group: str) -> tuple[int, str]:
+    """The broker id and address FindCoordinator names for the group."""
+    probe = Raw(bootstrap(d))
     try:
         found = probe.request(schemas.FIND_COORDINATOR, 3, {"key": group, "key_type": 0})
     finally:
         probe.close()
     assert found is not None and found["error_code"] == 0
-    mine = f"{found['host']}:{found['port']}"
-    (other,) = [s for s in servers if s != mine]
+    return found["node_id"], f"{found['host']}:{found['port']}"
+
+
+def coordinator_and_other(d: Daemon, group: str) -> tuple[Raw, Raw]:
+    """Raw connections to the group's coordinator and to the other broker."""
+    _, mine = coordinator_of(d, group)
+    (other,) = [s for s in bootstrap(d).split(",") if s != mine]
     return Raw(mine), Raw(other)
 
 
@@ -386,6 +395,8 @@ def test_engine_groups_describe_shows_the_kafka_members(cluster: Daemon) -> None
             assert info["subscription"] == [topic]
             assert {p for _, p in info["assignment"]} == m.assigned
         assert {row["owner"] for row in d["partitions"]} == {mid for mid, _ in by_client.values()}
+        with Admin(cluster.data_dir) as admin, pytest.raises(GroupNotEmptyError):
+            admin.delete_consumer_groups([group])
         text = cluster.cli("groups", "describe", group).stdout.decode()
         assert "state Stable" in text and "kafka client m0" in text and "kafka client m1" in text
         assert group in cluster.cli("groups", "list").stdout.decode().split()
@@ -413,6 +424,24 @@ def test_a_kafka_client_cannot_join_a_group_of_engine_consumers(cluster: Daemon)
             assert deleted is not None
             assert deleted["results"][0]["error_code"] == ErrorCode.NON_EMPTY_GROUP
             assert kinds(cluster, group) == {"engine"}
+            # Kafka's DescribeGroups and ListGroups show the engine's members too.
+            described = coordinator.request(schemas.DESCRIBE_GROUPS, 5, {"groups": [group]})
+            assert described is not None
+            (g,) = described["groups"]
+            assert (g["error_code"], g["group_state"], g["protocol_type"]) == (
+                0,
+                "Stable",
+                "consumer",
+            )
+            assert [m["client_id"] for m in g["members"]] == [c.client_id]
+            listed = coordinator.request(schemas.LIST_GROUPS, 4, {"states_filter": []})
+            assert listed is not None
+            assert {
+                "group_id": group,
+                "protocol_type": "consumer",
+                "group_state": "Stable",
+                "group_type": "",
+            } in listed["groups"]
         # Once they left, Kafka clients may have it.
         joined = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic))
         assert joined is not None and joined["error_code"] == ErrorCode.MEMBER_ID_REQUIRED
@@ -450,6 +479,7 @@ def engine_joins(
     consumer: Consumer, topic: str, go: threading.Barrier, outcome: dict[str, Any]
 ) -> None:
     go.wait()
+    time.sleep(random.uniform(0, 0.04))
     try:
         consumer.subscribe([topic])
         outcome["engine"] = True
@@ -460,30 +490,35 @@ def engine_joins(
 def test_an_engine_consumer_and_a_kafka_client_joining_at_once_are_never_both_members(
     cluster: Daemon,
 ) -> None:
-    """Outcomes allowed in each round: one of the two joined, or both were refused."""
+    """Each round starts both joins at once, each after a random delay of up to 40 ms
+    (either may register first). Outcomes allowed: one joined and the other was refused,
+    or both were refused (each saw the other's registration); never both joined."""
     topic = new_topic(cluster, 1)
-    for _ in range(6):
-        group = new_group()
-        coordinator, other = coordinator_and_other(cluster, group)
-        other.close()
-        consumer = Consumer(data_dir=cluster.data_dir, group_id=group)
-        outcome: dict[str, Any] = {}
-        go = threading.Barrier(2)
-        thread = threading.Thread(target=engine_joins, args=(consumer, topic, go, outcome))
-        thread.start()
-        try:
-            go.wait()
-            answer = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic))
-            assert answer is not None
-            thread.join(30)
-            kafka_joined = answer["error_code"] == ErrorCode.MEMBER_ID_REQUIRED
-            assert kafka_joined or answer["error_code"] == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
-            assert not (kafka_joined and outcome["engine"]), "both kinds joined one group"
-            assert len(kinds(cluster, group)) <= 1
-        finally:
-            thread.join(30)
-            consumer.close()
-            coordinator.close()
+    with Admin(cluster.data_dir) as admin:
+        for _ in range(8):
+            group = new_group()
+            coordinator, other = coordinator_and_other(cluster, group)
+            other.close()
+            consumer = Consumer(data_dir=cluster.data_dir, group_id=group)
+            outcome: dict[str, Any] = {}
+            go = threading.Barrier(2)
+            thread = threading.Thread(target=engine_joins, args=(consumer, topic, go, outcome))
+            thread.start()
+            try:
+                go.wait()
+                time.sleep(random.uniform(0, 0.04))
+                answer = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic))
+                assert answer is not None
+                thread.join(30)
+                kafka_joined = answer["error_code"] == ErrorCode.MEMBER_ID_REQUIRED
+                assert kafka_joined or answer["error_code"] == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+                assert not (kafka_joined and outcome["engine"]), "both kinds joined one group"
+                registered = read_members(admin._cluster.zk, group).values()
+                assert len({info.get("kind", "engine") for info in registered}) <= 1
+            finally:
+                thread.join(30)
+                consumer.close()
+                coordinator.close()
 
 
 def test_delete_groups_refuses_a_live_group_and_deletes_an_empty_one(cluster: Daemon) -> None:
@@ -681,3 +716,46 @@ def test_join_group_asks_for_a_member_id_and_heartbeats_follow_the_generation(
         )
     finally:
         coordinator.close()
+
+
+def test_after_its_coordinator_dies_a_group_rejoins_elsewhere_and_keeps_its_offsets(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the group's coordinator broker: the member rejoins at the other broker
+    (a new member id: membership is not persisted) and goes on from the offsets it
+    committed, which live in the coordinator's tree."""
+    with running_daemon(tmp_path / "f", brokers=2, start_args=["--kafka-auth", "none"]) as d:
+        topic, group = f"g-{uuid.uuid4().hex[:8]}", new_group()
+        with Admin(d.data_dir) as admin:
+            admin.create_topic(topic, partitions=2, replication=2, config=SMALL_RING)
+        first = [b"f%d" % i for i in range(20)]
+        produce(d, topic, 2, first)
+        (member,) = start_members("confluent-kafka", d, group, topic, 1)
+        try:
+            wait_for(lambda: member.values() >= set(first), timeout=30, what="the first records")
+            wait_for(
+                lambda: [p["committed"] for p in describe(d, group)["partitions"]] == [10, 10],
+                timeout=10,
+                what="the first records committed",
+            )
+            (before,) = describe(d, group)["members"]
+            victim, _ = coordinator_of(d, group)
+            os.kill(int(d.runtime()["processes"][f"broker-{victim}"]), signal.SIGKILL)
+            second = [b"s%d" % i for i in range(20)]
+            produce(d, topic, 2, second)
+            wait_for(
+                lambda: member.values() >= set(second),
+                timeout=60,
+                what="the records produced after the coordinator died",
+            )
+            assert member.error is None, member.error
+            # It resumed at the offsets committed before: nothing was read twice.
+            assert sorted(v for _, _, v in member.records if v in set(first)) == sorted(first)
+            after = wait_for(
+                lambda: list(describe(d, group)["members"]),
+                timeout=20,
+                what="the member registered again",
+            )
+            assert after != [before]
+        finally:
+            stop_all([member])

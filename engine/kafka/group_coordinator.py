@@ -273,8 +273,8 @@ class GroupCoordinator:
         # Load: the generation goes on from the one the tree records.
         try:
             previous, _ = read_state(self.zk, group_id)
-        except (ValueError, KeyError, TypeError):
-            previous = None
+        except (ValueError, KeyError, TypeError, KazooException, KazooTimeoutError):
+            previous = None  # a state it cannot read: generations start again at 1
         with self._lock:
             group = self._groups.get(group_id)
             if group is None:
