@@ -31,8 +31,8 @@ from engine_harness import Daemon, running_daemon, wait_for
 from test_kafka_listener import Raw, kafka, kafka_settings
 
 from engine import Admin, Consumer, GroupNotEmptyError, GroupProtocolError, Producer, TopicPartition
-from engine.group import read_members
-from engine.kafka import schemas
+from engine.group import describe_group, read_members
+from engine.kafka import group_coordinator, schemas
 from engine.kafka.error_codes import ErrorCode
 from engine.kafka.group_coordinator import encode_subscription
 
@@ -50,8 +50,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         yield d
 
 
+_BOOTSTRAP: dict[Path, str] = {}
+
+
 def bootstrap(d: Daemon) -> str:
-    return str(kafka_settings(d)["bootstrap_servers"])
+    """The daemon's bootstrap servers (`engine status` once per daemon: a broker that
+    restarts takes its port again)."""
+    if d.data_dir not in _BOOTSTRAP:
+        _BOOTSTRAP[d.data_dir] = str(kafka_settings(d)["bootstrap_servers"])
+    return _BOOTSTRAP[d.data_dir]
 
 
 def new_topic(d: Daemon, partitions: int) -> str:
@@ -73,8 +80,16 @@ def produce(d: Daemon, topic: str, partitions: int, values: list[bytes]) -> None
 
 
 def describe(d: Daemon, group: str) -> dict[str, Any]:
-    out: dict[str, Any] = json.loads(d.cli("groups", "describe", group, "--json").stdout)
-    return out
+    """What `engine groups describe GROUP --json` prints, from the library (quicker)."""
+    with Admin(d.data_dir) as admin:
+        g = describe_group(admin, group)
+    return {
+        "state": g.state,
+        "generation": g.generation,
+        "protocol": g.protocol,
+        "members": g.members,
+        "partitions": [p.__dict__ for p in g.partitions],
+    }
 
 
 def kinds(d: Daemon, group: str) -> set[str]:
@@ -132,6 +147,8 @@ class Member(threading.Thread):
                 "heartbeat.interval.ms": HEARTBEAT_MS,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                # A broker that died (the failover test) is tried again within a second.
+                "reconnect.backoff.max.ms": 1000,
             }
         )
         try:
@@ -385,7 +402,7 @@ def test_engine_groups_describe_shows_the_kafka_members(cluster: Daemon) -> None
             timeout=10,
             what="the group described as Stable",
         )
-        d = describe(cluster, group)
+        d = json.loads(cluster.cli("groups", "describe", group, "--json").stdout)
         by_client = {info["client_id"]: (mid, info) for mid, info in d["members"].items()}
         assert sorted(by_client) == ["m0", "m1"]
         assert d["protocol"] in ("range", "roundrobin") and d["generation"] >= 1
@@ -759,3 +776,71 @@ def test_after_its_coordinator_dies_a_group_rejoins_elsewhere_and_keeps_its_offs
             assert after != [before]
         finally:
             stop_all([member])
+
+
+def test_a_member_that_does_not_rejoin_within_the_rebalance_timeout_is_removed(
+    cluster: Daemon,
+) -> None:
+    topic, group = new_topic(cluster, 2), new_group()
+    coordinator, other = coordinator_and_other(cluster, group)
+    short = {"rebalance_timeout_ms": 1000}
+    other_conn = None
+    try:
+        first = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic) | short)
+        old = first["member_id"]
+        joined = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic, old) | short)
+        assert joined["error_code"] == ErrorCode.NONE and joined["leader"] == old
+        # A second member joins (on its own connection); the first never joins again.
+        other.close()
+        other_conn = Raw(coordinator_of(cluster, group)[1])
+        new = other_conn.request(schemas.JOIN_GROUP, 5, join_body(group, topic) | short)
+        since = time.monotonic()
+        second = other_conn.request(
+            schemas.JOIN_GROUP, 5, join_body(group, topic, new["member_id"]) | short
+        )
+        waited = time.monotonic() - since
+        assert second["error_code"] == ErrorCode.NONE
+        assert second["generation_id"] == joined["generation_id"] + 1
+        assert second["leader"] == new["member_id"]
+        assert [m["member_id"] for m in second["members"]] == [new["member_id"]]
+        assert 0.9 <= waited < 5
+        hb = {"group_id": group, "generation_id": joined["generation_id"], "member_id": old}
+        assert coordinator.request(schemas.HEARTBEAT, 4, hb)["error_code"] == (
+            ErrorCode.UNKNOWN_MEMBER_ID
+        )
+    finally:
+        coordinator.close()
+        if other_conn is not None:
+            other_conn.close()
+
+
+def test_a_group_without_members_leaves_the_coordinators_memory_and_comes_back_from_the_tree(
+    cluster: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GroupCoordinator in this process, on the daemon's tree (Empty groups idle for
+    IDLE_EMPTY_GROUP_S are dropped; their generation is read back from the tree)."""
+    monkeypatch.setattr(group_coordinator, "IDLE_EMPTY_GROUP_S", 0.3)
+    topic, group = new_topic(cluster, 1), new_group()
+    stopping = threading.Event()
+    with Admin(cluster.data_dir) as admin:
+        groups = group_coordinator.GroupCoordinator(
+            admin._cluster.zk, 1, lambda _: True, stopping.is_set
+        )
+        try:
+            first = groups.join_group(5, join_body(group, topic), "c", "127.0.0.1:1")
+            mid = first["member_id"]
+            joined = groups.join_group(5, join_body(group, topic, mid), "c", "127.0.0.1:1")
+            # (The codec writes an absent error_code as its default, NONE.)
+            assert joined.get("error_code", ErrorCode.NONE) == ErrorCode.NONE
+            left = groups.leave_group(1, {"group_id": group, "member_id": mid})
+            assert left["error_code"] == ErrorCode.NONE
+            wait_for(lambda: group not in groups._groups, timeout=10, what="the group dropped")
+            again = groups.join_group(5, join_body(group, topic), "c", "127.0.0.1:1")
+            rejoined = groups.join_group(
+                5, join_body(group, topic, again["member_id"]), "c", "127.0.0.1:1"
+            )
+            # Generations go on: 1 formed it, 2 emptied it, 3 is the new one.
+            assert (joined["generation_id"], rejoined["generation_id"]) == (1, 3)
+            groups.leave_group(1, {"group_id": group, "member_id": again["member_id"]})
+        finally:
+            stopping.set()

@@ -55,7 +55,9 @@ offset metadata (committed, not kept: OffsetFetch answers ""), offset retention.
 Threads: each connection's thread calls the request methods; JoinGroup and SyncGroup
 block it (a Kafka client sends them on the coordinator's connection and waits too).
 One lock (a Condition) per group serializes its changes; the dict of groups has its
-own lock. The sweeper thread starts with the first group and stops with the listener.
+own lock, taken inside a group's, never around one. The sweeper thread starts with the
+first group and stops with the listener; it also drops groups that stayed without
+members for IDLE_EMPTY_GROUP_S.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ INITIAL_REBALANCE_DELAY_S = 0.5
 SWEEP_INTERVAL_S = 0.25
 #: How often the sweeper checks that this broker still coordinates its groups.
 OWNERSHIP_CHECK_S = 1.0
+#: How long a group without members stays in memory after its last request.
+IDLE_EMPTY_GROUP_S = 30.0
 #: How long a waiting JoinGroup or SyncGroup sleeps at a time (a stopping listener).
 WAIT_SLICE_S = 0.5
 #: Kafka's offset.metadata.max.bytes.
@@ -193,6 +197,10 @@ class _Group:
     not_before: float = 0.0
     known_offset_nodes: set[TopicPartition] = field(default_factory=set)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    #: When a request last looked the group up (time.monotonic()).
+    used: float = field(default_factory=time.monotonic)
+    #: Dropped from memory (Empty and idle): a JoinGroup that holds it looks again.
+    evicted: bool = False
 
     def candidates(self) -> set[str] | None:
         """The protocols every member supports (None without members)."""
@@ -269,6 +277,8 @@ class GroupCoordinator:
         with self._lock:
             group = self._groups.get(group_id)
             if group is not None or not create:
+                if group is not None:
+                    group.used = time.monotonic()
                 return group
         # Load: the generation goes on from the one the tree records.
         try:
@@ -303,8 +313,6 @@ class GroupCoordinator:
             error = ErrorCode.INCONSISTENT_GROUP_PROTOCOL
         if error is not None:
             return _join_error(error, member_id)
-        group = self._group(group_id, create=True)
-        assert group is not None
         session_s = req["session_timeout_ms"] / 1000
         rebalance_ms = req["rebalance_timeout_ms"]
         candidate = _Member(
@@ -318,56 +326,67 @@ class GroupCoordinator:
             protocols,
         )
         candidate.topics = _subscribed_topics(candidate)
-        with group.cond:
-            if group.state is ClassicGroupState.DEAD:
-                return _join_error(ErrorCode.COORDINATOR_NOT_AVAILABLE, member_id)
-            if not self._supports(group, candidate):
-                return _join_error(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id)
-            now = time.monotonic()
-            if not member_id:
-                error = self._register(group, candidate)
-                if error is not None:
-                    return _join_error(error, "")
-                if version >= 4:
-                    group.pending[candidate.member_id] = (now + session_s, candidate)
-                    return _join_error(ErrorCode.MEMBER_ID_REQUIRED, candidate.member_id)
-                member, changed = self._add(group, candidate), True
-            elif member_id in group.pending:
-                group.pending.pop(member_id)
-                self._update_registration(group, candidate)
-                member, changed = self._add(group, candidate), True
-            elif member_id in group.members:
-                member = group.members[member_id]
-                changed = member.protocols != candidate.protocols
-                if changed:
-                    member.protocols, member.topics = candidate.protocols, candidate.topics
-                    self._update_registration(group, member)
-                member.session_timeout_s = candidate.session_timeout_s
-                member.rebalance_timeout_s = candidate.rebalance_timeout_s
-                member.client_id, member.client_host = candidate.client_id, candidate.client_host
-            else:
-                return _join_error(ErrorCode.UNKNOWN_MEMBER_ID, member_id)
-            reply = _Reply()
-            if member.join is not None:  # a join of this member still waits: superseded
-                member.join.response = _join_error(ErrorCode.REBALANCE_IN_PROGRESS, member_id)
-            member.join = reply
-            member.alive(now)
-            state = group.state
-            if state is ClassicGroupState.PREPARING_REBALANCE:
-                pass
-            elif (
-                state in (ClassicGroupState.COMPLETING_REBALANCE, ClassicGroupState.STABLE)
-                and not changed
-                and (state is ClassicGroupState.COMPLETING_REBALANCE or member_id != group.leader)
-            ):
-                # Nothing changed: the current generation, as it was given.
-                member.join = None
-                return self._join_response(group, member)
-            else:
-                self._prepare_rebalance(group, f"member {member.member_id} joined")
-            self._maybe_complete_join(group)
-            group.cond.notify_all()
-            return self._await(group, reply)
+        while True:
+            group = self._group(group_id, create=True)
+            assert group is not None
+            with group.cond:
+                if not group.evicted:
+                    return self._join(version, group, candidate, session_s)
+
+    def _join(
+        self, version: int, group: _Group, candidate: _Member, session_s: float
+    ) -> dict[str, Any]:
+        """JoinGroup, the group's lock held."""
+        member_id = candidate.member_id
+        if group.state is ClassicGroupState.DEAD:
+            return _join_error(ErrorCode.COORDINATOR_NOT_AVAILABLE, member_id)
+        if not self._supports(group, candidate):
+            return _join_error(ErrorCode.INCONSISTENT_GROUP_PROTOCOL, member_id)
+        now = time.monotonic()
+        if not member_id:
+            error = self._register(group, candidate)
+            if error is not None:
+                return _join_error(error, "")
+            if version >= 4:
+                group.pending[candidate.member_id] = (now + session_s, candidate)
+                return _join_error(ErrorCode.MEMBER_ID_REQUIRED, candidate.member_id)
+            member, changed = self._add(group, candidate), True
+        elif member_id in group.pending:
+            group.pending.pop(member_id)
+            self._update_registration(group, candidate)
+            member, changed = self._add(group, candidate), True
+        elif member_id in group.members:
+            member = group.members[member_id]
+            changed = member.protocols != candidate.protocols
+            if changed:
+                member.protocols, member.topics = candidate.protocols, candidate.topics
+                self._update_registration(group, member)
+            member.session_timeout_s = candidate.session_timeout_s
+            member.rebalance_timeout_s = candidate.rebalance_timeout_s
+            member.client_id, member.client_host = candidate.client_id, candidate.client_host
+        else:
+            return _join_error(ErrorCode.UNKNOWN_MEMBER_ID, member_id)
+        reply = _Reply()
+        if member.join is not None:  # a join of this member still waits: superseded
+            member.join.response = _join_error(ErrorCode.REBALANCE_IN_PROGRESS, member_id)
+        member.join = reply
+        member.alive(now)
+        state = group.state
+        if state is ClassicGroupState.PREPARING_REBALANCE:
+            pass
+        elif (
+            state in (ClassicGroupState.COMPLETING_REBALANCE, ClassicGroupState.STABLE)
+            and not changed
+            and (state is ClassicGroupState.COMPLETING_REBALANCE or member_id != group.leader)
+        ):
+            # Nothing changed: the current generation, as it was given.
+            member.join = None
+            return self._join_response(group, member)
+        else:
+            self._prepare_rebalance(group, f"member {member.member_id} joined")
+        self._maybe_complete_join(group)
+        group.cond.notify_all()
+        return self._await(group, reply)
 
     def _supports(self, group: _Group, member: _Member) -> bool:
         """Kafka's check: the same protocol type, and a protocol in common with every
@@ -707,6 +726,8 @@ class GroupCoordinator:
                 groups = list(self._groups.values())
             for group in groups:
                 try:
+                    if self._evict_if_idle(group):
+                        continue
                     if check and not self._is_coordinator(group.group_id):
                         self._unload(group)
                         continue
@@ -716,6 +737,23 @@ class GroupCoordinator:
                     log.info("group sweeper: the coordinator is unavailable: %s", exc)
                 except Exception:
                     log.exception("group sweeper: group %s", group.group_id)
+
+    def _evict_if_idle(self, group: _Group) -> bool:
+        """Drop a group without members that no request used for IDLE_EMPTY_GROUP_S (its
+        generation is in the tree; the next request loads it again)."""
+        with group.cond:
+            if (
+                group.state is not ClassicGroupState.EMPTY
+                or group.members
+                or group.pending
+                or time.monotonic() - group.used < IDLE_EMPTY_GROUP_S
+            ):
+                return False
+            group.evicted = True
+            with self._lock:
+                if self._groups.get(group.group_id) is group:
+                    del self._groups[group.group_id]
+        return True
 
     def _expire(self, group: _Group) -> None:
         now = time.monotonic()
