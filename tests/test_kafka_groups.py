@@ -414,6 +414,18 @@ def test_engine_groups_describe_shows_the_kafka_members(cluster: Daemon) -> None
         assert {row["owner"] for row in d["partitions"]} == {mid for mid, _ in by_client.values()}
         with Admin(cluster.data_dir) as admin, pytest.raises(GroupNotEmptyError):
             admin.delete_consumer_groups([group])
+        # Kafka's admin clients see the same members (DescribeGroups).
+        kafka_admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": bootstrap(cluster)})
+        seen = kafka_admin.describe_consumer_groups([group])[group].result(timeout=10)
+        assert seen.state == confluent_kafka.ConsumerGroupState.STABLE
+        assert {
+            (
+                m.member_id,
+                m.client_id,
+                frozenset(tp.partition for tp in m.assignment.topic_partitions),
+            )
+            for m in seen.members
+        } == {(by_client[m.client_id][0], m.client_id, m.assigned) for m in members}
         text = cluster.cli("groups", "describe", group).stdout.decode()
         assert "state Stable" in text and "kafka client m0" in text and "kafka client m1" in text
         assert group in cluster.cli("groups", "list").stdout.decode().split()
@@ -436,6 +448,20 @@ def test_a_kafka_client_cannot_join_a_group_of_engine_consumers(cluster: Daemon)
             refused = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic))
             assert refused is not None
             assert refused["error_code"] == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+            # As librdkafka tells its application.
+            kafka_consumer = confluent_kafka.Consumer(
+                {"bootstrap.servers": bootstrap(cluster), "group.id": group}
+            )
+            try:
+                kafka_consumer.subscribe([topic])
+                error = wait_for(
+                    lambda: (m := kafka_consumer.poll(0.2)) is not None and m.error(),
+                    timeout=15,
+                    what="the Kafka client's join refused",
+                )
+            finally:
+                kafka_consumer.close()
+            assert error.code() == confluent_kafka.KafkaError.INCONSISTENT_GROUP_PROTOCOL
             # Nor can the group be deleted under its engine members.
             deleted = coordinator.request(schemas.DELETE_GROUPS, 2, {"groups_names": [group]})
             assert deleted is not None
