@@ -79,6 +79,7 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from engine import metadata as md
 from engine import offset_store as store
+from engine.config import validate_topic_name
 from engine.errors import (
     ConfigError,
     GroupNotEmptyError,
@@ -564,8 +565,12 @@ class GroupCoordinator:
                 return {"error_code": ErrorCode.NOT_COORDINATOR}
             wait = WAIT_SLICE_S
             if group.state is ClassicGroupState.PREPARING_REBALANCE:
-                due = min(group.rebalance_deadline, max(group.not_before, time.monotonic()))
-                wait = min(wait, max(due - time.monotonic(), 0.0) + 0.005)
+                # Joins and leaves notify; the deadlines are the waiter's to keep.
+                now = time.monotonic()
+                due = group.rebalance_deadline
+                if group.not_before > now:
+                    due = min(due, group.not_before)
+                wait = min(wait, max(due - now, 0.0) + 0.005)
             group.cond.wait(wait)
             self._maybe_complete_join(group)
         return reply.response
@@ -843,7 +848,10 @@ class GroupCoordinator:
                 # A "simple" commit (an assign()-only consumer) into a group whose Kafka
                 # members own its partitions, as Kafka refuses it.
                 return every(ErrorCode.UNKNOWN_MEMBER_ID)
-            answers, offsets = self._offsets_to_commit(req["topics"])
+            try:
+                answers, offsets = self._offsets_to_commit(req["topics"])
+            except (KazooException, KazooTimeoutError):
+                return every(ErrorCode.COORDINATOR_NOT_AVAILABLE)
             if offsets:
                 error = self._write_offsets(group, offsets, check)
                 if error is not None:
@@ -872,6 +880,7 @@ class GroupCoordinator:
             name = t["name"]
             if name not in counts:
                 try:
+                    validate_topic_name(name)
                     counts[name] = md.read_topic(self.zk, name).partition_count
                 except (UnknownTopicError, InvalidTopicError):
                     counts[name] = None
@@ -985,7 +994,13 @@ class GroupCoordinator:
     # -- DescribeGroups, ListGroups, DeleteGroups -----------------------------------
 
     def describe_groups(self, version: int, req: dict[str, Any]) -> dict[str, Any]:
-        return {"groups": [self._describe(version, gid) for gid in req["groups"]]}
+        out = []
+        for gid in req["groups"]:
+            try:
+                out.append(self._describe(version, gid))
+            except (KazooException, KazooTimeoutError):
+                out.append({"group_id": gid, "error_code": ErrorCode.COORDINATOR_NOT_AVAILABLE})
+        return {"groups": out}
 
     def _describe(self, version: int, group_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {"group_id": group_id}
