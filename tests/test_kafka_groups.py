@@ -641,6 +641,29 @@ def test_a_broker_that_does_not_coordinate_the_group_answers_not_coordinator(
         assert commit["topics"][0]["partitions"][0]["error_code"] == ErrorCode.NONE
         with Consumer(data_dir=cluster.data_dir, group_id=group) as c:
             assert c.committed(TopicPartition(topic, 0)) == 1
+        # OffsetFetch: v8+ batches groups (all topics, or those asked: -1 where nothing
+        # was committed); v1 asks for one group.
+        fetched = coordinator.request(
+            schemas.OFFSET_FETCH,
+            8,
+            {
+                "groups": [
+                    {"group_id": group, "topics": None},
+                    {"group_id": group, "topics": [{"name": topic, "partition_indexes": [0, 1]}]},
+                ]
+            },
+        )
+        assert [
+            [(t["name"], p["partition_index"], p["committed_offset"], p["error_code"])
+             for t in g["topics"] for p in t["partitions"]]
+            for g in fetched["groups"]
+        ] == [[(topic, 0, 1, 0)], [(topic, 0, 1, 0), (topic, 1, -1, 0)]]  # fmt: skip
+        old = coordinator.request(
+            schemas.OFFSET_FETCH,
+            1,
+            {"group_id": group, "topics": [{"name": topic, "partition_indexes": [0]}]},
+        )
+        assert old["topics"][0]["partitions"][0]["committed_offset"] == 1
     finally:
         coordinator.close()
         other.close()
