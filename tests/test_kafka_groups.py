@@ -28,6 +28,7 @@ import confluent_kafka
 import confluent_kafka.admin
 import pytest
 from engine_harness import Daemon, running_daemon, wait_for
+from kazoo.client import KazooState
 from test_kafka_listener import Raw, kafka, kafka_settings
 
 from engine import Admin, Consumer, GroupNotEmptyError, GroupProtocolError, Producer, TopicPartition
@@ -890,6 +891,50 @@ def test_a_group_without_members_leaves_the_coordinators_memory_and_comes_back_f
             )
             # Generations go on: 1 formed it, 2 emptied it, 3 is the new one.
             assert (joined["generation_id"], rejoined["generation_id"]) == (1, 3)
-            groups.leave_group(1, {"group_id": group, "member_id": again["member_id"]})
+            # The session that held the members' znodes expired (kazoo says LOST): the
+            # coordinator forgets the group; its member must join again.
+            groups._on_session(KazooState.LOST)
+            wait_for(lambda: group not in groups._groups, timeout=10, what="the group dropped")
+            hb = {"group_id": group, "generation_id": 3, "member_id": again["member_id"]}
+            assert groups.heartbeat(4, hb)["error_code"] == ErrorCode.UNKNOWN_MEMBER_ID
+            assert read_members(admin._cluster.zk, group) == {}
         finally:
             stopping.set()
+
+
+def test_a_member_whose_registration_vanished_cannot_commit_and_must_join_again(
+    cluster: Daemon,
+) -> None:
+    topic, group = new_topic(cluster, 1), new_group()
+    coordinator, other = coordinator_and_other(cluster, group)
+    other.close()
+    try:
+        first = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic))
+        mid = first["member_id"]
+        joined = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic, mid))
+        generation = joined["generation_id"]
+        member = {"group_id": group, "generation_id": generation, "member_id": mid}
+        synced = coordinator.request(schemas.SYNC_GROUP, 3, member | {"assignments": []})
+        assert synced["error_code"] == ErrorCode.NONE
+        commit = {
+            "group_id": group,
+            "generation_id_or_member_epoch": generation,
+            "member_id": mid,
+            "topics": [
+                {"name": topic, "partitions": [{"partition_index": 0, "committed_offset": 3}]}
+            ],
+        }
+        done = coordinator.request(schemas.OFFSET_COMMIT, 7, commit)
+        assert done["topics"][0]["partitions"][0]["error_code"] == ErrorCode.NONE
+        # Its znode goes (as when the broker's coordinator session expires).
+        with Admin(cluster.data_dir) as admin:
+            admin._cluster.zk.delete(f"/consumers/{group}/ids/{mid}")
+        commit["topics"][0]["partitions"][0]["committed_offset"] = 4
+        refused = coordinator.request(schemas.OFFSET_COMMIT, 7, commit)
+        assert refused["topics"][0]["partitions"][0]["error_code"] == ErrorCode.UNKNOWN_MEMBER_ID
+        hb = coordinator.request(schemas.HEARTBEAT, 3, member)
+        assert hb["error_code"] == ErrorCode.UNKNOWN_MEMBER_ID
+        with Consumer(data_dir=cluster.data_dir, group_id=group) as c:
+            assert c.committed(TopicPartition(topic, 0)) == 3
+    finally:
+        coordinator.close()

@@ -47,7 +47,9 @@ coordinator (its coordinator died, or the live brokers changed) starts it Empty,
 the generation the tree records: members get UNKNOWN_MEMBER_ID and join again, and
 committed offsets are where they were. The former coordinator, if alive, drops the
 group (the sweeper checks every OWNERSHIP_CHECK_S) and deletes its members' znodes;
-a dead one's vanish with its session.
+a dead one's vanish with its session. A broker whose coordinator session expires
+(the znodes of its members went with it) forgets its groups likewise, and so does a
+commit whose member's znode is gone: the members join again, registering anew.
 
 Not served: static membership (group.instance.id is taken as a dynamic member's),
 offset metadata (committed, not kept: OffsetFetch answers ""), offset retention.
@@ -73,7 +75,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
 
@@ -239,6 +241,15 @@ class GroupCoordinator:
         self._groups: dict[str, _Group] = {}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
+        self._session_lost = threading.Event()
+        zk.add_listener(self._on_session)
+
+    def _on_session(self, state: str) -> None:
+        """kazoo's thread: the broker's coordinator session expired, and with it the
+        members' znodes; the sweeper forgets the groups (their members join again and
+        register anew, checked again against the engine's members)."""
+        if state == KazooState.LOST:
+            self._session_lost.set()
 
     def handle(
         self, api_key: int, version: int, req: dict[str, Any], client_id: str | None, peer: str
@@ -729,8 +740,15 @@ class GroupCoordinator:
                 last_ownership = time.monotonic()
             with self._lock:
                 groups = list(self._groups.values())
+            lost = self._session_lost.is_set()
+            if lost:
+                self._session_lost.clear()
+                log.warning("the coordinator session was lost: forgetting %d groups", len(groups))
             for group in groups:
                 try:
+                    if lost:
+                        self._unload(group)
+                        continue
                     if self._evict_if_idle(group):
                         continue
                     if check and not self._is_coordinator(group.group_id):
@@ -786,8 +804,9 @@ class GroupCoordinator:
             self._maybe_complete_join(group)
 
     def _unload(self, group: _Group) -> None:
-        """This broker no longer coordinates the group: drop it; its members find the
-        new coordinator (NOT_COORDINATOR) and join there."""
+        """Drop the group: this broker no longer coordinates it (its members find the new
+        coordinator through NOT_COORDINATOR and join there), or lost the session that
+        held its members' znodes (they join here again)."""
         with group.cond:
             for m in list(group.members.values()):
                 for waiting in (m.join, m.sync):
@@ -803,7 +822,7 @@ class GroupCoordinator:
         with self._lock:
             if self._groups.get(group.group_id) is group:
                 del self._groups[group.group_id]
-        log.info("group %s: coordinated by another broker now: unloaded", group.group_id)
+        log.info("group %s: unloaded", group.group_id)
 
     # -- OffsetCommit and OffsetFetch ----------------------------------------------
 
@@ -857,6 +876,10 @@ class GroupCoordinator:
                 if error is not None:
                     for tp in offsets:
                         answers[tp.topic][tp.partition] = error
+                if error is ErrorCode.UNKNOWN_MEMBER_ID and member_id in group.members:
+                    # Its znode is gone (this broker's session was lost): it joins again.
+                    self._remove(group, group.members[member_id])
+                    self._member_gone(group, f"member {member_id} lost its registration")
         return {
             "topics": [
                 {
