@@ -33,7 +33,12 @@ protocols cannot share a group's partitions: the engine's members take partition
 through owner znodes, Kafka's through their leader's assignment. So a member checks,
 after registering, whether a member of the other kind registered before it (a lower
 sequence number: the parent's counter orders both kinds' joins) and then withdraws
-(:func:`earlier_members_of_other_kind`). Of two joining at once, the later withdraws.
+(:func:`earlier_members_of_other_kind`). Of two joining at once, the later withdraws:
+its listing, made after its own registration, shows every registration before it.
+What remains: a member that is itself withdrawing can make a later one of the other
+kind withdraw too (both refused, never both members), and a member whose process (or,
+for a Kafka client, whose coordinator broker) died keeps the group to its kind until
+its session expires.
 
 Pure layout and small kazoo helpers; the protocols live in engine.group and
 engine.kafka.group_coordinator.

@@ -1119,7 +1119,11 @@ class GroupCoordinator:
         group = self._group(group_id, create=False)
         if group is not None and (group.members or group.state is not ClassicGroupState.EMPTY):
             return group.state
-        engine = store.children(self.zk, store.ids_path(group_id))
+        engine = [
+            m
+            for m, info in read_members(self.zk, group_id).items()
+            if store.member_kind(info) == store.KIND_ENGINE
+        ]
         return ClassicGroupState.STABLE if engine else ClassicGroupState.EMPTY
 
     def delete_groups(self, version: int, req: dict[str, Any]) -> dict[str, Any]:
