@@ -832,36 +832,50 @@ def test_a_member_that_does_not_rejoin_within_the_rebalance_timeout_is_removed(
     cluster: Daemon,
 ) -> None:
     topic, group = new_topic(cluster, 2), new_group()
-    coordinator, other = coordinator_and_other(cluster, group)
+    coordinator, second_conn = coordinator_and_other(cluster, group)
+    second_conn.close()
+    second_conn = Raw(coordinator_of(cluster, group)[1])
     short = {"rebalance_timeout_ms": 1000}
-    other_conn = None
     try:
         first = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic) | short)
         old = first["member_id"]
         joined = coordinator.request(schemas.JOIN_GROUP, 5, join_body(group, topic, old) | short)
         assert joined["error_code"] == ErrorCode.NONE and joined["leader"] == old
-        # A second member joins (on its own connection); the first never joins again.
-        other.close()
-        other_conn = Raw(coordinator_of(cluster, group)[1])
-        new = other_conn.request(schemas.JOIN_GROUP, 5, join_body(group, topic) | short)
-        since = time.monotonic()
-        second = other_conn.request(
-            schemas.JOIN_GROUP, 5, join_body(group, topic, new["member_id"]) | short
+        # A second member joins (on its own connection); the first never joins again,
+        # though its heartbeats are told of the rebalance.
+        new = second_conn.request(schemas.JOIN_GROUP, 5, join_body(group, topic) | short)
+        answer: dict[str, Any] = {}
+
+        def second_joins() -> None:
+            since = time.monotonic()
+            body = join_body(group, topic, new["member_id"]) | short
+            answer["join"] = second_conn.request(schemas.JOIN_GROUP, 5, body)
+            answer["waited"] = time.monotonic() - since
+
+        thread = threading.Thread(target=second_joins)
+        thread.start()
+        hb = {"group_id": group, "generation_id": joined["generation_id"], "member_id": old}
+        wait_for(
+            lambda: (
+                coordinator.request(schemas.HEARTBEAT, 4, hb)["error_code"]
+                == ErrorCode.REBALANCE_IN_PROGRESS
+            ),
+            timeout=0.8,
+            what="the first member's heartbeat told of the rebalance",
         )
-        waited = time.monotonic() - since
+        thread.join(10)
+        second = answer["join"]
         assert second["error_code"] == ErrorCode.NONE
         assert second["generation_id"] == joined["generation_id"] + 1
         assert second["leader"] == new["member_id"]
         assert [m["member_id"] for m in second["members"]] == [new["member_id"]]
-        assert 0.9 <= waited < 5
-        hb = {"group_id": group, "generation_id": joined["generation_id"], "member_id": old}
+        assert 0.9 <= answer["waited"] < 5
         assert coordinator.request(schemas.HEARTBEAT, 4, hb)["error_code"] == (
             ErrorCode.UNKNOWN_MEMBER_ID
         )
     finally:
         coordinator.close()
-        if other_conn is not None:
-            other_conn.close()
+        second_conn.close()
 
 
 def test_a_group_without_members_leaves_the_coordinators_memory_and_comes_back_from_the_tree(
