@@ -282,7 +282,8 @@ class Consumer:
 
     def subscribe(self, topics: Iterable[str]) -> None:
         """Without a group: assign every partition of the topics. With a ``group_id``:
-        join the group; partitions arrive through poll() (see ``on_assign``)."""
+        join the group; partitions arrive through poll() (see ``on_assign``).
+        GroupProtocolError when Kafka clients are the group's members."""
         self._check_open()
         topics = list(topics)
         if isinstance(topics, str) or not topics:
