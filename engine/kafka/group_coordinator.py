@@ -625,12 +625,12 @@ class GroupCoordinator:
             return {"error_code": error or ErrorCode.UNKNOWN_MEMBER_ID}
         with group.cond:
             error = self._member_error(group, member_id, req["generation_id"])
-            if error is None and version >= 5 and (
-                (req["protocol_type"] is not None and req["protocol_type"] != group.protocol_type)
-                or (
-                    req["protocol_name"] is not None
-                    and req["protocol_name"] != group.protocol_name
-                )
+            named = (req["protocol_type"], req["protocol_name"])  # v5+; null: not said
+            ours = (group.protocol_type, group.protocol_name)
+            if (
+                error is None
+                and version >= 5
+                and any(n is not None and n != o for n, o in zip(named, ours, strict=True))
             ):
                 error = ErrorCode.INCONSISTENT_GROUP_PROTOCOL
             if error is None and group.state is ClassicGroupState.PREPARING_REBALANCE:
@@ -693,9 +693,7 @@ class GroupCoordinator:
 
     def leave_group(self, version: int, req: dict[str, Any]) -> dict[str, Any]:
         group_id = req["group_id"]
-        leaving = (
-            req["members"] if version >= 3 else [{"member_id": req["member_id"]}]
-        )
+        leaving = req["members"] if version >= 3 else [{"member_id": req["member_id"]}]
         error = self._group_error(group_id)
         group = self._group(group_id, create=False) if error is None else None
         if error is not None:
@@ -797,9 +795,7 @@ class GroupCoordinator:
             )  # fmt: skip
             self._remove(group, m)
         if expired:
-            self._member_gone(
-                group, f"member(s) {', '.join(m.member_id for m in expired)} expired"
-            )
+            self._member_gone(group, f"member(s) {', '.join(m.member_id for m in expired)} expired")
         else:
             self._maybe_complete_join(group)
 
@@ -956,9 +952,7 @@ class GroupCoordinator:
     def offset_fetch(self, version: int, req: dict[str, Any]) -> dict[str, Any]:
         if version >= 8:
             return {
-                "groups": [
-                    self._fetch_group(g["group_id"], g["topics"]) for g in req["groups"]
-                ]
+                "groups": [self._fetch_group(g["group_id"], g["topics"]) for g in req["groups"]]
             }
         answer = self._fetch_group(req["group_id"], req["topics"])
         if version < 2 and answer["error_code"] != ErrorCode.NONE:
@@ -1238,4 +1232,3 @@ def encode_assignment(tps: Iterable[tuple[str, int]]) -> bytes:
         "user_data": None,
     }
     return _VERSION.pack(0) + bytes(encode(schema.CONSUMER_ASSIGNMENT, 0, body))
-
