@@ -488,6 +488,7 @@ def test_public_names_are_exported() -> None:
             "GroupProtocolError",
             "InstanceExistsError",
             "InvalidNameError",
+            "InvalidRecordError",
             "InvalidTopicError",
             "InvalidTxnStateError",
             "LeaseExpiredError",
