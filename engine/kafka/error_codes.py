@@ -49,7 +49,8 @@ class ErrorCode(enum.IntEnum):
     """An API or API version this listener does not serve (ApiVersions lists those it
     does)."""
     INVALID_REQUEST = 42
-    """A request that decodes but makes no sense (several batches for one partition)."""
+    """A request that decodes but makes no sense (an unknown FindCoordinator key type, an
+    ApiVersions naming its client software outside Kafka's pattern)."""
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     """An idempotent producer's batch does not follow its last one in sequence."""
     INVALID_PRODUCER_EPOCH = 47
@@ -64,4 +65,4 @@ class ErrorCode(enum.IntEnum):
     """The client's leader epoch is newer than this broker knows: retry."""
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
-    and offset delta that disagree, not magic 2)."""
+    and offset delta that disagree, not magic 2, several batches for one partition)."""

@@ -226,8 +226,8 @@ class PartitionHandle:
         if status is ScanStatus.CORRUPT:
             return Append(ErrorCode.CORRUPT_MESSAGE, message="record batch fails its CRC32C")
         if status is ScanStatus.TRUNCATED or scanned != len(records) or len(infos) != 1:
-            return Append(
-                ErrorCode.INVALID_REQUEST if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
+            return Append(  # more than one batch: Kafka's InvalidRecordException
+                ErrorCode.INVALID_RECORD if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
                 message="a produce request carries one whole batch per partition",
             )
         info = infos[0]
