@@ -19,15 +19,17 @@ are accepted, where Kafka refuses them.
 
 from __future__ import annotations
 
+import stat
 import struct
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 import pytest
-from engine_harness import Daemon, wait_for
+from engine_harness import Daemon, listening_sockets, wait_for
 from kafka_harness import Kafka, Target, engine_target, kafka_target
 from test_kafka_listener import SOFTWARE, Raw, produce_raw
 
@@ -461,3 +463,17 @@ def test_the_engine_serves_api_versions_within_kafkas(
     }
     assert outside == {}, f"engine (min, max, Kafka's) outside Kafka's ranges: {outside}"
     assert set(ranges["engine"]) == set(schemas.APIS)
+
+
+def test_the_real_kafka_listens_on_loopback_only_with_a_private_credential(
+    real_kafka: Kafka,
+) -> None:
+    """What scripts/kafka promises, as the engine's listener does: every socket a node
+    listens on is bound to 127.0.0.1, and its password is readable by its owner only."""
+    assert stat.S_IMODE((real_kafka.dir / "kafka.json").stat().st_mode) == 0o600
+    assert stat.S_IMODE(real_kafka.dir.stat().st_mode) == 0o700
+    for node in real_kafka.settings["nodes"]:
+        sockets = listening_sockets(node["pid"])
+        assert sockets == {("127.0.0.1", node["port"]), ("127.0.0.1", node["controller_port"])}
+        properties = Path(node["dir"]) / "server.properties"
+        assert stat.S_IMODE(properties.stat().st_mode) == 0o600  # it holds the password
