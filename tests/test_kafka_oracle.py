@@ -30,9 +30,10 @@ from typing import Any
 import confluent_kafka
 import pytest
 from engine_harness import Daemon, listening_sockets, wait_for
-from kafka_harness import Kafka, Target, engine_target, kafka_target
+from kafka_harness import Kafka, Target, engine_target, kafka_target, require_kafka, running_kafka
 from test_kafka_listener import SOFTWARE, Raw, produce_raw
 
+from engine.datadir import pid_alive
 from engine.kafka import codec, schemas
 from engine.kafka.error_codes import ErrorCode
 from engine.record_batch import encode_batch, scan_batches
@@ -477,3 +478,13 @@ def test_the_real_kafka_listens_on_loopback_only_with_a_private_credential(
         assert sockets == {("127.0.0.1", node["port"]), ("127.0.0.1", node["controller_port"])}
         properties = Path(node["dir"]) / "server.properties"
         assert stat.S_IMODE(properties.stat().st_mode) == 0o600  # it holds the password
+
+
+def test_running_kafka_stops_its_nodes_when_the_block_fails(tmp_path: Path) -> None:
+    require_kafka()
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="the test failed"), running_kafka(tmp_path / "k") as k:
+        pids = [node["pid"] for node in k.settings["nodes"]]
+        assert all(pid_alive(pid) for pid in pids)
+        raise RuntimeError("the test failed")
+    assert pids and not any(pid_alive(pid) for pid in pids)
