@@ -420,6 +420,8 @@ class Broker:
             self._leadership[key] = Leadership(
                 topic, partition, topic_id, epoch, ring_name, directory,
                 int(config["min.insync.replicas"]), int(config["max.message.bytes"]),
+                int(config["message.timestamp.before.max.ms"]),
+                int(config["message.timestamp.after.max.ms"]),
             )  # fmt: skip
         return replica
 

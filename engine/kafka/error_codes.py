@@ -41,6 +41,9 @@ class ErrorCode(enum.IntEnum):
     """acks=all: written, but the ISR shrank below min.insync.replicas meanwhile."""
     INVALID_REQUIRED_ACKS = 21
     """acks other than 0, 1 or -1."""
+    INVALID_TIMESTAMP = 32
+    """A produced record's timestamp lies further from now than the topic allows
+    (message.timestamp.before.max.ms, message.timestamp.after.max.ms): nothing written."""
     UNSUPPORTED_SASL_MECHANISM = 33
     """The SaslHandshake named a mechanism not enabled here (the response lists them)."""
     ILLEGAL_SASL_STATE = 34

@@ -280,6 +280,10 @@ class Handlers:
                     "base_offset": done.base_offset,
                     "error_message": done.message,
                 }
+                if done.error is ErrorCode.INVALID_TIMESTAMP:  # as Kafka: the record named
+                    answer["record_errors"] = [
+                        {"batch_index": 0, "batch_index_error_message": done.message}
+                    ]
                 if done.error is not ErrorCode.NONE:
                     log.debug(
                         "produce to %s-%d refused: %s (%s)",
