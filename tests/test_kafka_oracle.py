@@ -347,6 +347,12 @@ def test_list_offsets_earliest_latest_max_timestamp_and_by_timestamp(target: Tar
         assert list_offsets(conn, topic, 0, t + 500) == (E.NONE, 2, t + 1000, 0)
         assert list_offsets(conn, topic, 0, t + 2002) == (E.NONE, 6, t + 5000, 0)
         assert list_offsets(conn, topic, 0, t + 9000) == (E.NONE, -1, -1, -1)
+        # Other special timestamps (-4, -5 from v8, for tiered storage) are not served.
+        assert list_offsets(conn, topic, 0, -4) == (E.UNSUPPORTED_VERSION, -1, -1, -1)
+        assert list_offsets(conn, topic, 0, -7) == (E.UNSUPPORTED_VERSION, -1, -1, -1)
+        assert list_offsets(conn, topic, 0, MAX_TIMESTAMP, version=6) == (
+            E.UNSUPPORTED_VERSION, -1, -1, -1,
+        )  # fmt: skip
         # v1 has no leader epoch (-1 by default), v5 has.
         assert list_offsets(conn, topic, 0, t + 500, version=1) == (E.NONE, 2, t + 1000, -1)
         assert list_offsets(conn, topic, 0, t + 500, version=5) == (E.NONE, 2, t + 1000, 0)

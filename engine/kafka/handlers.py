@@ -22,7 +22,8 @@ through the broker's own session.
   answer carries no offsets (-1), as Kafka's.
 - ListOffsets: -1 the high watermark, -2 the log start, -3 (v7+) the record with the
   largest timestamp, a timestamp the first record at or after it (both a walk over the
-  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
+  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka;
+  another special timestamp (-4, -5: tiered storage's) is UNSUPPORTED_VERSION.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
 - InitProducerId: a new producer id from the cluster's allocator (the engine's own
@@ -416,8 +417,8 @@ class Handlers:
                         answer["leader_epoch"] = -1
                     else:
                         answer["offset"], answer["timestamp"] = found
-                else:
-                    answer["error_code"] = ErrorCode.INVALID_REQUEST
+                else:  # a special timestamp this version does not have, as Kafka answers
+                    answer |= {"error_code": ErrorCode.UNSUPPORTED_VERSION, "leader_epoch": -1}
             topics.append({"name": name, "partitions": answers})
         return {"topics": topics}
 
