@@ -397,6 +397,14 @@ def test_metadata_has_kafkas_shape(target: Target) -> None:
         assert topic in [t["name"] for t in metadata(conn, None)["topics"]]
         old = metadata(conn, [topic], version=1)
         assert old["controller_id"] == node
+        # Authorized operations: unknown unless asked; when asked, all (no authorizer).
+        assert found["topic_authorized_operations"] == -(2**31)
+        assert answer["cluster_authorized_operations"] == -(2**31)
+        asked = metadata(conn, [topic, missing], version=10,
+                         include_cluster_authorized_operations=True,
+                         include_topic_authorized_operations=True)  # fmt: skip
+        assert [t["topic_authorized_operations"] for t in asked["topics"]] == [3576, 3576]
+        assert asked["cluster_authorized_operations"] == 8096
         assert [p["leader_epoch"] for p in old["topics"][0]["partitions"]] == [-1, -1, -1]
 
 
