@@ -12,8 +12,10 @@ listing per request); how many batches one Fetch carries (the engine may send fe
 error messages (free text). Groups, transactions and the admin APIs are compared in
 tests/test_kafka_oracle_features.py.
 
-A known difference, the engine's case marked xfail (strict): a keyless record in a
-compacted topic is accepted, where Kafka refuses it.
+Known differences, the engine's case marked xfail (strict): a keyless record in a
+compacted topic is accepted, where Kafka refuses it; an idempotent (not transactional)
+InitProducerId naming its producer id and epoch gets that id at the next epoch, where
+Kafka gives a new id at epoch 0.
 """
 
 from __future__ import annotations
@@ -282,6 +284,23 @@ def test_idempotent_retries_and_sequence_gaps_are_answered_as_kafka_does(
         # A producer id this partition has not seen may start at any sequence.
         assert send(7, 1, producer_id=pid + 1000) == ("NONE", 7)
         assert fetch_all(conn, topic, 0, 8) == [(0, 3), (3, 2), (5, 1), (6, 1), (7, 1)]
+
+
+def test_init_producer_id_without_a_transactional_id_always_starts_a_new_producer(
+    target: Target, request: pytest.FixtureRequest
+) -> None:
+    """An idempotent producer that names its producer id and epoch (as librdkafka does to
+    bump its epoch after an unknown-producer error) gets a new id at epoch 0 from Kafka:
+    only a transactional id keeps its producer id across InitProducerId."""
+    known_difference(request, target, "the listener bumps the epoch of the id named")
+    with target.raw() as conn:
+        pid, epoch = init_producer_id(conn)
+        again = conn.request(schemas.INIT_PRODUCER_ID, 4, {
+            "transactional_id": None, "transaction_timeout_ms": 60_000,
+            "producer_id": pid, "producer_epoch": epoch,
+        })  # fmt: skip
+        assert again is not None and again["error_code"] == E.NONE
+        assert again["producer_id"] != pid and again["producer_epoch"] == 0
 
 
 # -- offsets -----------------------------------------------------------------------------------
