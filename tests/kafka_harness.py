@@ -2,9 +2,9 @@
 
 The oracle of the Kafka listener's tests: the same client scenario runs against the
 engine's listener and against this broker (each a :class:`Target`), and the answers are
-compared. Skipped with the
-reason where Java 17+ or Kafka's jars cannot be had (scripts/kafka assemble fetches them
-with Maven once, scripts/servers does it ahead); in CI (CI=true) that is a failure.
+compared. Skipped with the reason where Java 17+ or Kafka's jars cannot be had
+(scripts/kafka assemble fetches them with Maven once, scripts/servers does it ahead); in
+CI (CI=true) that is a failure.
 """
 
 from __future__ import annotations
