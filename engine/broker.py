@@ -272,6 +272,8 @@ class Broker:
                     self._leadership[key] = dataclasses.replace(
                         held,
                         min_insync=int(config["min.insync.replicas"]),
+                        timestamp_before_max_ms=int(config["message.timestamp.before.max.ms"]),
+                        timestamp_after_max_ms=int(config["message.timestamp.after.max.ms"]),
                         compacted=_compacted(config),
                     )
                 continue
@@ -429,6 +431,8 @@ class Broker:
             self._leadership[key] = Leadership(
                 topic, partition, topic_id, epoch, ring_name, directory,
                 int(config["min.insync.replicas"]), int(config["max.message.bytes"]),
+                int(config["message.timestamp.before.max.ms"]),
+                int(config["message.timestamp.after.max.ms"]),
                 _compacted(config),
             )  # fmt: skip
         return replica

@@ -43,6 +43,11 @@ TOPIC_DEFAULTS: dict[str, int | float | str] = {
     "delete.retention.ms": 24 * 3600 * 1000,
     "min.compaction.lag.ms": 0,
     "max.compaction.lag.ms": (1 << 63) - 1,
+    # How far from now a Kafka client's record timestamps may lie (the Kafka listener
+    # refuses a batch outside with INVALID_TIMESTAMP; the engine's own Producer stamps
+    # records itself).
+    "message.timestamp.before.max.ms": (1 << 63) - 1,
+    "message.timestamp.after.max.ms": 3600 * 1000,  # Kafka 4's default
     # Engine-specific: the size of each partition's shared-memory ring, bytes.
     "ring.bytes": 16 << 20,
 }
@@ -88,6 +93,8 @@ _MINIMUMS: dict[str, int] = {
     "flush.ms": 0,
     "min.insync.replicas": 1,
     "replica.lag.time.max.ms": 1,
+    "message.timestamp.before.max.ms": 0,
+    "message.timestamp.after.max.ms": 0,
     "ring.bytes": 1 << 16,
 }
 

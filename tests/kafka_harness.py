@@ -2,9 +2,9 @@
 
 The oracle of the Kafka listener's tests: the same client scenario runs against the
 engine's listener and against this broker (each a :class:`Target`), and the answers are
-compared. Skipped with the
-reason where Java 17+ or Kafka's jars cannot be had (scripts/kafka assemble fetches them
-with Maven once, scripts/servers does it ahead); in CI (CI=true) that is a failure.
+compared. Skipped with the reason where Java 17+ or Kafka's jars cannot be had
+(scripts/kafka assemble fetches them with Maven once, scripts/servers does it ahead); in
+CI (CI=true) that is a failure.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def running_kafka(tmp_dir: Path, nodes: int = 1) -> Iterator[Kafka]:
 
 #: Every oracle topic's config on both sides (the engine's ring must hold two batches of
 #: max.message.bytes; Kafka has no ring).
-TOPIC_CONFIG: dict[str, int] = {"max.message.bytes": 500_000}
-ENGINE_ONLY_CONFIG: dict[str, int] = {"ring.bytes": 1 << 20}
+TOPIC_CONFIG: dict[str, int | str] = {"max.message.bytes": 500_000}
+ENGINE_ONLY_CONFIG: dict[str, int | str] = {"ring.bytes": 1 << 20}
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Target:
     name: str
     #: bootstrap_servers, security_protocol, sasl_mechanism, sasl_username, sasl_password.
     settings: dict[str, Any]
-    _create: Callable[[str, int, dict[str, int]], None]
+    _create: Callable[[str, int, dict[str, int | str]], None]
 
     def __str__(self) -> str:
         return self.name
@@ -165,7 +165,9 @@ class Target:
     def admin_client(self) -> AdminClient:
         return AdminClient(self.librdkafka_config())
 
-    def create_topic(self, partitions: int = 1, config: dict[str, int] | None = None) -> str:
+    def create_topic(
+        self, partitions: int = 1, config: dict[str, int | str] | None = None
+    ) -> str:
         """A new topic (TOPIC_CONFIG, then CONFIG), returned once its leader answers
         ListOffsets for each partition (Kafka's broker shows a new topic in Metadata a
         moment before its partitions take requests)."""
@@ -207,7 +209,7 @@ class Target:
 
 
 def engine_target(d: Daemon) -> Target:
-    def create(name: str, partitions: int, config: dict[str, int]) -> None:
+    def create(name: str, partitions: int, config: dict[str, int | str]) -> None:
         with Admin(d.data_dir) as admin:
             admin.create_topic(
                 name, partitions=partitions, replication=1, config=ENGINE_ONLY_CONFIG | config
@@ -217,7 +219,7 @@ def engine_target(d: Daemon) -> Target:
 
 
 def kafka_target(k: Kafka) -> Target:
-    def create(name: str, partitions: int, config: dict[str, int]) -> None:
+    def create(name: str, partitions: int, config: dict[str, int | str]) -> None:
         topic = NewTopic(name, partitions, 1, config={key: str(v) for key, v in config.items()})
         admin = k.admin_client()  # kept until the futures are done (its end cancels them)
         for future in admin.create_topics([topic]).values():

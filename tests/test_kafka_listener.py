@@ -559,7 +559,7 @@ def test_a_batch_that_fails_its_crc_is_refused_and_not_written(open_daemon: Daem
         good = encode_batch(0, [(b"k", b"v", [], 1_700_000_000_000)])
         bad = good[:-1] + bytes([good[-1] ^ 0xFF])
         assert produce_raw(conn, topic, 0, bad)["error_code"] == ErrorCode.CORRUPT_MESSAGE
-        assert produce_raw(conn, topic, 0, good + good)["error_code"] == ErrorCode.INVALID_REQUEST
+        assert produce_raw(conn, topic, 0, good + good)["error_code"] == ErrorCode.INVALID_RECORD
         answer = produce_raw(conn, topic, 0, good)
         assert (answer["error_code"], answer["base_offset"]) == (0, 0)
     finally:

@@ -61,6 +61,9 @@ class ErrorCode(enum.IntEnum):
     """The group is rebalancing: the member rejoins."""
     INVALID_COMMIT_OFFSET_SIZE = 28
     """An OffsetCommit of a negative offset: not committed."""
+    INVALID_TIMESTAMP = 32
+    """A produced record's timestamp lies further from now than the topic allows
+    (message.timestamp.before.max.ms, message.timestamp.after.max.ms): nothing written."""
     UNSUPPORTED_SASL_MECHANISM = 33
     """The SaslHandshake named a mechanism not enabled here (the response lists them)."""
     ILLEGAL_SASL_STATE = 34
@@ -81,7 +84,8 @@ class ErrorCode(enum.IntEnum):
     """A config the topic cannot take: an unknown key, a value out of range (the
     message names it)."""
     INVALID_REQUEST = 42
-    """A request that decodes but makes no sense (several batches for one partition)."""
+    """A request that decodes but makes no sense (an unknown FindCoordinator key type, an
+    ApiVersions naming its client software outside Kafka's pattern)."""
     POLICY_VIOLATION = 44
     """A topic or partitions that would take the daemon's rings past its shared-memory
     budget (`engine start --shm-budget`)."""
@@ -115,7 +119,7 @@ class ErrorCode(enum.IntEnum):
     with it."""
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
-    and offset delta that disagree, not magic 2)."""
+    and offset delta that disagree, not magic 2, several batches for one partition)."""
     PRODUCER_FENCED = 90
     """A newer producer initialised the transactional id: this one must close (older
     request versions get INVALID_PRODUCER_EPOCH)."""

@@ -12,7 +12,8 @@ through the broker's own session.
   protocol, the topics (all, or those asked; an unknown one is created when the
   cluster allows auto-creation and the request does), each partition's leader, leader
   epoch, replicas and ISR; a partition whose leader has no endpoint is
-  LEADER_NOT_AVAILABLE. The cluster id is the engine's (engine.metadata.cluster_id).
+  LEADER_NOT_AVAILABLE. The cluster id is the engine's (engine.metadata.cluster_id). Authorized
+  operations, when asked, are all of them (no ACLs: Kafka without an authorizer).
 - Produce: each partition's one batch through PartitionHandle.append; acks=0 gets no
   response (the listener closes the connection when it failed).
 - Fetch: full fetches only (the session id is always 0, so clients never send
@@ -22,7 +23,8 @@ through the broker's own session.
   answer carries no offsets (-1), as Kafka's.
 - ListOffsets: -1 the high watermark, -2 the log start, -3 (v7+) the record with the
   largest timestamp, a timestamp the first record at or after it (both a walk over the
-  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
+  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka;
+  another special timestamp (-4, -5: tiered storage's) is UNSUPPORTED_VERSION.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
 - JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
@@ -73,6 +75,13 @@ LATEST = -1
 EARLIEST = -2
 #: What Kafka accepts as a client's software name and version (ApiVersions v3+, KIP-511).
 CLIENT_SOFTWARE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?")
+#: Metadata's authorized operations, asked for: Kafka's AclOperation codes as bits. Whoever
+#: reaches the listener (authenticated, or anyone with --kafka-auth none) may do all of
+#: them, as with a Kafka broker that has no authorizer: READ, WRITE, CREATE, DELETE, ALTER,
+#: DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS on a topic; CREATE, ALTER, DESCRIBE,
+#: CLUSTER_ACTION, DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE on the cluster.
+TOPIC_OPERATIONS = sum(1 << op for op in (3, 4, 5, 6, 7, 8, 10, 11))
+CLUSTER_OPERATIONS = sum(1 << op for op in (5, 7, 8, 9, 10, 11, 12))
 #: ListOffsets v7+ (KIP-734): the record with the largest timestamp.
 MAX_TIMESTAMP = -3
 #: How long a fetch waits on the rings at a time, so that a stopping listener is seen.
@@ -186,15 +195,22 @@ class Handlers:
                 else:
                     names.append(t["name"])
         controller = md.controller_id(zk)
-        return {
+        topics = [
+            self._topic_metadata(name, live, request["allow_auto_topic_creation"])
+            for name in names
+        ]
+        answer: dict[str, Any] = {
             "brokers": brokers,
             "cluster_id": self.cluster_id,
             "controller_id": controller if controller in live else -1,
-            "topics": [
-                self._topic_metadata(name, live, request["allow_auto_topic_creation"])
-                for name in names
-            ],
+            "topics": topics,
         }
+        if request["include_topic_authorized_operations"]:  # unknown topics too, as Kafka
+            for topic in topics:
+                topic["topic_authorized_operations"] = TOPIC_OPERATIONS
+        if request["include_cluster_authorized_operations"]:  # v8-10
+            answer["cluster_authorized_operations"] = CLUSTER_OPERATIONS
+        return answer
 
     def _topics_by_id(self) -> dict[bytes, str]:
         out = {}
@@ -320,6 +336,10 @@ class Handlers:
                     "base_offset": done.base_offset,
                     "error_message": done.message,
                 }
+                if done.error is ErrorCode.INVALID_TIMESTAMP:  # as Kafka: the record named
+                    answer["record_errors"] = [
+                        {"batch_index": 0, "batch_index_error_message": done.message}
+                    ]
                 if done.error is not ErrorCode.NONE:
                     log.debug(
                         "produce to %s-%d refused: %s (%s)",
@@ -515,8 +535,8 @@ class Handlers:
                         answer["leader_epoch"] = -1
                     else:
                         answer["offset"], answer["timestamp"] = found
-                else:
-                    answer["error_code"] = ErrorCode.INVALID_REQUEST
+                else:  # a special timestamp this version does not have, as Kafka answers
+                    answer |= {"error_code": ErrorCode.UNSUPPORTED_VERSION, "leader_epoch": -1}
             topics.append({"name": name, "partitions": answers})
         return {"topics": topics}
 

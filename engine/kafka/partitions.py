@@ -10,19 +10,21 @@ leadership that changed, means NOT_LEADER_OR_FOLLOWER: the client looks the lead
 again.
 
 Writing (:meth:`PartitionHandle.append`): the client's one batch is checked (magic 2,
-whole, its CRC32C, a record count that matches its offset delta, not a control batch;
-a transactional one was checked against its transaction by engine.kafka.transactions)
-and appended to the ring as it came, compressed or not
-(engine_ring_append_client: the ring gives its base offset and leader epoch). An
-idempotent producer's batch (producer id >= 0) is checked against what this leadership
-saw of that producer, as Kafka's ProducerStateManager does: the same epoch must go on
-in sequence (last sequence + 1) or repeat one of the last five batches (a retry: the
-answer is the offset the batch took the first time, nothing is written again); a new
-epoch starts at sequence 0; an older epoch is refused. A new leadership (a leader after
-a failover, a restarted broker) first reads what the last RECOVERY_OFFSETS offsets of
-its log hold of those producers, so a retry of a batch written under the old leader is
-still answered with its offset; a producer not found there is taken at whatever
-sequence it sends, as Kafka takes one whose state it lost.
+whole, its CRC32C, a record count that matches its offset delta, neither a control batch
+nor a transactional one its transaction refuses (engine.kafka.transactions), its first
+and largest timestamps within the topic's message.timestamp.before.max.ms and
+message.timestamp.after.max.ms of now, on a compacted topic a key on every record) and
+appended to the ring as it came, compressed or not (engine_ring_append_client: the ring gives its
+base offset and leader epoch). An idempotent producer's batch (producer id >= 0) is
+checked against what this leadership saw of that producer, as Kafka's
+ProducerStateManager does: the same epoch must go on in sequence (last sequence + 1) or
+repeat one of the last five batches (a retry: the answer is the offset the batch took
+the first time, nothing is written again); a new epoch starts at sequence 0; an older
+epoch is refused. A new leadership (a leader after a failover, a restarted broker) first
+reads what the last RECOVERY_OFFSETS offsets of its log hold of those producers, so a
+retry of a batch written under the old leader is still answered with its offset; a
+producer not found there is taken at whatever sequence it sends, as Kafka takes one
+whose state it lost.
 
 Reading (:meth:`PartitionHandle.read`): whole batches from the offset asked, out of the
 ring (the connection's cursor continues where the last fetch ended) or, below what the
@@ -90,6 +92,9 @@ MAX_COMPRESSION = 4  # zstd
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
 _MAGIC_POSITION = 16
+#: The batch header's first and largest timestamps (int64, big-endian).
+_FIRST_TIMESTAMP_POSITION = 27
+_MAX_TIMESTAMP_POSITION = 35
 #: Kafka keeps this many batches per producer to answer retries (ProducerStateEntry).
 RETRY_BATCHES = 5
 #: How far back a new leadership reads its log for idempotent producers' last batches:
@@ -113,6 +118,10 @@ class Leadership:
     directory: Path
     min_insync: int
     max_message_bytes: int
+    #: message.timestamp.before.max.ms and .after.max.ms: how far from now a Kafka
+    #: client's record timestamps may lie (Kafka 4's defaults: unbounded, one hour).
+    timestamp_before_max_ms: int = (1 << 63) - 1
+    timestamp_after_max_ms: int = 3_600_000
     #: cleanup.policy has "compact": every record needs a key (Kafka's LogValidator).
     compacted: bool = False
 
@@ -231,8 +240,8 @@ class PartitionHandle:
         if status is ScanStatus.CORRUPT:
             return Append(ErrorCode.CORRUPT_MESSAGE, message="record batch fails its CRC32C")
         if status is ScanStatus.TRUNCATED or scanned != len(records) or len(infos) != 1:
-            return Append(
-                ErrorCode.INVALID_REQUEST if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
+            return Append(  # more than one batch: Kafka's InvalidRecordException
+                ErrorCode.INVALID_RECORD if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
                 message="a produce request carries one whole batch per partition",
             )
         info = infos[0]
@@ -251,12 +260,34 @@ class PartitionHandle:
             )
         if attributes & COMPRESSION_MASK > MAX_COMPRESSION:
             return Append(ErrorCode.INVALID_RECORD, message="unknown compression codec")
+        refused = self._check_timestamps(records)
+        if refused is not None:
+            return refused
         if len(records) > self.leadership.max_message_bytes:
             return Append(
                 ErrorCode.MESSAGE_TOO_LARGE,
                 message=f"batch of {len(records)} bytes exceeds max.message.bytes="
                 f"{self.leadership.max_message_bytes}",
             )
+        return None
+
+    def _check_timestamps(self, records: memoryview) -> Append | None:
+        """INVALID_TIMESTAMP when the batch's first or largest timestamp lies further from
+        now than the topic allows (Kafka checks each record's; the header bounds them as
+        clients write it)."""
+        now = int(time.time() * 1000)
+        first = int.from_bytes(records[_FIRST_TIMESTAMP_POSITION:][:8], "big", signed=True)
+        largest = int.from_bytes(records[_MAX_TIMESTAMP_POSITION:][:8], "big", signed=True)
+        before = self.leadership.timestamp_before_max_ms
+        after = self.leadership.timestamp_after_max_ms
+        for timestamp in (first, largest):
+            if timestamp > now + after or (timestamp >= 0 and timestamp < now - before):
+                return Append(
+                    ErrorCode.INVALID_TIMESTAMP,
+                    message=f"timestamp {timestamp} is out of range: the topic takes "
+                    f"[{now - before}, {now + after}] (message.timestamp.before.max.ms, "
+                    "message.timestamp.after.max.ms)",
+                )
         return None
 
     def append(
