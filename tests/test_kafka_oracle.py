@@ -12,10 +12,8 @@ listing per request); how many batches one Fetch carries (the engine may send fe
 error messages (free text). Groups, transactions and the admin APIs are compared in
 tests/test_kafka_oracle_features.py.
 
-Known differences, the engine's case marked xfail (strict): a keyless record in a
-compacted topic is accepted, where Kafka refuses it; an idempotent (not transactional)
-InitProducerId naming its producer id and epoch gets that id at the next epoch, where
-Kafka gives a new id at epoch 0.
+A difference found later is marked with known_difference (xfail, strict) until fixed;
+none is marked now.
 """
 
 from __future__ import annotations
@@ -248,10 +246,7 @@ def test_a_record_more_than_an_hour_ahead_is_invalid_timestamp(target: Target) -
         assert (answer["error_code"], answer["base_offset"]) == (E.NONE, 0)
 
 
-def test_a_compacted_topic_refuses_a_record_without_a_key(
-    target: Target, request: pytest.FixtureRequest
-) -> None:
-    known_difference(request, target, "the listener does not look for keys yet")
+def test_a_compacted_topic_refuses_a_record_without_a_key(target: Target) -> None:
     topic = target.create_topic(config={"cleanup.policy": "compact"})
     with target.raw() as conn:
         keyless = produce_raw(conn, topic, 0, batch([b"v"], [now_ms()]))
@@ -289,12 +284,11 @@ def test_idempotent_retries_and_sequence_gaps_are_answered_as_kafka_does(
 
 
 def test_init_producer_id_without_a_transactional_id_always_starts_a_new_producer(
-    target: Target, request: pytest.FixtureRequest
+    target: Target,
 ) -> None:
     """An idempotent producer that names its producer id and epoch (as librdkafka does to
     bump its epoch after an unknown-producer error) gets a new id at epoch 0 from Kafka:
     only a transactional id keeps its producer id across InitProducerId."""
-    known_difference(request, target, "the listener bumps the epoch of the id named")
     with target.raw() as conn:
         pid, epoch = init_producer_id(conn)
         again = conn.request(schemas.INIT_PRODUCER_ID, 4, {

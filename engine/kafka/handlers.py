@@ -88,7 +88,6 @@ MAX_TIMESTAMP = -3
 FETCH_WAIT_SLICE_S = 0.5
 #: What a ListOffsets walk reads at a time.
 SCAN_CHUNK = 1 << 20
-MAX_EPOCH = 32767
 #: FindCoordinator's key types.
 COORDINATOR_GROUP = 0
 COORDINATOR_TRANSACTION = 1
@@ -656,11 +655,10 @@ class Handlers:
     # -- InitProducerId --------------------------------------------------------
 
     def init_producer_id(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
-        """An idempotent producer's id (one with a transactional id goes to
-        TransactionCoordinator.init_producer_id)."""
-        producer_id, epoch = request["producer_id"], request["producer_epoch"]
-        if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
-            return {"producer_id": producer_id, "producer_epoch": epoch + 1}
+        """An idempotent producer's id: always a new one at epoch 0, also when the
+        request names its id and epoch (as librdkafka does to bump its epoch after an
+        unknown-producer error), as Kafka answers; only a transactional id keeps its
+        producer id (TransactionCoordinator.init_producer_id)."""
         return {"producer_id": txn.allocate_producer_id(self.broker.zk), "producer_epoch": 0}
 
 

@@ -98,7 +98,7 @@ LEAVE_GROUP_RESPONSE = message("LeaveGroupResponse", 13, "0-5", "4+", [
     ], "3+"),
 ])  # fmt: skip
 
-OFFSET_COMMIT_REQUEST = message("OffsetCommitRequest", 8, "0-9", "8+", [
+OFFSET_COMMIT_REQUEST = message("OffsetCommitRequest", 8, "2-9", "8+", [
     F("group_id", T.STRING),
     F("generation_id_or_member_epoch", T.INT32, "1+", default=-1),
     F("member_id", T.STRING, "1+"),
@@ -116,7 +116,7 @@ OFFSET_COMMIT_REQUEST = message("OffsetCommitRequest", 8, "0-9", "8+", [
     ]),
 ])  # fmt: skip
 
-OFFSET_COMMIT_RESPONSE = message("OffsetCommitResponse", 8, "0-9", "8+", [
+OFFSET_COMMIT_RESPONSE = message("OffsetCommitResponse", 8, "2-9", "8+", [
     F("throttle_time_ms", T.INT32, "3+"),
     F("topics", [
         F("name", T.STRING),
@@ -127,7 +127,7 @@ OFFSET_COMMIT_RESPONSE = message("OffsetCommitResponse", 8, "0-9", "8+", [
     ]),
 ])  # fmt: skip
 
-OFFSET_FETCH_REQUEST = message("OffsetFetchRequest", 9, "0-9", "6+", [
+OFFSET_FETCH_REQUEST = message("OffsetFetchRequest", 9, "1-9", "6+", [
     F("group_id", T.STRING, "0-7"),
     F("topics", [
         F("name", T.STRING, "0-7"),
@@ -145,7 +145,7 @@ OFFSET_FETCH_REQUEST = message("OffsetFetchRequest", 9, "0-9", "6+", [
     F("require_stable", T.BOOL, "7+"),
 ])  # fmt: skip
 
-OFFSET_FETCH_RESPONSE = message("OffsetFetchResponse", 9, "0-9", "6+", [
+OFFSET_FETCH_RESPONSE = message("OffsetFetchResponse", 9, "1-9", "6+", [
     F("throttle_time_ms", T.INT32, "3+"),
     F("topics", [
         F("name", T.STRING, "0-7"),
