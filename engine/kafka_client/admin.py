@@ -41,7 +41,7 @@ from engine.errors import (
     UnsupportedOnKafkaError,
 )
 from engine.kafka_client.errors import raise_engine_error
-from engine.kafka_client.settings import Connection, refuse
+from engine.kafka_client.settings import ClientHealth, Connection, refuse
 from engine.offset_store import validate_group_id
 from engine.record import TopicPartition
 
@@ -97,9 +97,10 @@ class KafkaAdmin(Admin):
         if options:
             raise ConfigError(f"unknown admin option: {sorted(options)[0]!r}")
         self.connection = connection
+        self._health = ClientHealth()
         self._client: Any = None
         try:
-            self._client = AdminClient(connection.librdkafka({}))
+            self._client = AdminClient(connection.librdkafka({}, self._health))
         except confluent_kafka.KafkaException as exc:
             raise_engine_error(exc, "the admin client's settings were refused")
 
@@ -114,7 +115,7 @@ class KafkaAdmin(Admin):
         try:
             meta = self._client.list_topics(name, timeout=timeout).topics.get(name)
         except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, f"looking up topic={name!r}")
+            raise_engine_error(exc, f"looking up topic={name!r}", health=self._health)
         if meta is None or (meta.error is not None and not meta.partitions):
             raise UnknownTopicError(f"unknown topic: topic={name!r}")
         return meta
@@ -279,7 +280,7 @@ class KafkaAdmin(Admin):
         try:
             topics = self._client.list_topics(timeout=30).topics
         except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, "listing topics")
+            raise_engine_error(exc, "listing topics", health=self._health)
         return sorted(t for t in topics if not t.startswith("__"))
 
     def describe_topic(self, name: str, timeout: float = 30.0) -> TopicDescription:
@@ -332,7 +333,7 @@ class KafkaAdmin(Admin):
         try:
             meta = self._client.list_topics(timeout=30)
         except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, "describing the cluster")
+            raise_engine_error(exc, "describing the cluster", health=self._health)
         controller = meta.controller_id if meta.controller_id >= 0 else None
         return {
             "cluster_id": meta.cluster_id,

@@ -48,7 +48,7 @@ from engine.errors import (
     UnknownTopicError,
 )
 from engine.kafka_client.errors import engine_error, raise_engine_error
-from engine.kafka_client.settings import Connection, refuse
+from engine.kafka_client.settings import ClientHealth, Connection, refuse
 from engine.record import OffsetAndTimestamp, Record, TopicPartition, as_offset
 
 __all__ = ["KafkaConsumer"]
@@ -94,6 +94,7 @@ class KafkaConsumer(Consumer):
         config = ConsumerConfig.from_options(**options)
         self.config = config
         self.connection = connection
+        self._health = ClientHealth()
         self.group_id = config.group_id
         self.auto_offset_reset = config.auto_offset_reset
         self.isolation_level = config.isolation_level
@@ -113,12 +114,14 @@ class KafkaConsumer(Consumer):
         self._subscribed: list[str] | None = None  # the group's topics, once subscribed
         self._owned: set[TopicPartition] = set()  # what the group gave this member
         self._paused: set[TopicPartition] = set()
+        # Positions set by seek() that librdkafka reports only once a record came.
+        self._seeks: dict[TopicPartition, int] = {}
         self._error: EngineError | None = None  # a record's error, for the next poll
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._admin: Any = None  # for offsets_for_times' timestamps, made on first use
         try:
             self._client = confluent_kafka.Consumer(
-                connection.librdkafka(librdkafka_settings(config))
+                connection.librdkafka(librdkafka_settings(config), self._health)
             )
         except confluent_kafka.KafkaException as exc:
             raise_engine_error(exc, "the consumer's settings were refused")
@@ -145,7 +148,7 @@ class KafkaConsumer(Consumer):
         try:
             meta = self._client.list_topics(topic, timeout=REQUEST_TIMEOUT_S).topics.get(topic)
         except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, f"looking up topic={topic!r}")
+            raise_engine_error(exc, f"looking up topic={topic!r}", health=self._health)
         if meta is None or (meta.error is not None and not meta.partitions):
             raise UnknownTopicError(f"unknown topic: topic={topic!r}")
         return len(meta.partitions)
@@ -185,6 +188,8 @@ class KafkaConsumer(Consumer):
         gone = {TopicPartition(p.topic, p.partition) for p in partitions} & self._owned
         self._owned -= gone
         self._paused -= gone
+        for tp in gone:
+            self._seeks.pop(tp, None)
         if self.on_revoke is not None and gone:
             self.on_revoke(set(gone))
 
@@ -213,6 +218,7 @@ class KafkaConsumer(Consumer):
             start = confluent_kafka.OFFSET_END
         self._client.assign([_TP(tp.topic, tp.partition, kept.get(tp, start)) for tp in tps])
         self._paused &= set(tps)
+        self._seeks = {tp: off for tp, off in self._seeks.items() if tp in set(tps)}
 
     def unsubscribe(self) -> None:
         """Give up every partition. A group member first commits (with auto-commit) and
@@ -230,6 +236,7 @@ class KafkaConsumer(Consumer):
         else:
             self._client.unassign()
         self._paused.clear()
+        self._seeks.clear()
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this consumer fetches now (in a group: those it owns)."""
@@ -266,11 +273,13 @@ class KafkaConsumer(Consumer):
         assigned = self._client.assignment()
         if not assigned:
             return {}
-        return {
+        out = {
             TopicPartition(p.topic, p.partition): p.offset
             for p in self._client.position(assigned)
             if p.offset >= 0
         }
+        out.update(self._seeks)
+        return out
 
     def _need_group(self, what: str) -> str:
         if self.group_id is None:
@@ -373,6 +382,7 @@ class KafkaConsumer(Consumer):
         self._check_open()
         tp = self._assigned_tp(partition)
         offset = as_offset(offset, f"{tp} ")
+        self._seeks[tp] = offset
         try:
             self._client.seek(_TP(tp.topic, tp.partition, offset))
         except confluent_kafka.KafkaException as exc:
@@ -407,6 +417,8 @@ class KafkaConsumer(Consumer):
         auto_offset_reset's end before the first record."""
         self._check_open()
         tp = self._assigned_tp(partition)
+        if tp in self._seeks:
+            return self._seeks[tp]
         (answer,) = self._client.position([_TP(tp.topic, tp.partition)])
         if answer.offset >= 0:
             return int(answer.offset)
@@ -471,6 +483,8 @@ class KafkaConsumer(Consumer):
                     where = f"poll of {m.topic()}-{m.partition()}"
                     self._error = engine_error(err, where)
                 continue
+            if self._seeks:
+                self._seeks.pop(TopicPartition(m.topic(), m.partition()), None)
             headers = [(k, v if v is not None else b"") for k, v in m.headers() or ()]
             out.append(Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1],
                               m.key(), m.value(), headers))  # fmt: skip

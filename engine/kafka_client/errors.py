@@ -113,12 +113,21 @@ def kafka_error(failure: Any) -> KafkaError | None:
     return None
 
 
-def engine_error(failure: Any, what: str, transactional: bool = False) -> EngineError:
+#: Failures to reach the cluster that a failed login explains (ClientHealth.auth_error).
+_UNREACHABLE = frozenset({_K._TRANSPORT, _K._ALL_BROKERS_DOWN, _K._TIMED_OUT})
+
+
+def engine_error(
+    failure: Any, what: str, transactional: bool = False, health: Any = None
+) -> EngineError:
     """The engine error for ``failure`` (a KafkaError or KafkaException) met while
-    doing ``what``. ``transactional``: it came from a transaction call."""
+    doing ``what``. ``transactional``: it came from a transaction call. ``health``:
+    the client's ClientHealth, whose failed login explains an unreachable cluster."""
     err = kafka_error(failure)
     if err is None:
         return KafkaClusterError(f"{what}: {failure}", code=-1, name="UNKNOWN")
+    if err.code() in _UNREACHABLE and health is not None and health.auth_error is not None:
+        err = health.auth_error
     code, name = err.code(), err.name()
     message = f"{what}: {err.str()} (Kafka error {name})"
     kind = ERRORS.get(code)
@@ -132,7 +141,9 @@ def engine_error(failure: Any, what: str, transactional: bool = False) -> Engine
     return kind(message)
 
 
-def raise_engine_error(failure: Any, what: str, transactional: bool = False) -> None:
+def raise_engine_error(
+    failure: Any, what: str, transactional: bool = False, health: Any = None
+) -> None:
     """Raise engine_error(...) from ``failure``."""
-    error = engine_error(failure, what, transactional)
+    error = engine_error(failure, what, transactional, health)
     raise error from (failure if isinstance(failure, BaseException) else None)

@@ -46,7 +46,7 @@ from engine.errors import (
 from engine.future import RecordFuture, pending
 from engine.kafka_client.delivery import DeliveryTracker
 from engine.kafka_client.errors import raise_engine_error
-from engine.kafka_client.settings import Connection
+from engine.kafka_client.settings import ClientHealth, Connection
 from engine.offset_store import validate_group_id, validate_offsets
 from engine.partitioner import key_partition
 from engine.producer import BatchResult, Producer
@@ -93,6 +93,7 @@ class KafkaProducer(Producer):
         config = ProducerConfig.from_options(**options)
         self.config = config
         self.connection = connection
+        self._health = ClientHealth()
         self._pid = os.getpid()
         self._closed = False
         self._block_s = config.max_block_ms / 1000
@@ -103,7 +104,7 @@ class KafkaProducer(Producer):
         self._tracker = DeliveryTracker()
         try:
             self._client = confluent_kafka.Producer(
-                connection.librdkafka(librdkafka_settings(config))
+                connection.librdkafka(librdkafka_settings(config), self._health)
             )
         except confluent_kafka.KafkaException as exc:
             raise_engine_error(exc, "the producer's settings were refused")
@@ -145,7 +146,7 @@ class KafkaProducer(Producer):
             try:
                 meta = self._client.list_topics(topic, timeout=left).topics.get(topic)
             except confluent_kafka.KafkaException as exc:
-                raise_engine_error(exc, f"looking up topic={topic!r}")
+                raise_engine_error(exc, f"looking up topic={topic!r}", health=self._health)
             if meta is not None and meta.error is None and meta.partitions:
                 return len(meta.partitions)
             if (

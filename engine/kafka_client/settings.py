@@ -107,14 +107,17 @@ class Connection:
             dict(extra),
         )
 
-    def librdkafka(self, settings: Mapping[str, Any]) -> dict[str, Any]:
+    def librdkafka(
+        self, settings: Mapping[str, Any], health: ClientHealth | None = None
+    ) -> dict[str, Any]:
         """librdkafka's configuration: the connection, then ``settings`` (the class's
-        own options, translated), then ``kafka_config``, which has the last word."""
+        own options, translated), then ``kafka_config``, which has the last word.
+        ``health`` receives the client-wide errors."""
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
             "logger": log,
-            "error_cb": _log_error,
+            "error_cb": health if health is not None else ClientHealth(),
         }
         if self.sasl_mechanism is not None:
             config["sasl.mechanism"] = self.sasl_mechanism
@@ -127,10 +130,19 @@ class Connection:
         return config
 
 
-def _log_error(error: Any) -> None:
-    """librdkafka's client-wide errors (a broker down, a failed login): it retries by
-    itself; the calls that depend on it fail with the mapped error."""
-    log.warning("kafka client: %s", error)
+class ClientHealth:
+    """librdkafka's client-wide errors (a broker down, a failed login; its error_cb),
+    logged. librdkafka retries by itself, and a call that needed the cluster fails
+    with a transport error or a timeout: ``auth_error``, the last failed login, lets
+    engine.kafka_client.errors name the real cause (AuthorizationError)."""
+
+    def __init__(self) -> None:
+        self.auth_error: Any = None
+
+    def __call__(self, error: Any) -> None:
+        if error.code() == -169:  # KafkaError._AUTHENTICATION
+            self.auth_error = error
+        log.info("kafka client: %s", error)
 
 
 def refuse(option: str, what: str) -> UnsupportedOnKafkaError:
