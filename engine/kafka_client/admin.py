@@ -35,6 +35,7 @@ from engine.config import TOPIC_DEFAULTS, validate_topic_name
 from engine.errors import (
     ConfigError,
     EngineTimeoutError,
+    NotLeaderError,
     PartitionOutOfRangeError,
     UnknownGroupError,
     UnknownTopicError,
@@ -120,21 +121,26 @@ class KafkaAdmin(Admin):
             raise UnknownTopicError(f"unknown topic: topic={name!r}")
         return meta
 
-    def _wait_leaders(self, name: str, count: int, timeout: float) -> None:
-        """Until each of the topic's ``count`` partitions has a leader."""
+    def _described_when_ready(self, name: str, count: int, timeout: float) -> TopicDescription:
+        """The topic's description once each of its ``count`` partitions has a leader
+        that answers for it (a new leader learns of its partition a moment after the
+        metadata names it)."""
         deadline = time.monotonic() + timeout
         while True:
             left = max(deadline - time.monotonic(), 0.1)
             try:
-                meta = self._metadata(name, left)
-                parts = meta.partitions
-                if len(parts) >= count and all(p.leader >= 0 for p in parts.values()):
-                    return
-            except UnknownTopicError:
-                pass
+                desc = self.describe_topic(name, left)
+                if len(desc.partitions) >= count and all(
+                    p.leader is not None for p in desc.partitions
+                ):
+                    return desc
+                problem = f"partitions {[(p.partition, p.leader) for p in desc.partitions]}"
+            except (UnknownTopicError, NotLeaderError) as exc:
+                problem = str(exc)
             if time.monotonic() > deadline:
                 raise EngineTimeoutError(
-                    f"topic {name!r} has not {count} partitions with leaders after {timeout:.0f} s"
+                    f"topic {name!r} has not {count} partitions with ready leaders after "
+                    f"{timeout:.0f} s: {problem}"
                 )
             time.sleep(0.05)
 
@@ -153,8 +159,7 @@ class KafkaAdmin(Admin):
             [topic], operation_timeout=timeout, request_timeout=timeout
         )
         _result(futures[name], f"creating topic {name!r}")
-        self._wait_leaders(name, partitions, timeout)
-        return self.describe_topic(name)
+        return self._described_when_ready(name, partitions, timeout)
 
     def delete_topic(self, name: str, timeout: float = 30.0) -> None:
         """Delete a topic and its data; returns once the cluster deleted it."""
@@ -208,9 +213,9 @@ class KafkaAdmin(Admin):
         )
         for name, future in futures.items():
             _result(future, f"adding partitions to topic {name!r}")
-        for name, total in totals.items():
-            self._wait_leaders(name, total, timeout)
-        return {name: self.describe_topic(name) for name in totals}
+        return {
+            name: self._described_when_ready(name, total, timeout) for name, total in totals.items()
+        }
 
     def delete_records(
         self, records_to_delete: Mapping[TopicPartition, int], timeout: float = 30.0

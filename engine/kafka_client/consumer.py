@@ -48,7 +48,7 @@ from engine.errors import (
     UnknownTopicError,
 )
 from engine.kafka_client.errors import engine_error, raise_engine_error
-from engine.kafka_client.settings import ClientHealth, Connection, refuse
+from engine.kafka_client.settings import ClientHealth, Connection, log, refuse
 from engine.record import OffsetAndTimestamp, Record, TopicPartition, as_offset
 
 __all__ = ["KafkaConsumer"]
@@ -80,6 +80,25 @@ def librdkafka_settings(config: ConsumerConfig) -> dict[str, Any]:
         "enable.partition.eof": False,
         "allow.auto.create.topics": False,
     }
+
+
+def broker_session_bounds(connection: Connection, health: ClientHealth) -> tuple[int, int] | None:
+    """(group.min.session.timeout.ms, group.max.session.timeout.ms) of a broker of the
+    cluster (Kafka's DescribeConfigs), or None when the cluster does not say."""
+    from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+
+    admin = AdminClient(connection.librdkafka({}, health))
+    try:
+        brokers = admin.list_topics(timeout=REQUEST_TIMEOUT_S).brokers
+        if not brokers:
+            return None
+        resource = ConfigResource("BROKER", str(min(brokers)))
+        (future,) = admin.describe_configs([resource], request_timeout=REQUEST_TIMEOUT_S).values()
+        entries = future.result()
+        return (int(entries["group.min.session.timeout.ms"].value),
+                int(entries["group.max.session.timeout.ms"].value))  # fmt: skip
+    except (confluent_kafka.KafkaException, KeyError, TypeError, ValueError):
+        return None
 
 
 class KafkaConsumer(Consumer):
@@ -119,14 +138,41 @@ class KafkaConsumer(Consumer):
         self._error: EngineError | None = None  # a record's error, for the next poll
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._admin: Any = None  # for offsets_for_times' timestamps, made on first use
+        settings = librdkafka_settings(config)
+        if config.group_id is not None:
+            settings.update(self._session_within_bounds(config))
         try:
-            self._client = confluent_kafka.Consumer(
-                connection.librdkafka(librdkafka_settings(config), self._health)
-            )
+            self._client = confluent_kafka.Consumer(connection.librdkafka(settings, self._health))
         except confluent_kafka.KafkaException as exc:
             raise_engine_error(exc, "the consumer's settings were refused")
         if topics:
             self.subscribe(list(topics))
+
+    def _session_within_bounds(self, config: ConsumerConfig) -> dict[str, int]:
+        """session_timeout_ms clamped into the cluster's group.min.session.timeout.ms and
+        group.max.session.timeout.ms, as the engine's coordinator clamps a session's
+        timeout (Kafka's brokers refuse one outside instead), with heartbeat_interval_ms
+        kept below it; {} when it is within them or the cluster does not say."""
+        bounds = broker_session_bounds(self.connection, self._health)
+        if bounds is None:
+            return {}
+        low, high = bounds
+        session = min(max(config.session_timeout_ms, low), high)
+        if session == config.session_timeout_ms:
+            return {}
+        log.warning(
+            "session_timeout_ms=%d is outside the cluster's [%d, %d] ms: %d used",
+            config.session_timeout_ms, low, high, session,
+        )  # fmt: skip
+        heartbeat = config.heartbeat_interval_ms
+        if heartbeat >= session:
+            heartbeat = max(session // 3, 1)
+        self.session_timeout_ms = session
+        return {
+            "session.timeout.ms": session,
+            "heartbeat.interval.ms": heartbeat,
+            "max.poll.interval.ms": max(config.max_poll_interval_ms, session),
+        }
 
     def _check_open(self) -> None:
         if self._closed:
@@ -480,7 +526,7 @@ class KafkaConsumer(Consumer):
             err = m.error()
             if err is not None:
                 if self._error is None and err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
-                    where = f"poll of {m.topic()}-{m.partition()}"
+                    where = "poll" if m.topic() is None else f"poll of {m.topic()}-{m.partition()}"
                     self._error = engine_error(err, where)
                 continue
             if self._seeks:
