@@ -1,14 +1,16 @@
 """The way out: the engine's own Producer, Consumer and Admin on a Kafka cluster.
 
 Given ``bootstrap_servers=`` (and the login), they run through confluent-kafka with the
-same methods, futures, records and errors (engine.kafka_client). Here the Kafka cluster
-is the engine's own Kafka listener (one daemon, SASL SCRAM, shared by the module);
-records go both ways between the two doors. Tests that need Kafka APIs the listener
-does not serve yet (groups, transactions, topic administration) skip, naming them.
+same methods, futures, records and errors (engine.kafka_client). The Kafka clusters here:
+the engine's own Kafka listener (one daemon, SASL SCRAM, shared by the module; records
+go both ways between the two doors; tests that need Kafka APIs the listener does not
+serve yet skip, naming them), and a real Kafka (tests/kafka_harness.py, one KRaft node,
+shared by the module; skipped with the reason where it cannot run).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +38,7 @@ from engine import (
     ProducerFencedError,
     Record,
     RecordFuture,
+    TopicExistsError,
     TopicPartition,
     UnknownGroupError,
     UnknownTopicError,
@@ -44,6 +47,11 @@ from engine import (
 from engine.kafka import schemas
 from engine.kafka_client import errors as kerrors
 from engine.partitioner import key_partition
+
+try:  # a real Kafka for the tests (scripts/kafka)
+    import kafka_harness
+except ImportError:  # a tree without it
+    kafka_harness = None
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -364,8 +372,8 @@ def test_a_transaction_on_a_kafka_cluster_is_seen_by_read_committed_only_when_co
 # -- the examples, unchanged, through bootstrap_servers -------------------------------
 
 
-def run_example(kd: Daemon, conn: dict[str, Any], script: str, *args: str) -> str:
-    env = dict(kd.env, ENGINE_SASL_PASSWORD=conn["sasl_password"])
+def run_example(kd: Daemon | None, conn: dict[str, Any], script: str, *args: str) -> str:
+    env = dict(os.environ if kd is None else kd.env, ENGINE_SASL_PASSWORD=conn["sasl_password"])
     env.pop("ENGINE_DATA_DIR", None)  # the cluster is named by bootstrap_servers alone
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), *args,
@@ -422,3 +430,98 @@ def test_orders_example_runs_unchanged_through_bootstrap_servers(
                        "--customers", "10")  # fmt: skip
     assert text.splitlines()[-1] == "OK", text
 
+
+
+# -- a real Kafka ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The keyword arguments that put a Producer, Consumer or Admin on a real Kafka."""
+    if kafka_harness is None:
+        pytest.skip("tests/kafka_harness.py (a real Kafka through scripts/kafka) is not here")
+    kafka_harness.require_kafka()
+    with kafka_harness.running_kafka(tmp_path_factory.mktemp("real-kafka"), nodes=1) as k:
+        yield {name: k.settings[name] for name in (
+            "bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
+            "sasl_password")}  # fmt: skip
+
+
+def test_the_way_out_on_a_real_kafka_admin_produce_group_and_transaction(
+    real: dict[str, Any],
+) -> None:
+    topic = f"w-{uuid.uuid4().hex[:8]}"
+    with Admin(**real) as admin:
+        desc = admin.create_topic(topic, partitions=2, config={"retention.ms": 60_000})
+        assert [p.partition for p in desc.partitions] == [0, 1]
+        assert all(p.leader is not None and p.high_watermark == 0 for p in desc.partitions)
+        assert desc.config["retention.ms"] == 60_000 and topic in admin.list_topics()
+        with pytest.raises(TopicExistsError):
+            admin.create_topic(topic)
+    keys = [f"key-{i}".encode() for i in range(20)]
+    with Producer(**real) as producer:  # acks="all", idempotent
+        futures = [producer.send(topic, b"v" + k, key=k) for k in keys]
+        producer.flush(30)
+        with pytest.raises(UnknownTopicError):
+            producer.send(f"missing-{uuid.uuid4().hex[:6]}", b"x")
+    assert [f.partition for f in futures] == [key_partition(k, 2) for k in keys]
+    for p in range(2):
+        assert [f.offset for f in futures if f.partition == p] == list(
+            range(sum(f.partition == p for f in futures))
+        )
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    assigned: list[set[TopicPartition]] = []
+    revoked: list[set[TopicPartition]] = []
+    both = {TopicPartition(topic, 0), TopicPartition(topic, 1)}
+    options = dict(group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
+                   session_timeout_ms=2000, heartbeat_interval_ms=500)  # fmt: skip
+    # (a session of 2 s is clamped to Kafka's group.min.session.timeout.ms)
+    with Consumer(topic, on_assign=assigned.append, on_revoke=revoked.append,
+                  **options, **real) as consumer:  # fmt: skip
+        assert sorted(r.key for r in read_all(consumer, 20)) == sorted(keys)
+        assert assigned == [both]
+        consumer.commit()
+        ends = consumer.end_offsets(both)
+        assert {tp: consumer.committed(tp) for tp in both} == ends
+    assert revoked == [both]
+    with Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}", **real) as producer:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"aborted", partition=0)
+        producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(topic, b"committed", partition=0)
+        producer.send_offsets_to_transaction({TopicPartition(topic, 0): 7}, group)
+        producer.commit_transaction()
+    with Consumer(group_id=group, isolation_level="read_committed", **real) as consumer:
+        assert consumer.committed(TopicPartition(topic, 0)) == 7
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.seek(TopicPartition(topic, 0), ends[TopicPartition(topic, 0)])
+        assert [r.value for r in read_all(consumer, 1)] == [b"committed"]
+    with Admin(**real) as admin:
+        with pytest.raises(UnknownGroupError):
+            admin.delete_consumer_groups([f"none-{uuid.uuid4().hex[:6]}"])
+        admin.delete_topic(topic)
+        with pytest.raises(UnknownTopicError):
+            admin.describe_topic(topic)
+
+
+def test_the_examples_run_unchanged_on_a_real_kafka(real: dict[str, Any]) -> None:
+    source, sink = f"w-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
+    with Admin(**real) as admin:
+        admin.create_topic(source, partitions=2)
+        admin.create_topic(sink, partitions=2)
+    with Producer(acks=1, **real) as producer:
+        for i in range(20):
+            producer.send(source, f"r{i}".encode(), partition=i % 2)
+    run_example(None, real, "exactly_once.py", source, sink, "--group",
+                f"g-{uuid.uuid4().hex[:6]}", "--transactional-id",
+                f"t-{uuid.uuid4().hex[:6]}", "--idle", "2")  # fmt: skip
+    with Consumer(auto_offset_reset="earliest", isolation_level="read_committed",
+                  **real) as consumer:  # fmt: skip
+        consumer.assign([TopicPartition(sink, p) for p in range(2)])
+        values = sorted(r.value for r in read_all(consumer, 20))
+    assert values == sorted(f"processed:r{i}".encode() for i in range(20))
+    text = run_example(None, real, "orders.py", "--topic", f"orders-{uuid.uuid4().hex[:6]}",
+                       "--orders", "150", "--customers", "10")  # fmt: skip
+    assert text.splitlines()[-1] == "OK", text
