@@ -8,8 +8,8 @@ methods, the same options (checked by the same validators: ProducerConfig,
 ConsumerConfig, engine.config's topic names), the same futures (engine.future), the
 same records (engine.Record) and the same errors (one table maps Kafka's error codes
 to engine.errors classes: engine.kafka_client.errors). What only the rings or the data
-dir can give (``poll_values``, ``send_batch(offsets=True)``'s arrays, ``ring.bytes``,
-``poll_spin_us``, ``data_dir``) raises UnsupportedOnKafkaError naming it.
+dir can give (``poll_values``, ``ring.bytes``, ``poll_spin_us``, ``Admin.data_dir``)
+raises UnsupportedOnKafkaError naming it.
 
 The connection settings (engine.kafka_client.settings): ``bootstrap_servers``,
 ``security_protocol``, ``sasl_mechanism``, ``sasl_username``, ``sasl_password``, and
