@@ -55,6 +55,10 @@ __all__ = ["KafkaConsumer"]
 
 _TP = confluent_kafka.TopicPartition
 _RESET = {"earliest": "earliest", "latest": "latest", "none": "error"}
+#: Kafka's default group.min.session.timeout.ms and group.max.session.timeout.ms: a
+#: session_timeout_ms outside them is checked against the cluster's own.
+KAFKA_MIN_SESSION_MS = 6000
+KAFKA_MAX_SESSION_MS = 1_800_000
 #: How long a call that asks the cluster (offsets, commits, metadata) may take.
 REQUEST_TIMEOUT_S = 30.0
 
@@ -139,7 +143,9 @@ class KafkaConsumer(Consumer):
         self._committer: concurrent.futures.ThreadPoolExecutor | None = None
         self._admin: Any = None  # for offsets_for_times' timestamps, made on first use
         settings = librdkafka_settings(config)
-        if config.group_id is not None:
+        if config.group_id is not None and not (
+            KAFKA_MIN_SESSION_MS <= config.session_timeout_ms <= KAFKA_MAX_SESSION_MS
+        ):
             settings.update(self._session_within_bounds(config))
         try:
             self._client = confluent_kafka.Consumer(connection.librdkafka(settings, self._health))
