@@ -248,7 +248,7 @@ def test_failures_on_a_kafka_cluster_raise_the_errors_the_engine_raises(
     with pytest.raises(ConfigError, match="unknown producer option"):
         Producer(ring_bytes=1, **conn)
     wrong = conn | {"sasl_password": "not-the-password"}
-    with Producer(acks=1, max_block_ms=3000, **wrong) as producer, pytest.raises(
+    with Producer(acks=1, max_block_ms=1000, **wrong) as producer, pytest.raises(
         AuthorizationError, match="SASL authentication error"
     ):
         producer.send(topic, b"x")
@@ -372,53 +372,72 @@ def test_a_transaction_on_a_kafka_cluster_is_seen_by_read_committed_only_when_co
 # -- the examples, unchanged, through bootstrap_servers -------------------------------
 
 
-def run_example(kd: Daemon | None, conn: dict[str, Any], script: str, *args: str) -> str:
+def example(kd: Daemon | None, conn: dict[str, Any], script: str, *args: str) -> Any:
+    """An example started through ``conn``'s cluster (the password in its environment)."""
     env = dict(os.environ if kd is None else kd.env, ENGINE_SASL_PASSWORD=conn["sasl_password"])
     env.pop("ENGINE_DATA_DIR", None)  # the cluster is named by bootstrap_servers alone
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, str(EXAMPLES / script), *args,
          "--bootstrap-servers", conn["bootstrap_servers"],
          "--security-protocol", conn["security_protocol"],
          "--sasl-mechanism", conn["sasl_mechanism"],
          "--sasl-username", conn["sasl_username"]],
-        capture_output=True, timeout=120, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
-    return proc.stdout.decode()
 
 
-@pytest.mark.parametrize("script", ["at_most_once.py", "at_least_once.py"])
-def test_delivery_examples_run_unchanged_through_bootstrap_servers(
-    kd: Daemon, conn: dict[str, Any], tmp_path: Path, script: str
+def finished(proc: Any) -> str:
+    """The example's output once it exited 0 (killed after 120 s)."""
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out.decode() + err.decode()
+    return str(out.decode())
+
+
+def exactly_once_input(producer: Producer, source: str) -> None:
+    for i in range(20):
+        producer.send(source, f"r{i}".encode(), partition=i % 2)
+
+
+def read_exactly_once_output(consumer: Consumer, sink: str) -> None:
+    consumer.assign([TopicPartition(sink, p) for p in range(2)])
+    values = sorted(r.value for r in read_all(consumer, 20))
+    assert values == sorted(f"processed:r{i}".encode() for i in range(20))
+
+
+def test_delivery_and_exactly_once_examples_run_unchanged_through_bootstrap_servers(
+    kd: Daemon, conn: dict[str, Any], tmp_path: Path
 ) -> None:
-    require_apis(GROUP_APIS)
-    topic = new_topic(kd, partitions=2)
+    require_apis(GROUP_APIS | TXN_APIS)
+    topics = {script: new_topic(kd, partitions=2) for script in ("at_most_once.py",
+              "at_least_once.py", "exactly_once.py")}  # fmt: skip
+    sink = new_topic(kd, partitions=2)
     with Producer(kd.data_dir, acks=1) as producer:
-        for i in range(30):
-            producer.send(topic, f"r{i}".encode(), partition=i % 2)
-    out = tmp_path / "handled.txt"
-    run_example(kd, conn, script, topic, "--out", str(out), "--group",
-                f"g-{uuid.uuid4().hex[:6]}", "--idle", "3")  # fmt: skip
-    handled = sorted(line.split()[2] for line in out.read_text().splitlines())
-    assert handled == sorted(f"r{i}" for i in range(30))
-
-
-def test_exactly_once_example_runs_unchanged_through_bootstrap_servers(
-    kd: Daemon, conn: dict[str, Any]
-) -> None:
-    require_apis(TXN_APIS | GROUP_APIS)
-    source, sink = new_topic(kd, partitions=2), new_topic(kd, partitions=2)
-    with Producer(kd.data_dir, acks=1) as producer:
-        for i in range(20):
-            producer.send(source, f"r{i}".encode(), partition=i % 2)
-    run_example(kd, conn, "exactly_once.py", source, sink, "--group",
+        for script in ("at_most_once.py", "at_least_once.py"):
+            for i in range(30):
+                producer.send(topics[script], f"r{i}".encode(), partition=i % 2)
+        exactly_once_input(producer, topics["exactly_once.py"])
+    running = [  # the three at once (each waits for its group and its idle time)
+        example(kd, conn, script, topics[script], "--out", str(tmp_path / script),
+                "--group", f"g-{uuid.uuid4().hex[:6]}", "--idle", "2")
+        for script in ("at_most_once.py", "at_least_once.py")
+    ] + [
+        example(kd, conn, "exactly_once.py", topics["exactly_once.py"], sink, "--group",
                 f"g-{uuid.uuid4().hex[:6]}", "--transactional-id",
-                f"t-{uuid.uuid4().hex[:6]}", "--idle", "3")  # fmt: skip
+                f"t-{uuid.uuid4().hex[:6]}", "--idle", "2")
+    ]  # fmt: skip
+    for proc in running:
+        finished(proc)
+    for script in ("at_most_once.py", "at_least_once.py"):
+        lines = (tmp_path / script).read_text().splitlines()
+        assert sorted(line.split()[2] for line in lines) == sorted(f"r{i}" for i in range(30))
     with Consumer(data_dir=kd.data_dir, auto_offset_reset="earliest",
                   isolation_level="read_committed") as consumer:  # fmt: skip
-        consumer.assign([TopicPartition(sink, p) for p in range(2)])
-        values = sorted(r.value for r in read_all(consumer, 20))
-    assert values == sorted(f"processed:r{i}".encode() for i in range(20))
+        read_exactly_once_output(consumer, sink)
 
 
 def test_orders_example_runs_unchanged_through_bootstrap_servers(
@@ -426,8 +445,8 @@ def test_orders_example_runs_unchanged_through_bootstrap_servers(
 ) -> None:
     require_apis(GROUP_APIS | ADMIN_APIS | {15: "DescribeGroups", 42: "DeleteGroups"})
     topic = f"orders-{uuid.uuid4().hex[:6]}"
-    text = run_example(kd, conn, "orders.py", "--topic", topic, "--orders", "150",
-                       "--customers", "10")  # fmt: skip
+    text = finished(example(kd, conn, "orders.py", "--topic", topic, "--orders", "150",
+                            "--customers", "10"))  # fmt: skip
     assert text.splitlines()[-1] == "OK", text
 
 
@@ -447,15 +466,16 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "sasl_password")}  # fmt: skip
 
 
-def test_the_way_out_on_a_real_kafka_admin_produce_group_and_transaction(
+def test_the_way_out_on_a_real_kafka_admin_producers_and_the_exactly_once_example(
     real: dict[str, Any],
 ) -> None:
-    topic = f"w-{uuid.uuid4().hex[:8]}"
+    topic, sink = f"w-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
     with Admin(**real) as admin:
         desc = admin.create_topic(topic, partitions=2, config={"retention.ms": 60_000})
         assert [p.partition for p in desc.partitions] == [0, 1]
         assert all(p.leader is not None and p.high_watermark == 0 for p in desc.partitions)
         assert desc.config["retention.ms"] == 60_000 and topic in admin.list_topics()
+        admin.create_topic(sink, partitions=2)
         with pytest.raises(TopicExistsError):
             admin.create_topic(topic)
     keys = [f"key-{i}".encode() for i in range(20)]
@@ -469,59 +489,41 @@ def test_the_way_out_on_a_real_kafka_admin_produce_group_and_transaction(
         assert [f.offset for f in futures if f.partition == p] == list(
             range(sum(f.partition == p for f in futures))
         )
-    group = f"g-{uuid.uuid4().hex[:6]}"
-    assigned: list[set[TopicPartition]] = []
-    revoked: list[set[TopicPartition]] = []
-    both = {TopicPartition(topic, 0), TopicPartition(topic, 1)}
-    options = dict(group_id=group, auto_offset_reset="earliest", enable_auto_commit=False,
-                   session_timeout_ms=2000, heartbeat_interval_ms=500)  # fmt: skip
-    # (a session of 2 s is clamped to Kafka's group.min.session.timeout.ms)
-    with Consumer(topic, on_assign=assigned.append, on_revoke=revoked.append,
-                  **options, **real) as consumer:  # fmt: skip
-        assert sorted(r.key for r in read_all(consumer, 20)) == sorted(keys)
-        assert assigned == [both]
-        consumer.commit()
-        ends = consumer.end_offsets(both)
-        assert {tp: consumer.committed(tp) for tp in both} == ends
-    assert revoked == [both]
     with Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}", **real) as producer:
         producer.init_transactions()
         producer.begin_transaction()
         producer.send(topic, b"aborted", partition=0)
         producer.abort_transaction()
-        producer.begin_transaction()
-        producer.send(topic, b"committed", partition=0)
-        producer.send_offsets_to_transaction({TopicPartition(topic, 0): 7}, group)
-        producer.commit_transaction()
-    with Consumer(group_id=group, isolation_level="read_committed", **real) as consumer:
-        assert consumer.committed(TopicPartition(topic, 0)) == 7
-        consumer.assign([TopicPartition(topic, 0)])
-        consumer.seek(TopicPartition(topic, 0), ends[TopicPartition(topic, 0)])
-        assert [r.value for r in read_all(consumer, 1)] == [b"committed"]
+    source = f"w-{uuid.uuid4().hex[:8]}"
+    with Admin(**real) as admin:
+        admin.create_topic(source, partitions=2)
+    with Producer(acks=1, **real) as producer:
+        exactly_once_input(producer, source)
+    # The example: a group (its 1 s session clamped to Kafka's minimum), transactions
+    # with send_offsets_to_transaction, read_committed.
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    with Consumer(group_id=group, **real) as first:  # a new Kafka makes its offsets topic
+        assert first.committed(TopicPartition(source, 0)) is None  # now, not in the example
+    finished(example(None, real, "exactly_once.py", source, sink, "--group", group,
+                     "--transactional-id", f"t-{uuid.uuid4().hex[:6]}", "--idle", "2"))  # fmt: skip
+    with Consumer(group_id=group, auto_offset_reset="earliest",
+                  isolation_level="read_committed", **real) as consumer:  # fmt: skip
+        both = [TopicPartition(source, 0), TopicPartition(source, 1)]
+        # (the offsets of the last transaction count once its markers are written,
+        # a moment after commit_transaction returned)
+        wait_for(lambda: all(consumer.committed(tp) == 10 for tp in both), timeout=20,
+                 what="the example's offsets committed with its transactions")  # fmt: skip
+        read_exactly_once_output(consumer, sink)
+        consumer.assign([TopicPartition(topic, 0)])  # the aborted record is not seen
+        consumer.seek(TopicPartition(topic, 0), 0)
+        first = sum(f.partition == 0 for f in futures)
+        seen = read_all(consumer, first) + consumer.poll(1.0)
+        assert sorted(r.value for r in seen) == sorted(
+            b"v" + k for k, f in zip(keys, futures, strict=True) if f.partition == 0
+        )
     with Admin(**real) as admin:
         with pytest.raises(UnknownGroupError):
             admin.delete_consumer_groups([f"none-{uuid.uuid4().hex[:6]}"])
         admin.delete_topic(topic)
         with pytest.raises(UnknownTopicError):
             admin.describe_topic(topic)
-
-
-def test_the_examples_run_unchanged_on_a_real_kafka(real: dict[str, Any]) -> None:
-    source, sink = f"w-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
-    with Admin(**real) as admin:
-        admin.create_topic(source, partitions=2)
-        admin.create_topic(sink, partitions=2)
-    with Producer(acks=1, **real) as producer:
-        for i in range(20):
-            producer.send(source, f"r{i}".encode(), partition=i % 2)
-    run_example(None, real, "exactly_once.py", source, sink, "--group",
-                f"g-{uuid.uuid4().hex[:6]}", "--transactional-id",
-                f"t-{uuid.uuid4().hex[:6]}", "--idle", "2")  # fmt: skip
-    with Consumer(auto_offset_reset="earliest", isolation_level="read_committed",
-                  **real) as consumer:  # fmt: skip
-        consumer.assign([TopicPartition(sink, p) for p in range(2)])
-        values = sorted(r.value for r in read_all(consumer, 20))
-    assert values == sorted(f"processed:r{i}".encode() for i in range(20))
-    text = run_example(None, real, "orders.py", "--topic", f"orders-{uuid.uuid4().hex[:6]}",
-                       "--orders", "150", "--customers", "10")  # fmt: skip
-    assert text.splitlines()[-1] == "OK", text

@@ -28,8 +28,9 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import confluent_kafka
@@ -42,6 +43,7 @@ from engine.errors import (
     ClosedError,
     CommitFailedError,
     ConfigError,
+    CoordinatorUnavailableError,
     EngineError,
     OffsetOutOfRangeError,
     PartitionOutOfRangeError,
@@ -158,11 +160,10 @@ class KafkaConsumer(Consumer):
         """session_timeout_ms clamped into the cluster's group.min.session.timeout.ms and
         group.max.session.timeout.ms, as the engine's coordinator clamps a session's
         timeout (Kafka's brokers refuse one outside instead), with heartbeat_interval_ms
-        kept below it; {} when it is within them or the cluster does not say."""
+        kept below it; Kafka's defaults where the cluster does not say; {} when it is
+        within them."""
         bounds = broker_session_bounds(self.connection, self._health)
-        if bounds is None:
-            return {}
-        low, high = bounds
+        low, high = bounds if bounds is not None else (KAFKA_MIN_SESSION_MS, KAFKA_MAX_SESSION_MS)
         session = min(max(config.session_timeout_ms, low), high)
         if session == config.session_timeout_ms:
             return {}
@@ -363,13 +364,29 @@ class KafkaConsumer(Consumer):
         if not todo:
             return
         tps = [_TP(tp.topic, tp.partition, off) for tp, off in todo.items()]
-        try:
-            answer = self._client.commit(offsets=tps, asynchronous=False)
-        except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, f"commit of group {self.group_id!r}")
+        answer = self._coordinated(
+            lambda: self._client.commit(offsets=tps, asynchronous=False),
+            f"commit of group {self.group_id!r}",
+        )
         for p in answer or ():
             if p.error is not None:
                 raise_engine_error(p.error, f"commit of {p.topic}-{p.partition}")
+
+    def _coordinated(self, call: Callable[[], Any], what: str) -> Any:
+        """``call()``, a request to the group's coordinator, made again while the
+        cluster says its coordinator is moving or loading (as the engine's own client
+        reconnects by itself), up to REQUEST_TIMEOUT_S."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while True:
+            try:
+                return call()
+            except confluent_kafka.KafkaException as exc:
+                error = engine_error(exc, what, health=self._health)
+                if not isinstance(error, CoordinatorUnavailableError) or (
+                    time.monotonic() > deadline
+                ):
+                    raise error from exc
+            time.sleep(0.1)
 
     def commit_async(
         self,
@@ -402,10 +419,9 @@ class KafkaConsumer(Consumer):
         self._check_open()
         self._need_group("committed()")
         tp = TopicPartition(*partition)
-        try:
-            (answer,) = self._client.committed([_TP(tp.topic, tp.partition)], REQUEST_TIMEOUT_S)
-        except confluent_kafka.KafkaException as exc:
-            raise_engine_error(exc, f"committed offset of {tp} in group {self.group_id!r}")
+        ask = [_TP(tp.topic, tp.partition)]
+        what = f"committed offset of {tp} in group {self.group_id!r}"
+        (answer,) = self._coordinated(lambda: self._client.committed(ask, REQUEST_TIMEOUT_S), what)
         if answer.error is not None:
             raise_engine_error(answer.error, f"committed offset of {tp}")
         return int(answer.offset) if answer.offset >= 0 else None
