@@ -2,9 +2,9 @@
 
 ``Consumer(*topics, bootstrap_servers=..., ...)`` makes a :class:`KafkaConsumer`. Its
 options are the engine's, checked by the same ConsumerConfig, and mean the same; the
-cluster's group coordinator runs the group (Kafka's protocol: ``session_timeout_ms``
-must lie within the cluster's group.min/max.session.timeout.ms, and
-``max_poll_interval_ms`` may not be below it). ``poll_spin_us`` (the rings' spin) and
+cluster's group coordinator runs the group (Kafka's protocol: ``session_timeout_ms`` is
+clamped into the cluster's group.min/max.session.timeout.ms, as the engine's
+coordinator clamps it, with a warning; ``max_poll_interval_ms`` may not be below it). ``poll_spin_us`` (the rings' spin) and
 ``poll_values`` (values straight out of the rings) exist only on the engine's own
 cluster: UnsupportedOnKafkaError.
 
