@@ -4,9 +4,9 @@
 options are the engine's, checked by the same ConsumerConfig, and mean the same; the
 cluster's group coordinator runs the group (Kafka's protocol: ``session_timeout_ms`` is
 clamped into the cluster's group.min/max.session.timeout.ms, as the engine's
-coordinator clamps it, with a warning; ``max_poll_interval_ms`` may not be below it). ``poll_spin_us`` (the rings' spin) and
-``poll_values`` (values straight out of the rings) exist only on the engine's own
-cluster: UnsupportedOnKafkaError.
+coordinator clamps it, with a warning; ``max_poll_interval_ms`` may not be below it).
+``poll_spin_us`` (the rings' spin) and ``poll_values`` (values straight out of the
+rings) exist only on the engine's own cluster: UnsupportedOnKafkaError.
 
 As on the engine's cluster: without ``group_id``, ``subscribe`` assigns every
 partition of the topics and nothing is committed (librdkafka needs a group id: a
@@ -154,7 +154,11 @@ class KafkaConsumer(Consumer):
         except confluent_kafka.KafkaException as exc:
             raise_engine_error(exc, "the consumer's settings were refused")
         if topics:
-            self.subscribe(list(topics))
+            try:
+                self.subscribe(list(topics))
+            except BaseException:
+                self.close()  # librdkafka's client and its threads
+                raise
 
     def _session_within_bounds(self, config: ConsumerConfig) -> dict[str, int]:
         """session_timeout_ms clamped into the cluster's group.min.session.timeout.ms and
