@@ -352,7 +352,7 @@ def test_a_group_on_a_kafka_cluster_assigns_commits_and_resumes(
 def test_a_transaction_on_a_kafka_cluster_is_seen_by_read_committed_only_when_committed(
     kd: Daemon, conn: dict[str, Any]
 ) -> None:
-    require_apis(TXN_APIS | GROUP_APIS)
+    require_apis(TXN_APIS)
     topic = new_topic(kd, partitions=1)
     with Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}", **conn) as producer:
         producer.init_transactions()
