@@ -487,6 +487,7 @@ def test_public_names_are_exported() -> None:
             "GroupNotEmptyError",
             "InstanceExistsError",
             "InvalidNameError",
+            "InvalidRecordError",
             "InvalidTopicError",
             "InvalidTxnStateError",
             "KafkaClusterError",
