@@ -22,6 +22,7 @@ from typing import Any
 import confluent_kafka
 import pytest
 from engine_harness import Daemon, running_daemon, wait_for
+from kafka_harness import require_kafka, running_kafka
 from test_kafka_listener import SMALL_RING, kafka_settings
 
 from engine import (
@@ -47,11 +48,6 @@ from engine import (
 from engine.kafka import schemas
 from engine.kafka_client import errors as kerrors
 from engine.partitioner import key_partition
-
-try:  # a real Kafka for the tests (scripts/kafka)
-    import kafka_harness
-except ImportError:  # a tree without it
-    kafka_harness = None
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -457,10 +453,8 @@ def test_orders_example_runs_unchanged_through_bootstrap_servers(
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The keyword arguments that put a Producer, Consumer or Admin on a real Kafka."""
-    if kafka_harness is None:
-        pytest.skip("tests/kafka_harness.py (a real Kafka through scripts/kafka) is not here")
-    kafka_harness.require_kafka()
-    with kafka_harness.running_kafka(tmp_path_factory.mktemp("real-kafka"), nodes=1) as k:
+    require_kafka()
+    with running_kafka(tmp_path_factory.mktemp("real-kafka"), nodes=1) as k:
         yield {name: k.settings[name] for name in (
             "bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
             "sasl_password")}  # fmt: skip

@@ -35,6 +35,7 @@ from engine.config import TOPIC_DEFAULTS, validate_topic_name
 from engine.errors import (
     ConfigError,
     EngineTimeoutError,
+    KafkaClusterError,
     NotLeaderError,
     PartitionOutOfRangeError,
     UnknownGroupError,
@@ -136,6 +137,10 @@ class KafkaAdmin(Admin):
                     return desc
                 problem = f"partitions {[(p.partition, p.leader) for p in desc.partitions]}"
             except (UnknownTopicError, NotLeaderError) as exc:
+                problem = str(exc)
+            except KafkaClusterError as exc:
+                if not exc.retriable:
+                    raise
                 problem = str(exc)
             if time.monotonic() > deadline:
                 raise EngineTimeoutError(

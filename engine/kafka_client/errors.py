@@ -69,6 +69,8 @@ ERRORS: dict[int, type[EngineError]] = {
     _K.NOT_ENOUGH_REPLICAS_AFTER_APPEND: NotEnoughReplicasError,
     _K.NOT_LEADER_FOR_PARTITION: NotLeaderError,
     _K.LEADER_NOT_AVAILABLE: NotLeaderError,
+    _K.FENCED_LEADER_EPOCH: NotLeaderError,
+    _K.UNKNOWN_LEADER_EPOCH: NotLeaderError,
     _K.INVALID_MSG: CorruptRecordError,
     _K._BAD_MSG: CorruptRecordError,
     _K.INVALID_RECORD: InvalidRecordError,
