@@ -770,6 +770,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
                     json.dumps(
                         {
                             "group": d.group,
+                            "state": d.state,
                             "generation": d.generation,
                             "protocol": d.protocol,
                             "leader": d.leader,
@@ -781,14 +782,17 @@ def cmd_groups(args: argparse.Namespace) -> int:
                     )
                 )
                 return 0
-            state = "Stable" if d.members else "Empty"
             print(
-                f"group {d.group}  state {state}  generation {d.generation}  "
+                f"group {d.group}  state {d.state}  generation {d.generation}  "
                 f"protocol {d.protocol or '-'}  members {len(d.members)}"
             )
             for member, info in d.members.items():
                 tps = ", ".join(f"{t}-{p}" for t, p in info.get("assignment", [])) or "(idle)"
-                print(f"  member {member}  pid {info.get('pid')}  host {info.get('host')}  {tps}")
+                if offset_store.member_kind(info) == offset_store.KIND_KAFKA:
+                    who = f"kafka client {info.get('client_id')}"
+                else:
+                    who = f"pid {info.get('pid')}"
+                print(f"  member {member}  {who}  host {info.get('host')}  {tps}")
             print(
                 f"  {'TOPIC':<20} {'PARTITION':>9} {'COMMITTED':>10} {'LOG-END':>10} "
                 f"{'LAG':>8}  OWNER"

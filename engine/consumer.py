@@ -259,7 +259,8 @@ class Consumer:
 
     def subscribe(self, topics: Iterable[str]) -> None:
         """Without a group: assign every partition of the topics. With a ``group_id``:
-        join the group; partitions arrive through poll() (see ``on_assign``)."""
+        join the group; partitions arrive through poll() (see ``on_assign``).
+        GroupProtocolError when Kafka clients are the group's members."""
         self._check_open()
         topics = list(topics)
         if isinstance(topics, str) or not topics:
@@ -278,7 +279,7 @@ class Consumer:
             )
         if self._fetches:
             raise ConfigError("subscribe() after assign(): a consumer uses one or the other")
-        self._group = GroupMember(
+        member = GroupMember(
             self._cluster.data_dir,
             self.group_id,
             self.client_id,
@@ -286,7 +287,12 @@ class Consumer:
             self.session_timeout_ms,
             self.max_poll_interval_ms,
         )
-        self._group.join(topics)
+        try:
+            member.join(topics)
+        except BaseException:
+            member.close()  # its session: a refused join leaves nothing behind
+            raise
+        self._group = member
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         self._check_open()

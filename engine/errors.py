@@ -36,6 +36,7 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── CommitFailedError                    a group member that was dropped tried to commit
     ├── GroupNotEmptyError                   an admin change that needs a group without members
     ├── UnknownGroupError                    the consumer group does not exist
+    ├── GroupProtocolError                   the group's members are Kafka clients: no engine member
     ├── ClosedError                          the object was used after close()
     ├── RingPermissionError (PermissionError) a ring owned by another user or open to others
     ├── NativeError                          the C hot path reported an unexpected code
@@ -221,6 +222,13 @@ class GroupNotEmptyError(EngineError):
 
 class UnknownGroupError(EngineError):
     """No consumer group of that id has ever joined or committed."""
+
+
+class GroupProtocolError(EngineError):
+    """An engine Consumer cannot join the group: Kafka clients are its members (they
+    joined through a broker's Kafka listener, whose group protocol cannot share the
+    group's partitions with the engine's). The Kafka clients refuse likewise
+    (INCONSISTENT_GROUP_PROTOCOL) while engine Consumers are its members."""
 
 
 class ClosedError(EngineError):

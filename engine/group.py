@@ -6,7 +6,10 @@ tree (layout in engine.offset_store):
 1. **Join.** The member creates an ephemeral sequential znode under
    ``/consumers/<group>/ids``; it lives as long as the member's own coordinator
    session (``session_timeout_ms``; the kazoo client's pings are the heartbeats).
-   A SIGKILLed member's znodes vanish when its session expires.
+   A SIGKILLed member's znodes vanish when its session expires. A group whose
+   members are Kafka clients (engine.kafka.group_coordinator) is refused with
+   GroupProtocolError: of members of both kinds, the one that registered later
+   withdraws (engine.offset_store).
 2. **Assign.** The member with the lowest sequence number is the leader. Whenever
    the members, their subscriptions or the topics' partition counts differ from
    what ``/consumers/<group>/state`` records, the leader computes a new assignment
@@ -65,6 +68,7 @@ from engine.errors import (
     ConfigError,
     CoordinatorUnavailableError,
     GroupNotEmptyError,
+    GroupProtocolError,
     UnknownGroupError,
     UnknownTopicError,
 )
@@ -200,7 +204,9 @@ class GroupMember:
     # -- membership (the Consumer's thread) ---------------------------------
 
     def join(self, topics: list[str]) -> None:
-        """Register as a member subscribed to ``topics``; the leader then rebalances."""
+        """Register as a member subscribed to ``topics``; the leader then rebalances.
+        GroupProtocolError when Kafka clients are the group's members (engine.offset_store:
+        one group, one kind of member)."""
         with self._lock:
             self.topics = sorted(set(topics))
             self.zk.ensure_path(store.ids_path(self.group))
@@ -222,7 +228,20 @@ class GroupMember:
                 ephemeral=True,
                 sequence=True,
             )
-            self.member_id = path.rsplit("/", 1)[1]
+            member_id = path.rsplit("/", 1)[1]
+            kafka_members = store.earlier_members_of_other_kind(
+                self.zk, self.group, member_id, store.KIND_ENGINE
+            )
+            if kafka_members:
+                with contextlib.suppress(NoNodeError):
+                    self.zk.delete(path)
+                raise GroupProtocolError(
+                    f"group {self.group!r} has Kafka-protocol members (Kafka clients that "
+                    "joined through a broker's Kafka listener); an engine Consumer cannot "
+                    f"join it until they leave: group={self.group!r} "
+                    f"kafka_members={kafka_members}"
+                )
+            self.member_id = member_id
             self._lost.clear()
             self._last_poll = time.monotonic()
         if not self._watches_started:
@@ -405,7 +424,11 @@ class GroupMember:
         """If this member leads: write a new generation when the group changed."""
         if self.member_id is None or self._lost.is_set():
             return
-        members = read_members(self.zk, self.group)
+        members = {
+            m: d
+            for m, d in read_members(self.zk, self.group).items()
+            if store.member_kind(d) == store.KIND_ENGINE  # a Kafka one withdraws (offset_store)
+        }
         if not members or next(iter(members)) != self.member_id:
             return
         subscriptions = {m: sorted(d.get("subscription", [])) for m, d in members.items()}
@@ -499,6 +522,10 @@ class GroupDescription:
     leader: str | None
     members: dict[str, dict[str, Any]]  # member id -> registration + "assignment"
     partitions: list[PartitionLag]
+    #: Kafka's name of the group's state: "Empty" without members, "Stable" with the
+    #: engine's; a Kafka group's as its coordinator last wrote it (PreparingRebalance,
+    #: CompletingRebalance, Stable).
+    state: str = "Empty"
 
 
 def describe_group(admin: Admin, group: str) -> GroupDescription:
@@ -509,9 +536,21 @@ def describe_group(admin: Admin, group: str) -> GroupDescription:
         raise UnknownGroupError(f"unknown consumer group: group={group!r}")
     members = read_members(zk, group)
     state, _ = read_state(zk, group)
+    try:
+        raw = md.decode(zk.get(store.state_path(group))[0]) or {}
+    except NoNodeError:
+        raw = {}
+    kafka = {m for m, info in members.items() if store.member_kind(info) == store.KIND_KAFKA}
+    phase = "Empty" if not members else "Stable"
+    if kafka and raw.get("kind") == store.KIND_KAFKA:
+        phase = str(raw.get("state") or phase)
+    # A Kafka group's members hold no owner znodes: its assignment names the owners.
+    assigned: dict[TopicPartition, str] = {}
     for member, info in members.items():
         tps = state.assignment.get(member, []) if state else []
         info["assignment"] = [[t, p] for t, p in tps]
+        if member in kafka:
+            assigned |= {TopicPartition(t, p): member for t, p in tps}
     committed = store.read_all_committed(zk, group)
     topics = {t for d in members.values() for t in d.get("subscription", [])}
     topics |= {tp.topic for tp in committed}
@@ -526,6 +565,7 @@ def describe_group(admin: Admin, group: str) -> GroupDescription:
             owner: str | None = None
             with contextlib.suppress(NoNodeError):
                 owner = zk.get(store.owner_path(group, tp))[0].decode() or None
+            owner = owner or assigned.get(tp)
             done = committed.get(tp)
             end = p.high_watermark  # what consumers can read (Kafka's LOG-END-OFFSET column)
             rows.append(
@@ -540,6 +580,7 @@ def describe_group(admin: Admin, group: str) -> GroupDescription:
         state.leader if state else None,
         members,
         rows,
+        phase,
     )
 
 
@@ -646,7 +687,12 @@ def delete_group(admin: Admin, group: str) -> None:
     makes the deletion fail with GroupNotEmptyError (its member node keeps the group
     node), or, joining just after, starts without committed offsets."""
     store.validate_group_id(group)
-    zk = admin._cluster.zk
+    delete_group_in(admin._cluster.zk, group)
+
+
+def delete_group_in(zk: KazooClient, group: str) -> None:
+    """:func:`delete_group` through a coordinator session (the Kafka listener's
+    DeleteGroups uses the broker's)."""
     if not zk.exists(store.group_path(group)):
         raise UnknownGroupError(f"unknown consumer group: group={group!r}")
     members = read_members(zk, group)

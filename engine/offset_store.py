@@ -3,12 +3,19 @@
     /consumers/<group>/ids/<client id>-<seq>          ephemeral: a live member
                                                       {"version":1,"subscription":[topics],
                                                        "client_id","pid","host","strategy"}
+                                                      a Kafka client's (engine.kafka.
+                                                      group_coordinator) also has
+                                                      "kind":"kafka", "protocol_type",
+                                                      "broker"; its pid is null
     /consumers/<group>/state                          the current generation (written by the
-                                                      leader, the member with the lowest seq)
+                                                      leader, the member with the lowest seq,
+                                                      or the Kafka group's coordinator)
                                                       {"version":1,"generation","leader",
                                                        "protocol","members":{id:[topics]},
                                                        "partition_counts":{t:n},
                                                        "assignment":{id:[[t,p],...]}}
+                                                      a Kafka group's also has "kind":"kafka"
+                                                      and "state" (its ClassicGroupState)
     /consumers/<group>/owners/<topic>/<partition>     ephemeral: the member fetching it
     /consumers/<group>/offsets/<topic>/<partition>    the committed offset, decimal ("42");
                                                       empty until the first commit
@@ -20,12 +27,27 @@ committing member still being in the group in the same multi-op transaction, and
 Kafka itself kept offsets exactly here before 0.9. The price is one coordinator
 write per commit, which is why auto-commit runs on an interval.
 
-Pure layout and small kazoo helpers; the protocol lives in engine.group.
+One group, one kind of member. The engine's Consumers (engine.group) and Kafka's
+clients (engine.kafka.group_coordinator) both register under ``ids``, but their
+protocols cannot share a group's partitions: the engine's members take partitions
+through owner znodes, Kafka's through their leader's assignment. So a member checks,
+after registering, whether a member of the other kind registered before it (a lower
+sequence number: the parent's counter orders both kinds' joins) and then withdraws
+(:func:`earlier_members_of_other_kind`). Of two joining at once, the later withdraws:
+its listing, made after its own registration, shows every registration before it.
+What remains: a member that is itself withdrawing can make a later one of the other
+kind withdraw too (both refused, never both members), and a member whose process (or,
+for a Kafka client, whose coordinator broker) died keeps the group to its kind until
+its session expires.
+
+Pure layout and small kazoo helpers; the protocols live in engine.group and
+engine.kafka.group_coordinator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -37,7 +59,12 @@ from engine.metadata import GUARD
 from engine.record import TopicPartition, as_offset
 
 CONSUMERS = "/consumers"
-_GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: A member znode's "kind": the engine's own Consumer (the default: absent), or a
+#: Kafka client that joined through a broker's Kafka listener.
+KIND_ENGINE = "engine"
+KIND_KAFKA = "kafka"
+#: The characters of a group id and of a member's client id (they name znodes).
+GROUP_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def validate_group_id(group_id: object) -> str:
@@ -46,7 +73,7 @@ def validate_group_id(group_id: object) -> str:
         not isinstance(group_id, str)
         or not group_id
         or group_id in (".", "..")
-        or not set(group_id) <= _GROUP_CHARS
+        or not set(group_id) <= GROUP_CHARS
         or len(group_id) > 249
     ):
         raise ConfigError(
@@ -61,7 +88,7 @@ def validate_client_id(client_id: object) -> str:
     if (
         not isinstance(client_id, str)
         or not client_id
-        or not set(client_id) <= _GROUP_CHARS
+        or not set(client_id) <= GROUP_CHARS
         or len(client_id) > 200
     ):
         raise ConfigError(
@@ -101,6 +128,31 @@ def member_seq(member_id: str) -> int:
         return int(member_id.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return 1 << 62
+
+
+def member_kind(info: Mapping[str, Any]) -> str:
+    """The kind of a member by what it registered (KIND_ENGINE or KIND_KAFKA)."""
+    return str(info.get("kind") or KIND_ENGINE)
+
+
+def earlier_members_of_other_kind(
+    client: KazooClient, group: str, member_id: str, kind: str
+) -> list[str]:
+    """The members of ``group`` that registered before ``member_id`` (a lower sequence
+    number) and are not of ``kind``: when there are any, ``member_id`` must withdraw.
+    Call after registering ``member_id``: every member registered before it is seen."""
+    mine = member_seq(member_id)
+    out = []
+    for other in sorted(children(client, ids_path(group)), key=member_seq):
+        if member_seq(other) >= mine:
+            break
+        try:
+            data, _ = client.get(member_path(group, other))
+        except NoNodeError:
+            continue
+        if member_kind(json.loads(data) if data else {}) != kind:
+            out.append(other)
+    return out
 
 
 def validate_offsets(offsets: Mapping[Any, Any]) -> dict[TopicPartition, int]:

@@ -485,6 +485,7 @@ def test_public_names_are_exported() -> None:
             "EngineTimeoutError",
             "FencedError",
             "GroupNotEmptyError",
+            "GroupProtocolError",
             "InstanceExistsError",
             "InvalidNameError",
             "InvalidRecordError",

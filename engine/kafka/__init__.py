@@ -5,6 +5,7 @@
 - engine.kafka.error_codes: Kafka's error codes;
 - engine.kafka.sasl: the data dir's credential, SASL PLAIN and SCRAM-SHA-256;
 - engine.kafka.partitions: the partitions a broker leads, read and written for clients;
+- engine.kafka.group_coordinator: consumer groups (JoinGroup ... DeleteGroups, offsets);
 - engine.kafka.handlers: the answer to each API;
 - engine.kafka.admin: the admin APIs' answers, through the engine's own admin operations;
 - engine.kafka.leader_epochs: the end offset of a leader epoch (OffsetForLeaderEpoch);

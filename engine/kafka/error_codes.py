@@ -31,8 +31,12 @@ class ErrorCode(enum.IntEnum):
     written and may still be committed)."""
     MESSAGE_TOO_LARGE = 10
     """The batch exceeds the topic's max.message.bytes: nothing was written."""
+    OFFSET_METADATA_TOO_LARGE = 12
+    """An OffsetCommit's metadata string is longer than 4096 bytes: not committed."""
     COORDINATOR_NOT_AVAILABLE = 15
     """No group or transaction coordinator is served here (yet)."""
+    NOT_COORDINATOR = 16
+    """This broker does not coordinate the group (any more): FindCoordinator, then retry."""
     INVALID_TOPIC_EXCEPTION = 17
     """The topic name breaks Kafka's naming rules."""
     NOT_ENOUGH_REPLICAS = 19
@@ -41,8 +45,22 @@ class ErrorCode(enum.IntEnum):
     """acks=all: written, but the ISR shrank below min.insync.replicas meanwhile."""
     INVALID_REQUIRED_ACKS = 21
     """acks other than 0, 1 or -1."""
+    ILLEGAL_GENERATION = 22
+    """The member's generation is not the group's: it rejoins."""
+    INCONSISTENT_GROUP_PROTOCOL = 23
+    """The member's protocol type or protocols fit none of the group's (or the group
+    has members of the engine's own protocol): the join is refused."""
     INVALID_GROUP_ID = 24
-    """A group id the coordinator's tree cannot name (engine.offset_store)."""
+    """An empty group id, or one the coordinator's tree cannot name."""
+    UNKNOWN_MEMBER_ID = 25
+    """The coordinator does not know this member (it left, expired, or the coordinator
+    moved): the client joins again with an empty member id."""
+    INVALID_SESSION_TIMEOUT = 26
+    """The session timeout is outside the broker's bounds (6 s to 30 min)."""
+    REBALANCE_IN_PROGRESS = 27
+    """The group is rebalancing: the member rejoins."""
+    INVALID_COMMIT_OFFSET_SIZE = 28
+    """An OffsetCommit of a negative offset: not committed."""
     UNSUPPORTED_SASL_MECHANISM = 33
     """The SaslHandshake named a mechanism not enabled here (the response lists them)."""
     ILLEGAL_SASL_STATE = 34
@@ -84,10 +102,17 @@ class ErrorCode(enum.IntEnum):
     """Another partition of the same request failed, so this one was not tried."""
     SASL_AUTHENTICATION_FAILED = 58
     """Wrong user name or password (or a malformed SASL token): the connection closes."""
+    NON_EMPTY_GROUP = 68
+    """DeleteGroups of a group that has live members."""
+    GROUP_ID_NOT_FOUND = 69
+    """No such group (DeleteGroups; DescribeGroups from v6)."""
     FENCED_LEADER_EPOCH = 74
     """The client's leader epoch is older than this leader's: refresh metadata."""
     UNKNOWN_LEADER_EPOCH = 75
     """The client's leader epoch is newer than this broker knows: retry."""
+    MEMBER_ID_REQUIRED = 79
+    """KIP-394: a first JoinGroup gets its member id with this error and joins again
+    with it."""
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
     and offset delta that disagree, not magic 2)."""

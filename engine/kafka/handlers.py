@@ -25,6 +25,8 @@ through the broker's own session.
   batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
+- JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch,
+  DescribeGroups, ListGroups, DeleteGroups: engine.kafka.group_coordinator.
 - InitProducerId without a transactional id: a new producer id from the cluster's
   allocator (the engine's own producers take theirs from the same), epoch 0; a known id
   with its epoch (KIP-360's bump) gets the next epoch. With a transactional id, and the
@@ -57,6 +59,7 @@ from engine.config import validate_topic_name
 from engine.datadir import DataDir
 from engine.errors import EngineError, InvalidTopicError, TopicExistsError, UnknownTopicError
 from engine.kafka.error_codes import ErrorCode
+from engine.kafka.group_coordinator import GroupCoordinator
 from engine.kafka.partitions import PartitionHandle, PartitionHandles, ProducerStates
 from engine.kafka.schemas import APIS
 from engine.kafka.transactions import TransactionCoordinator
@@ -121,6 +124,10 @@ class Handlers:
         self.transactions = TransactionCoordinator(broker.zk)
         self.txn_indexes = TxnIndexes(broker.leaderships)
         self._stopping = stopping
+        #: JoinGroup ... DeleteGroups, OffsetCommit, OffsetFetch.
+        self.groups = GroupCoordinator(
+            broker.zk, broker.broker_id, self.is_coordinator, stopping
+        )
 
     @functools.cached_property
     def cluster_id(self) -> str:

@@ -225,6 +225,7 @@ class _Connection(threading.Thread):
             AuthState.HANDSHAKE if listener.auth is KafkaAuth.SASL else AuthState.AUTHENTICATED
         )
         self.mechanism: Mechanism | None = None
+        self.client_id: str | None = None  # the last request's (JoinGroup names members by it)
         self._close_after = False  # a failed authentication: close once answered
         self._txn_view: ClusterView | None = None
 
@@ -321,6 +322,7 @@ class _Connection(threading.Thread):
             raise _Closed
         flexible = api.request.is_flexible(version)
         header = read_request_header(frame, flexible)
+        self.client_id = header.client_id
         request = decode(api.request, version, frame, header.body_position)
         response = self._dispatch(api_key, version, request)
         if response is None:
@@ -364,6 +366,8 @@ class _Connection(threading.Thread):
             return h.api_versions(request=request if version >= 3 else None)
         if api_key == schemas.FIND_COORDINATOR:
             return h.find_coordinator(version, request)
+        if api_key in schemas.GROUP_APIS:
+            return h.groups.handle(api_key, version, request, self.client_id, self.peer)
         if api_key == schemas.INIT_PRODUCER_ID:
             if request["transactional_id"] is not None:
                 return h.transactions.init_producer_id(self.txn_view(), version, request)
