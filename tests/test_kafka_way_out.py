@@ -3,9 +3,8 @@
 Given ``bootstrap_servers=`` (and the login), they run through confluent-kafka with the
 same methods, futures, records and errors (engine.kafka_client). The Kafka clusters here:
 the engine's own Kafka listener (one daemon, SASL SCRAM, shared by the module; records
-go both ways between the two doors; tests that need Kafka APIs the listener does not
-serve yet skip, naming them), and a real Kafka (tests/kafka_harness.py, one KRaft node,
-shared by the module; skipped with the reason where it cannot run).
+go both ways between the two doors), and a real Kafka (tests/kafka_harness.py, one KRaft
+node, shared by the module; skipped with the reason where it cannot run).
 """
 
 from __future__ import annotations
@@ -45,24 +44,10 @@ from engine import (
     UnknownTopicError,
     UnsupportedOnKafkaError,
 )
-from engine.kafka import schemas
 from engine.kafka_client import errors as kerrors
 from engine.partitioner import key_partition
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-#: Kafka API keys (ApiKeys) the listener must serve for a test to run.
-GROUP_APIS = {8: "OffsetCommit", 9: "OffsetFetch", 11: "JoinGroup", 12: "Heartbeat",
-              13: "LeaveGroup", 14: "SyncGroup"}  # fmt: skip
-TXN_APIS = {24: "AddPartitionsToTxn", 25: "AddOffsetsToTxn", 26: "EndTxn", 28: "TxnOffsetCommit"}
-ADMIN_APIS = {19: "CreateTopics", 20: "DeleteTopics", 32: "DescribeConfigs"}
-
-
-def require_apis(apis: dict[int, str]) -> None:
-    missing = [name for key, name in apis.items() if key not in schemas.APIS]
-    if missing:
-        pytest.skip(f"the engine's Kafka listener does not serve {', '.join(missing)} yet")
-
 
 @pytest.fixture(scope="module")
 def kd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
@@ -298,7 +283,6 @@ def test_admin_with_bootstrap_servers_lists_topics_and_describes_the_cluster(
 def test_admin_with_bootstrap_servers_creates_describes_and_deletes_a_topic(
     kd: Daemon, conn: dict[str, Any]
 ) -> None:
-    require_apis(ADMIN_APIS)
     name = f"w-{uuid.uuid4().hex[:8]}"
     with Admin(**conn) as admin:
         desc = admin.create_topic(name, partitions=2, config={"retention.ms": 60_000})
@@ -318,7 +302,6 @@ def test_admin_with_bootstrap_servers_creates_describes_and_deletes_a_topic(
 def test_a_group_on_a_kafka_cluster_assigns_commits_and_resumes(
     kd: Daemon, conn: dict[str, Any]
 ) -> None:
-    require_apis(GROUP_APIS)
     topic = new_topic(kd, partitions=2)
     group = f"g-{uuid.uuid4().hex[:6]}"
     with Producer(kd.data_dir, acks=1) as producer:
@@ -348,7 +331,6 @@ def test_a_group_on_a_kafka_cluster_assigns_commits_and_resumes(
 def test_a_transaction_on_a_kafka_cluster_is_seen_by_read_committed_only_when_committed(
     kd: Daemon, conn: dict[str, Any]
 ) -> None:
-    require_apis(TXN_APIS)
     topic = new_topic(kd, partitions=1)
     with Producer(transactional_id=f"tx-{uuid.uuid4().hex[:6]}", **conn) as producer:
         producer.init_transactions()
@@ -408,7 +390,6 @@ def read_exactly_once_output(consumer: Consumer, sink: str) -> None:
 def test_delivery_and_exactly_once_examples_run_unchanged_through_bootstrap_servers(
     kd: Daemon, conn: dict[str, Any], tmp_path: Path
 ) -> None:
-    require_apis(GROUP_APIS | TXN_APIS)
     topics = {script: new_topic(kd, partitions=2) for script in ("at_most_once.py",
               "at_least_once.py", "exactly_once.py")}  # fmt: skip
     sink = new_topic(kd, partitions=2)
@@ -439,7 +420,6 @@ def test_delivery_and_exactly_once_examples_run_unchanged_through_bootstrap_serv
 def test_orders_example_runs_unchanged_through_bootstrap_servers(
     kd: Daemon, conn: dict[str, Any]
 ) -> None:
-    require_apis(GROUP_APIS | ADMIN_APIS | {15: "DescribeGroups", 42: "DeleteGroups"})
     topic = f"orders-{uuid.uuid4().hex[:6]}"
     text = finished(example(kd, conn, "orders.py", "--topic", topic, "--orders", "150",
                             "--customers", "10"))  # fmt: skip
