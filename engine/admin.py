@@ -22,6 +22,7 @@ from typing import Any
 from kazoo.exceptions import NodeExistsError, NoNodeError
 
 from engine import metadata as md
+from engine import offset_store as store
 from engine.cluster import ClusterView
 from engine.config import validate_topic_config, validate_topic_name
 from engine.errors import (
@@ -32,6 +33,7 @@ from engine.errors import (
     PartitionOutOfRangeError,
     UnknownTopicError,
 )
+from engine.kafka_client.settings import wants_kafka
 from engine.log import LogReader
 from engine.record import TopicPartition
 from engine.ring import Ring, seal_ring
@@ -65,7 +67,16 @@ class TopicDescription:
 class Admin:
     """Topic administration against the daemon of ``data_dir``."""
 
+    def __new__(cls, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> Admin:
+        if cls is Admin and wants_kafka(options):
+            from engine.kafka_client.admin import KafkaAdmin
+
+            return object.__new__(KafkaAdmin)
+        return object.__new__(cls)
+
     def __init__(self, data_dir: str | os.PathLike[str] | None = None) -> None:
+        """``Admin(bootstrap_servers=..., ...)`` administers a Kafka cluster instead
+        (engine.kafka_client.admin.KafkaAdmin): the same methods, results and errors."""
         self._cluster = ClusterView(data_dir, populate_rings=False)  # headers only
 
     @property
@@ -211,13 +222,7 @@ class Admin:
         acknowledged cannot be deleted); the records of earlier partitions in the mapping
         are deleted already."""
         started = time.monotonic()
-        wanted: dict[str, dict[int, int]] = {}
-        for tp, offset in records_to_delete.items():
-            topic, partition = TopicPartition(*tp)
-            if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
-                raise ConfigError(f"offset must be an int >= -1: {topic}-{partition} "
-                                  f"offset={offset!r}")  # fmt: skip
-            wanted.setdefault(topic, {})[partition] = offset
+        wanted = records_to_delete_by_topic(records_to_delete)
         out: dict[TopicPartition, int] = {}
         zk = self._cluster.zk
         for topic, offsets in wanted.items():
@@ -455,6 +460,25 @@ class Admin:
             done.append(group)
         return done
 
+    # -- what engine.group's reset_offsets reads and writes ---------------------------
+
+    def _group_members(self, group: str) -> list[str] | None:
+        """The member ids of a consumer group's live members; None: no such group."""
+        from engine.group import read_members
+
+        zk = self._cluster.zk
+        if not zk.exists(store.group_path(group)):
+            return None
+        return sorted(read_members(zk, group))
+
+    def _committed_offsets(
+        self, group: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        return {tp: store.read_committed(self._cluster.zk, group, tp) for tp in partitions}
+
+    def _write_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        store.write_offsets(self._cluster.zk, group, offsets)
+
     def close(self) -> None:
         self._cluster.close()
 
@@ -463,6 +487,20 @@ class Admin:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def records_to_delete_by_topic(
+    records_to_delete: Mapping[TopicPartition, int],
+) -> dict[str, dict[int, int]]:
+    """delete_records' argument checked (each offset an int >= -1), by topic."""
+    wanted: dict[str, dict[int, int]] = {}
+    for tp, offset in records_to_delete.items():
+        topic, partition = TopicPartition(*tp)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < -1:
+            raise ConfigError(f"offset must be an int >= -1: {topic}-{partition} "
+                              f"offset={offset!r}")  # fmt: skip
+        wanted.setdefault(topic, {})[partition] = offset
+    return wanted
 
 
 def _kafka_address(registration: dict[str, Any]) -> dict[str, Any]:

@@ -72,9 +72,9 @@ from kazoo.handlers.threading import KazooTimeoutError
 from engine import metadata as md
 from engine import offset_store as store
 from engine._native import lib
-from engine.assignor import strategy as find_strategy
 from engine.cluster import ClusterView
 from engine.compression import plain_chunk
+from engine.consumer_config import ConsumerConfig, RebalanceCallback
 from engine.errors import (
     ClosedError,
     CommitFailedError,
@@ -86,6 +86,7 @@ from engine.errors import (
     PartitionOutOfRangeError,
 )
 from engine.group import GroupMember
+from engine.kafka_client.settings import wants_kafka
 from engine.log import LogReader
 from engine.record import OffsetAndTimestamp, Record, RecordDecoder, TopicPartition, as_offset
 from engine.record_batch import BatchCheck, check_chunk, decode_record_infos, scan_batches
@@ -111,8 +112,6 @@ log = logging.getLogger("engine.consumer")
 _first_compressed = lib.engine_batch_first_compressed
 
 
-_RESETS = ("earliest", "latest", "none")
-_ISOLATION = ("read_uncommitted", "read_committed")
 #: read_committed: a partition whose undecided transactions hold more is not fetched.
 MAX_UNDECIDED_BYTES = 64 << 20
 #: poll(): from this many partitions read in their rings on, one C call first looks at
@@ -123,8 +122,6 @@ READY_CHECK_MIN = 8
 #: (Admin.delete_records) while it reads them out of the leader's ring.
 LOG_START_CHECK_S = 1.0
 
-#: on_assign / on_revoke: called with the partitions this consumer takes or gives up.
-RebalanceCallback = Callable[[set[TopicPartition]], None]
 #: commit_async's callback: (the offsets, None) or (the offsets, the error).
 CommitCallback = Callable[[dict[TopicPartition, int], "Exception | None"], None]
 
@@ -153,33 +150,40 @@ class _Fetch:
     stalled: bool = False  # read_committed: too many undecided bytes; not fetched
 
 
+def checked_timestamps(timestamps: Mapping[Any, Any]) -> dict[TopicPartition, int]:
+    """offsets_for_times' argument checked: TopicPartition -> a timestamp (ms) >= 0."""
+    out: dict[TopicPartition, int] = {}
+    for tp, ts in timestamps.items():
+        tp = TopicPartition(*tp)
+        if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
+            raise ConfigError(f"timestamp must be a non-negative int (ms): {tp} ts={ts!r}")
+        out[tp] = ts
+    return out
+
+
 class Consumer:
     """Reads records from assigned partitions (kafka-python's names and habits)."""
+
+    def __new__(cls, *topics: str, **options: Any) -> Consumer:
+        if cls is Consumer and wants_kafka(options):
+            from engine.kafka_client.consumer import KafkaConsumer
+
+            return object.__new__(KafkaConsumer)
+        return object.__new__(cls)
 
     def __init__(
         self,
         *topics: str,
         data_dir: str | os.PathLike[str] | None = None,
-        group_id: str | None = None,
-        auto_offset_reset: str = "latest",
-        enable_auto_commit: bool = True,
-        auto_commit_interval_ms: int = 5000,
-        partition_assignment_strategy: str = "range",
-        session_timeout_ms: int = 10_000,
-        heartbeat_interval_ms: int = 3000,
-        max_poll_interval_ms: int = 300_000,
-        on_assign: RebalanceCallback | None = None,
-        on_revoke: RebalanceCallback | None = None,
-        isolation_level: str = "read_uncommitted",
-        max_poll_records: int = 500,
-        fetch_max_bytes: int = 1 << 20,
-        consumer_timeout_ms: float = float("inf"),
-        client_id: str | None = None,
-        poll_spin_us: int = 100,
-        check_crcs: bool = True,
-        **unknown: Any,
+        **options: Any,
     ) -> None:
-        """Options are kafka-python's. Group options (used only with ``group_id``):
+        """Options are kafka-python's (engine.consumer_config.ConsumerConfig):
+        ``group_id``, ``auto_offset_reset`` ("latest"), ``enable_auto_commit``,
+        ``auto_commit_interval_ms``, ``partition_assignment_strategy`` ("range",
+        "roundrobin", "cooperative-sticky"), ``max_poll_records``, ``fetch_max_bytes``,
+        ``consumer_timeout_ms`` (how long iteration waits for a record), ``client_id``.
+        With ``bootstrap_servers=`` the Consumer is a Kafka cluster's instead
+        (engine.kafka_client.consumer). Group options (used only with ``group_id``):
 
         ``session_timeout_ms``: a member whose process dies is dropped after this long
         (its coordinator session's timeout; the coordinator clamps it to 0.4-4 s).
@@ -199,59 +203,18 @@ class Consumer:
         ``check_crcs``: check every batch's CRC32C before its records are delivered
         (offsets are checked in any case; see the module docstring).
         """
-        if unknown:
-            raise ConfigError(f"unknown consumer option: {sorted(unknown)[0]!r}")
-        if group_id is not None:
-            store.validate_group_id(group_id)
-            if client_id is not None:
-                store.validate_client_id(client_id)
-        find_strategy(partition_assignment_strategy)
-        for name, value in (
-            ("auto_commit_interval_ms", auto_commit_interval_ms),
-            ("session_timeout_ms", session_timeout_ms),
-            ("heartbeat_interval_ms", heartbeat_interval_ms),
-            ("max_poll_interval_ms", max_poll_interval_ms),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an int >= 1: {name}={value!r}")
-        if heartbeat_interval_ms >= session_timeout_ms:
-            raise ConfigError(
-                "heartbeat_interval_ms must be below session_timeout_ms: "
-                f"heartbeat_interval_ms={heartbeat_interval_ms} "
-                f"session_timeout_ms={session_timeout_ms}"
-            )
-        if not isinstance(enable_auto_commit, bool):
-            raise ConfigError(
-                f"enable_auto_commit must be a bool: enable_auto_commit={enable_auto_commit!r}"
-            )
-        for name, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
-            if cb is not None and not callable(cb):
-                raise ConfigError(f"{name} must be callable: {name}={cb!r}")
-        if isolation_level not in _ISOLATION:
-            raise ConfigError(
-                f"isolation_level must be one of {_ISOLATION}: isolation_level={isolation_level!r}"
-            )
-        if auto_offset_reset not in _RESETS:
-            raise ConfigError(
-                f"auto_offset_reset must be one of {_RESETS}: "
-                f"auto_offset_reset={auto_offset_reset!r}"
-            )
-        if isinstance(poll_spin_us, bool) or not isinstance(poll_spin_us, int) or poll_spin_us < 0:
-            raise ConfigError(f"poll_spin_us must be an int >= 0: poll_spin_us={poll_spin_us!r}")
-        self.poll_spin_s = poll_spin_us / 1e6
-        if not isinstance(check_crcs, bool):
-            raise ConfigError(f"check_crcs must be a bool: check_crcs={check_crcs!r}")
-        self.check_crcs = check_crcs
-        if not isinstance(max_poll_records, int) or max_poll_records < 1:
-            raise ConfigError(
-                f"max_poll_records must be >= 1: max_poll_records={max_poll_records!r}"
-            )
-        self.auto_offset_reset = auto_offset_reset
-        self.isolation_level = isolation_level
-        self.max_poll_records = max_poll_records
-        self.fetch_max_bytes = fetch_max_bytes
-        self.consumer_timeout_ms = consumer_timeout_ms
-        self.client_id = client_id or f"consumer-{os.getpid()}"
+        config = ConsumerConfig.from_options(**options)
+        self.config = config
+        self.poll_spin_s = config.poll_spin_us / 1e6
+        self.check_crcs = config.check_crcs
+        self.auto_offset_reset = config.auto_offset_reset
+        self.isolation_level = config.isolation_level
+        self.max_poll_records = config.max_poll_records
+        self.fetch_max_bytes = fetch_max_bytes = config.fetch_max_bytes
+        self.consumer_timeout_ms = config.consumer_timeout_ms
+        self.client_id = config.client_id
+        group_id = config.group_id
+        max_poll_records = config.max_poll_records
         self._cluster = ClusterView(data_dir)
         self._fetches: dict[TopicPartition, _Fetch] = {}
         self._order: list[TopicPartition] = []  # the assigned partitions not paused
@@ -272,13 +235,13 @@ class Consumer:
         self._pid = os.getpid()
         self._forks = fork_generation()
         self.group_id = group_id
-        self.enable_auto_commit = enable_auto_commit
-        self.auto_commit_interval_s = auto_commit_interval_ms / 1000
-        self.partition_assignment_strategy = partition_assignment_strategy
-        self.session_timeout_ms = session_timeout_ms
-        self.max_poll_interval_ms = max_poll_interval_ms
-        self.on_assign = on_assign
-        self.on_revoke = on_revoke
+        self.enable_auto_commit = config.enable_auto_commit
+        self.auto_commit_interval_s = config.auto_commit_interval_ms / 1000
+        self.partition_assignment_strategy = config.partition_assignment_strategy
+        self.session_timeout_ms = config.session_timeout_ms
+        self.max_poll_interval_ms = config.max_poll_interval_ms
+        self.on_assign = config.on_assign
+        self.on_revoke = config.on_revoke
         self._group: GroupMember | None = None
         self._committed: dict[TopicPartition, int] = {}  # what this consumer last committed
         self._next_auto_commit = time.monotonic() + self.auto_commit_interval_s
@@ -604,10 +567,7 @@ class Consumer:
         not move positions."""
         self._check_open()
         out: dict[TopicPartition, OffsetAndTimestamp | None] = {}
-        for tp, ts in timestamps.items():
-            tp = TopicPartition(*tp)
-            if isinstance(ts, bool) or not isinstance(ts, int) or ts < 0:
-                raise ConfigError(f"timestamp must be a non-negative int (ms): {tp} ts={ts!r}")
+        for tp, ts in checked_timestamps(timestamps).items():
             f = self._fetches.get(tp)
             if f is not None:
                 found = self._offset_for_time(f, ts)

@@ -41,6 +41,9 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
     ├── RingPermissionError (PermissionError) a ring owned by another user or open to others
     ├── NativeError                          the C hot path reported an unexpected code
     ├── KafkaProtocolError                   a Kafka-protocol request that does not decode
+    ├── UnsupportedOnKafkaError (NotImplementedError) an engine-only method or option on a
+    │                                        Kafka cluster (bootstrap_servers=)
+    ├── KafkaClusterError                    a Kafka cluster's error no other class describes
     └── CoordinationError                    a coordination recipe (engine.coordination) failed
         ├── InvalidNameError (ValueError)    a lock, election, service, config path or key name
         ├── NotJsonError (TypeError)         a config value or instance data JSON cannot hold
@@ -245,6 +248,25 @@ class NativeError(EngineError):
 class KafkaProtocolError(EngineError):
     """A request on the Kafka listener does not decode (engine.kafka.codec): the
     connection it came on is closed, as Kafka closes it."""
+
+
+class UnsupportedOnKafkaError(EngineError, NotImplementedError):
+    """A Producer, Consumer or Admin made with ``bootstrap_servers=`` (a Kafka cluster,
+    engine.kafka_client) was asked for what only the engine's rings and data dir give
+    (``poll_values``, ``ring.bytes``, ``poll_spin_us``, ...): the message names it."""
+
+
+class KafkaClusterError(EngineError):
+    """A Kafka cluster (or its client library, librdkafka) reported an error that no
+    other class here describes. ``code`` and ``name`` are Kafka's (librdkafka's
+    negative codes for local errors, such as -195 _TRANSPORT); ``retriable`` says
+    whether the call may be made again."""
+
+    def __init__(self, message: str, *, code: int, name: str, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+        self.retriable = retriable
 
 
 class CoordinationError(EngineError):

@@ -611,14 +611,13 @@ def plan_reset_offsets(
     UnknownGroupError for a group that never existed: resetting does not create one.
     GroupNotEmptyError while the group has live members."""
     store.validate_group_id(group)
-    zk = admin._cluster.zk
-    if not zk.exists(store.group_path(group)):
+    members = admin._group_members(group)
+    if members is None:
         raise UnknownGroupError(
             f"unknown consumer group: group={group!r} (reset-offsets changes an existing "
             f"group; a group comes into being when a consumer of it joins or commits, "
             f"e.g. `engine consume {topic} --group {group}`)"
         )
-    members = read_members(zk, group)
     if members:
         raise GroupNotEmptyError(
             f"group {group!r} has {len(members)} live member(s) {sorted(members)}: stop them "
@@ -628,6 +627,9 @@ def plan_reset_offsets(
         raise ConfigError(f"reset target must be earliest, latest or offset: to={to!r}")
     requested = as_offset(offset) if to == "offset" else None
     desc = admin.describe_topic(topic)
+    committed_now = admin._committed_offsets(
+        group, [TopicPartition(topic, p.partition) for p in desc.partitions]
+    )
     plan: list[OffsetReset] = []
     for p in desc.partitions:
         tp = TopicPartition(topic, p.partition)
@@ -639,7 +641,7 @@ def plan_reset_offsets(
         else:
             assert requested is not None
             value = min(max(requested, start), end)
-        committed = store.read_committed(zk, group, tp)
+        committed = committed_now.get(tp)
         plan.append(OffsetReset(topic, p.partition, committed, value, start, end, requested))
     return plan
 
@@ -659,8 +661,8 @@ def clamp_message(row: OffsetReset) -> str:
 
 def write_reset(admin: Admin, group: str, plan: list[OffsetReset]) -> None:
     """Set the group's committed offsets as ``plan`` says (from plan_reset_offsets)."""
-    store.write_offsets(
-        admin._cluster.zk, group, {TopicPartition(r.topic, r.partition): r.new_offset for r in plan}
+    admin._write_offsets(
+        group, {TopicPartition(r.topic, r.partition): r.new_offset for r in plan}
     )
 
 

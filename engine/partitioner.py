@@ -38,13 +38,18 @@ def partition_for(
             )
         return partition
     if key is not None:
-        return int(_murmur2(key, len(key)) & 0x7FFFFFFF) % route.count
+        return key_partition(key, route.count)
     c = route.c
     chosen = int(c.sticky_partition)
     c.sticky_bytes += max(value_length, 0)
     if c.sticky_bytes >= c.batch_bytes:
         next_sticky(route)
     return chosen
+
+
+def key_partition(key: bytes, count: int) -> int:
+    """The partition of a keyed record among ``count``: Kafka's murmur2, positive."""
+    return int(_murmur2(key, len(key)) & 0x7FFFFFFF) % count
 
 
 def next_sticky(route: Route) -> int:

@@ -57,6 +57,7 @@ from engine.errors import (
     RecordTypeError,
 )
 from engine.future import RecordFuture, decided, pending
+from engine.kafka_client.settings import wants_kafka
 from engine.partitioner import (
     group_by_partition,
     next_sticky,
@@ -65,7 +66,13 @@ from engine.partitioner import (
 )
 from engine.producer_config import Acks, ProducerConfig
 from engine.producer_metadata import RECORD_OVERHEAD, ProducerMetadata, Route
-from engine.record import TopicPartition, as_bytes, encode_headers, pack_values
+from engine.record import (
+    TopicPartition,
+    as_bytes,
+    encode_headers,
+    pack_values,
+    record_timestamp,
+)
 from engine.ring import FULL, OK, REAPED, SEALED, raise_for
 from engine.sender import Sender
 from engine.transaction_manager import TransactionManager
@@ -78,7 +85,6 @@ _NULL = ffi.NULL
 _append = lib.engine_ring_append
 _append_value = lib.engine_ring_append_value
 _time_ns = time.time_ns
-_MAX_TIMESTAMP = (1 << 63) - 1
 #: What a batch adds to its records within max.message.bytes: its 61-byte header.
 BATCH_OVERHEAD = 61
 
@@ -139,7 +145,18 @@ class BatchResult:
 
 
 class Producer:
-    """Sends records to topics (kafka-python's names); see the module docstring."""
+    """Sends records to topics (kafka-python's names); see the module docstring.
+
+    ``Producer(bootstrap_servers=..., ...)`` makes, instead, a producer of a Kafka
+    cluster (engine.kafka_client.producer.KafkaProducer, a subclass): the same methods,
+    options, futures and errors, through confluent-kafka."""
+
+    def __new__(cls, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> Producer:
+        if cls is Producer and wants_kafka(options):
+            from engine.kafka_client.producer import KafkaProducer
+
+            return object.__new__(KafkaProducer)
+        return object.__new__(cls)
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, **options: Any) -> None:
         """Options are kafka-python's (engine.producer_config.ProducerConfig): ``acks``
@@ -267,14 +284,7 @@ class Producer:
                 f"{RECORD_OVERHEAD} bytes of batch overhead); nothing was written"
             )
         partition = partition_for(route, key, vlen, partition)
-        if timestamp_ms is None:
-            ts = _time_ns() // 1_000_000
-        elif type(timestamp_ms) is int and 0 <= timestamp_ms <= _MAX_TIMESTAMP:
-            ts = timestamp_ms
-        else:
-            raise ConfigError(
-                f"timestamp_ms must be an int from 0 to 2**63-1 (ms): timestamp_ms={timestamp_ms!r}"
-            )
+        ts = _time_ns() // 1_000_000 if timestamp_ms is None else record_timestamp(timestamp_ms)
         tp = TopicPartition(topic, partition)
         self._identity.before_send(tp)
         if self._direct and self._accumulator.idle:

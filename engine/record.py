@@ -57,6 +57,20 @@ def as_offset(value: object, where: str = "") -> int:
     )
 
 
+#: The largest timestamp a record may carry (int64 milliseconds).
+MAX_TIMESTAMP = (1 << 63) - 1
+
+
+def record_timestamp(timestamp_ms: object) -> int:
+    """A send's ``timestamp_ms`` checked: an int from 0 to 2**63-1 (ms); ConfigError
+    naming the value otherwise."""
+    if type(timestamp_ms) is int and 0 <= timestamp_ms <= MAX_TIMESTAMP:
+        return timestamp_ms
+    raise ConfigError(
+        f"timestamp_ms must be an int from 0 to 2**63-1 (ms): timestamp_ms={timestamp_ms!r}"
+    )
+
+
 class RecordMetadata(NamedTuple):
     """Where an acknowledged record landed (offset -1 when acks=0)."""
 

@@ -20,6 +20,8 @@ import signal
 import sys
 import time
 
+import cluster
+
 from engine import Consumer
 
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("topic")
     ap.add_argument("--out", required=True, help="append handled records here")
     ap.add_argument("--group", default="at-most-once")
-    ap.add_argument("--data-dir", default=None)
+    cluster.add_arguments(ap)  # --data-dir, or --bootstrap-servers (a Kafka cluster)
     ap.add_argument("--crash-after-polls", type=int, default=None, metavar="N")
     ap.add_argument("--idle", type=float, default=5.0, help="exit after this many idle seconds")
     args = ap.parse_args(argv)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     polls = 0
     with Consumer(
         args.topic,
-        data_dir=args.data_dir,
+        **cluster.where(args),
         group_id=args.group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,

@@ -21,6 +21,8 @@ import argparse
 import sys
 import time
 
+import cluster
+
 from engine import Consumer, Producer, TopicPartition
 
 
@@ -34,15 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output")
     ap.add_argument("--group", default="exactly-once")
     ap.add_argument("--transactional-id", default="exactly-once-1")
-    ap.add_argument("--data-dir", default=None)
+    cluster.add_arguments(ap)  # --data-dir, or --bootstrap-servers (a Kafka cluster)
     ap.add_argument("--idle", type=float, default=5.0, help="exit after this many idle seconds")
     args = ap.parse_args(argv)
 
-    with Producer(args.data_dir, transactional_id=args.transactional_id) as producer:
+    with Producer(**cluster.where(args), transactional_id=args.transactional_id) as producer:
         producer.init_transactions()  # fences an older instance, finishes its transaction
         with Consumer(
             args.input,
-            data_dir=args.data_dir,
+            **cluster.where(args),
             group_id=args.group,
             auto_offset_reset="earliest",
             enable_auto_commit=False,  # offsets are committed by the transactions

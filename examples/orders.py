@@ -16,6 +16,7 @@ in the order they were placed.
 
     engine start
     python examples/orders.py [--orders 600] [--customers 20] [--data-dir DIR]
+    python examples/orders.py --bootstrap-servers HOST:PORT   (a Kafka cluster: cluster.py)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from collections import Counter, defaultdict
 from typing import Any
 
+import cluster
+
 from engine import Admin, Consumer, Producer, UnknownGroupError, UnknownTopicError
 from engine.group import reset_offsets
 
@@ -38,12 +41,12 @@ GROUPS = {"notification": 3, "invoice": 4, "analytics": 2}
 
 
 def service(
-    data_dir: str | None, topic: str, group: str, out: Any, stop: Any, slow_ms: float
+    place: dict[str, Any], topic: str, group: str, out: Any, stop: Any, slow_ms: float
 ) -> None:
     """One process of one service: handle orders until told to stop."""
     with Consumer(
         topic,
-        data_dir=data_dir,
+        **place,
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -69,14 +72,15 @@ def service(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--data-dir", default=None)
+    cluster.add_arguments(ap)  # --data-dir, or --bootstrap-servers (a Kafka cluster)
     ap.add_argument("--topic", default="orders")
     ap.add_argument("--orders", type=int, default=600)
     ap.add_argument("--customers", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=60.0)
     args = ap.parse_args(argv)
+    place = cluster.where(args)
 
-    with Admin(args.data_dir) as admin:
+    with Admin(**place) as admin:
         with contextlib.suppress(UnknownTopicError):
             admin.delete_topic(args.topic)  # a fresh run: a fresh topic ...
         admin.create_topic(args.topic, partitions=3)
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     out, stop = ctx.Queue(), ctx.Event()
     pace = {"notification": 0.0, "invoice": 0.5, "analytics": 1.0}
     procs = [
-        ctx.Process(target=service, args=(args.data_dir, args.topic, g, out, stop, pace[g]))
+        ctx.Process(target=service, args=(place, args.topic, g, out, stop, pace[g]))
         for g, n in GROUPS.items()
         for _ in range(n)
     ]
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 received[item[0]].append(item)
 
     try:
-        with Producer(args.data_dir, acks=1) as producer:
+        with Producer(**place, acks=1) as producer:
             seqs: Counter[str] = Counter()
             for i in range(args.orders):
                 customer = f"customer-{i % args.customers}"
