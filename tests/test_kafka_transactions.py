@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any
 import confluent_kafka
 import pytest
 from engine_harness import Daemon, running_daemon, wait_for
+from test_kafka_groups import join_body
 from test_kafka_listener import (
     Raw,
     kafka_settings,
@@ -37,6 +39,9 @@ from engine.kafka.txn_index import TxnIndex
 from engine.record_batch import encode_batch
 from engine.transaction import MARKER_VALUE, marker_key
 from engine.txn_filter import ABORT, COMMIT
+
+#: The records' timestamp: now, so that retention (7 days) never deletes them mid-test.
+NOW_MS = int(time.time() * 1000)
 
 with warnings.catch_warnings():
     # kafka-python 3.0 reads its schemas with importlib.resources.read_text (deprecated).
@@ -416,9 +421,19 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
     daemon2: Daemon,
 ) -> None:
     topic, transactional_id = new_topic(daemon2, partitions=2), tid()
-    conn = Raw(leader_address(daemon2, topic, 0))
+    address = leader_address(daemon2, topic, 0)
+    conn = Raw(address)
     other = Raw(leader_address(daemon2, topic, 1))
     try:
+
+        def coordinated_here(here: bool) -> str:
+            """A group id whose coordinator is (or is not) conn's broker."""
+            while True:
+                group = f"g-{uuid.uuid4().hex[:8]}"
+                found = conn.request(schemas.FIND_COORDINATOR, 3, {"key": group, "key_type": 0})
+                assert found is not None and found["error_code"] == 0
+                if (f"{found['host']}:{found['port']}" == address) == here:
+                    return group
 
         def init() -> tuple[int, int]:
             got = conn.request(
@@ -433,7 +448,7 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
 
         def batch(sequence: int, epoch: int = epoch) -> bytes:
             return encode_batch(
-                0, [(None, b"t%d" % sequence, [], 1_700_000_000_000)], producer_id=pid,
+                0, [(None, b"t%d" % sequence, [], NOW_MS)], producer_id=pid,
                 producer_epoch=epoch, base_sequence=sequence, attributes=0x10,
             )  # fmt: skip
 
@@ -458,7 +473,7 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
         }
         assert add(3, [{"name": topic, "partitions": [0]}]) == {(topic, 0): 0}
         plain = produce_txn(conn, transactional_id, topic, 0, encode_batch(
-            0, [(None, b"before", [], 1_700_000_000_000)]))  # fmt: skip
+            0, [(None, b"before", [], NOW_MS)]))  # fmt: skip
         assert plain["error_code"] == 0  # a non-transactional batch in between
         assert produce_txn(conn, transactional_id, topic, 0, batch(0))["base_offset"] == 1
         not_added = produce_txn(other, transactional_id, topic, 1, batch(0))
@@ -472,6 +487,7 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
                         {"partition_index": 0, "timestamp": -1}]}]},
             )  # fmt: skip
             assert got is not None
+            print("LATEST", got)
             return int(got["topics"][0]["partitions"][0]["offset"])
 
         assert (latest(0), latest(1)) == (2, 1)  # the open transaction holds the LSO at 1
@@ -495,10 +511,38 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
             assert got is not None
             return got["error_code"]
 
-        group = f"g-{uuid.uuid4().hex[:8]}"
+        group = coordinated_here(True)  # TxnOffsetCommit goes to the group's coordinator
         assert offsets(group) == ErrorCode.INVALID_TXN_STATE  # before AddOffsetsToTxn
         assert add_offsets("no spaces") == ErrorCode.INVALID_GROUP_ID
         assert (add_offsets(group), offsets(group)) == (0, 0)
+        elsewhere = coordinated_here(False)
+        assert add_offsets(elsewhere) == 0
+        assert offsets(elsewhere) == ErrorCode.NOT_COORDINATOR
+
+        def member_offsets(member_id: str, generation: int) -> Any:
+            got = conn.request(
+                schemas.TXN_OFFSET_COMMIT, 3,
+                {"transactional_id": transactional_id, "group_id": group, "producer_id": pid,
+                 "producer_epoch": epoch, "generation_id": generation, "member_id": member_id,
+                 "group_instance_id": None, "topics": [{"name": topic, "partitions": [
+                     {"partition_index": 0, "committed_offset": 1}]}]},
+            )  # fmt: skip
+            assert got is not None
+            return got["topics"][0]["partitions"][0]["error_code"]
+
+        # KIP-447: a member named must be of the group's current generation, so a member
+        # a rebalance dropped (a zombie) cannot commit offsets another member now reads.
+        assert member_offsets("nobody-0000000001", 1) == ErrorCode.UNKNOWN_MEMBER_ID
+        asked = conn.request(schemas.JOIN_GROUP, 9, join_body(group, topic))
+        assert asked is not None and asked["error_code"] == ErrorCode.MEMBER_ID_REQUIRED
+        joined = conn.request(schemas.JOIN_GROUP, 9, join_body(group, topic, asked["member_id"]))
+        assert joined is not None and joined["error_code"] == 0
+        member, generation = joined["member_id"], joined["generation_id"]
+        assert member_offsets(member, generation + 1) == ErrorCode.ILLEGAL_GENERATION
+        assert member_offsets(member, generation) == ErrorCode.NONE
+        left = conn.request(schemas.LEAVE_GROUP, 1, {"group_id": group, "member_id": member})
+        assert left is not None and left["error_code"] == 0
+        assert member_offsets(member, generation) == ErrorCode.UNKNOWN_MEMBER_ID
         too_long = conn.request(
             schemas.INIT_PRODUCER_ID, 4,
             {"transactional_id": transactional_id, "transaction_timeout_ms": 3_600_000},
@@ -537,6 +581,7 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
         )  # fmt: skip
         assert fetched is not None
         part = fetched["responses"][0]["partitions"][0]
+        print("PART", part)
         assert (part["high_watermark"], part["last_stable_offset"]) == (3, 3)
         assert part["aborted_transactions"] == [{"producer_id": pid, "first_offset": 1}]
     finally:

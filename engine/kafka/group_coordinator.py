@@ -285,6 +285,24 @@ class GroupCoordinator:
             return ErrorCode.COORDINATOR_NOT_AVAILABLE
         return None
 
+    def txn_commit_error(
+        self, group_id: str, member_id: str, generation: int
+    ) -> ErrorCode | None:
+        """Why a TxnOffsetCommit of this member may not commit the group's offsets (its
+        fencing of zombies, KIP-447): NOT_COORDINATOR as for every group API; a member
+        named (v3+: member id or generation) must be one of the current generation's,
+        else UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION, so a member that a rebalance
+        dropped cannot commit offsets of partitions another member now reads. Without a
+        member (older clients, assign()-only consumers) there is nothing to check."""
+        error = self._group_error(group_id)
+        if error is not None or (generation < 0 and not member_id):
+            return error
+        group = self._group(group_id, create=False)
+        if group is None:
+            return ErrorCode.UNKNOWN_MEMBER_ID
+        with group.cond:
+            return self._member_error(group, member_id, generation)
+
     def _group(self, group_id: str, create: bool) -> _Group | None:
         with self._lock:
             group = self._groups.get(group_id)

@@ -385,7 +385,7 @@ class _Connection(threading.Thread):
         if api_key == schemas.END_TXN:
             return h.transactions.end_txn(self.txn_view(), version, request)
         if api_key == schemas.TXN_OFFSET_COMMIT:
-            return h.transactions.txn_offset_commit(version, request)
+            return h.transactions.txn_offset_commit(version, request, h.groups.txn_commit_error)
         if api_key == schemas.SASL_HANDSHAKE:
             return self._sasl_handshake(version, request)
         if api_key == schemas.SASL_AUTHENTICATE:

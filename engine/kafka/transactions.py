@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -264,15 +264,28 @@ class TransactionCoordinator:
 
     # -- TxnOffsetCommit -------------------------------------------------------------
 
-    def txn_offset_commit(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
+    def txn_offset_commit(
+        self,
+        version: int,
+        request: dict[str, Any],
+        member_error: Callable[[str, str, int], ErrorCode | None],
+    ) -> dict[str, Any]:
+        """Stage the offsets in the transaction; ``member_error(group, member id,
+        generation)`` is the group coordinator's check of the member committing
+        (GroupCoordinator.txn_commit_error): its error answers every partition."""
         group = request["group_id"]
         asked = {
             (t["name"], p["partition_index"]): p["committed_offset"]
             for t in request["topics"]
             for p in t["partitions"]
         }
+        refused = member_error(group, request["member_id"], request["generation_id"])
         codes = {
-            tp: ErrorCode.NONE if self._exists(*tp) else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            tp: refused
+            if refused is not None
+            else ErrorCode.NONE
+            if self._exists(*tp)
+            else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
             for tp in asked
         }
         valid = {tp: o for tp, o in asked.items() if codes[tp] is ErrorCode.NONE}
