@@ -51,6 +51,7 @@ from engine.record_batch import (
     ScanStatus,
     read_producer_fields,
     scan_batches,
+    scan_two_batches,
 )
 from engine.ring import (
     BAD_ARGUMENT,
@@ -222,18 +223,17 @@ class PartitionHandle:
                 ErrorCode.INVALID_RECORD,
                 message=f"record batch magic {records[_MAGIC_POSITION]}, not 2",
             )
-        infos, scanned, status = scan_batches(records, verify_crc=True, max_batches=2)
+        status, batches, scanned, info = scan_two_batches(records)
         if status is ScanStatus.CORRUPT:
             return Append(ErrorCode.CORRUPT_MESSAGE, message="record batch fails its CRC32C")
-        if status is ScanStatus.TRUNCATED or scanned != len(records) or len(infos) != 1:
+        if status is ScanStatus.TRUNCATED or scanned != len(records) or batches != 1:
             return Append(
-                ErrorCode.INVALID_REQUEST if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
+                ErrorCode.INVALID_REQUEST if batches > 1 else ErrorCode.CORRUPT_MESSAGE,
                 message="a produce request carries one whole batch per partition",
             )
-        info = infos[0]
-        attributes = int(info["attributes"])
-        count = int(info["records_count"])
-        if count < 1 or count != int(info["last_offset"]) - int(info["base_offset"]) + 1:
+        attributes = int(info.attributes)
+        count = int(info.records_count)
+        if count < 1 or count != int(info.last_offset) - int(info.base_offset) + 1:
             return Append(
                 ErrorCode.INVALID_RECORD,
                 message=f"records_count {count} does not match the offset delta",
