@@ -1,0 +1,326 @@
+"""Kafka's protocol through confluent-kafka (librdkafka): into the engine's Kafka listener,
+and into Kafka itself, with the same clients and the same settings.
+
+- ``engine-kafka-*``: the engine's daemon (the one the engine modes share, 3 brokers,
+  SASL as ``engine start`` sets it up) reached through its Kafka listener: the topic is
+  made as for the engine modes (bench.transports.engine_acks), the producers and
+  consumers are confluent-kafka's.
+- ``kafka-*``: a Kafka broker (KRaft), one node for acks=1, three nodes with
+  replication 3 for acks=all. Its bootstrap address comes from the environment
+  (``ENGINE_BENCH_KAFKA``, ``ENGINE_BENCH_KAFKA_R3``: ``host:port,...`` of a running
+  PLAINTEXT cluster); without one the row says what is missing. The suite creates each
+  workload's topic with confluent-kafka's AdminClient and deletes it afterwards.
+
+The clients, as an application that wants throughput sets them up: producers keep
+librdkafka's batching (``linger.ms`` 5, ``batch.size`` 1 MB), ask for delivery reports
+of failures only (``delivery.report.only.error``: a report per record would be a Python
+callback per record), and key each record by its device id (librdkafka's partitioner
+places it); a latency run sets ``linger.ms`` 0 and serves the client's events after
+every send. Consumers are assigned their share of the partitions from the beginning
+(no group protocol: the engine's listener does not serve it yet) and read with
+``consume()``, taking each message's value; ``fetch.queue.backoff.ms`` is 5 ms
+(librdkafka's default of 1 s stops fetching for a second whenever the consumer's
+local queue holds ``queued.min.messages``, which a fast producer fills).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.transports.base import (
+    Consumer,
+    Producer,
+    RunSpec,
+    Transport,
+    Unsupported,
+    register,
+    requires_module,
+)
+from bench.transports.engine_acks import _Engine
+
+#: Messages per consume() call.
+CONSUME_MESSAGES = 10_000
+#: How long flush() may take before the producer reports records it could not deliver.
+FLUSH_TIMEOUT_S = 60.0
+#: How long topic creation and deletion on a Kafka cluster may take.
+ADMIN_TIMEOUT_S = 60.0
+#: The environment variables that name a running Kafka cluster (PLAINTEXT).
+KAFKA_ONE_NODE = "ENGINE_BENCH_KAFKA"
+KAFKA_THREE_NODES = "ENGINE_BENCH_KAFKA_R3"
+
+_INSTALL = "pip install -e .[test]"
+
+
+def producer_config(acks: int | str, latency: bool) -> dict[str, Any]:
+    """The producer settings of every Kafka-protocol row (module docstring)."""
+    return {
+        "acks": acks,
+        "linger.ms": 0 if latency else 5,
+        "delivery.report.only.error": True,
+        "enable.idempotence": acks == "all",
+        "socket.nagle.disable": True,
+    }
+
+
+def consumer_config(index: int) -> dict[str, Any]:
+    return {
+        "group.id": f"engine-bench-{index}",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "fetch.queue.backoff.ms": 5,
+        "socket.nagle.disable": True,
+    }
+
+
+class KafkaProducer(Producer):
+    """confluent-kafka's Producer: one ``produce`` per record."""
+
+    def __init__(self, config: dict[str, Any], topic: str) -> None:
+        from confluent_kafka import Producer as ClientProducer
+
+        self.failures: list[str] = []
+        self.client = ClientProducer(config | {"on_delivery": self._report})
+        self.topic = topic
+        self._produce = self.client.produce
+        self._poll = self.client.poll
+
+    def _report(self, error: Any, message: Any) -> None:
+        if error is not None and len(self.failures) < 10:
+            self.failures.append(str(error))
+
+    def send(self, value: bytes, key: bytes) -> None:
+        try:
+            self._produce(self.topic, value, key)
+        except BufferError:  # librdkafka's queue is full: wait for acknowledgements
+            self._send_when_room(value, key)
+
+    def _send_when_room(self, value: bytes, key: bytes) -> None:
+        while True:
+            self._poll(0.001)
+            try:
+                self._produce(self.topic, value, key)
+                return
+            except BufferError:
+                continue
+
+    def send_batch(self, values: np.ndarray, keys: np.ndarray) -> None:
+        size = values.dtype.itemsize
+        data = values.tobytes()
+        send = self.send
+        for i, key in enumerate(keys.tolist()):
+            send(data[i * size : (i + 1) * size], key)
+
+    def push(self) -> None:
+        self._poll(0)
+
+    def flush(self) -> None:
+        left = self.client.flush(FLUSH_TIMEOUT_S)
+        if left or self.failures:
+            raise RuntimeError(
+                f"records not delivered: undelivered={left} failures={self.failures[:3]}"
+            )
+
+    def close(self) -> None:
+        self.client.flush(FLUSH_TIMEOUT_S)
+
+
+class KafkaConsumer(Consumer):
+    """confluent-kafka's Consumer, assigned its partitions from the beginning."""
+
+    def __init__(self, config: dict[str, Any], topic: str, partitions: list[int]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+        from confluent_kafka import Consumer as ClientConsumer
+
+        self.client = ClientConsumer(config)
+        self.client.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._consume = self.client.consume
+        self._poll = self.client.poll
+
+    def poll(self, timeout_s: float) -> list[Any]:
+        # consume(n, timeout) waits for n messages or the timeout, whichever comes
+        # first: what is there is taken without waiting, else the first message to come.
+        messages = self._consume(CONSUME_MESSAGES, 0)
+        if not messages:
+            first = self._poll(timeout_s)
+            if first is None:
+                return []
+            messages = [first, *self._consume(CONSUME_MESSAGES - 1, 0)]
+        values = [m.value() for m in messages if m.error() is None]
+        if len(values) != len(messages):
+            errors = [m.error() for m in messages if m.error() is not None]
+            if any(e.fatal() or not e.retriable() for e in errors):
+                raise RuntimeError(f"consumer error: {errors[0]}")
+        return values
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _share(spec: RunSpec, index: int) -> list[int]:
+    return [p for p in range(spec.partitions) if p % spec.consumers == index]
+
+
+class _KafkaClients:
+    """What the engine-kafka and kafka rows have in common: confluent-kafka's clients on
+    a bootstrap address (``self.connection``: the client settings that reach it)."""
+
+    acks: ClassVar[int | str]
+    #: The test suite's check: per record, and paced (tests/test_kafka_listener.py
+    #: tests the listener itself).
+    checked = ("fleet-p1-record", "latency-20000")
+    connection: dict[str, Any]
+    topic: str | None
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return requires_module("confluent_kafka", _INSTALL)
+
+    def producer(self, spec: RunSpec, index: int) -> Producer:
+        assert self.topic is not None
+        config = self.connection | producer_config(self.acks, spec.rate is not None)
+        producer = KafkaProducer(config, self.topic)
+        # The partitions' leaders now, not inside the first timed run.
+        producer.client.list_topics(self.topic, timeout=ADMIN_TIMEOUT_S)
+        return producer
+
+    def consumer(self, spec: RunSpec, index: int) -> Consumer:
+        assert self.topic is not None
+        config = self.connection | consumer_config(index)
+        return KafkaConsumer(config, self.topic, _share(spec, index))
+
+
+class _EngineKafka(_KafkaClients, _Engine):
+    """The engine's shared daemon, through its Kafka listener."""
+
+    parent_only = ("_admin",)
+
+    @classmethod
+    def missing(cls) -> str | None:
+        return _KafkaClients.missing()
+
+    def open(self, workdir: Path) -> None:
+        from engine.cli import status_report
+
+        super().open(workdir)
+        kafka = status_report(self.data_dir)["kafka"]
+        self.connection = {
+            "bootstrap.servers": kafka["bootstrap_servers"],
+            "security.protocol": kafka["security_protocol"],
+        }
+        if "sasl_mechanism" in kafka:
+            self.connection |= {
+                "sasl.mechanism": kafka["sasl_mechanism"],
+                "sasl.username": kafka["sasl_username"],
+                "sasl.password": kafka["sasl_password"],
+            }
+
+
+@register
+class EngineKafkaAcks1(_EngineKafka):
+    name = "engine-kafka-acks1"
+    description = (
+        "engine through its Kafka listener (SASL): confluent-kafka producer acks=1, "
+        "confluent-kafka consumer"
+    )
+    acks = 1
+    order = 5
+
+
+@register
+class EngineKafkaAcksAll(_EngineKafka):
+    name = "engine-kafka-acks-all-r3"
+    description = (
+        "engine through its Kafka listener: confluent-kafka producer acks=all (idempotent), "
+        "replication 3, min.insync.replicas 2"
+    )
+    acks = "all"
+    replication = 3
+    order = 6
+
+
+class _Kafka(_KafkaClients, Transport):
+    """A running Kafka cluster named by an environment variable (module docstring)."""
+
+    variable: ClassVar[str] = KAFKA_ONE_NODE
+    replication: ClassVar[int] = 1
+    parent_only = ("_admin",)
+    external = True
+
+    @classmethod
+    def missing(cls) -> str | None:
+        if os.environ.get(cls.variable):
+            return _KafkaClients.missing()
+        nodes = "three nodes" if cls.replication > 1 else "one node"
+        return f"no Kafka cluster: set {cls.variable}=host:port,... (a running {nodes}, PLAINTEXT)"
+
+    def open(self, workdir: Path) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.connection = {"bootstrap.servers": os.environ[self.variable]}
+        self._admin: Any = AdminClient(self.connection)
+        self.topic = None
+        brokers = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).brokers
+        if len(brokers) < self.replication:
+            raise RuntimeError(
+                f"Kafka cluster too small: brokers={len(brokers)} replication={self.replication}"
+            )
+
+    def close(self) -> None:
+        self._admin = None
+
+    def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:
+        from confluent_kafka.admin import NewTopic
+
+        topic = f"engine-bench-{os.getpid()}-{spec.run_id}"
+        config = {"min.insync.replicas": "2"} if self.replication > 1 else {}
+        config["max.message.bytes"] = str(1 << 20)
+        new = NewTopic(topic, spec.partitions, self.replication, config=config)
+        self._admin.create_topics([new])[topic].result(ADMIN_TIMEOUT_S)
+        self.topic = topic
+        self._wait_for_leaders(topic, spec.partitions)
+
+    def _wait_for_leaders(self, topic: str, partitions: int) -> None:
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        while True:
+            found = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+            led = [p for p in (found.partitions.values() if found else ()) if p.leader >= 0]
+            if found is not None and found.error is None and len(led) == partitions:
+                return
+            if time.monotonic() > deadline:
+                raise Unsupported(f"topic {topic}: no leader for every partition in time")
+            time.sleep(0.05)
+
+    def finish(self) -> None:
+        topic, self.topic = self.topic, None
+        if topic is not None:
+            self._admin.delete_topics([topic])[topic].result(ADMIN_TIMEOUT_S)
+
+
+@register
+class KafkaAcks1(_Kafka):
+    name = "kafka-acks1"
+    description = (
+        f"Kafka (KRaft, one node, ${KAFKA_ONE_NODE}): confluent-kafka producer acks=1, "
+        "confluent-kafka consumer"
+    )
+    acks = 1
+    order = 10
+
+
+@register
+class KafkaAcksAll(_Kafka):
+    name = "kafka-acks-all-r3"
+    description = (
+        f"Kafka (KRaft, three nodes, ${KAFKA_THREE_NODES}): confluent-kafka producer acks=all "
+        "(idempotent), replication 3, min.insync.replicas 2"
+    )
+    variable = KAFKA_THREE_NODES
+    acks = "all"
+    replication = 3
+    order = 11
