@@ -42,6 +42,8 @@ def bench_transport(
         if os.environ.get("CI") == "true" and not cls.external:  # CI installs every peer
             pytest.fail(f"{name}: {missing}; CI runs every peer", pytrace=False)
         pytest.skip(f"{name}: {missing}")
+    if cls.checked == () and not request.config.getoption("benchmark_only"):
+        pytest.skip(f"{name}: measured only (engine bench, pytest bench/ --benchmark-only)")
     transport = cls()
     workdir: Path = tmp_path_factory.mktemp(name)
     try:

@@ -449,6 +449,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="measured runs per figure (3 quick, 5 full)")
     parser.add_argument("--duration", type=float, help="seconds per measured run "
                         "(0.12 quick, 1.0 full)")  # fmt: skip
+    parser.add_argument("--latency-duration", type=float, metavar="S", help="seconds per "
+                        "latency run (0.25 quick, 2.0 full)")  # fmt: skip
     parser.add_argument("--consumers", type=int, default=1, help="consumer processes (1)")
     parser.add_argument("--reference", help=f"transport for the ratio column "
                         f"(default {PREFERRED_REFERENCE}, else {FALLBACK_REFERENCE})")  # fmt: skip
@@ -463,7 +465,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         quick=quick,
         reps=args.reps or (3 if quick else 5),
         duration_s=args.duration or (0.12 if quick else 1.0),
-        latency_duration_s=0.25 if quick else 2.0,
+        latency_duration_s=args.latency_duration or (0.25 if quick else 2.0),
         consumers=args.consumers,
         start_method=args.start_method,
         workloads=tuple(w for w in args.workloads.split(",") if w),

@@ -173,7 +173,8 @@ class Transport(ABC):
     #: the environment): the test suite skips it, in CI too, when none is named.
     external: ClassVar[bool] = False
     #: The workloads (keys) the test suite's quick check runs on this transport (None:
-    #: all); ``pytest bench/ --benchmark-only`` measures every workload whatever it says.
+    #: all; empty: none, and the transport is not even opened then);
+    #: ``pytest bench/ --benchmark-only`` measures every workload whatever it says.
     checked: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod

@@ -5,11 +5,15 @@ and into Kafka itself, with the same clients and the same settings.
   SASL as ``engine start`` sets it up) reached through its Kafka listener: the topic is
   made as for the engine modes (bench.transports.engine_acks), the producers and
   consumers are confluent-kafka's.
-- ``kafka-*``: a Kafka broker (KRaft), one node for acks=1, three nodes with
-  replication 3 for acks=all. Its bootstrap address comes from the environment
-  (``ENGINE_BENCH_KAFKA``, ``ENGINE_BENCH_KAFKA_R3``: ``host:port,...`` of a running
-  PLAINTEXT cluster); without one the row says what is missing. The suite creates each
-  workload's topic with confluent-kafka's AdminClient and deletes it afterwards.
+- ``kafka-*``: Kafka itself (KRaft), one node for acks=1, three nodes with replication 3
+  for acks=all. The suite starts it with the project's ``scripts/kafka`` (in its working
+  directory, stopped at the row's close) when that script is there, unless the
+  environment names a running cluster: ``ENGINE_BENCH_KAFKA`` (one node),
+  ``ENGINE_BENCH_KAFKA_R3`` (three), either ``host:port,...`` (PLAINTEXT) or the path of
+  a ``kafka.json`` as ``scripts/kafka start`` writes it (the shape of ``engine status
+  --json``'s "kafka" object). Without either the row says what is missing. The suite
+  creates each workload's topic with confluent-kafka's AdminClient and deletes it
+  afterwards.
 
 The clients, as an application that wants throughput sets them up: producers keep
 librdkafka's batching (``linger.ms`` 5, ``batch.size`` 1 MB), ask for delivery reports
@@ -25,7 +29,10 @@ local queue holds ``queued.min.messages``, which a fast producer fills).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -208,17 +215,7 @@ class _EngineKafka(_KafkaClients, _Engine):
         from engine.cli import status_report
 
         super().open(workdir)
-        kafka = status_report(self.data_dir)["kafka"]
-        self.connection = {
-            "bootstrap.servers": kafka["bootstrap_servers"],
-            "security.protocol": kafka["security_protocol"],
-        }
-        if "sasl_mechanism" in kafka:
-            self.connection |= {
-                "sasl.mechanism": kafka["sasl_mechanism"],
-                "sasl.username": kafka["sasl_username"],
-                "sasl.password": kafka["sasl_password"],
-            }
+        self.connection = connection_settings(status_report(self.data_dir)["kafka"])
 
 
 @register
@@ -244,35 +241,89 @@ class EngineKafkaAcksAll(_EngineKafka):
     order = 6
 
 
+def kafka_script() -> Path | None:
+    """The project's scripts/kafka (it assembles and starts a real Kafka), if present."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "kafka"
+    return script if script.exists() else None
+
+
+def connection_settings(kafka: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka's settings from a "kafka" object (engine status --json, kafka.json)."""
+    settings = {
+        "bootstrap.servers": kafka["bootstrap_servers"],
+        "security.protocol": kafka.get("security_protocol") or "PLAINTEXT",
+    }
+    if kafka.get("sasl_mechanism"):
+        settings |= {
+            "sasl.mechanism": kafka["sasl_mechanism"],
+            "sasl.username": kafka["sasl_username"],
+            "sasl.password": kafka["sasl_password"],
+        }
+    return settings
+
+
 class _Kafka(_KafkaClients, Transport):
-    """A running Kafka cluster named by an environment variable (module docstring)."""
+    """Kafka itself: started by scripts/kafka, or a running cluster named by an
+    environment variable (module docstring)."""
 
     variable: ClassVar[str] = KAFKA_ONE_NODE
     replication: ClassVar[int] = 1
-    parent_only = ("_admin",)
+    parent_only = ("_admin", "_started")
     external = True
+    #: Starting Kafka takes 10-20 s a node: the test suite's check leaves these rows out
+    #: (tests/test_kafka_oracle*.py run the clients against Kafka).
+    checked = ()
 
     @classmethod
     def missing(cls) -> str | None:
-        if os.environ.get(cls.variable):
+        if os.environ.get(cls.variable) or kafka_script() is not None:
             return _KafkaClients.missing()
         nodes = "three nodes" if cls.replication > 1 else "one node"
-        return f"no Kafka cluster: set {cls.variable}=host:port,... (a running {nodes}, PLAINTEXT)"
+        return (
+            f"no Kafka: scripts/kafka is not here; or set {cls.variable} to host:port,... "
+            f"or a kafka.json of a running cluster ({nodes})"
+        )
 
     def open(self, workdir: Path) -> None:
         from confluent_kafka.admin import AdminClient
 
-        self.connection = {"bootstrap.servers": os.environ[self.variable]}
-        self._admin: Any = AdminClient(self.connection)
         self.topic = None
+        self._started: Path | None = None
+        named = os.environ.get(self.variable)
+        if named and Path(named).is_file():
+            self.connection = connection_settings(json.loads(Path(named).read_text()))
+        elif named:
+            self.connection = {"bootstrap.servers": named}
+        else:
+            self.connection = connection_settings(self._start(workdir / "kafka"))
+        self._admin: Any = AdminClient(self.connection)
         brokers = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).brokers
         if len(brokers) < self.replication:
             raise RuntimeError(
                 f"Kafka cluster too small: brokers={len(brokers)} replication={self.replication}"
             )
 
+    def _start(self, directory: Path) -> dict[str, Any]:
+        script = kafka_script()
+        assert script is not None
+        self._started = directory
+        nodes = "3" if self.replication > 1 else "1"
+        command = [sys.executable, str(script), "start", "--dir", str(directory), "--nodes", nodes]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/kafka start failed: {done.stderr.strip()[-500:]}")
+        kafka: dict[str, Any] = json.loads((directory / "kafka.json").read_text())
+        return kafka
+
     def close(self) -> None:
         self._admin = None
+        started, self._started = getattr(self, "_started", None), None
+        script = kafka_script()
+        if started is not None and script is not None:
+            subprocess.run(
+                [sys.executable, str(script), "stop", "--dir", str(started)],
+                capture_output=True, check=False,
+            )  # fmt: skip
 
     def prepare(self, spec: RunSpec, ctx: BaseContext) -> None:
         from confluent_kafka.admin import NewTopic
@@ -306,7 +357,7 @@ class _Kafka(_KafkaClients, Transport):
 class KafkaAcks1(_Kafka):
     name = "kafka-acks1"
     description = (
-        f"Kafka (KRaft, one node, ${KAFKA_ONE_NODE}): confluent-kafka producer acks=1, "
+        "Kafka (KRaft, one node): confluent-kafka producer acks=1, "
         "confluent-kafka consumer"
     )
     acks = 1
@@ -317,7 +368,7 @@ class KafkaAcks1(_Kafka):
 class KafkaAcksAll(_Kafka):
     name = "kafka-acks-all-r3"
     description = (
-        f"Kafka (KRaft, three nodes, ${KAFKA_THREE_NODES}): confluent-kafka producer acks=all "
+        "Kafka (KRaft, three nodes): confluent-kafka producer acks=all "
         "(idempotent), replication 3, min.insync.replicas 2"
     )
     variable = KAFKA_THREE_NODES
