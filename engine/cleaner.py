@@ -17,6 +17,11 @@ brokers do). A clean rewrites the log's *cleanable* segments and keeps of them:
   id (read_committed readers judge a fenced producer's late batch by its epoch).
   A control batch of another kind is kept.
 
+A compressed batch (a Kafka client's) is read plain (engine.compression): kept whole, it
+is written as it was stored; kept in part, what is kept is compressed again with its
+codec, as Kafka's cleaner does. One that does not decompress stops the clean
+(CorruptRecordError, nothing changed), as one that fails its CRC does.
+
 Offsets never change: a batch keeping some of its records keeps its offsets, and its
 records skip the removed ones (record_batch.filter_batch); a run of batches that keep
 nothing becomes one empty batch over their offsets (Kafka's batch of record count 0),
@@ -61,11 +66,18 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from engine.compression import (
+    COMPRESSION_MASK,
+    Codec,
+    compressed_batch,
+    first_compressed,
+    plain_or_raise,
+)
 from engine.datadir import fsync_directory, write_private_file
 from engine.errors import CorruptRecordError
 from engine.log import Log
@@ -285,11 +297,20 @@ class _Stopped(Exception):
     """The replica stops: the clean is dropped (nothing was swapped)."""
 
 
-def _chunks(
-    segment: LogSegment, should_stop: Callable[[], bool]
-) -> Iterator[tuple[bytes, npt.NDArray[Any]]]:
-    """The segment's whole batches, a chunk at a time, CRC-checked. _Stopped when
-    ``should_stop`` says so before a chunk."""
+class _Chunk(NamedTuple):
+    """A chunk of a segment's whole batches, CRC-checked, compressed ones made plain."""
+
+    data: bytes
+    infos: npt.NDArray[Any]
+    """scan_batches' rows of ``data``."""
+    compressed: dict[int, bytes]
+    """Each compressed batch as stored, by base offset (its plain copy is in data)."""
+
+
+def _chunks(segment: LogSegment, should_stop: Callable[[], bool]) -> Iterator[_Chunk]:
+    """The segment's whole batches, a chunk at a time, CRC-checked, compressed batches
+    made plain. _Stopped when ``should_stop`` says so before a chunk. CorruptRecordError
+    at a batch that fails its CRC or does not decompress."""
     offset = segment.base_offset
     while offset < segment.next_offset:
         if should_stop():
@@ -303,7 +324,14 @@ def _chunks(
                 f"the cleaner found a corrupt batch: path={segment.log_path} offset={offset} "
                 f"reason={status.name}"
             )
-        yield data, infos
+        compressed: dict[int, bytes] = {}
+        if first_compressed(data) < len(data):
+            for info in infos[(infos["attributes"] & COMPRESSION_MASK) != 0]:
+                position, length = int(info["position"]), int(info["length"])
+                compressed[int(info["base_offset"])] = data[position : position + length]
+            data = plain_or_raise(data, f"path={segment.log_path}")
+            infos, _, _ = scan_batches(data, verify_crc=False)
+        yield _Chunk(data, infos, compressed)
         offset = int(infos["last_offset"][-1]) + 1
 
 
@@ -400,7 +428,7 @@ class LogCleaner:
         sealed = self.log.sealed_segments
         txns = _Transactions()
         for segment in sealed:
-            for data, infos in _chunks(segment, should_stop):
+            for data, infos, _ in _chunks(segment, should_stop):
                 transactional = np.flatnonzero(infos["attributes"] & (TRANSACTIONAL | CONTROL))
                 for i in transactional.tolist():
                     info = infos[i]
@@ -432,7 +460,7 @@ class LogCleaner:
         """Each key's last offset in ``segments``, aborted batches left out."""
         keys: dict[bytes, int] = {}
         for segment in segments:
-            for data, infos in _chunks(segment, should_stop):
+            for data, infos, _ in _chunks(segment, should_stop):
                 records = decode_record_infos(data)
                 if not len(records):
                     continue
@@ -474,9 +502,9 @@ class LogCleaner:
                 output.next_input(modified_ms)
                 expired = modified_ms <= now_ms - config.delete_retention_ms
                 expiry = modified_ms + config.delete_retention_ms
-                for data, infos in _chunks(segment, should_stop):
+                for chunk in _chunks(segment, should_stop):
                     pieces, gone, kept_due = self._clean_chunk(
-                        data, infos, keys, txns, kept_since_marker, hole, expired
+                        chunk, keys, txns, kept_since_marker, hole, expired
                     )
                     removed += gone
                     if kept_due:
@@ -511,8 +539,7 @@ class LogCleaner:
 
     def _clean_chunk(
         self,
-        data: bytes,
-        infos: npt.NDArray[Any],
+        chunk: _Chunk,
         keys: dict[bytes, int],
         txns: _Transactions,
         kept_since_marker: dict[int, bool],
@@ -521,6 +548,7 @@ class LogCleaner:
     ) -> tuple[list[bytes], int, bool]:
         """What of one chunk's batches is kept: (the batches to write, in order, the
         records removed, whether a tombstone or marker was kept only until it is due)."""
+        data, infos = chunk.data, chunk.infos
         records = _Records(data)
         pieces: list[bytes] = []
         removed = 0
@@ -557,6 +585,10 @@ class LogCleaner:
                 leader_epoch = int.from_bytes(batch[12:16], "big", signed=True)
                 hole.add(base, last, leader_epoch, int(info["max_timestamp"]))
                 continue
+            stored = chunk.compressed.get(base)
+            if stored is not None:  # kept whole as stored, or what is kept recompressed
+                codec = Codec(stored[22] & COMPRESSION_MASK)  # attributes' low byte
+                keep = stored if keep is batch else compressed_batch(keep, codec)
             pieces += hole.take()
             pieces.append(keep)
         return pieces, removed, kept_due

@@ -69,9 +69,12 @@ class ClusterView:
         populate_rings: bool = True,
         lookup_timeout_s: float = 10.0,
         on_topic_change: Callable[[str], None] | None = None,
+        zk: KazooClient | None = None,
     ) -> None:
-        """``populate_rings=False``: map rings without faulting their pages in (a client
-        that reads only their headers: the Admin). ``lookup_timeout_s``: how long a topic
+        """``zk``: a coordinator session to share (a broker's), which close() leaves
+        open; by default the view connects its own. ``populate_rings=False``: map rings
+        without faulting their pages in (a client that reads only their headers: the
+        Admin). ``lookup_timeout_s``: how long a topic
         lookup waits, by default, for its leaders and for the coordinator (a producer's
         max_block_ms). ``on_topic_change(topic)``: called (on a kazoo thread) when a topic
         looked up since changed its partitions or its config."""
@@ -79,7 +82,8 @@ class ClusterView:
         self._on_topic_change = on_topic_change
         self.lookup_timeout_s = lookup_timeout_s
         self._populate = populate_rings
-        self._zk: KazooClient | None = md.connect(self.data_dir)
+        self._owns_zk = zk is None
+        self._zk: KazooClient | None = md.connect(self.data_dir) if zk is None else zk
         # A view replaced (a new leader) or forgotten (a deleted topic) is dropped, not
         # closed: its rings are unmapped when the last object using them lets go (Ring's
         # finalizer), for example a producer's route built on the old view. Every C call
@@ -214,7 +218,7 @@ class ClusterView:
             for ring in view.rings.values():
                 ring.close()
         self.topics.clear()
-        if self._zk is not None:
+        if self._zk is not None and self._owns_zk:
             self._zk.stop()
             self._zk.close()
-            self._zk = None
+        self._zk = None

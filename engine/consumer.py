@@ -45,6 +45,14 @@ position past it. ``engine verify`` finds such batches in the logs and repairs t
 an intact replica. A batch whose copy in the ring fails but which the broker has written
 to its log already (the drain checks every CRC) is read from the log instead, with a
 warning on the ``engine.consumer`` logger.
+
+Compression: a Kafka client's batch may be compressed (gzip, snappy, lz4, zstd), and is
+stored as it came. Each chunk read is checked as stored (the CRC covers the compressed
+bytes), then its compressed batches are made plain (engine.compression) before the
+read_committed filter and the decoder see them; poll_values reads such a partition
+through the chunk path. A batch that does not decompress is treated as one that fails
+its checks: the records before it are delivered, then CorruptRecordError names the
+topic, partition, offset and codec at every poll until a seek moves past it.
 """
 
 from __future__ import annotations
@@ -63,8 +71,10 @@ from kazoo.handlers.threading import KazooTimeoutError
 
 from engine import metadata as md
 from engine import offset_store as store
+from engine._native import lib
 from engine.assignor import strategy as find_strategy
 from engine.cluster import ClusterView
+from engine.compression import plain_chunk
 from engine.errors import (
     ClosedError,
     CommitFailedError,
@@ -95,6 +105,10 @@ from engine.ring import (
 from engine.txn_filter import ReadCommitted
 
 log = logging.getLogger("engine.consumer")
+
+#: The position of a chunk's first compressed batch (C; its length when none is): a
+#: read's one cost for compression when there is none, a call without a Python frame.
+_first_compressed = lib.engine_batch_first_compressed
 
 
 _RESETS = ("earliest", "latest", "none")
@@ -931,9 +945,25 @@ class Consumer:
         return chunked, n
 
     def _read(self, f: _Fetch, start: int) -> bytes:
-        """Whole batches from the ring (at f.cursor, else from ``start``) or segments, up
-        to the first that fails the checks (module docstring; C). CorruptRecordError when
-        that is the first one and no other copy exists."""
+        """Whole plain batches from the ring (at f.cursor, else from ``start``) or
+        segments, up to the first that fails the checks or, compressed, does not
+        decompress (module docstring). CorruptRecordError when that is the first one
+        (and, failing the checks, no other copy exists)."""
+        data = self._read_batches(f, start)
+        if _first_compressed(data, len(data)) == len(data):  # the usual case: none is
+            return data
+        plain, failure = plain_chunk(data)
+        if failure is None:
+            return plain
+        f.cursor = None  # the next read seeks to the batch that failed, by its offset
+        if plain:
+            return plain  # deliver these first
+        raise self._corrupt(f, max(start, failure.base_offset), failure.describe())
+
+    def _read_batches(self, f: _Fetch, start: int) -> bytes:
+        """Whole batches, as stored, from the ring (at f.cursor, else from ``start``) or
+        segments, up to the first that fails the checks (module docstring; C).
+        CorruptRecordError when that is the first one and no other copy exists."""
         if f.cursor is None:
             f.cursor = f.ring.seek(start)
             if f.cursor is None:

@@ -6,9 +6,14 @@ derives from both, so ``except TypeError`` and ``except EngineError`` both work:
 
     EngineError
     ├── ConfigError (ValueError)             an option or topic config is invalid
+    │   ├── PartitionCountError              a partition count below 1 (or that adds none)
+    │   ├── ReplicationFactorError           more replicas than live brokers, or none
+    │   ├── ReplicaAssignmentError           an explicit replica assignment that cannot be
+    │   └── ShmBudgetError                   rings past the daemon's shared-memory budget
     ├── InvalidTopicError (ValueError)       a topic name breaks Kafka's naming rules
     ├── RecordTypeError (TypeError)          a value/key/header is not bytes-like
     ├── RecordTooLargeError (ValueError)     a record exceeds max.message.bytes
+    ├── InvalidRecordError (ValueError)      a record its topic cannot take (keyless, compacted)
     ├── UnknownTopicError                    the topic does not exist
     ├── TopicExistsError                     create_topic of an existing topic
     ├── PartitionOutOfRangeError (ValueError) partition number >= partition count
@@ -63,6 +68,24 @@ class ConfigError(EngineError, ValueError):
     """An option, a topic config key or its value is invalid."""
 
 
+class PartitionCountError(ConfigError):
+    """A new topic's partition count below 1, or a partition count that adds none."""
+
+
+class ReplicationFactorError(ConfigError):
+    """A replication factor below 1 or above the number of live brokers."""
+
+
+class ReplicaAssignmentError(ConfigError):
+    """An explicit replica assignment that names no broker, one twice, one not live, or
+    partitions not numbered 0..n-1 with as many replicas each."""
+
+
+class ShmBudgetError(ConfigError):
+    """Rings that would take the daemon past its shared-memory budget
+    (`engine start --shm-budget`); nothing was written."""
+
+
 class InvalidTopicError(EngineError, ValueError):
     """A topic name is empty, too long or uses characters outside [a-zA-Z0-9._-]."""
 
@@ -73,6 +96,11 @@ class RecordTypeError(EngineError, TypeError):
 
 class RecordTooLargeError(EngineError, ValueError):
     """A record (or batch) is larger than max.message.bytes; nothing was written."""
+
+
+class InvalidRecordError(EngineError, ValueError):
+    """A record its topic cannot take: a record without a key on a compacted topic
+    (Kafka's InvalidRecordException); nothing was written."""
 
 
 class UnknownTopicError(EngineError):

@@ -71,6 +71,7 @@ import numpy.typing as npt
 
 from engine import flusher, segment_swap
 from engine._native import ffi, lib
+from engine.compression import plain_or_raise
 from engine.datadir import fsync_directory, write_private_file
 from engine.errors import (
     ClosedError,
@@ -709,7 +710,7 @@ class Log:
             _, offset = found
             # From that batch on: it may hold no record (a marker, an empty batch).
             while batch := segment.read(offset, 0):
-                records = decode_record_infos(batch)
+                records = decode_record_infos(plain_or_raise(batch, f"path={self.directory}"))
                 hits = np.flatnonzero(records["timestamp"] >= timestamp_ms)
                 if len(hits):
                     return int(records["offset"][int(hits[0])])

@@ -71,7 +71,11 @@ from engine.errors import (
     DaemonNotRunningError,
     EngineError,
     EngineTimeoutError,
+    PartitionCountError,
     PartitionOutOfRangeError,
+    ReplicaAssignmentError,
+    ReplicationFactorError,
+    ShmBudgetError,
     TopicExistsError,
     UnknownTopicError,
 )
@@ -245,12 +249,42 @@ def assign_replicas(
     }
 
 
+def _check_assignment(
+    name: str, replicas: Mapping[int, Sequence[int]], live: set[int]
+) -> dict[int, tuple[int, ...]]:
+    """An explicit assignment of a new topic, checked (create_topic's ``replicas``)."""
+    out = {int(p): tuple(int(b) for b in r) for p, r in replicas.items()}
+    if sorted(out) != list(range(len(out))) or not out:
+        raise ReplicaAssignmentError(
+            f"replica assignment must number partitions 0..n-1: topic={name!r} "
+            f"partitions={sorted(out)}"
+        )
+    width = len(out[0])
+    for partition, brokers in sorted(out.items()):
+        if not brokers or len(set(brokers)) != len(brokers) or len(brokers) != width:
+            raise ReplicaAssignmentError(
+                f"replica assignment must give each partition the same number of distinct "
+                f"brokers, at least one: topic={name!r} partition={partition} "
+                f"replicas={list(brokers)}"
+            )
+        dead = sorted(set(brokers) - live)
+        if dead:
+            raise ReplicaAssignmentError(
+                f"replica assignment names brokers that are not live: topic={name!r} "
+                f"partition={partition} not_live={dead}"
+            )
+    return out
+
+
 def create_topic(
     client: KazooClient,
     name: str,
     partitions: int,
     replication: int,
     config: dict[str, Any] | None,
+    *,
+    replicas: Mapping[int, Sequence[int]] | None = None,
+    validate_only: bool = False,
 ) -> TopicAssignment:
     """Validate and write a new topic's config and assignment in one transaction.
 
@@ -260,16 +294,25 @@ def create_topic(
     budget was judged: of two creators that judged the same tree, one commits and the
     other reads the tree again, so that together they never pass the budget.
 
+    ``replicas``: an explicit assignment (partition -> broker ids, the first the
+    preferred leader) instead of the round-robin one; its partitions are 0..n-1, each
+    with as many distinct live brokers (ReplicaAssignmentError otherwise), and it sets
+    ``partitions`` and ``replication``. ``validate_only``: everything is checked, nothing
+    written (Kafka's validateOnly); the assignment it would have written is returned.
+
     The controller then gives each partition its state and the leaders create their
     rings; callers that need the topic ready wait for that (ClusterView.refresh).
     """
     validate_topic_name(name)
     full = validate_topic_config(config)
-    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
-        raise ConfigError(f"partitions must be an int >= 1: partitions={partitions!r}")
     brokers = sorted(live_brokers(client))
+    if replicas is not None:
+        explicit = _check_assignment(name, replicas, set(brokers))
+        partitions, replication = len(explicit), len(explicit[0])
+    if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+        raise PartitionCountError(f"partitions must be an int >= 1: partitions={partitions!r}")
     if not isinstance(replication, int) or not 1 <= replication <= max(len(brokers), 1):
-        raise ConfigError(
+        raise ReplicationFactorError(
             f"replication must be between 1 and the number of live brokers ({len(brokers)}): "
             f"replication={replication!r}"
         )
@@ -288,7 +331,9 @@ def create_topic(
     budget = shm_budget(client)
     user_config = {k: full[k] for k in (config or {})}
     assignment = TopicAssignment(
-        name, new_topic_id(), assign_replicas(brokers, partitions, replication)
+        name,
+        new_topic_id(),
+        explicit if replicas is not None else assign_replicas(brokers, partitions, replication),
     )
     paths_made = False
     while True:
@@ -298,13 +343,15 @@ def create_topic(
             stat = None
         used = shm_used(client)
         if used + ask > budget:
-            raise ConfigError(
+            raise ShmBudgetError(
                 "topic would take the daemon's rings past its shared-memory budget "
                 f"(`engine start --shm-budget`): topic={name!r} budget={budget} "
                 f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
                 f"asked={ask} ({shm.format_size(ask)}: partitions={partitions} x "
                 f"replication={replication} x (ring.bytes={ring} + {RING_HEADER_BYTES}))"
             )
+        if validate_only:
+            return assignment
         if not paths_made:
             for path in (TOPIC_CREATIONS, BROKER_TOPICS, CONFIG_TOPICS):
                 client.ensure_path(path)
@@ -731,12 +778,15 @@ def alter_topic_config(
     name: str,
     set_config: Mapping[str, Any] | None = None,
     delete: Iterable[str] = (),
+    *,
+    validate_only: bool = False,
 ) -> dict[str, int | float | str]:
     """Set some keys of a topic's config and delete others (back to their defaults),
     leaving the rest: Kafka's incremental alter. The result is validated whole, as
     create_topic validates a new topic's; keys of FIXED_AT_CREATION that would change
     are refused (ConfigError, nothing written). Written with the version read, again
-    on a race. Returns the topic's whole config as it now stands.
+    on a race. Returns the topic's whole config as it now stands (``validate_only``:
+    as it would stand; nothing is written).
 
     The brokers watch the config node and apply the change to their running replicas
     (engine.replica.Replica.adopt_config); the controller reads
@@ -779,6 +829,8 @@ def alter_topic_config(
                 f"min.insync.replicas cannot exceed the replication factor: "
                 f"min.insync.replicas={min_isr} replication={replication}"
             )
+        if validate_only:
+            return full
         payload = encode({"version": 1, "config": {k: full[k] for k in wanted}})
         try:
             client.set(config_path(name), payload, version=cstat.version)
@@ -802,11 +854,14 @@ def _read_for_change(client: KazooClient, name: str) -> tuple[Any, bytes, Any, b
     return creations, tdata, tstat, cdata
 
 
-def create_partitions(client: KazooClient, name: str, total_count: int) -> TopicAssignment:
+def create_partitions(
+    client: KazooClient, name: str, total_count: int, *, validate_only: bool = False
+) -> TopicAssignment:
     """Add partitions to a topic, up to ``total_count`` in all (Kafka's CreatePartitions:
     the count only grows). Each new partition gets as many replicas as the topic's first
     one, placed round-robin over the live brokers (assign_replicas); the controller gives
-    it its state and the leaders make its rings, as for a new topic.
+    it its state and the leaders make its rings, as for a new topic. ``validate_only``:
+    checked, not written; the assignment it would write is returned.
 
     The new rings must fit in the shared-memory budget with every other topic's (else
     ConfigError, nothing written). The topic node's new assignment is written in one
@@ -815,7 +870,9 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
     reads the tree again."""
     validate_topic_name(name)
     if not isinstance(total_count, int) or isinstance(total_count, bool):
-        raise ConfigError(f"partition count must be an int: total_count={total_count!r}")
+        raise PartitionCountError(
+            f"partition count must be an int: total_count={total_count!r}"
+        )
     client.ensure_path(TOPIC_CREATIONS)
     while True:
         creations, tdata, tstat, cdata = _read_for_change(client, name)
@@ -824,14 +881,14 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
         assignment = TopicAssignment.from_json(name, decode(tdata))
         current = assignment.partition_count
         if total_count <= current:
-            raise ConfigError(
+            raise PartitionCountError(
                 f"partitions can only be added: the topic has {current}, asked for "
                 f"{total_count} in all: topic={name!r} total_count={total_count}"
             )
         replication = len(assignment.replicas[0])
         brokers = sorted(live_brokers(client))
         if len(brokers) < replication:
-            raise ConfigError(
+            raise ReplicationFactorError(
                 f"fewer live brokers than the topic's replication factor: topic={name!r} "
                 f"replication={replication} live_brokers={len(brokers)}"
             )
@@ -841,7 +898,7 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
         ask = added * replication * shm.ring_footprint(ring)
         budget, used = shm_budget(client), shm_used(client)
         if used + ask > budget:
-            raise ConfigError(
+            raise ShmBudgetError(
                 "partitions would take the daemon's rings past its shared-memory budget "
                 f"(`engine start --shm-budget`): topic={name!r} budget={budget} "
                 f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "
@@ -852,6 +909,8 @@ def create_partitions(client: KazooClient, name: str, total_count: int) -> Topic
         replicas = dict(assignment.replicas)
         replicas.update({current + p: r for p, r in placed.items()})
         grown = dataclasses.replace(assignment, replicas=replicas)
+        if validate_only:
+            return grown
         tx = client.transaction()
         tx.set_data(TOPIC_CREATIONS, b"", version=creations.version)
         tx.set_data(topic_path(name), encode(grown.to_json()), version=tstat.version)
@@ -997,7 +1056,7 @@ def reassign_partitions(
         ask = added_rings * shm.ring_footprint(ring)
         budget, used = shm_budget(client), shm_used(client)
         if used + ask > budget:
-            raise ConfigError(
+            raise ShmBudgetError(
                 "the added replicas would take the daemon's rings past its shared-memory "
                 f"budget (`engine start --shm-budget`): topic={name!r} budget={budget} "
                 f"({shm.format_size(budget)}) used={used} ({shm.format_size(used)}) "

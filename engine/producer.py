@@ -45,11 +45,13 @@ import numpy as np
 import engine._send as _send_module
 from engine._native import ffi, lib
 from engine.accumulator import Bulk, ProducerBatch, RecordAccumulator
+from engine.compression import Codec
 from engine.errors import (
     BufferFullError,
     ClosedError,
     ConfigError,
     EngineError,
+    InvalidRecordError,
     PartitionOutOfRangeError,
     RecordTooLargeError,
     RecordTypeError,
@@ -146,7 +148,10 @@ class Producer:
         ``linger_ms``, ``batch_size``, ``buffer_memory``, ``max_block_ms`` (how long a
         send may block: for metadata, ring space, buffer space), ``delivery_timeout_ms``
         (how long a record may take to be delivered, retries included),
-        ``retry_backoff_ms``, ``max_in_flight_requests_per_connection``, ``client_id``.
+        ``retry_backoff_ms``, ``max_in_flight_requests_per_connection``, ``client_id``,
+        ``compression_type`` ("none", or "gzip", "snappy", "lz4", "zstd": the batches
+        are compressed as a Kafka client's are; every record then goes through the
+        sender, also with acks 0 and 1).
         """
         config = ProducerConfig.from_options(**options)
         self.config = config
@@ -156,7 +161,12 @@ class Producer:
         self._block_ns = config.max_block_ms * 1_000_000
         # acks 0 and 1 without idempotence append in the caller's thread when nothing
         # waits in the accumulator (a record must not overtake one that waits).
-        self._direct = config.acks != Acks.ALL and not config.enable_idempotence
+        # With compression_type, every record goes through the accumulator: the sender
+        # compresses whole batches.
+        self._direct = (
+            config.acks != Acks.ALL and not config.enable_idempotence
+            and config.codec is Codec.NONE
+        )  # fmt: skip
         self._metadata = ProducerMetadata(data_dir, config.max_block_ms, config.batch_size)
         try:
             self._identity = TransactionManager(
@@ -246,6 +256,8 @@ class Producer:
             key = as_bytes("key", key)
         hbytes, hcount = encode_headers(headers) if headers else (b"", 0)
         route = self._metadata.route(topic)
+        if key is None and route.compacted:
+            raise _keyless(topic)
         vlen = -1 if value is None else len(value)
         klen = -1 if key is None else len(key)
         if max(vlen, 0) + max(klen, 0) + len(hbytes) > route.max_bytes - RECORD_OVERHEAD:
@@ -343,6 +355,8 @@ class Producer:
                 raise ConfigError(f"keys and values differ in length: keys={kcount} values={count}")
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else int(timestamp_ms)
         route = self._metadata.route(topic)
+        if keys is None and route.compacted and count:
+            raise _keyless(topic)
         largest = int(lengths.max()) if lengths is not None and count else stride
         if largest > route.max_bytes:
             raise RecordTooLargeError(
@@ -584,6 +598,13 @@ def _general_send(producer: Producer) -> Any:
         return Producer.send(p, *args, **kwargs)
 
     return send
+
+
+def _keyless(topic: str) -> InvalidRecordError:
+    return InvalidRecordError(
+        f"a record without a key cannot go to a compacted topic (cleanup.policy has "
+        f"'compact'); nothing was written: topic={topic!r}"
+    )
 
 
 # -- helpers for send_batch ----------------------------------------------------

@@ -33,8 +33,8 @@ class Route:
     """A producer's view of one topic (see the module docstring)."""
 
     __slots__ = (
-        "address", "c", "c_regions", "count", "fields", "max_bytes", "min_insync", "regions",
-        "view",
+        "address", "c", "c_regions", "compacted", "count", "fields", "max_bytes", "min_insync",
+        "regions", "view",
     )  # fmt: skip
 
     def __init__(self, view: TopicView, fields: Any, batch_size: int) -> None:
@@ -43,6 +43,8 @@ class Route:
         self.count = view.partition_count
         self.max_bytes = view.max_message_bytes
         self.min_insync = int(view.config["min.insync.replicas"])
+        #: cleanup.policy has "compact": every record needs a key (Kafka refuses others).
+        self.compacted = "compact" in str(view.config.get("cleanup.policy", ""))
         self.regions = [view.rings[p]._ptr() for p in range(self.count)]
         self.c_regions = ffi.new("void *[]", self.regions)
         self.c = c = ffi.new("engine_route_t *")
@@ -122,7 +124,9 @@ class ProducerMetadata:
     def _make(self, view: TopicView) -> Route:
         route = Route(view, self.fields, self.batch_size)
         self._routes[view.name] = route
-        if self.fast_enabled:
+        # A compacted topic's sends take the general path, which refuses keyless records
+        # (the C path does not look at the topic's config).
+        if self.fast_enabled and not route.compacted:
             if self.opens_for is None:
                 self.fast[view.name] = (route.address, route)
             else:

@@ -201,12 +201,10 @@ class RecordDecoder:
         if code == 2 and n == 0:
             at = int(self._consumed[0])
             codec = data[at + 22] & 0x07 if len(data) > at + 22 else 0  # attributes' low byte
-            if codec:
+            if codec:  # readers make chunks plain first (engine.compression): a bug
                 raise CorruptRecordError(
-                    f"a {_CODECS.get(codec, f'codec {codec}')}-compressed record batch (a Kafka "
-                    "client's, stored as it came): the engine's Consumer does not decompress "
-                    "yet; Kafka clients read it through the Kafka listener: "
-                    f"topic={topic} partition={partition} offset>={min_offset}"
+                    f"a {_CODECS.get(codec, f'codec {codec}')}-compressed record batch reached "
+                    f"the decoder: topic={topic} partition={partition} offset>={min_offset}"
                 )
             raise CorruptRecordError(
                 f"corrupt record batch: topic={topic} partition={partition} offset>={min_offset}"

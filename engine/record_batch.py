@@ -224,7 +224,7 @@ def encode_batch(
 
     Each record is ``(key, value, headers, timestamp_ms)``; the batch's base timestamp
     is the first record's, its max timestamp the largest. ``attributes`` must leave
-    the compression bits (0-2) clear: the engine never compresses.
+    the compression bits (0-2) clear (engine.compression compresses a batch).
     """
     if not records:
         raise ValueError("a record batch holds at least one record: records=[]")

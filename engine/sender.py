@@ -36,12 +36,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
+from engine._send import BatchBuilder
 from engine.accumulator import BatchState, ProducerBatch, RecordAccumulator
+from engine.compression import Codec, batch_of_records
 from engine.errors import (
     BufferFullError,
     ClosedError,
@@ -57,6 +59,7 @@ from engine.log import LogReader
 from engine.producer_config import Acks, ProducerConfig
 from engine.producer_metadata import ProducerMetadata, Route
 from engine.record import TopicPartition
+from engine.record_batch import BATCH_HEADER_LENGTH
 from engine.ring import (
     FULL,
     NOT_ENOUGH_REPLICAS,
@@ -98,6 +101,7 @@ class Sender(threading.Thread):
     ) -> None:
         super().__init__(name="producer-sender", daemon=True)
         self.config = config
+        self.codec = config.codec
         self.accumulator = accumulator
         self.metadata = metadata
         self.identity = identity
@@ -211,7 +215,10 @@ class Sender(threading.Thread):
             route.min_insync if self.acks_all else 0,
             APPEND_WAIT_MS,
         )
-        code, n = _append(ring, batch, k, fields)
+        if self.codec is Codec.NONE:
+            code, n = _append(ring, batch, k, fields)
+        else:
+            code, n = _append_compressed(ring, batch, k, fields, self.codec, route.max_bytes)
         batch.attempts += 1
         if n:
             batch.appended = k + n
@@ -418,6 +425,66 @@ def _append(ring: Ring, batch: ProducerBatch, k: int, fields: Any) -> tuple[int,
         return -base, 0
     batch.offsets[k:] = np.arange(base, base + builder.count, dtype=np.int64)
     return OK, builder.count
+
+
+def _append_compressed(
+    ring: Ring, batch: ProducerBatch, k: int, fields: Any, codec: Codec, max_bytes: int
+) -> tuple[int, int]:
+    """_append with ``compression_type``: the records of ``batch`` from the k-th on as
+    whole batches compressed with ``codec`` (engine.compression.batch_of_records), each
+    appended as a Kafka client's batch is (the ring writes its base offset and leader
+    epoch; the fencing table judges its producer fields). A bulk batch becomes batches
+    of up to ``max_bytes`` of plain records (one that does not shrink is written plain,
+    so each fits). (ring code, how many landed); offsets to ``batch.offsets[k:]``."""
+    sequence = int(fields.base_sequence)
+    landed = 0
+    for builder in _builders(batch, k, max_bytes - BATCH_HEADER_LENGTH):
+        data = batch_of_records(
+            memoryview(builder)[: builder.size], builder.count, builder.base_timestamp,
+            builder.max_timestamp, codec, producer_id=int(fields.producer_id),
+            producer_epoch=int(fields.producer_epoch),
+            base_sequence=-1 if sequence < 0 else (sequence + landed) & 0x7FFFFFFF,
+            attributes=int(fields.attributes),
+        )  # fmt: skip
+        base = ring.append_client(fields, data, APPEND_WAIT_MS)
+        if base < 0:
+            return -base, landed
+        start = k + landed
+        batch.offsets[start : start + builder.count] = np.arange(
+            base, base + builder.count, dtype=np.int64
+        )
+        landed += builder.count
+    return OK, landed
+
+
+def _builders(batch: ProducerBatch, k: int, limit: int) -> Iterator[BatchBuilder]:
+    """The records of ``batch`` from the k-th on, encoded: its builder's, or a bulk
+    batch's in builders of up to ``limit`` bytes."""
+    if batch.bulk is None:
+        assert batch.builder is not None
+        yield batch.builder if k == 0 else batch.builder.tail(k)
+        return
+    bulk = batch.bulk.tail(k)
+    values, keys = memoryview(bulk.values).cast("B"), bulk.keys
+    keys = None if keys is None else memoryview(keys).cast("B")
+    value_at = key_at = 0
+    builder = BatchBuilder(limit)
+    value_lengths, key_lengths = bulk.value_lengths, bulk.key_lengths
+    for i in range(batch.count - k):
+        value_length = bulk.value_stride if value_lengths is None else int(value_lengths[i])
+        value = None if value_length < 0 else bytes(values[value_at : value_at + value_length])
+        value_at += max(value_length, 0)
+        key = None
+        if keys is not None:
+            key_length = bulk.key_stride if key_lengths is None else int(key_lengths[i])
+            key = None if key_length < 0 else bytes(keys[key_at : key_at + key_length])
+            key_at += max(key_length, 0)
+        if builder.add(key, value, None, 0, bulk.timestamp_ms) < 0:
+            yield builder
+            builder = BatchBuilder(limit)
+            builder.add(key, value, None, 0, bulk.timestamp_ms)
+    if builder.count:
+        yield builder
 
 
 __all__ = ["Sender"]

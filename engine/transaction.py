@@ -9,7 +9,12 @@ to it is a compare-and-set on the znode's version::
     /transactions/<transactional.id>
         {"version": 1, "producer_id": P, "epoch": E, "state": "Ongoing",
          "partitions": [["orders", 0], ...], "started_ms": T, "timeout_ms": 60000,
-         "last_abort": null | {"epoch": E, "reason": "timeout" | "fenced"}}
+         "last_abort": null | {"epoch": E, "reason": "timeout" | "fenced"},
+         "groups": ["g", ...], "offsets": [["g", "orders", 0, 42], ...]}
+
+``groups`` and ``offsets`` are a Kafka client's (engine.kafka.transactions): the
+groups of its AddOffsetsToTxn and the offsets of its TxnOffsetCommit, held here until
+the transaction ends, then committed in the decision's multi-op or dropped.
 
 States, as Kafka's: ``Empty`` -> ``Ongoing`` (the first partition added) ->
 ``PrepareCommit`` | ``PrepareAbort`` (the decision) -> ``Empty`` (markers written).
@@ -105,6 +110,13 @@ class TxnState:
     started_ms: int = 0
     timeout_ms: int = 60_000
     last_abort: dict[str, Any] | None = field(default=None, compare=False)
+    #: A Kafka client's groups and pending offsets (group, topic, partition, offset).
+    groups: tuple[str, ...] = ()
+    offsets: tuple[tuple[str, str, int, int], ...] = ()
+
+    def ended(self) -> TxnState:
+        """This state once its transaction is over: Empty, nothing pending."""
+        return replace(self, state=EMPTY, partitions=(), started_ms=0, groups=(), offsets=())
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -117,6 +129,8 @@ class TxnState:
                 "started_ms": self.started_ms,
                 "timeout_ms": self.timeout_ms,
                 "last_abort": self.last_abort,
+                "groups": list(self.groups),
+                "offsets": [list(o) for o in self.offsets],
             },
             separators=(",", ":"),
         ).encode()
@@ -132,6 +146,10 @@ class TxnState:
             started_ms=int(obj["started_ms"]),
             timeout_ms=int(obj["timeout_ms"]),
             last_abort=obj.get("last_abort"),
+            groups=tuple(str(g) for g in obj.get("groups", ())),
+            offsets=tuple(
+                (str(g), str(t), int(p), int(o)) for g, t, p, o in obj.get("offsets", ())
+            ),
         )
 
 
@@ -274,7 +292,7 @@ class Transactions:
                 continue
             self.state, self.version = bumped, version
             finish(self.cluster, old)
-            self._write(replace(bumped, state=EMPTY, partitions=(), started_ms=0))
+            self._write(bumped.ended())
             return self.state
 
     def begin(self) -> None:
@@ -341,7 +359,7 @@ class Transactions:
             kind,
             self.state.timeout_ms / 1000,
         )
-        self._write(replace(self.state, state=EMPTY, partitions=(), started_ms=0))
+        self._write(self.state.ended())
 
     def check_current(self) -> None:
         """Raise if the state moved on without us (fenced, or aborted by the timeout)."""
@@ -456,7 +474,7 @@ def abort_expired(cluster: ClusterView, now_ms: int | None = None) -> list[str]:
         except BadVersionError:
             continue  # it moved on by itself
         finish(cluster, replace(old, state=PREPARE_ABORT))
-        done = replace(bumped, state=EMPTY, partitions=(), started_ms=0)
+        done = bumped.ended()
         try:
             zk.set(txn_path(tid), done.encode(), version=version)
         except BadVersionError:

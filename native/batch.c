@@ -205,6 +205,10 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
             continue;
         }
         if (n >= max_records) break;
+        if (attributes & ENGINE_BATCH_ATTR_COMPRESSION) {
+            code = ENGINE_BATCH_CORRUPT;
+            break;
+        }
         int64_t base_timestamp = (int64_t)get_be64(p + ENGINE_BATCH_BASE_TIMESTAMP_OFFSET);
         int64_t producer_id = (int64_t)get_be64(p + ENGINE_BATCH_PRODUCER_ID_OFFSET);
         int32_t records = (int32_t)get_be32(p + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
@@ -260,6 +264,7 @@ static int copy_values(const uint8_t *batch, uint64_t length, int64_t min_offset
         *complete = 1;
         return ENGINE_BATCH_OK;
     }
+    if (attributes & ENGINE_BATCH_ATTR_COMPRESSION) return ENGINE_BATCH_CORRUPT;
     int64_t base_timestamp = (int64_t)get_be64(batch + ENGINE_BATCH_BASE_TIMESTAMP_OFFSET);
     int32_t records = (int32_t)get_be32(batch + ENGINE_BATCH_RECORDS_COUNT_OFFSET);
     const uint8_t *r = batch + ENGINE_BATCH_HEADER_LENGTH, *end = batch + total;
@@ -310,6 +315,19 @@ int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offse
         return ENGINE_BATCH_CORRUPT;
     }
     return code;
+}
+
+uint64_t engine_batch_first_compressed(const uint8_t *buf, uint64_t length) {
+    uint64_t pos = 0;
+    while (pos < length && length - pos >= ENGINE_BATCH_HEADER_LENGTH) {
+        const uint8_t *p = buf + pos;
+        if (get_be16(p + ENGINE_BATCH_ATTRIBUTES_OFFSET) & ENGINE_BATCH_ATTR_COMPRESSION)
+            return pos;
+        int32_t batch_length = (int32_t)get_be32(p + ENGINE_BATCH_LENGTH_OFFSET);
+        if (batch_length < ENGINE_BATCH_HEADER_LENGTH - ENGINE_BATCH_LENGTH_OVERHEAD) break;
+        pos += (uint64_t)batch_length + ENGINE_BATCH_LENGTH_OVERHEAD;
+    }
+    return length;
 }
 
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,

@@ -34,7 +34,11 @@
  * +---------------------------------------------------------------+ 61
  * |        records ...                                            |
  *
- * attributes: bits 0-2 compression (0 = none; the only one written),
+ * attributes: bits 0-2 compression (0 = none, the only one the engine's C
+ *               writes; 1-4 gzip, snappy, lz4, zstd: the records after the header
+ *               are one compressed block, stored as a Kafka client sent it and
+ *               made plain by engine/compression.py before any record is decoded;
+ *               the decoders here refuse such a batch as corrupt),
  *             bit 3 timestamp type (0 = create time),
  *             bit 4 is_transactional, bit 5 is_control (transaction marker).
  *
@@ -95,6 +99,7 @@ static inline uint64_t get_be64(const uint8_t *p) {
 }
 static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)((p[0] << 8) | p[1]); }
 
+#define ENGINE_BATCH_ATTR_COMPRESSION 0x07
 #define ENGINE_BATCH_ATTR_TRANSACTIONAL 0x10
 #define ENGINE_BATCH_ATTR_CONTROL 0x20
 
@@ -225,7 +230,9 @@ enum engine_batch_code {
  * the last record copied, or after the batch when *complete (every record at or
  * above min_offset copied). VALUE_SIZE: a record's value (at *bad_offset) is
  * not value_size bytes; the ones before it were copied (*copied, *next_offset).
- * verify_crc: 1 checks the batch's CRC32C first (CORRUPT, nothing copied). */
+ * verify_crc: 1 checks the batch's CRC32C first (CORRUPT, nothing copied).
+ * A compressed batch is CORRUPT (nothing copied): the caller's slower path makes
+ * it plain. */
 int engine_batch_values(const uint8_t *batch, uint64_t length, int64_t min_offset,
                         int32_t value_size, uint8_t *out, int32_t max_records,
                         int32_t *copied, int64_t *next_offset, int *complete,
@@ -287,10 +294,16 @@ int engine_batch_scan(const uint8_t *buf, uint64_t length, int verify_crc,
  * position) of the first batch not completely delivered; *end_offset is one
  * past the last offset of the batch that ends there (delivered or skipped: a
  * reader's next offset once it has used the buffer up to *consumed), -1 when
- * no batch was walked completely. */
+ * no batch was walked completely. A compressed batch is CORRUPT here (it is made
+ * plain first: engine/compression.py), as at *consumed. */
 int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int64_t min_offset,
                         engine_record_info_t *out, int32_t max_records,
                         int32_t *count, uint64_t *consumed, int64_t *end_offset);
+
+/* The byte position of the first compressed batch among the whole batches of
+ * buf, or length when there is none (a walk over the headers' lengths: the
+ * batches are checked already). */
+uint64_t engine_batch_first_compressed(const uint8_t *buf, uint64_t length);
 
 /* Copies the values of count decoded records, each value_size bytes, back to back
  * into out. Returns -1, or the index of the first record whose value is not

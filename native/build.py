@@ -193,6 +193,7 @@ int engine_batch_decode(const uint8_t *buf, uint64_t length, uint64_t start, int
                         int32_t *count, uint64_t *consumed, int64_t *end_offset);
 int32_t engine_batch_copy_values(const uint8_t *buf, const engine_record_info_t *infos,
                                  int32_t count, int32_t value_size, uint8_t *out);
+uint64_t engine_batch_first_compressed(const uint8_t *buf, uint64_t length);
 
 #define ENGINE_CHECK_CRC ...
 #define ENGINE_CHECK_DENSE ...

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from engine_harness import Daemon, running_daemon
+from kafka_harness import Kafka, Target, engine_target, kafka_target, require_kafka, running_kafka
 
 from engine import Admin
 
@@ -17,6 +18,33 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """One daemon for the tests that only create their own topics."""
     with running_daemon(tmp_path_factory.mktemp("engine-shared"), brokers=2) as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def real_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kafka]:
+    """One real Kafka broker (KRaft, scripts/kafka) for the whole session: the oracle the
+    Kafka listener's answers are compared with. Skipped with the reason where Java or
+    Kafka's jars cannot be had; in CI (CI=true) that fails."""
+    require_kafka()
+    with running_kafka(tmp_path_factory.mktemp("kafka-real"), nodes=1) as k:
+        yield k
+
+
+@pytest.fixture(scope="module")
+def oracle_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The engine side of the oracle tests: one broker (as the real Kafka has one node),
+    SASL as by default."""
+    with running_daemon(tmp_path_factory.mktemp("engine-oracle"), brokers=1) as d:
+        yield d
+
+
+@pytest.fixture(scope="module", params=["engine", "kafka"])
+def target(request: pytest.FixtureRequest) -> Target:
+    """Each side of an oracle comparison in turn: the engine's Kafka listener, then a real
+    Kafka; a test asserts Kafka's answers and so holds the engine to them."""
+    if request.param == "engine":
+        return engine_target(request.getfixturevalue("oracle_daemon"))
+    return kafka_target(request.getfixturevalue("real_kafka"))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -52,3 +80,4 @@ def topic(admin: Admin) -> Iterator[str]:
     yield name
     if name in admin.list_topics():
         admin.delete_topic(name)
+

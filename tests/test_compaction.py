@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 from engine_harness import Daemon, wait_for
 
-from engine import Admin, ConfigError, Consumer, EngineError, Producer, TopicPartition, verify
+from engine import (
+    Admin,
+    ConfigError,
+    Consumer,
+    EngineError,
+    InvalidRecordError,
+    Producer,
+    TopicPartition,
+    verify,
+)
 from engine import segment_swap as swap
 from engine.cleaner import LogCleaner
 from engine.config import validate_topic_config
@@ -788,3 +797,39 @@ def test_a_topic_altered_to_compact_is_cleaned_by_its_running_replicas(tmp_path:
     finally:
         daemon.stop()
         daemon.kill_everything()
+
+
+def test_a_record_without_a_key_is_refused_by_a_compacted_topic(daemon: Daemon) -> None:
+    """As Kafka refuses them (InvalidRecordException): the cleaner could never replace
+    or remove a keyless record. Refused by every acks, per record and in batches, also
+    after a topic becomes compacted; keyed records still go."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic("keys-needed", partitions=1, config=COMPACT)
+        admin.create_topic("becomes-compacted", partitions=1)
+    for acks in (0, 1, "all"):
+        with Producer(daemon.data_dir, acks=acks) as p:
+            with pytest.raises(InvalidRecordError, match=r"without a key.*'keys-needed'"):
+                p.send("keys-needed", b"no key")
+            with pytest.raises(InvalidRecordError, match="without a key"):
+                p.send_batch("keys-needed", [b"a", b"b"])
+            p.send("keys-needed", b"keyed", key=b"k").get(10)
+            p.send_batch("keys-needed", [b"a", b"b"], keys=[b"k1", b"k2"])
+            p.flush(10)
+    with Producer(daemon.data_dir, acks=1) as p:
+        p.send("becomes-compacted", b"before").get(10)
+        with Admin(daemon.data_dir) as admin:
+            admin.incremental_alter_configs("becomes-compacted", {"cleanup.policy": "compact"})
+
+        def refused() -> bool:
+            try:
+                p.send("becomes-compacted", b"after").get(10)
+            except InvalidRecordError:
+                return True
+            return False
+
+        wait_for(refused, what="a keyless send refused once the topic is compacted")
+    with Consumer(data_dir=daemon.data_dir, auto_offset_reset="earliest") as c:
+        c.assign([TopicPartition("keys-needed", 0)])
+        got: list[Any] = []
+        wait_for(lambda: got.extend(c.poll(timeout=0.2)) or len(got) >= 9, what="the keyed records")
+        assert len(got) == 9 and all(r.key is not None for r in got)

@@ -41,6 +41,8 @@ class ErrorCode(enum.IntEnum):
     """acks=all: written, but the ISR shrank below min.insync.replicas meanwhile."""
     INVALID_REQUIRED_ACKS = 21
     """acks other than 0, 1 or -1."""
+    INVALID_GROUP_ID = 24
+    """A group id the coordinator's tree cannot name (engine.offset_store)."""
     UNSUPPORTED_SASL_MECHANISM = 33
     """The SaslHandshake named a mechanism not enabled here (the response lists them)."""
     ILLEGAL_SASL_STATE = 34
@@ -48,14 +50,38 @@ class ErrorCode(enum.IntEnum):
     UNSUPPORTED_VERSION = 35
     """An API or API version this listener does not serve (ApiVersions lists those it
     does)."""
+    TOPIC_ALREADY_EXISTS = 36
+    """CreateTopics: a topic of that name exists (or is being deleted)."""
+    INVALID_PARTITIONS = 37
+    """A partition count below 1, or CreatePartitions that would not add any."""
+    INVALID_REPLICATION_FACTOR = 38
+    """A replication factor below 1 or above the number of live brokers."""
+    INVALID_REPLICA_ASSIGNMENT = 39
+    """An explicit replica assignment that names no broker, a broker twice, a broker
+    that is not live, or partitions not numbered 0..n-1."""
+    INVALID_CONFIG = 40
+    """A config the topic cannot take: an unknown key, a value out of range (the
+    message names it)."""
     INVALID_REQUEST = 42
     """A request that decodes but makes no sense (several batches for one partition)."""
+    POLICY_VIOLATION = 44
+    """A topic or partitions that would take the daemon's rings past its shared-memory
+    budget (`engine start --shm-budget`)."""
     OUT_OF_ORDER_SEQUENCE_NUMBER = 45
     """An idempotent producer's batch does not follow its last one in sequence."""
     INVALID_PRODUCER_EPOCH = 47
     """An idempotent producer's batch carries an older epoch than the partition saw."""
     INVALID_TXN_STATE = 48
-    """A transactional batch: transactions are not served on this listener yet."""
+    """A transaction call out of order (EndTxn commit of an aborting transaction), or a
+    transactional batch to a partition not added to the transaction."""
+    INVALID_PRODUCER_ID_MAPPING = 49
+    """The producer id is not the transactional id's (it was never initialised)."""
+    INVALID_TRANSACTION_TIMEOUT = 50
+    """transaction_timeout_ms is not 1 ms to 15 min (Kafka's transaction.max.timeout.ms)."""
+    CONCURRENT_TRANSACTIONS = 51
+    """The transaction is being completed (its markers are being written): retry."""
+    OPERATION_NOT_ATTEMPTED = 55
+    """Another partition of the same request failed, so this one was not tried."""
     SASL_AUTHENTICATION_FAILED = 58
     """Wrong user name or password (or a malformed SASL token): the connection closes."""
     FENCED_LEADER_EPOCH = 74
@@ -65,3 +91,10 @@ class ErrorCode(enum.IntEnum):
     INVALID_RECORD = 87
     """A produced batch that Kafka refuses from a client (a control batch, record count
     and offset delta that disagree, not magic 2)."""
+    PRODUCER_FENCED = 90
+    """A newer producer initialised the transactional id: this one must close (older
+    request versions get INVALID_PRODUCER_EPOCH)."""
+    UNKNOWN_TOPIC_ID = 100
+    """DeleteTopics by topic id: no topic has that id."""
+    MISMATCHED_ENDPOINT_TYPE = 114
+    """DescribeCluster for controllers' endpoints, sent to a broker."""

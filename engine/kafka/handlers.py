@@ -6,29 +6,42 @@ engine.kafka.codec; partitions are reached through the connection's
 engine.kafka.partitions handles; cluster metadata comes from the coordinator's tree
 through the broker's own session.
 
+- ApiVersions: the APIs and versions served; v3+ with a client software name or
+  version outside Kafka's pattern is INVALID_REQUEST (KIP-511).
 - Metadata: the brokers that registered a Kafka endpoint of this listener's security
   protocol, the topics (all, or those asked; an unknown one is created when the
   cluster allows auto-creation and the request does), each partition's leader, leader
   epoch, replicas and ISR; a partition whose leader has no endpoint is
-  LEADER_NOT_AVAILABLE. The cluster id is ``engine-<data dir namespace>``.
+  LEADER_NOT_AVAILABLE. The cluster id is the engine's (engine.metadata.cluster_id).
 - Produce: each partition's one batch through PartitionHandle.append; acks=0 gets no
   response (the listener closes the connection when it failed).
 - Fetch: full fetches only (the session id is always 0, so clients never send
   incremental ones); each partition from its fetch offset up to partition_max_bytes,
   the whole response up to max_bytes (the first batch always, as KIP-74); with nothing
-  to send, the fetch waits on the rings for up to max_wait_ms.
-- ListOffsets: -1 the high watermark, -2 the log start, a timestamp the first record at
-  or after it (a walk over the batches from the log start).
+  to send, the fetch waits on the rings for up to max_wait_ms. A partition's error
+  answer carries no offsets (-1), as Kafka's.
+- ListOffsets: -1 the high watermark, -2 the log start, -3 (v7+) the record with the
+  largest timestamp, a timestamp the first record at or after it (both a walk over the
+  batches from the log start); nothing found is offset -1 with leader epoch -1, as Kafka.
 - FindCoordinator: each key's coordinator, one of the live brokers picked by the key's
   CRC-32 (groups: key type 0; transactional ids: key type 1).
-- InitProducerId: a new producer id from the cluster's allocator (the engine's own
-  producers take theirs from the same), epoch 0; a known id with its epoch (KIP-360's
-  bump) gets the next epoch. Transactional ids are not served yet.
+- InitProducerId without a transactional id: a new producer id from the cluster's
+  allocator (the engine's own producers take theirs from the same), epoch 0; a known id
+  with its epoch (KIP-360's bump) gets the next epoch. With a transactional id, and the
+  other transaction APIs: engine.kafka.transactions.
+- Transactional Produce: each (producer id, epoch) of the request checked once against
+  its transaction (engine.kafka.transactions.TransactionCoordinator.verify).
+- read_committed (Fetch and ListOffsets with isolation_level 1): nothing at or past the
+  last stable offset, and the aborted transactions of what is returned
+  (engine.kafka.txn_index).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
+import struct
 import time
 import zlib
 from collections.abc import Callable
@@ -39,12 +52,15 @@ from kazoo.client import KazooClient
 
 from engine import metadata as md
 from engine import transaction as txn
+from engine.compression import COMPRESSION_MASK, codec_name, plain_batch
 from engine.config import validate_topic_name
 from engine.datadir import DataDir
 from engine.errors import EngineError, InvalidTopicError, TopicExistsError, UnknownTopicError
 from engine.kafka.error_codes import ErrorCode
 from engine.kafka.partitions import PartitionHandle, PartitionHandles, ProducerStates
 from engine.kafka.schemas import APIS
+from engine.kafka.transactions import TransactionCoordinator
+from engine.kafka.txn_index import TxnIndex, TxnIndexes
 from engine.record_batch import decode_record_infos, scan_batches
 from engine.ring import wait_any
 
@@ -52,6 +68,10 @@ log = logging.getLogger("engine.kafka")
 
 LATEST = -1
 EARLIEST = -2
+#: What Kafka accepts as a client's software name and version (ApiVersions v3+, KIP-511).
+CLIENT_SOFTWARE = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-.]*[a-zA-Z0-9])?")
+#: ListOffsets v7+ (KIP-734): the record with the largest timestamp.
+MAX_TIMESTAMP = -3
 #: How long a fetch waits on the rings at a time, so that a stopping listener is seen.
 FETCH_WAIT_SLICE_S = 0.5
 #: What a ListOffsets walk reads at a time.
@@ -60,6 +80,11 @@ MAX_EPOCH = 32767
 #: FindCoordinator's key types.
 COORDINATOR_GROUP = 0
 COORDINATOR_TRANSACTION = 1
+READ_COMMITTED = 1
+#: A batch header's attributes, producer id and epoch (record_batch.py has it all).
+_TXN_FIELDS = struct.Struct(">21xh20xqh")
+_BASE_AND_LENGTH = struct.Struct(">qi")
+_TRANSACTIONAL = 0x10
 
 
 @dataclass(frozen=True)
@@ -93,13 +118,29 @@ class Handlers:
     def __init__(self, broker: BrokerSide, stopping: Callable[[], bool]) -> None:
         self.broker = broker
         self.states = ProducerStates()
+        self.transactions = TransactionCoordinator(broker.zk)
+        self.txn_indexes = TxnIndexes(broker.leaderships)
         self._stopping = stopping
-        self.cluster_id = f"engine-{broker.data_dir.namespace}"
+
+    @functools.cached_property
+    def cluster_id(self) -> str:
+        """The cluster's id, as the engine's Admin.describe_cluster gives it (Kafka's
+        form: a UUID in url-safe base64), read once."""
+        return md.cluster_id(self.broker.zk)
 
     # -- ApiVersions -----------------------------------------------------------
 
     @staticmethod
-    def api_versions(error: ErrorCode = ErrorCode.NONE) -> dict[str, Any]:
+    def api_versions(
+        error: ErrorCode = ErrorCode.NONE, request: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The APIs served; INVALID_REQUEST without them when a v3+ ``request`` names its
+        client software in a form Kafka refuses (an empty version, a leading dash)."""
+        if request is not None and not all(
+            CLIENT_SOFTWARE.fullmatch(request[field])
+            for field in ("client_software_name", "client_software_version")
+        ):
+            return {"error_code": ErrorCode.INVALID_REQUEST, "api_keys": []}
         return {
             "error_code": error,
             "api_keys": [
@@ -234,12 +275,18 @@ class Handlers:
             return None
         return ErrorCode.FENCED_LEADER_EPOCH if asked < ours else ErrorCode.UNKNOWN_LEADER_EPOCH
 
+    #: Shared with the handlers of the other API modules (engine.kafka.admin).
+    missing = _missing
+    epoch_error = _epoch_error
+    topics_by_id = _topics_by_id
+
     # -- Produce ---------------------------------------------------------------
 
     def produce(
         self, handles: PartitionHandles, version: int, request: dict[str, Any]
     ) -> dict[str, Any]:
         acks, timeout_ms = request["acks"], request["timeout_ms"]
+        refused = self._verify_transactional(request)
         responses = []
         for topic in request["topic_data"]:
             name = topic["name"]
@@ -249,6 +296,10 @@ class Handlers:
                 answer: dict[str, Any] = {"index": index, "base_offset": -1}
                 if acks not in (0, 1, -1):
                     answer["error_code"] = ErrorCode.INVALID_REQUIRED_ACKS
+                    answers.append(answer)
+                    continue
+                if (name, index) in refused:
+                    answer["error_code"] = refused[name, index]
                     answers.append(answer)
                     continue
                 handle = handles.get(name, index)
@@ -273,6 +324,26 @@ class Handlers:
                 answers.append(answer)
             responses.append({"name": name, "partition_responses": answers})
         return {"responses": responses}
+
+    def _verify_transactional(self, request: dict[str, Any]) -> dict[tuple[str, int], ErrorCode]:
+        """The partitions whose transactional batch its transaction refuses, and why:
+        one check per (producer id, epoch) of the request."""
+        by_producer: dict[tuple[int, int], list[tuple[str, int]]] = {}
+        for topic in request["topic_data"]:
+            for p in topic["partition_data"]:
+                records = p["records"]
+                if records is None or len(records) < _TXN_FIELDS.size:
+                    continue
+                attributes, producer_id, epoch = _TXN_FIELDS.unpack_from(records)
+                if attributes & _TRANSACTIONAL and producer_id >= 0:
+                    by_producer.setdefault((producer_id, epoch), []).append(
+                        (topic["name"], p["index"])
+                    )
+        refused: dict[tuple[str, int], ErrorCode] = {}
+        for (producer_id, epoch), tps in by_producer.items():
+            checked = self.transactions.verify(request["transactional_id"], producer_id, epoch, tps)
+            refused.update((tp, code) for tp, code in checked.items() if code is not ErrorCode.NONE)
+        return refused
 
     @staticmethod
     def failed(produced: dict[str, Any]) -> bool:
@@ -302,6 +373,7 @@ class Handlers:
         """One pass over the partitions asked: the responses, the bytes they carry, and
         what to wait on when they carry none (empty when an error must go out now)."""
         budget = request["max_bytes"]
+        committed = request["isolation_level"] == READ_COMMITTED
         total = 0
         waits: list[Any] = []
         failed = False
@@ -331,31 +403,67 @@ class Handlers:
                     else min(p["partition_max_bytes"], budget - total)
                 )
                 if room <= 0:  # the response is full: its offsets only
+                    stable = self._stable(handle) if committed else None
                     start, high_watermark = handle.offsets()
                     answer |= {
                         "high_watermark": high_watermark,
-                        "last_stable_offset": high_watermark,
+                        "last_stable_offset": high_watermark if stable is None else stable[1],
                         "log_start_offset": start,
                     }
+                    if committed and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                        failed = True
                     continue
                 got = handle.read(offset, room)
+                if got.error is not ErrorCode.NONE:  # Kafka's error answer: no offsets
+                    answer["error_code"] = got.error
+                    failed = True
+                    continue
+                records = got.records
                 answer |= {
                     "error_code": got.error,
                     "high_watermark": got.high_watermark,
                     "last_stable_offset": got.high_watermark,
                     "log_start_offset": got.log_start_offset,
-                    "records": got.records,
                 }
-                if got.error is not ErrorCode.NONE:
+                stable = self._stable(handle, offset, records) if committed else None
+                if committed and stable is None:  # the log went (sealed, or retention)
+                    answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
                     failed = True
                     continue
-                total += len(got.records)
-                if not got.records:
-                    cursor = handle.wait_target(offset)
+                if stable is not None:
+                    index, lso = stable
+                    records = _below(records, lso)
+                    with index.lock:
+                        aborted = index.aborted_between(offset, lso) if records else []
+                    answer |= {"last_stable_offset": lso, "aborted_transactions": aborted}
+                answer["records"] = records
+                total += len(records)
+                if not records:
+                    # read_committed: what comes next is a marker that moves the high
+                    # watermark (waiting at the fetch offset would return at once).
+                    at = offset if stable is None else max(offset, got.high_watermark)
+                    cursor = handle.wait_target(at)
                     if cursor is not None:
                         waits.append((handle.ring, cursor))
             responses.append({"topic": name, "partitions": answers})
         return responses, total, [] if failed else waits
+
+    def _stable(
+        self, handle: PartitionHandle, offset: int = -1, fetched: bytes = b""
+    ) -> tuple[TxnIndex, int] | None:
+        """The partition's transaction index, brought up to its high watermark, and its
+        last stable offset; None when the log could not be read. ``fetched``: the
+        batches a Fetch just read from ``offset``, which the index takes first (a
+        consumer at the end of the log then costs the index no read of its own)."""
+        index = self.txn_indexes.of(handle.leadership)
+        with index.lock:
+            if fetched:
+                index.feed(offset, fetched)
+            start, high_watermark = handle.offsets()
+            if not index.update(handle.read_log, start, high_watermark):
+                return None
+            return index, index.last_stable_offset(high_watermark)
 
     # -- ListOffsets -----------------------------------------------------------
 
@@ -380,12 +488,25 @@ class Handlers:
                 answer["leader_epoch"] = handle.leadership.leader_epoch
                 start, high_watermark = handle.offsets()
                 if asked == LATEST:
-                    answer["offset"] = high_watermark
+                    stable = (
+                        self._stable(handle)
+                        if request["isolation_level"] == READ_COMMITTED
+                        else None
+                    )
+                    if request["isolation_level"] == READ_COMMITTED and stable is None:
+                        answer["error_code"] = ErrorCode.NOT_LEADER_OR_FOLLOWER
+                    answer["offset"] = high_watermark if stable is None else stable[1]
                 elif asked == EARLIEST:
                     answer["offset"] = start
-                elif asked >= 0:
-                    found = self._offset_for_time(handle, start, asked)
-                    if found is not None:
+                elif asked >= 0 or (asked == MAX_TIMESTAMP and version >= 7):
+                    found = (
+                        self._offset_for_time(handle, start, asked)
+                        if asked >= 0
+                        else self._max_timestamp(handle, start)
+                    )
+                    if found is None:
+                        answer["leader_epoch"] = -1
+                    else:
                         answer["offset"], answer["timestamp"] = found
                 else:
                     answer["error_code"] = ErrorCode.INVALID_REQUEST
@@ -395,8 +516,9 @@ class Handlers:
     @staticmethod
     def _offset_for_time(handle: PartitionHandle, start: int, ts: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after ``ts``: a walk over the
-        batches, skipping those whose max timestamp is older. In a compressed batch, whose
-        records the broker does not open, the batch's first offset and max timestamp."""
+        batches, skipping those whose max timestamp is older; a compressed batch is made
+        plain to find its record (as Kafka's broker does). One that does not decompress
+        answers with its first offset and max timestamp, and a warning."""
         offset = start
         while True:
             got = handle.read(offset, SCAN_CHUNK)
@@ -409,15 +531,61 @@ class Handlers:
                 last = int(info["last_offset"])
                 if last < offset or int(info["max_timestamp"]) < ts:
                     continue
-                if int(info["attributes"]) & 0x07:
-                    return max(int(info["base_offset"]), offset), int(info["max_timestamp"])
                 at = int(info["position"])
-                records = decode_record_infos(got.records[at : at + int(info["length"])], offset)
+                batch = got.records[at : at + int(info["length"])]
+                if int(info["attributes"]) & COMPRESSION_MASK:
+                    try:
+                        batch = plain_batch(batch)
+                    except ValueError as exc:
+                        log.warning(
+                            "ListOffsets: a compressed batch does not decompress, answering "
+                            "its first offset: topic=%s partition=%d base_offset=%d "
+                            "codec=%s reason=%s",
+                            handle.leadership.topic, handle.leadership.partition,
+                            int(info["base_offset"]),
+                            codec_name(int(info["attributes"])), exc,
+                        )  # fmt: skip
+                        return max(int(info["base_offset"]), offset), int(info["max_timestamp"])
+                records = decode_record_infos(batch, offset)
                 hits = records[records["timestamp"] >= ts] if len(records) else records
                 if len(hits):
                     first = hits[0]
                     return int(first["offset"]), int(first["timestamp"])
             offset = int(infos["last_offset"][-1]) + 1
+
+    @staticmethod
+    def _max_timestamp(handle: PartitionHandle, start: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the record with the largest timestamp, as Kafka answers
+        MAX_TIMESTAMP: the first batch whose max timestamp is the largest, the first record
+        in it with that timestamp (of a compressed batch, its first offset). A walk over
+        every batch from the log start; None when the partition holds no record."""
+        best: tuple[int, bytes, int, int] | None = None  # timestamp, batch, attributes, base
+        offset = start
+        while True:
+            got = handle.read(offset, SCAN_CHUNK)
+            if got.error is not ErrorCode.NONE or not got.records:
+                break
+            infos, _, _ = scan_batches(got.records, verify_crc=False)
+            if not len(infos):
+                break
+            for info in infos:
+                if int(info["last_offset"]) < offset:
+                    continue
+                if best is None or int(info["max_timestamp"]) > best[0]:
+                    at = int(info["position"])
+                    batch = bytes(got.records[at : at + int(info["length"])])
+                    best = (int(info["max_timestamp"]), batch, int(info["attributes"]),
+                            int(info["base_offset"]))  # fmt: skip
+            offset = int(infos["last_offset"][-1]) + 1
+        if best is None:
+            return None
+        timestamp, batch, attributes, base = best
+        if not attributes & 0x07:
+            records = decode_record_infos(batch)
+            hits = records[records["timestamp"] == timestamp] if len(records) else records
+            if len(hits):
+                return int(hits[0]["offset"]), timestamp
+        return base, timestamp
 
     # -- FindCoordinator -------------------------------------------------------
 
@@ -461,16 +629,23 @@ class Handlers:
     # -- InitProducerId --------------------------------------------------------
 
     def init_producer_id(self, version: int, request: dict[str, Any]) -> dict[str, Any]:
-        if request["transactional_id"] is not None:
-            return {
-                "error_code": ErrorCode.INVALID_REQUEST,
-                "producer_id": -1,
-                "producer_epoch": -1,
-            }
+        """An idempotent producer's id (one with a transactional id goes to
+        TransactionCoordinator.init_producer_id)."""
         producer_id, epoch = request["producer_id"], request["producer_epoch"]
         if producer_id >= 0 and 0 <= epoch < MAX_EPOCH - 1:
             return {"producer_id": producer_id, "producer_epoch": epoch + 1}
         return {"producer_id": txn.allocate_producer_id(self.broker.zk), "producer_epoch": 0}
+
+
+def _below(records: bytes, end: int) -> bytes:
+    """The whole batches of ``records`` that start below offset ``end``."""
+    pos, size = 0, len(records)
+    while pos + _BASE_AND_LENGTH.size <= size:
+        base, length = _BASE_AND_LENGTH.unpack_from(records, pos)
+        if base >= end:
+            return records[:pos]
+        pos += length + 12  # batch_length counts the bytes after its own field
+    return records
 
 
 def _no_coordinator(error: ErrorCode, message: str) -> dict[str, Any]:

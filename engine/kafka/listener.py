@@ -45,8 +45,10 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from engine.cluster import ClusterView
 from engine.errors import EngineError, KafkaProtocolError
 from engine.kafka import schemas
+from engine.kafka.admin import AdminHandlers
 from engine.kafka.codec import (
     decode,
     encode,
@@ -80,6 +82,16 @@ ACCEPT_POLL_S = 0.5
 _SIZE = struct.Struct(">i")
 _ERROR_ONLY = struct.Struct(">h")
 _PRE_AUTH = {schemas.API_VERSIONS, schemas.SASL_HANDSHAKE, schemas.SASL_AUTHENTICATE}
+#: The admin APIs that need no partition handles (engine.kafka.admin).
+_ADMIN = {
+    schemas.CREATE_TOPICS: AdminHandlers.create_topics,
+    schemas.DELETE_TOPICS: AdminHandlers.delete_topics,
+    schemas.CREATE_PARTITIONS: AdminHandlers.create_partitions,
+    schemas.DESCRIBE_CONFIGS: AdminHandlers.describe_configs,
+    schemas.ALTER_CONFIGS: AdminHandlers.alter_configs,
+    schemas.INCREMENTAL_ALTER_CONFIGS: AdminHandlers.incremental_alter_configs,
+    schemas.DESCRIBE_CLUSTER: AdminHandlers.describe_cluster,
+}
 
 
 class AuthState(enum.Enum):
@@ -141,6 +153,7 @@ class KafkaListener:
         self._scram = ScramKeys.derive(credential.password) if credential is not None else None
         self._stopping = threading.Event()
         self.handlers = Handlers(broker, self._stopping.is_set)
+        self.admin = AdminHandlers(self.handlers)
         self._connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept_loop, name="kafka-accept", daemon=True)
@@ -213,6 +226,19 @@ class _Connection(threading.Thread):
         )
         self.mechanism: Mechanism | None = None
         self._close_after = False  # a failed authentication: close once answered
+        self._txn_view: ClusterView | None = None
+
+    def txn_view(self) -> ClusterView:
+        """The rings this connection's transaction requests write markers to and fence
+        (mapped on first use without faulting their pages in: a marker touches a few,
+        over the broker's coordinator session)."""
+        if self._txn_view is None:
+            broker = self.listener.handlers.broker
+            self._txn_view = ClusterView(broker.data_dir.root, populate_rings=False, zk=broker.zk)
+        for name, topic in list(self._txn_view.topics.items()):
+            if any(ring.sealed for ring in topic.rings.values()):
+                self._txn_view.forget(name)  # a deleted topic's (or an old leader's) rings go
+        return self._txn_view
 
     def shut(self) -> None:
         with contextlib.suppress(OSError):
@@ -242,6 +268,8 @@ class _Connection(threading.Thread):
             log.exception("closing Kafka connection %s after an unexpected error", self.peer)
         finally:
             self.handles.close()
+            if self._txn_view is not None:
+                self._txn_view.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
             self.listener._forget(self)
@@ -333,11 +361,27 @@ class _Connection(threading.Thread):
         if api_key == schemas.METADATA:
             return h.metadata(version, request)
         if api_key == schemas.API_VERSIONS:
-            return h.api_versions()
+            return h.api_versions(request=request if version >= 3 else None)
         if api_key == schemas.FIND_COORDINATOR:
             return h.find_coordinator(version, request)
         if api_key == schemas.INIT_PRODUCER_ID:
+            if request["transactional_id"] is not None:
+                return h.transactions.init_producer_id(self.txn_view(), version, request)
             return h.init_producer_id(version, request)
+        if api_key in _ADMIN:
+            return _ADMIN[api_key](self.listener.admin, version, request)
+        if api_key == schemas.DELETE_RECORDS:
+            return self.listener.admin.delete_records(self.handles, version, request)
+        if api_key == schemas.OFFSET_FOR_LEADER_EPOCH:
+            return self.listener.admin.offset_for_leader_epoch(self.handles, version, request)
+        if api_key == schemas.ADD_PARTITIONS_TO_TXN:
+            return h.transactions.add_partitions(self.txn_view(), version, request)
+        if api_key == schemas.ADD_OFFSETS_TO_TXN:
+            return h.transactions.add_offsets(self.txn_view(), version, request)
+        if api_key == schemas.END_TXN:
+            return h.transactions.end_txn(self.txn_view(), version, request)
+        if api_key == schemas.TXN_OFFSET_COMMIT:
+            return h.transactions.txn_offset_commit(version, request)
         if api_key == schemas.SASL_HANDSHAKE:
             return self._sasl_handshake(version, request)
         if api_key == schemas.SASL_AUTHENTICATE:

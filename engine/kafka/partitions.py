@@ -10,8 +10,9 @@ leadership that changed, means NOT_LEADER_OR_FOLLOWER: the client looks the lead
 again.
 
 Writing (:meth:`PartitionHandle.append`): the client's one batch is checked (magic 2,
-whole, its CRC32C, a record count that matches its offset delta, neither a control
-batch nor a transactional one) and appended to the ring as it came, compressed or not
+whole, its CRC32C, a record count that matches its offset delta, not a control batch;
+a transactional one was checked against its transaction by engine.kafka.transactions)
+and appended to the ring as it came, compressed or not
 (engine_ring_append_client: the ring gives its base offset and leader epoch). An
 idempotent producer's batch (producer id >= 0) is checked against what this leadership
 saw of that producer, as Kafka's ProducerStateManager does: the same epoch must go on
@@ -259,10 +260,9 @@ class PartitionHandle:
             )
         if attributes & CONTROL:
             return Append(ErrorCode.INVALID_RECORD, message="clients may not write control batches")
-        if attributes & TRANSACTIONAL:
+        if attributes & TRANSACTIONAL and read_producer_fields(records).producer_id < 0:
             return Append(
-                ErrorCode.INVALID_TXN_STATE,
-                message="transactions are not served on this listener yet",
+                ErrorCode.INVALID_RECORD, message="a transactional batch without a producer id"
             )
         if attributes & COMPRESSION_MASK > MAX_COMPRESSION:
             return Append(ErrorCode.INVALID_RECORD, message="unknown compression codec")
@@ -464,6 +464,12 @@ class PartitionHandle:
                 return None
             assert code == EMPTY
             return b""
+
+    def read_log(self, offset: int, max_bytes: int) -> bytes | None:
+        """Whole batches from ``offset`` below the high watermark (b"" at it); None
+        when they cannot be read (engine.kafka.txn_index's reader)."""
+        got = self.read(offset, max_bytes)
+        return got.records if got.error is ErrorCode.NONE else None
 
     def wait_target(self, offset: int) -> Cursor | None:
         """A cursor to wait at for what comes after ``offset`` (the high watermark the
