@@ -80,7 +80,6 @@ def test_a_fetch_sees_records_deleted_since_the_last_fetch_of_its_connection(
             admin.delete_records({TopicPartition(topic, 0): 2})
         after = fetch_raw(conn, topic, 0, 0)
         assert after["error_code"] == ErrorCode.OFFSET_OUT_OF_RANGE
-        assert after["log_start_offset"] == 2
         rest = fetch_raw(conn, topic, 0, 2)
         assert (rest["error_code"], rest["log_start_offset"]) == (ErrorCode.NONE, 2)
         assert rest["high_watermark"] == 3 and len(rest["records"]) > 0

@@ -21,7 +21,7 @@ of failures only (``delivery.report.only.error``: a report per record would be a
 callback per record), and key each record by its device id (librdkafka's partitioner
 places it); a latency run sets ``linger.ms`` 0 and serves the client's events after
 every send. Consumers are assigned their share of the partitions from the beginning
-(no group protocol: the engine's listener does not serve it yet) and read with
+(as the other rows' consumers are: no group membership in the measured path) and read with
 ``consume()``, taking each message's value; ``fetch.queue.backoff.ms`` is 5 ms
 (librdkafka's default of 1 s stops fetching for a second whenever the consumer's
 local queue holds ``queued.min.messages``, which a fast producer fills).
