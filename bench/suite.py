@@ -50,6 +50,8 @@ BATCH_BYTES = 256 << 10
 #: the engine's runs are not timed against the disk.)
 MAX_RUN_BYTES = 512 << 20
 MAX_RUN_RECORDS = 50_000_000
+#: Warm-up runs grow tenfold while their rate grows more than this (module docstring).
+WARMUP_GROWTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -283,15 +285,23 @@ def _measure_runs(session: Session, row: Row, settings: Settings, progress: Prog
         return
 
     batch = workload.batch
-    # Warm-up: grow until a run lasts a tenth of the target; its rate sizes the real runs.
+    # Warm-up: grow until a run lasts a tenth of the target and its rate no longer grows
+    # with its size (a run of a transport that batches for milliseconds, such as a Kafka
+    # client's, lasts that long at any size: its rate then is its latency's), or a run
+    # lasts the whole target; the last one's rate sizes the real runs.
     per_producer = max(batch * 4, 2000 // workload.producers // batch * batch, batch)
+    previous = None
     while True:
         result = once(per_producer, True, 20)
         rate = result.records_per_s
-        if result.wall_s >= settings.duration_s / 10 or per_producer * workload.producers >= (
-            MAX_RUN_RECORDS
+        steady = previous is not None and rate < WARMUP_GROWTH * previous
+        if (
+            (result.wall_s >= settings.duration_s / 10 and steady)
+            or result.wall_s >= settings.duration_s
+            or per_producer * workload.producers >= MAX_RUN_RECORDS
         ):
             break
+        previous = rate
         per_producer *= 10
     progress.step(f"{name} warm-up: {report.count(rate)}/s")
     total = rate * settings.duration_s
