@@ -763,3 +763,48 @@ def test_a_connection_unmaps_the_ring_of_a_deleted_topic(open_daemon: Daemon) ->
         wait_for(unmapped_after_a_request, timeout=20, interval=0.5, what="the ring's unmapping")
     finally:
         conn.close()
+
+
+def test_a_compacted_topic_refuses_a_batch_with_a_keyless_record(open_daemon: Daemon) -> None:
+    """Kafka's INVALID_RECORD with its words, for plain and compressed batches; nothing
+    of the refused batch is written; keyed batches go; a topic made compacted later
+    refuses them too."""
+    name = f"k-{uuid.uuid4().hex[:8]}"
+    with Admin(open_daemon.data_dir) as admin:
+        admin.create_topic(name, partitions=1, config=SMALL_RING | {"cleanup.policy": "compact"})
+    conn = Raw(leader_address(open_daemon, name, 0))
+    ts = 1_700_000_000_000
+    try:
+        keyed = encode_batch(0, [(b"k", b"v", [], ts)])
+        assert produce_raw(conn, name, 0, keyed)["error_code"] == 0
+        mixed = encode_batch(0, [(b"k", b"v", [], ts), (None, b"no key", [], ts)])
+        answer = produce_raw(conn, name, 0, mixed)
+        assert answer["error_code"] == ErrorCode.INVALID_RECORD
+        assert answer["error_message"] == (
+            f"Compacted topic cannot accept message without key in topic partition {name}-0."
+        )
+    finally:
+        conn.close()
+    reports = produce_confluent(
+        open_daemon, name, [(None, b"compressed, no key")], **{"compression.type": "gzip"}
+    )
+    assert [r[0].code() for r in reports] == [confluent_kafka.KafkaError.INVALID_RECORD]
+    got = consume_engine(open_daemon, name, 1, 1)
+    assert [(r.key, r.value) for r in got] == [(b"k", b"v")]
+    with Consumer(data_dir=open_daemon.data_dir) as c:  # and nothing after it
+        c.assign([TopicPartition(name, 0)])
+        assert c.end_offsets([TopicPartition(name, 0)]) == {TopicPartition(name, 0): 1}
+    later = new_topic(open_daemon, partitions=1)
+    with Admin(open_daemon.data_dir) as admin:
+        admin.incremental_alter_configs(later, {"cleanup.policy": "compact"})
+    conn = Raw(leader_address(open_daemon, later, 0))
+    try:
+        wait_for(
+            lambda: produce_raw(conn, later, 0, encode_batch(0, [(None, b"x", [], ts)]))[
+                "error_code"
+            ]
+            == ErrorCode.INVALID_RECORD,
+            what="a keyless batch refused once the topic is compacted",
+        )
+    finally:
+        conn.close()

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.compression import plain_batch
 from engine.errors import EngineError, OffsetOutOfRangeError
 from engine.kafka.error_codes import ErrorCode
 from engine.log import LogReader
@@ -51,6 +52,7 @@ from engine.record_batch import (
     BATCH_HEADER_LENGTH,
     ProducerFields,
     ScanStatus,
+    decode_record_infos,
     read_producer_fields,
     scan_batches,
     scan_two_batches,
@@ -116,6 +118,8 @@ class Leadership:
     directory: Path
     min_insync: int
     max_message_bytes: int
+    #: cleanup.policy has "compact": every record needs a key (Kafka's LogValidator).
+    compacted: bool = False
 
 
 #: What the broker publishes: (topic, partition) -> its leadership here.
@@ -280,6 +284,8 @@ class PartitionHandle:
         """Append the client's batch (module docstring); with acks=-1 also wait up to
         ``timeout_ms`` until the ISR holds it."""
         refused = self.check_batch(records)
+        if refused is None and self.leadership.compacted:
+            refused = _keyless_refused(records, self.leadership)
         if refused is not None:
             return refused
         assert records is not None
@@ -538,3 +544,22 @@ class PartitionHandles:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+
+
+def _keyless_refused(records: memoryview | None, leadership: Leadership) -> Append | None:
+    """INVALID_RECORD for a batch with a record without a key, on a compacted topic (the
+    cleaner could never replace or remove it): Kafka's check and words. A compressed
+    batch is read decompressed; one that does not decompress is CORRUPT_MESSAGE."""
+    assert records is not None
+    try:
+        infos = decode_record_infos(plain_batch(records))
+    except (EngineError, ValueError) as exc:
+        return Append(ErrorCode.CORRUPT_MESSAGE, message=str(exc))
+    if bool((infos["key_length"] < 0).any()):
+        return Append(
+            ErrorCode.INVALID_RECORD,
+            message="Compacted topic cannot accept message without key in topic partition "
+            f"{leadership.topic}-{leadership.partition}.",
+        )
+    return None
+
