@@ -288,7 +288,8 @@ def _measure_runs(session: Session, row: Row, settings: Settings, progress: Prog
     # Warm-up: grow until a run lasts a tenth of the target and its rate no longer grows
     # with its size (a run of a transport that batches for milliseconds, such as a Kafka
     # client's, lasts that long at any size: its rate then is its latency's), or a run
-    # lasts the whole target; the last one's rate sizes the real runs.
+    # after the first lasts the whole target (the first can be slow once: a new topic's
+    # leaders); the last one's rate sizes the real runs.
     per_producer = max(batch * 4, 2000 // workload.producers // batch * batch, batch)
     previous = None
     while True:
@@ -297,7 +298,7 @@ def _measure_runs(session: Session, row: Row, settings: Settings, progress: Prog
         steady = previous is not None and rate < WARMUP_GROWTH * previous
         if (
             (result.wall_s >= settings.duration_s / 10 and steady)
-            or result.wall_s >= settings.duration_s
+            or (result.wall_s >= settings.duration_s and previous is not None)
             or per_producer * workload.producers >= MAX_RUN_RECORDS
         ):
             break
