@@ -19,12 +19,13 @@ The clients, as an application that wants throughput sets them up: producers kee
 librdkafka's batching (``linger.ms`` 5, ``batch.size`` 1 MB), ask for delivery reports
 of failures only (``delivery.report.only.error``: a report per record would be a Python
 callback per record), and key each record by its device id (librdkafka's partitioner
-places it); a latency run sets ``linger.ms`` 0 and serves the client's events after
-every send. Consumers are assigned their share of the partitions from the beginning
-(as the other rows' consumers are: no group membership in the measured path) and read with
-``consume()``, taking each message's value; ``fetch.queue.backoff.ms`` is 5 ms
-(librdkafka's default of 1 s stops fetching for a second whenever the consumer's
-local queue holds ``queued.min.messages``, which a fast producer fills).
+places it); a latency run sets ``linger.ms`` 1 (LATENCY_LINGER_MS) and serves the
+client's events after every send. Consumers are assigned their share of the partitions
+from the beginning (as the other rows' consumers are: no group membership in the
+measured path) and read with ``consume()``, taking each message's value;
+``fetch.queue.backoff.ms`` is 5 ms (librdkafka's default of 1 s stops fetching for a
+second whenever the consumer's local queue holds ``queued.min.messages``, which a fast
+producer fills). Every row uses ``socket.nagle.disable``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ from bench.transports.base import (
 )
 from bench.transports.engine_acks import _Engine
 
+#: linger.ms of a latency run's producer: at 20,000 records/s, 0 would make every record
+#: a Produce request of its own (and a fetch answer), 20,000 requests a second that kept
+#: the engine's broker busy most of a core and put its p99 at 30-530 ms here (Kafka's
+#: too); 1 ms puts up to 20 records in a request and the p99 at about 2 ms.
+LATENCY_LINGER_MS = 1
 #: Messages per consume() call.
 CONSUME_MESSAGES = 10_000
 #: How long flush() may take before the producer reports records it could not deliver.
@@ -68,7 +74,7 @@ def producer_config(acks: int | str, latency: bool) -> dict[str, Any]:
     """The producer settings of every Kafka-protocol row (module docstring)."""
     return {
         "acks": acks,
-        "linger.ms": 0 if latency else 5,
+        "linger.ms": LATENCY_LINGER_MS if latency else 5,
         "delivery.report.only.error": True,
         "enable.idempotence": acks == "all",
         "socket.nagle.disable": True,
