@@ -3,7 +3,9 @@
 ``bench_transport`` opens one transport per test session (for Redis: starts its server in a
 temporary directory) and always closes it. A transport that cannot run here is skipped
 with the reason and the install command, which ``pytest -ra`` lists at the end; in CI
-(CI=true) that fails instead (the `test` extras and scripts/servers install them all).
+(CI=true) that fails instead (the `test` extras and scripts/servers install them all),
+except for an ``external`` transport (a server named by the environment, not started
+by the suite).
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def bench_transport(
     cls = TRANSPORTS[name]
     missing = cls.missing()
     if missing is not None:
-        if os.environ.get("CI") == "true":  # CI installs every peer (scripts/test)
+        if os.environ.get("CI") == "true" and not cls.external:  # CI installs every peer
             pytest.fail(f"{name}: {missing}; CI runs every peer", pytrace=False)
         pytest.skip(f"{name}: {missing}")
+    if cls.checked == () and not request.config.getoption("benchmark_only"):
+        pytest.skip(f"{name}: measured only (engine bench, pytest bench/ --benchmark-only)")
     transport = cls()
     workdir: Path = tmp_path_factory.mktemp(name)
     try:

@@ -281,15 +281,19 @@ def plots(directory: Path, rows: list[Row], reference: str) -> list[Path]:
 def _colors(transports: list[str]) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
-    engine = [t for t in transports if t.startswith("engine")]
-    peers = [t for t in transports if not t.startswith("engine")]
+    # The engine's own API in reds, the engine through its Kafka listener in oranges,
+    # Kafka itself in purples; the other peers in tab10's colours.
+    families = {"engine-kafka": "Oranges", "engine": "Reds", "kafka": "Purples"}
     colors: dict[str, Any] = {}
-    reds = plt.get_cmap("Reds")
-    for i, name in enumerate(engine):
-        colors[name] = reds(0.55 + 0.4 * i / max(len(engine) - 1, 1))
+    for prefix, cmap in families.items():
+        members = [t for t in transports if t.startswith(prefix) and t not in colors]
+        shades = plt.get_cmap(cmap)
+        for i, name in enumerate(members):
+            colors[name] = shades(0.55 + 0.4 * i / max(len(members) - 1, 1))
+    peers = [t for t in transports if t not in colors]
     tab = plt.get_cmap("tab10")
     for i, name in enumerate(peers):
-        colors[name] = CEILINGS.get(name) or tab([0, 1, 2, 4, 6, 5, 8, 9][i % 8])
+        colors[name] = CEILINGS.get(name) or tab([0, 2, 9, 6, 5, 8][i % 6])
     return colors
 
 

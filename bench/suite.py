@@ -50,6 +50,8 @@ BATCH_BYTES = 256 << 10
 #: the engine's runs are not timed against the disk.)
 MAX_RUN_BYTES = 512 << 20
 MAX_RUN_RECORDS = 50_000_000
+#: Warm-up runs grow tenfold while their rate grows more than this (module docstring).
+WARMUP_GROWTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -283,15 +285,24 @@ def _measure_runs(session: Session, row: Row, settings: Settings, progress: Prog
         return
 
     batch = workload.batch
-    # Warm-up: grow until a run lasts a tenth of the target; its rate sizes the real runs.
+    # Warm-up: grow until a run lasts a tenth of the target and its rate no longer grows
+    # with its size (a run of a transport that batches for milliseconds, such as a Kafka
+    # client's, lasts that long at any size: its rate then is its latency's), or a run
+    # after the first lasts the whole target (the first can be slow once: a new topic's
+    # leaders); the last one's rate sizes the real runs.
     per_producer = max(batch * 4, 2000 // workload.producers // batch * batch, batch)
+    previous = None
     while True:
         result = once(per_producer, True, 20)
         rate = result.records_per_s
-        if result.wall_s >= settings.duration_s / 10 or per_producer * workload.producers >= (
-            MAX_RUN_RECORDS
+        steady = previous is not None and rate < WARMUP_GROWTH * previous
+        if (
+            (result.wall_s >= settings.duration_s / 10 and steady)
+            or (result.wall_s >= settings.duration_s and previous is not None)
+            or per_producer * workload.producers >= MAX_RUN_RECORDS
         ):
             break
+        previous = rate
         per_producer *= 10
     progress.step(f"{name} warm-up: {report.count(rate)}/s")
     total = rate * settings.duration_s
@@ -449,6 +460,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="measured runs per figure (3 quick, 5 full)")
     parser.add_argument("--duration", type=float, help="seconds per measured run "
                         "(0.12 quick, 1.0 full)")  # fmt: skip
+    parser.add_argument("--latency-duration", type=float, metavar="S", help="seconds per "
+                        "latency run (0.25 quick, 2.0 full)")  # fmt: skip
     parser.add_argument("--consumers", type=int, default=1, help="consumer processes (1)")
     parser.add_argument("--reference", help=f"transport for the ratio column "
                         f"(default {PREFERRED_REFERENCE}, else {FALLBACK_REFERENCE})")  # fmt: skip
@@ -463,7 +476,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         quick=quick,
         reps=args.reps or (3 if quick else 5),
         duration_s=args.duration or (0.12 if quick else 1.0),
-        latency_duration_s=0.25 if quick else 2.0,
+        latency_duration_s=args.latency_duration or (0.25 if quick else 2.0),
         consumers=args.consumers,
         start_method=args.start_method,
         workloads=tuple(w for w in args.workloads.split(",") if w),

@@ -69,6 +69,9 @@ def test_peer(
     if workload.kind == "latency" and not bench_transport.supports_latency:
         pytest.skip(f"{bench_transport.name}: no end-to-end latency")
     measuring = bool(request.config.getoption("benchmark_only"))
+    checked = bench_transport.checked
+    if not measuring and checked is not None and workload.key not in checked:
+        pytest.skip(f"{bench_transport.name}: the check runs {', '.join(checked)} only")
     rounds = ROUNDS if measuring else 1
     per_producer = records_per_producer(workload, 1.0 if measuring else CHECK_SHARE)
     results: list[RunResult] = []

@@ -5,9 +5,9 @@ The byte layout is drawn in native/batch.h; this module writes exactly that layo
 future Kafka listener. The hot paths (ring append, segment append) never call
 :func:`encode_batch`; they use the C encoder or pass batches through untouched.
 
-:func:`scan_batches` is the only place where the codes of ``engine_batch_scan``
-are mapped to Python (:class:`ScanStatus`). Callers decide what a truncated or
-corrupt tail means for them (recovery cuts it off, an append rejects it).
+:func:`scan_batches` and :func:`scan_two_batches` are the only places where the codes
+of ``engine_batch_scan`` are mapped to Python (:class:`ScanStatus`). Callers decide what
+a truncated or corrupt tail means for them (recovery cuts it off, an append rejects it).
 :func:`check_chunk` does the same for ``engine_batch_check`` (:class:`BatchProblem`):
 what a reader checks before it delivers a chunk (shape, CRC32C, offsets in sequence).
 
@@ -50,6 +50,7 @@ __all__ = [
     "filter_batch",
     "read_batch_header",
     "scan_batches",
+    "scan_two_batches",
 ]
 
 BATCH_HEADER_LENGTH = 61
@@ -415,6 +416,23 @@ def scan_batches(
     else:
         code, count[0], scanned[0] = 0, 0, 0
     return infos[: count[0]], int(scanned[0]), ScanStatus(code)
+
+
+def scan_two_batches(buf: Any) -> tuple[ScanStatus, int, int, Any]:
+    """:func:`scan_batches` with ``verify_crc`` and ``max_batches=2``, without numpy, for
+    a caller that expects one batch (a Kafka client's produce): ``(status, count,
+    scanned, first)``, ``first`` the first batch's ``engine_batch_info_t`` (fields by
+    name; meaningful when ``count >= 1``)."""
+    infos = ffi.new("engine_batch_info_t[2]")
+    count = ffi.new("int32_t *")
+    scanned = ffi.new("uint64_t *")
+    length = len(buf)
+    code = 0
+    if length:
+        code = lib.engine_batch_scan(
+            ffi.from_buffer("uint8_t[]", buf), length, 1, infos, 2, count, scanned
+        )
+    return ScanStatus(code), int(count[0]), int(scanned[0]), infos[0]
 
 
 def decode_record_infos(buf: Any, min_offset: int = 0) -> npt.NDArray[np.void]:

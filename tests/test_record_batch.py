@@ -23,6 +23,7 @@ from engine.record_batch import (
     encode_empty_batch,
     read_batch_header,
     scan_batches,
+    scan_two_batches,
 )
 
 Header = tuple[str, bytes]
@@ -119,6 +120,25 @@ def test_scan_accepts_memoryview_and_bytearray_and_limits_batches() -> None:
         infos, scanned, status = scan_batches(buf, max_batches=4)
         assert list(infos["base_offset"]) == [0, 1, 2, 3]
         assert status is ScanStatus.OK and scanned == int(infos["length"][:4].sum())
+
+
+def test_scanning_two_batches_answers_as_the_numpy_scan_does() -> None:
+    one = encode_batch(7, [(b"k", b"a" * 50, [], 1), (None, b"b", [], 3)])
+    two = encode_batch(9, [(None, b"c" * 50, [], 2)])
+    flipped = bytearray(one)
+    flipped[-1] ^= 0x01
+    cases = [one, one + two, one + two + one, one + two[:-1], bytes(flipped), b"", one[:30]]
+    for buf in cases:
+        infos, scanned, status = scan_batches(buf, verify_crc=True, max_batches=2)
+        for view in (buf, memoryview(buf)):
+            got_status, count, got_scanned, first = scan_two_batches(view)
+            assert (got_status, count, got_scanned) == (status, len(infos), scanned)
+            if count:
+                assert (first.base_offset, first.last_offset, first.records_count,
+                        first.attributes, first.length) == (
+                    infos[0]["base_offset"], infos[0]["last_offset"],
+                    infos[0]["records_count"], infos[0]["attributes"], infos[0]["length"],
+                )  # fmt: skip
 
 
 def test_bad_input_is_refused() -> None:

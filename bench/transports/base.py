@@ -169,6 +169,13 @@ class Transport(ABC):
     supports_latency: ClassVar[bool] = True
     #: Attributes that stay in the parent when the transport is pickled for spawn.
     parent_only: ClassVar[tuple[str, ...]] = ()
+    #: True for a transport that measures a server the suite does not start (named by
+    #: the environment): the test suite skips it, in CI too, when none is named.
+    external: ClassVar[bool] = False
+    #: The workloads (keys) the test suite's quick check runs on this transport (None:
+    #: all; empty: none, and the transport is not even opened then);
+    #: ``pytest bench/ --benchmark-only`` measures every workload whatever it says.
+    checked: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def missing(cls) -> str | None:

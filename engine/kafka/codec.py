@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,15 +205,22 @@ class Reader:
         return codec.unpack(self.take(codec.size))[0]
 
     def uvarint(self) -> int:
+        buf, pos = self.buf, self.pos
         shift = value = 0
         while True:
-            byte = self.take(1)[0]
+            if pos >= len(buf):
+                self.pos = pos
+                self.take(1)  # raises
+            byte = buf[pos]
+            pos += 1
             value |= (byte & 0x7F) << shift
             if not byte & 0x80:
+                self.pos = pos
                 return value
             shift += 7
             if shift > 35:
-                raise KafkaProtocolError(f"varint longer than 5 bytes: position={self.pos}")
+                self.pos = pos
+                raise KafkaProtocolError(f"varint longer than 5 bytes: position={pos}")
 
 
 def _uvarint(value: int, out: bytearray) -> None:
@@ -247,62 +254,166 @@ def _default(f: Field, version: int) -> Any:
 def decode(msg: Message, version: int, buf: Buffer, pos: int = 0) -> dict[str, Any]:
     """The message's fields at ``version`` from ``buf`` (from ``pos`` to its end)."""
     reader = Reader(buf, pos)
-    out = _read_struct(reader, msg.fields, version, msg.is_flexible(version))
+    out: dict[str, Any] = _struct_reader(msg.fields, version, msg.is_flexible(version))(reader)
     return out
 
 
-def _read_struct(
-    r: Reader, fields: Sequence[Field], version: int, flexible: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def encode(msg: Message, version: int, values: Mapping[str, Any]) -> bytearray:
+    """The message at ``version``; a field missing from ``values`` takes its default."""
+    out = bytearray()
+    _struct_writer(msg.fields, version, msg.is_flexible(version))(out, values)
+    return out
+
+
+# A schema is read and written through plans: for each struct (a tuple of fields), each
+# version and flexibility, one function made once from the fields, which then does only
+# what that version's wire format holds, without looking at the schema again. Plans are
+# kept by the identity of the fields' tuple (the schemas are module constants).
+
+_ReadFn = Callable[[Reader], Any]
+_WriteFn = Callable[[bytearray, Any], None]
+_READERS: dict[tuple[int, int, bool], tuple[tuple[Field, ...], _ReadFn]] = {}
+_WRITERS: dict[tuple[int, int, bool], tuple[tuple[Field, ...], _WriteFn]] = {}
+_MISSING = object()
+
+
+def _struct_reader(fields: tuple[Field, ...], version: int, flexible: bool) -> _ReadFn:
+    key = (id(fields), version, flexible)
+    found = _READERS.get(key)
+    if found is None:
+        found = _READERS[key] = (fields, _plan_struct_reader(fields, version, flexible))
+    return found[1]
+
+
+def _struct_writer(fields: tuple[Field, ...], version: int, flexible: bool) -> _WriteFn:
+    key = (id(fields), version, flexible)
+    found = _WRITERS.get(key)
+    if found is None:
+        found = _WRITERS[key] = (fields, _plan_struct_writer(fields, version, flexible))
+    return found[1]
+
+
+def _plan_struct_reader(fields: tuple[Field, ...], version: int, flexible: bool) -> _ReadFn:
+    # (name, reader) per field in order; a field absent at this version reads as its
+    # default (a fresh list for an array: a handler may append to it).
+    steps: list[tuple[str, _ReadFn]] = []
     for f in fields:
         if f.tag is not None or version not in f.versions:
-            out[f.name] = _default(f, version)
-            continue
-        out[f.name] = _read_field(r, f, version, flexible)
-    if flexible:
-        tagged = {f.tag: f for f in fields if f.tag is not None and version in f.tagged}
+            steps.append((f.name, _default_reader(f, version)))
+        else:
+            steps.append((f.name, _field_reader(f, version, flexible)))
+    tagged = {
+        f.tag: (f.name, _field_reader(f, version, flexible))
+        for f in fields
+        if f.tag is not None and version in f.tagged
+    }
+    plan = tuple(steps)
+
+    if not flexible:
+
+        def read_struct(r: Reader) -> dict[str, Any]:
+            return {name: read(r) for name, read in plan}
+
+        return read_struct
+
+    def read_flexible_struct(r: Reader) -> dict[str, Any]:
+        out = {name: read(r) for name, read in plan}
         for _ in range(r.uvarint()):
             tag, size = r.uvarint(), r.uvarint()
             body = r.take(size)
             known = tagged.get(tag)
             if known is not None:  # an unknown tag is skipped, as Kafka does
-                out[known.name] = _read_field(Reader(body), known, version, flexible)
-    return out
+                out[known[0]] = known[1](Reader(body))
+        return out
+
+    return read_flexible_struct
 
 
-def _read_field(r: Reader, f: Field, version: int, flexible: bool) -> Any:
-    if f.array:
-        n = r.uvarint() - 1 if flexible else r.fixed(_FIXED[Type.INT32])
+def _default_reader(f: Field, version: int) -> _ReadFn:
+    value = _default(f, version)
+    if isinstance(value, list):
+        return lambda r: []
+    return lambda r: value
+
+
+def _field_reader(f: Field, version: int, flexible: bool) -> _ReadFn:
+    if isinstance(f.type, tuple):
+        item = _struct_reader(f.type, version, flexible)
+    else:
+        item = _value_reader(f, f.type, version, flexible)
+    if not f.array:
+        return item
+    count = _length_reader(flexible, _INT32)
+
+    def read_array(r: Reader) -> Any:
+        n = count(r)
         if n < 0:
             return _null(f, version, "array")
-        if isinstance(f.type, tuple):
-            return [_read_struct(r, f.type, version, flexible) for _ in range(n)]
-        return [_read_value(r, f, f.type, version, flexible) for _ in range(n)]
-    if isinstance(f.type, tuple):
-        return _read_struct(r, f.type, version, flexible)
-    return _read_value(r, f, f.type, version, flexible)
+        return [item(r) for _ in range(n)]
+
+    return read_array
 
 
-def _read_value(r: Reader, f: Field, kind: Type, version: int, flexible: bool) -> Any:
+_INT16 = _FIXED[Type.INT16]
+_INT32 = _FIXED[Type.INT32]
+
+
+def _length_reader(flexible: bool, classic: struct.Struct) -> Callable[[Reader], int]:
+    """A length (or count) prefix: uvarint + 1 when flexible, else int16/int32; -1 null."""
+    if flexible:
+        return lambda r: r.uvarint() - 1
+    unpack_from, size = classic.unpack_from, classic.size
+
+    def read_length(r: Reader) -> int:
+        pos = r.pos
+        if pos + size > len(r.buf):
+            r.take(size)  # raises
+        r.pos = pos + size
+        n: int = unpack_from(r.buf, pos)[0]
+        return n
+
+    return read_length
+
+
+def _value_reader(f: Field, kind: Type, version: int, flexible: bool) -> _ReadFn:
     codec = _FIXED.get(kind)
     if codec is not None:
-        return r.fixed(codec)
+        unpack_from, size = codec.unpack_from, codec.size
+
+        def read_fixed(r: Reader) -> Any:
+            pos = r.pos
+            if pos + size > len(r.buf):
+                r.take(size)  # raises
+            r.pos = pos + size
+            return unpack_from(r.buf, pos)[0]
+
+        return read_fixed
     if kind is Type.UUID:
-        return bytes(r.take(16))
+        return lambda r: bytes(r.take(16))
+    length = _length_reader(flexible, _INT16 if kind is Type.STRING else _INT32)
     if kind is Type.STRING:
-        n = r.uvarint() - 1 if flexible else r.fixed(_FIXED[Type.INT16])
+
+        def read_string(r: Reader) -> str | None:
+            n = length(r)
+            if n < 0:
+                _null(f, version, "string")
+                return None
+            try:
+                return str(r.take(n), "utf-8")
+            except UnicodeDecodeError:
+                raise KafkaProtocolError(f"string is not UTF-8: field={f.name}") from None
+
+        return read_string
+    records = kind is Type.RECORDS
+
+    def read_bytes(r: Reader) -> Any:
+        n = length(r)
         if n < 0:
-            return _null(f, version, "string")
-        try:
-            return str(r.take(n), "utf-8")
-        except UnicodeDecodeError:
-            raise KafkaProtocolError(f"string is not UTF-8: field={f.name}") from None
-    n = r.uvarint() - 1 if flexible else r.fixed(_FIXED[Type.INT32])
-    if n < 0:
-        return _null(f, version, "bytes")
-    data = r.take(n)
-    return data if kind is Type.RECORDS else bytes(data)
+            return _null(f, version, "bytes")
+        data = r.take(n)
+        return data if records else bytes(data)
+
+    return read_bytes
 
 
 def _null(f: Field, version: int, what: str) -> None:
@@ -311,94 +422,119 @@ def _null(f: Field, version: int, what: str) -> None:
     return None
 
 
-def encode(msg: Message, version: int, values: Mapping[str, Any]) -> bytearray:
-    """The message at ``version``; a field missing from ``values`` takes its default."""
-    out = bytearray()
-    _write_struct(out, msg.fields, version, msg.is_flexible(version), values)
-    return out
-
-
-def _write_struct(
-    out: bytearray,
-    fields: Sequence[Field],
-    version: int,
-    flexible: bool,
-    values: Mapping[str, Any],
-) -> None:
-    tagged: list[tuple[int, bytearray]] = []
+def _plan_struct_writer(fields: tuple[Field, ...], version: int, flexible: bool) -> _WriteFn:
+    # (name, default, writer) of the fields this version writes, in order; tagged ones
+    # apart (written in flexible versions only, and only when not their default).
+    plain: list[tuple[str, Any, _WriteFn]] = []
+    tagged: list[tuple[int, str, Any, _WriteFn]] = []
     for f in fields:
         if version not in f.versions:
             continue
-        value = values.get(f.name, _default(f, version))
-        if f.tag is not None:
-            if flexible and version in f.tagged and value != _default(f, version):
+        default = _default(f, version)
+        if f.tag is None:
+            plain.append((f.name, default, _field_writer(f, version, flexible)))
+        elif flexible and version in f.tagged:
+            tagged.append((f.tag, f.name, default, _field_writer(f, version, flexible)))
+    tagged.sort(key=lambda t: t[0])
+    plan = tuple(plain)
+    tagged_plan = tuple(tagged)
+
+    def write_struct(out: bytearray, values: Mapping[str, Any]) -> None:
+        get = values.get
+        for name, default, write in plan:
+            write(out, get(name, default))
+        if not flexible:
+            return
+        bodies: list[tuple[int, bytearray]] = []
+        for tag, name, default, write in tagged_plan:
+            value = get(name, _MISSING)
+            if value is not _MISSING and value != default:
                 body = bytearray()
-                _write_field(body, f, version, flexible, value)
-                tagged.append((f.tag, body))
-            continue
-        _write_field(out, f, version, flexible, value)
-    if flexible:
-        _uvarint(len(tagged), out)
-        for tag, body in sorted(tagged, key=lambda t: t[0]):
+                write(body, value)
+                bodies.append((tag, body))
+        _uvarint(len(bodies), out)
+        for tag, body in bodies:
             _uvarint(tag, out)
             _uvarint(len(body), out)
             out += body
 
+    return write_struct
 
-def _write_field(out: bytearray, f: Field, version: int, flexible: bool, value: Any) -> None:
-    if f.array:
+
+def _field_writer(f: Field, version: int, flexible: bool) -> _WriteFn:
+    if isinstance(f.type, tuple):
+        item = _struct_writer(f.type, version, flexible)
+    else:
+        item = _value_writer(f, f.type, version, flexible)
+    if not f.array:
+        return item
+    null = _null_writer(f, version, flexible, 4)
+    pack_count = _INT32.pack
+
+    def write_array(out: bytearray, value: Any) -> None:
         if value is None:
-            _write_null(out, f, version, flexible, 4)
+            null(out)
             return
         if flexible:
             _uvarint(len(value) + 1, out)
         else:
-            out += _FIXED[Type.INT32].pack(len(value))
-        if isinstance(f.type, tuple):
-            for item in value:
-                _write_struct(out, f.type, version, flexible, item)
-        else:
-            for item in value:
-                _write_value(out, f, f.type, version, flexible, item)
-        return
-    if isinstance(f.type, tuple):
-        _write_struct(out, f.type, version, flexible, value)
-        return
-    _write_value(out, f, f.type, version, flexible, value)
+            out += pack_count(len(value))
+        for element in value:
+            item(out, element)
+
+    return write_array
 
 
-def _write_value(
-    out: bytearray, f: Field, kind: Type, version: int, flexible: bool, value: Any
-) -> None:
+def _value_writer(f: Field, kind: Type, version: int, flexible: bool) -> _WriteFn:
     codec = _FIXED.get(kind)
     if codec is not None:
-        out += codec.pack(value)
-        return
+        pack = codec.pack
+
+        def write_fixed(out: bytearray, value: Any) -> None:
+            out += pack(value)
+
+        return write_fixed
     if kind is Type.UUID:
-        raw = value.bytes if isinstance(value, uuid.UUID) else bytes(value)
-        if len(raw) != 16:
-            raise KafkaProtocolError(f"a uuid takes 16 bytes: field={f.name} length={len(raw)}")
-        out += raw
-        return
-    if value is None:
-        _write_null(out, f, version, flexible, 2 if kind is Type.STRING else 4)
-        return
-    data = value.encode() if kind is Type.STRING else value
-    n = len(data)
-    if flexible:
-        _uvarint(n + 1, out)
-    else:
-        out += (_FIXED[Type.INT16] if kind is Type.STRING else _FIXED[Type.INT32]).pack(n)
-    out += data
+
+        def write_uuid(out: bytearray, value: Any) -> None:
+            raw = value.bytes if isinstance(value, uuid.UUID) else bytes(value)
+            if len(raw) != 16:
+                raise KafkaProtocolError(
+                    f"a uuid takes 16 bytes: field={f.name} length={len(raw)}"
+                )
+            out += raw
+
+        return write_uuid
+    string = kind is Type.STRING
+    null = _null_writer(f, version, flexible, 2 if string else 4)
+    pack_length = (_INT16 if string else _INT32).pack
+
+    def write_bytes(out: bytearray, value: Any) -> None:
+        if value is None:
+            null(out)
+            return
+        data = value.encode() if string else value
+        if flexible:
+            _uvarint(len(data) + 1, out)
+        else:
+            out += pack_length(len(data))
+        out += data
+
+    return write_bytes
 
 
-def _write_null(out: bytearray, f: Field, version: int, flexible: bool, width: int) -> None:
-    if version not in f.nullable:
-        raise KafkaProtocolError(f"null in a field that may not be null: field={f.name}")
-    if flexible:
-        out.append(0)
-    else:
-        out += (-1).to_bytes(width, "big", signed=True)
+def _null_writer(
+    f: Field, version: int, flexible: bool, width: int
+) -> Callable[[bytearray], None]:
+    def write_null(out: bytearray) -> None:
+        if version not in f.nullable:
+            raise KafkaProtocolError(f"null in a field that may not be null: field={f.name}")
+        if flexible:
+            out.append(0)
+        else:
+            out += (-1).to_bytes(width, "big", signed=True)
+
+    return write_null
 
 
 # ---- headers ---------------------------------------------------------------

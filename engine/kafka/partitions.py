@@ -38,6 +38,7 @@ batch's check and append so that sequences land in the ring in order.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from engine.record_batch import (
     decode_record_infos,
     read_producer_fields,
     scan_batches,
+    scan_two_batches,
 )
 from engine.ring import (
     BAD_ARGUMENT,
@@ -103,6 +105,9 @@ RECOVERY_OFFSETS = 1_000_000
 LOAD_CHUNK = 4 << 20
 #: How often a connection closes the handles of partitions no longer led here.
 SWEEP_S = 5.0
+#: A partition directory changed this recently is listed at every read (file times
+#: are only as fine as a clock tick: a later change may not move its mtime).
+LISTING_FRESH_NS = 100_000_000
 _SEQUENCE_MASK = 0x7FFFFFFF
 
 
@@ -208,6 +213,21 @@ class PartitionHandle:
         self._reader: LogReader | None = None
         self._cursor: Cursor | None = None
         self._buf = bytearray(1 << 16)
+        self._log_start = -1
+        self._listed_mtime = -1  # the directory's mtime at the last listing
+
+    def _log_start_offset(self) -> int:
+        """The log start offset, listed again (LogReader.log_start_offset: the directory
+        and the log start file) only when the partition's directory changed since the
+        last listing: a segment made or removed, the log start file replaced. A change
+        within LISTING_FRESH_NS of the last one may share its mtime (file times are as
+        coarse as a clock tick), so a directory changed that recently is listed again
+        every time."""
+        mtime = os.stat(self.leadership.directory).st_mtime_ns
+        if mtime != self._listed_mtime or time.time_ns() - mtime < LISTING_FRESH_NS:
+            self._log_start = self.reader.log_start_offset
+            self._listed_mtime = mtime
+        return self._log_start
 
     @property
     def reader(self) -> LogReader:
@@ -236,18 +256,17 @@ class PartitionHandle:
                 ErrorCode.INVALID_RECORD,
                 message=f"record batch magic {records[_MAGIC_POSITION]}, not 2",
             )
-        infos, scanned, status = scan_batches(records, verify_crc=True, max_batches=2)
+        status, batches, scanned, info = scan_two_batches(records)
         if status is ScanStatus.CORRUPT:
             return Append(ErrorCode.CORRUPT_MESSAGE, message="record batch fails its CRC32C")
-        if status is ScanStatus.TRUNCATED or scanned != len(records) or len(infos) != 1:
+        if status is ScanStatus.TRUNCATED or scanned != len(records) or batches != 1:
             return Append(  # more than one batch: Kafka's InvalidRecordException
-                ErrorCode.INVALID_RECORD if len(infos) > 1 else ErrorCode.CORRUPT_MESSAGE,
+                ErrorCode.INVALID_RECORD if batches > 1 else ErrorCode.CORRUPT_MESSAGE,
                 message="a produce request carries one whole batch per partition",
             )
-        info = infos[0]
-        attributes = int(info["attributes"])
-        count = int(info["records_count"])
-        if count < 1 or count != int(info["last_offset"]) - int(info["base_offset"]) + 1:
+        attributes = int(info.attributes)
+        count = int(info.records_count)
+        if count < 1 or count != int(info.last_offset) - int(info.base_offset) + 1:
             return Append(
                 ErrorCode.INVALID_RECORD,
                 message=f"records_count {count} does not match the offset delta",
@@ -438,7 +457,7 @@ class PartitionHandle:
 
     def offsets(self) -> tuple[int, int]:
         """(log start offset, high watermark)."""
-        return self.reader.log_start_offset, self.ring.status().readable_end
+        return self._log_start_offset(), self.ring.status().readable_end
 
     def read(self, offset: int, max_bytes: int) -> Fetched:
         """Whole batches from the one holding ``offset``, about ``max_bytes`` (at least one
@@ -447,7 +466,7 @@ class PartitionHandle:
         if status.sealed:
             return Fetched(ErrorCode.NOT_LEADER_OR_FOLLOWER)
         high_watermark = status.readable_end
-        log_start = self.reader.log_start_offset
+        log_start = self._log_start_offset()
         if offset < log_start or offset > high_watermark:
             return Fetched(ErrorCode.OFFSET_OUT_OF_RANGE, high_watermark, log_start)
         if offset == high_watermark:
