@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: python bench/suite.py
 from bench import hdr, report
 from bench.transports import BROKEN, discover
 from bench.transports.base import RunSpec, Transport, Unsupported
-from bench.transports.harness import SUSTAINED, RunError, RunResult, Session
+from bench.transports.harness import SUSTAINED, RunError, RunResult, Session, TransportBroken
 from bench.workload import IOT_RECORD_SIZE, sweep_sizes
 
 __all__ = ["Row", "Settings", "Workload", "main", "plan", "run_suite"]
@@ -400,7 +400,7 @@ def _measure_transport(
 ) -> list[Row]:
     """Every workload on an opened transport (run_suite closes it, also on errors)."""
     rows: list[Row] = []
-    for workload in workloads:
+    for index, workload in enumerate(workloads):
         try:
             rows.append(_measure(transport, workload, settings, ctx, run_ids, progress))
         except Unsupported as error:
@@ -409,6 +409,10 @@ def _measure_transport(
         except RunError as error:
             rows.append(Row(workload, transport.name, "failed", _first_line(error)))
             progress.step(f"{transport.name} {workload.label}: FAILED: {error}", count=False)
+            if isinstance(error, TransportBroken):
+                skipped = f"not run: {_first_line(error)}"
+                rows += [Row(w, transport.name, "failed", skipped) for w in workloads[index + 1 :]]
+                break
     return rows
 
 

@@ -182,6 +182,41 @@ def test_the_suite_closes_a_transport_once_the_next_has_opened(
     assert {r.transport: r.status for r in rows} == {"one": "ok", "broken": "failed", "two": "ok"}
 
 
+class _DiesAfterItsFirstWorkload(_Recorded):
+    """Its server dies during the first workload: cleaning up after it fails."""
+
+    def finish(self) -> None:
+        super().finish()
+        raise TimeoutError("the server does not answer")
+
+
+def test_a_transport_that_breaks_fails_its_other_workloads_and_the_suite_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer's server that dies mid-suite (Kafka's JVMs did once) costs its own rows only,
+    not the whole run."""
+    registry = {
+        "dies": type("dies", (_DiesAfterItsFirstWorkload,), {"name": "dies"}),
+        "two": _recorded("two"),
+    }
+    monkeypatch.setattr(suite, "discover", lambda: registry)
+    _Recorded.events.clear()
+    settings = suite.Settings(
+        quick=True, reps=1, duration_s=0.01, workloads=("sweep",), only=("dies", "two"),
+        reference="two",
+    )  # fmt: skip
+    rows, _, _ = suite.run_suite(settings, io.StringIO())
+    assert _Recorded.events == [
+        "open dies", "measure dies", "open two", "close dies", "measure two", "measure two",
+        "close two",
+    ]  # fmt: skip
+    dies = [r for r in rows if r.transport == "dies"]
+    assert [r.status for r in dies] == ["failed", "failed"]
+    assert "could not clean up after the workload: TimeoutError" in dies[0].reason
+    assert dies[1].reason.startswith("not run: dies: could not clean up")
+    assert [r.status for r in rows if r.transport == "two"] == ["ok", "ok"]
+
+
 def _floor_send(transport: SpinFloor, floor_spec: RunSpec, count: int) -> None:
     producer = transport.producer(floor_spec, 0)
     for seq in range(count):

@@ -74,6 +74,11 @@ class RunError(Exception):
     """A run failed: a child raised or died, or the run timed out."""
 
 
+class TransportBroken(RunError):
+    """The transport could not undo a workload's ``prepare`` (its server died, say): its
+    later workloads are not run."""
+
+
 @dataclass
 class RunResult:
     """What one run measured. Rates are over the wall time (first send to last receive)."""
@@ -165,7 +170,13 @@ class Session:
             self.processes.clear()
             if self.prepared:
                 self.prepared = False
-                self.transport.finish()
+                try:
+                    self.transport.finish()
+                except Exception as error:
+                    raise TransportBroken(
+                        f"{self.transport.name}: could not clean up after the workload: "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
 
     def _start(self, deadline: float) -> None:
         spec = self.spec

@@ -63,6 +63,9 @@ CONSUME_MESSAGES = 10_000
 FLUSH_TIMEOUT_S = 60.0
 #: How long topic creation and deletion on a Kafka cluster may take.
 ADMIN_TIMEOUT_S = 60.0
+#: Each Kafka node's JVM heap: 1 GiB (scripts/kafka's default, 512 MiB, is for the tests;
+#: the 4 KiB batched rows hold more in flight).
+KAFKA_HEAP = os.environ.get("ENGINE_BENCH_KAFKA_HEAP", "1g")
 #: The environment variables that name a running Kafka cluster (PLAINTEXT).
 KAFKA_ONE_NODE = "ENGINE_BENCH_KAFKA"
 KAFKA_THREE_NODES = "ENGINE_BENCH_KAFKA_R3"
@@ -337,7 +340,8 @@ class _Kafka(_KafkaClients, Transport):
         assert script is not None
         self._started = directory
         nodes = "3" if self.replication > 1 else "1"
-        command = [sys.executable, str(script), "start", "--dir", str(directory), "--nodes", nodes]
+        command = [sys.executable, str(script), "start", "--dir", str(directory), "--nodes", nodes,
+                   "--heap", KAFKA_HEAP]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"scripts/kafka start failed: {done.stderr.strip()[-500:]}")
@@ -379,7 +383,28 @@ class _Kafka(_KafkaClients, Transport):
     def finish(self) -> None:
         topic, self.topic = self.topic, None
         if topic is not None:
-            self._admin.delete_topics([topic])[topic].result(ADMIN_TIMEOUT_S)
+            try:
+                self._admin.delete_topics([topic])[topic].result(ADMIN_TIMEOUT_S)
+            except Exception as error:
+                raise RuntimeError(f"{error!r}; {self._nodes_state()}") from error
+
+    def _nodes_state(self) -> str:
+        """What scripts/kafka says of the nodes it started, and their last fatal log lines
+        (a failed clean-up is most often a node that died)."""
+        started, script = getattr(self, "_started", None), kafka_script()
+        if started is None or script is None:
+            return "a cluster not started here"
+        status = subprocess.run(
+            [sys.executable, str(script), "status", "--dir", str(started)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        fatal = [
+            f"{log.parent.name}: {line.strip()}"
+            for log in sorted(started.glob("node-*/*.log"))
+            for line in log.read_text(errors="replace").splitlines()[-2000:]
+            if "FATAL" in line or "OutOfMemory" in line or "Exiting" in line
+        ]
+        return f"nodes: {status.stdout.strip()!r}; fatal log lines: {fatal[-3:]}"
 
 
 @register
