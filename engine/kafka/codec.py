@@ -337,10 +337,11 @@ def _default_reader(f: Field, version: int) -> _ReadFn:
 
 
 def _field_reader(f: Field, version: int, flexible: bool) -> _ReadFn:
-    if isinstance(f.type, tuple):
-        item = _struct_reader(f.type, version, flexible)
-    else:
-        item = _value_reader(f, f.type, version, flexible)
+    item = (
+        _struct_reader(f.type, version, flexible)
+        if isinstance(f.type, tuple)
+        else _value_reader(f, f.type, version, flexible)
+    )
     if not f.array:
         return item
     count = _length_reader(flexible, _INT32)
@@ -462,10 +463,11 @@ def _plan_struct_writer(fields: tuple[Field, ...], version: int, flexible: bool)
 
 
 def _field_writer(f: Field, version: int, flexible: bool) -> _WriteFn:
-    if isinstance(f.type, tuple):
-        item = _struct_writer(f.type, version, flexible)
-    else:
-        item = _value_writer(f, f.type, version, flexible)
+    item = (
+        _struct_writer(f.type, version, flexible)
+        if isinstance(f.type, tuple)
+        else _value_writer(f, f.type, version, flexible)
+    )
     if not f.array:
         return item
     null = _null_writer(f, version, flexible, 4)
