@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import Daemon, running_daemon
+from engine_harness import Daemon, running_daemon, wait_for
 from test_kafka_listener import Raw, kafka_settings, new_topic, produce_raw
 
 from engine import Admin, TopicPartition
+from engine.datadir import DataDir
 from engine.kafka import schemas
 from engine.kafka.error_codes import ErrorCode
+from engine.kafka.partitions import LISTING_FRESH_NS
 from engine.record_batch import encode_batch
 
 
@@ -73,7 +76,13 @@ def test_a_fetch_sees_records_deleted_since_the_last_fetch_of_its_connection(
             assert produce_raw(conn, topic, 0, batch)["base_offset"] == i
         first = fetch_raw(conn, topic, 0, 0)
         assert (first["error_code"], first["log_start_offset"]) == (ErrorCode.NONE, 0)
-        time.sleep(0.3)  # the partition's directory is no longer freshly changed
+        # Until the partition's directory is no longer freshly changed, every fetch lists
+        # it again; after, only a changed mtime does (the path under test).
+        directory = Path(DataDir.resolve(listener_daemon.data_dir).partition_dir(1, topic, 0))
+        wait_for(
+            lambda: time.time_ns() - directory.stat().st_mtime_ns > LISTING_FRESH_NS,
+            what="the partition's directory to be older than LISTING_FRESH_NS",
+        )
         again = fetch_raw(conn, topic, 0, 0)
         assert (again["error_code"], again["log_start_offset"]) == (ErrorCode.NONE, 0)
         with Admin(listener_daemon.data_dir) as admin:
