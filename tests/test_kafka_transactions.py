@@ -428,12 +428,14 @@ def test_transactional_produce_and_read_committed_offsets_answer_as_kafka(
 
         def coordinated_here(here: bool) -> str:
             """A group id whose coordinator is (or is not) conn's broker."""
-            while True:
+            for _ in range(200):  # each id picks either broker: 2**-200 to find none
                 group = f"g-{uuid.uuid4().hex[:8]}"
                 found = conn.request(schemas.FIND_COORDINATOR, 3, {"key": group, "key_type": 0})
                 assert found is not None and found["error_code"] == 0
                 if (f"{found['host']}:{found['port']}" == address) == here:
                     return group
+            where = "at" if here else "away from"
+            raise AssertionError(f"no group id coordinated {where} {address}")
 
         def init() -> tuple[int, int]:
             got = conn.request(
