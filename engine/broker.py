@@ -31,7 +31,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from engine import metadata as md
 from engine import stale_rings
 from engine import transaction as txn
 from engine.broker_stats import BrokerStats, stats_path
-from engine.config import validate_topic_config
+from engine.config import is_compacted, validate_topic_config
 from engine.controller import Controller
 from engine.daemon import DUMP_STACKS_SIGNAL
 from engine.datadir import DataDir, make_private_dir, pid_alive, write_private_file
@@ -274,7 +273,7 @@ class Broker:
                         min_insync=int(config["min.insync.replicas"]),
                         timestamp_before_max_ms=int(config["message.timestamp.before.max.ms"]),
                         timestamp_after_max_ms=int(config["message.timestamp.after.max.ms"]),
-                        compacted=_compacted(config),
+                        compacted=is_compacted(config),
                     )
                 continue
             # A topic being deleted drops its log unflushed (no fsync of what goes), and
@@ -433,7 +432,7 @@ class Broker:
                 int(config["min.insync.replicas"]), int(config["max.message.bytes"]),
                 int(config["message.timestamp.before.max.ms"]),
                 int(config["message.timestamp.after.max.ms"]),
-                _compacted(config),
+                is_compacted(config),
             )  # fmt: skip
         return replica
 
@@ -556,10 +555,6 @@ def _claim_directory(directory: Path, topic_id: str) -> None:
         shutil.rmtree(directory)
     make_private_dir(directory)
     write_private_file(marker, topic_id.encode())
-
-
-def _compacted(config: Mapping[str, Any]) -> bool:
-    return "compact" in str(config.get("cleanup.policy", ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,12 @@ _MINIMUMS: dict[str, int] = {
 }
 
 
+def is_compacted(config: Mapping[str, Any]) -> bool:
+    """A topic config's cleanup.policy has "compact" (LogConfig.compact's rule): every
+    record needs a key."""
+    return "compact" in str(config.get("cleanup.policy", "")).split(",")
+
+
 def validate_topic_name(name: object) -> str:
     """Kafka's topic naming rule; returns the name or raises InvalidTopicError."""
     if not isinstance(name, str):

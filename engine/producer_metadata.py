@@ -22,6 +22,7 @@ from typing import Any
 
 from engine._native import ffi
 from engine.cluster import ClusterView, TopicView
+from engine.config import is_compacted
 from engine.ring import producer_fields
 
 #: Bytes a one-record batch adds to key + value + headers (61-byte batch header,
@@ -44,7 +45,7 @@ class Route:
         self.max_bytes = view.max_message_bytes
         self.min_insync = int(view.config["min.insync.replicas"])
         #: cleanup.policy has "compact": every record needs a key (Kafka refuses others).
-        self.compacted = "compact" in str(view.config.get("cleanup.policy", ""))
+        self.compacted = is_compacted(view.config)
         self.regions = [view.rings[p]._ptr() for p in range(self.count)]
         self.c_regions = ffi.new("void *[]", self.regions)
         self.c = c = ffi.new("engine_route_t *")
