@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import new_client, stop_client
 from kazoo.client import KazooClient
 from kazoo.exceptions import NodeExistsError, NoNodeError
 from kazoo.security import make_digest_acl
 from zkharness import RealZooKeeper, require_zookeeper, wait_until
 
+from conftest import new_client, stop_client
 from engine import ConfigError, TtlNodesDisabledError
 from engine.coordination.requests import create_container, create_ttl
 

@@ -11,12 +11,12 @@ import struct
 import time
 
 import pytest
-from conftest import new_client, stop_client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kazoo.client import KazooClient
 from zkharness import EngineCoordinator, RawClient, ServerProcess, wait_until
 
+from conftest import new_client, stop_client
 from engine.coordinator import jute
 from engine.coordinator.errors import JuteError
 from engine.coordinator.jute import ConnectRequest, EmptyRequest, OpCode

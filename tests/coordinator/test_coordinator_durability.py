@@ -9,11 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import new_client, stop_client
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from zkharness import EngineCoordinator, RawClient, ServerProcess, wait_until
 
+from conftest import new_client, stop_client
 from engine.coordinator.jute import OPEN_ACL_UNSAFE, CreateFlag, CreateRequest, OpCode
 
 

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import new_client, stop_client
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
     BadArgumentsError,
@@ -22,6 +21,7 @@ from kazoo.exceptions import (
 )
 from zkharness import RawClient, ServerProcess, make_server, require_zookeeper, wait_until
 
+from conftest import new_client, stop_client
 from engine.coordinator.jute import (
     OPEN_ACL_UNSAFE,
     CreateFlag,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import zkharness
-from conftest import new_client, stop_client
 from zkharness import RealZooKeeper, require_zookeeper
+
+from conftest import new_client, stop_client
 
 
 def test_zookeeper_moves_to_another_port_when_its_port_was_taken(
