@@ -14,9 +14,15 @@ acks="all" keeps it *in flight* until the ISR holds it. Per partition::
                SUCCEEDED / FAILED: its futures are done, its bytes are free
 
 A partition's head batch may be appended once its partition is not backing off
-after an error, has fewer than ``max_in_flight_requests_per_connection`` batches in
-flight, and the batch is closed, or has waited ``linger_ms``, or its partition has
-nothing in flight, or a flush asked for everything. So a partition with nothing in
+after an error, has fewer than ``max_in_flight_requests_per_connection`` *requests*
+in flight, and the batch is closed, or has waited ``linger_ms``, or its partition has
+nothing in flight, or a flush asked for everything. A request is what the sender
+takes of a partition in one go: its head batch, and the closed batches behind it
+while together they hold at most ``batch_size`` bytes. (Kafka's sender puts at most
+``batch.size`` bytes of a partition in one request, and its batches are that large
+under load. send_batch's bulk batches are the caller's size, often far smaller;
+counted one request each, they would cap a partition's records in flight by the
+caller's batch size instead of by ``batch_size``.) So a partition with nothing in
 flight sends a record at once (low latency), and records that come while earlier
 ones wait for the ISR gather into one batch (throughput): the batches grow with the
 load, as TCP's Nagle rule makes segments grow.
@@ -90,6 +96,15 @@ class Bulk:
     key_stride: int
     timestamp_ms: int
 
+    def copy(self) -> Bulk:
+        """The same records in memory of its own: a caller may change its arrays once
+        send_batch returned (as Kafka's send copies a record into its batch)."""
+        return Bulk(
+            _own(self.values), self.value_lengths, self.value_stride,
+            None if self.keys is None else _own(self.keys), self.key_lengths,
+            self.key_stride, self.timestamp_ms,
+        )  # fmt: skip
+
     def tail(self, k: int) -> Bulk:
         """The records from the k-th on."""
         if k == 0:
@@ -111,6 +126,10 @@ class Bulk:
             self.key_stride,
             self.timestamp_ms,
         )
+
+
+def _own(blob: Any) -> Any:
+    return np.frombuffer(memoryview(blob).cast("B"), dtype=np.uint8).copy()
 
 
 def _packed(lengths: Any, k: int) -> int:
@@ -146,6 +165,7 @@ class ProducerBatch:
         "error",
         "last_error",
         "offsets",
+        "request",
         "ring",
         "sequence",
         "serial",
@@ -183,6 +203,7 @@ class ProducerBatch:
         self.last_error: BaseException | None = None
         self.attempts = 0
         self.accounted = 0
+        self.request = -1  # the partition's request it was last taken in (sendable)
         self.callbacks: list[tuple[int, bool, Callable[[Any], object]]] = []
 
     @property
@@ -256,7 +277,7 @@ class _Partition:
     """One partition's batches: queued (the head goes first) and in flight, each in the
     order they were made (``serial``), whatever was sent again."""
 
-    __slots__ = ("in_flight", "muted_until", "open", "queued", "recovering")
+    __slots__ = ("in_flight", "muted_until", "open", "queued", "recovering", "requests")
 
     def __init__(self) -> None:
         self.queued: collections.deque[ProducerBatch] = collections.deque()
@@ -266,6 +287,13 @@ class _Partition:
         #: Its leader moved with batches in flight: nothing is sent until the sender
         #: has found out what the new leader holds and queued the rest again.
         self.recovering = False
+        self.requests = 0  # requests taken so far: the next one's number
+
+    def requests_in_flight(self) -> int:
+        """How many requests its in-flight batches came in (they are in request order;
+        one failed out of the middle still counts: an upper bound)."""
+        flights = self.in_flight
+        return flights[-1].request - flights[0].request + 1 if flights else 0
 
     def put_back(self, batches: Iterable[ProducerBatch]) -> None:
         """Queue ``batches`` again where their serials say, closed."""
@@ -426,10 +454,16 @@ class RecordAccumulator:
             with contextlib.suppress(ClosedError):
                 ring.wake()
 
-    def add_batch(self, tp: TopicPartition, bulk: Bulk, count: int, size: int) -> ProducerBatch:
+    def add_batch(
+        self, tp: TopicPartition, bulk: Bulk, count: int, size: int, max_block_s: float
+    ) -> ProducerBatch:
         """Queue a bulk batch (closed: it takes no more records) behind ``tp``'s others.
-        Bulk batches are not held back by buffer_memory (their caller holds the data)."""
+        Its records' memory is the producer's (``bulk`` holds no array of the caller's):
+        it waits up to ``max_block_s`` while the buffer is full, as append() does (a
+        batch larger than buffer_memory goes when nothing else waits)."""
         with self.cond:
+            if self._bytes + size > self.buffer_memory:
+                self._wait_for_room(size, max_block_s)
             if self._closed:
                 self._raise_closed()
             part = self._partitions.get(tp)
@@ -536,10 +570,15 @@ class RecordAccumulator:
             if part.muted_until > now:
                 wake = min(wake, part.muted_until)
                 continue
-            room = self.max_in_flight - len(part.in_flight)
+            room = self.max_in_flight - part.requests_in_flight()
             taken = 0
-            while queued and taken < room:
+            packed = -1  # bytes of the request this call is filling (-1: none yet)
+            while queued:
                 head = queued[0]
+                joins = packed >= 0 and head.state is not BatchState.OPEN
+                joins = joins and packed + head.size <= self.batch_size
+                if not joins and room <= 0:
+                    break
                 busy = self.waits_for_isr and (bool(part.in_flight) or taken > 0)
                 if head.state is BatchState.OPEN and busy and not flushing:
                     # Earlier records wait for the ISR: gather more, up to linger_ms.
@@ -549,6 +588,12 @@ class RecordAccumulator:
                         break
                 queued.popleft()
                 self._close(head, part)
+                if not joins:
+                    part.requests += 1
+                    room -= 1
+                    packed = 0
+                head.request = part.requests
+                packed += head.size
                 out.append(head)
                 taken += 1
         return out, wake
@@ -651,11 +696,23 @@ class RecordAccumulator:
         calls: list[tuple[Callable[[Any], object], Any]] = []
         limit = now - self.delivery_timeout_s
         with self.cond:
+            if self._oldest() >= limit:  # the common case: nothing to look through
+                return calls
             for part in self._partitions.values():
                 for batch in [*part.in_flight, *part.queued]:
                     if batch.created < limit:
                         calls += self._complete(batch, _expired(batch, self.delivery_timeout_s))
         return calls
+
+    def _oldest(self) -> float:
+        """When the oldest batch not yet done was made (inf: none). A partition's
+        batches are in the order they were made, so its first in flight and its first
+        queued are its oldest. Lock held."""
+        return min(
+            (q[0].created for p in self._partitions.values() for q in (p.in_flight, p.queued)
+             if q),
+            default=float("inf"),
+        )  # fmt: skip
 
     def fail_all(
         self, error: BaseException, tps: Iterable[TopicPartition] | None = None
@@ -670,11 +727,7 @@ class RecordAccumulator:
 
     def next_expiry(self) -> float:
         """When the oldest batch not yet done runs out of time (inf: none). Lock held."""
-        oldest = min(
-            (b.created for p in self._partitions.values() for b in (*p.in_flight, *p.queued)),
-            default=float("inf"),
-        )
-        return oldest + self.delivery_timeout_s
+        return self._oldest() + self.delivery_timeout_s
 
     @property
     def empty(self) -> bool:

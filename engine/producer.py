@@ -44,7 +44,7 @@ import numpy as np
 
 import engine._send as _send_module
 from engine._native import ffi, lib
-from engine.accumulator import Bulk, ProducerBatch, RecordAccumulator
+from engine.accumulator import RECORD_OVERHEAD, Bulk, ProducerBatch, RecordAccumulator
 from engine.compression import Codec
 from engine.errors import (
     BufferFullError,
@@ -65,7 +65,7 @@ from engine.partitioner import (
     partitions_for_keys,
 )
 from engine.producer_config import Acks, ProducerConfig
-from engine.producer_metadata import RECORD_OVERHEAD, ProducerMetadata, Route
+from engine.producer_metadata import SINGLE_RECORD_OVERHEAD, ProducerMetadata, Route
 from engine.record import (
     TopicPartition,
     as_bytes,
@@ -277,11 +277,11 @@ class Producer:
             raise _keyless(topic)
         vlen = -1 if value is None else len(value)
         klen = -1 if key is None else len(key)
-        if max(vlen, 0) + max(klen, 0) + len(hbytes) > route.max_bytes - RECORD_OVERHEAD:
+        if max(vlen, 0) + max(klen, 0) + len(hbytes) > route.max_bytes - SINGLE_RECORD_OVERHEAD:
             raise RecordTooLargeError(
                 f"record of {max(vlen, 0) + max(klen, 0) + len(hbytes)} bytes exceeds "
                 f"max.message.bytes={route.max_bytes} of topic {topic!r} (with "
-                f"{RECORD_OVERHEAD} bytes of batch overhead); nothing was written"
+                f"{SINGLE_RECORD_OVERHEAD} bytes of batch overhead); nothing was written"
             )
         partition = partition_for(route, key, vlen, partition)
         ts = _time_ns() // 1_000_000 if timestamp_ms is None else record_timestamp(timestamp_ms)
@@ -374,6 +374,9 @@ class Producer:
                 f"topic {topic!r}; nothing was written"
             )
         out = np.full(count, -1, dtype=np.int64) if offsets else None
+        # Records queued for the sender are copied from the caller's arrays (grouping
+        # by key copies them anyway); a list's values were packed into a blob of ours.
+        borrowed = isinstance(values, np.ndarray) or isinstance(keys, np.ndarray)
         if keys is None or partition is not None:
             if partition is None:
                 partition = next_sticky(route)
@@ -422,8 +425,10 @@ class Producer:
                         raise
                 self._metadata.invalidate(topic, route)
                 bulk = bulk.tail(appended)
+            if idx is None and borrowed:  # the caller's own arrays: it may change them
+                bulk = bulk.copy()
             size = _bulk_size(bulk, n - appended)
-            batch = self._accumulator.add_batch(tp, bulk, n - appended, size)
+            batch = self._accumulator.add_batch(tp, bulk, n - appended, size, self._block_s)
             futures.append(pending(batch, n - appended - 1, ts))
             rest = np.arange(n)[appended:] if idx is None else idx[appended:]
             queued.append((batch, rest))
@@ -479,7 +484,7 @@ class Producer:
                 bulk = Bulk(values, None, stride, keys, None, kstride, ts)
                 batch = self._accumulator.add_batch(
                     TopicPartition(route.topic, p), bulk, len(rest),
-                    len(rest) * (stride + kstride + RECORD_OVERHEAD),
+                    len(rest) * (stride + kstride + RECORD_OVERHEAD), self._block_s,
                 )  # fmt: skip
                 futures.append(pending(batch, len(rest) - 1, ts))
                 queued.append((batch, rest))

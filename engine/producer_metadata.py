@@ -27,7 +27,7 @@ from engine.ring import producer_fields
 
 #: Bytes a one-record batch adds to key + value + headers (61-byte batch header,
 #: record varints), so that the batch stays within max.message.bytes.
-RECORD_OVERHEAD = 96
+SINGLE_RECORD_OVERHEAD = 96
 
 
 class Route:
@@ -54,7 +54,7 @@ class Route:
         c.partition_count = self.count
         c.sticky_partition = random.randrange(self.count)
         c.batch_bytes = batch_size
-        c.max_record_bytes = self.max_bytes - RECORD_OVERHEAD
+        c.max_record_bytes = self.max_bytes - SINGLE_RECORD_OVERHEAD
         c.random_state = random.getrandbits(64) | 1
         self.address = int(ffi.cast("uintptr_t", c))
 

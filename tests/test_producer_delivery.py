@@ -17,6 +17,7 @@ from engine_harness import Daemon, running_daemon, wait_for
 
 from engine import (
     Admin,
+    BufferFullError,
     ConfigError,
     Consumer,
     EngineTimeoutError,
@@ -286,3 +287,65 @@ def test_threads_sending_through_the_c_path_and_python_keep_each_ones_order(
         seen.setdefault(t, []).append(i)
     assert seen == {t: list(range(per_thread)) for t in range(threads)}
     admin.delete_topic(name)
+
+
+@pytest.mark.parametrize("acks", [1, "all"])
+def test_send_batch_sends_the_arrays_as_they_were_when_it_was_called(
+    shared_daemon: Daemon, acks: int | str
+) -> None:
+    """A caller may reuse its arrays once send_batch returned: what is delivered is what
+    they held at the call, keyed or not (with acks="all" the sender appends later)."""
+    import numpy as np
+
+    topic = f"reused-arrays-{acks}"
+    with Admin(shared_daemon.data_dir) as admin:
+        admin.create_topic(topic, partitions=2, replication=2, config={"min.insync.replicas": 2})
+    keys = np.array([b"k%d" % i for i in range(500)], dtype="S8")
+    with Producer(shared_daemon.data_dir, acks=acks) as p:
+        for i in range(40):
+            values = np.full((500, 64), i, dtype=np.uint8)
+            p.send_batch(topic, values, partition=0)
+            values[:] = 255
+            values = np.full((500, 64), i, dtype=np.uint8)
+            p.send_batch(topic, values, keys=keys)
+            values[:] = 255
+        p.flush()
+    records = consume(shared_daemon.data_dir, topic, 2, 40_000)
+    assert len(records) == 40_000
+    assert not [r for r in records if r.value[0] == 255]
+    firsts = sorted(r.value[0] for r in records)
+    assert firsts == sorted(i for i in range(40) for _ in range(1000))
+
+
+def test_send_batch_waits_for_room_in_buffer_memory_then_fails_losing_nothing_accepted(
+    cluster: Daemon,
+) -> None:
+    """The records send_batch leaves to the sender count in buffer_memory: while the ISR
+    is too small to take them, a send_batch that does not fit waits max_block_ms and
+    raises BufferFullError; what was accepted before is delivered once the ISR is back."""
+    import numpy as np
+
+    with Admin(cluster.data_dir) as admin:
+        admin.create_topic("bounded", partitions=1, replication=2, config={
+            "min.insync.replicas": 2, "replica.lag.time.max.ms": 500,
+        })  # fmt: skip
+        state = admin.describe_topic("bounded").partitions[0]
+    follower = next(b for b in state.replicas if b != state.leader)
+    pid = broker_pid(cluster, follower)
+    values = np.zeros((1000, 100), dtype=np.uint8)  # 124,000 bytes as the buffer counts them
+    with Producer(cluster.data_dir, buffer_memory=256_000, max_block_ms=300,
+                  delivery_timeout_ms=60_000) as p:  # fmt: skip
+        p.send("bounded", b"first").get(timeout=10)
+        ring = p._metadata.route("bounded").view.rings[0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: ring.status().isr_count == 1, timeout=20,
+                     what="the ISR to shrink to the leader")
+            accepted = [p.send_batch("bounded", values, partition=0) for _ in range(2)]
+            with pytest.raises(BufferFullError, match="buffer_memory=256000"):
+                p.send_batch("bounded", values, partition=0)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        p.flush(timeout=60)
+        assert [r.futures[-1].get(timeout=1).offset for r in accepted] == [1000, 2000]
+    assert len(consume(cluster.data_dir, "bounded", 1, 2001)) == 2001
