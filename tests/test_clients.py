@@ -903,8 +903,15 @@ def test_a_producer_killed_mid_append_is_reaped_while_the_broker_drains(
                 child.kill()
                 child.join(30)
                 assert child.exitcode == -signal.SIGKILL
-            wait_for(lambda: ring.status().reaped_frames > reaped_before, timeout=30,
-                     what="the killed producer's claim to be reaped")  # fmt: skip
+            try:
+                wait_for(lambda: ring.status().reaped_frames > reaped_before, timeout=30,
+                         what="the killed producer's claim to be reaped")  # fmt: skip
+            except AssertionError as exc:  # seen once in a full suite: say what the ring was
+                now = admin.describe_topic(name).partitions[0]
+                raise AssertionError(
+                    f"{exc}; ring {ring.status()}; leader at creation "
+                    f"{described.partitions[0].leader}, now {now.leader}"
+                ) from exc
         acked = [tuple(map(int, line.split())) for line in acked_path.read_text().splitlines()]
         with Producer(shared_daemon.data_dir, acks=1) as p:
             after = [p.send(name, b"after-%d" % i, partition=0).get(timeout=30).offset

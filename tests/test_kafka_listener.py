@@ -623,6 +623,34 @@ def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon
         conn.close()
 
 
+def test_a_read_racing_the_drain_finds_the_batch_the_ring_just_gave_up(open_daemon: Daemon) -> None:
+    """Each batch is looked up by its timestamp right after it is produced, while the
+    broker drains it from the ring into the segment. (A read that took the ring's state
+    before the drain moved, then found the batch gone from the ring, read the segment
+    only up to the old drain offset: nothing, below the high watermark.)"""
+    topic = new_topic(open_daemon, partitions=1)
+    conn = Raw(leader_address(open_daemon, topic, 0))
+    try:
+        wrong = []
+        for i in range(300):
+            ts = 100_000 + i
+            batch = encode_batch(0, [(None, b"x", [], ts)])
+            assert produce_raw(conn, topic, 0, batch)["error_code"] == 0
+            answer = conn.request(schemas.LIST_OFFSETS, 6, {
+                "replica_id": -1, "isolation_level": 0,
+                "topics": [{"name": topic, "partitions": [
+                    {"partition_index": 0, "current_leader_epoch": -1, "timestamp": ts},
+                ]}],
+            })  # fmt: skip
+            assert answer is not None
+            p = answer["topics"][0]["partitions"][0]
+            if (p["error_code"], p["offset"], p["timestamp"]) != (0, i, ts):
+                wrong.append((i, p["error_code"], p["offset"]))
+        assert wrong == []
+    finally:
+        conn.close()
+
+
 def test_an_idempotent_retry_after_a_broker_restart_is_not_written_again(tmp_path: Path) -> None:
     """The producer state of a new leadership comes from the log's tail: a retry of a batch
     written before the restart is answered with its first offset (Kafka rebuilds it

@@ -473,7 +473,10 @@ class PartitionHandle:
             return Fetched(ErrorCode.NONE, high_watermark, log_start)
         data = self._from_ring(offset, max_bytes)
         if data is None:
-            upper = min(status.drain_offset, high_watermark)
+            # The ring drained it after ``status`` was taken: the segment holds it up to
+            # the drain offset as it is now (the one in ``status`` may stop short of it,
+            # and the read would then come back empty below the high watermark).
+            upper = min(self.ring.status().drain_offset, high_watermark)
             try:
                 data = self.reader.read(offset, max(max_bytes, 1), upper) if offset < upper else b""
             except OffsetOutOfRangeError:
