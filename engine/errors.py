@@ -63,7 +63,8 @@ class EngineError(Exception):
     """Root of every engine error; never raised itself.
 
     ``appended``: a call that writes many records (``send_batch``) and failed part way
-    says here how many of them it had appended; they stay appended."""
+    says here how many of them it had appended (or, with acks="all", handed to the
+    producer's sender, which delivers them as any record sent); they stay."""
 
     appended: int = 0
 

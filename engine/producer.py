@@ -428,7 +428,11 @@ class Producer:
             if idx is None and borrowed:  # the caller's own arrays: it may change them
                 bulk = bulk.copy()
             size = _bulk_size(bulk, n - appended)
-            batch = self._accumulator.add_batch(tp, bulk, n - appended, size, self._block_s)
+            try:
+                batch = self._accumulator.add_batch(tp, bulk, n - appended, size, self._block_s)
+            except EngineError as exc:  # the buffer stayed full: what came before goes on
+                exc.appended = done + appended
+                raise
             futures.append(pending(batch, n - appended - 1, ts))
             rest = np.arange(n)[appended:] if idx is None else idx[appended:]
             queued.append((batch, rest))

@@ -342,8 +342,9 @@ def test_send_batch_waits_for_room_in_buffer_memory_then_fails_losing_nothing_ac
             wait_for(lambda: ring.status().isr_count == 1, timeout=20,
                      what="the ISR to shrink to the leader")
             accepted = [p.send_batch("bounded", values, partition=0) for _ in range(2)]
-            with pytest.raises(BufferFullError, match="buffer_memory=256000"):
+            with pytest.raises(BufferFullError, match="buffer_memory=256000") as full:
                 p.send_batch("bounded", values, partition=0)
+            assert full.value.appended == 0  # none of that call's records was taken
         finally:
             os.kill(pid, signal.SIGCONT)
         p.flush(timeout=60)
