@@ -486,10 +486,14 @@ class Producer:
                 values = blob.reshape(count, stride)[rest].reshape(-1)
                 keys = kblob.reshape(count, kstride)[rest].reshape(-1)
                 bulk = Bulk(values, None, stride, keys, None, kstride, ts)
-                batch = self._accumulator.add_batch(
-                    TopicPartition(route.topic, p), bulk, len(rest),
-                    len(rest) * (stride + kstride + RECORD_OVERHEAD), self._block_s,
-                )  # fmt: skip
+                try:
+                    batch = self._accumulator.add_batch(
+                        TopicPartition(route.topic, p), bulk, len(rest),
+                        len(rest) * (stride + kstride + RECORD_OVERHEAD), self._block_s,
+                    )  # fmt: skip
+                except EngineError as exc:  # the buffer stayed full
+                    exc.appended = int(appended.sum()) + sum(len(r) for _, r in queued)
+                    raise
                 futures.append(pending(batch, len(rest) - 1, ts))
                 queued.append((batch, rest))
                 if out is not None:
