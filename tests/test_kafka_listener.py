@@ -595,6 +595,19 @@ def test_compressed_batches_are_stored_as_they_came_and_read_back(
     assert [r.offset for r in got] == list(range(len(records)))
 
 
+def list_offset(conn: Raw, topic: str, timestamp: int) -> tuple[int, int, int]:
+    """ListOffsets v6 of partition 0 at ``timestamp``: (error code, offset, timestamp)."""
+    answer = conn.request(schemas.LIST_OFFSETS, 6, {
+        "replica_id": -1, "isolation_level": 0,
+        "topics": [{"name": topic, "partitions": [
+            {"partition_index": 0, "current_leader_epoch": -1, "timestamp": timestamp},
+        ]}],
+    })  # fmt: skip
+    assert answer is not None
+    p = answer["topics"][0]["partitions"][0]
+    return p["error_code"], p["offset"], p["timestamp"]
+
+
 def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon: Daemon) -> None:
     topic = new_topic(open_daemon, partitions=1)
     conn = Raw(leader_address(open_daemon, topic, 0))
@@ -604,15 +617,7 @@ def test_list_offsets_finds_the_earliest_the_latest_and_by_timestamp(open_daemon
             assert produce_raw(conn, topic, 0, batch)["error_code"] == 0
 
         def offset_for(timestamp: int) -> tuple[int, int, int]:
-            answer = conn.request(schemas.LIST_OFFSETS, 6, {
-                "replica_id": -1, "isolation_level": 0,
-                "topics": [{"name": topic, "partitions": [
-                    {"partition_index": 0, "current_leader_epoch": -1, "timestamp": timestamp},
-                ]}],
-            })  # fmt: skip
-            assert answer is not None
-            p = answer["topics"][0]["partitions"][0]
-            return p["error_code"], p["offset"], p["timestamp"]
+            return list_offset(conn, topic, timestamp)
 
         assert offset_for(-2) == (0, 0, -1)
         assert offset_for(-1) == (0, 6, -1)
@@ -636,16 +641,9 @@ def test_a_read_racing_the_drain_finds_the_batch_the_ring_just_gave_up(open_daem
             ts = 100_000 + i
             batch = encode_batch(0, [(None, b"x", [], ts)])
             assert produce_raw(conn, topic, 0, batch)["error_code"] == 0
-            answer = conn.request(schemas.LIST_OFFSETS, 6, {
-                "replica_id": -1, "isolation_level": 0,
-                "topics": [{"name": topic, "partitions": [
-                    {"partition_index": 0, "current_leader_epoch": -1, "timestamp": ts},
-                ]}],
-            })  # fmt: skip
-            assert answer is not None
-            p = answer["topics"][0]["partitions"][0]
-            if (p["error_code"], p["offset"], p["timestamp"]) != (0, i, ts):
-                wrong.append((i, p["error_code"], p["offset"]))
+            found = list_offset(conn, topic, ts)
+            if found != (0, i, ts):
+                wrong.append((i, *found))
         assert wrong == []
     finally:
         conn.close()

@@ -170,47 +170,52 @@ def test_acks_all_retries_a_leader_failover_and_reports_every_record_once(
     assert [int(r.value) for r in got] == acked  # each once, in the order sent
 
 
+def topic_of_two_replicas(daemon: Daemon, topic: str) -> int:
+    """A topic of one partition, replication 2 and min.insync.replicas 2, whose follower
+    leaves the ISR 500 ms after it stops: its follower broker's pid."""
+    with Admin(daemon.data_dir) as admin:
+        admin.create_topic(topic, partitions=1, replication=2, config={
+            "min.insync.replicas": 2, "replica.lag.time.max.ms": 500,
+        })  # fmt: skip
+        state = admin.describe_topic(topic).partitions[0]
+    return broker_pid(daemon, next(b for b in state.replicas if b != state.leader))
+
+
 def test_acks_all_waits_out_too_small_an_isr_within_the_delivery_timeout(
     cluster: Daemon,
 ) -> None:
     """NotEnoughReplicas is retriable: a send made while the ISR is below
     min.insync.replicas is delivered once the ISR grows back; one that waits longer than
     delivery_timeout_ms fails with NotEnoughReplicasError."""
-    with Admin(cluster.data_dir) as admin:
-        admin.create_topic("small-isr", partitions=1, replication=2, config={
-            "min.insync.replicas": 2, "replica.lag.time.max.ms": 500,
-        })  # fmt: skip
-        state = admin.describe_topic("small-isr").partitions[0]
-        follower = next(b for b in state.replicas if b != state.leader)
-        pid = broker_pid(cluster, follower)
-        with Producer(cluster.data_dir, delivery_timeout_ms=60_000) as p:
-            p.send("small-isr", b"first").get(timeout=10)
-            ring = p._metadata.route("small-isr").view.rings[0]
-            os.kill(pid, signal.SIGSTOP)  # the follower falls behind and leaves the ISR
-            try:
-                # The leader's ring says so (the coordinator may say it a moment earlier).
-                wait_for(lambda: ring.status().isr_count == 1, timeout=20,
-                         what="the ISR to shrink to the leader")
-                waiting = [p.send("small-isr", b"while-small-%d" % i) for i in range(20)]
-                batch = waiting[0][4]  # the batch the sender keeps trying
-                wait_for(lambda: batch.attempts >= 3, what="the sender to retry the batch")
-                assert not any(f.is_done() for f in waiting)  # retried, not failed
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            assert [f.get(timeout=60).offset for f in waiting] == list(range(1, 21))
-        with Producer(cluster.data_dir, delivery_timeout_ms=1500) as p:
-            ring = p._metadata.route("small-isr").view.rings[0]
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                wait_for(lambda: ring.status().isr_count == 1, timeout=20,
-                         what="the ISR to shrink again")
-                late = p.send("small-isr", b"too-late")
-                with pytest.raises(EngineTimeoutError) as expired:
-                    late.get(timeout=30)
-                assert isinstance(expired.value.__cause__, NotEnoughReplicasError)
-                assert "min.insync.replicas=2" in str(expired.value)
-            finally:
-                os.kill(pid, signal.SIGCONT)
+    pid = topic_of_two_replicas(cluster, "small-isr")
+    with Producer(cluster.data_dir, delivery_timeout_ms=60_000) as p:
+        p.send("small-isr", b"first").get(timeout=10)
+        ring = p._metadata.route("small-isr").view.rings[0]
+        os.kill(pid, signal.SIGSTOP)  # the follower falls behind and leaves the ISR
+        try:
+            # The leader's ring says so (the coordinator may say it a moment earlier).
+            wait_for(lambda: ring.status().isr_count == 1, timeout=20,
+                     what="the ISR to shrink to the leader")
+            waiting = [p.send("small-isr", b"while-small-%d" % i) for i in range(20)]
+            batch = waiting[0][4]  # the batch the sender keeps trying
+            wait_for(lambda: batch.attempts >= 3, what="the sender to retry the batch")
+            assert not any(f.is_done() for f in waiting)  # retried, not failed
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [f.get(timeout=60).offset for f in waiting] == list(range(1, 21))
+    with Producer(cluster.data_dir, delivery_timeout_ms=1500) as p:
+        ring = p._metadata.route("small-isr").view.rings[0]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: ring.status().isr_count == 1, timeout=20,
+                     what="the ISR to shrink again")
+            late = p.send("small-isr", b"too-late")
+            with pytest.raises(EngineTimeoutError) as expired:
+                late.get(timeout=30)
+            assert isinstance(expired.value.__cause__, NotEnoughReplicasError)
+            assert "min.insync.replicas=2" in str(expired.value)
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_a_batch_that_fits_never_overtakes_an_earlier_one_that_did_not(daemon: Daemon) -> None:
@@ -325,13 +330,7 @@ def test_send_batch_waits_for_room_in_buffer_memory_then_fails_losing_nothing_ac
     raises BufferFullError; what was accepted before is delivered once the ISR is back."""
     import numpy as np
 
-    with Admin(cluster.data_dir) as admin:
-        admin.create_topic("bounded", partitions=1, replication=2, config={
-            "min.insync.replicas": 2, "replica.lag.time.max.ms": 500,
-        })  # fmt: skip
-        state = admin.describe_topic("bounded").partitions[0]
-    follower = next(b for b in state.replicas if b != state.leader)
-    pid = broker_pid(cluster, follower)
+    pid = topic_of_two_replicas(cluster, "bounded")
     values = np.zeros((1000, 100), dtype=np.uint8)  # 124,000 bytes as the buffer counts them
     with Producer(cluster.data_dir, buffer_memory=256_000, max_block_ms=300,
                   delivery_timeout_ms=60_000) as p:  # fmt: skip
