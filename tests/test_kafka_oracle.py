@@ -527,6 +527,16 @@ def test_running_kafka_stops_its_nodes_when_the_block_fails(tmp_path: Path) -> N
     assert pids and not any(pid_alive(pid) for pid in pids)
 
 
+def fetched_batches(conn: Raw, topic: str, offset: int, version: int) -> Any:
+    """A Fetch of partition 0 at ``offset``: (the answer without its records, the records,
+    their batches, the bytes those take), or None for an answer with no batch (allowed by
+    the protocol: a client asks again)."""
+    part = fetch(conn, topic, 0, offset, version)
+    records = bytes(part.pop("records"))
+    infos, used, _ = scan_batches(records)
+    return (part, records, infos, used) if len(infos) else None
+
+
 def test_fetched_batches_and_their_answers_are_kafkas_byte_for_byte(
     oracle_daemon: Daemon, real_kafka: Kafka
 ) -> None:
@@ -547,18 +557,12 @@ def test_fetched_batches_and_their_answers_are_kafkas_byte_for_byte(
                 assert produce_raw(conn, topic, 0, b, acks=-1)["error_code"] == E.NONE
             for version in range(4, 13):
                 data, offset, part = b"", 0, {}
-                deadline = time.monotonic() + 10
                 while offset < 6:  # the engine may answer fewer batches at a time
-                    part = fetch(conn, topic, 0, offset, version)
-                    records = bytes(part.pop("records"))
-                    infos, used, _ = scan_batches(records)
-                    if not len(infos):  # an empty answer is allowed: a client asks again
-                        assert time.monotonic() < deadline, (
-                            f"{side.name}: Fetch v{version} at {offset} answered no batch "
-                            f"for 10 s: {part}"
-                        )
-                        time.sleep(0.01)
-                        continue
+                    part, records, infos, used = wait_for(
+                        lambda c=conn, t=topic, o=offset, v=version: fetched_batches(c, t, o, v),
+                        timeout=10, interval=0.01,
+                        what=f"{side.name}: Fetch v{version} at {offset} to answer a batch",
+                    )  # fmt: skip
                     data += records[:used]
                     offset = int(infos["last_offset"][-1]) + 1
                 answers[side.name][version] = (data, part)
